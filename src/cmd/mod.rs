@@ -1,0 +1,199 @@
+//! Subcommands. Each parses nothing itself (clap did) and calls the library.
+
+pub mod report;
+pub mod serve;
+
+use std::io::{BufRead, BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use kefu::matcher::Matcher;
+use kefu::phrases::{Fill, Library};
+use kefu::politeness::Checker;
+
+/// Where phrase libraries live unless `--phrases` says otherwise.
+pub const DEFAULT_PHRASES: &str = "phrases";
+
+#[derive(clap::Args)]
+pub struct CheckArgs {
+    /// Phrase directory to check.
+    #[arg(default_value = DEFAULT_PHRASES)]
+    pub dir: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct PhraseDir {
+    /// Phrase directory.
+    #[arg(long = "phrases", env = "KEFU_PHRASES", default_value = DEFAULT_PHRASES)]
+    pub dir: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct SuggestArgs {
+    /// The buyer message (omit with --jsonl).
+    pub text: Option<String>,
+    /// Read one message per stdin line, write one JSON object per line.
+    #[arg(long)]
+    pub jsonl: bool,
+    /// At most this many suggestions per message.
+    #[arg(long, default_value_t = 3)]
+    pub top: usize,
+    /// Shop name for the {shop} placeholder.
+    #[arg(long, default_value = "本店")]
+    pub shop: String,
+    /// Agent name for the {agent} placeholder.
+    #[arg(long, default_value = "")]
+    pub agent: String,
+    #[command(flatten)]
+    pub phrases: PhraseDir,
+}
+
+#[derive(clap::Args)]
+pub struct LintArgs {
+    /// The agent's draft.
+    pub draft: String,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub phrases: PhraseDir,
+}
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// Labelled file: text<TAB>intent<TAB>other acceptable intents.
+    pub file: PathBuf,
+    /// Do not list the lines kefu got wrong.
+    #[arg(long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub phrases: PhraseDir,
+}
+
+/// Loads the phrase directory with every problem in the error.
+pub fn load(dir: &std::path::Path) -> anyhow::Result<Library> {
+    Library::load_dir(dir).with_context(|| {
+        format!(
+            "cannot load the phrase libraries in {}; run `kefu check {}` for the list",
+            dir.display(),
+            dir.display()
+        )
+    })
+}
+
+pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    match Library::load_dir(&args.dir) {
+        Ok(lib) => {
+            let matcher = Matcher::new(&lib)?;
+            println!(
+                "{}: ok, {} intents, {} keywords, {} greeting and {} holding templates, {} politeness rules",
+                args.dir.display(),
+                matcher.intent_count(),
+                matcher.keyword_count(),
+                lib.templates.greeting.len(),
+                lib.templates.holding.len(),
+                lib.politeness.negative.len() + lib.politeness.curt.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            for p in &errors.0 {
+                eprintln!("{p}");
+            }
+            eprintln!("{} problem(s) found", errors.0.len());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+pub fn suggest(args: SuggestArgs) -> anyhow::Result<ExitCode> {
+    let lib = load(&args.phrases.dir)?;
+    let matcher = Matcher::new(&lib)?;
+    let fill = Fill {
+        shop: &args.shop,
+        agent: &args.agent,
+        buyer: "",
+    };
+    if args.jsonl {
+        let stdin = std::io::stdin().lock();
+        let mut out = BufWriter::new(std::io::stdout().lock());
+        for line in stdin.lines() {
+            let line = line.context("cannot read standard input")?;
+            let suggestions = matcher.suggest(&line, args.top, &fill);
+            let obj = serde_json::json!({ "text": line, "suggestions": suggestions });
+            serde_json::to_writer(&mut out, &obj)?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(text) = args.text else {
+        anyhow::bail!("give a message to match, or --jsonl to read messages from stdin");
+    };
+    let suggestions = matcher.suggest(&text, args.top, &fill);
+    if suggestions.is_empty() {
+        println!("no suggestion: nothing in the libraries fits this message");
+    }
+    for (i, s) in suggestions.iter().enumerate() {
+        println!(
+            "{}. [{} {}] {}  score {:.2}  matched: {}",
+            i + 1,
+            s.stage.label(),
+            s.stage,
+            s.intent,
+            s.score,
+            if s.matched.is_empty() {
+                "(pattern)".to_string()
+            } else {
+                s.matched.join(", ")
+            }
+        );
+        println!("   {}", s.reply);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn lint(args: LintArgs) -> anyhow::Result<ExitCode> {
+    let lib = load(&args.phrases.dir)?;
+    let result = Checker::new(&lib.politeness).check(&args.draft);
+    if args.json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else if result.ok {
+        println!("ok: no negative or curt phrasing found");
+    } else {
+        for issue in &result.issues {
+            let kind = match issue.kind {
+                kefu::politeness::IssueKind::Negative => "negative",
+                kefu::politeness::IssueKind::Curt => "curt",
+            };
+            println!(
+                "{kind} phrasing `{}` at characters {}-{}",
+                issue.phrase, issue.start, issue.end
+            );
+            if let Some(reason) = &issue.reason {
+                println!("  why: {reason}");
+            }
+            println!("  try: {}", issue.rewrite);
+        }
+    }
+    Ok(if result.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
+    let lib = load(&args.phrases.dir)?;
+    let matcher = Matcher::new(&lib)?;
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let (examples, errors) = kefu::eval::parse(&text);
+    for e in &errors {
+        eprintln!("{}: {e} (skipped)", args.file.display());
+    }
+    let report = kefu::eval::evaluate(&matcher, &examples);
+    print!("{}", report.render(!args.quiet));
+    Ok(ExitCode::SUCCESS)
+}

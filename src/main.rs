@@ -1,0 +1,50 @@
+//! The `kefu` command: parses the command line and calls the library.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "kefu", version, about = "客服 assistant: reply suggestions, auto-greeting, response clock and reports")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load every phrase library and report every problem (exit 0 only when clean).
+    Check(cmd::CheckArgs),
+    /// Rank reply suggestions for a buyer message (or JSON lines from stdin).
+    Suggest(cmd::SuggestArgs),
+    /// Check an agent's draft for negative or curt phrasing.
+    Lint(cmd::LintArgs),
+    /// Measure top-1/top-3 accuracy on a labelled TSV file.
+    Eval(cmd::EvalArgs),
+    /// Run the WebSocket service.
+    Serve(Box<cmd::serve::ServeArgs>),
+    /// Work with the event log.
+    Events(cmd::report::EventsArgs),
+    /// Response-time and satisfaction reports.
+    Report(cmd::report::ReportArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check(a) => cmd::check(a),
+        Command::Suggest(a) => cmd::suggest(a),
+        Command::Lint(a) => cmd::lint(a),
+        Command::Eval(a) => cmd::eval(a),
+        Command::Serve(a) => cmd::serve::run(*a),
+        Command::Events(a) => cmd::report::events(a),
+        Command::Report(a) => cmd::report::report(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kefu: error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,724 @@
+//! Phrase libraries: the YAML files a shop edits, loaded and validated.
+//!
+//! A phrase directory holds one library file per stage of a sale (any
+//! `*.yaml` with a top-level `stage:`), plus two special files:
+//! `templates.yaml` (auto-greeting and holding replies) and
+//! `politeness.yaml` (rules for agent drafts). The format is documented for
+//! shop owners in `phrases/README.md`.
+//!
+//! Loading never stops at the first problem: a shop owner fixing a file
+//! wants the whole list, each with file, line and column, in one go.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::politeness::PolitenessRules;
+use crate::yaml;
+
+/// The three stages of a sale, in the order an order lives through them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    PreSale,
+    InSale,
+    AfterSale,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 3] = [Stage::PreSale, Stage::InSale, Stage::AfterSale];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::PreSale => "pre_sale",
+            Stage::InSale => "in_sale",
+            Stage::AfterSale => "after_sale",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// The Chinese name agents know the stage by.
+    pub fn label(self) -> &'static str {
+        match self {
+            Stage::PreSale => "售前",
+            Stage::InSale => "售中",
+            Stage::AfterSale => "售后",
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Placeholders a reply may use; anything else in braces is a typo.
+pub const PLACEHOLDERS: [&str; 3] = ["shop", "agent", "buyer"];
+
+/// A keyword with its weight (how strongly it alone points at the intent).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Keyword {
+    pub text: String,
+    /// `None` means "derive from the keyword's length" (see the matcher).
+    pub weight: Option<f32>,
+}
+
+/// One intent of one stage, as loaded and validated.
+#[derive(Debug, Clone)]
+pub struct Intent {
+    pub id: String,
+    pub stage: Stage,
+    pub keywords: Vec<Keyword>,
+    pub patterns: Vec<String>,
+    pub exclude: Vec<String>,
+    pub replies: Vec<String>,
+    /// Multiplies the intent's score; below 1 for "filler" intents such as a
+    /// greeting, which should lose to a real request in the same message.
+    pub priority: f32,
+}
+
+/// Auto-greeting and holding-reply templates.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Templates {
+    /// Sent by the bot when a buyer opens a chat.
+    pub greeting: Vec<String>,
+    /// Sent by the bot once per round when the buyer waits too long.
+    pub holding: Vec<String>,
+    /// Sent by the bot when no agent of the shop is online.
+    #[serde(default)]
+    pub offline: Vec<String>,
+}
+
+/// Everything loaded from a phrase directory.
+#[derive(Debug, Clone)]
+pub struct Library {
+    pub intents: Vec<Intent>,
+    pub templates: Templates,
+    pub politeness: PolitenessRules,
+}
+
+impl Library {
+    /// Loads and validates every file of `dir`.
+    pub fn load_dir(dir: &Path) -> Result<Library, LoadErrors> {
+        Loader::default().load(dir)
+    }
+
+    pub fn intent(&self, id: &str) -> Option<&Intent> {
+        self.intents.iter().find(|i| i.id == id)
+    }
+}
+
+/// What is wrong, without where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProblemKind {
+    Io(String),
+    Syntax(String),
+    DuplicateId { id: String, first: String },
+    UnknownStage(String),
+    IdStageMismatch { id: String, stage: String },
+    BadId(String),
+    NoKeywords(String),
+    EmptyKeyword(String),
+    InvalidRegex { id: String, pattern: String, error: String },
+    TooFewReplies { id: String, count: usize },
+    EmptyReply(String),
+    UnknownPlaceholder { placeholder: String },
+    UnclosedPlaceholder,
+    BadWeight { id: String, keyword: String },
+    MissingFile(&'static str),
+    NoLibraries,
+}
+
+impl fmt::Display for ProblemKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use ProblemKind::*;
+        match self {
+            Io(e) => write!(f, "cannot read file: {e}"),
+            Syntax(e) => write!(f, "YAML error: {e}"),
+            DuplicateId { id, first } => {
+                write!(f, "duplicate intent id `{id}` (first defined at {first}); give each intent its own id")
+            }
+            UnknownStage(s) => write!(
+                f,
+                "unknown stage `{s}`; use one of pre_sale, in_sale, after_sale"
+            ),
+            IdStageMismatch { id, stage } => write!(
+                f,
+                "intent id `{id}` does not start with this file's stage `{stage}.`"
+            ),
+            BadId(id) => write!(
+                f,
+                "intent id `{id}` is not of the form stage.name (lower case letters, digits, _)"
+            ),
+            NoKeywords(id) => write!(
+                f,
+                "intent `{id}` has neither keywords nor patterns, so it can never match"
+            ),
+            EmptyKeyword(id) => write!(f, "intent `{id}` has an empty keyword or exclusion"),
+            InvalidRegex { id, pattern, error } => {
+                write!(f, "intent `{id}`: invalid regex `{pattern}`: {error}")
+            }
+            TooFewReplies { id, count } => write!(
+                f,
+                "intent `{id}` has {count} reply variant(s); give at least two"
+            ),
+            EmptyReply(id) => write!(f, "intent `{id}` has a reply without text"),
+            UnknownPlaceholder { placeholder } => write!(
+                f,
+                "unknown placeholder `{{{placeholder}}}`; use {{shop}}, {{agent}} or {{buyer}}"
+            ),
+            UnclosedPlaceholder => write!(f, "a `{{` without its closing `}}`"),
+            BadWeight { id, keyword } => write!(
+                f,
+                "intent `{id}`: keyword `{keyword}` has a weight outside 0-1"
+            ),
+            MissingFile(name) => write!(f, "missing file `{name}`"),
+            NoLibraries => write!(
+                f,
+                "no stage library found (expected files such as pre_sale.yaml with `stage:`)"
+            ),
+        }
+    }
+}
+
+/// One problem found while loading, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub kind: ProblemKind,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.kind
+        )
+    }
+}
+
+/// Every problem of a phrase directory; loading fails when there is any.
+#[derive(Debug, Clone)]
+pub struct LoadErrors(pub Vec<Problem>);
+
+impl fmt::Display for LoadErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} problem(s) in the phrase libraries:", self.0.len())?;
+        for p in &self.0 {
+            write!(f, "\n  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for LoadErrors {}
+
+// ---- raw YAML shapes -------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLibrary {
+    stage: String,
+    #[serde(default)]
+    intents: Vec<RawIntent>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIntent {
+    id: String,
+    #[serde(default)]
+    #[allow(dead_code)]
+    description: Option<String>,
+    #[serde(default)]
+    keywords: Vec<RawKeyword>,
+    #[serde(default)]
+    patterns: Vec<String>,
+    #[serde(default)]
+    exclude: Vec<String>,
+    #[serde(default)]
+    replies: Vec<String>,
+    #[serde(default)]
+    priority: Option<f32>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawKeyword {
+    Plain(String),
+    Weighted { text: String, weight: f32 },
+}
+
+// ---- loader ----------------------------------------------------------------
+
+const TEMPLATES_FILE: &str = "templates.yaml";
+const POLITENESS_FILE: &str = "politeness.yaml";
+
+#[derive(Default)]
+struct Loader {
+    problems: Vec<Problem>,
+}
+
+impl Loader {
+    fn load(mut self, dir: &Path) -> Result<Library, LoadErrors> {
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+                .collect(),
+            Err(e) => {
+                self.at(dir, 1, 1, ProblemKind::Io(e.to_string()));
+                return Err(LoadErrors(self.problems));
+            }
+        };
+        files.sort();
+
+        let mut intents: Vec<Intent> = Vec::new();
+        let mut first_seen: HashMap<String, String> = HashMap::new();
+        let mut templates = None;
+        let mut politeness = None;
+        for path in &files {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let text = match std::fs::read_to_string(path) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.at(path, 1, 1, ProblemKind::Io(e.to_string()));
+                    continue;
+                }
+            };
+            match name {
+                TEMPLATES_FILE => templates = self.load_templates(path, &text),
+                POLITENESS_FILE => politeness = self.load_politeness(path, &text),
+                _ => self.load_library(path, &text, &mut intents, &mut first_seen),
+            }
+        }
+        if templates.is_none() && !self.has_problem_in(dir, TEMPLATES_FILE) {
+            self.at(
+                &dir.join(TEMPLATES_FILE),
+                1,
+                1,
+                ProblemKind::MissingFile(TEMPLATES_FILE),
+            );
+        }
+        if politeness.is_none() && !self.has_problem_in(dir, POLITENESS_FILE) {
+            self.at(
+                &dir.join(POLITENESS_FILE),
+                1,
+                1,
+                ProblemKind::MissingFile(POLITENESS_FILE),
+            );
+        }
+        if intents.is_empty() && self.problems.is_empty() {
+            self.at(dir, 1, 1, ProblemKind::NoLibraries);
+        }
+        if !self.problems.is_empty() {
+            return Err(LoadErrors(self.problems));
+        }
+        Ok(Library {
+            intents,
+            templates: templates.unwrap_or_default(),
+            politeness: politeness.unwrap_or_default(),
+        })
+    }
+
+    fn has_problem_in(&self, dir: &Path, name: &str) -> bool {
+        let path = dir.join(name);
+        self.problems.iter().any(|p| p.file == path)
+    }
+
+    fn at(&mut self, file: &Path, line: usize, column: usize, kind: ProblemKind) {
+        self.problems.push(Problem {
+            file: file.to_path_buf(),
+            line,
+            column,
+            kind,
+        });
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(&mut self, path: &Path, text: &str) -> Option<T> {
+        match yaml::from_str::<T>(text) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.at(path, e.line, e.column, ProblemKind::Syntax(e.message));
+                None
+            }
+        }
+    }
+
+    fn load_templates(&mut self, path: &Path, text: &str) -> Option<Templates> {
+        let t: Templates = self.parse(path, text)?;
+        let loc = Locator::new(text);
+        for s in t.greeting.iter().chain(&t.holding).chain(&t.offline) {
+            self.check_template(path, &loc, 0, s);
+        }
+        for (key, list) in [("greeting", &t.greeting), ("holding", &t.holding)] {
+            if list.iter().all(|s| s.trim().is_empty()) {
+                let (line, column) = loc.find_key(key).unwrap_or((1, 1));
+                self.at(
+                    path,
+                    line,
+                    column,
+                    ProblemKind::TooFewReplies {
+                        id: format!("templates.{key}"),
+                        count: 0,
+                    },
+                );
+            }
+        }
+        Some(t)
+    }
+
+    fn load_politeness(&mut self, path: &Path, text: &str) -> Option<PolitenessRules> {
+        let rules: PolitenessRules = self.parse(path, text)?;
+        let loc = Locator::new(text);
+        for rule in rules.negative.iter().chain(&rules.curt) {
+            if rule.phrase.trim().is_empty() {
+                let (line, column) = loc.find_key("phrase").unwrap_or((1, 1));
+                self.at(
+                    path,
+                    line,
+                    column,
+                    ProblemKind::EmptyKeyword("politeness".into()),
+                );
+            }
+            self.check_template(path, &loc, 0, &rule.rewrite);
+        }
+        Some(rules)
+    }
+
+    fn load_library(
+        &mut self,
+        path: &Path,
+        text: &str,
+        intents: &mut Vec<Intent>,
+        first_seen: &mut HashMap<String, String>,
+    ) {
+        let Some(raw) = self.parse::<RawLibrary>(path, text) else {
+            return;
+        };
+        let loc = Locator::new(text);
+        let Some(stage) = Stage::parse(&raw.stage) else {
+            let (line, column) = loc.find_key("stage").unwrap_or((1, 1));
+            self.at(path, line, column, ProblemKind::UnknownStage(raw.stage));
+            return;
+        };
+        for ri in raw.intents {
+            let start = loc.find_id(&ri.id).unwrap_or(0);
+            let (id_line, id_col) = loc.pos_of_line_value(start, &ri.id);
+            let here = |v: &str| loc.find_after(start, v).unwrap_or((id_line, id_col));
+
+            let valid_id = ri.id.split_once('.').is_some_and(|(s, n)| {
+                !s.is_empty()
+                    && !n.is_empty()
+                    && ri
+                        .id
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.')
+            });
+            if !valid_id {
+                self.at(path, id_line, id_col, ProblemKind::BadId(ri.id.clone()));
+            } else if let Some((s, _)) = ri.id.split_once('.') {
+                if Stage::parse(s).is_none() {
+                    self.at(path, id_line, id_col, ProblemKind::UnknownStage(s.to_string()));
+                } else if s != stage.as_str() {
+                    self.at(
+                        path,
+                        id_line,
+                        id_col,
+                        ProblemKind::IdStageMismatch {
+                            id: ri.id.clone(),
+                            stage: stage.as_str().into(),
+                        },
+                    );
+                }
+            }
+            let where_ = format!("{}:{}", path.display(), id_line);
+            if let Some(first) = first_seen.get(&ri.id) {
+                self.at(
+                    path,
+                    id_line,
+                    id_col,
+                    ProblemKind::DuplicateId {
+                        id: ri.id.clone(),
+                        first: first.clone(),
+                    },
+                );
+            } else {
+                first_seen.insert(ri.id.clone(), where_);
+            }
+
+            let keywords: Vec<Keyword> = ri
+                .keywords
+                .into_iter()
+                .map(|k| match k {
+                    RawKeyword::Plain(text) => Keyword { text, weight: None },
+                    RawKeyword::Weighted { text, weight } => Keyword {
+                        text,
+                        weight: Some(weight),
+                    },
+                })
+                .collect();
+            let has_text_kw = keywords.iter().any(|k| !k.text.trim().is_empty());
+            let has_pattern = ri.patterns.iter().any(|p| !p.trim().is_empty());
+            if !has_text_kw && !has_pattern {
+                let (line, column) = loc
+                    .find_key_after(start, "keywords")
+                    .unwrap_or((id_line, id_col));
+                self.at(path, line, column, ProblemKind::NoKeywords(ri.id.clone()));
+            }
+            for k in &keywords {
+                if k.text.trim().is_empty() {
+                    let (line, column) = loc
+                        .find_key_after(start, "keywords")
+                        .unwrap_or((id_line, id_col));
+                    self.at(path, line, column, ProblemKind::EmptyKeyword(ri.id.clone()));
+                }
+                if let Some(w) = k.weight {
+                    if !(0.0..=1.0).contains(&w) || w.is_nan() {
+                        let (line, column) = here(&k.text);
+                        self.at(
+                            path,
+                            line,
+                            column,
+                            ProblemKind::BadWeight {
+                                id: ri.id.clone(),
+                                keyword: k.text.clone(),
+                            },
+                        );
+                    }
+                }
+            }
+            for e in &ri.exclude {
+                if e.trim().is_empty() {
+                    let (line, column) = loc
+                        .find_key_after(start, "exclude")
+                        .unwrap_or((id_line, id_col));
+                    self.at(path, line, column, ProblemKind::EmptyKeyword(ri.id.clone()));
+                }
+            }
+            for p in &ri.patterns {
+                if p.trim().is_empty() {
+                    let (line, column) = loc
+                        .find_key_after(start, "patterns")
+                        .unwrap_or((id_line, id_col));
+                    self.at(path, line, column, ProblemKind::EmptyKeyword(ri.id.clone()));
+                    continue;
+                }
+                if let Err(e) = regex::Regex::new(p) {
+                    let (line, column) = here(p);
+                    self.at(
+                        path,
+                        line,
+                        column,
+                        ProblemKind::InvalidRegex {
+                            id: ri.id.clone(),
+                            pattern: p.clone(),
+                            error: e.to_string().lines().last().unwrap_or("").trim().to_string(),
+                        },
+                    );
+                }
+            }
+            let non_empty = ri.replies.iter().filter(|r| !r.trim().is_empty()).count();
+            if ri.replies.len() != non_empty {
+                let (line, column) = loc
+                    .find_key_after(start, "replies")
+                    .unwrap_or((id_line, id_col));
+                self.at(path, line, column, ProblemKind::EmptyReply(ri.id.clone()));
+            }
+            if non_empty < 2 {
+                let (line, column) = loc
+                    .find_key_after(start, "replies")
+                    .unwrap_or((id_line, id_col));
+                self.at(
+                    path,
+                    line,
+                    column,
+                    ProblemKind::TooFewReplies {
+                        id: ri.id.clone(),
+                        count: non_empty,
+                    },
+                );
+            }
+            for r in &ri.replies {
+                self.check_template(path, &loc, start, r);
+            }
+            intents.push(Intent {
+                id: ri.id,
+                stage,
+                keywords,
+                patterns: ri.patterns,
+                exclude: ri.exclude,
+                replies: ri.replies,
+                priority: ri.priority.unwrap_or(1.0),
+            });
+        }
+    }
+
+    /// Reports unknown or unclosed `{placeholders}` in a reply text.
+    fn check_template(&mut self, path: &Path, loc: &Locator, start: usize, text: &str) {
+        if let Err(kind) = check_placeholders(text) {
+            let needle = match &kind {
+                ProblemKind::UnknownPlaceholder { placeholder } => format!("{{{placeholder}}}"),
+                _ => "{".to_string(),
+            };
+            let (line, column) = loc
+                .find_after(start, &needle)
+                .or_else(|| loc.find_after(0, &needle))
+                .unwrap_or((1, 1));
+            self.at(path, line, column, kind);
+        }
+    }
+}
+
+/// Checks that every `{...}` in `text` names a known placeholder.
+pub fn check_placeholders(text: &str) -> Result<(), ProblemKind> {
+    let mut rest = text;
+    while let Some(i) = rest.find('{') {
+        let after = &rest[i + 1..];
+        let Some(j) = after.find('}') else {
+            return Err(ProblemKind::UnclosedPlaceholder);
+        };
+        let name = &after[..j];
+        if !PLACEHOLDERS.contains(&name) {
+            return Err(ProblemKind::UnknownPlaceholder {
+                placeholder: name.to_string(),
+            });
+        }
+        rest = &after[j + 1..];
+    }
+    Ok(())
+}
+
+/// Values that fill the placeholders of a reply.
+#[derive(Debug, Clone, Default)]
+pub struct Fill<'a> {
+    pub shop: &'a str,
+    pub agent: &'a str,
+    pub buyer: &'a str,
+}
+
+impl Fill<'_> {
+    /// Replaces `{shop}`, `{agent}` and `{buyer}` in `template`.
+    ///
+    /// An empty value drops the placeholder, so a reply written for a named
+    /// agent still reads naturally when no name is known.
+    pub fn apply(&self, template: &str) -> String {
+        if !template.contains('{') {
+            return template.to_string();
+        }
+        template
+            .replace("{shop}", self.shop)
+            .replace("{agent}", self.agent)
+            .replace("{buyer}", self.buyer)
+    }
+}
+
+/// Finds the position of things in a YAML file's text.
+///
+/// serde_yaml reports positions for syntax errors only; for problems found
+/// after parsing (a duplicate id, a bad regex) we look the offending value up
+/// in the text, starting from the line of its intent's `id:`.
+struct Locator<'a> {
+    lines: Vec<&'a str>,
+}
+
+impl<'a> Locator<'a> {
+    fn new(text: &'a str) -> Self {
+        Locator {
+            lines: text.lines().collect(),
+        }
+    }
+
+    /// 0-based index of the line holding `id: <id>` (quoted or not).
+    fn find_id(&self, id: &str) -> Option<usize> {
+        self.lines.iter().position(|l| {
+            let t = l.trim_start().trim_start_matches("- ").trim_start();
+            t.strip_prefix("id:").is_some_and(|v| {
+                let v = v.trim();
+                let v = v.split(" #").next().unwrap_or(v).trim();
+                v.trim_matches(|c| c == '"' || c == '\'') == id
+            })
+        })
+    }
+
+    /// 1-based position of `value` on line `idx`, or the line's start.
+    fn pos_of_line_value(&self, idx: usize, value: &str) -> (usize, usize) {
+        let line = self.lines.get(idx).copied().unwrap_or("");
+        let col = line
+            .find(value)
+            .map(|b| line[..b].chars().count() + 1)
+            .unwrap_or(1);
+        (idx + 1, col)
+    }
+
+    /// First occurrence of `needle` at or after line `start` (1-based).
+    fn find_after(&self, start: usize, needle: &str) -> Option<(usize, usize)> {
+        if needle.is_empty() {
+            return None;
+        }
+        let first = needle.lines().next().unwrap_or(needle);
+        self.lines.iter().enumerate().skip(start).find_map(|(i, l)| {
+            l.find(first)
+                .map(|b| (i + 1, l[..b].chars().count() + 1))
+        })
+    }
+
+    fn find_key(&self, key: &str) -> Option<(usize, usize)> {
+        self.find_key_after(0, key)
+    }
+
+    fn find_key_after(&self, start: usize, key: &str) -> Option<(usize, usize)> {
+        let pat = format!("{key}:");
+        self.lines.iter().enumerate().skip(start).find_map(|(i, l)| {
+            let t = l.trim_start().trim_start_matches("- ");
+            t.starts_with(&pat)
+                .then(|| (i + 1, l.find(&pat).map(|b| b + 1).unwrap_or(1)))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders() {
+        let cases: &[(&str, bool)] = &[
+            ("亲，欢迎光临{shop}", true),
+            ("我是{agent}，{buyer}您好", true),
+            ("没有占位符", true),
+            ("{shopname}", false),
+            ("{shop", false),
+            ("{}", false),
+        ];
+        for (text, ok) in cases {
+            assert_eq!(check_placeholders(text).is_ok(), *ok, "{text}");
+        }
+    }
+
+    #[test]
+    fn fill() {
+        let f = Fill {
+            shop: "小米旗舰店",
+            agent: "小美",
+            buyer: "",
+        };
+        assert_eq!(
+            f.apply("欢迎光临{shop}，我是{agent}{buyer}"),
+            "欢迎光临小米旗舰店，我是小美"
+        );
+    }
+}
