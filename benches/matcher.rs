@@ -1,1 +1,145 @@
-fn main() {}
+//! Matcher speed: library load + compile, and the cost of one message.
+//!
+//! Messages come from `../shared/corpus/*_buyer_messages.txt` when that
+//! directory exists (real buyer messages, read at run time and never copied
+//! into the repository); otherwise from a small hand-written set, so the
+//! bench still runs on a checkout without the corpus.
+//!
+//! Besides criterion's groups, the bench prints the **median cost per
+//! message**: each message is ranked many times, its mean taken, and the
+//! median over all messages reported (the target is ≤ 2 µs).
+//!
+//! Run: `cargo bench --bench matcher`
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use aho_corasick::AhoCorasickKind;
+use criterion::{Criterion, Throughput};
+use kefu::matcher::Matcher;
+use kefu::phrases::{Fill, Library};
+
+fn phrases_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("phrases")
+}
+
+fn messages() -> (Vec<String>, &'static str) {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus");
+    let mut out = Vec::new();
+    for name in ["jddc_buyer_messages.txt", "ecd_buyer_messages.txt"] {
+        if let Ok(text) = std::fs::read_to_string(corpus.join(name)) {
+            out.extend(text.lines().filter(|l| !l.trim().is_empty()).map(String::from));
+        }
+    }
+    if !out.is_empty() {
+        return (out, "shared corpus");
+    }
+    let fallback = [
+        "在吗", "你好，请问什么时候发货", "请问这个是什么材质的", "能便宜点吗", "有优惠券吗",
+        "175 70kg穿多大码", "我要退货", "退款什么时候到账", "收到的是坏的", "发错货了",
+        "地址写错了帮我改一下", "能开发票吗", "到哪了怎么还没物流信息", "请问是正品吗",
+        "谢谢", "转人工", "請問什麼時候發貨", "ＯＫ，還有貨嗎？", "订单号123456789",
+    ];
+    (fallback.iter().map(|s| s.to_string()).collect(), "built-in sample")
+}
+
+fn bench(c: &mut Criterion) {
+    let dir = phrases_dir();
+    let (msgs, source) = messages();
+    let lib = Library::load_dir(&dir).expect("shipped phrase libraries load");
+
+    c.bench_function("load_and_compile", |b| {
+        b.iter(|| {
+            let lib = Library::load_dir(black_box(&dir)).unwrap();
+            Matcher::new(&lib).unwrap()
+        })
+    });
+
+    let mut g = c.benchmark_group(format!("rank_all_messages ({source})"));
+    g.throughput(Throughput::Elements(msgs.len() as u64));
+    for (name, kind) in [
+        ("dfa", AhoCorasickKind::DFA),
+        ("contiguous_nfa", AhoCorasickKind::ContiguousNFA),
+        ("noncontiguous_nfa", AhoCorasickKind::NoncontiguousNFA),
+    ] {
+        let m = Matcher::with_kind(&lib, kind).unwrap();
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                for msg in &msgs {
+                    black_box(m.rank(black_box(msg)));
+                }
+            })
+        });
+    }
+    let m = Matcher::new(&lib).unwrap();
+    let fill = Fill {
+        shop: "小米旗舰店",
+        agent: "小美",
+        buyer: "",
+    };
+    g.bench_function("suggest_top3_dfa", |b| {
+        b.iter(|| {
+            for msg in &msgs {
+                black_box(m.suggest(black_box(msg), 3, &fill));
+            }
+        })
+    });
+    g.finish();
+}
+
+/// Median over messages of the mean time to `suggest` one message.
+fn median_per_message() {
+    let lib = Library::load_dir(&phrases_dir()).expect("shipped phrase libraries load");
+    let (msgs, source) = messages();
+    let fill = Fill {
+        shop: "小米旗舰店",
+        agent: "小美",
+        buyer: "",
+    };
+    for kind in [AhoCorasickKind::DFA, AhoCorasickKind::ContiguousNFA] {
+        let m = Matcher::with_kind(&lib, kind).unwrap();
+        const REPS: u32 = 200;
+        let mut per_msg: Vec<f64> = msgs
+            .iter()
+            .map(|msg| {
+                let t = Instant::now();
+                for _ in 0..REPS {
+                    black_box(m.suggest(black_box(msg), 3, &fill));
+                }
+                t.elapsed().as_nanos() as f64 / REPS as f64
+            })
+            .collect();
+        per_msg.sort_by(f64::total_cmp);
+        let q = |p: f64| per_msg[((per_msg.len() - 1) as f64 * p) as usize] / 1000.0;
+        println!(
+            "suggest per message ({kind:?}, {} messages from {source}): median {:.2} µs, p90 {:.2} µs, p99 {:.2} µs; automaton {} KiB",
+            per_msg.len(),
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            m.automaton_bytes() / 1024
+        );
+    }
+    let t = Instant::now();
+    const LOADS: u32 = 20;
+    for _ in 0..LOADS {
+        let lib = Library::load_dir(&phrases_dir()).unwrap();
+        black_box(Matcher::new(&lib).unwrap());
+    }
+    println!(
+        "load and compile the full libraries: {:.2} ms (mean of {LOADS})",
+        t.elapsed().as_secs_f64() * 1000.0 / LOADS as f64
+    );
+}
+
+fn main() {
+    // `cargo test --all-targets` runs benches once as a smoke test, without
+    // `--bench`; the slow per-message survey runs only under `cargo bench`.
+    if std::env::args().any(|a| a == "--bench") {
+        median_per_message();
+    }
+    let mut c = Criterion::default().configure_from_args();
+    bench(&mut c);
+    c.final_summary();
+}

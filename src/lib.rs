@@ -15,7 +15,8 @@
 //! - [`config`]: settings from file, environment and flags;
 //! - [`protocol`]: the WebSocket JSON messages;
 //! - [`clock`]: the 30-second response clock (rounds, nudges, breaches);
-//! - [`server`]: the WebSocket service (`kefu serve`).
+//! - [`server`]: the WebSocket service (`kefu serve`);
+//! - [`web`]: the browser pages, built into the binary.
 
 pub mod clock;
 pub mod config;
@@ -29,6 +30,7 @@ pub mod protocol;
 pub mod report;
 pub mod server;
 pub mod store;
+pub mod web;
 pub mod yaml;
 
 #[cfg(test)]

@@ -410,13 +410,18 @@ impl Loader {
             return;
         };
         let loc = Locator::new(text);
+        let mut seen_here: HashMap<String, usize> = HashMap::new();
         let Some(stage) = Stage::parse(&raw.stage) else {
             let (line, column) = loc.find_key("stage").unwrap_or((1, 1));
             self.at(path, line, column, ProblemKind::UnknownStage(raw.stage));
             return;
         };
         for ri in raw.intents {
-            let start = loc.find_id(&ri.id).unwrap_or(0);
+            // The n-th intent with this id in this file sits on the n-th
+            // `id:` line that names it.
+            let nth = seen_here.entry(ri.id.clone()).or_insert(0);
+            let start = loc.find_id(&ri.id, *nth).unwrap_or(0);
+            *nth += 1;
             let (id_line, id_col) = loc.pos_of_line_value(start, &ri.id);
             let here = |v: &str| loc.find_after(start, v).unwrap_or((id_line, id_col));
 
@@ -642,16 +647,17 @@ impl<'a> Locator<'a> {
         }
     }
 
-    /// 0-based index of the line holding `id: <id>` (quoted or not).
-    fn find_id(&self, id: &str) -> Option<usize> {
-        self.lines.iter().position(|l| {
+    /// 0-based index of the `nth` line holding `id: <id>` (quoted or not).
+    fn find_id(&self, id: &str, nth: usize) -> Option<usize> {
+        let mut hits = self.lines.iter().enumerate().filter(|(_, l)| {
             let t = l.trim_start().trim_start_matches("- ").trim_start();
             t.strip_prefix("id:").is_some_and(|v| {
                 let v = v.trim();
                 let v = v.split(" #").next().unwrap_or(v).trim();
                 v.trim_matches(|c| c == '"' || c == '\'') == id
             })
-        })
+        });
+        hits.nth(nth).map(|(i, _)| i)
     }
 
     /// 1-based position of `value` on line `idx`, or the line's start.

@@ -1,0 +1,230 @@
+//! Loader errors: every kind of problem is reported with file, line and
+//! column, all of them in one pass, and `kefu check` exits non-zero.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kefu::phrases::{Library, Problem, ProblemKind};
+
+const TEMPLATES: &str = "greeting:\n  - \"亲，欢迎光临{shop}\"\nholding:\n  - \"亲，请您稍等\"\n";
+const POLITENESS: &str = "negative:\n  - phrase: 不行\n    rewrite: 我们一起想想办法\ncurt:\n  - phrase: 好的\n    rewrite: 好的呢亲，已为您记下啦\n";
+
+const GOOD: &str = r#"stage: pre_sale
+intents:
+  - id: pre_sale.greeting
+    keywords: [在吗, 你好]
+    replies:
+      - "亲，您好！欢迎光临{shop}"
+      - "您好呀，我是{agent}，很高兴为您服务"
+"#;
+
+/// A phrase directory in a temp dir with the two special files and `libs`.
+fn dir_with(libs: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("templates.yaml"), TEMPLATES).unwrap();
+    std::fs::write(dir.path().join("politeness.yaml"), POLITENESS).unwrap();
+    for (name, text) in libs {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    dir
+}
+
+fn problems(dir: &Path) -> Vec<Problem> {
+    match Library::load_dir(dir) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.0,
+    }
+}
+
+#[test]
+fn a_good_directory_loads() {
+    let dir = dir_with(&[("pre_sale.yaml", GOOD)]);
+    let lib = Library::load_dir(dir.path()).expect("good library loads");
+    assert_eq!(lib.intents.len(), 1);
+    assert_eq!(lib.templates.greeting.len(), 1);
+}
+
+/// Each case: a library text, the expected problem (matched by a predicate
+/// on its kind), its line and column.
+#[test]
+fn every_error_kind_has_file_line_and_column() {
+    type Pred = fn(&ProblemKind) -> bool;
+    let cases: &[(&str, &str, Pred, usize, usize)] = &[
+        (
+            "yaml syntax: bad indentation",
+            "stage: pre_sale\nintents:\n  - id: pre_sale.a\n    keywords: [a\n    replies: [x, y]\n",
+            |k| matches!(k, ProblemKind::Syntax(_)),
+            5,
+            12,
+        ),
+        (
+            "unknown field",
+            "stage: pre_sale\nintents:\n  - id: pre_sale.a\n    keyword: [在吗]\n    replies: [x, y]\n",
+            |k| matches!(k, ProblemKind::Syntax(m) if m.contains("keyword")),
+            4,
+            5,
+        ),
+        (
+            "unknown stage",
+            "stage: during_sale\nintents: []\n",
+            |k| matches!(k, ProblemKind::UnknownStage(s) if s == "during_sale"),
+            1,
+            1,
+        ),
+        (
+            "id of another stage",
+            "stage: pre_sale\nintents:\n  - id: in_sale.a\n    keywords: [在吗]\n    replies: [x, y]\n",
+            |k| matches!(k, ProblemKind::IdStageMismatch { .. }),
+            3,
+            9,
+        ),
+        (
+            "duplicate id",
+            "stage: pre_sale\nintents:\n  - id: pre_sale.a\n    keywords: [在吗]\n    replies: [x, y]\n  - id: pre_sale.a\n    keywords: [你好]\n    replies: [x, y]\n",
+            |k| matches!(k, ProblemKind::DuplicateId { id, .. } if id == "pre_sale.a"),
+            6,
+            9,
+        ),
+        (
+            "no keywords and no patterns",
+            "stage: pre_sale\nintents:\n  - id: pre_sale.a\n    keywords: []\n    replies: [x, y]\n",
+            |k| matches!(k, ProblemKind::NoKeywords(_)),
+            4,
+            5,
+        ),
+        (
+            "empty keyword",
+            "stage: pre_sale\nintents:\n  - id: pre_sale.a\n    keywords: [在吗, \"\"]\n    replies: [x, y]\n",
+            |k| matches!(k, ProblemKind::EmptyKeyword(_)),
+            4,
+            5,
+        ),
+        (
+            "invalid regex",
+            "stage: pre_sale\nintents:\n  - id: pre_sale.a\n    keywords: [在吗]\n    patterns: ['(在吗']\n    replies: [x, y]\n",
+            |k| matches!(k, ProblemKind::InvalidRegex { .. }),
+            5,
+            17,
+        ),
+        (
+            "reply without text",
+            "stage: pre_sale\nintents:\n  - id: pre_sale.a\n    keywords: [在吗]\n    replies: [x, y, \"  \"]\n",
+            |k| matches!(k, ProblemKind::EmptyReply(_)),
+            5,
+            5,
+        ),
+        (
+            "only one reply",
+            "stage: pre_sale\nintents:\n  - id: pre_sale.a\n    keywords: [在吗]\n    replies: [x]\n",
+            |k| matches!(k, ProblemKind::TooFewReplies { count: 1, .. }),
+            5,
+            5,
+        ),
+        (
+            "unknown placeholder",
+            "stage: pre_sale\nintents:\n  - id: pre_sale.a\n    keywords: [在吗]\n    replies:\n      - \"欢迎光临{shopname}\"\n      - y\n",
+            |k| matches!(k, ProblemKind::UnknownPlaceholder { placeholder } if placeholder == "shopname"),
+            6,
+            14,
+        ),
+        (
+            "keyword weight out of range",
+            "stage: pre_sale\nintents:\n  - id: pre_sale.a\n    keywords: [{text: 在吗, weight: 3}]\n    replies: [x, y]\n",
+            |k| matches!(k, ProblemKind::BadWeight { .. }),
+            4,
+            23,
+        ),
+    ];
+    for (what, text, pred, line, column) in cases {
+        let dir = dir_with(&[("pre_sale.yaml", text)]);
+        let found = problems(dir.path());
+        let p = found
+            .iter()
+            .find(|p| pred(&p.kind))
+            .unwrap_or_else(|| panic!("{what}: expected problem not reported; got {found:#?}"));
+        assert_eq!(
+            p.file,
+            dir.path().join("pre_sale.yaml"),
+            "{what}: wrong file"
+        );
+        assert_eq!((p.line, p.column), (*line, *column), "{what}: {p}");
+        // The rendered message names the file and the position.
+        let shown = p.to_string();
+        assert!(
+            shown.contains(&format!("pre_sale.yaml:{line}:{column}: ")),
+            "{what}: {shown}"
+        );
+    }
+}
+
+#[test]
+fn all_problems_are_reported_in_one_pass() {
+    let bad_a = "stage: pre_sale\nintents:\n  - id: pre_sale.a\n    keywords: [在吗]\n    patterns: ['[']\n    replies: [x]\n";
+    let bad_b = "stage: in_sale\nintents:\n  - id: in_sale.b\n    keywords: []\n    replies: [x, y]\n";
+    let dir = dir_with(&[("pre_sale.yaml", bad_a), ("in_sale.yaml", bad_b)]);
+    let found = problems(dir.path());
+    assert!(found.len() >= 3, "{found:#?}");
+    assert!(found.iter().any(|p| p.file.ends_with("pre_sale.yaml")));
+    assert!(found.iter().any(|p| p.file.ends_with("in_sale.yaml")));
+}
+
+#[test]
+fn duplicate_ids_across_files() {
+    let dup = GOOD.replace("stage: pre_sale", "stage: pre_sale");
+    let dir = dir_with(&[("pre_sale.yaml", GOOD), ("pre_sale_extra.yaml", &dup)]);
+    let found = problems(dir.path());
+    let p = found
+        .iter()
+        .find(|p| matches!(p.kind, ProblemKind::DuplicateId { .. }))
+        .expect("duplicate across files reported");
+    assert!(p.file.ends_with("pre_sale_extra.yaml"));
+    assert!(p.to_string().contains("pre_sale.yaml:3"), "{p}");
+}
+
+#[test]
+fn broken_templates_and_missing_files() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pre_sale.yaml"), GOOD).unwrap();
+    std::fs::write(
+        dir.path().join("templates.yaml"),
+        "greeting:\n  - \"欢迎光临{shop\"\nholding: [\"请稍等\"]\n",
+    )
+    .unwrap();
+    let found = problems(dir.path());
+    let unclosed = found
+        .iter()
+        .find(|p| matches!(p.kind, ProblemKind::UnclosedPlaceholder))
+        .expect("unclosed placeholder reported");
+    assert_eq!((unclosed.line, unclosed.column), (2, 10));
+    assert!(found
+        .iter()
+        .any(|p| p.kind == ProblemKind::MissingFile("politeness.yaml")));
+}
+
+fn kefu() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kefu"))
+}
+
+fn shipped_phrases() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("phrases")
+}
+
+#[test]
+fn kefu_check_exit_codes() {
+    let out = kefu().arg("check").arg(shipped_phrases()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "shipped libraries must be clean: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let dir = dir_with(&[(
+        "pre_sale.yaml",
+        "stage: pre_sale\nintents:\n  - id: pre_sale.a\n    keywords: [在吗]\n    patterns: ['(']\n    replies: [x, y]\n",
+    )]);
+    let out = kefu().arg("check").arg(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pre_sale.yaml:5:17: "), "{err}");
+    assert!(err.contains("invalid regex"), "{err}");
+}
