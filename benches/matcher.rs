@@ -29,19 +29,41 @@ fn messages() -> (Vec<String>, &'static str) {
     let mut out = Vec::new();
     for name in ["jddc_buyer_messages.txt", "ecd_buyer_messages.txt"] {
         if let Ok(text) = std::fs::read_to_string(corpus.join(name)) {
-            out.extend(text.lines().filter(|l| !l.trim().is_empty()).map(String::from));
+            out.extend(
+                text.lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(String::from),
+            );
         }
     }
     if !out.is_empty() {
         return (out, "shared corpus");
     }
     let fallback = [
-        "在吗", "你好，请问什么时候发货", "请问这个是什么材质的", "能便宜点吗", "有优惠券吗",
-        "175 70kg穿多大码", "我要退货", "退款什么时候到账", "收到的是坏的", "发错货了",
-        "地址写错了帮我改一下", "能开发票吗", "到哪了怎么还没物流信息", "请问是正品吗",
-        "谢谢", "转人工", "請問什麼時候發貨", "ＯＫ，還有貨嗎？", "订单号123456789",
+        "在吗",
+        "你好，请问什么时候发货",
+        "请问这个是什么材质的",
+        "能便宜点吗",
+        "有优惠券吗",
+        "175 70kg穿多大码",
+        "我要退货",
+        "退款什么时候到账",
+        "收到的是坏的",
+        "发错货了",
+        "地址写错了帮我改一下",
+        "能开发票吗",
+        "到哪了怎么还没物流信息",
+        "请问是正品吗",
+        "谢谢",
+        "转人工",
+        "請問什麼時候發貨",
+        "ＯＫ，還有貨嗎？",
+        "订单号123456789",
     ];
-    (fallback.iter().map(|s| s.to_string()).collect(), "built-in sample")
+    (
+        fallback.iter().map(|s| s.to_string()).collect(),
+        "built-in sample",
+    )
 }
 
 fn bench(c: &mut Criterion) {

@@ -187,7 +187,11 @@ impl Report {
                     m.example.line,
                     m.example.text,
                     want,
-                    if got.is_empty() { "-".to_string() } else { got.join(", ") }
+                    if got.is_empty() {
+                        "-".to_string()
+                    } else {
+                        got.join(", ")
+                    }
                 );
             }
         }

@@ -5,7 +5,11 @@ mod cmd;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "kefu", version, about = "客服 assistant: reply suggestions, auto-greeting, response clock and reports")]
+#[command(
+    name = "kefu",
+    version,
+    about = "客服 assistant: reply suggestions, auto-greeting, response clock and reports"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -42,6 +46,16 @@ fn main() -> std::process::ExitCode {
     };
     match result {
         Ok(code) => code,
+        // A closed pipe (`kefu suggest ... | head`) is the reader's choice,
+        // not an error.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            std::process::ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("kefu: error: {e:#}");
             std::process::ExitCode::from(2)

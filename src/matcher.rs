@@ -10,17 +10,23 @@
 //!   is given in the YAML or derived from the keyword's length: a longer
 //!   keyword is a more specific one (`发票抬头` says more than `发票`);
 //! - **coverage**: the share of the message's meaningful characters that
-//!   the intent's keywords cover, so `你好` alone is a greeting while in
-//!   `你好，我要退货` the greeting loses to the return;
-//! - **patterns** add evidence, **exclusions** veto the intent, and the
-//!   intent's **priority** scales the result.
+//!   the intent's keywords and patterns cover, so `你好` alone is a greeting
+//!   while in `你好，我要退货` the greeting loses to the return. Punctuation
+//!   and white space do not count, and a run of digits (an order number, a
+//!   phone number, a price) counts as one character: data pasted into a
+//!   message should not drown the words that say what the buyer wants;
+//! - **patterns** add evidence and cover the text they matched,
+//!   **exclusions** veto the intent, and the intent's **priority** scales
+//!   the result.
 //!
 //! `score = priority × evidence × (COVERAGE_FLOOR + (1 - COVERAGE_FLOOR) × coverage)`
 //!
-//! A keyword hit lying strictly inside a longer hit of another intent is
-//! dropped (`发货` inside `发错货了`-style overlaps), and an intent whose score
-//! stays under [`MIN_SCORE`] is not suggested: an agent is better served by
-//! no suggestion than by a wrong one.
+//! A keyword hit lying strictly inside a longer keyword hit is dropped
+//! (`退货` inside `七天无理由退货`, `发货` inside `什么时候发货`: the longer,
+//! more specific keyword speaks for that text), while an exclusion vetoes
+//! wherever it appears. An intent whose score stays under [`MIN_SCORE`] is
+//! not suggested: an agent is better served by no suggestion than by a
+//! wrong one.
 //!
 //! Why overlapping search with the standard match kind: keywords of different
 //! intents overlap all the time in Chinese (`退货退款`), and leftmost-first or
@@ -32,7 +38,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
-use regex::RegexSet;
+use regex::{Regex, RegexSet};
 use serde::Serialize;
 
 use crate::normalize::normalize;
@@ -102,6 +108,9 @@ pub struct Matcher {
     patterns: Vec<(String, Vec<Entry>)>,
     intents: Vec<CompiledIntent>,
     regexes: RegexSet,
+    /// The same patterns one by one, run only for those the set says match,
+    /// to find the span they cover.
+    regex_list: Vec<Regex>,
     regex_owner: Vec<u32>,
 }
 
@@ -142,7 +151,10 @@ impl Matcher {
                     patterns.len() - 1
                 });
                 let entries = &mut patterns[slot].1;
-                if !entries.iter().any(|e| e.intent == i as u32 && e.exclude == exclude) {
+                if !entries
+                    .iter()
+                    .any(|e| e.intent == i as u32 && e.exclude == exclude)
+                {
                     entries.push(Entry {
                         intent: i as u32,
                         weight,
@@ -152,7 +164,11 @@ impl Matcher {
             };
             for k in &intent.keywords {
                 let chars = normalize(&k.text).chars().count();
-                add(&k.text, k.weight.unwrap_or_else(|| default_weight(chars)), false);
+                add(
+                    &k.text,
+                    k.weight.unwrap_or_else(|| default_weight(chars)),
+                    false,
+                );
             }
             for e in &intent.exclude {
                 add(e, 0.0, true);
@@ -173,11 +189,16 @@ impl Matcher {
             .kind(Some(kind))
             .build(&texts)?;
         let regexes = RegexSet::new(&regex_src)?;
+        let regex_list = regex_src
+            .iter()
+            .map(|p| Regex::new(p))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Matcher {
             ac,
             patterns,
             intents,
             regexes,
+            regex_list,
             regex_owner,
         })
     }
@@ -211,30 +232,38 @@ impl Matcher {
     }
 
     fn rank_normalized(&self, norm: &str) -> Vec<Ranked> {
-        let content = content_chars(norm);
+        let content = content_units(norm, 0, norm.len());
         if content == 0 {
             return Vec::new();
         }
         // Collect (start, end, pattern) hits; overlapping search reports
         // every keyword at every position.
-        let mut hits: Vec<(u32, u32, u32)> = self
+        let hits: Vec<(u32, u32, u32)> = self
             .ac
             .find_overlapping_iter(norm)
             .map(|m| (m.start() as u32, m.end() as u32, m.pattern().as_u32()))
             .collect();
-        // Drop hits strictly inside a longer hit (of another keyword).
-        if hits.len() > 1 {
-            let all = hits.clone();
-            hits.retain(|&(s, e, _)| {
-                !all.iter()
-                    .any(|&(s2, e2, _)| s2 <= s && e <= e2 && (e2 - s2) > (e - s))
-            });
-        }
+        // A keyword hit strictly inside a longer keyword hit is swallowed by
+        // it. Only keywords swallow: an exclusion such as `售后退货` must not
+        // hide the keyword `退货` from the intents it does not exclude.
+        let is_keyword = |p: u32| self.patterns[p as usize].1.iter().any(|e| !e.exclude);
+        let swallowed: Vec<bool> = hits
+            .iter()
+            .map(|&(s, e, _)| {
+                hits.iter().any(|&(s2, e2, p2)| {
+                    s2 <= s && e <= e2 && (e2 - s2) > (e - s) && is_keyword(p2)
+                })
+            })
+            .collect();
 
         // Per intent: evidence so far, hit spans, vetoed?
         let mut acc: Vec<Acc> = Vec::new();
-        for &(s, e, p) in &hits {
+        for (&(s, e, p), &inside) in hits.iter().zip(&swallowed) {
             for entry in &self.patterns[p as usize].1 {
+                // Exclusions always veto, even inside a longer keyword.
+                if inside && !entry.exclude {
+                    continue;
+                }
                 let a = match acc.iter_mut().position(|a| a.intent == entry.intent) {
                     Some(i) => &mut acc[i],
                     None => {
@@ -267,6 +296,9 @@ impl Matcher {
                     a.pattern_hit = true;
                     a.miss *= 1.0 - PATTERN_WEIGHT;
                 }
+                if let Some(m) = self.regex_list[i].find(norm) {
+                    a.spans.push((m.start() as u32, m.end() as u32));
+                }
             }
         }
 
@@ -276,13 +308,8 @@ impl Matcher {
             .filter_map(|mut a| {
                 let intent = &self.intents[a.intent as usize];
                 let evidence = 1.0 - a.miss;
-                let covered = covered_chars(norm, &mut a.spans);
-                // A pattern match stands for the whole message it matched.
-                let coverage = if a.pattern_hit {
-                    1.0f32.min(covered as f32 / content as f32).max(0.5)
-                } else {
-                    (covered as f32 / content as f32).min(1.0)
-                };
+                let covered = covered_units(norm, &mut a.spans);
+                let coverage = (covered as f32 / content as f32).min(1.0);
                 let score = intent.priority
                     * evidence
                     * (COVERAGE_FLOOR + (1.0 - COVERAGE_FLOOR) * coverage);
@@ -361,19 +388,35 @@ fn is_content(c: char) -> bool {
         || "。，、！？～…：；“”‘’（）【】《》·￥".contains(c))
 }
 
-fn content_chars(s: &str) -> usize {
-    s.chars().filter(|&c| is_content(c)).count()
+/// Content units of `s[from..to]` (byte offsets on character boundaries):
+/// every content character counts one, except that a run of ASCII digits
+/// counts once, at its first digit (also when the run starts before `from`,
+/// it is then already counted).
+fn content_units(s: &str, from: usize, to: usize) -> usize {
+    let mut prev_digit = s[..from]
+        .chars()
+        .next_back()
+        .is_some_and(|c| c.is_ascii_digit());
+    let mut n = 0;
+    for c in s[from..to].chars() {
+        let digit = c.is_ascii_digit();
+        if is_content(c) && !(digit && prev_digit) {
+            n += 1;
+        }
+        prev_digit = digit;
+    }
+    n
 }
 
-/// Content characters covered by the union of `spans` (byte ranges).
-fn covered_chars(s: &str, spans: &mut [(u32, u32)]) -> usize {
+/// Content units covered by the union of `spans` (byte ranges).
+fn covered_units(s: &str, spans: &mut [(u32, u32)]) -> usize {
     spans.sort_unstable();
     let mut total = 0;
     let mut cur_end = 0u32;
     for &(start, end) in spans.iter() {
         let from = start.max(cur_end);
         if from < end {
-            total += content_chars(&s[from as usize..end as usize]);
+            total += content_units(s, from as usize, end as usize);
             cur_end = end;
         }
     }
@@ -387,4 +430,117 @@ fn fnv1a(bytes: &[u8]) -> u64 {
         h = h.wrapping_mul(0x100000001b3);
     }
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::phrases::{Intent, Keyword, Templates};
+    use crate::politeness::PolitenessRules;
+
+    /// (id, keywords, patterns, exclusions)
+    type Spec<'a> = (&'a str, &'a [&'a str], &'a [&'a str], &'a [&'a str]);
+
+    fn matcher(specs: &[Spec]) -> Matcher {
+        let intents = specs
+            .iter()
+            .map(|&(id, keywords, patterns, exclude)| Intent {
+                id: id.to_string(),
+                stage: Stage::InSale,
+                keywords: keywords
+                    .iter()
+                    .map(|k| Keyword {
+                        text: k.to_string(),
+                        weight: None,
+                    })
+                    .collect(),
+                patterns: patterns.iter().map(|p| p.to_string()).collect(),
+                exclude: exclude.iter().map(|e| e.to_string()).collect(),
+                replies: vec!["亲，好的呢".into(), "亲，收到".into()],
+                priority: 1.0,
+            })
+            .collect();
+        let lib = Library {
+            intents,
+            templates: Templates::default(),
+            politeness: PolitenessRules::default(),
+        };
+        Matcher::new(&lib).expect("test library compiles")
+    }
+
+    fn scores(m: &Matcher, text: &str) -> Vec<(String, f32)> {
+        m.rank(text)
+            .iter()
+            .map(|r| (m.intent_id(r.intent).to_string(), r.score))
+            .collect()
+    }
+
+    #[test]
+    fn a_number_counts_as_one_character() {
+        let m = matcher(&[("in_sale.shipping_time", &["发货"], &[], &[])]);
+        // 发货 covers 2 of 3 units whatever the length of the order number.
+        let long = scores(&m, "3392817465021 发货");
+        let short = scores(&m, "3 发货");
+        assert_eq!(long, short);
+        // Letters still count one each: a word is not data.
+        let word = scores(&m, "abcdefghijk 发货");
+        assert!(word.is_empty() || word[0].1 < long[0].1, "{word:?}");
+    }
+
+    #[test]
+    fn a_pattern_covers_what_it_matched() {
+        let m = matcher(&[("pre_sale.size_advice", &[], &[r"\d{3}\s*\d{2,3}\s*kg"], &[])]);
+        let whole = scores(&m, "175 70kg");
+        assert_eq!(
+            whole,
+            [("pre_sale.size_advice".to_string(), PATTERN_WEIGHT)]
+        );
+        let part = scores(&m, "175 70kg 想问一下这款衣服");
+        assert!(part[0].1 < whole[0].1, "{part:?}");
+    }
+
+    #[test]
+    fn a_longer_keyword_swallows_a_shorter_one_inside_it() {
+        let m = matcher(&[
+            ("in_sale.shipping_time", &["发货"], &[], &[]),
+            ("in_sale.courier", &["发货地"], &[], &[]),
+        ]);
+        let got = scores(&m, "发货地是哪里");
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].0, "in_sale.courier");
+    }
+
+    #[test]
+    fn exclusions_veto_everywhere_and_hide_no_keyword() {
+        let m = matcher(&[
+            (
+                "after_sale.return_exchange",
+                &["退货", "七天无理由退货"],
+                &[],
+                &[],
+            ),
+            ("after_sale.warranty_repair", &["售后"], &[], &["售后退货"]),
+            ("pre_sale.greeting", &["亲"], &[], &["退货"]),
+        ]);
+        // The exclusion 售后退货 vetoes the repair intent but does not
+        // swallow the keyword 退货 of the return intent.
+        let got = scores(&m, "售后退货");
+        let ids: Vec<&str> = got.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["after_sale.return_exchange"]);
+        // 退货 lies inside the longer keyword 七天无理由退货, and still vetoes.
+        let got = scores(&m, "亲 七天无理由退货");
+        assert!(
+            got.iter().all(|(id, _)| id != "pre_sale.greeting"),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn nothing_under_the_minimum_score() {
+        let m = matcher(&[("pre_sale.greeting", &["亲"], &[], &[])]);
+        // A one-character keyword (weight 0.3) in a long message stays silent.
+        assert!(m.rank("亲我想问一下这个东西到底怎么样啊").is_empty());
+        assert!(m.rank("").is_empty());
+        assert!(m.rank("。。。").is_empty());
+    }
 }

@@ -19,7 +19,9 @@ use crate::politeness::PolitenessRules;
 use crate::yaml;
 
 /// The three stages of a sale, in the order an order lives through them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, serde::Serialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     PreSale,
@@ -120,18 +122,36 @@ impl Library {
 pub enum ProblemKind {
     Io(String),
     Syntax(String),
-    DuplicateId { id: String, first: String },
+    DuplicateId {
+        id: String,
+        first: String,
+    },
     UnknownStage(String),
-    IdStageMismatch { id: String, stage: String },
+    IdStageMismatch {
+        id: String,
+        stage: String,
+    },
     BadId(String),
     NoKeywords(String),
     EmptyKeyword(String),
-    InvalidRegex { id: String, pattern: String, error: String },
-    TooFewReplies { id: String, count: usize },
+    InvalidRegex {
+        id: String,
+        pattern: String,
+        error: String,
+    },
+    TooFewReplies {
+        id: String,
+        count: usize,
+    },
     EmptyReply(String),
-    UnknownPlaceholder { placeholder: String },
+    UnknownPlaceholder {
+        placeholder: String,
+    },
     UnclosedPlaceholder,
-    BadWeight { id: String, keyword: String },
+    BadWeight {
+        id: String,
+        keyword: String,
+    },
     MissingFile(&'static str),
     NoLibraries,
 }
@@ -428,16 +448,20 @@ impl Loader {
             let valid_id = ri.id.split_once('.').is_some_and(|(s, n)| {
                 !s.is_empty()
                     && !n.is_empty()
-                    && ri
-                        .id
-                        .chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.')
+                    && ri.id.chars().all(|c| {
+                        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.'
+                    })
             });
             if !valid_id {
                 self.at(path, id_line, id_col, ProblemKind::BadId(ri.id.clone()));
             } else if let Some((s, _)) = ri.id.split_once('.') {
                 if Stage::parse(s).is_none() {
-                    self.at(path, id_line, id_col, ProblemKind::UnknownStage(s.to_string()));
+                    self.at(
+                        path,
+                        id_line,
+                        id_col,
+                        ProblemKind::UnknownStage(s.to_string()),
+                    );
                 } else if s != stage.as_str() {
                     self.at(
                         path,
@@ -531,7 +555,13 @@ impl Loader {
                         ProblemKind::InvalidRegex {
                             id: ri.id.clone(),
                             pattern: p.clone(),
-                            error: e.to_string().lines().last().unwrap_or("").trim().to_string(),
+                            error: e
+                                .to_string()
+                                .lines()
+                                .last()
+                                .unwrap_or("")
+                                .trim()
+                                .to_string(),
                         },
                     );
                 }
@@ -676,10 +706,11 @@ impl<'a> Locator<'a> {
             return None;
         }
         let first = needle.lines().next().unwrap_or(needle);
-        self.lines.iter().enumerate().skip(start).find_map(|(i, l)| {
-            l.find(first)
-                .map(|b| (i + 1, l[..b].chars().count() + 1))
-        })
+        self.lines
+            .iter()
+            .enumerate()
+            .skip(start)
+            .find_map(|(i, l)| l.find(first).map(|b| (i + 1, l[..b].chars().count() + 1)))
     }
 
     fn find_key(&self, key: &str) -> Option<(usize, usize)> {
@@ -688,11 +719,15 @@ impl<'a> Locator<'a> {
 
     fn find_key_after(&self, start: usize, key: &str) -> Option<(usize, usize)> {
         let pat = format!("{key}:");
-        self.lines.iter().enumerate().skip(start).find_map(|(i, l)| {
-            let t = l.trim_start().trim_start_matches("- ");
-            t.starts_with(&pat)
-                .then(|| (i + 1, l.find(&pat).map(|b| b + 1).unwrap_or(1)))
-        })
+        self.lines
+            .iter()
+            .enumerate()
+            .skip(start)
+            .find_map(|(i, l)| {
+                let t = l.trim_start().trim_start_matches("- ");
+                t.starts_with(&pat)
+                    .then(|| (i + 1, l.find(&pat).map(|b| b + 1).unwrap_or(1)))
+            })
     }
 }
 

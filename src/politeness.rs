@@ -90,14 +90,22 @@ fn core(text: &str) -> String {
 
 impl Checker {
     pub fn new(rules: &PolitenessRules) -> Checker {
-        let mut pats: Vec<String> = rules.negative.iter().map(|r| normalize(&r.phrase)).collect();
+        let mut pats: Vec<String> = rules
+            .negative
+            .iter()
+            .map(|r| normalize(&r.phrase))
+            .collect();
         pats.extend(rules.allow.iter().map(|a| normalize(a)));
         let ac = AhoCorasick::builder()
             .match_kind(MatchKind::LeftmostLongest)
             .build(&pats)
             .expect("politeness phrases are plain strings and always compile");
         Checker {
-            curt: rules.curt.iter().map(|r| core(&normalize(&r.phrase))).collect(),
+            curt: rules
+                .curt
+                .iter()
+                .map(|r| core(&normalize(&r.phrase)))
+                .collect(),
             rules: rules.clone(),
             ac,
             negative_len: rules.negative.len(),
@@ -174,7 +182,10 @@ mod tests {
             ("我不能改地址", &[IssueKind::Negative]),
             ("这个不行", &[IssueKind::Negative]),
             ("不行的话您再联系我们", &[]),
-            ("这不是我们的问题，不行", &[IssueKind::Negative, IssueKind::Negative]),
+            (
+                "这不是我们的问题，不行",
+                &[IssueKind::Negative, IssueKind::Negative],
+            ),
             ("亲，非常抱歉给您带来不便", &[]),
         ];
         for (draft, want) in cases {

@@ -1,1 +1,492 @@
 //! Table-driven tests of the matcher against the shipped libraries.
+//!
+//! The messages here are written by hand for the tests (never copied from
+//! the measuring corpus), in the ways buyers really type: colloquial,
+//! traditional characters, full-width letters and punctuation. They pin down
+//! what the shipped `phrases/` must recognise, so an edit that breaks a common
+//! message fails here before a shop sees it.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use crate::matcher::Matcher;
+use crate::phrases::{check_placeholders, Library};
+use crate::politeness::{Checker, IssueKind};
+
+/// The intent ids every library must cover (spec/intents.md of the shared
+/// project material). Kept here too so the check runs where `../shared` is
+/// absent; `spec_ids_match_the_copy` notices when the two drift apart.
+const REQUIRED: [&str; 29] = [
+    "pre_sale.greeting",
+    "pre_sale.product_info",
+    "pre_sale.authenticity",
+    "pre_sale.size_advice",
+    "pre_sale.stock",
+    "pre_sale.price_bargain",
+    "pre_sale.promotion",
+    "pre_sale.recommend",
+    "pre_sale.how_to_buy",
+    "pre_sale.closing",
+    "in_sale.payment",
+    "in_sale.order_status",
+    "in_sale.order_change",
+    "in_sale.address_change",
+    "in_sale.shipping_time",
+    "in_sale.courier",
+    "in_sale.logistics",
+    "in_sale.delivery_issue",
+    "in_sale.invoice",
+    "in_sale.installation",
+    "after_sale.return_exchange",
+    "after_sale.refund",
+    "after_sale.quality_issue",
+    "after_sale.wrong_item",
+    "after_sale.missing_item",
+    "after_sale.complaint",
+    "after_sale.warranty_repair",
+    "after_sale.usage_help",
+    "pre_sale.human_agent",
+];
+
+fn phrases_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("phrases")
+}
+
+/// The shipped libraries, loaded and compiled once for all tests.
+fn shipped() -> &'static (Library, Matcher) {
+    static SHIPPED: OnceLock<(Library, Matcher)> = OnceLock::new();
+    SHIPPED.get_or_init(|| {
+        let lib = Library::load_dir(&phrases_dir())
+            .unwrap_or_else(|e| panic!("the shipped phrases do not load: {e}"));
+        let matcher = Matcher::new(&lib).expect("the shipped phrases compile");
+        (lib, matcher)
+    })
+}
+
+/// Intent ids kefu suggests for `text`, best first.
+fn ranked_ids(text: &str) -> Vec<String> {
+    let (_, m) = shipped();
+    m.rank(text)
+        .iter()
+        .map(|r| m.intent_id(r.intent).to_string())
+        .collect()
+}
+
+/// Where the expected intent must come.
+#[derive(Clone, Copy, Debug)]
+enum Want {
+    /// First suggestion.
+    Top1,
+    /// Among the first three: the message honestly carries two intents.
+    Top3,
+}
+use Want::{Top1, Top3};
+
+/// Hand-written buyer messages and the intent each must get.
+const CASES: &[(&str, &str, Want)] = &[
+    // pre_sale.greeting
+    ("在吗", "pre_sale.greeting", Top1),
+    ("您好，有人吗？", "pre_sale.greeting", Top1),
+    ("親，在嗎", "pre_sale.greeting", Top1),
+    ("ｈｅｌｌｏ", "pre_sale.greeting", Top1),
+    ("亲", "pre_sale.greeting", Top1),
+    // pre_sale.product_info
+    ("这件衣服是什么面料的", "pre_sale.product_info", Top1),
+    ("這兩款有什麼區別？", "pre_sale.product_info", Top1),
+    ("支持ＷＩＦＩ吗", "pre_sale.product_info", Top1),
+    ("保质期多久啊", "pre_sale.product_info", Top1),
+    ("里面包括哪些配件", "pre_sale.product_info", Top1),
+    // pre_sale.authenticity
+    ("这个是正品吗", "pre_sale.authenticity", Top1),
+    ("會不會是假貨", "pre_sale.authenticity", Top1),
+    ("是原装的吗？有授权吗", "pre_sale.authenticity", Top1),
+    // pre_sale.size_advice
+    ("身高165体重110斤穿多大码", "pre_sale.size_advice", Top1),
+    ("这款鞋偏大还是偏小", "pre_sale.size_advice", Top1),
+    ("１７０ｃｍ　６５ｋｇ選什麼碼", "pre_sale.size_advice", Top1),
+    ("我平时穿M码，这个要拍L吗", "pre_sale.size_advice", Top1),
+    // pre_sale.stock
+    ("还有货吗", "pre_sale.stock", Top1),
+    ("黑色的还有吗", "pre_sale.stock", Top1),
+    ("什麼時候補貨", "pre_sale.stock", Top1),
+    ("ＯＫ，還有貨嗎？", "pre_sale.stock", Top1),
+    ("ＸＬ的卖完了吗？什么时候有货", "pre_sale.stock", Top1),
+    // pre_sale.price_bargain
+    ("能便宜点吗", "pre_sale.price_bargain", Top1),
+    ("最低多少钱能卖", "pre_sale.price_bargain", Top1),
+    ("包郵嗎？", "pre_sale.price_bargain", Top1),
+    ("两件一起买能少点吗", "pre_sale.price_bargain", Top1),
+    // pre_sale.promotion
+    ("有优惠券吗", "pre_sale.promotion", Top1),
+    ("满减怎么算的", "pre_sale.promotion", Top1),
+    ("買兩件送贈品嗎", "pre_sale.promotion", Top1),
+    ("双十一有活动吗", "pre_sale.promotion", Top1),
+    // pre_sale.recommend
+    ("有什么推荐的吗", "pre_sale.recommend", Top1),
+    ("送女朋友买哪款好", "pre_sale.recommend", Top1),
+    ("哪個口味比較好吃", "pre_sale.recommend", Top1),
+    ("你们家卖得最好的是哪款", "pre_sale.recommend", Top1),
+    // pre_sale.how_to_buy
+    ("怎么下单", "pre_sale.how_to_buy", Top1),
+    ("我要买三份应该怎么拍", "pre_sale.how_to_buy", Top1),
+    ("拍哪個鏈接？", "pre_sale.how_to_buy", Top1),
+    // pre_sale.closing
+    ("谢谢", "pre_sale.closing", Top1),
+    ("好的，没有其他问题了", "pre_sale.closing", Top1),
+    ("明白了，拜拜", "pre_sale.closing", Top1),
+    ("謝謝你，辛苦了", "pre_sale.closing", Top1),
+    ("ＯＫ，谢啦", "pre_sale.closing", Top1),
+    ("嗯好", "pre_sale.closing", Top1),
+    // pre_sale.human_agent
+    ("转人工", "pre_sale.human_agent", Top1),
+    ("怎么一直没人回复", "pre_sale.human_agent", Top1),
+    ("我要人工客服", "pre_sale.human_agent", Top1),
+    ("你是機器人嗎", "pre_sale.human_agent", Top1),
+    // in_sale.payment
+    ("怎么付款", "in_sale.payment", Top1),
+    ("可以用花呗分期吗", "in_sale.payment", Top1),
+    ("付不了款怎么办", "in_sale.payment", Top1),
+    ("兩個訂單能合併付款嗎", "in_sale.payment", Top1),
+    // in_sale.order_status
+    ("我有一个订单", "in_sale.order_status", Top1),
+    ("帮我查一下这个订单", "in_sale.order_status", Top1),
+    ("訂單狀態怎麼一直是待審核", "in_sale.order_status", Top1),
+    // in_sale.order_change
+    ("我拍错了颜色", "in_sale.order_change", Top1),
+    ("帮我取消订单", "in_sale.order_change", Top1),
+    ("能改成两件吗", "in_sale.order_change", Top1),
+    ("買重了，取消一單", "in_sale.order_change", Top1),
+    // in_sale.address_change
+    ("地址写错了", "in_sale.address_change", Top1),
+    ("帮我改下收货电话", "in_sale.address_change", Top1),
+    ("收貨地址填錯了，能改嗎", "in_sale.address_change", Top1),
+    ("收件人名字写错了", "in_sale.address_change", Top1),
+    // in_sale.shipping_time
+    ("什么时候发货", "in_sale.shipping_time", Top1),
+    ("今天能发吗", "in_sale.shipping_time", Top1),
+    ("請問什麼時候發貨", "in_sale.shipping_time", Top1),
+    ("請問幾天發貨", "in_sale.shipping_time", Top1),
+    ("还没发货吗？催一下", "in_sale.shipping_time", Top1),
+    // in_sale.courier
+    ("发什么快递", "in_sale.courier", Top1),
+    ("能发顺丰吗", "in_sale.courier", Top1),
+    ("從哪裡發貨？", "in_sale.courier", Top1),
+    // in_sale.logistics
+    ("我的快递到哪了", "in_sale.logistics", Top1),
+    ("什么时候能到", "in_sale.logistics", Top1),
+    ("物流怎麼三天沒更新了", "in_sale.logistics", Top1),
+    // in_sale.delivery_issue
+    ("显示签收了但我没收到", "in_sale.delivery_issue", Top1),
+    ("快递员不接电话", "in_sale.delivery_issue", Top1),
+    ("包裹放在驛站了嗎，我沒收到", "in_sale.delivery_issue", Top1),
+    // in_sale.invoice
+    ("能开发票吗", "in_sale.invoice", Top1),
+    ("发票抬头改成公司", "in_sale.invoice", Top1),
+    ("需要增值稅專用發票", "in_sale.invoice", Top1),
+    // in_sale.installation
+    ("什么时候上门安装", "in_sale.installation", Top1),
+    ("安装师傅电话多少", "in_sale.installation", Top1),
+    ("預約安裝", "in_sale.installation", Top1),
+    // after_sale.return_exchange
+    ("我要退货", "after_sale.return_exchange", Top1),
+    ("能换一个大一码的吗", "after_sale.return_exchange", Top1),
+    ("支持七天無理由退貨嗎", "after_sale.return_exchange", Top1),
+    // after_sale.refund
+    ("退款什么时候到账", "after_sale.refund", Top1),
+    ("钱退到哪里了", "after_sale.refund", Top1),
+    ("退貨運費給我報銷嗎", "after_sale.refund", Top1),
+    // after_sale.quality_issue
+    ("收到是坏的", "after_sale.quality_issue", Top1),
+    ("外包装有破损，杯子碎了", "after_sale.quality_issue", Top1),
+    ("用了兩天就不能用了", "after_sale.quality_issue", Top1),
+    // after_sale.wrong_item
+    ("发错货了", "after_sale.wrong_item", Top1),
+    ("颜色不对，我买的是白色", "after_sale.wrong_item", Top1),
+    ("收到的不是我買的那款", "after_sale.wrong_item", Top1),
+    // after_sale.missing_item
+    ("少发了一件", "after_sale.missing_item", Top1),
+    ("赠品没收到", "after_sale.missing_item", Top1),
+    ("漏發了一個配件", "after_sale.missing_item", Top1),
+    // after_sale.complaint
+    ("我要投诉你们", "after_sale.complaint", Top1),
+    ("你们是骗子", "after_sale.complaint", Top1),
+    ("再不处理我就给差评", "after_sale.complaint", Top1),
+    // after_sale.warranty_repair
+    ("保修多久", "after_sale.warranty_repair", Top1),
+    ("坏了去哪里修", "after_sale.warranty_repair", Top1),
+    ("售後電話多少", "after_sale.warranty_repair", Top1),
+    // after_sale.usage_help
+    ("这个怎么用", "after_sale.usage_help", Top1),
+    ("怎么连接手机蓝牙", "after_sale.usage_help", Top1),
+    ("說明書在哪裡", "after_sale.usage_help", Top1),
+    // A greeting or a thank-you glued to a request: the request wins.
+    ("你好，我要退货", "after_sale.return_exchange", Top1),
+    ("好的，那什么时候发货？", "in_sale.shipping_time", Top1),
+    ("谢谢，顺便问下能开发票吗", "in_sale.invoice", Top1),
+    ("在吗？这款还有货吗", "pre_sale.stock", Top1),
+    (
+        "订单号3392817465021，什么时候发货",
+        "in_sale.shipping_time",
+        Top1,
+    ),
+    // Honestly two intents in one message: both must be offered.
+    (
+        "收到的衣服破了一个洞，我要退货",
+        "after_sale.return_exchange",
+        Top3,
+    ),
+    (
+        "收到的衣服破了一个洞，我要退货",
+        "after_sale.quality_issue",
+        Top3,
+    ),
+    ("亲，能便宜点吗？包邮吗？", "pre_sale.price_bargain", Top1),
+    ("你好，收件人电话写错了", "in_sale.address_change", Top1),
+    ("能开发票吗？顺便问下发什么快递", "in_sale.invoice", Top3),
+    ("能开发票吗？顺便问下发什么快递", "in_sale.courier", Top3),
+    ("发错颜色了，我要换货", "after_sale.wrong_item", Top3),
+    ("发错颜色了，我要换货", "after_sale.return_exchange", Top3),
+];
+
+#[test]
+fn hand_written_messages_get_their_intent() {
+    let mut failures = Vec::new();
+    for &(text, want, how) in CASES {
+        let ids = ranked_ids(text);
+        let ok = match how {
+            Top1 => ids.first().is_some_and(|id| id == want),
+            Top3 => ids.iter().take(3).any(|id| id == want),
+        };
+        if !ok {
+            failures.push(format!("{text:?}: want {want} ({how:?}), got {ids:?}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        CASES.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn every_required_intent_has_at_least_three_cases() {
+    for id in REQUIRED {
+        let n = CASES.iter().filter(|(_, want, _)| *want == id).count();
+        assert!(n >= 3, "{id} has only {n} test message(s)");
+    }
+}
+
+/// Messages that are only data or only make sense from earlier turns:
+/// a wrong suggestion would cost the agent more than none.
+const SILENT: &[&str] = &[
+    "3392817465021",
+    "13800138000",
+    "李四 13912345678",
+    "北京市朝阳区建国路88号",
+    "广东省深圳市南山区",
+    "张三",
+    "嗯嗯",
+    "嗯",
+    "哦哦",
+    "额",
+    "。。。",
+    "？？",
+    "😂",
+    "然后呢",
+    "怎么了",
+    "是吗",
+    "对吧",
+    "等等",
+    "稍等一下",
+    "我是学生",
+    "刚刚那个",
+];
+
+#[test]
+fn data_and_context_only_messages_get_no_suggestion() {
+    let noisy: Vec<String> = SILENT
+        .iter()
+        .filter_map(|text| {
+            let ids = ranked_ids(text);
+            (!ids.is_empty()).then(|| format!("{text:?} got {ids:?}"))
+        })
+        .collect();
+    assert!(noisy.is_empty(), "should be silent:\n{}", noisy.join("\n"));
+}
+
+#[test]
+fn every_required_intent_is_in_the_libraries() {
+    let (lib, _) = shipped();
+    let have: BTreeSet<&str> = lib.intents.iter().map(|i| i.id.as_str()).collect();
+    let missing: Vec<&str> = REQUIRED
+        .iter()
+        .copied()
+        .filter(|id| !have.contains(id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "intents missing from phrases/: {missing:?}"
+    );
+}
+
+/// Intent ids in the first column of the spec's tables (`| pre_sale.x | ...`).
+fn spec_ids(spec: &str) -> BTreeSet<String> {
+    spec.lines()
+        .filter_map(|l| l.trim().strip_prefix('|'))
+        .filter_map(|l| l.split('|').next())
+        .map(str::trim)
+        .filter(|cell| {
+            cell.split_once('.').is_some_and(|(stage, name)| {
+                ["pre_sale", "in_sale", "after_sale"].contains(&stage)
+                    && !name.is_empty()
+                    && name.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+            })
+        })
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn spec_ids_match_the_copy() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/spec/intents.md");
+    let Ok(spec) = std::fs::read_to_string(&path) else {
+        eprintln!(
+            "note: {} is absent; checked the built-in copy of the required ids only",
+            path.display()
+        );
+        return;
+    };
+    let from_spec = spec_ids(&spec);
+    assert!(
+        !from_spec.is_empty(),
+        "no intent ids found in {}",
+        path.display()
+    );
+    let copy: BTreeSet<String> = REQUIRED.iter().map(|s| s.to_string()).collect();
+    assert_eq!(
+        from_spec,
+        copy,
+        "the required ids in src/tests.rs differ from {}; update REQUIRED",
+        path.display()
+    );
+    let (lib, _) = shipped();
+    for id in &from_spec {
+        assert!(
+            lib.intent(id).is_some(),
+            "{id} of the spec is not in phrases/"
+        );
+    }
+}
+
+#[test]
+fn spec_id_parser() {
+    let spec = "| id | the buyer |\n|---|---|\n| pre_sale.greeting | greets |\n\
+                | in_sale.invoice | invoice |\n| not an id | x |\n`none` is not one\n";
+    let ids: Vec<String> = spec_ids(spec).into_iter().collect();
+    assert_eq!(ids, ["in_sale.invoice", "pre_sale.greeting"]);
+}
+
+#[test]
+fn replies_are_polite_and_use_known_placeholders() {
+    let (lib, _) = shipped();
+    let checker = Checker::new(&lib.politeness);
+    let mut problems = Vec::new();
+    let mut check = |owner: &str, text: &str| {
+        let lint = checker.check(text);
+        for issue in &lint.issues {
+            problems.push(format!(
+                "{owner}: {:?} phrasing `{}` in {text:?}",
+                issue.kind, issue.phrase
+            ));
+        }
+        if let Err(e) = check_placeholders(text) {
+            problems.push(format!("{owner}: {e} in {text:?}"));
+        }
+        // Money for a good review breaks the platforms' rules.
+        if text.contains("返现") {
+            problems.push(format!("{owner}: offers cashback in {text:?}"));
+        }
+    };
+    for intent in &lib.intents {
+        assert!(intent.replies.len() >= 2, "{} has < 2 replies", intent.id);
+        for reply in &intent.replies {
+            check(&intent.id, reply);
+        }
+    }
+    let t = &lib.templates;
+    for (name, list) in [
+        ("greeting", &t.greeting),
+        ("holding", &t.holding),
+        ("offline", &t.offline),
+    ] {
+        for text in list {
+            check(name, text);
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn templates_greet_with_the_shop_name() {
+    let (lib, _) = shipped();
+    let t = &lib.templates;
+    assert!(!t.greeting.is_empty() && !t.holding.is_empty() && !t.offline.is_empty());
+    for g in &t.greeting {
+        assert!(g.contains("{shop}"), "greeting without {{shop}}: {g:?}");
+    }
+}
+
+#[test]
+fn shipped_politeness_rules_flag_the_usual_habits() {
+    let (lib, _) = shipped();
+    let checker = Checker::new(&lib.politeness);
+    let kinds = |draft: &str| -> Vec<IssueKind> {
+        checker.check(draft).issues.iter().map(|i| i.kind).collect()
+    };
+    for draft in [
+        "我不能改地址",
+        "这个我不会弄",
+        "不行，没有这个颜色",
+        "没办法，已经发货了",
+        "不可以退",
+        "这不是我们的问题",
+        "不知道",
+        "你自己看详情页",
+        "这个不归我管",
+    ] {
+        assert!(
+            kinds(draft).contains(&IssueKind::Negative),
+            "{draft:?} should be flagged as negative"
+        );
+    }
+    for draft in [
+        "好的",
+        "可以",
+        "有货",
+        "嗯",
+        "行",
+        "没有",
+        "知道了",
+        "好的。",
+    ] {
+        assert_eq!(kinds(draft), [IssueKind::Curt], "{draft:?} should be curt");
+    }
+    for draft in [
+        "没问题，亲，马上为您安排",
+        "不行的话您再联系我，我帮您换一个",
+        "好的亲，已经为您备注好啦，今天就给您发出哦",
+    ] {
+        assert!(kinds(draft).is_empty(), "{draft:?} should pass");
+    }
+    for rule in lib.politeness.negative.iter().chain(&lib.politeness.curt) {
+        assert!(
+            checker.check(&rule.rewrite).ok,
+            "the rewrite for `{}` is itself flagged: {:?}",
+            rule.phrase,
+            rule.rewrite
+        );
+    }
+}

@@ -45,7 +45,9 @@ fn matcher() -> Matcher {
 }
 
 fn top(m: &Matcher, text: &str) -> Option<String> {
-    m.rank(text).first().map(|r| m.intent_id(r.intent).to_string())
+    m.rank(text)
+        .first()
+        .map(|r| m.intent_id(r.intent).to_string())
 }
 
 #[test]

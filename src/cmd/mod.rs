@@ -132,11 +132,16 @@ pub fn suggest(args: SuggestArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("give a message to match, or --jsonl to read messages from stdin");
     };
     let suggestions = matcher.suggest(&text, args.top, &fill);
+    let mut out = std::io::stdout().lock();
     if suggestions.is_empty() {
-        println!("no suggestion: nothing in the libraries fits this message");
+        writeln!(
+            out,
+            "no suggestion: nothing in the libraries fits this message"
+        )?;
     }
     for (i, s) in suggestions.iter().enumerate() {
-        println!(
+        writeln!(
+            out,
             "{}. [{} {}] {}  score {:.2}  matched: {}",
             i + 1,
             s.stage.label(),
@@ -148,8 +153,8 @@ pub fn suggest(args: SuggestArgs) -> anyhow::Result<ExitCode> {
             } else {
                 s.matched.join(", ")
             }
-        );
-        println!("   {}", s.reply);
+        )?;
+        writeln!(out, "   {}", s.reply)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -194,6 +199,8 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
         eprintln!("{}: {e} (skipped)", args.file.display());
     }
     let report = kefu::eval::evaluate(&matcher, &examples);
-    print!("{}", report.render(!args.quiet));
+    std::io::stdout()
+        .lock()
+        .write_all(report.render(!args.quiet).as_bytes())?;
     Ok(ExitCode::SUCCESS)
 }
