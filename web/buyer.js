@@ -1,0 +1,189 @@
+// Buyer demo (/buyer): a second window to try the whole flow as a buyer:
+// greeting, chat with the agent, rating at the end. The resume secret of the
+// `welcome` is kept in sessionStorage so a reload rejoins the conversation.
+"use strict";
+
+(() => {
+  const { el, clockTime, load, save, connect, RATINGS } = kefu;
+  const $ = (id) => document.getElementById(id);
+  const SESSION_KEY = "kefu.buyer";
+  const resumeKey = (s) => `kefu.resume.${s.shop}.${s.buyer}`;
+
+  let me = null; // {shop, buyer}
+  let conn = null;
+  let messages = [];
+  let rated = null;
+  let shopName = "";
+
+  function setStatus(kind, text) {
+    const s = $("status");
+    s.className = `status ${kind}`;
+    s.textContent = text;
+  }
+
+  function showSignin(error) {
+    $("signin").hidden = false;
+    $("phone").hidden = true;
+    $("leave").hidden = true;
+    $("who").textContent = "";
+    $("signin-error").textContent = error || "";
+    setStatus("off", "未连接");
+    const s = load(SESSION_KEY);
+    $("in-shop").value = (s && s.shop) || new URLSearchParams(location.search).get("shop") || "";
+    $("in-buyer").value = (s && s.buyer) || `b${Math.floor(1000 + Math.random() * 9000)}`;
+  }
+
+  function enter(session) {
+    me = session;
+    save(SESSION_KEY, session);
+    messages = [];
+    rated = null;
+    $("signin").hidden = true;
+    $("phone").hidden = false;
+    $("leave").hidden = false;
+    $("rating").hidden = true;
+    $("who").textContent = `买家 ${me.buyer}`;
+    render();
+    conn = connect({
+      hello: () => {
+        const h = { type: "hello", role: "buyer", shop: me.shop, buyer: me.buyer };
+        const secret = load(resumeKey(me));
+        if (secret) h.resume = secret;
+        return h;
+      },
+      onMessage: handle,
+      onStatus: (st) => {
+        if (st === "open") setStatus("wait", "进店中…");
+        else if (st === "connecting") setStatus("wait", "连接中…");
+        else setStatus("off", "已断开，正在重连");
+      },
+    });
+  }
+
+  function leave(error) {
+    if (conn) conn.stop();
+    conn = null;
+    showSignin(error);
+  }
+
+  function handle(m) {
+    switch (m.type) {
+      case "welcome":
+        setStatus("on", "已连接");
+        if (m.resume) save(resumeKey(me), m.resume);
+        shopName = m.shop_name || m.shop || me.shop;
+        $("shop-name").textContent = `${shopName} · 客服`;
+        $("conv-id").textContent = m.conversation ? `会话 ${m.conversation}${m.resumed ? "（已恢复）" : ""}` : "";
+        if (Array.isArray(m.history)) {
+          messages = m.history.map((x) => ({ from: x.from, text: x.text, at: x.at, agent: x.agent, note: x.note }));
+        }
+        break;
+      case "reply":
+        messages.push({ from: m.from, text: m.text, at: m.at, agent: m.agent, note: m.note });
+        break;
+      case "rated":
+        rated = m.score;
+        break;
+      case "error":
+        if (["buyer_taken", "unknown_shop", "bad_id"].includes(m.code)) {
+          if (m.code === "buyer_taken") save(resumeKey(me), null);
+          leave(`${m.message}（${m.code}）`);
+          return;
+        }
+        if (m.code === "replaced") {
+          leave("这个买家已在另一个窗口打开，这里已断开");
+          return;
+        }
+        if (m.code === "already_rated") rated = rated || "done";
+        showBanner(`${m.message}（${m.code}）`);
+        break;
+      default:
+        console.debug("kefu: unhandled frame", m);
+    }
+    render();
+  }
+
+  function showBanner(text) {
+    const b = $("banner");
+    b.textContent = text;
+    b.hidden = false;
+    setTimeout(() => (b.hidden = true), 6000);
+  }
+
+  function render() {
+    const box = $("messages");
+    box.replaceChildren(
+      ...messages.map((x) => {
+        const who = x.from === "buyer" ? "我" : x.from === "bot" ? `${shopName || "店铺"} · 自动回复` : `客服 ${x.agent || ""}`;
+        // The buyer's own lines sit on the right, the shop's on the left.
+        const side = x.from === "buyer" ? "mine" : x.from === "bot" ? "buyer bot-left" : "buyer agent-left";
+        return el(
+          "div",
+          { class: `msg ${side}`, dataset: { from: x.from } },
+          el("span", { class: "meta" }, `${who} · ${clockTime(x.at)}`),
+          el("div", { class: "bubble" }, x.text),
+        );
+      }),
+    );
+    box.scrollTop = box.scrollHeight;
+    renderRating();
+  }
+
+  function renderRating() {
+    const panel = $("rating");
+    if (rated) {
+      panel.hidden = false;
+      const name = (RATINGS.find(([k]) => k === rated) || [null, ""])[1];
+      $("rating-q").textContent = name ? `感谢您的评价：${name}` : "感谢您的评价";
+      $("levels").replaceChildren();
+      $("end").disabled = true;
+      return;
+    }
+    $("end").disabled = false;
+    $("rating-q").textContent = "请为本次服务评价：";
+    $("levels").replaceChildren(
+      ...RATINGS.map(([score, label]) =>
+        el("button", { class: "btn", type: "button", dataset: { score }, onclick: () => rate(score) }, label),
+      ),
+    );
+  }
+
+  function rate(score) {
+    if (!conn || !conn.send({ type: "rate", score })) {
+      showBanner("未连接，评价没有发出，请稍后再试");
+      return;
+    }
+  }
+
+  $("composer").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const input = $("text");
+    const text = input.value.trim();
+    if (!text) return;
+    if (!conn || !conn.send({ type: "message", text })) {
+      showBanner("未连接，消息没有发出，请稍后再试");
+      return;
+    }
+    messages.push({ from: "buyer", text, at: Date.now() });
+    input.value = "";
+    render();
+  });
+  $("end").addEventListener("click", () => {
+    $("rating").hidden = false;
+    renderRating();
+  });
+  $("leave").addEventListener("click", () => {
+    save(SESSION_KEY, null);
+    leave("");
+  });
+  $("signin").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const shop = $("in-shop").value.trim();
+    const buyer = $("in-buyer").value.trim();
+    if (shop && buyer) enter({ shop, buyer });
+  });
+
+  const saved = load(SESSION_KEY);
+  if (saved && saved.shop && saved.buyer) enter(saved);
+  else showSignin("");
+})();

@@ -1,0 +1,767 @@
+// Agent workbench (/): sign in, conversation list with the response clock,
+// chat, suggestions, and the politeness check while typing.
+// Speaks the WebSocket protocol of docs/PROTOCOL.md.
+"use strict";
+
+(() => {
+  const { el, clockTime, load, save, connect, stageLabel } = kefu;
+  const $ = (id) => document.getElementById(id);
+  const SESSION_KEY = "kefu.agent";
+  const LINT_DELAY_MS = 250;
+
+  /** @type {Map<string, object>} conversation id -> state */
+  const convs = new Map();
+  let selected = null;
+  let conn = null;
+  let me = null; // {shop, agent, token}
+  let welcomed = false;
+  /** Browser clock minus server clock, learned from the `at` of frames. */
+  let skew = 0;
+  /** Round timing the server announced (ms); null until it does. */
+  let targetMs = null;
+  let nudgeMs = null;
+  /** The intent of the suggestion the agent took, sent with the reply. */
+  let usedIntent = null;
+  let lintTimer = null;
+  let lintSent = null;
+  let lintShown = null;
+
+  const serverNow = () => Date.now() - skew;
+
+  function learnSkew(at) {
+    if (typeof at !== "number") return;
+    // A frame stamped `at` by the server left it just now; the smallest
+    // difference seen is the best estimate (network delay only adds).
+    const d = Date.now() - at;
+    if (!learnSkew.seen || d < skew) skew = d;
+    learnSkew.seen = true;
+  }
+
+  // ---------- sign in / out ----------
+
+  function showSignin(error) {
+    $("signin").hidden = false;
+    $("bench").hidden = true;
+    $("signout").hidden = true;
+    $("who").textContent = "";
+    $("signin-error").textContent = error || "";
+    setStatus("off", "未连接");
+    const s = load(SESSION_KEY);
+    if (s) {
+      $("in-shop").value = s.shop || "";
+      $("in-agent").value = s.agent || "";
+    }
+  }
+
+  function signIn(session) {
+    me = session;
+    save(SESSION_KEY, session);
+    $("signin").hidden = true;
+    $("bench").hidden = false;
+    $("signout").hidden = false;
+    $("who").textContent = `店铺 ${session.shop} · 客服 ${session.agent}`;
+    welcomed = false;
+    conn = connect({
+      hello: () => ({ type: "hello", role: "agent", shop: me.shop, agent: me.agent, token: me.token }),
+      onMessage: handle,
+      onStatus: (st, ev) => {
+        if (st === "open") setStatus("wait", "登录中…");
+        else if (st === "connecting") setStatus("wait", "连接中…");
+        else {
+          setStatus("off", "已断开，正在重连");
+          if (welcomed) logEvent("error", "连接断开，正在重连…");
+          welcomed = false;
+          updateComposer();
+        }
+      },
+    });
+    renderAll();
+  }
+
+  function refuse(message) {
+    if (conn) conn.stop();
+    conn = null;
+    const s = load(SESSION_KEY) || {};
+    save(SESSION_KEY, { shop: s.shop, agent: s.agent }); // forget the token only
+    convs.clear();
+    selected = null;
+    showSignin(message);
+  }
+
+  function signOut() {
+    if (conn) conn.stop();
+    conn = null;
+    const s = load(SESSION_KEY) || {};
+    save(SESSION_KEY, { shop: s.shop, agent: s.agent });
+    convs.clear();
+    selected = null;
+    showSignin("");
+  }
+
+  function setStatus(kind, text) {
+    const s = $("status");
+    s.className = `status ${kind}`;
+    s.textContent = text;
+  }
+
+  // ---------- conversations ----------
+
+  function conv(id, buyer) {
+    let c = convs.get(id);
+    if (!c) {
+      c = {
+        id,
+        buyer: buyer || "",
+        messages: [],
+        waitingSince: null,
+        deadline: null,
+        nudgeAt: null,
+        nudged: false,
+        breached: false,
+        suggestions: [],
+        lastActivity: 0,
+        unread: 0,
+        draft: "",
+        intent: null,
+        rating: null,
+      };
+      convs.set(id, c);
+    }
+    if (buyer) c.buyer = buyer;
+    return c;
+  }
+
+  /** Takes the round fields of a server frame (any of them may be absent). */
+  function takeRound(c, m) {
+    if ("waiting_since" in m) c.waitingSince = m.waiting_since;
+    if ("deadline" in m) c.deadline = m.deadline;
+    if ("nudge_at" in m) c.nudgeAt = m.nudge_at;
+    if (c.waitingSince == null) {
+      c.deadline = null;
+      c.nudgeAt = null;
+      c.nudged = false;
+      c.breached = false;
+      return;
+    }
+    if (c.deadline == null && targetMs != null) c.deadline = c.waitingSince + targetMs;
+    if (!("nudge_at" in m) || m.nudge_at == null) {
+      if (nudgeMs != null) c.nudgeAt = c.waitingSince + nudgeMs;
+      else if (c.deadline != null) c.nudgeAt = c.deadline - (c.deadline - c.waitingSince) / 3;
+    }
+  }
+
+  function ordered() {
+    return [...convs.values()].sort((a, b) => b.lastActivity - a.lastActivity);
+  }
+
+  /** The clock badge of a conversation at server time `now`. */
+  function clockOf(c, now) {
+    if (c.waitingSince == null || c.deadline == null) {
+      if (c.rating) return { cls: "done", text: `评价：${ratingName(c.rating)}` };
+      return c.messages.length ? { cls: "done", text: "已回复" } : { cls: "done", text: "" };
+    }
+    const left = c.deadline - now;
+    if (left <= 0 || c.breached) {
+      return { cls: "breach", text: `超时 ${Math.max(0, Math.floor(-left / 1000))}s` };
+    }
+    const nudge = c.nudged || (c.nudgeAt != null && now >= c.nudgeAt);
+    return { cls: nudge ? "nudge" : "ok", text: `剩 ${Math.ceil(left / 1000)}s` };
+  }
+
+  function ratingName(score) {
+    const r = kefu.RATINGS.find(([k]) => k === score);
+    return r ? r[1] : score;
+  }
+
+  // ---------- server frames ----------
+
+  function handle(m) {
+    if (typeof m.at === "number") learnSkew(m.at);
+    switch (m.type) {
+      case "welcome": {
+        welcomed = true;
+        setStatus("on", "在线");
+        if (m.shop_name) $("who").textContent = `${m.shop_name}（${me.shop}）· 客服 ${me.agent}`;
+        if (m.clock) {
+          if (typeof m.clock.target_ms === "number") targetMs = m.clock.target_ms;
+          if (typeof m.clock.nudge_ms === "number") nudgeMs = m.clock.nudge_ms;
+        }
+        // The server's list is the truth after a (re)connect: conversations
+        // moved to another agent meanwhile are no longer ours.
+        const listed = new Set((m.conversations || []).map((v) => v.conversation));
+        for (const id of [...convs.keys()]) if (!listed.has(id)) convs.delete(id);
+        if (selected && !convs.has(selected)) selected = null;
+        (m.conversations || []).forEach((v) => takeConversation(v, false));
+        logEvent("info", `已上线${m.conversations && m.conversations.length ? `，接手 ${m.conversations.length} 个会话` : "，等待买家消息"}`);
+        break;
+      }
+      case "conversation_assigned": {
+        const c = takeConversation(m, true);
+        const why = { new: "新买家", reassigned: "原客服离线，转给你", waiting: "无人在线时进店" }[m.reason] || m.reason || "";
+        logEvent("info", `新会话：买家 ${c.buyer}${why ? `（${why}）` : ""}`, c.id);
+        break;
+      }
+      case "buyer_message": {
+        const c = conv(m.conversation, m.buyer);
+        c.messages.push({ from: "buyer", text: m.text, at: m.at });
+        takeRound(c, m);
+        c.suggestions = Array.isArray(m.suggestions) ? m.suggestions.slice(0, 3) : [];
+        c.lastActivity = Date.now();
+        c.online = true;
+        if (selected !== c.id) c.unread++;
+        if (!selected) select(c.id);
+        break;
+      }
+      case "bot_reply": {
+        const c = conv(m.conversation);
+        c.messages.push({ from: "bot", text: m.text, at: m.at, note: m.note });
+        break;
+      }
+      case "reply": {
+        // Replies of this conversation the server echoes (e.g. from another
+        // tab of the same agent); our own are already shown.
+        if (!m.conversation) break;
+        const c = conv(m.conversation);
+        if (m.from === "bot") c.messages.push({ from: "bot", text: m.text, at: m.at, note: m.note });
+        else if (!c.messages.some((x) => x.pending && x.text === m.text)) c.messages.push({ from: m.from, text: m.text, at: m.at, agent: m.agent });
+        break;
+      }
+      case "reply_sent": {
+        const c = convs.get(m.conversation);
+        if (!c) break;
+        const x = c.messages.find((y) => y.pending);
+        if (x) {
+          x.pending = false;
+          x.at = m.at;
+          x.delivered = m.delivered;
+          if (typeof m.response_ms === "number") x.responseMs = m.response_ms;
+        }
+        break;
+      }
+      case "nudge": {
+        const c = conv(m.conversation, m.buyer);
+        takeRound(c, m);
+        c.nudged = true;
+        logEvent("nudge", `提醒：买家 ${c.buyer} 已等待 ${Math.round((m.at - m.waiting_since) / 1000)} 秒，请在 ${targetSecs(c)} 秒内回复`, c.id);
+        break;
+      }
+      case "breach": {
+        const c = conv(m.conversation, m.buyer);
+        takeRound(c, m);
+        c.breached = true;
+        logEvent("breach", `超时：买家 ${c.buyer} 等待已超过 ${targetSecs(c)} 秒`, c.id);
+        break;
+      }
+      case "presence": {
+        const c = convs.get(m.conversation);
+        if (c) c.online = !!m.online;
+        break;
+      }
+      case "rated": {
+        const c = convs.get(m.conversation);
+        if (!c) break;
+        c.rating = m.score;
+        c.messages.push({ from: "system", text: `买家评价：${ratingName(m.score)}`, at: m.at || serverNow() });
+        logEvent("info", `买家 ${c.buyer} 评价：${ratingName(m.score)}`, c.id);
+        break;
+      }
+      case "conversation_closed": {
+        const c = convs.get(m.conversation);
+        if (!c) break;
+        c.closed = true;
+        c.online = false;
+        c.waitingSince = null;
+        takeRound(c, {});
+        c.messages.push({ from: "system", text: "买家已离开，会话结束", at: serverNow() });
+        break;
+      }
+      case "lint_result":
+        showLint(m);
+        break;
+      case "reload":
+        showReload(m);
+        break;
+      case "error":
+        onError(m);
+        break;
+      default:
+        console.debug("kefu: unhandled frame", m);
+    }
+    renderAll();
+  }
+
+  function targetSecs(c) {
+    if (c.deadline != null && c.waitingSince != null) return Math.round((c.deadline - c.waitingSince) / 1000);
+    return targetMs != null ? Math.round(targetMs / 1000) : 30;
+  }
+
+  /** A conversation the server lists on sign-in or gives to this agent. */
+  function takeConversation(v, fresh) {
+    const c = conv(v.conversation, v.buyer);
+    if (Array.isArray(v.history)) {
+      c.messages = v.history.map((x) => ({ from: x.from, text: x.text, at: x.at, agent: x.agent, note: x.note, mine: x.from === "agent" && x.agent === me.agent }));
+    }
+    c.suggestions = Array.isArray(v.suggestions) ? v.suggestions.slice(0, 3) : [];
+    c.online = v.online !== false;
+    c.rating = v.rated || null;
+    c.nudged = false;
+    c.breached = false;
+    takeRound(c, v);
+    const lastBuyer = [...c.messages].reverse().find((x) => x.from === "buyer");
+    c.lastActivity = fresh ? Date.now() : lastBuyer ? lastBuyer.at + skew : 0;
+    if (fresh && selected !== c.id) c.unread++;
+    if (!selected) select(c.id);
+    return c;
+  }
+
+  function onError(m) {
+    const text = `${m.message || "出错了"}${m.code ? `（${m.code}）` : ""}`;
+    if (["bad_token", "unknown_shop", "bad_id"].includes(m.code) && !welcomed) {
+      refuse(`登录被拒绝：${text}`);
+      return;
+    }
+    if (m.code === "replaced") {
+      refuse("你已在另一个窗口登录，这里已下线");
+      return;
+    }
+    // A refused reply: the oldest one still waiting for `reply_sent`.
+    if (["unknown_conversation", "empty_text", "text_too_long", "rate_limited", "bad_message"].includes(m.code)) {
+      for (const c of convs.values()) {
+        const x = c.messages.find((y) => y.pending);
+        if (x) {
+          x.pending = false;
+          x.failed = m.code;
+          break;
+        }
+      }
+    }
+    logEvent("error", text);
+    showBanner("error", text);
+  }
+
+  function showReload(m) {
+    const text = m.ok
+      ? `话术库已重新加载${typeof m.intents === "number" ? `（${m.intents} 个意图）` : ""}，新的推荐回复已生效`
+      : `话术库修改有误，仍在使用旧版本：${(m.errors || []).slice(0, 3).join("；")}${(m.errors || []).length > 3 ? " …" : ""}`;
+    logEvent("reload", text);
+    showBanner(m.ok ? "info" : "warn", text);
+  }
+
+  let bannerTimer = null;
+  function showBanner(kind, text) {
+    const b = $("banner");
+    b.className = `banner ${kind}`;
+    b.replaceChildren(text, el("button", { class: "btn small", onclick: () => (b.hidden = true) }, "知道了"));
+    b.hidden = false;
+    clearTimeout(bannerTimer);
+    if (kind === "info") bannerTimer = setTimeout(() => (b.hidden = true), 8000);
+  }
+
+  function logEvent(kind, text, convId) {
+    const li = el(
+      "li",
+      { class: `${kind}${convId ? " link" : ""}`, onclick: convId ? () => select(convId) : null },
+      el("time", {}, clockTime(Date.now())),
+      text,
+    );
+    const list = $("events");
+    list.prepend(li);
+    while (list.children.length > 50) list.lastChild.remove();
+  }
+
+  // ---------- rendering ----------
+
+  function renderAll() {
+    renderList();
+    renderChat();
+    updateComposer();
+  }
+
+  function renderList() {
+    const ul = $("convs");
+    const now = serverNow();
+    const list = ordered();
+    $("conv-count").textContent = list.length ? `(${list.length})` : "";
+    if (!list.length) {
+      ul.replaceChildren(el("li", { class: "empty" }, "暂无会话"));
+      return;
+    }
+    ul.replaceChildren(
+      ...list.map((c) => {
+        const clk = clockOf(c, now);
+        const last = c.messages[c.messages.length - 1];
+        return el(
+          "li",
+          {
+            class: `conv${c.id === selected ? " selected" : ""}`,
+            dataset: { id: c.id },
+            onclick: () => select(c.id),
+          },
+          el(
+            "span",
+            { class: "buyer" },
+            c.buyer || c.id,
+            c.online === false ? el("span", { class: "muted" }, c.closed ? "（已离开）" : "（离线）") : null,
+            c.unread ? el("span", { class: "unread", title: "未读" }) : null,
+          ),
+          el("span", { class: `clock ${clk.cls}`, dataset: { role: "clock" } }, clk.text),
+          el("span", { class: "last" }, last ? last.text : ""),
+        );
+      }),
+    );
+  }
+
+  /** Refreshes only the clock badges (runs several times a second). */
+  function tick() {
+    const now = serverNow();
+    for (const li of $("convs").querySelectorAll(".conv")) {
+      const c = convs.get(li.dataset.id);
+      if (!c) continue;
+      const badge = li.querySelector(".clock");
+      const clk = clockOf(c, now);
+      if (badge.textContent !== clk.text) badge.textContent = clk.text;
+      const cls = `clock ${clk.cls}`;
+      if (badge.className !== cls) badge.className = cls;
+    }
+    const c = convs.get(selected);
+    const head = $("chat-clock");
+    if (c) {
+      const clk = clockOf(c, now);
+      head.hidden = !clk.text;
+      head.className = `clock ${clk.cls}`;
+      head.textContent = clk.text;
+    } else {
+      head.hidden = true;
+    }
+  }
+
+  function renderChat() {
+    const c = convs.get(selected);
+    const box = $("messages");
+    if (!c) {
+      $("chat-title").textContent = "未选择会话";
+      $("chat-sub").textContent = "";
+      box.replaceChildren(el("div", { class: "empty" }, convs.size ? "从左侧选择一个会话" : "买家发来消息后，会话会出现在左侧列表。"));
+      $("suggestions").replaceChildren();
+      return;
+    }
+    $("chat-title").textContent = `买家 ${c.buyer || ""}`;
+    $("chat-sub").textContent = `会话 ${c.id}`;
+    const stick = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+    box.replaceChildren(
+      ...c.messages.map((x) => {
+        if (x.from === "system") return el("div", { class: "msg system" }, x.text);
+        const who = x.from === "buyer" ? `买家 ${c.buyer}` : x.from === "bot" ? "自动回复" : x.mine ? "我" : `客服 ${x.agent || ""}`;
+        return el(
+          "div",
+          { class: `msg ${x.from}${x.mine ? " mine" : ""}`, dataset: { from: x.from } },
+          el("span", { class: "meta" }, `${who} · ${clockTime(x.at + skew)}${metaNote(x)}`),
+          el("div", { class: "bubble" }, x.text),
+        );
+      }),
+    );
+    // Suggestions first: they change the height left for the messages.
+    renderSuggestions(c);
+    if (stick || renderChat.last !== c.id) box.scrollTop = box.scrollHeight;
+    renderChat.last = c.id;
+  }
+
+  function metaNote(x) {
+    if (x.pending) return " · 发送中";
+    if (x.failed) return ` · 未发出（${x.failed}）`;
+    const parts = [];
+    if (typeof x.responseMs === "number") parts.push(`响应 ${(x.responseMs / 1000).toFixed(1)}s`);
+    if (x.delivered === false) parts.push("买家离线，上线后可见");
+    if (x.note === "greeting") parts.push("欢迎语");
+    if (x.note === "holding") parts.push("安抚语");
+    return parts.length ? ` · ${parts.join(" · ")}` : "";
+  }
+
+  function renderSuggestions(c) {
+    const box = $("suggestions");
+    if (!c.suggestions.length) {
+      const note = c.waitingSince == null ? "买家发来新消息时，这里会给出推荐回复" : "话术库里没有合适的推荐，请手动回复";
+      box.replaceChildren(el("div", { class: "none" }, note));
+      return;
+    }
+    box.replaceChildren(
+      ...c.suggestions.map((s, i) =>
+        el(
+          "button",
+          {
+            class: `suggestion${usedIntent && usedIntent === s.intent && $("reply").value === s.reply ? " chosen" : ""}`,
+            type: "button",
+            title: `${stageLabel(s.stage)} · ${s.intent}${typeof s.score === "number" ? ` · 匹配度 ${s.score.toFixed(2)}` : ""}`,
+            dataset: { intent: s.intent, index: String(i + 1) },
+            onclick: () => pick(i),
+          },
+          el(
+            "span",
+            { class: "tags" },
+            el("span", { class: "key" }, String(i + 1)),
+            el("span", { class: `stage ${s.stage}` }, stageLabel(s.stage)),
+            el("span", { class: "intent" }, s.intent),
+          ),
+          el("span", { class: "text" }, s.reply),
+        ),
+      ),
+    );
+  }
+
+  function updateComposer() {
+    const c = convs.get(selected);
+    const on = !!c && welcomed;
+    $("reply").disabled = !c;
+    $("send").disabled = !on;
+    $("used-intent").textContent = usedIntent ? `已选推荐：${usedIntent}` : "";
+  }
+
+  // ---------- actions ----------
+
+  function select(id) {
+    if (!convs.has(id)) return;
+    const old = convs.get(selected);
+    if (old) {
+      old.draft = $("reply").value;
+      old.intent = usedIntent;
+    }
+    selected = id;
+    const c = convs.get(id);
+    c.unread = 0;
+    $("reply").value = c.draft || "";
+    usedIntent = c.intent || null;
+    clearLint();
+    if (c.draft) scheduleLint();
+    renderAll();
+    tick();
+  }
+
+  function moveSelection(delta) {
+    const list = ordered();
+    if (!list.length) return;
+    const i = list.findIndex((c) => c.id === selected);
+    const next = list[(i + delta + list.length) % list.length];
+    select(next.id);
+  }
+
+  function pick(i) {
+    const c = convs.get(selected);
+    const s = c && c.suggestions[i];
+    if (!s) return;
+    const box = $("reply");
+    box.value = s.reply;
+    usedIntent = s.intent;
+    box.focus();
+    box.setSelectionRange(box.value.length, box.value.length);
+    renderSuggestions(c);
+    updateComposer();
+    scheduleLint(0);
+  }
+
+  function send() {
+    const c = convs.get(selected);
+    const box = $("reply");
+    const text = box.value.trim();
+    if (!c || !text) return;
+    const frame = { type: "reply", conversation: c.id, text, intent: usedIntent || null };
+    if (!conn || !conn.send(frame)) {
+      showBanner("error", "未连接到服务器，回复没有发出；连上后请再发送一次");
+      return;
+    }
+    c.messages.push({ from: "agent", mine: true, pending: true, text, at: serverNow(), agent: me.agent });
+    c.waitingSince = null;
+    takeRound(c, {});
+    c.suggestions = [];
+    box.value = "";
+    c.draft = "";
+    usedIntent = null;
+    c.intent = null;
+    clearLint();
+    renderAll();
+    tick();
+  }
+
+  // ---------- politeness check ----------
+
+  function scheduleLint(delay = LINT_DELAY_MS) {
+    clearTimeout(lintTimer);
+    lintTimer = setTimeout(() => {
+      const text = $("reply").value;
+      if (!text.trim()) {
+        clearLint();
+        return;
+      }
+      if (text === lintSent) return;
+      if (conn && conn.send({ type: "lint", text })) lintSent = text;
+    }, delay);
+  }
+
+  function clearLint() {
+    clearTimeout(lintTimer);
+    lintSent = null;
+    lintShown = null;
+    $("lint").replaceChildren();
+    $("reply").classList.remove("flagged");
+  }
+
+  /** Maps each character of the server-normalised draft back to the raw draft. */
+  function normToRaw(raw) {
+    const chars = Array.from(raw);
+    const map = [];
+    let pendingSpace = -1;
+    for (let i = 0; i < chars.length; i++) {
+      const ch = chars[i] === "\u3000" ? " " : chars[i];
+      if (/\s/.test(ch)) {
+        if (map.length) pendingSpace = pendingSpace < 0 ? i : pendingSpace;
+        continue;
+      }
+      if (pendingSpace >= 0) {
+        map.push(pendingSpace);
+        pendingSpace = -1;
+      }
+      map.push(i);
+    }
+    return { chars, map };
+  }
+
+  function showLint(m) {
+    const box = $("reply");
+    const text = box.value;
+    // A result for an older draft is dropped; frames that echo the text are
+    // matched on it, others belong to the last draft sent.
+    if (typeof m.text === "string" ? m.text !== text : lintSent !== text) return;
+    const result = m.result || m;
+    const issues = Array.isArray(result.issues) ? result.issues : [];
+    lintShown = { text, issues };
+    const out = $("lint");
+    if (!issues.length) {
+      box.classList.remove("flagged");
+      out.replaceChildren(el("span", { class: "ok" }, "✓ 用语得体"));
+      return;
+    }
+    box.classList.add("flagged");
+    const { chars, map } = normToRaw(text);
+    const spans = issues
+      .map((is) => {
+        if (is.kind === "curt") return [0, chars.length];
+        const s = map[is.start];
+        const e = is.end - 1 < map.length ? map[is.end - 1] + 1 : chars.length;
+        return s === undefined ? null : [s, e];
+      })
+      .filter(Boolean)
+      .sort((a, b) => a[0] - b[0]);
+    const preview = el("div", { class: "preview" });
+    let pos = 0;
+    for (const [s, e] of spans) {
+      if (s < pos) continue;
+      preview.append(chars.slice(pos, s).join(""), el("mark", {}, chars.slice(s, e).join("")));
+      pos = e;
+    }
+    preview.append(chars.slice(pos).join(""));
+    out.replaceChildren(
+      preview,
+      ...issues.map((is, i) =>
+        el(
+          "div",
+          { class: "issue" },
+          el("span", { class: `kind ${is.kind}` }, is.kind === "curt" ? "过于简短" : "消极用语"),
+          el("span", {}, `「${is.phrase}」`),
+          is.reason ? el("span", { class: "muted" }, is.reason) : null,
+          el("span", { class: "rewrite" }, `建议：${is.rewrite}`),
+          el("button", { class: "btn small", type: "button", dataset: { apply: String(i) }, onclick: () => applyRewrite(i) }, "采用"),
+        ),
+      ),
+    );
+  }
+
+  function applyRewrite(i) {
+    const box = $("reply");
+    if (!lintShown || lintShown.text !== box.value) return;
+    const is = lintShown.issues[i];
+    if (!is) return;
+    if (is.kind === "curt") {
+      box.value = is.rewrite;
+    } else {
+      const { chars, map } = normToRaw(box.value);
+      const s = map[is.start];
+      const e = is.end - 1 < map.length ? map[is.end - 1] + 1 : chars.length;
+      if (s === undefined) return;
+      // The rewrites are whole polite sentences: they replace the sentence
+      // holding the flagged phrase, not just the phrase.
+      const end = /[。！？!?\n]/;
+      let a = s;
+      while (a > 0 && !end.test(chars[a - 1])) a--;
+      let b = e;
+      while (b < chars.length && !end.test(chars[b])) b++;
+      if (b < chars.length && chars[b] !== "\n") b++;
+      box.value = chars.slice(0, a).join("") + is.rewrite + chars.slice(b).join("");
+    }
+    box.focus();
+    clearLint();
+    scheduleLint(0);
+    updateComposer();
+  }
+
+  // ---------- keys ----------
+
+  function digitOf(e) {
+    const m = /^(?:Digit|Numpad)([1-3])$/.exec(e.code || "");
+    return m ? Number(m[1]) - 1 : -1;
+  }
+
+  $("reply").addEventListener("keydown", (e) => {
+    if (e.isComposing || e.keyCode === 229) return; // IME is still composing Chinese
+    if (e.key === "Enter" && !e.shiftKey && !e.altKey && !e.ctrlKey && !e.metaKey) {
+      e.preventDefault();
+      send();
+      return;
+    }
+    const d = digitOf(e);
+    if (d >= 0 && (e.altKey || (!e.ctrlKey && !e.metaKey && !e.shiftKey && e.target.value === ""))) {
+      const c = convs.get(selected);
+      if (c && c.suggestions[d]) {
+        e.preventDefault();
+        pick(d);
+      }
+    }
+  });
+
+  $("reply").addEventListener("input", () => {
+    if (!$("reply").value) usedIntent = null;
+    updateComposer();
+    scheduleLint();
+  });
+
+  document.addEventListener("keydown", (e) => {
+    if ($("bench").hidden) return;
+    if (e.altKey && (e.key === "ArrowUp" || e.key === "ArrowDown")) {
+      e.preventDefault();
+      moveSelection(e.key === "ArrowUp" ? -1 : 1);
+      return;
+    }
+    const t = e.target;
+    if (t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.tagName === "SELECT")) return;
+    const d = digitOf(e);
+    if (d >= 0 && !e.ctrlKey && !e.metaKey) {
+      e.preventDefault();
+      pick(d);
+    }
+  });
+
+  $("send").addEventListener("click", send);
+  $("signout").addEventListener("click", signOut);
+  $("signin").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const shop = $("in-shop").value.trim();
+    const agent = $("in-agent").value.trim();
+    const token = $("in-token").value;
+    if (!shop || !agent || !token) return;
+    $("in-token").value = "";
+    signIn({ shop, agent, token });
+  });
+
+  setInterval(tick, 250);
+  const saved = load(SESSION_KEY);
+  if (saved && saved.shop && saved.agent && saved.token) signIn(saved);
+  else showSignin("");
+})();
