@@ -1,1 +1,664 @@
-//! TODO: being written.
+//! Settings of `kefu serve`: a YAML file, then environment, then flags.
+//!
+//! The layers, lowest first:
+//!
+//! 1. built-in defaults ([`Config::default`]);
+//! 2. the config file (`--config FILE` or `KEFU_CONFIG`), see
+//!    `kefu.example.yaml` for every key;
+//! 3. environment variables `KEFU_*` and command-line flags, which the
+//!    binary merges (a flag wins over its variable) into [`Overrides`].
+//!
+//! Lists (agent and supervisor tokens, shop names) from flags are merged into
+//! the file's: a flag entry for the same shop and agent replaces the file's.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::clock::ClockSettings;
+
+/// Resolved settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub phrases: PathBuf,
+    pub data: PathBuf,
+    pub clock: ClockSettings,
+    /// How often the phrase directory is checked for changes; `None` turns
+    /// hot reload off.
+    pub reload_poll: Option<Duration>,
+    pub limits: Limits,
+    pub shops: BTreeMap<String, ShopConfig>,
+}
+
+/// One shop: display name, agents and supervisors.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ShopConfig {
+    /// Fills `{shop}` in replies; the shop id when unset.
+    pub name: Option<String>,
+    pub agents: BTreeMap<String, AgentConfig>,
+    /// Tokens that open this shop's reports.
+    pub supervisors: Vec<String>,
+}
+
+/// One agent's credentials.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub token: String,
+    /// Fills `{agent}` in replies.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// Protective limits of the service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Longest chat text, in characters.
+    pub max_text_chars: usize,
+    /// Largest WebSocket frame or message; bigger ones close with 1009.
+    pub max_frame_bytes: usize,
+    /// Token bucket per connection: sustained messages per second...
+    pub rate_per_sec: f64,
+    /// ...and the burst allowed on top.
+    pub rate_burst: u32,
+    /// Frames waiting to be written to one client; a client that lets its
+    /// queue fill up is disconnected.
+    pub outbound_queue: usize,
+    /// Time to send the HTTP upgrade request after connecting.
+    pub handshake_timeout: Duration,
+    /// Time to send `hello` after the upgrade.
+    pub hello_timeout: Duration,
+    /// Ping a client quiet for this long; drop it if the ping is still
+    /// unanswered one interval later.
+    pub ping_interval: Duration,
+    /// Give up a write that has not completed in this time.
+    pub write_timeout: Duration,
+    /// Open connections at most (further ones are refused).
+    pub max_connections: usize,
+    /// Keep a disconnected buyer's conversation this long for a resume.
+    pub resume_window: Duration,
+    /// Bytes of chat text kept per conversation for resumes and moves.
+    pub history_bytes: usize,
+    /// WebSocket read buffer per connection.
+    pub read_buffer_bytes: usize,
+    /// Time given to open connections to finish on shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_text_chars: 2000,
+            max_frame_bytes: 64 * 1024,
+            rate_per_sec: 20.0,
+            rate_burst: 40,
+            outbound_queue: 256,
+            handshake_timeout: Duration::from_secs(10),
+            hello_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(10),
+            max_connections: 50_000,
+            resume_window: Duration::from_secs(30 * 60),
+            history_bytes: 16 * 1024,
+            read_buffer_bytes: 4096,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Default listen address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            phrases: PathBuf::from("phrases"),
+            data: PathBuf::from("./data"),
+            clock: ClockSettings::default(),
+            reload_poll: Some(Duration::from_secs(1)),
+            limits: Limits::default(),
+            shops: BTreeMap::new(),
+        }
+    }
+}
+
+/// What the environment and flags set (each `None`/empty: not given).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub phrases: Option<PathBuf>,
+    pub data: Option<PathBuf>,
+    pub target_secs: Option<f64>,
+    pub nudge_secs: Option<f64>,
+    /// 0 turns the timed holding reply off.
+    pub holding_secs: Option<f64>,
+    /// `SHOP:AGENT:TOKEN`
+    pub agent_tokens: Vec<String>,
+    /// `SHOP:TOKEN`
+    pub supervisor_tokens: Vec<String>,
+    /// `SHOP:NAME`
+    pub shop_names: Vec<String>,
+}
+
+/// A setting that cannot be used, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {error}")]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Yaml {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{setting}: {message}")]
+    Invalid { setting: String, message: String },
+}
+
+fn invalid(setting: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting: setting.into(),
+        message: message.into(),
+    }
+}
+
+// ---- file shape --------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    phrases: Option<PathBuf>,
+    data: Option<PathBuf>,
+    #[serde(default)]
+    clock: FileClock,
+    #[serde(default)]
+    reload: FileReload,
+    #[serde(default)]
+    limits: FileLimits,
+    #[serde(default)]
+    shops: BTreeMap<String, FileShop>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileClock {
+    target_secs: Option<f64>,
+    nudge_secs: Option<f64>,
+    holding_secs: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileReload {
+    poll_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    max_text_chars: Option<usize>,
+    rate_per_sec: Option<f64>,
+    rate_burst: Option<u32>,
+    outbound_queue: Option<usize>,
+    handshake_timeout_secs: Option<f64>,
+    hello_timeout_secs: Option<f64>,
+    ping_interval_secs: Option<f64>,
+    write_timeout_secs: Option<f64>,
+    max_connections: Option<usize>,
+    resume_window_secs: Option<f64>,
+    history_bytes: Option<usize>,
+    read_buffer_bytes: Option<usize>,
+    shutdown_grace_secs: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileShop {
+    name: Option<String>,
+    #[serde(default)]
+    agents: BTreeMap<String, AgentConfig>,
+    #[serde(default)]
+    supervisors: Vec<String>,
+}
+
+fn secs(setting: &str, v: f64) -> Result<Duration, ConfigError> {
+    if !v.is_finite() || !(0.0..=1e9).contains(&v) {
+        return Err(invalid(
+            setting,
+            format!("{v} is not a number of seconds ≥ 0"),
+        ));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+impl Config {
+    /// Reads `file` (if any) and applies `overrides` on top.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+                path: path.to_path_buf(),
+                error,
+            })?;
+            config.apply_file_text(path, &text)?;
+        }
+        config.apply_overrides(overrides)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Applies the YAML text of a config file.
+    pub fn apply_file_text(&mut self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        let f: FileConfig = if text.trim().is_empty() {
+            FileConfig::default()
+        } else {
+            crate::yaml::from_str(text).map_err(|e| ConfigError::Yaml {
+                path: path.to_path_buf(),
+                line: e.line,
+                column: e.column,
+                message: e.message,
+            })?
+        };
+        if let Some(l) = f.listen {
+            self.listen = parse_listen("listen", &l)?;
+        }
+        if let Some(p) = f.phrases {
+            self.phrases = p;
+        }
+        if let Some(d) = f.data {
+            self.data = d;
+        }
+        if let Some(v) = f.clock.target_secs {
+            self.clock.target = secs("clock.target_secs", v)?;
+        }
+        if let Some(v) = f.clock.nudge_secs {
+            self.clock.nudge = secs("clock.nudge_secs", v)?;
+        }
+        if let Some(v) = f.clock.holding_secs {
+            self.clock.holding = holding("clock.holding_secs", v)?;
+        }
+        if let Some(ms) = f.reload.poll_ms {
+            self.reload_poll = (ms > 0).then(|| Duration::from_millis(ms));
+        }
+        let l = f.limits;
+        let lim = &mut self.limits;
+        set(&mut lim.max_text_chars, l.max_text_chars);
+        set(&mut lim.rate_per_sec, l.rate_per_sec);
+        set(&mut lim.rate_burst, l.rate_burst);
+        set(&mut lim.outbound_queue, l.outbound_queue);
+        set(&mut lim.max_connections, l.max_connections);
+        set(&mut lim.history_bytes, l.history_bytes);
+        set(&mut lim.read_buffer_bytes, l.read_buffer_bytes);
+        for (field, value, name) in [
+            (
+                &mut lim.handshake_timeout,
+                l.handshake_timeout_secs,
+                "limits.handshake_timeout_secs",
+            ),
+            (
+                &mut lim.hello_timeout,
+                l.hello_timeout_secs,
+                "limits.hello_timeout_secs",
+            ),
+            (
+                &mut lim.ping_interval,
+                l.ping_interval_secs,
+                "limits.ping_interval_secs",
+            ),
+            (
+                &mut lim.write_timeout,
+                l.write_timeout_secs,
+                "limits.write_timeout_secs",
+            ),
+            (
+                &mut lim.resume_window,
+                l.resume_window_secs,
+                "limits.resume_window_secs",
+            ),
+            (
+                &mut lim.shutdown_grace,
+                l.shutdown_grace_secs,
+                "limits.shutdown_grace_secs",
+            ),
+        ] {
+            if let Some(v) = value {
+                *field = secs(name, v)?;
+            }
+        }
+        for (id, shop) in f.shops {
+            let entry = self.shops.entry(id).or_default();
+            if shop.name.is_some() {
+                entry.name = shop.name;
+            }
+            entry.agents.extend(shop.agents);
+            entry.supervisors.extend(shop.supervisors);
+        }
+        Ok(())
+    }
+
+    /// Applies environment and flag values.
+    pub fn apply_overrides(&mut self, o: &Overrides) -> Result<(), ConfigError> {
+        if let Some(l) = &o.listen {
+            self.listen = parse_listen("--listen", l)?;
+        }
+        if let Some(p) = &o.phrases {
+            self.phrases = p.clone();
+        }
+        if let Some(d) = &o.data {
+            self.data = d.clone();
+        }
+        if let Some(v) = o.target_secs {
+            self.clock.target = secs("--target-secs", v)?;
+        }
+        if let Some(v) = o.nudge_secs {
+            self.clock.nudge = secs("--nudge-secs", v)?;
+        }
+        if let Some(v) = o.holding_secs {
+            self.clock.holding = holding("--holding-secs", v)?;
+        }
+        for spec in &o.agent_tokens {
+            let mut parts = spec.splitn(3, ':');
+            let (Some(shop), Some(agent), Some(token)) = (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(invalid(
+                    "--agent-token",
+                    format!("`{}` is not SHOP:AGENT:TOKEN", redact(spec)),
+                ));
+            };
+            let entry = self.shops.entry(shop.to_string()).or_default();
+            let agent = entry.agents.entry(agent.to_string()).or_default();
+            agent.token = token.to_string();
+        }
+        for spec in &o.supervisor_tokens {
+            let Some((shop, token)) = spec.split_once(':') else {
+                return Err(invalid(
+                    "--supervisor-token",
+                    format!("`{}` is not SHOP:TOKEN", redact(spec)),
+                ));
+            };
+            let entry = self.shops.entry(shop.to_string()).or_default();
+            if !entry.supervisors.iter().any(|t| t == token) {
+                entry.supervisors.push(token.to_string());
+            }
+        }
+        for spec in &o.shop_names {
+            let Some((shop, name)) = spec.split_once(':') else {
+                return Err(invalid("--shop-name", format!("`{spec}` is not SHOP:NAME")));
+            };
+            self.shops.entry(shop.to_string()).or_default().name = Some(name.to_string());
+        }
+        Ok(())
+    }
+
+    /// Checks the settings fit together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let c = &self.clock;
+        if c.target.is_zero() {
+            return Err(invalid(
+                "target",
+                "the response target must be more than 0 seconds",
+            ));
+        }
+        if c.nudge.is_zero() || c.nudge >= c.target {
+            return Err(invalid(
+                "nudge",
+                format!(
+                    "the nudge ({} s) must come after 0 and before the target ({} s)",
+                    c.nudge.as_secs_f64(),
+                    c.target.as_secs_f64()
+                ),
+            ));
+        }
+        let l = &self.limits;
+        if l.max_frame_bytes < 1024 {
+            return Err(invalid("limits.max_frame_bytes", "must be at least 1024"));
+        }
+        if l.max_text_chars == 0 || l.max_text_chars * 4 > l.max_frame_bytes {
+            return Err(invalid(
+                "limits.max_text_chars",
+                format!(
+                    "must be between 1 and {} (a quarter of the 64 KiB frame limit)",
+                    l.max_frame_bytes / 4
+                ),
+            ));
+        }
+        if l.rate_per_sec.is_nan() || l.rate_per_sec <= 0.0 || l.rate_burst == 0 {
+            return Err(invalid(
+                "limits.rate_per_sec / rate_burst",
+                "the message rate and burst must be above 0",
+            ));
+        }
+        if l.outbound_queue == 0 || l.max_connections == 0 {
+            return Err(invalid(
+                "limits",
+                "outbound_queue and max_connections must be above 0",
+            ));
+        }
+        if l.ping_interval.is_zero() || l.hello_timeout.is_zero() || l.handshake_timeout.is_zero() {
+            return Err(invalid(
+                "limits",
+                "ping_interval, hello_timeout and handshake_timeout must be above 0",
+            ));
+        }
+        if l.read_buffer_bytes < 512 {
+            return Err(invalid("limits.read_buffer_bytes", "must be at least 512"));
+        }
+        if self.shops.is_empty() {
+            return Err(invalid(
+                "shops",
+                "no shop configured; give at least one --agent-token SHOP:AGENT:TOKEN \
+                 (or a `shops:` section in the config file)",
+            ));
+        }
+        for (id, shop) in &self.shops {
+            check_id("shop id", id)?;
+            for (agent, a) in &shop.agents {
+                check_id(&format!("agent id in shop {id}"), agent)?;
+                if a.token.is_empty() {
+                    return Err(invalid(
+                        format!("shop {id}, agent {agent}"),
+                        "the token is empty; give every agent a token",
+                    ));
+                }
+            }
+            if shop.supervisors.iter().any(|t| t.is_empty()) {
+                return Err(invalid(
+                    format!("shop {id}, supervisors"),
+                    "a supervisor token is empty",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The name that fills `{shop}` for `shop`.
+    pub fn shop_name<'a>(&'a self, shop: &'a str) -> &'a str {
+        self.shops
+            .get(shop)
+            .and_then(|s| s.name.as_deref())
+            .unwrap_or(shop)
+    }
+}
+
+fn set<T>(field: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *field = v;
+    }
+}
+
+fn holding(setting: &str, v: f64) -> Result<Option<Duration>, ConfigError> {
+    let d = secs(setting, v)?;
+    Ok((!d.is_zero()).then_some(d))
+}
+
+fn parse_listen(setting: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse().map_err(|_| {
+        invalid(
+            setting,
+            format!("`{s}` is not an address such as 127.0.0.1:8080 or [::1]:8080"),
+        )
+    })
+}
+
+/// Shop and agent ids: what reports and URLs can carry without escaping.
+pub fn check_id(what: &str, id: &str) -> Result<(), ConfigError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            what,
+            format!("`{id}` must be 1-64 letters, digits, `_`, `-`, `.` or `@`"),
+        ))
+    }
+}
+
+/// Keeps a token out of error messages.
+fn redact(spec: &str) -> String {
+    match spec.split_once(':') {
+        Some((shop, _)) => format!("{shop}:…"),
+        None => "…".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(f: impl FnOnce(&mut Overrides)) -> Overrides {
+        let mut o = Overrides::default();
+        f(&mut o);
+        o
+    }
+
+    #[test]
+    fn one_command_line_makes_a_shop() {
+        let o = flags(|o| {
+            o.agent_tokens = vec!["s1:a1:t:with:colons".into(), "s1:a2:t2".into()];
+            o.shop_names = vec!["s1:小米旗舰店".into()];
+            o.supervisor_tokens = vec!["s1:boss".into()];
+            o.target_secs = Some(10.0);
+            o.nudge_secs = Some(5.5);
+            o.holding_secs = Some(0.0);
+        });
+        let c = Config::load(None, &o).unwrap();
+        let s1 = &c.shops["s1"];
+        assert_eq!(s1.agents["a1"].token, "t:with:colons");
+        assert_eq!(s1.agents["a2"].token, "t2");
+        assert_eq!(s1.supervisors, vec!["boss".to_string()]);
+        assert_eq!(c.shop_name("s1"), "小米旗舰店");
+        assert_eq!(c.clock.target, Duration::from_secs(10));
+        assert_eq!(c.clock.nudge, Duration::from_millis(5500));
+        assert_eq!(c.clock.holding, None);
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let yaml = "listen: 127.0.0.1:9000\nclock:\n  target_secs: 40\n  nudge_secs: 25\n\
+                    shops:\n  s1:\n    name: 文件店\n    agents:\n      a1: {token: filetok, name: 小美}\n";
+        let mut c = Config::default();
+        c.apply_file_text(Path::new("k.yaml"), yaml).unwrap();
+        assert_eq!(c.clock.target, Duration::from_secs(40));
+        c.apply_overrides(&flags(|o| {
+            o.listen = Some("127.0.0.1:9100".into());
+            o.target_secs = Some(50.0);
+            o.agent_tokens = vec!["s1:a1:flagtok".into()];
+        }))
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.listen.port(), 9100);
+        assert_eq!(c.clock.target, Duration::from_secs(50));
+        assert_eq!(c.clock.nudge, Duration::from_secs(25), "file value kept");
+        assert_eq!(c.shops["s1"].agents["a1"].token, "flagtok");
+        assert_eq!(c.shops["s1"].agents["a1"].name.as_deref(), Some("小美"));
+        assert_eq!(c.shop_name("s1"), "文件店");
+    }
+
+    #[test]
+    fn bad_settings_are_explained() {
+        let cases: &[(&str, Overrides, &str)] = &[
+            ("no shop", Overrides::default(), "no shop configured"),
+            (
+                "token without agent",
+                flags(|o| o.agent_tokens = vec!["s1:secret".into()]),
+                "is not SHOP:AGENT:TOKEN",
+            ),
+            (
+                "nudge after target",
+                flags(|o| {
+                    o.agent_tokens = vec!["s1:a1:t".into()];
+                    o.nudge_secs = Some(30.0);
+                }),
+                "must come after 0 and before the target",
+            ),
+            (
+                "bad address",
+                flags(|o| {
+                    o.agent_tokens = vec!["s1:a1:t".into()];
+                    o.listen = Some("localhost".into());
+                }),
+                "is not an address",
+            ),
+            (
+                "bad shop id",
+                flags(|o| o.agent_tokens = vec!["s 1:a1:t".into()]),
+                "must be 1-64 letters",
+            ),
+            (
+                "empty token",
+                flags(|o| o.agent_tokens = vec!["s1:a1:".into()]),
+                "the token is empty",
+            ),
+            (
+                "negative seconds",
+                flags(|o| {
+                    o.agent_tokens = vec!["s1:a1:t".into()];
+                    o.target_secs = Some(-1.0);
+                }),
+                "is not a number of seconds",
+            ),
+        ];
+        for (name, o, want) in cases {
+            let err = Config::load(None, o).unwrap_err().to_string();
+            assert!(err.contains(want), "{name}: {err}");
+            assert!(!err.contains("secret"), "{name}: token leaked: {err}");
+        }
+    }
+
+    #[test]
+    fn yaml_errors_have_file_line_and_column() {
+        let mut c = Config::default();
+        let err = c
+            .apply_file_text(
+                Path::new("kefu.yaml"),
+                "listen: 127.0.0.1:1\nclok:\n  target_secs: 3\n",
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("kefu.yaml:2:"), "{err}");
+        assert!(err.contains("clok"), "{err}");
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("kefu.example.yaml");
+        let c = Config::load(Some(&path), &Overrides::default()).unwrap();
+        assert!(!c.shops.is_empty());
+        assert!(c.listen.ip().is_loopback());
+    }
+}

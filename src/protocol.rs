@@ -1,1 +1,491 @@
-//! TODO: being written.
+//! The WebSocket JSON messages (`docs/PROTOCOL.md` is the reference).
+//!
+//! Every frame is one UTF-8 JSON object with a `type`. Client messages are
+//! parsed into [`ClientMsg`]; a frame that does not parse is classified into
+//! an [`ErrorCode`] so the client learns *what* is wrong (not JSON, no type,
+//! unknown type, missing field) and the connection stays usable.
+//!
+//! Server messages are plain `serde_json::Value`-free structs that borrow
+//! their text, serialised once per frame.
+
+use serde::{Deserialize, Serialize};
+
+use crate::events::Rating;
+use crate::matcher::Suggestion;
+use crate::politeness::Issue;
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Buyer,
+    Agent,
+}
+
+/// `{"type":"hello",...}`: the first message of every connection.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Hello {
+    pub role: Role,
+    pub shop: String,
+    /// Buyer id (role `buyer`).
+    #[serde(default)]
+    pub buyer: Option<String>,
+    /// The secret of a buyer's earlier `welcome`, to rejoin that conversation.
+    #[serde(default)]
+    pub resume: Option<String>,
+    /// Agent id (role `agent`).
+    #[serde(default)]
+    pub agent: Option<String>,
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+/// A message from a client.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMsg {
+    Hello(Hello),
+    /// Buyer: a chat message.
+    Message {
+        text: String,
+    },
+    /// Agent: a reply in one of their conversations.
+    Reply {
+        conversation: String,
+        text: String,
+        #[serde(default)]
+        intent: Option<String>,
+    },
+    /// Agent: check a draft for negative or curt phrasing.
+    Lint {
+        text: String,
+    },
+    /// Buyer: rate the service. Parsed as a string so an unknown level gets
+    /// its own error code instead of a generic one.
+    Rate {
+        score: String,
+    },
+}
+
+/// The types a client may send, for error messages.
+pub const CLIENT_TYPES: [&str; 5] = ["hello", "message", "reply", "lint", "rate"];
+
+/// Machine-readable error codes of `{"type":"error"}` frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame is not a JSON object.
+    BadJson,
+    /// The object has no string `type`.
+    MissingType,
+    /// `type` is not one of [`CLIENT_TYPES`].
+    UnknownType,
+    /// A known type with missing or mistyped fields.
+    BadMessage,
+    /// Anything but `hello` before a successful `hello`.
+    HelloFirst,
+    /// A second `hello` on the same connection.
+    AlreadyHello,
+    /// No `hello` within the handshake time.
+    HelloTimeout,
+    /// The message type is not for this role (a buyer sending `reply`).
+    WrongRole,
+    /// Unknown agent or wrong/missing token (the socket is closed).
+    BadToken,
+    /// The shop is not served here (the socket is closed).
+    UnknownShop,
+    /// Someone else holds this buyer's conversation and the resume secret
+    /// was missing or wrong (the socket is closed).
+    BuyerTaken,
+    /// An id (shop, buyer, agent) is empty, too long or has control characters.
+    BadId,
+    EmptyText,
+    TextTooLong,
+    BinaryNotSupported,
+    RateLimited,
+    /// The conversation does not exist or is not assigned to this agent.
+    UnknownConversation,
+    BadScore,
+    AlreadyRated,
+    /// A newer connection took over this session (the socket is closed).
+    Replaced,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::MissingType => "missing_type",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::BadMessage => "bad_message",
+            ErrorCode::HelloFirst => "hello_first",
+            ErrorCode::AlreadyHello => "already_hello",
+            ErrorCode::HelloTimeout => "hello_timeout",
+            ErrorCode::WrongRole => "wrong_role",
+            ErrorCode::BadToken => "bad_token",
+            ErrorCode::UnknownShop => "unknown_shop",
+            ErrorCode::BuyerTaken => "buyer_taken",
+            ErrorCode::BadId => "bad_id",
+            ErrorCode::EmptyText => "empty_text",
+            ErrorCode::TextTooLong => "text_too_long",
+            ErrorCode::BinaryNotSupported => "binary_not_supported",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::UnknownConversation => "unknown_conversation",
+            ErrorCode::BadScore => "bad_score",
+            ErrorCode::AlreadyRated => "already_rated",
+            ErrorCode::Replaced => "replaced",
+        }
+    }
+}
+
+/// A refused client message: the code and a sentence saying what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The `{"type":"error"}` frame for this refusal.
+    pub fn to_json(&self) -> String {
+        to_json(&ServerMsg::Error {
+            code: self.code,
+            message: &self.message,
+        })
+    }
+}
+
+/// Parses one text frame, classifying failures.
+pub fn parse(text: &str) -> Result<ClientMsg, Refusal> {
+    match serde_json::from_str::<ClientMsg>(text) {
+        Ok(msg) => Ok(msg),
+        Err(e) => Err(classify(text, &e)),
+    }
+}
+
+/// Finds out why a frame did not parse (only on the error path, so the
+/// second parse costs nothing in normal operation).
+fn classify(text: &str, err: &serde_json::Error) -> Refusal {
+    let value: serde_json::Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(_) => {
+            return Refusal::new(
+                ErrorCode::BadJson,
+                format!("the frame is not valid JSON ({err}); send one JSON object per frame"),
+            )
+        }
+    };
+    let Some(obj) = value.as_object() else {
+        return Refusal::new(
+            ErrorCode::BadJson,
+            "the frame is JSON but not an object; send {\"type\":...}",
+        );
+    };
+    let Some(ty) = obj.get("type").and_then(|t| t.as_str()) else {
+        return Refusal::new(
+            ErrorCode::MissingType,
+            "the object has no string field `type`",
+        );
+    };
+    if !CLIENT_TYPES.contains(&ty) {
+        return Refusal::new(
+            ErrorCode::UnknownType,
+            format!(
+                "unknown message type `{}`; use one of {}",
+                truncate(ty, 40),
+                CLIENT_TYPES.join(", ")
+            ),
+        );
+    }
+    // serde_json's data errors name the field ("missing field `text`").
+    let mut detail = err.to_string();
+    if let Some(i) = detail.find(" at line ") {
+        detail.truncate(i);
+    }
+    Refusal::new(
+        ErrorCode::BadMessage,
+        format!("bad `{ty}` message: {detail}"),
+    )
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// Who wrote a line of a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Author {
+    Buyer,
+    Agent,
+    Bot,
+}
+
+/// One line of a conversation's history.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Line<'a> {
+    pub from: Author,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<&'a str>,
+    pub text: &'a str,
+    pub at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<&'a str>,
+}
+
+/// A conversation as an agent sees it when it is given to them.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConversationView<'a> {
+    pub conversation: &'a str,
+    pub buyer: &'a str,
+    /// Whether the buyer is connected right now.
+    pub online: bool,
+    /// Start of the waiting round (unix ms), if the buyer waits for a reply.
+    pub waiting_since: Option<i64>,
+    pub deadline: Option<i64>,
+    pub history: Vec<Line<'a>>,
+    /// Suggestions for the latest buyer message while the buyer waits.
+    pub suggestions: &'a [Suggestion],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rated: Option<Rating>,
+}
+
+/// Clock settings an agent's page needs for its countdown.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ClockView {
+    pub target_ms: u64,
+    pub nudge_ms: u64,
+}
+
+/// A message from the server.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg<'a> {
+    /// To a buyer after `hello`.
+    #[serde(rename = "welcome")]
+    BuyerWelcome {
+        role: Role,
+        conversation: &'a str,
+        shop: &'a str,
+        shop_name: &'a str,
+        /// Present this in a later `hello` to rejoin the conversation.
+        resume: &'a str,
+        resumed: bool,
+        history: Vec<Line<'a>>,
+    },
+    /// To an agent after `hello`.
+    #[serde(rename = "welcome")]
+    AgentWelcome {
+        role: Role,
+        agent: &'a str,
+        shop: &'a str,
+        shop_name: &'a str,
+        clock: ClockView,
+        conversations: Vec<ConversationView<'a>>,
+    },
+    /// To a buyer: a bot or agent message.
+    Reply {
+        conversation: &'a str,
+        from: Author,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        agent: Option<&'a str>,
+        text: &'a str,
+        at: i64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        note: Option<&'a str>,
+    },
+    /// To the owning agent: a buyer message with its suggestions.
+    BuyerMessage {
+        conversation: &'a str,
+        buyer: &'a str,
+        text: &'a str,
+        at: i64,
+        waiting_since: i64,
+        deadline: i64,
+        suggestions: &'a [Suggestion],
+    },
+    /// To the owning agent: what the bot told the buyer.
+    BotReply {
+        conversation: &'a str,
+        text: &'a str,
+        at: i64,
+        note: &'a str,
+    },
+    /// To the agent: their reply was delivered (or stored for an absent buyer).
+    ReplySent {
+        conversation: &'a str,
+        at: i64,
+        /// The round this reply ended, in ms (null when no buyer waited).
+        response_ms: Option<i64>,
+        delivered: bool,
+    },
+    Nudge {
+        conversation: &'a str,
+        buyer: &'a str,
+        waiting_since: i64,
+        deadline: i64,
+        at: i64,
+    },
+    Breach {
+        conversation: &'a str,
+        buyer: &'a str,
+        waiting_since: i64,
+        deadline: i64,
+        at: i64,
+    },
+    /// To an agent: a conversation is now theirs (new buyer, moved from an
+    /// agent who left, or waiting while no agent was online).
+    ConversationAssigned {
+        reason: &'a str,
+        #[serde(flatten)]
+        view: ConversationView<'a>,
+    },
+    /// To an agent: the buyer left for good and the conversation is over.
+    ConversationClosed {
+        conversation: &'a str,
+    },
+    /// To an agent: the buyer connected or disconnected.
+    Presence {
+        conversation: &'a str,
+        online: bool,
+    },
+    LintResult {
+        text: &'a str,
+        ok: bool,
+        issues: &'a [Issue],
+    },
+    /// To the buyer (no `conversation`) and to the agent.
+    Rated {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        conversation: Option<&'a str>,
+        score: Rating,
+    },
+    /// To agents after the phrase libraries changed on disk.
+    Reload {
+        ok: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        intents: Option<usize>,
+        #[serde(skip_serializing_if = "<[String]>::is_empty")]
+        errors: &'a [String],
+    },
+    Error {
+        code: ErrorCode,
+        message: &'a str,
+    },
+}
+
+/// Serialises a server message. Our types always serialise.
+pub fn to_json(msg: &ServerMsg<'_>) -> String {
+    serde_json::to_string(msg).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot serialise a server message");
+        r#"{"type":"error","code":"internal","message":"internal error"}"#.to_string()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_good_messages() {
+        let cases: &[(&str, ClientMsg)] = &[
+            (
+                r#"{"type":"hello","role":"buyer","shop":"s1","buyer":"b1"}"#,
+                ClientMsg::Hello(Hello {
+                    role: Role::Buyer,
+                    shop: "s1".into(),
+                    buyer: Some("b1".into()),
+                    resume: None,
+                    agent: None,
+                    token: None,
+                }),
+            ),
+            (
+                r#"{"type":"message","text":"在吗"}"#,
+                ClientMsg::Message {
+                    text: "在吗".into(),
+                },
+            ),
+            (
+                r#"{"type":"reply","conversation":"c1","text":"亲，在的","intent":null}"#,
+                ClientMsg::Reply {
+                    conversation: "c1".into(),
+                    text: "亲，在的".into(),
+                    intent: None,
+                },
+            ),
+            (
+                r#"{"type":"rate","score":"satisfied"}"#,
+                ClientMsg::Rate {
+                    score: "satisfied".into(),
+                },
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(&parse(text).unwrap(), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn classify_bad_frames() {
+        let cases: &[(&str, ErrorCode)] = &[
+            ("not json", ErrorCode::BadJson),
+            ("{\"type\":", ErrorCode::BadJson),
+            ("[1,2]", ErrorCode::BadJson),
+            ("{}", ErrorCode::MissingType),
+            ("{\"type\":7}", ErrorCode::MissingType),
+            ("{\"type\":\"dance\"}", ErrorCode::UnknownType),
+            ("{\"type\":\"message\"}", ErrorCode::BadMessage),
+            ("{\"type\":\"message\",\"text\":5}", ErrorCode::BadMessage),
+            (
+                "{\"type\":\"hello\",\"role\":\"boss\",\"shop\":\"s1\"}",
+                ErrorCode::BadMessage,
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse(text).unwrap_err().code, *want, "{text}");
+        }
+        let e = parse("{\"type\":\"message\"}").unwrap_err();
+        assert!(e.message.contains("missing field `text`"), "{}", e.message);
+    }
+
+    #[test]
+    fn server_messages_serialise_as_documented() {
+        let m = ServerMsg::Error {
+            code: ErrorCode::HelloFirst,
+            message: "say hello first",
+        };
+        assert_eq!(
+            to_json(&m),
+            r#"{"type":"error","code":"hello_first","message":"say hello first"}"#
+        );
+        let m = ServerMsg::Reply {
+            conversation: "c1",
+            from: Author::Bot,
+            agent: None,
+            text: "亲",
+            at: 5,
+            note: Some("greeting"),
+        };
+        assert_eq!(
+            to_json(&m),
+            r#"{"type":"reply","conversation":"c1","from":"bot","text":"亲","at":5,"note":"greeting"}"#
+        );
+        let m = ServerMsg::Reload {
+            ok: true,
+            intents: Some(3),
+            errors: &[],
+        };
+        assert_eq!(to_json(&m), r#"{"type":"reload","ok":true,"intents":3}"#);
+    }
+}

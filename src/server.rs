@@ -1,1 +1,365 @@
-//! TODO: being written.
+//! The service behind `kefu serve`: HTTP on one port, WebSocket chat at `/ws`.
+//!
+//! Layout, one concern per submodule:
+//!
+//! - [`http`](self::http): hyper 1 connection, the router (`/ws`, `/healthz`)
+//!   and the WebSocket upgrade;
+//! - [`conn`](self::conn): one WebSocket connection: read, rate limit, write,
+//!   ping, close;
+//! - [`hub`](self::hub): shops, agents and conversations: routing, rounds,
+//!   the messages they produce;
+//! - [`timer`](self::timer): the one task that fires the clock's alarms and
+//!   expires abandoned conversations;
+//! - [`reload`](self::reload): hot reload of the phrase directory.
+//!
+//! Shared state lives behind [`App`], a cheap-to-clone handle. The hub is one
+//! `std::sync::Mutex`, held only for map updates (never across `.await`);
+//! matching runs outside it, and what a change produces (frames to clients,
+//! events for the store) is collected while the lock is held and delivered
+//! after it is released. Every client has a bounded outbound queue; a
+//! client whose queue is full is disconnected, so a reader that stalls never
+//! grows our memory or slows anyone else.
+
+mod conn;
+mod http;
+mod hub;
+mod reload;
+mod timer;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
+
+use futures_util::{Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tracing::{info, warn};
+
+use crate::clock::Timebase;
+use crate::config::Config;
+use crate::events::Event;
+use crate::matcher::{BuildError, Matcher};
+use crate::phrases::{Library, LoadErrors, Templates};
+use crate::politeness::Checker;
+use crate::store::StoreHandle;
+
+/// Suggestions sent with each buyer message.
+pub const SUGGESTIONS: usize = 3;
+
+/// Why the service cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot load the phrase libraries in {dir}: {errors}\n(run `kefu check {dir}` for the list)")]
+    Phrases { dir: String, errors: LoadErrors },
+    #[error("cannot build the matcher: {0}")]
+    Matcher(#[from] BuildError),
+    #[error("network error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The compiled phrase libraries: built once per (re)load and shared.
+#[derive(Debug)]
+pub struct Phrases {
+    pub matcher: Matcher,
+    pub checker: Checker,
+    pub templates: Templates,
+}
+
+impl Phrases {
+    pub fn from_library(lib: &Library) -> Result<Phrases, BuildError> {
+        Ok(Phrases {
+            matcher: Matcher::new(lib)?,
+            checker: Checker::new(&lib.politeness),
+            templates: lib.templates.clone(),
+        })
+    }
+
+    /// Loads `dir`; on failure, every problem as `file:line:column: message`.
+    pub fn load(dir: &std::path::Path) -> Result<Phrases, Vec<String>> {
+        let lib = Library::load_dir(dir)
+            .map_err(|e| e.0.iter().map(|p| p.to_string()).collect::<Vec<_>>())?;
+        Phrases::from_library(&lib).map_err(|e| vec![format!("{}: {e}", dir.display())])
+    }
+}
+
+/// Cheap-to-clone handle on the running service's shared state.
+#[derive(Clone)]
+pub struct App {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    config: Config,
+    hub: Mutex<hub::Hub>,
+    phrases: RwLock<Arc<Phrases>>,
+    store: StoreHandle,
+    tap: OnceLock<mpsc::UnboundedSender<Event>>,
+    timebase: Timebase,
+    /// Wakes the timer task when a deadline earlier than its sleep appears.
+    timer: Notify,
+    shutdown: watch::Sender<bool>,
+    next_conn: AtomicU64,
+    ws_config: WebSocketConfig,
+    connections: Arc<Semaphore>,
+    /// The phrase directory as it was loaded, for the reload watcher.
+    loaded_fingerprint: Mutex<Option<reload::Fingerprint>>,
+}
+
+impl App {
+    /// Loads the phrase libraries of `config.phrases` and builds the state.
+    /// Events go to `store`.
+    pub fn new(config: Config, store: StoreHandle) -> Result<App, ServerError> {
+        // Taken before loading: an edit racing the load shows up as a change.
+        let fingerprint = reload::fingerprint(&config.phrases);
+        let lib = Library::load_dir(&config.phrases).map_err(|errors| ServerError::Phrases {
+            dir: config.phrases.display().to_string(),
+            errors,
+        })?;
+        let phrases = Phrases::from_library(&lib)?;
+        let app = App::with_phrases(config, phrases, store);
+        *app.shared
+            .loaded_fingerprint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(fingerprint);
+        Ok(app)
+    }
+
+    /// Builds the state around already compiled phrases.
+    pub fn with_phrases(config: Config, phrases: Phrases, store: StoreHandle) -> App {
+        let l = &config.limits;
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(l.read_buffer_bytes)
+            .write_buffer_size(0)
+            .max_write_buffer_size(4 * l.max_frame_bytes)
+            .max_frame_size(Some(l.max_frame_bytes))
+            .max_message_size(Some(l.max_frame_bytes));
+        let hub = hub::Hub::new(&config);
+        let connections = Arc::new(Semaphore::new(l.max_connections));
+        let (shutdown, _) = watch::channel(false);
+        App {
+            shared: Arc::new(Shared {
+                hub: Mutex::new(hub),
+                phrases: RwLock::new(Arc::new(phrases)),
+                store,
+                tap: OnceLock::new(),
+                timebase: Timebase::new(),
+                timer: Notify::new(),
+                shutdown,
+                next_conn: AtomicU64::new(1),
+                ws_config,
+                connections,
+                loaded_fingerprint: Mutex::new(None),
+                config,
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// The phrase libraries in force (a reload swaps them).
+    pub fn phrases(&self) -> Arc<Phrases> {
+        self.shared
+            .phrases
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A copy of every event recorded from now on (for tests and live views;
+    /// only the first call gets one).
+    pub fn tap_events(&self) -> Option<mpsc::UnboundedReceiver<Event>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.shared.tap.set(tx).ok().map(|_| rx)
+    }
+
+    /// Asks a running [`run`] to stop, as its shutdown future would.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.send_replace(true);
+    }
+
+    /// Numbers for health checks and tests.
+    pub fn stats(&self) -> Stats {
+        let hub = self.hub();
+        hub.stats()
+    }
+
+    fn hub(&self) -> MutexGuard<'_, hub::Hub> {
+        // A panic while holding the lock leaves maps that are still
+        // consistent enough to serve; keep going rather than poison everyone.
+        self.shared.hub.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn timebase(&self) -> Timebase {
+        self.shared.timebase
+    }
+
+    fn next_conn_id(&self) -> u64 {
+        self.shared.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn shutdown_rx(&self) -> watch::Receiver<bool> {
+        self.shared.shutdown.subscribe()
+    }
+
+    fn record(&self, event: Event) {
+        if let Some(tap) = self.shared.tap.get() {
+            let _ = tap.send(event.clone());
+        }
+        self.shared.store.record(event);
+    }
+
+    /// Delivers what a hub change produced, after the lock is released.
+    fn apply(&self, fx: hub::Effects) {
+        // Events first: the log holds a fact before anyone can react to it.
+        for e in fx.events {
+            self.record(e);
+        }
+        for (out, frame) in fx.sends {
+            out.push(frame);
+        }
+        for (out, order) in fx.closes {
+            out.close(order);
+        }
+        if fx.wake_timer {
+            self.shared.timer.notify_one();
+        }
+    }
+
+    fn set_phrases(&self, phrases: Phrases) {
+        *self
+            .shared
+            .phrases
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(phrases);
+    }
+}
+
+/// Counts of the hub's contents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    pub conversations: usize,
+    pub waiting: usize,
+    pub agents_online: usize,
+    pub buyers_online: usize,
+}
+
+/// Serves `listener` until `shutdown` completes (or [`App::shutdown`]), then
+/// closes every connection (WebSocket close 1001), waits up to
+/// `limits.shutdown_grace` for them to finish, and returns. The caller
+/// closes the store afterwards.
+pub async fn run(
+    listener: TcpListener,
+    app: App,
+    shutdown: impl Future,
+) -> Result<(), ServerError> {
+    let local = listener.local_addr()?;
+    info!("listening on http://{local} (WebSocket at ws://{local}/ws)");
+    let incoming = futures_util::stream::unfold(listener, |listener| async move {
+        let item = listener.accept().await.map(|(stream, peer)| {
+            // Chat frames are small and latency matters: no Nagle delay.
+            if let Err(e) = stream.set_nodelay(true) {
+                warn!(%peer, error = %e, "cannot set TCP_NODELAY");
+            }
+            (stream, peer.to_string())
+        });
+        Some((item, listener))
+    });
+    run_incoming(incoming, app, shutdown).await
+}
+
+/// [`run`] over any stream of connections (tests feed in-memory pipes, which
+/// work under paused virtual time).
+pub async fn run_incoming<S, I>(
+    incoming: S,
+    app: App,
+    shutdown: impl Future,
+) -> Result<(), ServerError>
+where
+    S: Stream<Item = std::io::Result<(I, String)>>,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (drain_tx, mut drain_rx) = mpsc::channel::<()>(1);
+    let mut background = vec![tokio::spawn(timer::run(app.clone()))];
+    if let Some(every) = app.config().reload_poll {
+        background.push(tokio::spawn(reload::watch(app.clone(), every)));
+    }
+    let mut stop = app.shutdown_rx();
+    tokio::pin!(incoming);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = stopping(&mut stop) => break,
+            item = incoming.next() => match item {
+                None => break,
+                Some(Ok((io, peer))) => {
+                    let Ok(permit) = app.shared.connections.clone().try_acquire_owned() else {
+                        warn!(%peer, limit = app.config().limits.max_connections, "connection limit reached; refusing");
+                        continue;
+                    };
+                    let guard = http::ConnGuard::new(permit, drain_tx.clone());
+                    tokio::spawn(http::serve(io, app.clone(), peer, guard));
+                }
+                Some(Err(e)) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    info!("shutting down: closing connections");
+    app.shutdown();
+    drop(drain_tx);
+    let grace = app.config().limits.shutdown_grace;
+    if tokio::time::timeout(grace, drain_rx.recv()).await.is_err() {
+        warn!(
+            ?grace,
+            "connections still open after the grace period; stopping anyway"
+        );
+    }
+    for task in background {
+        let _ = task.await;
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Completes once shutdown is ordered (or the App is gone).
+async fn stopping(rx: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`: drop it here, not in a
+    // caller's `select!`.
+    let _ = rx.wait_for(|s| *s).await.map(|_| ());
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            warn!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => info!("Ctrl-C received"),
+        _ = term => info!("SIGTERM received"),
+    }
+}

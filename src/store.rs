@@ -1,35 +1,307 @@
-//! Durable event log (being written: this is the interface the service
-//! codes against; the SQLite writer thread replaces the body).
+//! Durable event log: SQLite (WAL) in a data directory, written by one
+//! thread with group commit.
+//!
+//! Why a writer thread: SQLite calls block, and the service's tasks must
+//! not. [`StoreHandle::record`] only puts the event on a bounded queue
+//! (`try_send`, never waits); the writer takes events off the queue and
+//! commits them together, once [`COMMIT_WINDOW`] has passed since the oldest
+//! uncommitted event was recorded or [`COMMIT_BATCH`] events are waiting,
+//! whichever comes first. So a `kill -9` loses at most the events recorded
+//! in the last commit window (50 ms) while the writer keeps up; `close()`
+//! (the SIGTERM path) commits everything queued before it returns.
+//!
+//! **When the writer falls behind** (disk stalls, a burst beyond what SQLite
+//! can take) the queue fills up to [`QUEUE_CAPACITY`] events; past that
+//! `record` *drops* the event rather than block a buyer's connection or grow
+//! memory without bound. Every drop is counted ([`StoreHandle::dropped`])
+//! and logged with `tracing::warn!` (the first, then at most once a second
+//! with the running count). The same happens to events recorded after
+//! `close()`. A commit that fails is retried twice, 100 ms apart; if it
+//! still fails its events are counted as dropped and logged as an error.
+//!
+//! Durability: `journal_mode=WAL`, `synchronous=NORMAL`: a commit survives
+//! the process being killed; a power cut may lose the last commits (the
+//! database stays consistent). The schema is versioned with SQLite's
+//! `user_version` and upgraded on open (see [`MIGRATIONS`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use crate::events::Event;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-/// Error opening or closing the store.
+use crate::events::{Event, Kind, Rating};
+use crate::report::{self, Report, ReportOptions};
+
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "events.db";
+/// Longest an event waits for its commit while the writer keeps up.
+pub const COMMIT_WINDOW: Duration = Duration::from_millis(50);
+/// Commit as soon as this many events wait, even within the window.
+pub const COMMIT_BATCH: usize = 1000;
+/// Events the queue holds before `record` starts dropping them.
+pub const QUEUE_CAPACITY: usize = 65_536;
+
+/// Schema migrations: `MIGRATIONS[n]` takes a database from version `n` to
+/// `n + 1` (SQLite's `user_version`; 0 is an empty file). Never edit a
+/// released step; append one.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the first layout.
+    "CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        ts_ms INTEGER NOT NULL,
+        shop TEXT NOT NULL,
+        conversation TEXT NOT NULL,
+        buyer TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        agent TEXT,
+        text TEXT,
+        intent TEXT,
+        score TEXT
+    );
+    CREATE INDEX events_ts ON events (ts_ms);",
+    // 2: the stage a buyer message was ranked in, a free-form note (bot
+    // greeting or holding reply), and an index to read whole conversations
+    // for a report window.
+    "ALTER TABLE events ADD COLUMN stage TEXT;
+    ALTER TABLE events ADD COLUMN note TEXT;
+    CREATE INDEX events_conversation ON events (shop, conversation, ts_ms);",
+];
+
+/// The version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// How the writer batches; [`Default`] is the documented policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    pub commit_window: Duration,
+    pub commit_batch: usize,
+    pub queue_capacity: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions {
+            commit_window: COMMIT_WINDOW,
+            commit_batch: COMMIT_BATCH,
+            queue_capacity: QUEUE_CAPACITY,
+        }
+    }
+}
+
+/// Error opening, reading or closing the store.
 #[derive(Debug, thiserror::Error)]
 #[error("event store: {0}")]
 pub struct StoreError(pub String);
 
+fn sql_fail(what: &str, path: &Path, e: rusqlite::Error) -> StoreError {
+    StoreError(format!("{what} {}: {e}", path.display()))
+}
+
 /// The open store; owns the writer thread.
 pub struct Store {
     handle: StoreHandle,
+    path: PathBuf,
+    writer: Option<JoinHandle<Result<(), StoreError>>>,
+}
+
+// Nearly every message is an event: boxing it would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+enum Msg {
+    Event(Instant, Event),
+    /// Commit what is queued, then answer.
+    Flush(SyncSender<()>),
+    Shutdown,
+}
+
+struct Shared {
+    tx: SyncSender<Msg>,
+    dropped: AtomicU64,
+    /// Milliseconds since `started` of the last drop warning.
+    last_warn_ms: AtomicI64,
+    started: Instant,
+}
+
+impl Shared {
+    fn note_dropped(&self, n: u64, why: &str) {
+        let total = self.dropped.fetch_add(n, Ordering::Relaxed) + n;
+        let now = self.started.elapsed().as_millis() as i64;
+        let last = self.last_warn_ms.load(Ordering::Relaxed);
+        if (total == n || now - last >= 1000)
+            && self
+                .last_warn_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(dropped_total = total, "event log dropped events: {why}");
+        }
+    }
 }
 
 /// Cheap-to-clone handle the service records events through. Never blocks
-/// the async runtime.
+/// the async runtime. `StoreHandle::default()` is connected to no store and
+/// discards what it is given (for a service run without a log).
 #[derive(Clone, Default)]
-pub struct StoreHandle {}
+pub struct StoreHandle {
+    shared: Option<Arc<Shared>>,
+}
 
 impl StoreHandle {
-    /// Queues `event` for the writer thread.
-    pub fn record(&self, _event: Event) {}
+    /// Queues `event` for the writer thread; when the queue is full or the
+    /// store closed, drops it (counted and logged, see the module docs).
+    pub fn record(&self, event: Event) {
+        let Some(shared) = &self.shared else { return };
+        match shared.tx.try_send(Msg::Event(Instant::now(), event)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                shared.note_dropped(1, "the writer is behind and the queue is full")
+            }
+            Err(TrySendError::Disconnected(_)) => shared.note_dropped(1, "the store is closed"),
+        }
+    }
+
+    /// Events dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.shared
+            .as_ref()
+            .map_or(0, |s| s.dropped.load(Ordering::Relaxed))
+    }
+
+    /// Blocks until everything recorded before the call is committed. Not
+    /// for async code: call it from `spawn_blocking`.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        let (ack, done) = mpsc::sync_channel(1);
+        let closed = || StoreError("the store is closed".into());
+        shared.tx.send(Msg::Flush(ack)).map_err(|_| closed())?;
+        done.recv().map_err(|_| closed())
+    }
+}
+
+/// Opens `path` read-write with the pragmas every connection uses, creating
+/// it only when `create`.
+fn connect(path: &Path, create: bool) -> Result<Connection, StoreError> {
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let conn =
+        Connection::open_with_flags(path, flags).map_err(|e| sql_fail("cannot open", path, e))?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(|e| sql_fail("cannot configure", path, e))?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(|e| sql_fail("cannot switch to WAL mode", path, e))?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(|e| sql_fail("cannot configure", path, e))?;
+    Ok(conn)
+}
+
+/// Brings the schema of `conn` to [`SCHEMA_VERSION`]; returns the version
+/// it found. A database from a newer kefu is refused, not touched.
+pub fn migrate(conn: &mut Connection, path: &Path) -> Result<i64, StoreError> {
+    let found: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|e| sql_fail("cannot read the schema version of", path, e))?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError(format!(
+            "{} has schema version {found}, newer than this kefu's {SCHEMA_VERSION}: upgrade kefu",
+            path.display()
+        )));
+    }
+    for (v, step) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn
+            .transaction()
+            .map_err(|e| sql_fail("cannot upgrade", path, e))?;
+        tx.execute_batch(step)
+            .and_then(|()| tx.pragma_update(None, "user_version", v as i64 + 1))
+            .and_then(|()| tx.commit())
+            .map_err(|e| {
+                StoreError(format!(
+                    "cannot upgrade {} from schema version {v} to {}: {e}",
+                    path.display(),
+                    v + 1
+                ))
+            })?;
+        tracing::info!(path = %path.display(), version = v + 1, "event log schema upgraded");
+    }
+    Ok(found)
+}
+
+const INSERT: &str = "INSERT INTO events
+    (ts_ms, shop, conversation, buyer, kind, agent, text, intent, stage, score, note)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+
+/// Writes `events` in one transaction.
+fn insert_all<'e>(
+    conn: &mut Connection,
+    events: impl IntoIterator<Item = &'e Event>,
+) -> rusqlite::Result<usize> {
+    let tx = conn.transaction()?;
+    let mut n = 0;
+    {
+        let mut stmt = tx.prepare_cached(INSERT)?;
+        for e in events {
+            stmt.execute(params![
+                e.ts_ms,
+                e.shop,
+                e.conversation,
+                e.buyer,
+                e.kind.as_str(),
+                e.agent,
+                e.text,
+                e.intent,
+                e.stage,
+                e.score.map(Rating::as_str),
+                e.note,
+            ])?;
+            n += 1;
+        }
+    }
+    tx.commit()?;
+    Ok(n)
 }
 
 impl Store {
-    /// Opens (creating, upgrading) the log in `dir`.
-    pub fn open(_dir: &Path) -> Result<Store, StoreError> {
+    /// Opens (creating, upgrading) the log in `dir` and starts the writer.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with(dir, StoreOptions::default())
+    }
+
+    /// [`Store::open`] with another batching policy (tests, tuning).
+    pub fn open_with(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError(format!(
+                "cannot create the data directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let path = dir.join(DB_FILE);
+        let mut conn = connect(&path, true)?;
+        migrate(&mut conn, &path)?;
+        let (tx, rx) = mpsc::sync_channel(options.queue_capacity.max(1));
+        let shared = Arc::new(Shared {
+            tx,
+            dropped: AtomicU64::new(0),
+            last_warn_ms: AtomicI64::new(i64::MIN / 2),
+            started: Instant::now(),
+        });
+        let writer_shared = shared.clone();
+        let writer_path = path.clone();
+        let writer = std::thread::Builder::new()
+            .name("kefu-event-log".into())
+            .spawn(move || write_loop(conn, rx, &writer_shared, &writer_path, options))
+            .map_err(|e| StoreError(format!("cannot start the writer thread: {e}")))?;
         Ok(Store {
-            handle: StoreHandle::default(),
+            handle: StoreHandle {
+                shared: Some(shared),
+            },
+            path,
+            writer: Some(writer),
         })
     }
 
@@ -37,8 +309,391 @@ impl Store {
         self.handle.clone()
     }
 
-    /// Writes everything queued and stops the writer thread.
-    pub fn close(self) -> Result<(), StoreError> {
-        Ok(())
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
+
+    /// Reads the log (on its own connection, beside the writer).
+    pub fn reader(&self) -> Reader {
+        Reader {
+            path: self.path.clone(),
+        }
+    }
+
+    /// Writes everything queued and stops the writer thread. Blocks (call
+    /// it after the service stopped, or from `spawn_blocking`).
+    pub fn close(mut self) -> Result<(), StoreError> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<(), StoreError> {
+        let Some(writer) = self.writer.take() else {
+            return Ok(());
+        };
+        if let Some(shared) = &self.handle.shared {
+            // Blocking send: the queue may be full, and this must get in.
+            let _ = shared.tx.send(Msg::Shutdown);
+        }
+        let result = writer
+            .join()
+            .map_err(|_| StoreError("the writer thread panicked".into()))?;
+        let dropped = self.handle.dropped();
+        if dropped > 0 {
+            tracing::error!(
+                dropped,
+                "event log closed; events were dropped while it ran"
+            );
+        }
+        result
+    }
+}
+
+impl Drop for Store {
+    /// A store dropped without `close()` still commits what is queued.
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::error!("{e}");
+        }
+    }
+}
+
+/// What the writer gathered for its next commit.
+#[derive(Default)]
+struct Pending {
+    batch: Vec<Event>,
+    acks: Vec<SyncSender<()>>,
+    /// When the oldest event of `batch` was recorded.
+    oldest: Option<Instant>,
+}
+
+impl Pending {
+    /// Takes one message; `true` when it asks the writer to stop.
+    fn take(&mut self, msg: Msg) -> bool {
+        match msg {
+            Msg::Event(at, e) => {
+                self.oldest.get_or_insert(at);
+                self.batch.push(e);
+                false
+            }
+            Msg::Flush(ack) => {
+                self.acks.push(ack);
+                false
+            }
+            Msg::Shutdown => true,
+        }
+    }
+}
+
+fn write_loop(
+    mut conn: Connection,
+    rx: Receiver<Msg>,
+    shared: &Shared,
+    path: &Path,
+    options: StoreOptions,
+) -> Result<(), StoreError> {
+    let mut p = Pending {
+        batch: Vec::with_capacity(options.commit_batch),
+        ..Pending::default()
+    };
+    let mut stop = false;
+    while !stop {
+        // Wait for the first message, then gather until the window closes,
+        // the batch is full or someone waits for a flush.
+        p.oldest = None;
+        match rx.recv() {
+            Ok(msg) => stop = p.take(msg),
+            Err(_) => stop = true,
+        }
+        while !stop && p.acks.is_empty() && p.batch.len() < options.commit_batch {
+            let Some(at) = p.oldest else { break };
+            let wait = (at + options.commit_window).saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(msg) => stop = p.take(msg),
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => stop = true,
+            }
+        }
+        if stop {
+            // Everything already queued goes in the last commit.
+            while let Ok(msg) = rx.try_recv() {
+                p.take(msg);
+            }
+        }
+        commit(&mut conn, &mut p.batch, shared, path);
+        for ack in p.acks.drain(..) {
+            let _ = ack.send(());
+        }
+    }
+    // Fold the WAL back into the database so the directory is one file.
+    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+        tracing::warn!(path = %path.display(), "checkpoint on close failed: {e}");
+    }
+    conn.close()
+        .map_err(|(_, e)| StoreError(format!("cannot close {}: {e}", path.display())))
+}
+
+/// Commits `batch` (emptying it), retrying twice before giving up.
+fn commit(conn: &mut Connection, batch: &mut Vec<Event>, shared: &Shared, path: &Path) {
+    if batch.is_empty() {
+        return;
+    }
+    for attempt in 1..=3 {
+        match insert_all(conn, batch.iter()) {
+            Ok(_) => {
+                batch.clear();
+                return;
+            }
+            Err(e) if attempt < 3 => {
+                tracing::warn!(path = %path.display(), attempt, "event log commit failed, retrying: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), events = batch.len(), "event log commit failed, events lost: {e}");
+            }
+        }
+    }
+    shared.note_dropped(batch.len() as u64, "a commit failed");
+    batch.clear();
+}
+
+/// Which events to read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Query {
+    /// Unix ms, inclusive.
+    pub from_ms: Option<i64>,
+    /// Unix ms, exclusive.
+    pub to_ms: Option<i64>,
+    pub shop: Option<String>,
+}
+
+/// Reads the log of a data directory; opens a connection per call, so it
+/// is cheap to keep and to clone, and reads beside a running writer (WAL).
+#[derive(Debug, Clone)]
+pub struct Reader {
+    path: PathBuf,
+}
+
+const COLUMNS: &str =
+    "ts_ms, shop, conversation, buyer, kind, agent, text, intent, stage, score, note";
+/// What a report reads: the text only where a stage must be ranked from it,
+/// no note (a million texts are most of the bytes of a log).
+const REPORT_COLUMNS: &str = "ts_ms, shop, conversation, buyer, kind, agent,
+    CASE WHEN kind = 'buyer' AND (stage IS NULL OR stage = '') THEN text END,
+    intent, stage, score, NULL";
+
+fn row_event(row: &rusqlite::Row) -> rusqlite::Result<Event> {
+    let bad = |col: usize, what: String| {
+        rusqlite::Error::FromSqlConversionFailure(
+            col,
+            rusqlite::types::Type::Text,
+            format!("{what} is not known to this kefu").into(),
+        )
+    };
+    let kind = row.get_ref(4)?.as_str()?;
+    let kind = Kind::parse(kind).ok_or_else(|| bad(4, format!("event kind {kind:?}")))?;
+    let score = match row.get_ref(9)?.as_str_or_null()? {
+        Some(s) => Some(Rating::parse(s).ok_or_else(|| bad(9, format!("rating {s:?}")))?),
+        None => None,
+    };
+    Ok(Event {
+        ts_ms: row.get(0)?,
+        shop: row.get(1)?,
+        conversation: row.get(2)?,
+        buyer: row.get(3)?,
+        kind,
+        agent: row.get(5)?,
+        text: row.get(6)?,
+        intent: row.get(7)?,
+        stage: row.get(8)?,
+        score,
+        note: row.get(10)?,
+    })
+}
+
+impl Reader {
+    /// A reader of the log in `dir`, which must exist.
+    pub fn open(dir: &Path) -> Result<Reader, StoreError> {
+        let path = dir.join(DB_FILE);
+        if !path.is_file() {
+            return Err(StoreError(format!(
+                "no event log at {}: `kefu serve --data {}` creates one, `kefu events import` fills one",
+                path.display(),
+                dir.display()
+            )));
+        }
+        Ok(Reader { path })
+    }
+
+    fn connect(&self) -> Result<Connection, StoreError> {
+        let mut conn = connect(&self.path, false)?;
+        migrate(&mut conn, &self.path)?;
+        Ok(conn)
+    }
+
+    /// Calls `f` with every event of `q`, in time order (ties in the order
+    /// they were written). Streams: memory does not grow with the log.
+    pub fn for_each(
+        &self,
+        q: &Query,
+        mut f: impl FnMut(Event) -> std::io::Result<()>,
+    ) -> Result<u64, StoreError> {
+        let conn = self.connect()?;
+        let sql = format!(
+            "SELECT {COLUMNS} FROM events
+             WHERE (?1 IS NULL OR ts_ms >= ?1) AND (?2 IS NULL OR ts_ms < ?2)
+               AND (?3 IS NULL OR shop = ?3)
+             ORDER BY ts_ms, id"
+        );
+        self.stream(&conn, &sql, params![q.from_ms, q.to_ms, q.shop], &mut f)
+    }
+
+    fn stream(
+        &self,
+        conn: &Connection,
+        sql: &str,
+        params: &[&dyn rusqlite::ToSql],
+        f: &mut dyn FnMut(Event) -> std::io::Result<()>,
+    ) -> Result<u64, StoreError> {
+        let mut stmt = conn
+            .prepare(sql)
+            .map_err(|e| sql_fail("cannot read", &self.path, e))?;
+        let mut rows = stmt
+            .query(params)
+            .map_err(|e| sql_fail("cannot read", &self.path, e))?;
+        let mut n = 0;
+        while let Some(row) = rows
+            .next()
+            .map_err(|e| sql_fail("cannot read", &self.path, e))?
+        {
+            let ev =
+                row_event(row).map_err(|e| sql_fail("cannot read an event of", &self.path, e))?;
+            f(ev).map_err(|e| StoreError(format!("cannot write an event out: {e}")))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Every event of `q`, in time order.
+    pub fn events(&self, q: &Query) -> Result<Vec<Event>, StoreError> {
+        let mut out = Vec::new();
+        self.for_each(q, |e| {
+            out.push(e);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// What a report over `q`'s window needs: every event (any time) of
+    /// every conversation with an event in the window, so rounds that began
+    /// before the window or were answered after it are judged as a report
+    /// over the whole log would judge them. In no particular order (the
+    /// report sorts), and without what reports do not read: `note`, and
+    /// `text` except of buyer messages without a `stage`.
+    ///
+    /// Reads on every core, each thread a range of row ids on its own
+    /// connection: rows are only ever appended, so the ranges up to the
+    /// largest id seen at the start are one consistent set.
+    pub fn events_for_report(&self, q: &Query) -> Result<Vec<Event>, StoreError> {
+        let conn = self.connect()?;
+        let (lo, hi): (Option<i64>, Option<i64>) = conn
+            .query_row("SELECT min(id), max(id) FROM events", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .map_err(|e| sql_fail("cannot read", &self.path, e))?;
+        drop(conn);
+        let (Some(lo), Some(hi)) = (lo, hi) else {
+            return Ok(Vec::new());
+        };
+        let filter = if q.from_ms.is_none() && q.to_ms.is_none() {
+            "?1 IS NULL AND ?2 IS NULL AND (?3 IS NULL OR shop = ?3)"
+        } else {
+            "(shop, conversation) IN (
+                 SELECT DISTINCT shop, conversation FROM events
+                 WHERE (?1 IS NULL OR ts_ms >= ?1) AND (?2 IS NULL OR ts_ms < ?2)
+                   AND (?3 IS NULL OR shop = ?3))"
+        };
+        let sql =
+            format!("SELECT {REPORT_COLUMNS} FROM events WHERE id >= ?4 AND id < ?5 AND {filter}");
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(4);
+        let threads = if hi - lo < 100_000 { 1 } else { threads as i64 };
+        let span = (hi - lo + threads) / threads;
+        let read = |from: i64, to: i64| -> Result<Vec<Event>, StoreError> {
+            let conn = connect(&self.path, false)?;
+            let mut out = Vec::new();
+            self.stream(
+                &conn,
+                &sql,
+                params![q.from_ms, q.to_ms, q.shop, from, to],
+                &mut |e| {
+                    out.push(e);
+                    Ok(())
+                },
+            )?;
+            Ok(out)
+        };
+        let parts: Vec<Result<Vec<Event>, StoreError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|k| {
+                    let from = lo + k * span;
+                    let to = (from + span).min(hi + 1);
+                    s.spawn(move || read(from, to))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(StoreError("a reader thread panicked".into())))
+                })
+                .collect()
+        });
+        let mut events: Vec<Event> = Vec::new();
+        for part in parts {
+            let part = part?;
+            if events.is_empty() {
+                events = part;
+            } else {
+                events.extend(part);
+            }
+        }
+        Ok(events)
+    }
+
+    /// The report of `opts` over the log (window and shop from `opts`).
+    pub fn report(&self, opts: &ReportOptions) -> Result<Report, StoreError> {
+        let q = Query {
+            from_ms: opts.from_ms,
+            to_ms: opts.to_ms,
+            shop: opts.shop.clone(),
+        };
+        Ok(report::compute(&self.events_for_report(&q)?, opts))
+    }
+
+    /// Number of events in the log.
+    pub fn count(&self) -> Result<u64, StoreError> {
+        let conn = self.connect()?;
+        conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .optional()
+            .map_err(|e| sql_fail("cannot count the events of", &self.path, e))
+            .map(|n| n.unwrap_or(0))
+    }
+}
+
+/// Appends `events` to the log in `dir` in one transaction (for `kefu
+/// events import`; not for a running service, which records through its
+/// handle). Creates and upgrades the log as [`Store::open`] does.
+pub fn import(dir: &Path, events: &[Event]) -> Result<usize, StoreError> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        StoreError(format!(
+            "cannot create the data directory {}: {e}",
+            dir.display()
+        ))
+    })?;
+    let path = dir.join(DB_FILE);
+    let mut conn = connect(&path, true)?;
+    migrate(&mut conn, &path)?;
+    insert_all(&mut conn, events).map_err(|e| sql_fail("cannot import into", &path, e))
 }

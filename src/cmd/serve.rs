@@ -1,10 +1,137 @@
-//! `kefu serve`.
+//! `kefu serve`: settings from file, environment and flags, then the service.
+//!
+//! Every flag has a `KEFU_*` variable; a flag wins over its variable, and
+//! both win over the config file. The list variables take comma-separated
+//! entries (`KEFU_AGENT_TOKENS=s1:a1:tok1,s1:a2:tok2`).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(clap::Args)]
-pub struct ServeArgs {}
+use anyhow::Context;
+use kefu::config::{Config, Overrides};
+use kefu::server::{self, App};
+use kefu::store::Store;
 
-pub fn run(_args: ServeArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("kefu serve is not built yet")
+#[derive(clap::Args)]
+#[command(after_help = "One command line starts a shop:\n  \
+    kefu serve --agent-token s1:a1:secret1 --shop-name s1:小米旗舰店\n\
+    then buyers and agents connect to ws://127.0.0.1:8080/ws (docs/PROTOCOL.md).")]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080]. Anything but
+    /// loopback exposes the service to the network.
+    #[arg(long, env = "KEFU_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// YAML config file (every key is shown in kefu.example.yaml).
+    #[arg(long, env = "KEFU_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Phrase directory, reloaded on change [default: phrases].
+    #[arg(long, env = "KEFU_PHRASES", value_name = "DIR")]
+    pub phrases: Option<PathBuf>,
+    /// Directory of the event log [default: ./data].
+    #[arg(long, env = "KEFU_DATA", value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Response-time target in seconds [default: 30].
+    #[arg(long, env = "KEFU_TARGET_SECS", value_name = "N")]
+    pub target_secs: Option<f64>,
+    /// Nudge the agent after this many seconds of waiting [default: 20].
+    #[arg(long, env = "KEFU_NUDGE_SECS", value_name = "N")]
+    pub nudge_secs: Option<f64>,
+    /// Send the buyer one holding reply per round after this many seconds;
+    /// 0 for never [default: 15].
+    #[arg(long, env = "KEFU_HOLDING_SECS", value_name = "N")]
+    pub holding_secs: Option<f64>,
+    /// An agent and their token (repeatable).
+    #[arg(
+        long = "agent-token",
+        env = "KEFU_AGENT_TOKENS",
+        value_name = "SHOP:AGENT:TOKEN",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub agent_tokens: Vec<String>,
+    /// A supervisor token for a shop's reports (repeatable).
+    #[arg(
+        long = "supervisor-token",
+        env = "KEFU_SUPERVISOR_TOKENS",
+        value_name = "SHOP:TOKEN",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub supervisor_tokens: Vec<String>,
+    /// The shop's display name for `{shop}` in replies (repeatable)
+    /// [default: the shop id].
+    #[arg(
+        long = "shop-name",
+        env = "KEFU_SHOP_NAMES",
+        value_name = "SHOP:NAME",
+        value_delimiter = ','
+    )]
+    pub shop_names: Vec<String>,
+    /// Log filter, e.g. `info` or `kefu=debug` [default: info, or RUST_LOG].
+    #[arg(long, env = "KEFU_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
+}
+
+impl ServeArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            listen: self.listen.clone(),
+            phrases: self.phrases.clone(),
+            data: self.data.clone(),
+            target_secs: self.target_secs,
+            nudge_secs: self.nudge_secs,
+            holding_secs: self.holding_secs,
+            agent_tokens: self.agent_tokens.clone(),
+            supervisor_tokens: self.supervisor_tokens.clone(),
+            shop_names: self.shop_names.clone(),
+        }
+    }
+}
+
+fn init_logging(filter: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match filter {
+        Some(f) => EnvFilter::new(f),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    // Another subcommand (or a test) may have set one up already.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    init_logging(args.log.as_deref());
+    let config = Config::load(args.config.as_deref(), &args.overrides())
+        .context("invalid settings for kefu serve")?;
+    if !config.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %config.listen,
+            "listening beyond loopback: the service is reachable from the network"
+        );
+    }
+    std::fs::create_dir_all(&config.data)
+        .with_context(|| format!("cannot create the data directory {}", config.data.display()))?;
+    let store = Store::open(&config.data)
+        .with_context(|| format!("cannot open the event log in {}", config.data.display()))?;
+    let listen = config.listen;
+    let app = App::new(config, store.handle())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let served: anyhow::Result<()> = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen} (in use? try --listen)"))?;
+        server::run(listener, app, server::shutdown_signal()).await?;
+        Ok(())
+    });
+    drop(runtime);
+    // Whatever happened, write out the events already queued.
+    store.close().context("cannot close the event log")?;
+    served?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,268 @@
+#!/usr/bin/env bash
+# kefu serve side by side with the bare relay (kefu-relay), on loopback only.
+#
+#   scripts/bench.sh                 # a few minutes on 2 cores
+#   SOAK=1 scripts/bench.sh          # + 10,000 idle connections held 5 minutes
+#   TIMERS=1 scripts/bench.sh        # + 100,000 running clocks: nudge/breach lateness
+#
+# Steps, each bounded in time, the same load shape for both servers:
+#   1. maximum throughput: closed loop (each buyer sends its next message as
+#      soon as the agent has the previous one), BUYERS buyers, AGENTS agents;
+#   2. latency at half of kefu's maximum, open loop, for both servers;
+#   3. resident memory per idle connection: IDLE greeted buyers from several
+#      127.0.0.x source addresses, on freshly started servers;
+#   4. CPU per message: server utime+stime over the measured window / messages.
+# Results: $OUT/*.json (one JSON line per run) and $OUT/results.md (tables for
+# BENCHMARKS.md). Every process started here is stopped on exit.
+#
+# Knobs (environment): BUYERS AGENTS DURATION INFLIGHT LIGHT_RATE IDLE HOLD
+# SOAK SOAK_SECS TIMERS CLOCKS CLOCK_NUDGE CLOCK_TARGET REPLY_DELAY_MS
+# PIN (1: servers on CPU 0, generator on CPU 1) OUT BIN (prebuilt binaries)
+# MESSAGES (a file of buyer texts; default ../shared/corpus/jddc_buyer_messages.txt
+# when present, read at run time; else the generator's built-in list).
+#
+# kefu runs with its per-connection rate limit raised (a config file in the
+# temp dir): agents here answer hundreds of buyers a second each, which the
+# default 20 messages/s per connection would refuse. Everything else is
+# kefu's default: matching, suggestions, the clock and the event log on.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BUYERS=${BUYERS:-4000}
+AGENTS=${AGENTS:-8}
+DURATION=${DURATION:-10}
+INFLIGHT=${INFLIGHT:-64}
+LIGHT_RATE=${LIGHT_RATE:-1000}
+IDLE=${IDLE:-10000}
+HOLD=${HOLD:-15}
+SOAK=${SOAK:-0}
+SOAK_SECS=${SOAK_SECS:-300}
+TIMERS=${TIMERS:-0}
+CLOCKS=${CLOCKS:-100000}
+CLOCK_NUDGE=${CLOCK_NUDGE:-60}
+CLOCK_TARGET=${CLOCK_TARGET:-75}
+PIN=${PIN:-0}
+REPLY_DELAY_MS=${REPLY_DELAY_MS:-0}
+OUT=${OUT:-target/bench}
+RELAY_PORT=${RELAY_PORT:-19471}
+KEFU_PORT=${KEFU_PORT:-19472}
+SHOP=s1
+
+command -v jq >/dev/null || { echo "bench.sh: needs jq" >&2; exit 1; }
+mkdir -p "$OUT"
+if [ -z "${MESSAGES+x}" ]; then
+  MESSAGES=""
+  [ -f ../shared/corpus/jddc_buyer_messages.txt ] && MESSAGES=../shared/corpus/jddc_buyer_messages.txt
+fi
+MSG_FLAG=()
+[ -n "$MESSAGES" ] && MSG_FLAG=(--messages "$MESSAGES")
+
+# 10,000 connections need more than the usual 1,024 descriptors, in both
+# the server and the generator.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE=$(ulimit -n)
+if [ "$NOFILE" != unlimited ] && [ "$NOFILE" -lt $((IDLE + 200)) ]; then
+  echo "bench.sh: ulimit -n is $NOFILE, lowering IDLE to $((NOFILE - 200))" >&2
+  IDLE=$((NOFILE - 200))
+fi
+
+# BIN=DIR uses binaries already built there (kefu, kefu-load, kefu-relay).
+if [ -z "${BIN:-}" ]; then
+  echo "== building (release)" >&2
+  cargo build --release --quiet --bin kefu --bin kefu-load --bin kefu-relay
+  BIN=target/release
+fi
+
+SERVER_CPU=() GEN_CPU=()
+if [ "$PIN" = 1 ]; then
+  SERVER_CPU=(taskset -c 0) GEN_CPU=(taskset -c 1)
+fi
+
+TOKENS=()
+for i in $(seq 1 "$AGENTS"); do TOKENS+=(--agent-token "$SHOP:a$i:tok-$i"); done
+
+DATA=$(mktemp -d -t kefu-bench.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]:-}"; do
+    [ -n "$p" ] && kill "$p" 2>/dev/null || true
+  done
+  for p in "${PIDS[@]:-}"; do
+    [ -n "$p" ] && wait "$p" 2>/dev/null || true
+  done
+  rm -rf "$DATA"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+wait_port() {
+  local port=$1 pid=$2
+  for _ in $(seq 1 100); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "bench.sh: server on port $port exited; see $OUT/*.log" >&2
+      exit 1
+    fi
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "bench.sh: nothing listens on $port after 10 s" >&2
+  exit 1
+}
+
+cat >"$DATA/kefu-bench.yaml" <<'YAML'
+limits:
+  rate_per_sec: 1000000
+  rate_burst: 1000000
+YAML
+
+# start_server relay|kefu [extra kefu flags]: sets SERVER_PID
+start_server() {
+  local which=$1
+  shift
+  if [ "$which" = relay ]; then
+    "${SERVER_CPU[@]}" "$BIN/kefu-relay" --listen "127.0.0.1:$RELAY_PORT" "${TOKENS[@]}" \
+      >>"$OUT/relay.log" 2>&1 &
+    SERVER_PID=$!
+    PIDS+=("$SERVER_PID")
+    wait_port "$RELAY_PORT" "$SERVER_PID"
+  else
+    rm -rf "$DATA/kefu" && mkdir -p "$DATA/kefu"
+    "${SERVER_CPU[@]}" "$BIN/kefu" serve --listen "127.0.0.1:$KEFU_PORT" --log warn \
+      --config "$DATA/kefu-bench.yaml" --data "$DATA/kefu" --phrases phrases "${TOKENS[@]}" "$@" \
+      >>"$OUT/kefu.log" 2>&1 &
+    SERVER_PID=$!
+    PIDS+=("$SERVER_PID")
+    wait_port "$KEFU_PORT" "$SERVER_PID"
+  fi
+}
+
+stop_server() {
+  kill "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+}
+
+port_of() { if [ "$1" = relay ]; then echo "$RELAY_PORT"; else echo "$KEFU_PORT"; fi; }
+
+# load NAME WHICH ARGS...: runs the generator, keeps its JSON line in $OUT/NAME.json
+load() {
+  local name=$1 which=$2
+  shift 2
+  echo "== $name" >&2
+  "${GEN_CPU[@]}" "$BIN/kefu-load" --url "ws://127.0.0.1:$(port_of "$which")/ws" --mode "$which" \
+    --shop "$SHOP" --agents "$AGENTS" --token-prefix tok- --server-pid "$SERVER_PID" \
+    "${MSG_FLAG[@]}" "$@" >"$OUT/$name.json"
+}
+
+j() { jq -r "$2" "$OUT/$1.json"; }
+fmt() { awk -v v="$1" -v d="${2:-1}" 'BEGIN { if (v == "" || v == "null") print "n/a"; else printf "%.*f", d, v }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
+
+: >"$OUT/relay.log"
+: >"$OUT/kefu.log"
+
+# pair NAME ARGS...: the same load on a fresh relay, then on a fresh kefu.
+pair() {
+  local name=$1
+  shift
+  for which in relay kefu; do
+    start_server "$which"
+    load "$which-$name" "$which" "$@"
+    stop_server
+  done
+}
+
+# 1. Maximum throughput (closed loop, INFLIGHT messages in flight).
+pair max --max --inflight "$INFLIGHT" --buyers "$BUYERS" --duration "$DURATION" \
+  --reply-delay-ms "$REPLY_DELAY_MS"
+KEFU_MAX=$(j kefu-max .throughput_mps)
+RATE=$(awk -v m="$KEFU_MAX" 'BEGIN { r = int(m / 2 / 100) * 100; if (r < 100) r = 100; print r }')
+
+# 2. Latency at half of kefu's maximum, and under a light load, open loop.
+pair half --rate "$RATE" --buyers "$BUYERS" --duration "$DURATION" --reply-delay-ms "$REPLY_DELAY_MS"
+pair light --rate "$LIGHT_RATE" --buyers "$BUYERS" --duration "$DURATION" \
+  --reply-delay-ms "$REPLY_DELAY_MS"
+
+# 3. Memory per idle connection.
+pair idle --idle-connections "$IDLE" --source-ips 4 --hold "$HOLD" --sample-secs 5 --agents 1
+
+if [ "$SOAK" = 1 ]; then
+  start_server kefu
+  load kefu-soak kefu --idle-connections "$IDLE" --source-ips 4 --hold "$SOAK_SECS" \
+    --sample-secs 10 --agents 1
+  stop_server
+fi
+
+# 4. Timer lateness with CLOCKS running clocks: buyers send one message and
+# leave (their conversations stay for a resume, clocks running), agents never
+# answer; nudges and breaches are timed at the agents.
+if [ "$TIMERS" = 1 ]; then
+  start_server kefu --nudge-secs "$CLOCK_NUDGE" --target-secs "$CLOCK_TARGET" --holding-secs 0
+  load kefu-clocks kefu --clocks "$CLOCKS" --source-ips 8 --connect-concurrency 64 \
+    --nudge-secs "$CLOCK_NUDGE" --target-secs "$CLOCK_TARGET"
+  stop_server
+fi
+
+# Tables.
+cpu_model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
+{
+  echo "Machine: $(nproc) cores ($cpu_model), $(free -g | awk '/^Mem:/ { print $2 }') GiB, $(uname -r), $(rustc --version | cut -d' ' -f1-2); $(date -u +%Y-%m-%dT%H:%MZ)."
+  echo "Load: $BUYERS buyers, $AGENTS agents of shop $SHOP; ${DURATION} s runs (1 s warm-up); agents answer after ${REPLY_DELAY_MS} ms; texts: ${MESSAGES:-built-in list}; PIN=$PIN; each run on a freshly started server."
+  echo
+  echo "| Figure | kefu-relay | kefu serve | kefu / relay |"
+  echo "|---|---:|---:|---:|"
+  rm_=$(j relay-max .throughput_mps)
+  km_=$(j kefu-max .throughput_mps)
+  echo "| Max throughput, buyer messages/s ($INFLIGHT in flight) | $(fmt "$rm_" 0) | $(fmt "$km_" 0) | **$(ratio "$km_" "$rm_")** |"
+  echo "| Server CPU per buyer message at max, µs | $(fmt "$(j relay-max .server_cpu_us_per_msg)") | $(fmt "$(j kefu-max .server_cpu_us_per_msg)") | $(ratio "$(j kefu-max .server_cpu_us_per_msg)" "$(j relay-max .server_cpu_us_per_msg)") |"
+  echo "| Server CPU per buyer message at $RATE/s, µs | $(fmt "$(j relay-half .server_cpu_us_per_msg)") | $(fmt "$(j kefu-half .server_cpu_us_per_msg)") | $(ratio "$(j kefu-half .server_cpu_us_per_msg)" "$(j relay-half .server_cpu_us_per_msg)") |"
+  echo "| Server CPU at max, % of one core | $(fmt "$(j relay-max .server_cpu_pct)" 0) | $(fmt "$(j kefu-max .server_cpu_pct)" 0) | |"
+  echo "| Generator CPU at max, % of one core | $(fmt "$(j relay-max .generator_cpu_pct)" 0) | $(fmt "$(j kefu-max .generator_cpu_pct)" 0) | |"
+  echo "| Other processes at max, % of one core | $(fmt "$(j relay-max .other_cpu_pct)" 0) | $(fmt "$(j kefu-max .other_cpu_pct)" 0) | |"
+  echo "| Max run: errors+disconnects / missing | $(j relay-max '.error_frames + .disconnects') / $(j relay-max .missing) | $(j kefu-max '.error_frames + .disconnects') / $(j kefu-max .missing) | |"
+  echo "| Idle connection, bytes of server RSS each | $(fmt "$(j relay-idle .bytes_per_conn)" 0) | $(fmt "$(j kefu-idle .bytes_per_conn)" 0) | $(ratio "$(j kefu-idle .bytes_per_conn)" "$(j relay-idle .bytes_per_conn)") |"
+  echo
+  for load in half light; do
+    r=$(j "kefu-$load" .rate_offered)
+    echo "Latency, buyer \`message\` → agent receives \`buyer_message\` (kefu: with suggestions), open loop at $(fmt "$r" 0) msg/s, µs:"
+    echo
+    echo "| Server | from | p50 | p99 | p99.9 | max | delivered/s | missing | errors | server CPU % | other CPU % |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    for which in relay kefu; do
+      for from in send due; do
+        f=".latency_from_$from"
+        echo "| $which | $from | $(fmt "$(j "$which-$load" "$f.p50_us")") | $(fmt "$(j "$which-$load" "$f.p99_us")") | $(fmt "$(j "$which-$load" "$f.p999_us")") | $(fmt "$(j "$which-$load" "$f.max_us")") | $(fmt "$(j "$which-$load" .throughput_mps)" 0) | $(j "$which-$load" .missing) | $(j "$which-$load" '.error_frames + .disconnects') | $(fmt "$(j "$which-$load" .server_cpu_pct)" 0) | $(fmt "$(j "$which-$load" .other_cpu_pct)" 0) |"
+      done
+    done
+    echo
+  done
+  echo "Idle connections: greeted buyers from 4 source addresses (127.0.0.1-4), 1 agent, held ${HOLD} s:"
+  echo
+  echo "| Server | open | RSS before, KiB | RSS with them, KiB | bytes per connection | RSS min / max over the hold, KiB |"
+  echo "|---|---:|---:|---:|---:|---:|"
+  for which in relay kefu; do
+    echo "| $which | $(j "$which-idle" .alive_at_end)/$(j "$which-idle" .connections) | $(j "$which-idle" .rss_before_kib) | $(j "$which-idle" .rss_open_kib) | $(fmt "$(j "$which-idle" .bytes_per_conn)" 0) | $(j "$which-idle" .rss_min_kib) / $(j "$which-idle" .rss_max_kib) |"
+  done
+  if [ "$SOAK" = 1 ]; then
+    echo
+    echo "Soak: kefu holding $(j kefu-soak .connected) idle connections for ${SOAK_SECS} s, RSS sampled every 10 s: $(j kefu-soak .rss_open_kib) KiB after opening, min $(j kefu-soak .rss_min_kib) / max $(j kefu-soak .rss_max_kib) KiB during the hold, $(j kefu-soak .rss_end_kib) KiB at the end; $(j kefu-soak .alive_at_end) connections still open."
+  fi
+  if [ "$TIMERS" = 1 ]; then
+    echo
+    echo "Clocks: $(j kefu-clocks .started) rounds started in $(fmt "$(j kefu-clocks .open_s)") s by buyers who then left ($(j kefu-clocks .nudged_before_all_open) nudged before the last one started); nudge at ${CLOCK_NUDGE} s, breach at ${CLOCK_TARGET} s. Lateness = alarm's arrival at the agent − (round start + nudge/target), µs; the round starts between the buyer's send and the \`buyer_message\`'s arrival at the agent, so the two rows bound the truth:"
+    echo
+    echo "| Alarm | fired | counted from | p50 | p99 | p99.9 | max |"
+    echo "|---|---:|---|---:|---:|---:|---:|"
+    for a in nudge breach; do
+      count=nudges
+      [ "$a" = breach ] && count=breaches
+      for from in sent arrival; do
+        f=".${a}_lateness"
+        [ "$from" = arrival ] && f=".${a}_lateness_from_arrival"
+        echo "| $a | $(j kefu-clocks ".$count")/$(j kefu-clocks .started) | message $from | $(fmt "$(j kefu-clocks "$f.p50_us")") | $(fmt "$(j kefu-clocks "$f.p99_us")") | $(fmt "$(j kefu-clocks "$f.p999_us")") | $(fmt "$(j kefu-clocks "$f.max_us")") |"
+      done
+    done
+    echo
+    echo "Server RSS with every round open: $(j kefu-clocks .rss_open_kib) KiB ($(fmt "$(j kefu-clocks .bytes_per_waiting_conversation)" 0) bytes per waiting conversation)."
+  fi
+} | tee "$OUT/results.md"
+echo "bench.sh: JSON per run in $OUT/*.json, tables in $OUT/results.md" >&2

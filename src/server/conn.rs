@@ -1,0 +1,599 @@
+//! One WebSocket connection: one task that reads frames, writes its queue,
+//! pings a quiet peer and closes cleanly.
+//!
+//! A single task per connection (no split reader/writer) keeps an idle
+//! connection down to the task, its queue and the socket buffers. Every
+//! outgoing frame goes through the connection's bounded queue, so frames
+//! keep their order whoever produced them (this connection's replies, other
+//! connections' messages, the timer).
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+use tracing::{debug, info};
+
+use super::hub::{AgentSession, BuyerSession, CloseOrder, Ctx, Effects, Outbox};
+use super::{App, SUGGESTIONS};
+use crate::config::Limits;
+use crate::events::{Event, Kind};
+use crate::phrases::Fill;
+use crate::protocol::{self, ClientMsg, ErrorCode, Hello, Refusal, Role, ServerMsg};
+
+/// Most frames written per flush.
+const BATCH: usize = 64;
+/// Time allowed for the closing handshake.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+enum Session {
+    Fresh,
+    Buyer(BuyerSession),
+    Agent(AgentSession),
+}
+
+/// Token bucket: `rate` messages a second, bursts up to `burst`.
+struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(rate: f64, burst: u32, now: Instant) -> Bucket {
+        Bucket {
+            rate,
+            burst: burst as f64,
+            tokens: burst as f64,
+            last: now,
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Why the loop ended.
+enum End {
+    /// Close with this order.
+    Close(CloseOrder),
+    /// The peer closed or vanished; nothing more to say.
+    Gone,
+}
+
+fn close(code: CloseCode, reason: impl Into<String>) -> End {
+    End::Close(CloseOrder {
+        error: None,
+        code,
+        reason: reason.into(),
+        flush: true,
+    })
+}
+
+/// Serves one upgraded connection until it ends.
+pub(crate) async fn serve<S>(mut ws: WebSocketStream<S>, app: App, peer: String)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let limits = app.config().limits.clone();
+    let conn = app.next_conn_id();
+    let (out, mut rx, control) = Outbox::new(conn, limits.outbound_queue);
+    let mut session = Session::Fresh;
+    let mut bucket = Bucket::new(limits.rate_per_sec, limits.rate_burst, Instant::now());
+    let mut shutdown = app.shutdown_rx();
+    let hello_deadline = tokio::time::sleep(limits.hello_timeout);
+    tokio::pin!(hello_deadline);
+    let mut ping =
+        tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    let mut last_tick = last_heard;
+    let mut ping_sent: Option<Instant> = None;
+    debug!(conn, %peer, "websocket open");
+
+    let end = loop {
+        // Unbiased: a steady stream of frames either way must not starve
+        // the other direction.
+        tokio::select! {
+            _ = super::stopping(&mut shutdown) => break close(CloseCode::Away, "server shutting down"),
+            _ = control.notify.notified() => match control.take() {
+                Some(order) => break End::Close(order),
+                None => continue,
+            },
+            Some(frame) = rx.recv() => {
+                tokio::select! {
+                    r = write_batch(&mut ws, frame, &mut rx, limits.write_timeout) => {
+                        if let Err(e) = r {
+                            debug!(conn, %peer, error = %e, "write failed");
+                            break End::Gone;
+                        }
+                    }
+                    _ = control.notify.notified() => match control.take() {
+                        Some(order) => break End::Close(order),
+                        None => continue,
+                    },
+                }
+            }
+            msg = ws.next() => {
+                last_heard = Instant::now();
+                match msg {
+                    None => break End::Gone,
+                    Some(Ok(Message::Text(text))) => {
+                        if !bucket.take(last_heard) {
+                            out.refuse(&rate_limited(&limits));
+                            continue;
+                        }
+                        if let Some(order) = dispatch(&app, &mut session, &out, text.as_str()) {
+                            break End::Close(order);
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        if !bucket.take(last_heard) {
+                            out.refuse(&rate_limited(&limits));
+                            continue;
+                        }
+                        out.refuse(&Refusal::new(
+                            ErrorCode::BinaryNotSupported,
+                            "binary frames are not supported; send JSON text frames",
+                        ));
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                    Some(Ok(Message::Close(_))) => {
+                        // tungstenite queued the close reply; reading on
+                        // sends it and ends the stream.
+                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                            while let Some(Ok(_)) = ws.next().await {}
+                        })
+                        .await;
+                        break End::Gone;
+                    }
+                    Some(Err(WsError::Capacity(e))) => {
+                        info!(conn, %peer, error = %e, "frame over the size limit: closing with 1009");
+                        break close(
+                            CloseCode::Size,
+                            format!("frame too big: the limit is {} bytes", limits.max_frame_bytes),
+                        );
+                    }
+                    Some(Err(WsError::Utf8(_))) => {
+                        break close(CloseCode::Invalid, "text frame is not valid UTF-8");
+                    }
+                    Some(Err(WsError::Protocol(e))) => {
+                        debug!(conn, %peer, error = %e, "websocket protocol error");
+                        break close(CloseCode::Protocol, "websocket protocol error");
+                    }
+                    Some(Err(e)) => {
+                        debug!(conn, %peer, error = %e, "read failed");
+                        break End::Gone;
+                    }
+                }
+            }
+            _ = ping.tick() => {
+                // A quiet interval earns a ping; a ping unanswered by the
+                // next tick means the peer is gone.
+                let now = Instant::now();
+                if ping_sent.take().is_some_and(|sent| last_heard < sent) {
+                    info!(conn, %peer, "no answer to ping: closing");
+                    break close(CloseCode::Away, "no answer to ping");
+                }
+                if last_heard <= last_tick {
+                    let sent = tokio::time::timeout(
+                        limits.write_timeout,
+                        ws.send(Message::Ping(Default::default())),
+                    )
+                    .await;
+                    if !matches!(sent, Ok(Ok(()))) {
+                        break End::Gone;
+                    }
+                    ping_sent = Some(now);
+                }
+                last_tick = now;
+            }
+            _ = &mut hello_deadline, if matches!(session, Session::Fresh) => {
+                break End::Close(CloseOrder::refused(Refusal::new(
+                    ErrorCode::HelloTimeout,
+                    format!("no hello within {} s", limits.hello_timeout.as_secs_f64()),
+                )));
+            }
+        }
+    };
+
+    // Out of the routing first (a slow client's conversations move on at
+    // once), then the closing handshake, which may take a while.
+    disconnect(&app, session);
+    if let End::Close(order) = end {
+        finish(&mut ws, &mut rx, order).await;
+    }
+    debug!(conn, %peer, "websocket closed");
+}
+
+/// Writes `first` and whatever else is queued, then flushes once.
+async fn write_batch<S>(
+    ws: &mut WebSocketStream<S>,
+    first: Utf8Bytes,
+    rx: &mut mpsc::Receiver<Utf8Bytes>,
+    timeout: Duration,
+) -> Result<(), WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let work = async {
+        ws.feed(Message::Text(first)).await?;
+        for _ in 1..BATCH {
+            match rx.try_recv() {
+                Ok(frame) => ws.feed(Message::Text(frame)).await?,
+                Err(_) => break,
+            }
+        }
+        ws.flush().await
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(WsError::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "write timed out",
+        ))),
+    }
+}
+
+/// Sends what is queued (if asked), the error frame, then a close frame, and
+/// waits briefly for the peer's close reply.
+async fn finish<S>(
+    ws: &mut WebSocketStream<S>,
+    rx: &mut mpsc::Receiver<Utf8Bytes>,
+    order: CloseOrder,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        if order.flush {
+            while let Ok(frame) = rx.try_recv() {
+                ws.feed(Message::Text(frame)).await?;
+            }
+        }
+        if let Some(r) = &order.error {
+            ws.feed(Message::Text(r.to_json().into())).await?;
+        }
+        ws.send(Message::Close(Some(CloseFrame {
+            code: order.code,
+            reason: order.reason.into(),
+        })))
+        .await?;
+        while let Some(Ok(_)) = ws.next().await {}
+        Ok::<_, WsError>(())
+    })
+    .await;
+}
+
+fn rate_limited(limits: &Limits) -> Refusal {
+    Refusal::new(
+        ErrorCode::RateLimited,
+        format!(
+            "too many messages: at most {} a second (bursts of {}); this one was dropped",
+            limits.rate_per_sec, limits.rate_burst
+        ),
+    )
+}
+
+/// Handles one text frame; `Some` closes the connection.
+fn dispatch(app: &App, session: &mut Session, out: &Outbox, text: &str) -> Option<CloseOrder> {
+    let msg = match protocol::parse(text) {
+        Ok(m) => m,
+        Err(r) => {
+            out.refuse(&r);
+            return None;
+        }
+    };
+    let result = match (&*session, msg) {
+        (Session::Fresh, ClientMsg::Hello(h)) => hello(app, h, out).map(|s| *session = s),
+        (Session::Fresh, _) => Err(Refusal::new(
+            ErrorCode::HelloFirst,
+            "say hello first: {\"type\":\"hello\",\"role\":...}",
+        )),
+        (_, ClientMsg::Hello(_)) => Err(Refusal::new(
+            ErrorCode::AlreadyHello,
+            "this connection already said hello; open a new one to change role",
+        )),
+        (Session::Buyer(s), ClientMsg::Message { text }) => buyer_message(app, s, text),
+        (Session::Buyer(s), ClientMsg::Rate { score }) => rate(app, s, out, &score),
+        (
+            Session::Agent(s),
+            ClientMsg::Reply {
+                conversation,
+                text,
+                intent,
+            },
+        ) => agent_reply(app, s, out, &conversation, &text, intent.as_deref()),
+        (Session::Agent(_), ClientMsg::Lint { text }) => lint(app, out, &text),
+        (Session::Buyer(_), _) => Err(Refusal::new(
+            ErrorCode::WrongRole,
+            "a buyer may send `message` and `rate`",
+        )),
+        (Session::Agent(_), _) => Err(Refusal::new(
+            ErrorCode::WrongRole,
+            "an agent may send `reply` and `lint`",
+        )),
+    };
+    match result {
+        Ok(()) => None,
+        Err(r) if is_fatal(r.code) => {
+            info!(
+                conn = out.conn,
+                code = r.code.as_str(),
+                "hello refused: closing"
+            );
+            Some(CloseOrder::refused(r))
+        }
+        Err(r) => {
+            out.refuse(&r);
+            None
+        }
+    }
+}
+
+/// Refusals that end the connection: nobody gets a second guess at a token
+/// or another buyer's secret on the same socket.
+fn is_fatal(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::BadToken | ErrorCode::UnknownShop | ErrorCode::BuyerTaken
+    )
+}
+
+fn check_text(text: &str, limits: &Limits) -> Result<(), Refusal> {
+    if text.trim().is_empty() {
+        return Err(Refusal::new(ErrorCode::EmptyText, "the text is empty"));
+    }
+    let n = text.chars().count();
+    if n > limits.max_text_chars {
+        return Err(Refusal::new(
+            ErrorCode::TextTooLong,
+            format!(
+                "the text has {n} characters; the limit is {}",
+                limits.max_text_chars
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn hello(app: &App, h: Hello, out: &Outbox) -> Result<Session, Refusal> {
+    let now = Instant::now();
+    let phrases = app.phrases();
+    let ctx = Ctx {
+        config: app.config(),
+        tb: app.timebase(),
+        phrases: &phrases,
+    };
+    let mut fx = Effects::default();
+    let result = match h.role {
+        Role::Buyer => {
+            let Some(buyer) = h.buyer else {
+                return Err(Refusal::new(
+                    ErrorCode::BadMessage,
+                    "a buyer hello needs `buyer` (the buyer id)",
+                ));
+            };
+            app.hub()
+                .buyer_hello(
+                    &ctx,
+                    &h.shop,
+                    &buyer,
+                    h.resume.as_deref(),
+                    out,
+                    now,
+                    &mut fx,
+                )
+                .map(Session::Buyer)
+        }
+        Role::Agent => {
+            let Some(agent) = h.agent else {
+                return Err(Refusal::new(
+                    ErrorCode::BadMessage,
+                    "an agent hello needs `agent` (the agent id) and `token`",
+                ));
+            };
+            app.hub()
+                .agent_hello(&ctx, &h.shop, &agent, h.token.as_deref(), out, now, &mut fx)
+                .map(Session::Agent)
+        }
+    };
+    app.apply(fx);
+    if let Ok(s) = &result {
+        match s {
+            Session::Buyer(b) => {
+                debug!(conn = out.conn, shop = %b.shop, buyer = %b.buyer, conversation = %b.conv, "buyer joined")
+            }
+            Session::Agent(a) => {
+                info!(conn = out.conn, shop = %a.shop, agent = %a.agent, "agent online")
+            }
+            Session::Fresh => {}
+        }
+    }
+    result
+}
+
+fn buyer_message(app: &App, s: &BuyerSession, text: String) -> Result<(), Refusal> {
+    check_text(&text, &app.config().limits)?;
+    let now = Instant::now();
+    let phrases = app.phrases();
+    let ctx = Ctx {
+        config: app.config(),
+        tb: app.timebase(),
+        phrases: &phrases,
+    };
+    let mut fx = Effects::default();
+    let plan = app.hub().buyer_message(&ctx, s, &text, now, &mut fx)?;
+    // Matching and serialising happen outside the lock.
+    let fill = Fill {
+        shop: &plan.shop_name,
+        agent: plan.agent_name.as_deref().unwrap_or(""),
+        buyer: "",
+    };
+    let suggestions = phrases.matcher.suggest(&text, SUGGESTIONS, &fill);
+    let frame = plan.agent.as_ref().map(|_| {
+        protocol::to_json(&ServerMsg::BuyerMessage {
+            conversation: &s.conv,
+            buyer: &s.buyer,
+            text: &text,
+            at: plan.at,
+            waiting_since: plan.waiting_since,
+            deadline: plan.deadline,
+            suggestions: &suggestions,
+        })
+    });
+    let mut ev = Event::new(plan.at, &s.shop, &s.conv, &s.buyer, Kind::Buyer);
+    if let Some(top) = suggestions.first() {
+        ev.intent = Some(top.intent.to_string());
+        ev.stage = Some(top.stage.as_str().to_string());
+    }
+    ev.text = Some(text);
+    // Recorded before the agent can see (and answer) it.
+    app.record(ev);
+    if let (Some(out), Some(frame)) = (plan.agent, frame) {
+        out.push(frame.into());
+    }
+    app.apply(fx);
+    Ok(())
+}
+
+fn agent_reply(
+    app: &App,
+    s: &AgentSession,
+    out: &Outbox,
+    conversation: &str,
+    text: &str,
+    intent: Option<&str>,
+) -> Result<(), Refusal> {
+    check_text(text, &app.config().limits)?;
+    if intent.is_some_and(|i| i.len() > 128) {
+        return Err(Refusal::new(
+            ErrorCode::BadMessage,
+            "`intent` is longer than 128 bytes",
+        ));
+    }
+    let now = Instant::now();
+    let phrases = app.phrases();
+    let ctx = Ctx {
+        config: app.config(),
+        tb: app.timebase(),
+        phrases: &phrases,
+    };
+    let mut fx = Effects::default();
+    let r = app
+        .hub()
+        .agent_reply(&ctx, s, out, conversation, text, intent, now, &mut fx);
+    app.apply(fx);
+    r
+}
+
+fn rate(app: &App, s: &BuyerSession, out: &Outbox, score: &str) -> Result<(), Refusal> {
+    let now = Instant::now();
+    let phrases = app.phrases();
+    let ctx = Ctx {
+        config: app.config(),
+        tb: app.timebase(),
+        phrases: &phrases,
+    };
+    let mut fx = Effects::default();
+    let r = app.hub().rate(&ctx, s, out, score, now, &mut fx);
+    app.apply(fx);
+    r
+}
+
+fn lint(app: &App, out: &Outbox, text: &str) -> Result<(), Refusal> {
+    let n = text.chars().count();
+    let max = app.config().limits.max_text_chars;
+    if n > max {
+        return Err(Refusal::new(
+            ErrorCode::TextTooLong,
+            format!("the text has {n} characters; the limit is {max}"),
+        ));
+    }
+    let result = app.phrases().checker.check(text);
+    out.push(
+        protocol::to_json(&ServerMsg::LintResult {
+            text,
+            ok: result.ok,
+            issues: &result.issues,
+        })
+        .into(),
+    );
+    Ok(())
+}
+
+fn disconnect(app: &App, session: Session) {
+    let now = Instant::now();
+    let phrases = app.phrases();
+    let ctx = Ctx {
+        config: app.config(),
+        tb: app.timebase(),
+        phrases: &phrases,
+    };
+    let mut fx = Effects::default();
+    match &session {
+        Session::Fresh => return,
+        Session::Buyer(s) => app.hub().buyer_left(&ctx, s, now, &mut fx),
+        Session::Agent(s) => {
+            info!(shop = %s.shop, agent = %s.agent, "agent offline");
+            app.hub().agent_left(&ctx, s, now, &mut fx)
+        }
+    }
+    app.apply(fx);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_allows_bursts_then_the_rate() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(2.0, 3, t0);
+        assert!((0..3).all(|_| b.take(t0)), "burst of 3");
+        assert!(!b.take(t0), "bucket empty");
+        assert!(!b.take(t0 + Duration::from_millis(400)));
+        assert!(b.take(t0 + Duration::from_millis(600)), "refilled at 2/s");
+        assert!(b.take(t0 + Duration::from_secs(100)));
+        assert!(b.take(t0 + Duration::from_secs(100)));
+        assert!(b.take(t0 + Duration::from_secs(100)));
+        assert!(
+            !b.take(t0 + Duration::from_secs(100)),
+            "never more than the burst"
+        );
+    }
+
+    #[test]
+    fn text_limits() {
+        let limits = Limits {
+            max_text_chars: 3,
+            ..Limits::default()
+        };
+        assert_eq!(
+            check_text(" \n", &limits).unwrap_err().code,
+            ErrorCode::EmptyText
+        );
+        assert!(
+            check_text("亲你好", &limits).is_ok(),
+            "characters, not bytes"
+        );
+        assert_eq!(
+            check_text("亲你好呀", &limits).unwrap_err().code,
+            ErrorCode::TextTooLong
+        );
+    }
+}

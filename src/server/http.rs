@@ -1,0 +1,186 @@
+//! HTTP on the service's port: the router and the WebSocket upgrade.
+//!
+//! hyper serves HTTP/1.1 (so the same port can serve pages and JSON), and
+//! `GET /ws` upgrades to a WebSocket handled by tokio-tungstenite. Routes:
+//!
+//! | method | path       | answer                                 |
+//! |--------|------------|----------------------------------------|
+//! | GET    | `/ws`      | 101 and the chat protocol              |
+//! | GET    | `/healthz` | 200 `ok`                               |
+//! | other  | `/ws`, `/healthz` | 405                             |
+//! | any    | anything else | 404                                 |
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{
+    HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
+    SEC_WEBSOCKET_VERSION, UPGRADE,
+};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+use tracing::debug;
+
+use super::{conn, App};
+
+/// Held by every task serving a connection: counts against the connection
+/// limit, and lets shutdown wait until the last one is gone.
+#[derive(Clone)]
+pub(crate) struct ConnGuard {
+    _permit: Arc<OwnedSemaphorePermit>,
+    _drain: mpsc::Sender<()>,
+}
+
+impl ConnGuard {
+    pub(crate) fn new(permit: OwnedSemaphorePermit, drain: mpsc::Sender<()>) -> ConnGuard {
+        ConnGuard {
+            _permit: Arc::new(permit),
+            _drain: drain,
+        }
+    }
+}
+
+pub(crate) type Body = Full<Bytes>;
+
+/// Serves HTTP on one accepted connection until it ends or the service
+/// shuts down.
+pub(crate) async fn serve<I>(io: I, app: App, peer: String, guard: ConnGuard)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = {
+        let app = app.clone();
+        let peer = peer.clone();
+        let guard = guard.clone();
+        service_fn(move |req| {
+            let resp = route(req, &app, &peer, &guard);
+            async move { Ok::<_, Infallible>(resp) }
+        })
+    };
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(app.config().limits.handshake_timeout);
+    let conn = builder
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let mut shutdown = app.shutdown_rx();
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                debug!(%peer, error = %e, "http connection ended with an error");
+            }
+        }
+        _ = super::stopping(&mut shutdown) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+    drop(guard);
+}
+
+fn route(req: Request<Incoming>, app: &App, peer: &str, guard: &ConnGuard) -> Response<Body> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/ws") => upgrade(req, app, peer, guard),
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (_, "/ws" | "/healthz") => {
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            r.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("GET"));
+            r
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+pub(crate) fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// Whether a comma-separated header holds `token` (case-insensitive).
+fn has_token(req: &Request<Incoming>, name: hyper::header::HeaderName, token: &str) -> bool {
+    req.headers().get_all(name).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+/// Answers the RFC 6455 handshake and hands the upgraded socket to
+/// [`conn::serve`] in its own task.
+fn upgrade(mut req: Request<Incoming>, app: &App, peer: &str, guard: &ConnGuard) -> Response<Body> {
+    if !has_token(&req, CONNECTION, "upgrade") || !has_token(&req, UPGRADE, "websocket") {
+        let mut r = text(
+            StatusCode::UPGRADE_REQUIRED,
+            "this endpoint speaks WebSocket only\n",
+        );
+        r.headers_mut()
+            .insert(UPGRADE, HeaderValue::from_static("websocket"));
+        return r;
+    }
+    if req
+        .headers()
+        .get(SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        let mut r = text(
+            StatusCode::UPGRADE_REQUIRED,
+            "WebSocket version 13 required\n",
+        );
+        r.headers_mut()
+            .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return r;
+    }
+    let Some(key) = req.headers().get(SEC_WEBSOCKET_KEY) else {
+        return text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n");
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let Ok(accept) = HeaderValue::from_str(&accept) else {
+        return text(StatusCode::BAD_REQUEST, "bad Sec-WebSocket-Key\n");
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let app = app.clone();
+    let peer = peer.to_string();
+    let guard = guard.clone();
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let config = app.shared.ws_config;
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                conn::serve(ws, app, peer).await;
+            }
+            Err(e) => debug!(%peer, error = %e, "websocket upgrade failed"),
+        }
+        drop(guard);
+    });
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(SEC_WEBSOCKET_ACCEPT, accept);
+    r
+}

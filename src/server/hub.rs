@@ -1,0 +1,1217 @@
+//! Shops, agents and conversations: who talks to whom, and the clock.
+//!
+//! The [`Hub`] is plain data behind the [`App`](super::App)'s mutex. Its
+//! methods change the maps and describe what should happen as a result in
+//! [`Effects`] (frames to push into client queues, events to record, closes,
+//! a timer wake-up); the caller delivers them after releasing the lock.
+//!
+//! Routing rules:
+//! - a new buyer's conversation goes to the online agent of the shop with
+//!   the fewest open conversations (ties: the smallest agent id) and stays
+//!   there;
+//! - when that agent disconnects, each of their conversations moves the same
+//!   way to another online agent (longest-waiting first), clocks running on;
+//!   with nobody online they wait, unassigned, for the next agent to sign in;
+//! - a buyer id has at most one open conversation per shop; reconnecting to
+//!   it needs the secret sent in its `welcome`;
+//! - a conversation whose buyer stays away longer than the resume window is
+//!   closed.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tracing::warn;
+
+use super::{Phrases, Stats, SUGGESTIONS};
+use crate::clock::{Alarm, Clock, Round, Timebase};
+use crate::config::Config;
+use crate::events::{Event, Kind, Rating};
+use crate::matcher::Suggestion;
+use crate::phrases::Fill;
+use crate::protocol::{
+    to_json, Author, ClockView, ConversationView, ErrorCode, Line, Refusal, Role, ServerMsg,
+};
+
+// ---- client queues -------------------------------------------------------------
+
+/// The sending side of one client's bounded outbound queue.
+#[derive(Clone)]
+pub(crate) struct Outbox {
+    tx: mpsc::Sender<Utf8Bytes>,
+    control: Arc<Control>,
+    pub(crate) conn: u64,
+}
+
+/// Out-of-band orders to a connection task (close now).
+#[derive(Default)]
+pub(crate) struct Control {
+    pub(crate) notify: Notify,
+    order: Mutex<Option<CloseOrder>>,
+    kicked: AtomicBool,
+}
+
+impl Control {
+    pub(crate) fn take(&self) -> Option<CloseOrder> {
+        self.order.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// How a connection should end.
+#[derive(Debug, Clone)]
+pub(crate) struct CloseOrder {
+    /// An error frame to send first.
+    pub error: Option<Refusal>,
+    pub code: CloseCode,
+    pub reason: String,
+    /// Write what is still queued before closing (not for a client that
+    /// does not read).
+    pub flush: bool,
+}
+
+impl CloseOrder {
+    pub(crate) fn refused(r: Refusal) -> CloseOrder {
+        CloseOrder {
+            reason: r.code.as_str().to_string(),
+            error: Some(r),
+            code: CloseCode::Policy,
+            flush: true,
+        }
+    }
+}
+
+impl Outbox {
+    pub(crate) fn new(
+        conn: u64,
+        capacity: usize,
+    ) -> (Outbox, mpsc::Receiver<Utf8Bytes>, Arc<Control>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let control = Arc::new(Control::default());
+        (
+            Outbox {
+                tx,
+                control: control.clone(),
+                conn,
+            },
+            rx,
+            control,
+        )
+    }
+
+    /// Queues a frame; a full queue means the client stopped reading, and it
+    /// is disconnected rather than allowed to grow our memory.
+    pub(crate) fn push(&self, frame: Utf8Bytes) -> bool {
+        match self.tx.try_send(frame) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                if !self.control.kicked.swap(true, Ordering::Relaxed) {
+                    warn!(
+                        conn = self.conn,
+                        "client does not read its messages (outbound queue full): disconnecting it"
+                    );
+                    self.close(CloseOrder {
+                        error: None,
+                        code: CloseCode::Policy,
+                        reason: "too slow: outbound queue full".into(),
+                        flush: false,
+                    });
+                }
+                false
+            }
+            Err(TrySendError::Closed(_)) => false,
+        }
+    }
+
+    pub(crate) fn refuse(&self, r: &Refusal) {
+        self.push(r.to_json().into());
+    }
+
+    /// Orders the connection closed (the first order wins).
+    pub(crate) fn close(&self, order: CloseOrder) {
+        {
+            let mut slot = self.control.order.lock().unwrap_or_else(|e| e.into_inner());
+            if slot.is_none() {
+                *slot = Some(order);
+            }
+        }
+        self.control.notify.notify_one();
+    }
+}
+
+/// What a hub change produced, delivered once the lock is released.
+#[derive(Default)]
+pub(crate) struct Effects {
+    pub sends: Vec<(Outbox, Utf8Bytes)>,
+    pub closes: Vec<(Outbox, CloseOrder)>,
+    pub events: Vec<Event>,
+    /// A deadline earlier than the timer task's sleep was added.
+    pub wake_timer: bool,
+}
+
+impl Effects {
+    fn send(&mut self, out: &Outbox, msg: &ServerMsg<'_>) {
+        self.sends.push((out.clone(), to_json(msg).into()));
+    }
+}
+
+/// What the hub methods need besides the hub.
+pub(crate) struct Ctx<'a> {
+    pub config: &'a Config,
+    pub tb: Timebase,
+    pub phrases: &'a Phrases,
+}
+
+// ---- state ------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub(crate) struct BuyerSession {
+    pub shop: Arc<str>,
+    pub buyer: Arc<str>,
+    pub conv: Arc<str>,
+    pub conn: u64,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct AgentSession {
+    pub shop: Arc<str>,
+    pub agent: Arc<str>,
+    pub conn: u64,
+}
+
+/// What the caller needs to finish a buyer message outside the lock.
+pub(crate) struct MessagePlan {
+    pub agent: Option<Outbox>,
+    pub agent_name: Option<Arc<str>>,
+    pub shop_name: Arc<str>,
+    pub at: i64,
+    pub waiting_since: i64,
+    pub deadline: i64,
+}
+
+struct Shop {
+    name: Arc<str>,
+    /// Configured agents by id (ordered: ties go to the smallest id).
+    agents: BTreeMap<Arc<str>, Agent>,
+    /// Buyer id → their open conversation.
+    buyers: HashMap<Arc<str>, Arc<str>>,
+    /// Conversations waiting for an agent to come online, oldest first.
+    unassigned: Vec<Arc<str>>,
+}
+
+struct Agent {
+    token: String,
+    name: Option<Arc<str>>,
+    online: Option<Outbox>,
+    convs: BTreeSet<Arc<str>>,
+}
+
+struct HLine {
+    author: Author,
+    agent: Option<Arc<str>>,
+    text: Box<str>,
+    at: i64,
+    note: Option<&'static str>,
+}
+
+struct Conv {
+    id: Arc<str>,
+    shop: Arc<str>,
+    buyer: Arc<str>,
+    secret: Box<str>,
+    agent: Option<Arc<str>>,
+    buyer_out: Option<Outbox>,
+    away_since: Option<Instant>,
+    history: VecDeque<HLine>,
+    history_bytes: usize,
+    rated: Option<Rating>,
+}
+
+impl Conv {
+    fn event(&self, ts_ms: i64, kind: Kind) -> Event {
+        Event::new(ts_ms, &self.shop, &self.id, &self.buyer, kind)
+    }
+
+    /// Appends a line, dropping the oldest ones past `limit` bytes (the
+    /// newest line always stays).
+    fn push_line(&mut self, line: HLine, limit: usize) {
+        self.history_bytes += line.text.len();
+        self.history.push_back(line);
+        while self.history_bytes > limit && self.history.len() > 1 {
+            if let Some(old) = self.history.pop_front() {
+                self.history_bytes -= old.text.len();
+            }
+        }
+    }
+
+    fn lines(&self) -> Vec<Line<'_>> {
+        self.history
+            .iter()
+            .map(|l| Line {
+                from: l.author,
+                agent: l.agent.as_deref(),
+                text: &l.text,
+                at: l.at,
+                note: l.note,
+            })
+            .collect()
+    }
+
+    fn last_buyer_text(&self) -> Option<&str> {
+        self.history
+            .iter()
+            .rev()
+            .find(|l| l.author == Author::Buyer)
+            .map(|l| &*l.text)
+    }
+
+    fn view<'a>(
+        &'a self,
+        round: Option<&Round>,
+        tb: Timebase,
+        suggestions: &'a [Suggestion],
+    ) -> ConversationView<'a> {
+        ConversationView {
+            conversation: &self.id,
+            buyer: &self.buyer,
+            online: self.buyer_out.is_some(),
+            waiting_since: round.map(|r| tb.ms(r.started)),
+            deadline: round.map(|r| tb.ms(r.deadline)),
+            history: self.lines(),
+            suggestions,
+            rated: self.rated,
+        }
+    }
+}
+
+/// The service's shared state.
+pub(crate) struct Hub {
+    shops: HashMap<Arc<str>, Shop>,
+    convs: HashMap<Arc<str>, Conv>,
+    clock: Clock<Arc<str>>,
+    /// Conversations whose buyer left, in the order they left (entries of
+    /// buyers who came back are skipped when they reach the front).
+    away: VecDeque<(Instant, Arc<str>)>,
+    /// When the timer task plans to wake up next.
+    timer_wake: Option<Instant>,
+}
+
+impl Hub {
+    pub(crate) fn new(config: &Config) -> Hub {
+        let shops = config
+            .shops
+            .iter()
+            .map(|(id, s)| {
+                let agents = s
+                    .agents
+                    .iter()
+                    .map(|(aid, a)| {
+                        (
+                            Arc::from(aid.as_str()),
+                            Agent {
+                                token: a.token.clone(),
+                                name: a.name.as_deref().map(Arc::from),
+                                online: None,
+                                convs: BTreeSet::new(),
+                            },
+                        )
+                    })
+                    .collect();
+                (
+                    Arc::from(id.as_str()),
+                    Shop {
+                        name: Arc::from(config.shop_name(id)),
+                        agents,
+                        buyers: HashMap::new(),
+                        unassigned: Vec::new(),
+                    },
+                )
+            })
+            .collect();
+        Hub {
+            shops,
+            convs: HashMap::new(),
+            clock: Clock::new(config.clock),
+            away: VecDeque::new(),
+            timer_wake: None,
+        }
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        Stats {
+            conversations: self.convs.len(),
+            waiting: self.clock.waiting(),
+            agents_online: self
+                .shops
+                .values()
+                .flat_map(|s| s.agents.values())
+                .filter(|a| a.online.is_some())
+                .count(),
+            buyers_online: self
+                .convs
+                .values()
+                .filter(|c| c.buyer_out.is_some())
+                .count(),
+        }
+    }
+
+    /// Outboxes of every online agent (for broadcasts such as reloads).
+    pub(crate) fn agent_outboxes(&self) -> Vec<Outbox> {
+        self.shops
+            .values()
+            .flat_map(|s| s.agents.values())
+            .filter_map(|a| a.online.clone())
+            .collect()
+    }
+
+    /// Notes a new deadline; wakes the timer if it sleeps past it.
+    fn deadline_added(timer_wake: &mut Option<Instant>, at: Instant, fx: &mut Effects) {
+        if timer_wake.map_or(true, |w| at < w) {
+            *timer_wake = Some(at);
+            fx.wake_timer = true;
+        }
+    }
+
+    // ---- hello ----------------------------------------------------------------------
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn buyer_hello(
+        &mut self,
+        ctx: &Ctx,
+        shop_id: &str,
+        buyer: &str,
+        resume: Option<&str>,
+        out: &Outbox,
+        now: Instant,
+        fx: &mut Effects,
+    ) -> Result<BuyerSession, Refusal> {
+        check_buyer_id(buyer)?;
+        let Hub {
+            shops,
+            convs,
+            clock,
+            ..
+        } = self;
+        let Some(shop_key) = shops.get_key_value(shop_id).map(|(k, _)| k.clone()) else {
+            return Err(Refusal::new(
+                ErrorCode::UnknownShop,
+                format!(
+                    "shop `{}` is not served here",
+                    shop_id.chars().take(64).collect::<String>()
+                ),
+            ));
+        };
+        let shop = shops.get_mut(shop_id).expect("just found");
+        let tb = ctx.tb;
+        let at = tb.ms(now);
+
+        if let Some(cid) = shop.buyers.get(buyer).cloned() {
+            let conv = convs
+                .get_mut(&cid)
+                .expect("buyer index points at open conversations");
+            let secret_ok = resume.is_some_and(|r| ct_eq(r.as_bytes(), conv.secret.as_bytes()));
+            if !secret_ok {
+                return Err(Refusal::new(
+                    ErrorCode::BuyerTaken,
+                    "this buyer id already has an open conversation; rejoin it with the \
+                     `resume` secret of its welcome",
+                ));
+            }
+            if let Some(old) = conv.buyer_out.replace(out.clone()) {
+                fx.closes.push((old, replaced()));
+            }
+            conv.away_since = None;
+            fx.send(
+                out,
+                &ServerMsg::BuyerWelcome {
+                    role: Role::Buyer,
+                    conversation: &conv.id,
+                    shop: &shop_key,
+                    shop_name: &shop.name,
+                    resume: &conv.secret,
+                    resumed: true,
+                    history: conv.lines(),
+                },
+            );
+            if let Some(agent_out) = agent_outbox(shop, conv) {
+                fx.send(
+                    agent_out,
+                    &ServerMsg::Presence {
+                        conversation: &conv.id,
+                        online: true,
+                    },
+                );
+            }
+            return Ok(BuyerSession {
+                shop: shop_key,
+                buyer: conv.buyer.clone(),
+                conv: cid,
+                conn: out.conn,
+            });
+        }
+
+        // A new conversation: welcome, greeting, then an agent.
+        let id: Arc<str> = Arc::from(format!("c{:016x}", rand::random::<u64>()));
+        let secret = format!("{:032x}", rand::random::<u128>());
+        let buyer: Arc<str> = Arc::from(buyer);
+        let agent = pick_agent(shop);
+        let agent_name = agent.as_ref().and_then(|a| shop.agents[a].name.clone());
+        let mut conv = Conv {
+            id: id.clone(),
+            shop: shop_key.clone(),
+            buyer: buyer.clone(),
+            secret: secret.into_boxed_str(),
+            agent: None,
+            buyer_out: Some(out.clone()),
+            away_since: None,
+            history: VecDeque::new(),
+            history_bytes: 0,
+            rated: None,
+        };
+        fx.send(
+            out,
+            &ServerMsg::BuyerWelcome {
+                role: Role::Buyer,
+                conversation: &id,
+                shop: &shop_key,
+                shop_name: &shop.name,
+                resume: &conv.secret,
+                resumed: false,
+                history: Vec::new(),
+            },
+        );
+        let fill = Fill {
+            shop: &shop.name,
+            agent: agent_name.as_deref().unwrap_or(""),
+            buyer: "",
+        };
+        if let Some(t) = pick(&ctx.phrases.templates.greeting) {
+            let text = fill.apply(t);
+            bot_say(&mut conv, None, &text, "greeting", at, ctx, fx);
+        }
+        shop.buyers.insert(buyer.clone(), id.clone());
+        match agent {
+            Some(a) => assign(shop, &mut conv, &a, "new", clock, ctx, at, fx),
+            None => shop.unassigned.push(id.clone()),
+        }
+        convs.insert(id.clone(), conv);
+        Ok(BuyerSession {
+            shop: shop_key,
+            buyer,
+            conv: id,
+            conn: out.conn,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn agent_hello(
+        &mut self,
+        ctx: &Ctx,
+        shop_id: &str,
+        agent_id: &str,
+        token: Option<&str>,
+        out: &Outbox,
+        now: Instant,
+        fx: &mut Effects,
+    ) -> Result<AgentSession, Refusal> {
+        let refuse = || {
+            Refusal::new(
+                ErrorCode::BadToken,
+                "unknown shop or agent, or wrong token; check the agent id and token",
+            )
+        };
+        let Some(token) = token.filter(|t| !t.is_empty()) else {
+            return Err(Refusal::new(
+                ErrorCode::BadToken,
+                "an agent hello needs `token`",
+            ));
+        };
+        let Hub {
+            shops,
+            convs,
+            clock,
+            ..
+        } = self;
+        let shop_key = shops.get_key_value(shop_id).ok_or_else(refuse)?.0.clone();
+        let shop = shops.get_mut(shop_id).expect("just found");
+        let agent_key = shop
+            .agents
+            .get_key_value(agent_id)
+            .ok_or_else(refuse)?
+            .0
+            .clone();
+        let agent = shop.agents.get_mut(agent_id).expect("just found");
+        if !ct_eq(token.as_bytes(), agent.token.as_bytes()) {
+            return Err(refuse());
+        }
+        if let Some(old) = agent.online.replace(out.clone()) {
+            fx.closes.push((old, replaced()));
+        }
+        let tb = ctx.tb;
+        let at = tb.ms(now);
+        // The conversations this agent still holds (a reconnect that
+        // replaced an older connection), longest-waiting first.
+        let mut mine: Vec<&Conv> = agent.convs.iter().filter_map(|c| convs.get(c)).collect();
+        mine.sort_by_key(|c| waiting_key(clock, c));
+        let suggestions: Vec<Vec<Suggestion>> = mine
+            .iter()
+            .map(|c| {
+                suggestions_for(
+                    c,
+                    clock.round(&c.id),
+                    ctx,
+                    &shop.name,
+                    agent.name.as_deref(),
+                )
+            })
+            .collect();
+        let views = mine
+            .iter()
+            .zip(&suggestions)
+            .map(|(c, s)| c.view(clock.round(&c.id), tb, s))
+            .collect();
+        let s = clock.settings();
+        fx.send(
+            out,
+            &ServerMsg::AgentWelcome {
+                role: Role::Agent,
+                agent: &agent_key,
+                shop: &shop_key,
+                shop_name: &shop.name,
+                clock: ClockView {
+                    target_ms: s.target.as_millis() as u64,
+                    nudge_ms: s.nudge.as_millis() as u64,
+                },
+                conversations: views,
+            },
+        );
+        // Buyers who came while no agent was online.
+        let mut pending = std::mem::take(&mut shop.unassigned);
+        pending.sort_by_key(|c| convs.get(c).map(|c| waiting_key(clock, c)));
+        for cid in pending {
+            let Some(conv) = convs.get_mut(&cid) else {
+                continue;
+            };
+            let next = pick_agent(shop).expect("this agent is online");
+            assign(shop, conv, &next, "waiting", clock, ctx, at, fx);
+        }
+        Ok(AgentSession {
+            shop: shop_key,
+            agent: agent_key,
+            conn: out.conn,
+        })
+    }
+
+    // ---- messages ---------------------------------------------------------------------
+
+    pub(crate) fn buyer_message(
+        &mut self,
+        ctx: &Ctx,
+        s: &BuyerSession,
+        text: &str,
+        now: Instant,
+        fx: &mut Effects,
+    ) -> Result<MessagePlan, Refusal> {
+        let Hub {
+            shops,
+            convs,
+            clock,
+            timer_wake,
+            ..
+        } = self;
+        let conv = own_conv(convs, s)?;
+        let shop = shops
+            .get_mut(&conv.shop)
+            .expect("conversations belong to known shops");
+        let tb = ctx.tb;
+        let at = tb.ms(now);
+        conv.push_line(
+            HLine {
+                author: Author::Buyer,
+                agent: None,
+                text: text.into(),
+                at,
+                note: None,
+            },
+            ctx.config.limits.history_bytes,
+        );
+        let started = clock.buyer_message(&conv.id, now);
+        if started.new {
+            if let Some(first) = clock.next_alarm() {
+                Self::deadline_added(timer_wake, first, fx);
+            }
+        }
+        let agent = conv
+            .agent
+            .as_ref()
+            .and_then(|a| shop.agents.get(a))
+            .filter(|a| a.online.is_some());
+        let plan = MessagePlan {
+            agent: agent.and_then(|a| a.online.clone()),
+            agent_name: agent.and_then(|a| a.name.clone()),
+            shop_name: shop.name.clone(),
+            at,
+            waiting_since: tb.ms(started.round.started),
+            deadline: tb.ms(started.round.deadline),
+        };
+        // Nobody to answer: say so at once, once per round.
+        if plan.agent.is_none() && clock.take_holding(&conv.id) {
+            let fill = Fill {
+                shop: &shop.name,
+                agent: "",
+                buyer: "",
+            };
+            if let Some(t) = offline_template(ctx) {
+                bot_say(conv, None, &fill.apply(t), "offline", at, ctx, fx);
+            }
+        }
+        Ok(plan)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn agent_reply(
+        &mut self,
+        ctx: &Ctx,
+        s: &AgentSession,
+        out: &Outbox,
+        conversation: &str,
+        text: &str,
+        intent: Option<&str>,
+        now: Instant,
+        fx: &mut Effects,
+    ) -> Result<(), Refusal> {
+        let Hub { convs, clock, .. } = self;
+        let conv = convs
+            .get_mut(conversation)
+            .filter(|c| c.shop == s.shop && c.agent.as_deref() == Some(&*s.agent))
+            .ok_or_else(|| {
+                Refusal::new(
+                    ErrorCode::UnknownConversation,
+                    "no open conversation with this id is assigned to you",
+                )
+            })?;
+        let tb = ctx.tb;
+        let at = tb.ms(now);
+        let ended = clock.agent_reply(&conv.id);
+        conv.push_line(
+            HLine {
+                author: Author::Agent,
+                agent: Some(s.agent.clone()),
+                text: text.into(),
+                at,
+                note: None,
+            },
+            ctx.config.limits.history_bytes,
+        );
+        if let Some(buyer_out) = &conv.buyer_out {
+            fx.send(
+                buyer_out,
+                &ServerMsg::Reply {
+                    conversation: &conv.id,
+                    from: Author::Agent,
+                    agent: Some(&s.agent),
+                    text,
+                    at,
+                    note: None,
+                },
+            );
+        }
+        fx.send(
+            out,
+            &ServerMsg::ReplySent {
+                conversation: &conv.id,
+                at,
+                response_ms: ended.map(|r| now.duration_since(r.started).as_millis() as i64),
+                delivered: conv.buyer_out.is_some(),
+            },
+        );
+        let mut ev = conv.event(at, Kind::Agent);
+        ev.agent = Some(s.agent.to_string());
+        ev.text = Some(text.to_string());
+        ev.intent = intent.map(str::to_string);
+        fx.events.push(ev);
+        Ok(())
+    }
+
+    pub(crate) fn rate(
+        &mut self,
+        ctx: &Ctx,
+        s: &BuyerSession,
+        out: &Outbox,
+        score: &str,
+        now: Instant,
+        fx: &mut Effects,
+    ) -> Result<(), Refusal> {
+        let Some(rating) = parse_rating(score) else {
+            return Err(Refusal::new(
+                ErrorCode::BadScore,
+                "score must be one of very_satisfied, satisfied, neutral, dissatisfied, \
+                 very_dissatisfied",
+            ));
+        };
+        let Hub { shops, convs, .. } = self;
+        let conv = own_conv(convs, s)?;
+        if conv.rated.is_some() {
+            return Err(Refusal::new(
+                ErrorCode::AlreadyRated,
+                "this conversation is already rated",
+            ));
+        }
+        conv.rated = Some(rating);
+        fx.send(
+            out,
+            &ServerMsg::Rated {
+                conversation: None,
+                score: rating,
+            },
+        );
+        if let Some(agent_out) = shops
+            .get(&conv.shop)
+            .and_then(|shop| agent_outbox(shop, conv))
+        {
+            fx.send(
+                agent_out,
+                &ServerMsg::Rated {
+                    conversation: Some(&conv.id),
+                    score: rating,
+                },
+            );
+        }
+        let mut ev = conv.event(ctx.tb.ms(now), Kind::Rating);
+        ev.agent = conv.agent.as_deref().map(str::to_string);
+        ev.score = Some(rating);
+        fx.events.push(ev);
+        Ok(())
+    }
+
+    // ---- leaving ------------------------------------------------------------------------
+
+    pub(crate) fn buyer_left(
+        &mut self,
+        ctx: &Ctx,
+        s: &BuyerSession,
+        now: Instant,
+        fx: &mut Effects,
+    ) {
+        let Hub {
+            shops,
+            convs,
+            away,
+            timer_wake,
+            ..
+        } = self;
+        let Some(conv) = convs.get_mut(&s.conv) else {
+            return;
+        };
+        if conv.buyer_out.as_ref().map(|o| o.conn) != Some(s.conn) {
+            return; // a newer connection took over
+        }
+        conv.buyer_out = None;
+        conv.away_since = Some(now);
+        away.push_back((now, conv.id.clone()));
+        if let Some(agent_out) = shops
+            .get(&conv.shop)
+            .and_then(|shop| agent_outbox(shop, conv))
+        {
+            fx.send(
+                agent_out,
+                &ServerMsg::Presence {
+                    conversation: &conv.id,
+                    online: false,
+                },
+            );
+        }
+        // The expiry of this conversation is a deadline like the clock's.
+        Self::deadline_added(timer_wake, now + ctx.config.limits.resume_window, fx);
+    }
+
+    pub(crate) fn agent_left(
+        &mut self,
+        ctx: &Ctx,
+        s: &AgentSession,
+        now: Instant,
+        fx: &mut Effects,
+    ) {
+        let Hub {
+            shops,
+            convs,
+            clock,
+            ..
+        } = self;
+        let Some(shop) = shops.get_mut(&s.shop) else {
+            return;
+        };
+        let Some(agent) = shop.agents.get_mut(&s.agent) else {
+            return;
+        };
+        if agent.online.as_ref().map(|o| o.conn) != Some(s.conn) {
+            return; // replaced by a newer connection of the same agent
+        }
+        agent.online = None;
+        let mut moving: Vec<Arc<str>> = std::mem::take(&mut agent.convs).into_iter().collect();
+        moving.sort_by_key(|c| convs.get(c).map(|c| waiting_key(clock, c)));
+        let at = ctx.tb.ms(now);
+        for cid in moving {
+            let Some(conv) = convs.get_mut(&cid) else {
+                continue;
+            };
+            match pick_agent(shop) {
+                Some(next) => assign(shop, conv, &next, "reassigned", clock, ctx, at, fx),
+                None => {
+                    conv.agent = None;
+                    shop.unassigned.push(cid);
+                }
+            }
+        }
+    }
+
+    // ---- time -------------------------------------------------------------------------------
+
+    /// Fires every alarm due at `now` and closes conversations whose buyer
+    /// stayed away past the resume window. Returns when to run again.
+    pub(crate) fn tick(&mut self, ctx: &Ctx, now: Instant, fx: &mut Effects) -> Option<Instant> {
+        let tb = ctx.tb;
+        {
+            let Hub {
+                shops,
+                convs,
+                clock,
+                ..
+            } = self;
+            while let Some((cid, alarm, round, due)) = clock.pop_due(now) {
+                let Some(conv) = convs.get_mut(&cid) else {
+                    continue;
+                };
+                let Some(shop) = shops.get(&conv.shop) else {
+                    continue;
+                };
+                let due_ms = tb.ms(due);
+                let agent_out = agent_outbox(shop, conv).cloned();
+                match alarm {
+                    Alarm::Holding => {
+                        let agent_name = conv
+                            .agent
+                            .as_ref()
+                            .and_then(|a| shop.agents.get(a))
+                            .and_then(|a| a.name.clone());
+                        let fill = Fill {
+                            shop: &shop.name,
+                            agent: agent_name.as_deref().unwrap_or(""),
+                            buyer: "",
+                        };
+                        let (note, template) = if agent_out.is_some() {
+                            ("holding", pick(&ctx.phrases.templates.holding))
+                        } else {
+                            ("offline", offline_template(ctx))
+                        };
+                        if let Some(t) = template {
+                            let text = fill.apply(t);
+                            bot_say(conv, agent_out.as_ref(), &text, note, due_ms, ctx, fx);
+                        }
+                    }
+                    Alarm::Nudge | Alarm::Breach => {
+                        let (conversation, buyer) = (&*conv.id, &*conv.buyer);
+                        let waiting_since = tb.ms(round.started);
+                        let deadline = tb.ms(round.deadline);
+                        let (msg, kind) = if alarm == Alarm::Nudge {
+                            (
+                                ServerMsg::Nudge {
+                                    conversation,
+                                    buyer,
+                                    waiting_since,
+                                    deadline,
+                                    at: due_ms,
+                                },
+                                Kind::Nudge,
+                            )
+                        } else {
+                            (
+                                ServerMsg::Breach {
+                                    conversation,
+                                    buyer,
+                                    waiting_since,
+                                    deadline,
+                                    at: due_ms,
+                                },
+                                Kind::Breach,
+                            )
+                        };
+                        if let Some(out) = &agent_out {
+                            fx.send(out, &msg);
+                        }
+                        let mut ev = conv.event(due_ms, kind);
+                        ev.agent = conv.agent.as_deref().map(str::to_string);
+                        fx.events.push(ev);
+                    }
+                }
+            }
+        }
+        let window = ctx.config.limits.resume_window;
+        while let Some(&(since, _)) = self.away.front() {
+            if since + window > now {
+                break;
+            }
+            let (since, cid) = self.away.pop_front().expect("front exists");
+            if self
+                .convs
+                .get(&cid)
+                .is_some_and(|c| c.away_since == Some(since))
+            {
+                self.close_conversation(&cid, fx);
+            }
+        }
+        let next_expiry = self.away.front().map(|&(since, _)| since + window);
+        let next = match (self.clock.next_alarm(), next_expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.timer_wake = next;
+        next
+    }
+
+    /// Ends a conversation for good (its buyer did not come back).
+    fn close_conversation(&mut self, cid: &Arc<str>, fx: &mut Effects) {
+        let Some(conv) = self.convs.remove(cid) else {
+            return;
+        };
+        self.clock.remove(cid);
+        let Some(shop) = self.shops.get_mut(&conv.shop) else {
+            return;
+        };
+        if shop.buyers.get(&conv.buyer) == Some(cid) {
+            shop.buyers.remove(&conv.buyer);
+        }
+        shop.unassigned.retain(|c| c != cid);
+        if let Some(agent) = conv.agent.as_ref().and_then(|a| shop.agents.get_mut(a)) {
+            agent.convs.remove(cid);
+            if let Some(out) = &agent.online {
+                fx.send(out, &ServerMsg::ConversationClosed { conversation: cid });
+            }
+        }
+    }
+}
+
+// ---- helpers ------------------------------------------------------------------------
+
+/// The conversation of a buyer session, if this connection still holds it.
+fn own_conv<'a>(
+    convs: &'a mut HashMap<Arc<str>, Conv>,
+    s: &BuyerSession,
+) -> Result<&'a mut Conv, Refusal> {
+    convs
+        .get_mut(&s.conv)
+        .filter(|c| c.buyer_out.as_ref().is_some_and(|o| o.conn == s.conn))
+        .ok_or_else(|| {
+            Refusal::new(
+                ErrorCode::UnknownConversation,
+                "your conversation is closed; reconnect and say hello again",
+            )
+        })
+}
+
+/// The outbox of the agent holding `conv`, if they are online.
+fn agent_outbox<'a>(shop: &'a Shop, conv: &Conv) -> Option<&'a Outbox> {
+    conv.agent
+        .as_ref()
+        .and_then(|a| shop.agents.get(a))
+        .and_then(|a| a.online.as_ref())
+}
+
+/// The online agent with the fewest open conversations (ties: smallest id).
+fn pick_agent(shop: &Shop) -> Option<Arc<str>> {
+    shop.agents
+        .iter()
+        .filter(|(_, a)| a.online.is_some())
+        .min_by_key(|(_, a)| a.convs.len())
+        .map(|(id, _)| id.clone())
+}
+
+/// Sort key: waiting conversations first, longest-waiting first.
+fn waiting_key(clock: &Clock<Arc<str>>, conv: &Conv) -> (bool, Option<Instant>) {
+    let started = clock.round(&conv.id).map(|r| r.started);
+    (started.is_none(), started)
+}
+
+/// Gives `conv` to `agent_id`: records it and tells the agent.
+#[allow(clippy::too_many_arguments)]
+fn assign(
+    shop: &mut Shop,
+    conv: &mut Conv,
+    agent_id: &Arc<str>,
+    reason: &'static str,
+    clock: &Clock<Arc<str>>,
+    ctx: &Ctx,
+    at: i64,
+    fx: &mut Effects,
+) {
+    let Some(agent) = shop.agents.get_mut(agent_id) else {
+        return;
+    };
+    conv.agent = Some(agent_id.clone());
+    agent.convs.insert(conv.id.clone());
+    let mut ev = conv.event(at, Kind::Assign);
+    ev.agent = Some(agent_id.to_string());
+    ev.note = Some(reason.to_string());
+    fx.events.push(ev);
+    if let Some(out) = &agent.online {
+        let round = clock.round(&conv.id);
+        let suggestions = suggestions_for(conv, round, ctx, &shop.name, agent.name.as_deref());
+        let view = conv.view(round, ctx.tb, &suggestions);
+        fx.send(out, &ServerMsg::ConversationAssigned { reason, view });
+    }
+}
+
+/// Suggestions for the latest buyer message while the buyer waits.
+fn suggestions_for(
+    conv: &Conv,
+    round: Option<&Round>,
+    ctx: &Ctx,
+    shop_name: &str,
+    agent_name: Option<&str>,
+) -> Vec<Suggestion> {
+    if round.is_none() {
+        return Vec::new();
+    }
+    let Some(text) = conv.last_buyer_text() else {
+        return Vec::new();
+    };
+    let fill = Fill {
+        shop: shop_name,
+        agent: agent_name.unwrap_or(""),
+        buyer: "",
+    };
+    ctx.phrases.matcher.suggest(text, SUGGESTIONS, &fill)
+}
+
+/// The bot says `text` in `conv`: history, buyer, agent, event.
+fn bot_say(
+    conv: &mut Conv,
+    agent_out: Option<&Outbox>,
+    text: &str,
+    note: &'static str,
+    at: i64,
+    ctx: &Ctx,
+    fx: &mut Effects,
+) {
+    conv.push_line(
+        HLine {
+            author: Author::Bot,
+            agent: None,
+            text: text.into(),
+            at,
+            note: Some(note),
+        },
+        ctx.config.limits.history_bytes,
+    );
+    if let Some(out) = &conv.buyer_out {
+        fx.send(
+            out,
+            &ServerMsg::Reply {
+                conversation: &conv.id,
+                from: Author::Bot,
+                agent: None,
+                text,
+                at,
+                note: Some(note),
+            },
+        );
+    }
+    if let Some(out) = agent_out {
+        fx.send(
+            out,
+            &ServerMsg::BotReply {
+                conversation: &conv.id,
+                text,
+                at,
+                note,
+            },
+        );
+    }
+    let mut ev = conv.event(at, Kind::Bot);
+    ev.text = Some(text.to_string());
+    ev.note = Some(note.to_string());
+    fx.events.push(ev);
+}
+
+fn pick(list: &[String]) -> Option<&str> {
+    match list.len() {
+        0 => None,
+        n => Some(&list[rand::random_range(0..n)]),
+    }
+}
+
+/// The offline template, or a holding one when the shop wrote none.
+fn offline_template<'a>(ctx: &Ctx<'a>) -> Option<&'a str> {
+    let t = &ctx.phrases.templates;
+    pick(&t.offline).or_else(|| pick(&t.holding))
+}
+
+fn replaced() -> CloseOrder {
+    CloseOrder::refused(Refusal::new(
+        ErrorCode::Replaced,
+        "a newer connection took over this session",
+    ))
+}
+
+fn parse_rating(score: &str) -> Option<Rating> {
+    serde_json::from_value(serde_json::Value::String(score.to_string())).ok()
+}
+
+/// Buyer ids come from the platform (nicknames included): any printable
+/// text up to 64 characters.
+fn check_buyer_id(id: &str) -> Result<(), Refusal> {
+    let ok = !id.trim().is_empty() && id.chars().count() <= 64 && !id.chars().any(char::is_control);
+    if ok {
+        Ok(())
+    } else {
+        Err(Refusal::new(
+            ErrorCode::BadId,
+            "the buyer id must be 1-64 printable characters",
+        ))
+    }
+}
+
+/// Compares secrets in time independent of where they differ.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_compare() {
+        assert!(ct_eq(b"abc", b"abc"));
+        assert!(!ct_eq(b"abc", b"abd"));
+        assert!(!ct_eq(b"abc", b"abcd"));
+        assert!(ct_eq(b"", b""));
+    }
+
+    #[test]
+    fn ratings_parse() {
+        assert_eq!(parse_rating("very_satisfied"), Some(Rating::VerySatisfied));
+        assert_eq!(parse_rating("meh"), None);
+    }
+
+    #[test]
+    fn buyer_ids() {
+        for (id, ok) in [
+            ("b1", true),
+            ("tb_小明 88", true),
+            ("", false),
+            ("  ", false),
+            ("a\nb", false),
+        ] {
+            assert_eq!(check_buyer_id(id).is_ok(), ok, "{id:?}");
+        }
+        assert!(check_buyer_id(&"x".repeat(65)).is_err());
+    }
+}

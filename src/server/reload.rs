@@ -1,0 +1,123 @@
+//! Hot reload of the phrase directory.
+//!
+//! The directory is polled (every second by default): the names, sizes and
+//! modification times of its `*.yaml` files form a fingerprint, and a
+//! changed fingerprint that stays the same for one more poll triggers a
+//! reload, so an editor's save-in-several-writes is read once, whole.
+//! Polling rather than inotify: it works the same on every file system
+//! (network mounts, containers, editors that replace files) and costs one
+//! `stat` per file a second.
+//!
+//! A reload that fails keeps the libraries in force, logs every problem
+//! with file, line and column, and tells the connected agents
+//! (`{"type":"reload","ok":false,"errors":[...]}`); a good one swaps them
+//! in at once and says `ok: true`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use tracing::{error, info, warn};
+
+use super::{App, Phrases};
+use crate::protocol::{to_json, ServerMsg};
+
+/// What a directory looked like: its YAML files' names, sizes and times.
+pub(crate) type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
+
+pub(crate) fn fingerprint(dir: &Path) -> Fingerprint {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut fp: Fingerprint = rd
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .map(|p| {
+            let meta = std::fs::metadata(&p).ok();
+            let len = meta.as_ref().map_or(0, |m| m.len());
+            let mtime = meta.and_then(|m| m.modified().ok());
+            (p, len, mtime)
+        })
+        .collect();
+    fp.sort();
+    fp
+}
+
+async fn fingerprint_async(dir: &Path) -> Fingerprint {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || fingerprint(&dir))
+        .await
+        .unwrap_or_default()
+}
+
+pub(crate) async fn watch(app: App, every: Duration) {
+    let dir = app.config().phrases.clone();
+    // What the directory looked like when the libraries in force were
+    // loaded, so an edit made since then is not missed.
+    let initial = app
+        .shared
+        .loaded_fingerprint
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    let mut seen = match initial {
+        Some(fp) => fp,
+        None => fingerprint_async(&dir).await,
+    };
+    let mut candidate: Option<Fingerprint> = None;
+    let mut shutdown = app.shutdown_rx();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = super::stopping(&mut shutdown) => return,
+        }
+        let now = fingerprint_async(&dir).await;
+        if now == seen {
+            candidate = None;
+            continue;
+        }
+        if candidate.as_ref() != Some(&now) {
+            candidate = Some(now); // wait for the edit to settle
+            continue;
+        }
+        seen = now;
+        candidate = None;
+        reload(&app).await;
+    }
+}
+
+/// Loads the phrase directory again and tells the agents how it went.
+pub(crate) async fn reload(app: &App) {
+    let dir = app.config().phrases.clone();
+    let shown = dir.display().to_string();
+    let result = tokio::task::spawn_blocking(move || Phrases::load(&dir))
+        .await
+        .unwrap_or_else(|e| Err(vec![format!("the reload task failed: {e}")]));
+    let frame = match result {
+        Ok(phrases) => {
+            let intents = phrases.matcher.intent_count();
+            app.set_phrases(phrases);
+            info!(dir = %shown, intents, "phrase libraries reloaded");
+            to_json(&ServerMsg::Reload {
+                ok: true,
+                intents: Some(intents),
+                errors: &[],
+            })
+        }
+        Err(errors) => {
+            for e in &errors {
+                error!(dir = %shown, "phrase library problem: {e}");
+            }
+            warn!(dir = %shown, problems = errors.len(), "reload failed: keeping the libraries in force");
+            to_json(&ServerMsg::Reload {
+                ok: false,
+                intents: None,
+                errors: &errors,
+            })
+        }
+    };
+    let agents = app.hub().agent_outboxes();
+    for out in agents {
+        out.push(frame.clone().into());
+    }
+}

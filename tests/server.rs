@@ -1,0 +1,744 @@
+//! The service end to end: real tokio-tungstenite clients against the real
+//! server on 127.0.0.1:0.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{close_code, spawn_app, spawn_app_with, test_config};
+use futures_util::StreamExt;
+use kefu::events::{Kind, Rating};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn http_routes() {
+    let t = spawn_app().await;
+    let cases = [
+        ("GET /healthz HTTP/1.1", "HTTP/1.1 200", Some("ok")),
+        ("GET /nowhere HTTP/1.1", "HTTP/1.1 404", None),
+        ("POST /ws HTTP/1.1", "HTTP/1.1 405", None),
+        // A plain GET on /ws without the upgrade headers.
+        ("GET /ws HTTP/1.1", "HTTP/1.1 426", None),
+    ];
+    for (line, status, body) in cases {
+        let mut s = tokio::net::TcpStream::connect(t.addr()).await.unwrap();
+        let req = format!("{line}\r\nHost: kefu\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).await.unwrap();
+        assert!(resp.starts_with(status), "{line}: {resp}");
+        if let Some(b) = body {
+            assert!(resp.ends_with(&format!("\r\n\r\n{b}\n")), "{line}: {resp}");
+        }
+    }
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn buyer_is_welcomed_and_greeted_with_the_shop_name() {
+    let mut t = spawn_app().await;
+    let (_buyer, welcome, greeting) = t.buyer("b1").await;
+    let conv = welcome["conversation"].as_str().unwrap();
+    assert!(!conv.is_empty());
+    assert_eq!(welcome["resumed"], false);
+    assert_eq!(welcome["shop_name"], "测试旗舰店");
+    assert!(
+        welcome["resume"].as_str().unwrap().len() >= 32,
+        "a long random secret"
+    );
+    assert_eq!(greeting["from"], "bot");
+    assert_eq!(greeting["note"], "greeting");
+    assert_eq!(
+        greeting["text"],
+        "亲，欢迎光临测试旗舰店！有什么可以帮您的吗？"
+    );
+    assert!(
+        greeting["at"].as_i64().unwrap() > 1_600_000_000_000,
+        "unix ms"
+    );
+    let events = t.take_events();
+    let bot: Vec<_> = events.iter().filter(|e| e.kind == Kind::Bot).collect();
+    assert_eq!(bot.len(), 1);
+    assert_eq!(bot[0].note.as_deref(), Some("greeting"));
+    assert_eq!(bot[0].conversation, conv);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn buyer_message_reaches_the_agent_with_suggestions_and_the_reply_comes_back() {
+    let mut t = spawn_app().await;
+    let (mut agent, welcome) = t.agent("a1").await;
+    assert_eq!(welcome["agent"], "a1");
+    assert_eq!(welcome["clock"]["target_ms"], 30_000);
+    assert_eq!(welcome["clock"]["nudge_ms"], 20_000);
+    let (mut buyer, bw, _) = t.buyer("b1").await;
+    let conv = bw["conversation"].as_str().unwrap().to_string();
+    let assigned = agent.recv_type("conversation_assigned").await;
+    assert_eq!(assigned["conversation"], conv);
+    assert_eq!(assigned["reason"], "new");
+    assert_eq!(assigned["buyer"], "b1");
+
+    buyer
+        .send(json!({"type":"message","text":"这个有货吗"}))
+        .await;
+    let m = agent.recv_type("buyer_message").await;
+    assert_eq!(m["conversation"], conv);
+    assert_eq!(m["buyer"], "b1");
+    assert_eq!(m["text"], "这个有货吗");
+    let since = m["waiting_since"].as_i64().unwrap();
+    assert_eq!(m["deadline"].as_i64().unwrap(), since + 30_000);
+    assert_eq!(m["at"].as_i64().unwrap(), since);
+    let s = &m["suggestions"][0];
+    assert_eq!(s["stage"], "pre_sale");
+    assert_eq!(s["intent"], "pre_sale.stock");
+    assert!(s["score"].as_f64().unwrap() > 0.3);
+    assert!(s["reply"].as_str().unwrap().starts_with("亲"));
+
+    // The agent answers with the suggestion.
+    agent
+        .send(
+            json!({"type":"reply","conversation":conv,"text":s["reply"],"intent":"pre_sale.stock"}),
+        )
+        .await;
+    let r = buyer.recv_type("reply").await;
+    assert_eq!(r["from"], "agent");
+    assert_eq!(r["agent"], "a1");
+    assert_eq!(r["text"], s["reply"]);
+    let ack = agent.recv_type("reply_sent").await;
+    assert_eq!(ack["conversation"], conv);
+    assert_eq!(ack["delivered"], true);
+    assert!(ack["response_ms"].as_i64().unwrap() >= 0);
+
+    let events = t.take_events();
+    let kinds: Vec<Kind> = events.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, [Kind::Bot, Kind::Assign, Kind::Buyer, Kind::Agent]);
+    assert_eq!(events[1].agent.as_deref(), Some("a1"));
+    assert_eq!(events[2].intent.as_deref(), Some("pre_sale.stock"));
+    assert_eq!(events[2].stage.as_deref(), Some("pre_sale"));
+    assert_eq!(events[2].text.as_deref(), Some("这个有货吗"));
+    assert_eq!(events[3].intent.as_deref(), Some("pre_sale.stock"));
+    assert_eq!(events[3].agent.as_deref(), Some("a1"));
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn suggestions_fill_the_agent_name_and_shop() {
+    let t = spawn_app().await;
+    let (mut agent, _) = t.agent("a1").await; // a1 is 小美
+    let (mut buyer, _, _) = t.buyer("b1").await;
+    agent.recv_type("conversation_assigned").await;
+    buyer.send(json!({"type":"message","text":"在吗"})).await;
+    let m = agent.recv_type("buyer_message").await;
+    let reply = m["suggestions"][0]["reply"].as_str().unwrap();
+    assert!(
+        reply.contains("小美") || reply.contains("测试旗舰店"),
+        "placeholders filled: {reply}"
+    );
+    assert!(!reply.contains('{'), "{reply}");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn conversations_go_to_the_least_busy_agent() {
+    let t = spawn_app().await;
+    let (mut a1, _) = t.agent("a1").await;
+    let (mut a2, _) = t.agent("a2").await;
+    let mut owners = Vec::new();
+    let mut buyers = Vec::new();
+    for i in 0..4 {
+        let (b, w, _) = t.buyer(&format!("b{i}")).await;
+        buyers.push(b);
+        owners.push(w["conversation"].as_str().unwrap().to_string());
+    }
+    let mut got1 = Vec::new();
+    let mut got2 = Vec::new();
+    for _ in 0..2 {
+        got1.push(a1.recv_type("conversation_assigned").await["conversation"].clone());
+        got2.push(a2.recv_type("conversation_assigned").await["conversation"].clone());
+    }
+    // Ties go to a1: b0→a1, b1→a2, b2→a1, b3→a2.
+    assert_eq!(got1, [json!(owners[0]), json!(owners[2])]);
+    assert_eq!(got2, [json!(owners[1]), json!(owners[3])]);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn agent_disconnect_moves_conversations_with_their_clock() {
+    let mut t = spawn_app().await;
+    let (mut a1, _) = t.agent("a1").await;
+    let (mut buyer, bw, _) = t.buyer("b1").await;
+    let conv = bw["conversation"].clone();
+    a1.recv_type("conversation_assigned").await;
+    buyer
+        .send(json!({"type":"message","text":"什么时候发货"}))
+        .await;
+    let m = a1.recv_type("buyer_message").await;
+
+    let (mut a2, _) = t.agent("a2").await;
+    a1.close().await;
+    let moved = a2.recv_type("conversation_assigned").await;
+    assert_eq!(moved["reason"], "reassigned");
+    assert_eq!(moved["conversation"], conv);
+    // Same round: the clock kept running.
+    assert_eq!(moved["waiting_since"], m["waiting_since"]);
+    assert_eq!(moved["deadline"], m["deadline"]);
+    assert_eq!(moved["suggestions"][0]["intent"], "in_sale.ship_time");
+    let texts: Vec<_> = moved["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["from"].clone())
+        .collect();
+    assert_eq!(texts, [json!("bot"), json!("buyer")]);
+
+    // The new owner can answer; the old one is gone.
+    a2.send(
+        json!({"type":"reply","conversation":conv,"text":"亲，今天就给您发出哦～","intent":null}),
+    )
+    .await;
+    let r = buyer.recv_type("reply").await;
+    assert_eq!(r["agent"], "a2");
+    let assigns: Vec<_> = t
+        .take_events()
+        .into_iter()
+        .filter(|e| e.kind == Kind::Assign)
+        .map(|e| (e.agent.unwrap(), e.note.unwrap()))
+        .collect();
+    assert_eq!(
+        assigns,
+        [
+            ("a1".to_string(), "new".to_string()),
+            ("a2".to_string(), "reassigned".to_string())
+        ]
+    );
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn waiting_buyers_go_to_the_first_agent_who_comes_online() {
+    let t = spawn_app().await;
+    let (mut buyer, bw, _) = t.buyer("b1").await;
+    buyer.send(json!({"type":"message","text":"有货吗"})).await;
+    let offline = buyer.recv_type("reply").await;
+    assert_eq!(offline["note"], "offline");
+    assert_eq!(
+        offline["text"],
+        "亲，客服暂时不在线，您先留言，我们会第一时间回复您～"
+    );
+    // A second message in the same round: no second offline reply.
+    buyer.send(json!({"type":"message","text":"在吗"})).await;
+    buyer.expect_silence(Duration::from_millis(200)).await;
+
+    let (mut a1, welcome) = t.agent("a1").await;
+    assert_eq!(welcome["conversations"], json!([]));
+    let a = a1.recv_type("conversation_assigned").await;
+    assert_eq!(a["reason"], "waiting");
+    assert_eq!(a["conversation"], bw["conversation"]);
+    assert!(a["waiting_since"].is_i64());
+    let from: Vec<_> = a["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["note"].clone())
+        .collect();
+    assert_eq!(
+        from,
+        [
+            json!("greeting"),
+            json!(null),
+            json!("offline"),
+            json!(null)
+        ]
+    );
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn buyer_reconnects_only_with_the_resume_secret() {
+    let t = spawn_app().await;
+    let (mut agent, _) = t.agent("a1").await;
+    let (buyer, bw, _) = t.buyer("b1").await;
+    let conv = bw["conversation"].clone();
+    let secret = bw["resume"].as_str().unwrap().to_string();
+    agent.recv_type("conversation_assigned").await;
+    buyer.close().await;
+    let p = agent.recv_type("presence").await;
+    assert_eq!(p["online"], false);
+
+    // While the buyer is away the agent's reply is kept.
+    agent
+        .send(json!({"type":"reply","conversation":conv,"text":"亲，您的问题已经处理好啦～"}))
+        .await;
+    let ack = agent.recv_type("reply_sent").await;
+    assert_eq!(ack["delivered"], false);
+
+    // Anyone claiming b1 without (or with a wrong) secret is refused and closed.
+    for resume in [None, Some("0".repeat(32)), Some(secret[..31].to_string())] {
+        let mut c = t.connect().await;
+        let mut hello = json!({"type":"hello","role":"buyer","shop":"s1","buyer":"b1"});
+        if let Some(r) = resume {
+            hello["resume"] = json!(r);
+        }
+        c.send(hello).await;
+        let (before, frame) = c.expect_close().await;
+        assert_eq!(before.len(), 1, "{before:?}");
+        assert_eq!(before[0]["code"], "buyer_taken");
+        assert_eq!(close_code(&frame), Some(CloseCode::Policy));
+    }
+
+    // The secret rejoins the same conversation, with the history.
+    let mut c = t.connect().await;
+    c.send(json!({"type":"hello","role":"buyer","shop":"s1","buyer":"b1","resume":secret}))
+        .await;
+    let w = c.recv_type("welcome").await;
+    assert_eq!(w["resumed"], true);
+    assert_eq!(w["conversation"], conv);
+    let history = w["history"].as_array().unwrap();
+    assert_eq!(
+        history.last().unwrap()["text"],
+        "亲，您的问题已经处理好啦～"
+    );
+    assert_eq!(history.last().unwrap()["from"], "agent");
+    assert_eq!(agent.recv_type("presence").await["online"], true);
+    // And keeps chatting in it.
+    c.send(json!({"type":"message","text":"谢谢"})).await;
+    assert_eq!(agent.recv_type("buyer_message").await["conversation"], conv);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_tab_with_the_secret_replaces_the_first() {
+    let t = spawn_app().await;
+    let (mut first, bw, _) = t.buyer("b1").await;
+    let mut second = t.connect().await;
+    second
+        .send(json!({"type":"hello","role":"buyer","shop":"s1","buyer":"b1","resume":bw["resume"]}))
+        .await;
+    assert_eq!(second.recv_type("welcome").await["resumed"], true);
+    let (before, frame) = first.expect_close().await;
+    assert_eq!(before.last().unwrap()["code"], "replaced");
+    assert_eq!(close_code(&frame), Some(CloseCode::Policy));
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn agents_need_the_right_token() {
+    let t = spawn_app().await;
+    let cases = [
+        json!({"type":"hello","role":"agent","shop":"s1","agent":"a1","token":"wrong"}),
+        json!({"type":"hello","role":"agent","shop":"s1","agent":"a1"}),
+        json!({"type":"hello","role":"agent","shop":"s1","agent":"a1","token":""}),
+        json!({"type":"hello","role":"agent","shop":"s1","agent":"nobody","token":"t1"}),
+        json!({"type":"hello","role":"agent","shop":"s2","agent":"a1","token":"t1"}),
+        json!({"type":"hello","role":"agent","shop":"nowhere","agent":"a1","token":"t1"}),
+    ];
+    for hello in cases {
+        let mut c = t.connect().await;
+        c.send(hello.clone()).await;
+        let (before, frame) = c.expect_close().await;
+        assert_eq!(before.len(), 1, "{hello}: {before:?}");
+        assert_eq!(before[0]["code"], "bad_token", "{hello}");
+        assert_eq!(close_code(&frame), Some(CloseCode::Policy), "{hello}");
+    }
+    // A buyer of an unknown shop is refused the same way.
+    let mut c = t.connect().await;
+    c.send(json!({"type":"hello","role":"buyer","shop":"nowhere","buyer":"b1"}))
+        .await;
+    let (before, frame) = c.expect_close().await;
+    assert_eq!(before[0]["code"], "unknown_shop");
+    assert_eq!(close_code(&frame), Some(CloseCode::Policy));
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_an_error_and_the_connection_stays_usable() {
+    let t = spawn_app().await;
+    let long = "好".repeat(2001);
+    // Before hello.
+    let before_hello: Vec<(Message, &str)> = vec![
+        (Message::text("not json"), "bad_json"),
+        (Message::text("[1,2,3]"), "bad_json"),
+        (Message::text("{}"), "missing_type"),
+        (Message::text(r#"{"type":"dance"}"#), "unknown_type"),
+        (
+            Message::text(r#"{"type":"message","text":"在吗"}"#),
+            "hello_first",
+        ),
+        (
+            Message::text(r#"{"type":"hello","role":"buyer","shop":"s1"}"#),
+            "bad_message",
+        ),
+        (
+            Message::text(r#"{"type":"hello","role":"boss","shop":"s1"}"#),
+            "bad_message",
+        ),
+        (
+            Message::text(r#"{"type":"hello","role":"buyer","shop":"s1","buyer":""}"#),
+            "bad_id",
+        ),
+        (Message::binary(vec![1u8, 2, 3]), "binary_not_supported"),
+    ];
+    let mut c = t.connect().await;
+    for (frame, code) in before_hello {
+        c.send_raw(frame.clone()).await;
+        c.expect_error(code).await;
+    }
+    // Still usable: hello works now.
+    c.send(json!({"type":"hello","role":"buyer","shop":"s1","buyer":"b1"}))
+        .await;
+    c.recv_type("welcome").await;
+    c.recv_type("reply").await;
+    let after_hello: Vec<(serde_json::Value, &str)> = vec![
+        (json!({"type":"message","text":long}), "text_too_long"),
+        (json!({"type":"message","text":"  "}), "empty_text"),
+        (json!({"type":"message"}), "bad_message"),
+        (
+            json!({"type":"reply","conversation":"c1","text":"hi"}),
+            "wrong_role",
+        ),
+        (json!({"type":"lint","text":"hi"}), "wrong_role"),
+        (
+            json!({"type":"hello","role":"buyer","shop":"s1","buyer":"b2"}),
+            "already_hello",
+        ),
+        (json!({"type":"rate","score":"great"}), "bad_score"),
+    ];
+    for (frame, code) in after_hello {
+        c.send(frame).await;
+        c.expect_error(code).await;
+    }
+    c.send_raw(Message::binary(vec![0u8; 10])).await;
+    c.expect_error("binary_not_supported").await;
+    // The connection still works after all of that.
+    c.send(json!({"type":"rate","score":"satisfied"})).await;
+    c.recv_type("rated").await;
+
+    // Agents: wrong role, unknown conversation.
+    let (mut a, _) = t.agent("a2").await;
+    a.recv_type("conversation_assigned").await; // b1, who waited
+    let cases = [
+        (json!({"type":"message","text":"hi"}), "wrong_role"),
+        (json!({"type":"rate","score":"satisfied"}), "wrong_role"),
+        (
+            json!({"type":"reply","conversation":"c-none","text":"亲"}),
+            "unknown_conversation",
+        ),
+        (
+            json!({"type":"reply","conversation":"c-none"}),
+            "bad_message",
+        ),
+        (
+            json!({"type":"lint","text":"好".repeat(2001)}),
+            "text_too_long",
+        ),
+    ];
+    for (frame, code) in cases {
+        a.send(frame).await;
+        a.expect_error(code).await;
+    }
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn agents_cannot_reply_in_someone_elses_conversation() {
+    let t = spawn_app().await;
+    let (mut a1, _) = t.agent("a1").await;
+    let (mut buyer, bw, _) = t.buyer("b1").await;
+    a1.recv_type("conversation_assigned").await;
+    let (mut a2, _) = t.agent("a2").await;
+    a2.send(json!({"type":"reply","conversation":bw["conversation"],"text":"亲，我来啦"}))
+        .await;
+    a2.expect_error("unknown_conversation").await;
+    buyer.expect_silence(Duration::from_millis(200)).await;
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn frames_over_64_kib_close_with_1009() {
+    let t = spawn_app().await;
+    let (mut ok_agent, _) = t.agent("a1").await;
+    let (mut ok_buyer, _, _) = t.buyer("b0").await;
+    ok_agent.recv_type("conversation_assigned").await;
+
+    let (mut big, _, _) = t.buyer("b1").await;
+    ok_agent.recv_type("conversation_assigned").await;
+    let text = format!(r#"{{"type":"message","text":"{}"}}"#, "x".repeat(70 * 1024));
+    big.send_raw(Message::text(text)).await;
+    let (_, frame) = big.expect_close().await;
+    assert_eq!(close_code(&frame), Some(CloseCode::Size));
+
+    // Nobody else noticed.
+    ok_buyer
+        .send(json!({"type":"message","text":"有货吗"}))
+        .await;
+    let m = ok_agent.recv_until("buyer_message").await;
+    assert_eq!(m["text"], "有货吗");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn lint_checks_the_agents_draft() {
+    let t = spawn_app().await;
+    let (mut a, _) = t.agent("a1").await;
+    let cases = [
+        ("不能退", false, Some(("negative", "不能"))),
+        ("好的", false, Some(("curt", "好的"))),
+        ("亲，马上为您处理好哦～", true, None),
+    ];
+    for (draft, ok, issue) in cases {
+        a.send(json!({"type":"lint","text":draft})).await;
+        let r = a.recv_type("lint_result").await;
+        assert_eq!(r["text"], draft);
+        assert_eq!(r["ok"], ok, "{draft}");
+        if let Some((kind, phrase)) = issue {
+            assert_eq!(r["issues"][0]["kind"], kind);
+            assert_eq!(r["issues"][0]["phrase"], phrase);
+            assert!(
+                r["issues"][0]["rewrite"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("亲")
+                    || kind == "curt"
+            );
+        } else {
+            assert_eq!(r["issues"], json!([]));
+        }
+    }
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn buyer_rates_once_and_the_agent_hears_it() {
+    let mut t = spawn_app().await;
+    let (mut a, _) = t.agent("a1").await;
+    let (mut b, bw, _) = t.buyer("b1").await;
+    a.recv_type("conversation_assigned").await;
+    b.send(json!({"type":"rate","score":"very_satisfied"}))
+        .await;
+    let r = b.recv_type("rated").await;
+    assert_eq!(r["score"], "very_satisfied");
+    let r = a.recv_type("rated").await;
+    assert_eq!(r["conversation"], bw["conversation"]);
+    b.send(json!({"type":"rate","score":"dissatisfied"})).await;
+    b.expect_error("already_rated").await;
+    let ratings: Vec<_> = t
+        .take_events()
+        .into_iter()
+        .filter(|e| e.kind == Kind::Rating)
+        .collect();
+    assert_eq!(ratings.len(), 1);
+    assert_eq!(ratings[0].score, Some(Rating::VerySatisfied));
+    assert_eq!(ratings[0].agent.as_deref(), Some("a1"));
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn rate_limit_drops_the_excess_and_keeps_the_connection() {
+    let mut config = test_config();
+    config.limits.rate_per_sec = 1.0;
+    config.limits.rate_burst = 3;
+    let t = spawn_app_with(config).await;
+    let (mut a, _) = t.agent("a1").await; // hello took one token
+    for _ in 0..2 {
+        a.send(json!({"type":"lint","text":"亲"})).await;
+        a.recv_type("lint_result").await;
+    }
+    a.send(json!({"type":"lint","text":"亲"})).await;
+    a.expect_error("rate_limited").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    a.send(json!({"type":"lint","text":"亲"})).await;
+    a.recv_type("lint_result").await;
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_is_dropped_and_others_carry_on() {
+    let mut config = test_config();
+    config.limits.outbound_queue = 16;
+    let t = spawn_app_with(config).await;
+    // Shop s1: agent a1 gets b1's flood and never reads.
+    let (mut sleeper, _) = t.agent("a1").await;
+    let (mut flooder, _, _) = t.buyer("b1").await;
+    // Shop s2: an agent and a buyer chatting normally meanwhile.
+    let mut agent2 = t.connect().await;
+    agent2
+        .send(json!({"type":"hello","role":"agent","shop":"s2","agent":"b1","token":"u1"}))
+        .await;
+    agent2.recv_type("welcome").await;
+    let (mut buyer2, _, _) = t.buyer_of("s2", "x1").await;
+    agent2.recv_type("conversation_assigned").await;
+
+    let text = "有货吗".repeat(600);
+    let mut sent = 0;
+    while t.app.stats().agents_online == 2 {
+        assert!(sent < 20_000, "the agent who does not read is disconnected");
+        flooder.send(json!({"type":"message","text":text})).await;
+        sent += 1;
+        if sent % 100 == 0 {
+            // The other shop's chat works all along.
+            buyer2.send(json!({"type":"message","text":"在吗"})).await;
+            assert_eq!(agent2.recv_type("buyer_message").await["buyer"], "x1");
+        }
+    }
+    buyer2.send(json!({"type":"message","text":"有货吗"})).await;
+    assert_eq!(agent2.recv_type("buyer_message").await["text"], "有货吗");
+    // b1 now waits for an agent and is told so once.
+    assert_eq!(flooder.recv_until("reply").await["note"], "offline");
+    // The sleeper, reading at last, finds its socket closed by the server.
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match sleeper.ws.next().await {
+                Some(Ok(Message::Close(f))) => return f.map(|f| f.code),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("the server ended the connection");
+    assert!(
+        matches!(closed, None | Some(CloseCode::Policy)),
+        "{closed:?}"
+    );
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn hello_must_come_in_time() {
+    let mut config = test_config();
+    config.limits.hello_timeout = Duration::from_millis(200);
+    let t = spawn_app_with(config).await;
+    let mut c = t.connect().await;
+    let (before, frame) = c.expect_close().await;
+    assert_eq!(before[0]["code"], "hello_timeout");
+    assert_eq!(close_code(&frame), Some(CloseCode::Policy));
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_connections_with_going_away() {
+    let t = spawn_app().await;
+    let (mut a, _) = t.agent("a1").await;
+    let (mut b, _, _) = t.buyer("b1").await;
+    a.recv_type("conversation_assigned").await;
+    let app = t.app.clone();
+    let stop = tokio::spawn(t.stop());
+    for c in [&mut a, &mut b] {
+        let (_, frame) = c.expect_close().await;
+        assert_eq!(close_code(&frame), Some(CloseCode::Away));
+    }
+    stop.await.unwrap();
+    assert_eq!(app.stats().agents_online, 0);
+}
+
+#[tokio::test]
+async fn hot_reload_swaps_good_libraries_and_keeps_old_ones_on_error() {
+    let dir = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(common::fixture_phrases()).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+    }
+    let mut config = test_config();
+    config.phrases = dir.path().to_path_buf();
+    config.reload_poll = Some(Duration::from_millis(50));
+    let t = spawn_app_with(config).await;
+    let (mut a, _) = t.agent("a1").await;
+    let (mut b, _, _) = t.buyer("b1").await;
+    a.recv_type("conversation_assigned").await;
+
+    // A broken edit: the agent is told where, the old library stays.
+    let path = dir.path().join("pre_sale.yaml");
+    let good = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, "stage: pre_sale\nintents:\n  - id: [oops\n").unwrap();
+    let r = a.recv_type("reload").await;
+    assert_eq!(r["ok"], false);
+    let err = r["errors"][0].as_str().unwrap();
+    assert!(err.contains("pre_sale.yaml:3:"), "file and line: {err}");
+    b.send(json!({"type":"message","text":"有货吗"})).await;
+    let m = a.recv_type("buyer_message").await;
+    assert_eq!(
+        m["suggestions"][0]["intent"], "pre_sale.stock",
+        "old library kept"
+    );
+
+    // A good edit takes effect without a restart.
+    std::fs::write(&path, good.replace("有货, ", "有货, 囤货, ")).unwrap();
+    let r = a.recv_type("reload").await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["intents"], 5);
+    b.send(json!({"type":"message","text":"囤货"})).await;
+    let m = a.recv_type("buyer_message").await;
+    assert_eq!(
+        m["suggestions"][0]["intent"], "pre_sale.stock",
+        "new keyword matches"
+    );
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_silent_tcp_connection_is_closed_after_the_handshake_timeout() {
+    let mut config = test_config();
+    config.limits.handshake_timeout = Duration::from_millis(300);
+    let t = spawn_app_with(config).await;
+    let mut s = tokio::net::TcpStream::connect(t.addr()).await.unwrap();
+    let mut buf = Vec::new();
+    let started = std::time::Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .expect("the server hangs up")
+        .unwrap_or(0);
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    // hyper may answer 408 before closing; either way nothing else.
+    assert!(
+        n == 0 || String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 408"),
+        "{buf:?}"
+    );
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_refused() {
+    let mut config = test_config();
+    config.limits.max_connections = 2;
+    let t = spawn_app_with(config).await;
+    let (_a, _) = t.agent("a1").await;
+    let (_b, _, _) = t.buyer("b1").await;
+    let mut s = tokio::net::TcpStream::connect(t.addr()).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: kefu\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .expect("refused at once")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "{}", String::from_utf8_lossy(&buf));
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn quiet_clients_are_pinged_and_dead_ones_dropped() {
+    let mut config = test_config();
+    config.limits.ping_interval = Duration::from_millis(100);
+    let t = spawn_app_with(config).await;
+    let (mut alive, _) = t.agent("a1").await;
+    let (mut dead, _) = t.agent("a2").await;
+    // `alive` keeps reading, so its client answers the pings; `dead` does not.
+    alive.expect_silence(Duration::from_millis(600)).await;
+    alive.send(json!({"type":"lint","text":"亲"})).await;
+    alive.recv_type("lint_result").await;
+    let mut pings = 0;
+    let code = loop {
+        match dead.ws.next().await {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            Some(Ok(Message::Close(f))) => break f.map(|f| f.code),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert!(pings >= 1, "pinged before being dropped");
+    assert_eq!(code, Some(CloseCode::Away));
+    t.stop().await;
+}

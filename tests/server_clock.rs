@@ -1,0 +1,268 @@
+//! The 30-second clock end to end, under tokio's paused virtual time: the
+//! server runs over in-memory pipes (see `common::spawn_local`), so the
+//! runtime only jumps ahead when every task, server and client, is waiting.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{spawn_local, test_config, TestApp};
+use kefu::config::Config;
+use kefu::events::Kind;
+use serde_json::json;
+use tokio::time::{advance, sleep, Instant};
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+/// Target 30 s, nudge 20 s, holding 15 s unless a test says otherwise;
+/// pings far away so they do not interleave with the frames under test.
+fn config(holding: Option<f64>) -> Config {
+    let mut c = test_config();
+    c.clock.holding = holding.map(secs);
+    c.limits.ping_interval = Duration::from_secs(3600);
+    c.limits.hello_timeout = Duration::from_secs(3600);
+    c.limits.handshake_timeout = Duration::from_secs(3600);
+    c
+}
+
+/// An agent a1 and a buyer b1 assigned to it.
+async fn pair(t: &TestApp) -> (common::Client, common::Client, String) {
+    let (mut agent, _) = t.agent("a1").await;
+    let (buyer, w, _) = t.buyer("b1").await;
+    agent.recv_type("conversation_assigned").await;
+    (
+        agent,
+        buyer,
+        w["conversation"].as_str().unwrap().to_string(),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn nudge_at_20_and_breach_at_30_go_to_the_owning_agent() {
+    let mut t = spawn_local(config(None)).await;
+    let (mut agent, mut buyer, conv) = pair(&t).await;
+    let t0 = Instant::now();
+    buyer.send(json!({"type":"message","text":"在吗"})).await;
+    let m = agent.recv_type("buyer_message").await;
+    let since = m["waiting_since"].as_i64().unwrap();
+
+    agent.expect_silence(secs(19.9) - t0.elapsed()).await;
+    let n = agent.recv_type("nudge").await;
+    assert_eq!(t0.elapsed().as_secs(), 20);
+    assert_eq!(n["conversation"], conv);
+    assert_eq!(n["buyer"], "b1");
+    assert_eq!(n["waiting_since"], since);
+    assert_eq!(n["deadline"], since + 30_000);
+    assert_eq!(n["at"], since + 20_000);
+
+    agent.expect_silence(secs(9.9)).await;
+    let b = agent.recv_type("breach").await;
+    assert_eq!(t0.elapsed().as_secs(), 30);
+    assert_eq!(b["at"], since + 30_000);
+    assert_eq!(b["deadline"], since + 30_000);
+    agent.expect_silence(secs(120.0)).await;
+    buyer.expect_silence(Duration::ZERO).await;
+
+    let timed: Vec<_> = t
+        .take_events()
+        .into_iter()
+        .filter(|e| matches!(e.kind, Kind::Nudge | Kind::Breach))
+        .map(|e| (e.kind, e.ts_ms - since, e.agent.unwrap()))
+        .collect();
+    assert_eq!(
+        timed,
+        [
+            (Kind::Nudge, 20_000, "a1".to_string()),
+            (Kind::Breach, 30_000, "a1".to_string())
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn more_buyer_messages_join_the_open_round() {
+    let t = spawn_local(config(None)).await;
+    let (mut agent, mut buyer, _) = pair(&t).await;
+    let t0 = Instant::now();
+    let mut deadlines = Vec::new();
+    for wait in [0.0, 5.0, 10.0] {
+        sleep(secs(wait)).await;
+        buyer.send(json!({"type":"message","text":"在吗"})).await;
+        let m = agent.recv_type("buyer_message").await;
+        deadlines.push((m["waiting_since"].clone(), m["deadline"].clone()));
+    }
+    assert!(
+        deadlines.windows(2).all(|w| w[0] == w[1]),
+        "one round: {deadlines:?}"
+    );
+    let n = agent.recv_type("nudge").await;
+    assert_eq!(t0.elapsed().as_secs(), 20, "counted from the first message");
+    assert_eq!(n["deadline"], deadlines[0].1);
+    agent.recv_type("breach").await;
+    assert_eq!(t0.elapsed().as_secs(), 30);
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_an_agent_reply_ends_the_round() {
+    let t = spawn_local(config(Some(5.0))).await;
+    let (mut agent, mut buyer, conv) = pair(&t).await;
+    let t0 = Instant::now();
+    buyer.send(json!({"type":"message","text":"有货吗"})).await;
+    agent.recv_type("buyer_message").await;
+    // The bot's holding reply at 5 s does not end the round...
+    let bot = agent.recv_type("bot_reply").await;
+    assert_eq!(bot["note"], "holding");
+    assert_eq!(buyer.recv_type("reply").await["from"], "bot");
+    // ...so the agent is still nudged at 20 s.
+    agent.recv_type("nudge").await;
+    assert_eq!(t0.elapsed().as_secs(), 20);
+
+    // The agent's reply at 25 s ends it: no breach.
+    advance(secs(5.0)).await;
+    agent
+        .send(json!({"type":"reply","conversation":conv,"text":"亲，有货的哦～"}))
+        .await;
+    let ack = agent.recv_type("reply_sent").await;
+    assert_eq!(ack["response_ms"], 25_000);
+    buyer.recv_type("reply").await;
+    agent.expect_silence(secs(60.0)).await;
+
+    // The next buyer message opens a new round with its own deadline.
+    let t1 = Instant::now();
+    buyer
+        .send(json!({"type":"message","text":"什么时候发货"}))
+        .await;
+    let m = agent.recv_type("buyer_message").await;
+    assert_eq!(
+        m["deadline"].as_i64().unwrap() - m["waiting_since"].as_i64().unwrap(),
+        30_000
+    );
+    agent.recv_type("bot_reply").await;
+    agent.recv_type("nudge").await;
+    assert_eq!(t1.elapsed().as_secs(), 20);
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_holding_reply_per_round() {
+    let mut t = spawn_local(config(Some(15.0))).await;
+    let (mut agent, mut buyer, conv) = pair(&t).await;
+    let t0 = Instant::now();
+    buyer.send(json!({"type":"message","text":"在吗"})).await;
+    agent.recv_type("buyer_message").await;
+    let h = buyer.recv_type("reply").await;
+    assert_eq!(t0.elapsed().as_secs(), 15);
+    assert_eq!(h["note"], "holding");
+    assert_eq!(h["text"], "亲，客服正在为您查询，请稍等片刻哦～");
+    // More messages and more waiting: no second holding reply this round.
+    buyer.send(json!({"type":"message","text":"人呢"})).await;
+    buyer.expect_silence(secs(100.0)).await;
+
+    // After the agent answers, the next round gets its own.
+    agent
+        .send(json!({"type":"reply","conversation":conv,"text":"亲，久等啦～"}))
+        .await;
+    buyer.recv_type("reply").await;
+    let t1 = Instant::now();
+    buyer
+        .send(json!({"type":"message","text":"好的谢谢，还有个问题"}))
+        .await;
+    let h2 = buyer.recv_type("reply").await;
+    assert_eq!(h2["note"], "holding");
+    assert_eq!(t1.elapsed().as_secs(), 15);
+    let holding = t
+        .take_events()
+        .into_iter()
+        .filter(|e| e.kind == Kind::Bot && e.note.as_deref() == Some("holding"))
+        .count();
+    assert_eq!(holding, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn offline_reply_replaces_the_holding_reply_when_nobody_is_online() {
+    let t = spawn_local(config(Some(15.0))).await;
+    let (mut buyer, _, _) = t.buyer("b1").await;
+    buyer.send(json!({"type":"message","text":"在吗"})).await;
+    let r = buyer.recv_type("reply").await;
+    assert_eq!(r["note"], "offline");
+    // One bot reply per round: no holding reply at 15 s on top.
+    buyer.expect_silence(secs(60.0)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn holding_at_its_time_says_offline_when_the_agents_left() {
+    let t = spawn_local(config(Some(15.0))).await;
+    let (agent, mut buyer, _) = pair(&t).await;
+    let t0 = Instant::now();
+    buyer.send(json!({"type":"message","text":"在吗"})).await;
+    agent.close().await;
+    let r = buyer.recv_type("reply").await;
+    assert_eq!(t0.elapsed().as_secs(), 15);
+    assert_eq!(r["note"], "offline");
+}
+
+#[tokio::test(start_paused = true)]
+async fn reassigned_conversation_keeps_its_clock() {
+    let t = spawn_local(config(None)).await;
+    let (a1, mut buyer, conv) = pair(&t).await;
+    let (mut a2, _) = t.agent("a2").await;
+    let t0 = Instant::now();
+    buyer.send(json!({"type":"message","text":"在吗"})).await;
+    sleep(secs(5.0)).await;
+    a1.close().await;
+    let moved = a2.recv_type("conversation_assigned").await;
+    assert_eq!(moved["conversation"], conv);
+    // The nudge comes at 20 s from the buyer's message, to the new owner.
+    let n = a2.recv_type("nudge").await;
+    assert_eq!(t0.elapsed().as_secs(), 20);
+    assert_eq!(n["conversation"], conv);
+    a2.recv_type("breach").await;
+    assert_eq!(t0.elapsed().as_secs(), 30);
+}
+
+#[tokio::test(start_paused = true)]
+async fn many_waiting_conversations_share_one_timer() {
+    let t = spawn_local(config(None)).await;
+    let (mut agent, _) = t.agent("a1").await;
+    let mut buyers = Vec::new();
+    let t0 = Instant::now();
+    for i in 0..50 {
+        let (mut b, _, _) = t.buyer(&format!("b{i}")).await;
+        agent.recv_type("conversation_assigned").await;
+        b.send(json!({"type":"message","text":"在吗"})).await;
+        agent.recv_type("buyer_message").await;
+        buyers.push(b);
+    }
+    assert_eq!(t.app.stats().waiting, 50);
+    let mut nudges = 0;
+    let mut breaches = 0;
+    while nudges + breaches < 100 {
+        match agent.recv().await["type"].as_str().unwrap() {
+            "nudge" => nudges += 1,
+            "breach" => breaches += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!((nudges, breaches), (50, 50));
+    assert_eq!(t0.elapsed().as_secs(), 30);
+}
+
+#[tokio::test(start_paused = true)]
+async fn abandoned_conversations_close_after_the_resume_window() {
+    let mut c = config(None);
+    c.limits.resume_window = Duration::from_secs(600);
+    let t = spawn_local(c).await;
+    let (mut agent, buyer, conv) = pair(&t).await;
+    buyer.close().await;
+    agent.recv_type("presence").await;
+    let t0 = Instant::now();
+    let closed = agent.recv_type("conversation_closed").await;
+    assert_eq!(closed["conversation"], conv);
+    assert_eq!(t0.elapsed().as_secs(), 600);
+    assert_eq!(t.app.stats().conversations, 0);
+    // The buyer id is free again: a new conversation, greeted anew.
+    let (_b, w, g) = t.buyer("b1").await;
+    assert_eq!(w["resumed"], false);
+    assert_ne!(w["conversation"], conv);
+    assert_eq!(g["note"], "greeting");
+}

@@ -1,0 +1,389 @@
+//! The SQLite event log: nothing recorded is lost on close, old schemas are
+//! upgraded, newer ones refused, and a report from an exported file equals
+//! the report from the log.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use kefu::events::{self, Event, Kind, Rating};
+use kefu::report::{self, GroupBy, ReportOptions};
+use kefu::store::{self, Query, Reader, Store, StoreHandle, StoreOptions, DB_FILE, SCHEMA_VERSION};
+use rusqlite::Connection;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn load(path: &Path) -> Vec<Event> {
+    let f = std::fs::File::open(path).unwrap();
+    events::read_jsonl(std::io::BufReader::new(f), |b| {
+        panic!("{}: {b}", path.display())
+    })
+    .unwrap()
+}
+
+/// Event `i` of a made-up stream: every kind and every optional field.
+fn event(i: usize) -> Event {
+    let kind = Kind::ALL[i % Kind::ALL.len()];
+    let mut e = Event::new(
+        1_795_140_000_000 + i as i64,
+        &format!("s{}", i % 3),
+        &format!("c{}", i % 101),
+        &format!("b{}", i % 101),
+        kind,
+    );
+    if matches!(
+        kind,
+        Kind::Agent | Kind::Assign | Kind::Nudge | Kind::Breach
+    ) {
+        e.agent = Some(format!("a{}", i % 7));
+    }
+    if matches!(kind, Kind::Buyer | Kind::Agent | Kind::Bot) {
+        e.text = Some(format!("亲，第{i}条消息"));
+    }
+    if kind == Kind::Agent && i % 2 == 0 {
+        e.intent = Some("shipping_time".into());
+    }
+    if kind == Kind::Buyer && i % 2 == 0 {
+        e.stage = Some("in_sale".into());
+    }
+    if kind == Kind::Rating {
+        e.score = Some(Rating::ALL[i % Rating::ALL.len()]);
+    }
+    if kind == Kind::Bot {
+        e.note = Some("greeting".into());
+    }
+    e
+}
+
+#[test]
+fn everything_recorded_is_read_back_after_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    // Four recorders at once, as the service's connections would.
+    const N: usize = 20_000;
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let h = store.handle();
+            s.spawn(move || {
+                for i in (t..N).step_by(4) {
+                    h.record(event(i));
+                }
+            });
+        }
+    });
+    assert_eq!(store.handle().dropped(), 0);
+    store.close().unwrap();
+
+    let reader = Reader::open(dir.path()).unwrap();
+    assert_eq!(reader.count().unwrap(), N as u64);
+    // Read back in time order: exactly the events written.
+    let back = reader.events(&Query::default()).unwrap();
+    let want: Vec<Event> = (0..N).map(event).collect();
+    assert!(back == want, "events differ after a round trip");
+    // The WAL was folded back on close.
+    let wal = dir.path().join(format!("{DB_FILE}-wal"));
+    assert!(!wal.exists() || std::fs::metadata(&wal).unwrap().len() == 0);
+}
+
+#[test]
+fn reopening_appends_and_queries_filter_by_time_and_shop() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..2 {
+        let store = Store::open(dir.path()).unwrap();
+        let h = store.handle();
+        for i in round * 100..(round + 1) * 100 {
+            h.record(event(i));
+        }
+        store.close().unwrap();
+    }
+    let reader = Reader::open(dir.path()).unwrap();
+    assert_eq!(reader.count().unwrap(), 200);
+    let q = Query {
+        from_ms: Some(1_795_140_000_050),
+        to_ms: Some(1_795_140_000_150),
+        shop: Some("s1".into()),
+    };
+    let got = reader.events(&q).unwrap();
+    let want: Vec<Event> = (50..150).map(event).filter(|e| e.shop == "s1").collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn flush_makes_events_visible_while_the_store_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let h = store.handle();
+    for i in 0..10 {
+        h.record(event(i));
+    }
+    h.flush().unwrap();
+    assert_eq!(store.reader().count().unwrap(), 10);
+    drop(store); // dropping without close() still commits
+    assert_eq!(Reader::open(dir.path()).unwrap().count().unwrap(), 10);
+}
+
+#[test]
+fn a_handle_without_a_store_discards_quietly() {
+    let h = StoreHandle::default();
+    h.record(event(0));
+    assert_eq!(h.dropped(), 0);
+    h.flush().unwrap();
+}
+
+/// With the writer stuck (another connection holds the write lock) and a
+/// queue of 4, recording does not block: what does not fit is dropped and
+/// counted, and everything else is written once the lock goes. Nothing is
+/// lost without being counted.
+#[test]
+fn a_full_queue_drops_and_counts_instead_of_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        queue_capacity: 4,
+        commit_batch: 1,
+        commit_window: Duration::from_millis(1),
+    };
+    let store = Store::open_with(dir.path(), opts).unwrap();
+    let h = store.handle();
+    let blocker = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    h.record(event(0));
+    std::thread::sleep(Duration::from_millis(300)); // the writer is now waiting for the lock
+    let start = std::time::Instant::now();
+    for i in 1..=100 {
+        h.record(event(i));
+    }
+    assert!(start.elapsed() < Duration::from_secs(1), "record blocked");
+    let dropped = h.dropped();
+    assert!(dropped >= 90, "only {dropped} dropped with a queue of 4");
+    blocker.execute_batch("COMMIT").unwrap();
+    store.close().unwrap();
+    let stored = Reader::open(dir.path()).unwrap().count().unwrap();
+    assert_eq!(stored + dropped, 101);
+    // After close, recording is counted as dropped too.
+    h.record(event(200));
+    assert_eq!(h.dropped(), dropped + 1);
+}
+
+/// The first schema, as a kefu of that version created it.
+const V1: &str = "CREATE TABLE events (
+    id INTEGER PRIMARY KEY, ts_ms INTEGER NOT NULL, shop TEXT NOT NULL,
+    conversation TEXT NOT NULL, buyer TEXT NOT NULL, kind TEXT NOT NULL,
+    agent TEXT, text TEXT, intent TEXT, score TEXT);
+  CREATE INDEX events_ts ON events (ts_ms);
+  PRAGMA user_version = 1;
+  INSERT INTO events (ts_ms, shop, conversation, buyer, kind, agent, text, intent, score) VALUES
+    (1795140000000, 's1', 'c1', 'b1', 'buyer', NULL, '在吗', NULL, NULL),
+    (1795140010000, 's1', 'c1', 'b1', 'agent', 'a1', '亲，在的', 'greeting', NULL),
+    (1795140020000, 's1', 'c1', 'b1', 'rating', NULL, NULL, NULL, 'satisfied');";
+
+#[test]
+fn an_old_schema_is_upgraded_on_open_and_keeps_its_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(DB_FILE);
+    Connection::open(&path).unwrap().execute_batch(V1).unwrap();
+
+    let store = Store::open(dir.path()).unwrap();
+    let mut e = Event::new(1_795_140_030_000, "s1", "c1", "b1", Kind::Buyer);
+    e.stage = Some("after_sale".into());
+    e.note = Some("new column".into());
+    store.handle().record(e.clone());
+    store.close().unwrap();
+
+    let conn = Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    let back = Reader::open(dir.path())
+        .unwrap()
+        .events(&Query::default())
+        .unwrap();
+    assert_eq!(back.len(), 4);
+    assert_eq!(back[1].agent.as_deref(), Some("a1"));
+    assert_eq!(back[1].intent.as_deref(), Some("greeting"));
+    assert_eq!(back[2].score, Some(Rating::Satisfied));
+    assert_eq!(
+        (back[0].stage.as_deref(), back[0].note.as_deref()),
+        (None, None)
+    );
+    assert_eq!(back[3], e);
+}
+
+#[test]
+fn a_newer_schema_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(DB_FILE);
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch(V1).unwrap();
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+        .unwrap();
+    drop(conn);
+    let err = Store::open(dir.path())
+        .err()
+        .expect("opened a newer schema");
+    assert!(err.to_string().contains("upgrade kefu"), "{err}");
+    let conn = Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION + 1);
+}
+
+#[test]
+fn a_missing_log_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Reader::open(&dir.path().join("nowhere")).unwrap_err();
+    assert!(err.to_string().contains("no event log at"), "{err}");
+}
+
+fn kefu(args: &[&str]) -> (String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kefu"))
+        .args(args)
+        .env_remove("KEFU_DATA")
+        .output()
+        .unwrap();
+    let (o, e) = (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    );
+    assert!(out.status.success(), "kefu {args:?} failed: {e}");
+    (o, e)
+}
+
+/// Both fixtures go into a log through the writer; `kefu events export`
+/// writes it out; `kefu report --events` on that file equals `kefu report
+/// --data` on the log, for the whole log and for a window of one day (where
+/// the log is read by conversation, the file filtered in memory), and both
+/// equal the library's report on the fixtures themselves.
+#[test]
+fn export_then_report_from_the_file_equals_report_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut all = load(&fixture("rounds.jsonl"));
+    // The fixtures share conversation names; keep them apart.
+    all.extend(load(&fixture("ratings.jsonl")).into_iter().map(|mut e| {
+        e.conversation = format!("r-{}", e.conversation);
+        e
+    }));
+    let store = Store::open(&data).unwrap();
+    let h = store.handle();
+    for e in &all {
+        h.record(e.clone());
+    }
+    store.close().unwrap();
+
+    let d = data.to_str().unwrap();
+    let (jsonl, err) = kefu(&["events", "export", "--data", d]);
+    assert!(
+        err.contains(&format!("{} event(s) exported", all.len())),
+        "{err}"
+    );
+    let file = dir.path().join("events.jsonl");
+    std::fs::write(&file, &jsonl).unwrap();
+    let f = file.to_str().unwrap();
+    let exported = load(&file);
+    assert_eq!(exported.len(), all.len());
+
+    // The last window starts inside c1's first round (10:00:00, merged with
+    // 10:00:05): a log read only by time would see 10:00:05 open a round.
+    let windows: [&[&str]; 4] = [
+        &[],
+        &["--from", "2026-11-20", "--to", "2026-11-20"],
+        &["--from", "2026-11-19", "--to", "2026-11-19"],
+        &[
+            "--from",
+            "2026-11-20T10:00:03+08:00",
+            "--to",
+            "2026-11-20T12:00:00+08:00",
+        ],
+    ];
+    for window in windows {
+        for by in ["agent", "day", "stage", "shop"] {
+            let run = |source: &str, path: &str| {
+                let mut a = vec!["report", "--format", "json", "--by", by, source, path];
+                a.extend_from_slice(window);
+                kefu(&a).0
+            };
+            let from_file = run("--events", f);
+            let from_log = run("--data", d);
+            assert_eq!(from_file, from_log, "window {window:?} by {by}");
+        }
+    }
+
+    // The library agrees, through the store's reader too.
+    let cst = events::DEFAULT_OFFSET;
+    let o = ReportOptions {
+        by: Some(GroupBy::Agent),
+        from_ms: Some(report::parse_bound("2026-11-20", cst, false).unwrap()),
+        to_ms: Some(report::parse_bound("2026-11-20", cst, true).unwrap()),
+        ..ReportOptions::default()
+    };
+    let from_reader = Reader::open(&data).unwrap().report(&o).unwrap();
+    assert_eq!(from_reader, report::compute(&all, &o));
+    // The day's window sees the c1..c5 rounds and the day's ratings.
+    assert_eq!(from_reader.total.rounds, 8);
+    assert_eq!(from_reader.total.ratings, 9);
+
+    // `kefu events import` of the export gives a log with the same report.
+    let data2 = dir.path().join("data2");
+    let (_, err) = kefu(&["events", "import", f, "--data", data2.to_str().unwrap()]);
+    assert!(
+        err.contains(&format!("{} event(s) imported", all.len())),
+        "{err}"
+    );
+    assert_eq!(
+        store::Reader::open(&data2).unwrap().report(&o).unwrap(),
+        from_reader
+    );
+}
+
+/// Past 100 000 rows the report read is split over threads by row id; the
+/// union must be exactly the events (with only the fields reports read),
+/// for the whole log and for a window (whole conversations).
+#[test]
+fn the_parallel_report_read_returns_every_event_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let all: Vec<Event> = (0..150_000).map(event).collect();
+    store::import(dir.path(), &all).unwrap();
+    let slim = |e: &Event| {
+        let mut e = e.clone();
+        e.note = None;
+        if !(e.kind == Kind::Buyer && e.stage.is_none()) {
+            e.text = None;
+        }
+        e
+    };
+    let key = |e: &Event| (e.ts_ms, e.conversation.clone());
+    let reader = Reader::open(dir.path()).unwrap();
+
+    let mut got = reader.events_for_report(&Query::default()).unwrap();
+    got.sort_by_key(key);
+    let want: Vec<Event> = all.iter().map(slim).collect();
+    assert!(got == want, "whole log differs");
+
+    // Window: the event times are 1_795_140_000_000 + i; conversations are
+    // i % 101, so a window of 50 ms touches 50 conversations.
+    let q = Query {
+        from_ms: Some(1_795_140_000_000 + 120_000),
+        to_ms: Some(1_795_140_000_000 + 120_050),
+        shop: None,
+    };
+    let touched: std::collections::HashSet<(String, String)> = all
+        .iter()
+        .filter(|e| (q.from_ms.unwrap()..q.to_ms.unwrap()).contains(&e.ts_ms))
+        .map(|e| (e.shop.clone(), e.conversation.clone()))
+        .collect();
+    let want: Vec<Event> = all
+        .iter()
+        .filter(|e| touched.contains(&(e.shop.clone(), e.conversation.clone())))
+        .map(slim)
+        .collect();
+    let mut got = reader.events_for_report(&q).unwrap();
+    got.sort_by_key(key);
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "window differs");
+}
