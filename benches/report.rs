@@ -12,9 +12,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use kefu::events::{self, Event, Fields, Kind, Rating};
-use kefu::report::{self, GroupBy, ReportOptions};
-use kefu::store::{self, Query, Reader};
+use kefu::events::{self, Event, Kind, Rating};
+use kefu::report::{self, GroupBy, Records, ReportOptions};
+use kefu::store::{self, Reader};
 
 const EVENTS: usize = 1_000_000;
 
@@ -142,18 +142,14 @@ fn bench(c: &mut Criterion) {
         // What `kefu report --events` does.
         b.iter(|| {
             let bytes = std::fs::read(&file).unwrap();
-            let ev = events::parse_jsonl_bytes(&bytes, Fields::Report, |bad| panic!("{bad}"));
-            report::compute(&ev, &by_agent)
+            let records = Records::from_jsonl(&bytes, |bad| panic!("{bad}"));
+            report::compute_records(&records, &by_agent)
         })
     });
     g.bench_function("sqlite_read_and_compute_by_agent", |b| {
+        // What `kefu report --data` does.
         let reader = Reader::open(&data).unwrap();
-        b.iter(|| {
-            report::compute(
-                &reader.events_for_report(&Query::default()).unwrap(),
-                &by_agent,
-            )
-        })
+        b.iter(|| reader.report(&by_agent).unwrap())
     });
     g.finish();
 

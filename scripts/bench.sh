@@ -127,8 +127,10 @@ start_server() {
     wait_port "$RELAY_PORT" "$SERVER_PID"
   else
     rm -rf "$DATA/kefu" && mkdir -p "$DATA/kefu"
+    # A private copy of the phrases: an edit in the tree must not reload mid-run.
+    rm -rf "$DATA/phrases" && cp -r phrases "$DATA/phrases"
     "${SERVER_CPU[@]}" "$BIN/kefu" serve --listen "127.0.0.1:$KEFU_PORT" --log warn \
-      --config "$DATA/kefu-bench.yaml" --data "$DATA/kefu" --phrases phrases "${TOKENS[@]}" "$@" \
+      --config "$DATA/kefu-bench.yaml" --data "$DATA/kefu" --phrases "$DATA/phrases" "${TOKENS[@]}" "$@" \
       >>"$OUT/kefu.log" 2>&1 &
     SERVER_PID=$!
     PIDS+=("$SERVER_PID")
@@ -244,21 +246,23 @@ cpu_model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
   done
   if [ "$SOAK" = 1 ]; then
     echo
-    echo "Soak: kefu holding $(j kefu-soak .connected) idle connections for ${SOAK_SECS} s, RSS sampled every 10 s: $(j kefu-soak .rss_open_kib) KiB after opening, min $(j kefu-soak .rss_min_kib) / max $(j kefu-soak .rss_max_kib) KiB during the hold, $(j kefu-soak .rss_end_kib) KiB at the end; $(j kefu-soak .alive_at_end) connections still open."
+    echo "Soak: kefu holding $(j kefu-soak .connected) idle connections for ${SOAK_SECS} s, RSS sampled every 10 s: $(j kefu-soak .rss_open_kib) KiB after opening, min $(j kefu-soak .rss_min_kib) / max $(j kefu-soak .rss_max_kib) KiB during the hold, $(j kefu-soak .rss_end_kib) KiB at the end; $(j kefu-soak .alive_at_end) connections still open. Samples (KiB): $(j kefu-soak '.rss_samples_kib | map(tostring) | join(", ")')."
   fi
   if [ "$TIMERS" = 1 ]; then
     echo
-    echo "Clocks: $(j kefu-clocks .started) rounds started in $(fmt "$(j kefu-clocks .open_s)") s by buyers who then left ($(j kefu-clocks .nudged_before_all_open) nudged before the last one started); nudge at ${CLOCK_NUDGE} s, breach at ${CLOCK_TARGET} s. Lateness = alarm's arrival at the agent − (round start + nudge/target), µs; the round starts between the buyer's send and the \`buyer_message\`'s arrival at the agent, so the two rows bound the truth:"
+    echo "Clocks: $(j kefu-clocks .started) rounds started in $(fmt "$(j kefu-clocks .open_s)") s by buyers who then left ($(j kefu-clocks .nudged_before_all_open) nudged before the last one started); nudge at ${CLOCK_NUDGE} s, breach at ${CLOCK_TARGET} s. Lateness = the alarm's arrival at the agent − when it was due, µs. Three references: the alarm's own \`at\` (the server's due time, truncated to the millisecond, so up to 1 ms high), and due times derived from the round's start, which lies between the buyer's send and the \`buyer_message\`'s arrival at the agent (upper and lower bounds; under the connection churn these are ms apart):"
     echo
     echo "| Alarm | fired | counted from | p50 | p99 | p99.9 | max |"
     echo "|---|---:|---|---:|---:|---:|---:|"
     for a in nudge breach; do
       count=nudges
       [ "$a" = breach ] && count=breaches
-      for from in sent arrival; do
+      for from in at sent arrival; do
         f=".${a}_lateness"
-        [ "$from" = arrival ] && f=".${a}_lateness_from_arrival"
-        echo "| $a | $(j kefu-clocks ".$count")/$(j kefu-clocks .started) | message $from | $(fmt "$(j kefu-clocks "$f.p50_us")") | $(fmt "$(j kefu-clocks "$f.p99_us")") | $(fmt "$(j kefu-clocks "$f.p999_us")") | $(fmt "$(j kefu-clocks "$f.max_us")") |"
+        label="message sent"
+        [ "$from" = arrival ] && f=".${a}_lateness_from_arrival" label="buyer_message arrival"
+        [ "$from" = at ] && f=".${a}_lateness_from_at" label="its own \`at\` (ms)"
+        echo "| $a | $(j kefu-clocks ".$count")/$(j kefu-clocks .started) | $label | $(fmt "$(j kefu-clocks "$f.p50_us")") | $(fmt "$(j kefu-clocks "$f.p99_us")") | $(fmt "$(j kefu-clocks "$f.p999_us")") | $(fmt "$(j kefu-clocks "$f.max_us")") |"
       done
     done
     echo

@@ -32,6 +32,31 @@ pub struct Config {
     pub reload_poll: Option<Duration>,
     pub limits: Limits,
     pub shops: BTreeMap<String, ShopConfig>,
+    /// How the supervisors' reports count rounds.
+    pub reports: ReportSettings,
+}
+
+/// Report settings of the service (the CLI's `kefu report` takes the same
+/// as flags).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportSettings {
+    /// Rounds starting outside this window (shop time) are not counted.
+    pub service_window: crate::report::ServiceWindow,
+    /// The shops' time zone.
+    pub offset: time::UtcOffset,
+    /// Satisfaction rate the gold-medal check asks for.
+    pub gold_threshold: f64,
+}
+
+impl Default for ReportSettings {
+    fn default() -> Self {
+        let o = crate::report::ReportOptions::default();
+        ReportSettings {
+            service_window: o.service_window,
+            offset: o.offset,
+            gold_threshold: o.gold_threshold,
+        }
+    }
 }
 
 /// One shop: display name, agents and supervisors.
@@ -123,6 +148,7 @@ impl Default for Config {
             reload_poll: Some(Duration::from_secs(1)),
             limits: Limits::default(),
             shops: BTreeMap::new(),
+            reports: ReportSettings::default(),
         }
     }
 }
@@ -143,6 +169,10 @@ pub struct Overrides {
     pub supervisor_tokens: Vec<String>,
     /// `SHOP:NAME`
     pub shop_names: Vec<String>,
+    /// `HH:MM-HH:MM`
+    pub service_window: Option<String>,
+    /// `+08:00`
+    pub timezone: Option<String>,
 }
 
 /// A setting that cannot be used, with what to do about it.
@@ -171,6 +201,23 @@ fn invalid(setting: impl Into<String>, message: impl Into<String>) -> ConfigErro
     }
 }
 
+impl ReportSettings {
+    fn set_window(&mut self, setting: &str, v: Option<&str>) -> Result<(), ConfigError> {
+        if let Some(v) = v {
+            self.service_window = v.parse().map_err(|e| invalid(setting, format!("{e}")))?;
+        }
+        Ok(())
+    }
+
+    fn set_timezone(&mut self, setting: &str, v: Option<&str>) -> Result<(), ConfigError> {
+        if let Some(v) = v {
+            self.offset =
+                crate::report::parse_offset(v).map_err(|e| invalid(setting, format!("{e}")))?;
+        }
+        Ok(())
+    }
+}
+
 // ---- file shape --------------------------------------------------------------
 
 #[derive(Debug, Default, Deserialize)]
@@ -187,6 +234,16 @@ struct FileConfig {
     limits: FileLimits,
     #[serde(default)]
     shops: BTreeMap<String, FileShop>,
+    #[serde(default)]
+    reports: FileReports,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileReports {
+    service_window: Option<String>,
+    timezone: Option<String>,
+    gold_threshold: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -335,6 +392,21 @@ impl Config {
                 *field = secs(name, v)?;
             }
         }
+        self.reports.set_window(
+            "reports.service_window",
+            f.reports.service_window.as_deref(),
+        )?;
+        self.reports
+            .set_timezone("reports.timezone", f.reports.timezone.as_deref())?;
+        if let Some(t) = f.reports.gold_threshold {
+            if !(0.0..=1.0).contains(&t) {
+                return Err(invalid(
+                    "reports.gold_threshold",
+                    format!("{t} is not a rate between 0 and 1"),
+                ));
+            }
+            self.reports.gold_threshold = t;
+        }
         for (id, shop) in f.shops {
             let entry = self.shops.entry(id).or_default();
             if shop.name.is_some() {
@@ -391,6 +463,9 @@ impl Config {
                 entry.supervisors.push(token.to_string());
             }
         }
+        self.reports
+            .set_window("--service-window", o.service_window.as_deref())?;
+        self.reports.set_timezone("--tz", o.timezone.as_deref())?;
         for spec in &o.shop_names {
             let Some((shop, name)) = spec.split_once(':') else {
                 return Err(invalid("--shop-name", format!("`{spec}` is not SHOP:NAME")));

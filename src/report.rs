@@ -27,6 +27,7 @@
 //! question's millisecond answers it), then by agent, stage and text, so
 //! that no figure depends on the order of the input.
 
+mod records;
 mod render;
 
 use std::fmt;
@@ -42,7 +43,10 @@ use time::UtcOffset;
 use crate::events::{Event, Kind, DEFAULT_OFFSET};
 use crate::matcher::Matcher;
 
+pub use records::{RecordFields, Records};
 pub use render::{to_csv, to_table};
+
+use records::{Names, Rec, NONE};
 
 /// A round's response time never counts more than 10 minutes.
 pub const CAP_MS: i64 = 10 * 60 * 1000;
@@ -453,24 +457,36 @@ struct Round<'a> {
 /// Computes the report. Pure: same events and options, same report,
 /// whatever the order of the events.
 pub fn compute(events: &[Event], opts: &ReportOptions) -> Report {
-    Computer::new(events, opts).run()
+    compute_records(&Records::from_events(events), opts)
 }
 
-struct Computer<'a> {
-    events: &'a [Event],
-    opts: &'a ReportOptions,
+/// [`compute`] over events already in compact form (a file parsed with
+/// [`Records::from_jsonl`], the log read with `store::Reader::records`).
+pub fn compute_records(records: &Records<'_>, opts: &ReportOptions) -> Report {
+    Computer::new(records, opts).run()
+}
+
+struct Computer<'r> {
+    recs: &'r [Rec<'r>],
+    names: &'r Names<'r>,
+    opts: &'r ReportOptions,
     offset_ms: i64,
     total: Acc,
-    groups: HashMap<Key<'a>, Acc>,
-    /// Raw ratings in the window per (shop, buyer).
-    ratings_per_buyer: HashMap<(&'a str, &'a str), u32>,
-    stage_cache: HashMap<&'a str, &'static str>,
+    groups: HashMap<Key<'r>, Acc>,
+    /// Raw ratings in the window per (shop, buyer) ids.
+    ratings_per_buyer: HashMap<u64, u32>,
+    stage_cache: HashMap<&'r str, &'static str>,
 }
 
-impl<'a> Computer<'a> {
-    fn new(events: &'a [Event], opts: &'a ReportOptions) -> Computer<'a> {
+fn pair(a: u32, b: u32) -> u64 {
+    (a as u64) << 32 | b as u64
+}
+
+impl<'r> Computer<'r> {
+    fn new(records: &'r Records<'r>, opts: &'r ReportOptions) -> Computer<'r> {
         Computer {
-            events,
+            recs: &records.recs,
+            names: &records.names,
             opts,
             offset_ms: opts.offset_ms(),
             total: Acc::default(),
@@ -480,28 +496,36 @@ impl<'a> Computer<'a> {
         }
     }
 
+    fn name(&self, id: u32) -> Option<&'r str> {
+        let names: &'r Names<'r> = self.names;
+        (id != NONE).then(|| names.get(id))
+    }
+
     fn run(mut self) -> Report {
-        let events = self.events;
-        let shop = self.opts.shop.as_deref();
-        // Number the conversations and sort events by (conversation, time).
-        let mut conv_ids: HashMap<(&str, &str), u32> = HashMap::new();
-        // Sort key packed in one integer: conversation, time, kind rank.
-        let mut order: Vec<(u128, u32)> = Vec::with_capacity(events.len());
-        for (i, e) in events.iter().enumerate() {
+        let recs = self.recs;
+        // The shop filter as a name id; a shop never seen matches nothing.
+        let shop = self.opts.shop.as_deref().map(|s| {
+            (0..self.names.list.len() as u32)
+                .find(|&id| self.names.get(id) == s)
+                .unwrap_or(NONE - 1)
+        });
+        // Number the conversations; sort by (conversation, time, kind) packed
+        // in one integer.
+        let mut conv_ids: HashMap<u64, u32> = HashMap::new();
+        let mut order: Vec<(u128, u32)> = Vec::with_capacity(recs.len());
+        for (i, e) in recs.iter().enumerate() {
             if shop.is_some_and(|s| s != e.shop) {
                 continue;
             }
             let next = conv_ids.len() as u32;
-            let conv = *conv_ids
-                .entry((e.shop.as_str(), e.conversation.as_str()))
-                .or_insert(next);
-            let ts = (e.ts_ms as u64) ^ (1 << 63); // order-preserving
+            let conv = *conv_ids.entry(pair(e.shop, e.conversation)).or_insert(next);
+            let ts = (e.ts as u64) ^ (1 << 63); // order-preserving
             let key = (conv as u128) << 96 | (ts as u128) << 32 | (kind_rank(e.kind) as u128) << 24;
             order.push((key, i as u32));
-            if e.kind == Kind::Rating && self.opts.in_window(e.ts_ms) {
+            if e.kind == Kind::Rating && self.opts.in_window(e.ts) {
                 *self
                     .ratings_per_buyer
-                    .entry((e.shop.as_str(), e.buyer.as_str()))
+                    .entry(pair(e.shop, e.buyer))
                     .or_default() += 1;
             }
         }
@@ -516,10 +540,10 @@ impl<'a> Computer<'a> {
             }
             if j - i > 1 {
                 order[i..j].sort_by(|a, b| {
-                    let (x, y) = (&events[a.1 as usize], &events[b.1 as usize]);
-                    (&x.agent, &x.stage, &x.text)
-                        .cmp(&(&y.agent, &y.stage, &y.text))
-                        .then(a.1.cmp(&b.1))
+                    let (x, y) = (&recs[a.1 as usize], &recs[b.1 as usize]);
+                    let content =
+                        |r: &Rec<'r>| (self.name(r.agent), self.name(r.stage), r.text.clone());
+                    content(x).cmp(&content(y)).then(a.1.cmp(&b.1))
                 });
             }
             i = j;
@@ -552,8 +576,8 @@ impl<'a> Computer<'a> {
 
     /// Stage key of a buyer message: its own `stage`, else the matcher's
     /// best intent's stage, else `unknown`.
-    fn stage_of(&mut self, e: &'a Event) -> &'a str {
-        if let Some(s) = e.stage.as_deref().filter(|s| !s.is_empty()) {
+    fn stage_of(&mut self, e: &'r Rec<'r>) -> &'r str {
+        if let Some(s) = self.name(e.stage) {
             return s;
         }
         let (Some(matcher), Some(text)) = (self.opts.matcher.as_ref(), e.text.as_deref()) else {
@@ -574,26 +598,26 @@ impl<'a> Computer<'a> {
     /// seen from `round` (the latest round started at or before it, if any).
     fn key(
         &mut self,
-        e: &'a Event,
+        e: &'r Rec<'r>,
         ts: i64,
-        agent: Option<&'a str>,
-        round: Option<&Round<'a>>,
-    ) -> Option<Key<'a>> {
+        agent: Option<&'r str>,
+        round: Option<&Round<'r>>,
+    ) -> Option<Key<'r>> {
         Some(match self.opts.by? {
-            GroupBy::Shop => Key::Str(&e.shop),
+            GroupBy::Shop => Key::Str(self.names.get(e.shop)),
             GroupBy::Day => Key::Day(self.day(ts)),
             GroupBy::Agent => Key::Str(agent.unwrap_or(UNASSIGNED)),
             GroupBy::Stage => match round {
                 Some(r) => {
-                    let events = self.events;
-                    Key::Str(self.stage_of(&events[r.first as usize]))
+                    let recs = self.recs;
+                    Key::Str(self.stage_of(&recs[r.first as usize]))
                 }
                 None => Key::Str(UNKNOWN_STAGE),
             },
         })
     }
 
-    fn add(&mut self, key: Option<Key<'a>>, f: impl Fn(&mut Acc)) {
+    fn add(&mut self, key: Option<Key<'r>>, f: impl Fn(&mut Acc)) {
         f(&mut self.total);
         if let Some(k) = key {
             f(self.groups.entry(k).or_default());
@@ -601,21 +625,21 @@ impl<'a> Computer<'a> {
     }
 
     /// Walks one conversation's events (indices, sorted by time).
-    fn conversation(&mut self, conv: &[u32], rounds: &mut Vec<Round<'a>>) {
-        let events = self.events;
+    fn conversation(&mut self, conv: &[u32], rounds: &mut Vec<Round<'r>>) {
+        let recs = self.recs;
         let opts = self.opts;
         rounds.clear();
         let mut open = false;
-        let mut assignee: Option<&'a str> = None;
+        let mut assignee: Option<&'r str> = None;
         // Ratings and replies are attributed once the rounds' owners are
         // known: (event index, index of the latest round before it + 1).
         let mut later: Vec<(u32, usize)> = Vec::new();
         for &i in conv {
-            let e = &events[i as usize];
+            let e = &recs[i as usize];
             match e.kind {
                 Kind::Buyer if !open => {
                     rounds.push(Round {
-                        start: e.ts_ms,
+                        start: e.ts,
                         first: i,
                         end: None,
                     });
@@ -623,23 +647,23 @@ impl<'a> Computer<'a> {
                 }
                 Kind::Agent => {
                     if open {
-                        let agent = e.agent.as_deref().unwrap_or(UNASSIGNED);
-                        rounds.last_mut().expect("open round").end = Some((e.ts_ms, agent));
+                        let agent = self.name(e.agent).unwrap_or(UNASSIGNED);
+                        rounds.last_mut().expect("open round").end = Some((e.ts, agent));
                         open = false;
                     }
-                    if opts.in_window(e.ts_ms) {
+                    if opts.in_window(e.ts) {
                         later.push((i, rounds.len()));
                     }
                 }
-                Kind::Assign => assignee = e.agent.as_deref(),
-                Kind::Rating if opts.in_window(e.ts_ms) => later.push((i, rounds.len())),
+                Kind::Assign => assignee = self.name(e.agent),
+                Kind::Rating if opts.in_window(e.ts) => later.push((i, rounds.len())),
                 _ => {}
             }
         }
 
-        let owner = |r: &Round<'a>| r.end.map(|(_, a)| a).or(assignee);
+        let owner = |r: &Round<'r>| r.end.map(|(_, a)| a).or(assignee);
         for (n, r) in rounds.iter().enumerate() {
-            let first_event = &events[r.first as usize];
+            let first_event = &recs[r.first as usize];
             if !opts.in_window(r.start)
                 || !opts.service_window.contains(self.minute_of_day(r.start))
             {
@@ -660,34 +684,32 @@ impl<'a> Computer<'a> {
             self.add(key, |a| a.round(response, answered, n == 0, target));
         }
 
+        let normal = |c: &Computer, e: &Rec| {
+            c.ratings_per_buyer[&pair(e.shop, e.buyer)] <= MAX_RATINGS_PER_BUYER
+        };
         for &(i, nrounds) in &later {
-            let e = &events[i as usize];
+            let e = &recs[i as usize];
             let round = nrounds.checked_sub(1).map(|n| &rounds[n]);
             match e.kind {
                 Kind::Agent => {
-                    let key = self.key(e, e.ts_ms, e.agent.as_deref(), round);
-                    let used = e.intent.as_deref().is_some_and(|s| !s.is_empty());
+                    let key = self.key(e, e.ts, self.name(e.agent), round);
+                    let used = e.intent;
                     self.add(key, |a| {
                         a.agent_replies += 1;
                         a.with_intent += used as u64;
                     });
                 }
                 Kind::Rating => {
-                    let key = self.key(e, e.ts_ms, round.and_then(owner).or(assignee), round);
-                    let n = self.ratings_per_buyer[&(e.shop.as_str(), e.buyer.as_str())];
-                    if n > MAX_RATINGS_PER_BUYER {
+                    let key = self.key(e, e.ts, round.and_then(owner).or(assignee), round);
+                    if !normal(self, e) {
                         self.add(key, |a| a.ratings_excluded += 1);
                         continue;
                     }
                     // Only the conversation's latest counted rating: any
                     // later rating of a normal buyer supersedes this one.
                     let superseded = later.iter().any(|&(j, _)| {
-                        let l = &events[j as usize];
-                        j != i
-                            && l.kind == Kind::Rating
-                            && self.ratings_per_buyer[&(l.shop.as_str(), l.buyer.as_str())]
-                                <= MAX_RATINGS_PER_BUYER
-                            && (l.ts_ms, j) > (e.ts_ms, i)
+                        let l = &recs[j as usize];
+                        j != i && l.kind == Kind::Rating && normal(self, l) && (l.ts, j) > (e.ts, i)
                     });
                     if superseded {
                         continue;

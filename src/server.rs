@@ -2,8 +2,9 @@
 //!
 //! Layout, one concern per submodule:
 //!
-//! - [`http`](self::http): hyper 1 connection, the router (`/ws`, `/healthz`)
-//!   and the WebSocket upgrade;
+//! - [`http`](self::http): hyper 1 connection, the router (`/ws`, `/healthz`,
+//!   the pages) and the WebSocket upgrade;
+//! - [`api`](self::api): the supervisors' JSON reports (`/api/report`);
 //! - [`conn`](self::conn): one WebSocket connection: read, rate limit, write,
 //!   ping, close;
 //! - [`hub`](self::hub): shops, agents and conversations: routing, rounds,
@@ -20,6 +21,7 @@
 //! client whose queue is full is disconnected, so a reader that stalls never
 //! grows our memory or slows anyone else.
 
+mod api;
 mod conn;
 mod http;
 mod hub;
@@ -105,6 +107,8 @@ struct Shared {
     connections: Arc<Semaphore>,
     /// The phrase directory as it was loaded, for the reload watcher.
     loaded_fingerprint: Mutex<Option<reload::Fingerprint>>,
+    /// Reads the event log for the supervisors' reports (`/api/report`).
+    reports: OnceLock<crate::store::Reader>,
 }
 
 impl App {
@@ -151,6 +155,7 @@ impl App {
                 ws_config,
                 connections,
                 loaded_fingerprint: Mutex::new(None),
+                reports: OnceLock::new(),
                 config,
             }),
         }
@@ -174,6 +179,16 @@ impl App {
     pub fn tap_events(&self) -> Option<mpsc::UnboundedReceiver<Event>> {
         let (tx, rx) = mpsc::unbounded_channel();
         self.shared.tap.set(tx).ok().map(|_| rx)
+    }
+
+    /// Lets supervisors read reports from this event log over HTTP
+    /// (`GET /api/report`); without it that endpoint answers 503.
+    pub fn attach_reports(&self, reader: crate::store::Reader) {
+        let _ = self.shared.reports.set(reader);
+    }
+
+    fn reports(&self) -> Option<&crate::store::Reader> {
+        self.shared.reports.get()
     }
 
     /// Asks a running [`run`] to stop, as its shutdown future would.
@@ -337,29 +352,39 @@ async fn stopping(rx: &mut watch::Receiver<bool>) {
 }
 
 /// Completes on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            warn!(error = %e, "cannot listen for Ctrl-C");
+///
+/// The handlers are registered when this is called, not when the future is
+/// first polled: a SIGTERM that arrives between binding the port and the
+/// first poll of the accept loop must still shut down gracefully (and flush
+/// the event log) rather than kill the process. Call it inside the runtime,
+/// before binding.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => tokio::select! {
+                    _ = term.recv() => info!("SIGTERM received"),
+                    _ = int.recv() => info!("Ctrl-C received"),
+                },
+                (term, int) => {
+                    let e = term.err().or(int.err()).map(|e| e.to_string());
+                    warn!(error = ?e, "cannot listen for SIGTERM; only Ctrl-C stops the service");
+                    if tokio::signal::ctrl_c().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
+        if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => info!("Ctrl-C received"),
-        _ = term => info!("SIGTERM received"),
+        info!("Ctrl-C received");
     }
 }

@@ -24,6 +24,7 @@
 //! database stays consistent). The schema is versioned with SQLite's
 //! `user_version` and upgraded on open (see [`MIGRATIONS`]).
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -34,7 +35,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use crate::events::{Event, Kind, Rating};
-use crate::report::{self, Report, ReportOptions};
+use crate::report::{self, RecordFields, Records, Report, ReportOptions};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "events.db";
@@ -482,7 +483,8 @@ const REPORT_COLUMNS: &str = "ts_ms, shop, conversation, buyer, kind, agent,
     CASE WHEN kind = 'buyer' AND (stage IS NULL OR stage = '') THEN text END,
     intent, stage, score, NULL";
 
-fn row_event(row: &rusqlite::Row) -> rusqlite::Result<Event> {
+/// Columns 4 and 9 of a row: the kind and the rating.
+fn kind_and_score(row: &rusqlite::Row) -> rusqlite::Result<(Kind, Option<Rating>)> {
     let bad = |col: usize, what: String| {
         rusqlite::Error::FromSqlConversionFailure(
             col,
@@ -496,6 +498,11 @@ fn row_event(row: &rusqlite::Row) -> rusqlite::Result<Event> {
         Some(s) => Some(Rating::parse(s).ok_or_else(|| bad(9, format!("rating {s:?}")))?),
         None => None,
     };
+    Ok((kind, score))
+}
+
+fn row_event(row: &rusqlite::Row) -> rusqlite::Result<Event> {
+    let (kind, score) = kind_and_score(row)?;
     Ok(Event {
         ts_ms: row.get(0)?,
         shop: row.get(1)?,
@@ -590,11 +597,57 @@ impl Reader {
     /// over the whole log would judge them. In no particular order (the
     /// report sorts), and without what reports do not read: `note`, and
     /// `text` except of buyer messages without a `stage`.
-    ///
-    /// Reads on every core, each thread a range of row ids on its own
-    /// connection: rows are only ever appended, so the ranges up to the
-    /// largest id seen at the start are one consistent set.
     pub fn events_for_report(&self, q: &Query) -> Result<Vec<Event>, StoreError> {
+        let parts = self.read_for_report(q, Vec::new, |out: &mut Vec<Event>, row| {
+            out.push(row_event(row)?);
+            Ok(())
+        })?;
+        let mut events: Vec<Event> = Vec::new();
+        for part in parts {
+            if events.is_empty() {
+                events = part;
+            } else {
+                events.extend(part);
+            }
+        }
+        Ok(events)
+    }
+
+    /// The events of [`Reader::events_for_report`] in the reports' compact
+    /// form (names stored once each): what [`Reader::report`] computes on.
+    pub fn records(&self, q: &Query) -> Result<Records<'static>, StoreError> {
+        let parts = self.read_for_report(q, Records::new, |out: &mut Records<'static>, row| {
+            let str_at = |i: usize| -> rusqlite::Result<&str> { Ok(row.get_ref(i)?.as_str()?) };
+            let opt_at = |i: usize| -> rusqlite::Result<Option<&str>> {
+                Ok(row.get_ref(i)?.as_str_or_null()?)
+            };
+            let (kind, score) = kind_and_score(row)?;
+            out.push_copied(RecordFields {
+                ts_ms: row.get(0)?,
+                shop: Cow::Borrowed(str_at(1)?),
+                conversation: Cow::Borrowed(str_at(2)?),
+                buyer: Cow::Borrowed(str_at(3)?),
+                kind,
+                agent: opt_at(5)?.map(Cow::Borrowed),
+                text: opt_at(6)?.map(Cow::Borrowed),
+                intent: opt_at(7)?.is_some_and(|s| !s.is_empty()),
+                stage: opt_at(8)?.map(Cow::Borrowed),
+                score,
+            });
+            Ok(())
+        })?;
+        Ok(Records::concat(parts))
+    }
+
+    /// Reads the report's rows on every core, each thread a range of row
+    /// ids on its own connection: rows are only ever appended, so the
+    /// ranges up to the largest id seen at the start are one consistent set.
+    fn read_for_report<T: Send>(
+        &self,
+        q: &Query,
+        make: impl Fn() -> T + Sync,
+        push: impl Fn(&mut T, &rusqlite::Row) -> rusqlite::Result<()> + Sync,
+    ) -> Result<Vec<T>, StoreError> {
         let conn = self.connect()?;
         let (lo, hi): (Option<i64>, Option<i64>) = conn
             .query_row("SELECT min(id), max(id) FROM events", [], |r| {
@@ -620,25 +673,26 @@ impl Reader {
             .min(4);
         let threads = if hi - lo < 100_000 { 1 } else { threads as i64 };
         let span = (hi - lo + threads) / threads;
-        let read = |from: i64, to: i64| -> Result<Vec<Event>, StoreError> {
+        let read = |from: i64, to: i64| -> Result<T, StoreError> {
             let conn = connect(&self.path, false)?;
-            let mut out = Vec::new();
-            self.stream(
-                &conn,
-                &sql,
-                params![q.from_ms, q.to_ms, q.shop, from, to],
-                &mut |e| {
-                    out.push(e);
-                    Ok(())
-                },
-            )?;
+            let fail = |e| sql_fail("cannot read", &self.path, e);
+            let mut stmt = conn.prepare(&sql).map_err(fail)?;
+            let mut rows = stmt
+                .query(params![q.from_ms, q.to_ms, q.shop, from, to])
+                .map_err(fail)?;
+            let mut out = make();
+            while let Some(row) = rows.next().map_err(fail)? {
+                push(&mut out, row)
+                    .map_err(|e| sql_fail("cannot read an event of", &self.path, e))?;
+            }
             Ok(out)
         };
-        let parts: Vec<Result<Vec<Event>, StoreError>> = std::thread::scope(|s| {
+        std::thread::scope(|s| {
             let handles: Vec<_> = (0..threads)
                 .map(|k| {
                     let from = lo + k * span;
                     let to = (from + span).min(hi + 1);
+                    let read = &read;
                     s.spawn(move || read(from, to))
                 })
                 .collect();
@@ -649,17 +703,7 @@ impl Reader {
                         .unwrap_or_else(|_| Err(StoreError("a reader thread panicked".into())))
                 })
                 .collect()
-        });
-        let mut events: Vec<Event> = Vec::new();
-        for part in parts {
-            let part = part?;
-            if events.is_empty() {
-                events = part;
-            } else {
-                events.extend(part);
-            }
-        }
-        Ok(events)
+        })
     }
 
     /// The report of `opts` over the log (window and shop from `opts`).
@@ -669,7 +713,7 @@ impl Reader {
             to_ms: opts.to_ms,
             shop: opts.shop.clone(),
         };
-        Ok(report::compute(&self.events_for_report(&q)?, opts))
+        Ok(report::compute_records(&self.records(&q)?, opts))
     }
 
     /// Number of events in the log.

@@ -386,4 +386,17 @@ fn the_parallel_report_read_returns_every_event_once() {
     got.sort_by_key(key);
     assert_eq!(got.len(), want.len());
     assert!(got == want, "window differs");
+
+    // The compact records read in parallel give the report of the events.
+    for by in [GroupBy::Agent, GroupBy::Shop, GroupBy::Stage] {
+        let o = ReportOptions {
+            by: Some(by),
+            ..ReportOptions::default()
+        };
+        assert_eq!(
+            reader.report(&o).unwrap(),
+            report::compute(&all, &o),
+            "{by:?}"
+        );
+    }
 }

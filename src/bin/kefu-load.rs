@@ -298,6 +298,8 @@ struct Frame {
     text: Option<String>,
     from: Option<String>,
     code: Option<String>,
+    /// Unix ms; on a nudge or breach, when the server had it due.
+    at: Option<i64>,
 }
 
 struct AgentOutcome {
@@ -310,6 +312,10 @@ struct AgentOutcome {
     breach_late: Histogram<u64>,
     nudge_late_lo: Histogram<u64>,
     breach_late_lo: Histogram<u64>,
+    /// From the alarm's own `at` (the server's due time, whole ms): at most
+    /// 1 ms too high, as `at` is truncated to the millisecond.
+    nudge_late_at: Histogram<u64>,
+    breach_late_at: Histogram<u64>,
     types: HashMap<String, u64>,
 }
 
@@ -446,6 +452,13 @@ fn source_ip(i: usize, count: u8, target: &Target0) -> Option<Ipv4Addr> {
     Some(Ipv4Addr::new(127, 0, 0, 1 + (i % count as usize) as u8))
 }
 
+fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
 fn marker(text: &str) -> Option<(usize, u64, u64, u64)> {
     let at = text.rfind("#k")?;
     let mut it = text[at + 2..]
@@ -470,6 +483,8 @@ async fn agent_task(
     let mut breach_late = new_hist();
     let mut nudge_late_lo = new_hist();
     let mut breach_late_lo = new_hist();
+    let mut nudge_late_at = new_hist();
+    let mut breach_late_at = new_hist();
     // Clock mode: when each conversation's message was sent and arrived.
     let mut opened: HashMap<String, (u64, u64)> = HashMap::new();
     let mut types: HashMap<String, u64> = HashMap::new();
@@ -537,6 +552,11 @@ async fn agent_task(
                     kind @ ("nudge" | "breach") if shared.clocks.is_some() => {
                         let (nudge, target) = shared.clocks.unwrap_or_default();
                         let sent = f.conversation.as_ref().and_then(|c| opened.get(c));
+                        if let Some(at) = f.at {
+                            let late_ns = unix_ns().saturating_sub(at.max(0) as u64 * 1_000_000).max(1);
+                            let h = if kind == "nudge" { &mut nudge_late_at } else { &mut breach_late_at };
+                            let _ = h.record(late_ns);
+                        }
                         match (kind, sent) {
                             ("nudge", Some(&(sent, arrived))) => {
                                 shared.nudges.fetch_add(1, Ordering::Relaxed);
@@ -590,6 +610,8 @@ async fn agent_task(
         breach_late,
         nudge_late_lo,
         breach_late_lo,
+        nudge_late_at,
+        breach_late_at,
         types,
     }
 }
@@ -699,6 +721,8 @@ fn lat_json(h: &Histogram<u64>) -> serde_json::Value {
         "p999_us": pct(h, 0.999),
         "max_us": h.max() as f64 / 1000.0,
         "mean_us": h.mean() / 1000.0,
+        // Nagle's delayed-ACK stall is 40 ms: count anything that long.
+        "n_ge_40ms": h.count_between(40_000_000, h.max().max(40_000_000)),
     })
 }
 
@@ -1233,6 +1257,8 @@ async fn idle(
         "rss_end_kib": end.map(|s| s.rss_kib),
         "rss_min_kib": rss_min,
         "rss_max_kib": rss_max,
+        "rss_samples_kib": samples,
+        "sample_secs": args.sample_secs,
         "bytes_per_conn": per_conn,
         "bot_replies": shared.c.bot_replies.load(Ordering::Relaxed),
         "errors": errors,
@@ -1341,6 +1367,8 @@ async fn clocks(
     let mut breach_late = new_hist();
     let mut nudge_late_lo = new_hist();
     let mut breach_late_lo = new_hist();
+    let mut nudge_late_at = new_hist();
+    let mut breach_late_at = new_hist();
     let mut delivered = new_hist();
     let mut types: BTreeMap<String, u64> = BTreeMap::new();
     for a in agents.agents {
@@ -1349,6 +1377,8 @@ async fn clocks(
             breach_late.add(o.breach_late).ok();
             nudge_late_lo.add(o.nudge_late_lo).ok();
             breach_late_lo.add(o.breach_late_lo).ok();
+            nudge_late_at.add(o.nudge_late_at).ok();
+            breach_late_at.add(o.breach_late_at).ok();
             delivered.add(o.from_send).ok();
             for (k, v) in o.types {
                 *types.entry(k).or_default() += v;
@@ -1375,6 +1405,14 @@ async fn clocks(
     );
     human += &format!("  nudges {nudges}/{sent}, breaches {breaches}/{sent}; lateness in µs:\n");
     human += &format!(
+        "    nudge,  from its own `at`:    {}\n",
+        lat_line(&nudge_late_at)
+    );
+    human += &format!(
+        "    breach, from its own `at`:    {}\n",
+        lat_line(&breach_late_at)
+    );
+    human += &format!(
         "    nudge,  from message sent:    {}\n",
         lat_line(&nudge_late)
     );
@@ -1392,8 +1430,8 @@ async fn clocks(
     );
     human += &format!(
         "  (alarm arrival at the agent - (round start + nudge/target); the round starts between the\n   \
-         buyer's send and the buyer_message's arrival, so the two rows bound the truth; the message\n   \
-         itself took: {})\n",
+         buyer's send and the buyer_message's arrival, so those two rows bound the truth; `at` is the\n   \
+         server's due time in whole ms, so that row is at most 1 ms high; the message itself took: {})\n",
         lat_line(&delivered)
     );
     if let (Some(b), Some(o), Some(e)) = (before, opened, end) {
@@ -1422,6 +1460,8 @@ async fn clocks(
         "breach_lateness": lat_json(&breach_late),
         "nudge_lateness_from_arrival": lat_json(&nudge_late_lo),
         "breach_lateness_from_arrival": lat_json(&breach_late_lo),
+        "nudge_lateness_from_at": lat_json(&nudge_late_at),
+        "breach_lateness_from_at": lat_json(&breach_late_at),
         "buyer_message_latency": lat_json(&delivered),
         "rss_before_kib": before.map(|s| s.rss_kib),
         "rss_open_kib": opened.map(|s| s.rss_kib),

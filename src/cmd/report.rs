@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use kefu::events::{self, Event, Fields, Kind};
+use kefu::events::{self, Fields};
 use kefu::matcher::Matcher;
-use kefu::report::{self, GroupBy, ReportOptions, ServiceWindow};
+use kefu::report::{self, GroupBy, Records, ReportOptions, ServiceWindow};
 use kefu::store::{self, Query, Reader};
 use time::UtcOffset;
 
@@ -166,32 +166,40 @@ fn parse_service_window(s: &str) -> Result<ServiceWindow, String> {
     s.parse().map_err(|e: report::OptionError| e.to_string())
 }
 
-/// Reads an event file (`-`: standard input), reporting every bad line on
-/// stderr with its number.
-fn read_file(path: &Path, fields: Fields) -> anyhow::Result<Vec<Event>> {
-    let name = path.display().to_string();
-    let bytes = if path.as_os_str() == "-" {
+/// The bytes of an event file (`-`: standard input).
+fn read_bytes(path: &Path) -> anyhow::Result<Vec<u8>> {
+    if path.as_os_str() == "-" {
         let mut buf = Vec::new();
         std::io::stdin()
             .lock()
             .read_to_end(&mut buf)
             .context("cannot read standard input")?;
-        buf
+        Ok(buf)
     } else {
-        std::fs::read(path).with_context(|| format!("cannot read {name}"))?
-    };
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    }
+}
+
+/// Parses an event file with `parse`, reporting every bad line on stderr
+/// with its number, and the count at the end.
+fn parse_reporting<T>(
+    path: &Path,
+    parse: impl FnOnce(&mut dyn FnMut(events::BadLine)) -> T,
+    count: impl Fn(&T) -> usize,
+) -> T {
+    let name = path.display().to_string();
     let mut bad = 0usize;
-    let events = events::parse_jsonl_bytes(&bytes, fields, |b| {
+    let parsed = parse(&mut |b| {
         bad += 1;
         eprintln!("{name}:{}: skipped: {}", b.line, b.error);
     });
     if bad > 0 {
         eprintln!(
             "{name}: {bad} bad line(s) skipped, {} event(s) read",
-            events.len()
+            count(&parsed)
         );
     }
-    Ok(events)
+    parsed
 }
 
 pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
@@ -221,7 +229,12 @@ fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
-    let events = read_file(&args.file, Fields::All)?;
+    let bytes = read_bytes(&args.file)?;
+    let events = parse_reporting(
+        &args.file,
+        |bad| events::parse_jsonl_bytes(&bytes, Fields::All, bad),
+        Vec::len,
+    );
     let n = store::import(&args.data.dir, &events)?;
     eprintln!("{n} event(s) imported into {}", args.data.dir.display());
     Ok(ExitCode::SUCCESS)
@@ -246,29 +259,30 @@ pub fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
         gold_threshold: args.gold_threshold,
         ..ReportOptions::default()
     };
-    let events = match &args.events {
-        Some(file) => read_file(file, Fields::Report)?,
+    let bytes;
+    let records = match &args.events {
+        Some(file) => {
+            bytes = read_bytes(file)?;
+            parse_reporting(file, |bad| Records::from_jsonl(&bytes, bad), Records::len)
+        }
         None => {
             // A live log: rounds younger than the cap are not decided yet.
             opts.now_ms = Some(now);
             let dir = args.data.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA));
-            Reader::open(&dir)?.events_for_report(&Query {
+            Reader::open(&dir)?.records(&Query {
                 from_ms,
                 to_ms,
                 shop: opts.shop.clone(),
             })?
         }
     };
-    let unstaged = events
-        .iter()
-        .any(|e| e.kind == Kind::Buyer && e.stage.as_deref().map_or(true, str::is_empty));
-    if by == Some(GroupBy::Stage) && unstaged {
+    if by == Some(GroupBy::Stage) && records.needs_ranking() {
         let lib = super::load(&args.phrases.dir).context(
             "buyer messages without a stage are ranked with the phrase libraries (--phrases DIR)",
         )?;
         opts.matcher = Some(Arc::new(Matcher::new(&lib)?));
     }
-    let r = report::compute(&events, &opts);
+    let r = report::compute_records(&records, &opts);
     let text = match args.format {
         Format::Table => report::to_table(&r, by),
         Format::Csv => report::to_csv(&r, by),
@@ -278,8 +292,8 @@ pub fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())
         .context("cannot write to standard output")?;
-    // The process ends here: freeing a million events one by one would
-    // only add a tenth of a second.
-    std::mem::forget(events);
+    // The process ends here: freeing a million records one by one would
+    // only add time.
+    std::mem::forget(records);
     Ok(ExitCode::SUCCESS)
 }

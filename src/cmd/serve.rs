@@ -68,6 +68,12 @@ pub struct ServeArgs {
     )]
     pub shop_names: Vec<String>,
     /// Log filter, e.g. `info` or `kefu=debug` [default: info, or RUST_LOG].
+    /// Reports count rounds starting in this window of shop time [default: 08:00-23:00].
+    #[arg(long, env = "KEFU_SERVICE_WINDOW", value_name = "HH:MM-HH:MM")]
+    pub service_window: Option<String>,
+    /// The shops' time zone for reports [default: +08:00].
+    #[arg(long = "tz", env = "KEFU_TZ", value_name = "OFFSET")]
+    pub timezone: Option<String>,
     #[arg(long, env = "KEFU_LOG", value_name = "FILTER")]
     pub log: Option<String>,
 }
@@ -84,6 +90,8 @@ impl ServeArgs {
             agent_tokens: self.agent_tokens.clone(),
             supervisor_tokens: self.supervisor_tokens.clone(),
             shop_names: self.shop_names.clone(),
+            service_window: self.service_window.clone(),
+            timezone: self.timezone.clone(),
         }
     }
 }
@@ -118,15 +126,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot open the event log in {}", config.data.display()))?;
     let listen = config.listen;
     let app = App::new(config, store.handle())?;
+    app.attach_reports(store.reader());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let served: anyhow::Result<()> = runtime.block_on(async {
+        let shutdown = server::shutdown_signal();
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen} (in use? try --listen)"))?;
-        server::run(listener, app, server::shutdown_signal()).await?;
+        server::run(listener, app, shutdown).await?;
         Ok(())
     });
     drop(runtime);

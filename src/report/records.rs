@@ -9,7 +9,7 @@
 
 use std::borrow::Cow;
 
-use foldhash::{HashMap, HashMapExt};
+use foldhash::HashMap;
 
 use crate::events::{self, BadLine, Event, Kind, Line, Rating};
 
@@ -49,6 +49,14 @@ impl<'a> Names<'a> {
         self.list.push(s.clone());
         self.map.insert(s, id);
         id
+    }
+
+    /// Interns a borrowed name, copying it only the first time.
+    fn intern_copy(&mut self, s: &str) -> u32 {
+        match self.map.get(s) {
+            Some(&id) => id,
+            None => self.intern(Cow::Owned(s.to_owned())),
+        }
     }
 
     fn intern_opt(&mut self, s: Option<Cow<'a, str>>) -> u32 {
@@ -100,9 +108,7 @@ impl<'a> Records<'a> {
     /// Adds one event; drops the text unless its stage must be ranked.
     pub fn push(&mut self, f: RecordFields<'a>) {
         let stage = self.names.intern_opt(f.stage);
-        let text = f
-            .text
-            .filter(|_| f.kind == Kind::Buyer && stage == NONE);
+        let text = f.text.filter(|_| f.kind == Kind::Buyer && stage == NONE);
         let rec = Rec {
             ts: f.ts_ms,
             kind: f.kind,
@@ -114,6 +120,35 @@ impl<'a> Records<'a> {
             agent: self.names.intern_opt(f.agent),
             stage,
             text,
+        };
+        self.recs.push(rec);
+    }
+
+    /// Adds one event whose strings live shorter than the records (a row of
+    /// the log): names are copied the first time they are seen only.
+    pub fn push_copied(&mut self, f: RecordFields<'_>) {
+        let n = &mut self.names;
+        let stage = match f.stage.as_deref() {
+            Some(s) if !s.is_empty() => n.intern_copy(s),
+            _ => NONE,
+        };
+        let rec = Rec {
+            ts: f.ts_ms,
+            kind: f.kind,
+            score: f.score,
+            intent: f.intent,
+            shop: n.intern_copy(&f.shop),
+            conversation: n.intern_copy(&f.conversation),
+            buyer: n.intern_copy(&f.buyer),
+            agent: match f.agent.as_deref() {
+                Some(s) if !s.is_empty() => n.intern_copy(s),
+                _ => NONE,
+            },
+            stage,
+            text: f
+                .text
+                .filter(|_| f.kind == Kind::Buyer && stage == NONE)
+                .map(|t| Cow::Owned(t.into_owned())),
         };
         self.recs.push(rec);
     }

@@ -8,12 +8,15 @@
 //! | GET    | `/ws`      | 101 and the chat protocol              |
 //! | GET    | `/healthz` | 200 `ok`                               |
 //! | other  | `/ws`, `/healthz` | 405                             |
+//! | GET, HEAD | `/`, `/buyer`, `/reports`, `/static/*` | the embedded pages ([`crate::web`]) |
+//! | GET    | `/api/report` | a supervisor's report (JSON, see [`super::api`]) |
 //! | any    | anything else | 404                                 |
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{
@@ -62,9 +65,15 @@ where
         let app = app.clone();
         let peer = peer.clone();
         let guard = guard.clone();
-        service_fn(move |req| {
-            let resp = route(req, &app, &peer, &guard);
-            async move { Ok::<_, Infallible>(resp) }
+        service_fn(move |req: Request<Incoming>| {
+            // The one route that waits on I/O (SQLite) answers
+            // asynchronously; everything else is answered on the spot.
+            let work = if req.uri().path() == "/api/report" && req.method() == Method::GET {
+                Either::Left(super::api::report(req, app.clone()))
+            } else {
+                Either::Right(std::future::ready(route(req, &app, &peer, &guard)))
+            };
+            async move { Ok::<_, Infallible>(work.await) }
         })
     };
     let mut builder = http1::Builder::new();
@@ -100,8 +109,38 @@ fn route(req: Request<Incoming>, app: &App, peer: &str, guard: &ConnGuard) -> Re
                 .insert(ALLOW, HeaderValue::from_static("GET"));
             r
         }
+        (&Method::GET | &Method::HEAD, path) => match crate::web::asset(path) {
+            Some(asset) => page(asset, req.method() == Method::HEAD),
+            None => text(StatusCode::NOT_FOUND, "not found\n"),
+        },
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// A page or file of the browser front-end, built into the binary.
+fn page(asset: crate::web::Asset, head: bool) -> Response<Body> {
+    let body = if head {
+        Bytes::new()
+    } else {
+        Bytes::from_static(asset.body)
+    };
+    let mut r = Response::new(Full::new(body));
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(asset.content_type));
+    h.insert(
+        hyper::header::CONTENT_LENGTH,
+        HeaderValue::from(asset.body.len()),
+    );
+    h.insert(
+        hyper::header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    // Pages change with the binary, not over time: revalidate each load.
+    h.insert(
+        hyper::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
+    r
 }
 
 pub(crate) fn text(status: StatusCode, body: &'static str) -> Response<Body> {

@@ -1176,7 +1176,7 @@ fn check_buyer_id(id: &str) -> Result<(), Refusal> {
 }
 
 /// Compares secrets in time independent of where they differ.
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

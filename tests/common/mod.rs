@@ -101,9 +101,14 @@ pub async fn spawn_app() -> TestApp {
 
 /// The service on a real socket, 127.0.0.1:0.
 pub async fn spawn_app_with(config: Config) -> TestApp {
+    spawn_app_with_store(config, StoreHandle::default()).await
+}
+
+/// The service on a real socket, recording events to `store`.
+pub async fn spawn_app_with_store(config: Config, store: StoreHandle) -> TestApp {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = App::new(config, StoreHandle::default()).unwrap();
+    let app = App::new(config, store).unwrap();
     let events = app.tap_events().unwrap();
     let task = tokio::spawn({
         let app = app.clone();

@@ -1,0 +1,149 @@
+//! The HTTP side of the service: the embedded pages and the supervisors'
+//! report API, against the real server with a real event log.
+
+mod common;
+
+use bytes::Bytes;
+use common::{spawn_app_with_store, test_config, TestApp, WAIT};
+use http_body_util::{BodyExt, Empty};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use kefu::report::ServiceWindow;
+use kefu::store::Store;
+use serde_json::{json, Value};
+
+/// The service with a SQLite log in `dir` and supervisor token `boss` for
+/// shop s1 (and `other` for s2).
+async fn spawn(dir: &std::path::Path) -> (TestApp, Store) {
+    let mut config = test_config();
+    config.shops.get_mut("s1").unwrap().supervisors = vec!["boss".into()];
+    config.shops.get_mut("s2").unwrap().supervisors = vec!["other".into()];
+    // Count rounds at any hour, so the test does not depend on the clock.
+    config.reports.service_window = ServiceWindow::ALL_DAY;
+    let store = Store::open(dir).unwrap();
+    let t = spawn_app_with_store(config, store.handle()).await;
+    t.app.attach_reports(store.reader());
+    (t, store)
+}
+
+/// GET `path` with an optional bearer token: status, content type, body.
+async fn get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> (StatusCode, String, String) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::get(path).header("host", "127.0.0.1");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = tokio::time::timeout(
+        WAIT,
+        sender.send_request(req.body(Empty::<Bytes>::new()).unwrap()),
+    )
+    .await
+    .expect("answer in time")
+    .unwrap();
+    let status = resp.status();
+    let ctype = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, ctype, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn pages_are_served_from_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _store) = spawn(dir.path()).await;
+    let addr = s.addr();
+    for (path, ctype, needle) in [
+        ("/", "text/html", "<html"),
+        ("/buyer", "text/html", "<html"),
+        ("/reports", "text/html", "<html"),
+        ("/static/kefu.css", "text/css", "{"),
+        ("/static/workbench.js", "javascript", "WebSocket"),
+    ] {
+        let (status, ct, body) = get(addr, path, None).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert!(ct.contains(ctype), "{path}: {ct}");
+        assert!(body.contains(needle), "{path}");
+    }
+    let (status, _, _) = get(addr, "/static/../Cargo.toml", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = get(addr, "/nothing-here", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn supervisor_report_counts_a_round_and_refuses_strangers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, store) = spawn(dir.path()).await;
+    let addr = s.addr();
+    let (mut agent, _) = s.agent("a1").await;
+    let (mut buyer, welcome, _greeting) = s.buyer("b1").await;
+    let conv = welcome["conversation"].as_str().unwrap().to_string();
+    buyer
+        .send(json!({"type": "message", "text": "请问什么时候发货"}))
+        .await;
+    agent.recv_until("buyer_message").await;
+    agent
+        .send(json!({"type": "reply", "conversation": conv, "text": "亲，48小时内为您发出哦", "intent": "in_sale.shipping_time"}))
+        .await;
+    buyer.recv_until("reply").await;
+    // Let the writer thread commit what the service recorded.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let handle = store.handle();
+    tokio::task::spawn_blocking(move || handle.flush().unwrap())
+        .await
+        .unwrap();
+
+    // Refusals: no token, wrong token, another shop's token, no shop.
+    let path = "/api/report?shop=s1&last=1d&by=agent";
+    assert_eq!(get(addr, path, None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(get(addr, path, Some("nope")).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        get(addr, path, Some("other")).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        get(addr, "/api/report?shop=zz&last=1d", Some("boss"))
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        get(addr, "/api/report?last=1d", Some("boss")).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    let (status, _, body) = get(
+        addr,
+        "/api/report?shop=s1&last=1d&by=nonsense",
+        Some("boss"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    // The supervisor of s1 sees the round, answered by a1 with a suggestion.
+    let (status, ctype, body) = get(addr, path, Some("boss")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(ctype.starts_with("application/json"));
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["total"]["rounds"], 1, "{v:#}");
+    assert_eq!(v["total"]["answered"], 1, "{v:#}");
+    assert_eq!(v["total"]["within_30s_rate"], 1.0, "{v:#}");
+    assert_eq!(v["total"]["suggestion_use_rate"], 1.0, "{v:#}");
+    assert_eq!(v["groups"][0]["key"], "a1", "{v:#}");
+    // s2's supervisor sees nothing of s1.
+    let (status, _, body) = get(addr, "/api/report?shop=s2&last=1d", Some("other")).await;
+    assert_eq!(status, StatusCode::OK);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["total"]["rounds"], 0, "{v:#}");
+    s.stop().await;
+}
