@@ -15,6 +15,11 @@
 //!   and white space do not count, and a run of digits (an order number, a
 //!   phone number, a price) counts as one character: data pasted into a
 //!   message should not drown the words that say what the buyer wants;
+//! - a short **bracketed token** (`[图片]`, `[微笑]`, `[订单x]`: how chat
+//!   clients show a picture, an emoticon or a pasted link, and how
+//!   anonymised logs mask an order number or an address) is data as well:
+//!   it counts as one character and no keyword inside it counts, so
+//!   `[地址x]` is an address, not the word 地址;
 //! - **patterns** add evidence and cover the text they matched,
 //!   **exclusions** veto the intent, and the intent's **priority** scales
 //!   the result.
@@ -50,6 +55,8 @@ pub const MIN_SCORE: f32 = 0.30;
 pub const COVERAGE_FLOOR: f32 = 0.55;
 /// Evidence a matching regex pattern adds.
 pub const PATTERN_WEIGHT: f32 = 0.8;
+/// Longest bracketed token (characters between `[` and `]`) taken as data.
+pub const TOKEN_MAX_CHARS: usize = 12;
 
 /// Default weight of a keyword of `chars` characters.
 pub fn default_weight(chars: usize) -> f32 {
@@ -232,16 +239,19 @@ impl Matcher {
     }
 
     fn rank_normalized(&self, norm: &str) -> Vec<Ranked> {
-        let content = content_units(norm, 0, norm.len());
+        let tokens = bracket_tokens(norm);
+        let content = content_units(norm, 0, norm.len(), &tokens);
         if content == 0 {
             return Vec::new();
         }
         // Collect (start, end, pattern) hits; overlapping search reports
-        // every keyword at every position.
+        // every keyword at every position. Text inside a bracketed token is
+        // data, not words.
         let hits: Vec<(u32, u32, u32)> = self
             .ac
             .find_overlapping_iter(norm)
             .map(|m| (m.start() as u32, m.end() as u32, m.pattern().as_u32()))
+            .filter(|&(s, e, _)| !tokens.iter().any(|&(ts, te)| s < te && ts < e))
             .collect();
         // A keyword hit strictly inside a longer keyword hit is swallowed by
         // it. Only keywords swallow: an exclusion such as `售后退货` must not
@@ -308,7 +318,7 @@ impl Matcher {
             .filter_map(|mut a| {
                 let intent = &self.intents[a.intent as usize];
                 let evidence = 1.0 - a.miss;
-                let covered = covered_units(norm, &mut a.spans);
+                let covered = covered_units(norm, &mut a.spans, &tokens);
                 let coverage = (covered as f32 / content as f32).min(1.0);
                 let score = intent.priority
                     * evidence
@@ -388,17 +398,55 @@ fn is_content(c: char) -> bool {
         || "。，、！？～…：；“”‘’（）【】《》·￥".contains(c))
 }
 
+/// Byte ranges of the bracketed tokens of `s`, in order: `[`, one to
+/// [`TOKEN_MAX_CHARS`] characters with no bracket among them, `]`.
+fn bracket_tokens(s: &str) -> Vec<(u32, u32)> {
+    let mut tokens = Vec::new();
+    let mut at = 0;
+    while let Some(off) = s[at..].find('[') {
+        let start = at + off;
+        at = start + 1;
+        for (n, (i, c)) in s[at..].char_indices().enumerate() {
+            if c == ']' && n > 0 {
+                at += i + 1;
+                tokens.push((start as u32, at as u32));
+                break;
+            }
+            if c == '[' || c == ']' || n == TOKEN_MAX_CHARS {
+                break;
+            }
+        }
+    }
+    tokens
+}
+
 /// Content units of `s[from..to]` (byte offsets on character boundaries):
 /// every content character counts one, except that a run of ASCII digits
 /// counts once, at its first digit (also when the run starts before `from`,
-/// it is then already counted).
-fn content_units(s: &str, from: usize, to: usize) -> usize {
+/// it is then already counted), and a bracketed token of `tokens` counts
+/// once, at its `[`.
+fn content_units(s: &str, from: usize, to: usize, tokens: &[(u32, u32)]) -> usize {
     let mut prev_digit = s[..from]
         .chars()
         .next_back()
         .is_some_and(|c| c.is_ascii_digit());
+    let mut next = tokens.iter().position(|&(_, e)| e as usize > from);
     let mut n = 0;
-    for c in s[from..to].chars() {
+    for (i, c) in s[from..to].char_indices() {
+        let i = from + i;
+        if let Some(t) = next {
+            let (ts, te) = (tokens[t].0 as usize, tokens[t].1 as usize);
+            if i >= ts {
+                if i == ts {
+                    n += 1;
+                }
+                if i + c.len_utf8() >= te {
+                    next = (t + 1 < tokens.len()).then_some(t + 1);
+                }
+                prev_digit = false;
+                continue;
+            }
+        }
         let digit = c.is_ascii_digit();
         if is_content(c) && !(digit && prev_digit) {
             n += 1;
@@ -409,14 +457,14 @@ fn content_units(s: &str, from: usize, to: usize) -> usize {
 }
 
 /// Content units covered by the union of `spans` (byte ranges).
-fn covered_units(s: &str, spans: &mut [(u32, u32)]) -> usize {
+fn covered_units(s: &str, spans: &mut [(u32, u32)], tokens: &[(u32, u32)]) -> usize {
     spans.sort_unstable();
     let mut total = 0;
     let mut cur_end = 0u32;
     for &(start, end) in spans.iter() {
         let from = start.max(cur_end);
         if from < end {
-            total += content_units(s, from as usize, end as usize);
+            total += content_units(s, from as usize, end as usize, tokens);
             cur_end = end;
         }
     }
@@ -533,6 +581,36 @@ mod tests {
             got.iter().all(|(id, _)| id != "pre_sale.greeting"),
             "{got:?}"
         );
+    }
+
+    #[test]
+    fn a_bracketed_token_is_one_unit_of_data() {
+        let m = matcher(&[
+            ("in_sale.shipping_time", &["发货"], &[], &[]),
+            ("in_sale.address_change", &["地址"], &[], &[]),
+        ]);
+        // A picture or a masked value counts like a number: one unit.
+        assert_eq!(scores(&m, "[图片] 发货"), scores(&m, "3 发货"));
+        assert_eq!(scores(&m, "[微笑][图片] 发货"), scores(&m, "3 4 发货"));
+        // No keyword inside a token counts: [地址x] is an address.
+        assert!(m.rank("[地址x]").is_empty());
+        let ids =
+            |t: &str| -> Vec<String> { scores(&m, t).into_iter().map(|(id, _)| id).collect() };
+        assert_eq!(ids("[地址x] 发货"), ["in_sale.shipping_time"]);
+        // Unclosed, empty, too long or holding another bracket: ordinary text.
+        for text in [
+            "[地址 发货",
+            "地址] 发货",
+            "[] 地址 发货",
+            "[这是一段超过十二个字的很长的地址说明文字] 发货",
+            "[地址:[图片]] 发货",
+        ] {
+            assert!(
+                ids(text).contains(&"in_sale.address_change".to_string()),
+                "{text}: {:?}",
+                ids(text)
+            );
+        }
     }
 
     #[test]

@@ -247,6 +247,31 @@ const CASES: &[(&str, &str, Want)] = &[
     ("能开发票吗？顺便问下发什么快递", "in_sale.courier", Top3),
     ("发错颜色了，我要换货", "after_sale.wrong_item", Top3),
     ("发错颜色了，我要换货", "after_sale.return_exchange", Top3),
+    // A bare acknowledgement is a closing, as 好的 and 对的 are.
+    ("嗯嗯", "pre_sale.closing", Top1),
+    ("哦哦", "pre_sale.closing", Top1),
+    ("行，都可以的", "pre_sale.closing", Top1),
+    // Words that hide a shorter keyword of another intent.
+    ("为什么物流一直不更新", "in_sale.logistics", Top1),
+    ("为啥快递三天都不动了", "in_sale.logistics", Top1),
+    ("订单能修改吗", "in_sale.order_change", Top1),
+    ("这个u盘插电脑识别不了", "after_sale.quality_issue", Top1),
+    ("能下周三再送么", "in_sale.order_change", Top1),
+    ("那张发票啥时候寄给我", "in_sale.invoice", Top1),
+    ("增值税专票怎么开呀", "in_sale.invoice", Top1),
+    // More of the ways buyers say it.
+    ("大概哪天能够发出来", "in_sale.shipping_time", Top1),
+    ("帮我延期一周再送", "in_sale.order_change", Top1),
+    ("我转过去的钱收到了没", "in_sale.payment", Top1),
+    ("快递员师傅电话多少", "in_sale.delivery_issue", Top1),
+    ("我昨天刚买今天就降价了", "after_sale.refund", Top1),
+    ("可以送个杯子吗", "pre_sale.promotion", Top1),
+    ("优惠卷怎么领", "pre_sale.promotion", Top1),
+    ("附赠的小风扇没收到", "after_sale.missing_item", Top1),
+    ("我问了三次都没回复", "pre_sale.human_agent", Top1),
+    ("能开电子发票吗，开个人就行", "in_sale.invoice", Top1),
+    // A picture or an emoticon pasted next to the question is data.
+    ("[图片] 这个什么时候发货", "in_sale.shipping_time", Top1),
 ];
 
 #[test]
@@ -288,10 +313,9 @@ const SILENT: &[&str] = &[
     "北京市朝阳区建国路88号",
     "广东省深圳市南山区",
     "张三",
-    "嗯嗯",
-    "嗯",
-    "哦哦",
     "额",
+    "[图片]",
+    "[微笑]",
     "。。。",
     "？？",
     "😂",
