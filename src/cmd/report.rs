@@ -149,7 +149,7 @@ pub struct ReportArgs {
     pub format: Format,
     /// Daily service hours in the shop's time zone; rounds starting outside
     /// are not counted.
-    #[arg(long = "window", id = "service_window", default_value = "08:00-23:00", value_parser = parse_service_window)]
+    #[arg(long = "service-window", visible_alias = "window", id = "service_window", default_value = "08:00-23:00", value_parser = parse_service_window)]
     pub window_hours: ServiceWindow,
     /// Response target in seconds: a round over it is a breach.
     #[arg(long, default_value_t = 30)]
