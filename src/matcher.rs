@@ -402,15 +402,16 @@ impl Acc {
     }
 }
 
+/// Full-width punctuation that normalisation keeps (it has no half-width
+/// form in the ASCII block).
+const CJK_PUNCTUATION: [char; 21] = [
+    '。', '，', '、', '！', '？', '～', '…', '：', '；', '“', '”', '‘', '’', '（', '）', '【',
+    '】', '《', '》', '·', '￥',
+];
+
 /// Characters that carry meaning: not white space or punctuation.
 fn is_content(c: char) -> bool {
-    !(c.is_whitespace()
-        || c.is_ascii_punctuation()
-        || matches!(
-            c,
-            '。' | '，' | '、' | '！' | '？' | '～' | '…' | '：' | '；' | '“' | '”' | '‘' | '’'
-                | '（' | '）' | '【' | '】' | '《' | '》' | '·' | '￥'
-        ))
+    !(c.is_whitespace() || c.is_ascii_punctuation() || CJK_PUNCTUATION.contains(&c))
 }
 
 /// Byte ranges of the bracketed tokens of `s`, in order: `[`, one to
