@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # kefu serve side by side with the bare relay (kefu-relay), on loopback only.
 #
-#   scripts/bench.sh                 # a few minutes on 2 cores
+#   scripts/bench.sh                 # about 2 minutes on 2 cores
 #   SOAK=1 scripts/bench.sh          # + 10,000 idle connections held 5 minutes
 #   TIMERS=1 scripts/bench.sh        # + 100,000 running clocks: nudge/breach lateness
 #
-# Steps, each bounded in time, the same load shape for both servers:
-#   1. maximum throughput: closed loop (each buyer sends its next message as
-#      soon as the agent has the previous one), BUYERS buyers, AGENTS agents;
-#   2. latency at half of kefu's maximum, open loop, for both servers;
-#   3. resident memory per idle connection: IDLE greeted buyers from several
-#      127.0.0.x source addresses, on freshly started servers;
-#   4. CPU per message: server utime+stime over the measured window / messages.
+# Steps, each bounded in time, each on a freshly started relay and kefu with
+# the same load (BUYERS buyers, AGENTS agents answering every message):
+#   1. maximum throughput: closed loop, INFLIGHT messages in flight (each
+#      delivery to an agent makes the next buyer send one);
+#   2. latency, open loop, at half of kefu's maximum and at LIGHT_RATE;
+#   3. resident memory per idle connection: IDLE greeted buyers from
+#      127.0.0.1-4;
+#   CPU per message (server utime+stime over the measured window / messages)
+#   comes with every run. SOAK and TIMERS add the soak and the clock runs.
 # Results: $OUT/*.json (one JSON line per run) and $OUT/results.md (tables for
 # BENCHMARKS.md). Every process started here is stopped on exit.
 #

@@ -208,6 +208,15 @@ impl App {
         self.shared.hub.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// What the hub needs to know besides its own maps, for one change.
+    fn ctx<'a>(&'a self, phrases: &'a Phrases) -> hub::Ctx<'a> {
+        hub::Ctx {
+            config: self.config(),
+            tb: self.timebase(),
+            phrases,
+        }
+    }
+
     fn timebase(&self) -> Timebase {
         self.shared.timebase
     }

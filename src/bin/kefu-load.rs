@@ -12,14 +12,24 @@
 //!   time plus the transport, the figure the targets speak of;
 //! - from the **due time** on the schedule: what a buyer would see, including
 //!   any backlog when the server (or the generator) falls behind. It also
-//!   includes the generator's own timer slack (tens of µs), so it is an
-//!   upper bound.
+//!   includes the generator's own timer slack and wake-up (about 100 µs on
+//!   a 2-core machine), so it is an upper bound.
 //!
-//! `--max` replaces the schedule by a closed loop (a fixed number of
-//! messages in flight; each delivery makes the next buyer in turn send one)
-//! to find the maximum throughput. `--idle-connections N` opens N greeted buyers from several
-//! 127.0.0.x source addresses and holds them, sampling the server's memory.
-//! With `--server-pid` the server's RSS and CPU time are read from `/proc`.
+//! Other modes:
+//!
+//! - `--max`: a closed loop instead of the schedule (a fixed number of
+//!   messages in flight; each delivery makes the next buyer in turn send
+//!   one), to find the maximum throughput;
+//! - `--idle-connections N`: N greeted buyers from 127.0.0.1..K (client
+//!   sockets bound before connecting, so ephemeral ports do not run out),
+//!   held for `--hold` seconds while the server's memory is sampled;
+//! - `--clocks N`: N buyers each connect, send one message and leave, so N
+//!   response clocks run at once on the server; agents never answer and
+//!   time every nudge and breach.
+//!
+//! With `--server-pid` the server's RSS and CPU time are read from `/proc`,
+//! and the machine's total from `/proc/stat`, so each run says how much CPU
+//! other processes took while it measured.
 //!
 //! Agents are `a1..aM` with token `<token-prefix><i>`, so the server is
 //! started with `--agent-token SHOP:a<i>:<token-prefix><i>` for each agent.
@@ -103,7 +113,7 @@ struct Args {
     max: bool,
     /// Messages in flight in --max mode. Keep it below agents x the server's
     /// outbound queue (256), or agents get dropped as slow readers.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 64)]
     inflight: usize,
     /// Seconds of sending (the first --warmup of them are not measured).
     #[arg(long, default_value_t = 10.0)]

@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info};
 
-use super::hub::{AgentSession, BuyerSession, CloseOrder, Ctx, Effects, Outbox};
+use super::hub::{AgentSession, BuyerSession, CloseOrder, Effects, Outbox};
 use super::{App, SUGGESTIONS};
 use crate::config::Limits;
 use crate::events::{Event, Kind};
@@ -374,11 +374,7 @@ fn check_text(text: &str, limits: &Limits) -> Result<(), Refusal> {
 fn hello(app: &App, h: Hello, out: &Outbox) -> Result<Session, Refusal> {
     let now = Instant::now();
     let phrases = app.phrases();
-    let ctx = Ctx {
-        config: app.config(),
-        tb: app.timebase(),
-        phrases: &phrases,
-    };
+    let ctx = app.ctx(&phrases);
     let mut fx = Effects::default();
     let result = match h.role {
         Role::Buyer => {
@@ -431,11 +427,7 @@ fn buyer_message(app: &App, s: &BuyerSession, text: String) -> Result<(), Refusa
     check_text(&text, &app.config().limits)?;
     let now = Instant::now();
     let phrases = app.phrases();
-    let ctx = Ctx {
-        config: app.config(),
-        tb: app.timebase(),
-        phrases: &phrases,
-    };
+    let ctx = app.ctx(&phrases);
     let mut fx = Effects::default();
     let plan = app.hub().buyer_message(&ctx, s, &text, now, &mut fx)?;
     // Matching and serialising happen outside the lock.
@@ -488,11 +480,7 @@ fn agent_reply(
     }
     let now = Instant::now();
     let phrases = app.phrases();
-    let ctx = Ctx {
-        config: app.config(),
-        tb: app.timebase(),
-        phrases: &phrases,
-    };
+    let ctx = app.ctx(&phrases);
     let mut fx = Effects::default();
     let r = app
         .hub()
@@ -504,11 +492,7 @@ fn agent_reply(
 fn rate(app: &App, s: &BuyerSession, out: &Outbox, score: &str) -> Result<(), Refusal> {
     let now = Instant::now();
     let phrases = app.phrases();
-    let ctx = Ctx {
-        config: app.config(),
-        tb: app.timebase(),
-        phrases: &phrases,
-    };
+    let ctx = app.ctx(&phrases);
     let mut fx = Effects::default();
     let r = app.hub().rate(&ctx, s, out, score, now, &mut fx);
     app.apply(fx);
@@ -539,11 +523,7 @@ fn lint(app: &App, out: &Outbox, text: &str) -> Result<(), Refusal> {
 fn disconnect(app: &App, session: Session) {
     let now = Instant::now();
     let phrases = app.phrases();
-    let ctx = Ctx {
-        config: app.config(),
-        tb: app.timebase(),
-        phrases: &phrases,
-    };
+    let ctx = app.ctx(&phrases);
     let mut fx = Effects::default();
     match &session {
         Session::Fresh => return,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::hub::{Ctx, Effects};
+use super::hub::Effects;
 use super::App;
 
 /// Sleep when nothing is scheduled (a wake-up arrives with the next round).
@@ -20,11 +20,7 @@ pub(crate) async fn run(app: App) {
     loop {
         let now = Instant::now();
         let phrases = app.phrases();
-        let ctx = Ctx {
-            config: app.config(),
-            tb: app.timebase(),
-            phrases: &phrases,
-        };
+        let ctx = app.ctx(&phrases);
         let mut fx = Effects::default();
         let next = app.hub().tick(&ctx, now, &mut fx);
         fx.wake_timer = false;
