@@ -232,10 +232,11 @@ async fn waiting_buyers_go_to_the_first_agent_who_comes_online() {
     buyer.send(json!({"type":"message","text":"在吗"})).await;
     buyer.expect_silence(Duration::from_millis(200)).await;
 
+    // The backlog travels in the agent's welcome, not as a frame each.
     let (mut a1, welcome) = t.agent("a1").await;
-    assert_eq!(welcome["conversations"], json!([]));
-    let a = a1.recv_type("conversation_assigned").await;
-    assert_eq!(a["reason"], "waiting");
+    let convs = welcome["conversations"].as_array().unwrap();
+    assert_eq!(convs.len(), 1, "{welcome}");
+    let a = &convs[0];
     assert_eq!(a["conversation"], bw["conversation"]);
     assert!(a["waiting_since"].is_i64());
     let from: Vec<_> = a["history"]
@@ -253,6 +254,34 @@ async fn waiting_buyers_go_to_the_first_agent_who_comes_online() {
             json!(null)
         ]
     );
+    a1.expect_silence(Duration::from_millis(100)).await;
+    t.stop().await;
+}
+
+/// 双11 after a network blip: more buyers wait than an agent's outbound
+/// queue holds frames. The agent who signs in gets them all in its welcome
+/// and is not disconnected as a slow reader.
+#[tokio::test]
+async fn a_backlog_longer_than_the_queue_comes_in_the_welcome() {
+    let mut config = test_config();
+    config.limits.outbound_queue = 8;
+    let t = spawn_app_with(config).await;
+    let mut buyers = Vec::new();
+    for i in 0..20 {
+        let (mut b, _, _) = t.buyer(&format!("b{i}")).await;
+        b.send(json!({"type":"message","text":"在吗"})).await;
+        b.recv_type("reply").await; // the offline reply
+        buyers.push(b);
+    }
+    let (mut a1, welcome) = t.agent("a1").await;
+    let convs = welcome["conversations"].as_array().unwrap();
+    assert_eq!(convs.len(), 20);
+    // Still connected and working: answer the longest-waiting buyer.
+    let first = convs[0]["conversation"].as_str().unwrap();
+    a1.send(json!({"type":"reply","conversation":first,"text":"亲，让您久等了","intent":null}))
+        .await;
+    a1.recv_type("reply_sent").await;
+    buyers[0].recv_until("reply").await;
     t.stop().await;
 }
 
@@ -417,8 +446,9 @@ async fn bad_input_gets_an_error_and_the_connection_stays_usable() {
     c.recv_type("rated").await;
 
     // Agents: wrong role, unknown conversation.
-    let (mut a, _) = t.agent("a2").await;
-    a.recv_type("conversation_assigned").await; // b1, who waited
+    let (mut a, welcome) = t.agent("a2").await;
+    // b1, who waited, comes with the welcome.
+    assert_eq!(welcome["conversations"].as_array().unwrap().len(), 1);
     let cases = [
         (json!({"type":"message","text":"hi"}), "wrong_role"),
         (json!({"type":"rate","score":"satisfied"}), "wrong_role"),

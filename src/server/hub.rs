@@ -495,7 +495,7 @@ impl Hub {
         }
         shop.buyers.insert(buyer.clone(), id.clone());
         match agent {
-            Some(a) => assign(shop, &mut conv, &a, "new", clock, ctx, at, fx),
+            Some(a) => assign(shop, &mut conv, &a, "new", clock, ctx, at, fx, true),
             None => shop.unassigned.push(id.clone()),
         }
         convs.insert(id.clone(), conv);
@@ -553,6 +553,21 @@ impl Hub {
         }
         let tb = ctx.tb;
         let at = tb.ms(now);
+        // Buyers who came while no agent was online. The ones given to this
+        // agent travel in its welcome below rather than as a frame each: a
+        // backlog longer than the outbound queue (双11 after a network blip)
+        // must not get the agent disconnected as it signs in.
+        let mut pending = std::mem::take(&mut shop.unassigned);
+        pending.sort_by_key(|c| convs.get(c).map(|c| waiting_key(clock, c)));
+        for cid in pending {
+            let Some(conv) = convs.get_mut(&cid) else {
+                continue;
+            };
+            let next = pick_agent(shop).expect("this agent is online");
+            let tell = next != agent_key;
+            assign(shop, conv, &next, "waiting", clock, ctx, at, fx, tell);
+        }
+        let agent = shop.agents.get(agent_id).expect("just found");
         // The conversations this agent still holds (a reconnect that
         // replaced an older connection), longest-waiting first.
         let mut mine: Vec<&Conv> = agent.convs.iter().filter_map(|c| convs.get(c)).collect();
@@ -589,16 +604,6 @@ impl Hub {
                 conversations: views,
             },
         );
-        // Buyers who came while no agent was online.
-        let mut pending = std::mem::take(&mut shop.unassigned);
-        pending.sort_by_key(|c| convs.get(c).map(|c| waiting_key(clock, c)));
-        for cid in pending {
-            let Some(conv) = convs.get_mut(&cid) else {
-                continue;
-            };
-            let next = pick_agent(shop).expect("this agent is online");
-            assign(shop, conv, &next, "waiting", clock, ctx, at, fx);
-        }
         Ok(AgentSession {
             shop: shop_key,
             agent: agent_key,
@@ -860,7 +865,7 @@ impl Hub {
                 continue;
             };
             match pick_agent(shop) {
-                Some(next) => assign(shop, conv, &next, "reassigned", clock, ctx, at, fx),
+                Some(next) => assign(shop, conv, &next, "reassigned", clock, ctx, at, fx, true),
                 None => {
                     conv.agent = None;
                     shop.unassigned.push(cid);
@@ -1036,7 +1041,8 @@ fn waiting_key(clock: &Clock<Arc<str>>, conv: &Conv) -> (bool, Option<Instant>) 
     (started.is_none(), started)
 }
 
-/// Gives `conv` to `agent_id`: records it and tells the agent.
+/// Gives `conv` to `agent_id`: records it and, with `tell`, tells the agent
+/// (`conversation_assigned`).
 #[allow(clippy::too_many_arguments)]
 fn assign(
     shop: &mut Shop,
@@ -1047,6 +1053,7 @@ fn assign(
     ctx: &Ctx,
     at: i64,
     fx: &mut Effects,
+    tell: bool,
 ) {
     let Some(agent) = shop.agents.get_mut(agent_id) else {
         return;
@@ -1057,7 +1064,7 @@ fn assign(
     ev.agent = Some(agent_id.to_string());
     ev.note = Some(reason.to_string());
     fx.events.push(ev);
-    if let Some(out) = &agent.online {
+    if let Some(out) = agent.online.as_ref().filter(|_| tell) {
         let round = clock.round(&conv.id);
         let suggestions = suggestions_for(conv, round, ctx, &shop.name, agent.name.as_deref());
         let view = conv.view(round, ctx.tb, &suggestions);
