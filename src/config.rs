@@ -112,6 +112,10 @@ pub struct Limits {
     pub read_buffer_bytes: usize,
     /// Time given to open connections to finish on shutdown.
     pub shutdown_grace: Duration,
+    /// How long an agent whose socket dropped keeps their conversations
+    /// before they move to colleagues (a page refresh, a network blip); 0
+    /// moves them at once.
+    pub agent_grace: Duration,
 }
 
 impl Default for Limits {
@@ -131,6 +135,7 @@ impl Default for Limits {
             history_bytes: 16 * 1024,
             read_buffer_bytes: 4096,
             shutdown_grace: Duration::from_secs(5),
+            agent_grace: Duration::from_secs(10),
         }
     }
 }
@@ -276,6 +281,7 @@ struct FileLimits {
     history_bytes: Option<usize>,
     read_buffer_bytes: Option<usize>,
     shutdown_grace_secs: Option<f64>,
+    agent_grace_secs: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -386,6 +392,11 @@ impl Config {
                 &mut lim.shutdown_grace,
                 l.shutdown_grace_secs,
                 "limits.shutdown_grace_secs",
+            ),
+            (
+                &mut lim.agent_grace,
+                l.agent_grace_secs,
+                "limits.agent_grace_secs",
             ),
         ] {
             if let Some(v) = value {

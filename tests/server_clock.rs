@@ -266,3 +266,50 @@ async fn abandoned_conversations_close_after_the_resume_window() {
     assert_ne!(w["conversation"], conv);
     assert_eq!(g["note"], "greeting");
 }
+
+/// An agent whose socket drops keeps their conversations for the grace
+/// period: a page refresh brings them back in the welcome, and only after
+/// the grace do they move to a colleague, clock still running.
+#[tokio::test(start_paused = true)]
+async fn an_agent_who_comes_back_within_the_grace_keeps_their_conversations() {
+    let mut c = config(None);
+    c.limits.agent_grace = secs(10.0);
+    let t = spawn_local(c).await;
+    let (a1, mut buyer, conv) = pair(&t).await;
+    let (mut a2, _) = t.agent("a2").await;
+    buyer.send(json!({"type":"message","text":"在吗"})).await;
+    sleep(secs(1.0)).await;
+    // A refresh: gone, back 3 s later.
+    a1.close().await;
+    sleep(secs(3.0)).await;
+    let (mut a1, welcome) = t.agent("a1").await;
+    let held = welcome["conversations"].as_array().unwrap();
+    assert_eq!(held.len(), 1, "{welcome}");
+    assert_eq!(held[0]["conversation"], conv);
+    // Past the grace nothing moves: a2 only sees its own traffic.
+    let t0 = Instant::now();
+    let n = a1.recv_type("nudge").await;
+    assert_eq!(n["conversation"], conv);
+    assert!(t0.elapsed() >= secs(15.0), "{:?}", t0.elapsed());
+    a2.expect_silence(secs(1.0)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_the_grace_the_conversations_move_with_their_clock() {
+    let mut c = config(None);
+    c.limits.agent_grace = secs(10.0);
+    let t = spawn_local(c).await;
+    let (a1, mut buyer, conv) = pair(&t).await;
+    let (mut a2, _) = t.agent("a2").await;
+    let t0 = Instant::now();
+    buyer.send(json!({"type":"message","text":"在吗"})).await;
+    sleep(secs(2.0)).await;
+    a1.close().await;
+    let moved = a2.recv_type("conversation_assigned").await;
+    assert_eq!(moved["conversation"], conv);
+    assert_eq!(moved["reason"], "reassigned");
+    assert_eq!(t0.elapsed().as_secs(), 12, "moved at the end of the grace");
+    let n = a2.recv_type("nudge").await;
+    assert_eq!(n["conversation"], conv);
+    assert_eq!(t0.elapsed().as_secs(), 20);
+}

@@ -296,6 +296,9 @@ pub(crate) struct Hub {
     /// Conversations whose buyer left, in the order they left (entries of
     /// buyers who came back are skipped when they reach the front).
     away: VecDeque<(Instant, Arc<str>)>,
+    /// Agents whose socket dropped, in the order they left, with the time
+    /// their conversations move on unless they are back (shop, agent).
+    leaving: VecDeque<(Instant, Arc<str>, Arc<str>)>,
     /// When the timer task plans to wake up next.
     timer_wake: Option<Instant>,
 }
@@ -337,6 +340,7 @@ impl Hub {
             convs: HashMap::new(),
             clock: Clock::new(config.clock),
             away: VecDeque::new(),
+            leaving: VecDeque::new(),
             timer_wake: None,
         }
     }
@@ -857,6 +861,32 @@ impl Hub {
             return; // replaced by a newer connection of the same agent
         }
         agent.online = None;
+        let grace = ctx.config.limits.agent_grace;
+        if grace.is_zero() {
+            Self::move_conversations(shop, &s.agent, convs, clock, ctx, now, fx);
+        } else {
+            // A page refresh or a network blip comes back within seconds:
+            // the agent keeps their conversations until the grace ends.
+            let (shop_id, agent_id) = (s.shop.clone(), s.agent.clone());
+            self.leaving.push_back((now + grace, shop_id, agent_id));
+            Self::deadline_added(&mut self.timer_wake, now + grace, fx);
+        }
+    }
+
+    /// Moves the conversations of `agent_id`, who went offline, to the other
+    /// online agents (longest-waiting first), or leaves them waiting.
+    fn move_conversations(
+        shop: &mut Shop,
+        agent_id: &str,
+        convs: &mut HashMap<Arc<str>, Conv>,
+        clock: &Clock<Arc<str>>,
+        ctx: &Ctx,
+        now: Instant,
+        fx: &mut Effects,
+    ) {
+        let Some(agent) = shop.agents.get_mut(agent_id) else {
+            return;
+        };
         let mut moving: Vec<Arc<str>> = std::mem::take(&mut agent.convs).into_iter().collect();
         moving.sort_by_key(|c| convs.get(c).map(|c| waiting_key(clock, c)));
         let at = ctx.tb.ms(now);
@@ -969,11 +999,35 @@ impl Hub {
                 self.close_conversation(&cid, fx);
             }
         }
+        while let Some(&(until, _, _)) = self.leaving.front() {
+            if until > now {
+                break;
+            }
+            let (_, shop_id, agent_id) = self.leaving.pop_front().expect("front exists");
+            let Hub {
+                shops,
+                convs,
+                clock,
+                ..
+            } = self;
+            let Some(shop) = shops.get_mut(&shop_id) else {
+                continue;
+            };
+            // Back within the grace: nothing moves.
+            if shop
+                .agents
+                .get(&agent_id)
+                .is_some_and(|a| a.online.is_none())
+            {
+                Self::move_conversations(shop, &agent_id, convs, clock, ctx, now, fx);
+            }
+        }
         let next_expiry = self.away.front().map(|&(since, _)| since + window);
-        let next = match (self.clock.next_alarm(), next_expiry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let next_move = self.leaving.front().map(|&(until, _, _)| until);
+        let next = [self.clock.next_alarm(), next_expiry, next_move]
+            .into_iter()
+            .flatten()
+            .min();
         self.timer_wake = next;
         next
     }

@@ -79,6 +79,9 @@ pub fn test_config() -> Config {
     );
     c.limits.rate_per_sec = 1000.0;
     c.limits.rate_burst = 1000;
+    // Conversations move the moment an agent leaves, unless a test says
+    // otherwise (the grace period has its own tests).
+    c.limits.agent_grace = Duration::ZERO;
     c.validate().unwrap();
     c
 }
