@@ -275,15 +275,7 @@ impl Store {
 
     /// [`Store::open`] with another batching policy (tests, tuning).
     pub fn open_with(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError(format!(
-                "cannot create the data directory {}: {e}",
-                dir.display()
-            ))
-        })?;
-        let path = dir.join(DB_FILE);
-        let mut conn = connect(&path, true)?;
-        migrate(&mut conn, &path)?;
+        let (path, conn) = open_db(dir)?;
         let (tx, rx) = mpsc::sync_channel(options.queue_capacity.max(1));
         let shared = Arc::new(Shared {
             tx,
@@ -726,10 +718,9 @@ impl Reader {
     }
 }
 
-/// Appends `events` to the log in `dir` in one transaction (for `kefu
-/// events import`; not for a running service, which records through its
-/// handle). Creates and upgrades the log as [`Store::open`] does.
-pub fn import(dir: &Path, events: &[Event]) -> Result<usize, StoreError> {
+/// Creates the data directory if needed, opens its log for writing and
+/// brings the schema up to date.
+fn open_db(dir: &Path) -> Result<(PathBuf, Connection), StoreError> {
     std::fs::create_dir_all(dir).map_err(|e| {
         StoreError(format!(
             "cannot create the data directory {}: {e}",
@@ -739,5 +730,13 @@ pub fn import(dir: &Path, events: &[Event]) -> Result<usize, StoreError> {
     let path = dir.join(DB_FILE);
     let mut conn = connect(&path, true)?;
     migrate(&mut conn, &path)?;
+    Ok((path, conn))
+}
+
+/// Appends `events` to the log in `dir` in one transaction (for `kefu
+/// events import`; not for a running service, which records through its
+/// handle). Creates and upgrades the log as [`Store::open`] does.
+pub fn import(dir: &Path, events: &[Event]) -> Result<usize, StoreError> {
+    let (path, mut conn) = open_db(dir)?;
     insert_all(&mut conn, events).map_err(|e| sql_fail("cannot import into", &path, e))
 }

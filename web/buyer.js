@@ -4,7 +4,7 @@
 "use strict";
 
 (() => {
-  const { el, clockTime, load, save, connect, RATINGS } = kefu;
+  const { el, setStatus, clockTime, load, save, connect, RATINGS } = kefu;
   const $ = (id) => document.getElementById(id);
   const SESSION_KEY = "kefu.buyer";
   const resumeKey = (s) => `kefu.resume.${s.shop}.${s.buyer}`;
@@ -14,12 +14,6 @@
   let messages = [];
   let rated = null;
   let shopName = "";
-
-  function setStatus(kind, text) {
-    const s = $("status");
-    s.className = `status ${kind}`;
-    s.textContent = text;
-  }
 
   function showSignin(error) {
     $("signin").hidden = false;

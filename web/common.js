@@ -131,5 +131,12 @@ const kefu = (() => {
     ["very_dissatisfied", "非常不满意"],
   ];
 
-  return { el, wsUrl, clockTime, pad2, load, save, connect, stageLabel, RATINGS };
+  /** Shows the connection state in the page header's `#status` badge. */
+  function setStatus(kind, text) {
+    const s = document.getElementById("status");
+    s.className = `status ${kind}`;
+    s.textContent = text;
+  }
+
+  return { el, setStatus, wsUrl, clockTime, pad2, load, save, connect, stageLabel, RATINGS };
 })();

@@ -4,7 +4,7 @@
 "use strict";
 
 (() => {
-  const { el, load, save, stageLabel } = kefu;
+  const { el, setStatus, load, save, stageLabel } = kefu;
   const $ = (id) => document.getElementById(id);
   const SESSION_KEY = "kefu.supervisor";
   const SVG = "http://www.w3.org/2000/svg";
@@ -63,12 +63,6 @@
   }
 
   // ---------- sign in ----------
-
-  function setStatus(kind, text) {
-    const s = $("status");
-    s.className = `status ${kind}`;
-    s.textContent = text;
-  }
 
   function showSignin(error) {
     $("signin").hidden = false;

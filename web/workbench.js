@@ -4,7 +4,7 @@
 "use strict";
 
 (() => {
-  const { el, clockTime, load, save, connect, stageLabel } = kefu;
+  const { el, setStatus, clockTime, load, save, connect, stageLabel } = kefu;
   const $ = (id) => document.getElementById(id);
   const SESSION_KEY = "kefu.agent";
   const LINT_DELAY_MS = 250;
@@ -96,12 +96,6 @@
     convs.clear();
     selected = null;
     showSignin("");
-  }
-
-  function setStatus(kind, text) {
-    const s = $("status");
-    s.className = `status ${kind}`;
-    s.textContent = text;
   }
 
   // ---------- conversations ----------
