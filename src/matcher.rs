@@ -285,13 +285,7 @@ impl Matcher {
                 if inside && !entry.exclude {
                     continue;
                 }
-                let a = match acc.iter_mut().position(|a| a.intent == entry.intent) {
-                    Some(i) => &mut acc[i],
-                    None => {
-                        acc.push(Acc::new(entry.intent));
-                        acc.last_mut().expect("just pushed")
-                    }
-                };
+                let a = Acc::of(&mut acc, entry.intent);
                 if entry.exclude {
                     a.vetoed = true;
                     continue;
@@ -305,14 +299,7 @@ impl Matcher {
         }
         if !self.regex_owner.is_empty() {
             for i in self.regexes.matches(norm).iter() {
-                let owner = self.regex_owner[i];
-                let a = match acc.iter_mut().position(|a| a.intent == owner) {
-                    Some(i) => &mut acc[i],
-                    None => {
-                        acc.push(Acc::new(owner));
-                        acc.last_mut().expect("just pushed")
-                    }
-                };
+                let a = Acc::of(&mut acc, self.regex_owner[i]);
                 if !a.pattern_hit {
                     a.pattern_hit = true;
                     a.miss *= 1.0 - PATTERN_WEIGHT;
@@ -390,14 +377,22 @@ struct Acc {
 }
 
 impl Acc {
-    fn new(intent: u32) -> Acc {
-        Acc {
-            intent,
-            miss: 1.0,
-            matched: Vec::new(),
-            spans: Vec::new(),
-            vetoed: false,
-            pattern_hit: false,
+    /// The accumulator of `intent`, added on its first hit. A message hits
+    /// a handful of intents, so a linear scan beats a map.
+    fn of(acc: &mut Vec<Acc>, intent: u32) -> &mut Acc {
+        match acc.iter().position(|a| a.intent == intent) {
+            Some(i) => &mut acc[i],
+            None => {
+                acc.push(Acc {
+                    intent,
+                    miss: 1.0,
+                    matched: Vec::new(),
+                    spans: Vec::new(),
+                    vetoed: false,
+                    pattern_hit: false,
+                });
+                acc.last_mut().expect("just pushed")
+            }
         }
     }
 }
