@@ -35,15 +35,20 @@
 //!
 //! Why overlapping search with the standard match kind: keywords of different
 //! intents overlap all the time in Chinese (`退货退款`), and leftmost-first or
-//! leftmost-longest semantics would hide one of them. Why a DFA: the full
-//! libraries are a few thousand short patterns, small enough that the DFA's
-//! memory (measured in `benches/matcher.rs`) buys the fastest scan.
+//! leftmost-longest semantics would hide one of them. Why a contiguous NFA
+//! and not the DFA: for the full libraries (about 2,000 keywords) the DFA
+//! takes 4.9 MiB against the NFA's 0.2 MiB. Repeating one message, the DFA
+//! scans a little faster, but in the service each message is new and the
+//! buyer's frame, JSON and sockets have just been through the cache: the
+//! DFA's transitions then miss L2 on nearly every byte, and over the corpus
+//! taken in turn the NFA is faster (`cargo bench --bench matcher`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
-use regex::{Regex, RegexSet};
+use regex::Regex;
+use regex_syntax::hir::literal::{ExtractKind, Extractor};
 use serde::Serialize;
 
 use crate::normalize::normalize;
@@ -57,9 +62,6 @@ pub const COVERAGE_FLOOR: f32 = 0.55;
 pub const PATTERN_WEIGHT: f32 = 0.8;
 /// Longest bracketed token (characters between `[` and `]`) taken as data.
 pub const TOKEN_MAX_CHARS: usize = 12;
-
-/// Upper bound of the patterns' lazy DFA cache (per thread using it).
-const REGEX_DFA_CACHE: usize = 32 << 20;
 
 /// Default weight of a keyword of `chars` characters.
 pub fn default_weight(chars: usize) -> f32 {
@@ -117,11 +119,94 @@ pub struct Matcher {
     /// Per automaton pattern: its text as written and what it means.
     patterns: Vec<(String, Vec<Entry>)>,
     intents: Vec<CompiledIntent>,
-    regexes: RegexSet,
-    /// The same patterns one by one, run only for those the set says match,
-    /// to find the span they cover.
+    /// The patterns, each run only on a message that holds one of its
+    /// prefix literals (see [`Gates`]).
     regex_list: Vec<Regex>,
     regex_owner: Vec<u32>,
+    gates: Gates,
+}
+
+/// Which patterns are worth running on a message.
+///
+/// Why: run as one `RegexSet`, the 40-odd patterns (with `.{0,8}` and `\d`
+/// everywhere) cost more than all the keywords together, because the set's
+/// lazy DFA must scan every message to its end with every pattern alive.
+/// But a match of nearly every pattern begins with one of a few literals
+/// (`(改|换|修改)`, `钱`) and ends with one of a few others (`(地址|电话)`).
+/// So the prefix and suffix literals of all patterns go into one small
+/// automaton, and a message runs only the patterns whose prefix *and*
+/// suffix literals it contains, each as a single regex with its own
+/// prefilter. A side without a finite set of non-empty literals is not
+/// required; a pattern with neither runs on every message.
+#[derive(Debug)]
+struct Gates {
+    literals: Option<AhoCorasick>,
+    /// Per literal of `literals`: (pattern, PREFIX or SUFFIX) it stands for.
+    opens: Vec<Vec<(u32, u8)>>,
+    /// Per pattern: the sides that must be seen (0: runs on every message).
+    needs: Vec<u8>,
+}
+
+const PREFIX: u8 = 1;
+const SUFFIX: u8 = 2;
+
+impl Gates {
+    fn new(sources: &[String]) -> Result<Gates, BuildError> {
+        let mut index: HashMap<Vec<u8>, usize> = HashMap::new();
+        let mut literals: Vec<Vec<u8>> = Vec::new();
+        let mut opens: Vec<Vec<(u32, u8)>> = Vec::new();
+        let mut needs = vec![0u8; sources.len()];
+        for (i, src) in sources.iter().enumerate() {
+            let hir = regex_syntax::parse(src).map_err(|e| BuildError::Syntax(Box::new(e)))?;
+            for (kind, side) in [(ExtractKind::Prefix, PREFIX), (ExtractKind::Suffix, SUFFIX)] {
+                let seq = Extractor::new().kind(kind).extract(&hir);
+                let Some(lits) = seq.literals() else { continue };
+                if lits.is_empty() || lits.iter().any(|l| l.is_empty()) {
+                    continue;
+                }
+                needs[i] |= side;
+                for lit in lits {
+                    let slot = *index.entry(lit.as_bytes().to_vec()).or_insert_with(|| {
+                        literals.push(lit.as_bytes().to_vec());
+                        opens.push(Vec::new());
+                        literals.len() - 1
+                    });
+                    if !opens[slot].contains(&(i as u32, side)) {
+                        opens[slot].push((i as u32, side));
+                    }
+                }
+            }
+        }
+        let literals = if literals.is_empty() {
+            None
+        } else {
+            Some(
+                AhoCorasick::builder()
+                    .match_kind(MatchKind::Standard)
+                    .build(&literals)?,
+            )
+        };
+        Ok(Gates {
+            literals,
+            opens,
+            needs,
+        })
+    }
+
+    /// The patterns to run on `norm`, in pattern order.
+    fn open(&self, norm: &str) -> Vec<u32> {
+        let mut seen = vec![0u8; self.needs.len()];
+        if let Some(ac) = &self.literals {
+            for m in ac.find_overlapping_iter(norm) {
+                for &(p, side) in &self.opens[m.pattern().as_usize()] {
+                    seen[p as usize] |= side;
+                }
+            }
+        }
+        (0..self.needs.len() as u32)
+            .filter(|&p| seen[p as usize] & self.needs[p as usize] == self.needs[p as usize])
+            .collect()
+    }
 }
 
 /// Building the matcher failed; the loader validates everything it checks,
@@ -132,12 +217,14 @@ pub enum BuildError {
     Automaton(#[from] aho_corasick::BuildError),
     #[error("cannot compile the patterns: {0}")]
     Regex(#[from] regex::Error),
+    #[error("cannot parse a pattern: {0}")]
+    Syntax(Box<regex_syntax::Error>),
 }
 
 impl Matcher {
     /// Compiles every intent of `lib`.
     pub fn new(lib: &Library) -> Result<Matcher, BuildError> {
-        Self::with_kind(lib, AhoCorasickKind::DFA)
+        Self::with_kind(lib, AhoCorasickKind::ContiguousNFA)
     }
 
     /// Like [`Matcher::new`] with a chosen automaton kind (for benchmarks).
@@ -198,26 +285,18 @@ impl Matcher {
             .match_kind(MatchKind::Standard)
             .kind(Some(kind))
             .build(&texts)?;
-        // The patterns share one lazy DFA. With the default cache (2 MiB)
-        // the Unicode classes of 40-odd patterns (`.`, `\d`) thrash it on
-        // long messages and the search falls back to the much slower
-        // PikeVM: the per-message mean was 42 µs with the default and 6 µs
-        // with this limit (`cargo bench --bench matcher`). The cache grows
-        // only as far as the messages seen need.
-        let regexes = regex::RegexSetBuilder::new(&regex_src)
-            .dfa_size_limit(REGEX_DFA_CACHE)
-            .build()?;
         let regex_list = regex_src
             .iter()
             .map(|p| Regex::new(p))
             .collect::<Result<Vec<_>, _>>()?;
+        let gates = Gates::new(&regex_src)?;
         Ok(Matcher {
             ac,
             patterns,
             intents,
-            regexes,
             regex_list,
             regex_owner,
+            gates,
         })
     }
 
@@ -297,16 +376,17 @@ impl Matcher {
                 a.spans.push((s, e));
             }
         }
-        if !self.regex_owner.is_empty() {
-            for i in self.regexes.matches(norm).iter() {
-                let a = Acc::of(&mut acc, self.regex_owner[i]);
+        if !self.regex_list.is_empty() {
+            for i in self.gates.open(norm) {
+                let Some(m) = self.regex_list[i as usize].find(norm) else {
+                    continue;
+                };
+                let a = Acc::of(&mut acc, self.regex_owner[i as usize]);
                 if !a.pattern_hit {
                     a.pattern_hit = true;
                     a.miss *= 1.0 - PATTERN_WEIGHT;
                 }
-                if let Some(m) = self.regex_list[i].find(norm) {
-                    a.spans.push((m.start() as u32, m.end() as u32));
-                }
+                a.spans.push((m.start() as u32, m.end() as u32));
             }
         }
 
@@ -631,5 +711,89 @@ mod tests {
         assert!(m.rank("亲我想问一下这个东西到底怎么样啊").is_empty());
         assert!(m.rank("").is_empty());
         assert!(m.rank("。。。").is_empty());
+    }
+
+    /// (pattern, text, does the pattern run on it?)
+    const GATE_CASES: &[(&str, &str, bool)] = &[
+        // Prefix and suffix literals both present: runs.
+        ("(改|换|修改).{0,4}(地址|电话)", "我想改一下地址", true),
+        // Prefix alone, or suffix alone: a match is impossible, skipped.
+        ("(改|换|修改).{0,4}(地址|电话)", "我想改一下", false),
+        ("(改|换|修改).{0,4}(地址|电话)", "地址是哪里", false),
+        // Only the suffix side is finite (`\d+` has too many prefixes).
+        (r"\d+\s*(元|块)", "便宜10块", true),
+        (r"\d+\s*(元|块)", "便宜点", false),
+        // Neither side is finite: runs on everything.
+        (r"\w{2,}", "。。。", true),
+        // Small classes are spelled out, so they gate too.
+        (r"^[嗯哦 ,.!~]*(好|行)[嗯哦 ,.!~]*$", "随便什么话", false),
+        (r"^[嗯哦 ,.!~]*(好|行)[嗯哦 ,.!~]*$", "嗯嗯好", true),
+        // Anchors do not hide the literals next to them.
+        ("^(在|亲)[呀啊 ]*$", "在吗在吗", true),
+        ("^(在|亲)[呀啊 ]*$", "你好", false),
+    ];
+
+    #[test]
+    fn gates_open_a_pattern_only_when_its_literals_are_there() {
+        for &(pattern, text, runs) in GATE_CASES {
+            let gates = Gates::new(&[pattern.to_string()]).expect("test pattern parses");
+            let opened = gates.open(&normalize(text));
+            assert_eq!(opened == [0], runs, "{pattern} on {text}: {opened:?}");
+        }
+    }
+
+    /// The gates may skip a pattern only when it cannot match: every
+    /// pattern of the shipped libraries that matches a message must have
+    /// been opened for it. Messages: the corpus when `../shared` is there,
+    /// and texts built from the patterns' own literals either way.
+    #[test]
+    fn gates_never_skip_a_pattern_that_matches() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let lib = Library::load_dir(&dir.join("phrases")).expect("shipped libraries load");
+        let m = Matcher::new(&lib).expect("shipped libraries compile");
+        let mut texts: Vec<String> = Vec::new();
+        for name in ["jddc_buyer_messages.txt", "ecd_buyer_messages.txt"] {
+            if let Ok(t) = std::fs::read_to_string(dir.join("../shared/corpus").join(name)) {
+                texts.extend(t.lines().map(String::from));
+            }
+        }
+        // Without the corpus: every pair of a keyword and a reply stands in
+        // for real messages, plus messages made to match the patterns.
+        for i in &lib.intents {
+            for k in i.keywords.iter().take(5) {
+                texts.push(format!("亲，{}吗？我的地址写错了，差了10块", k.text));
+            }
+        }
+        texts.extend(
+            [
+                "比我上次买的便宜了好多",
+                "能改一下收货地址吗",
+                "几天能到",
+                "发顺丰可以吗",
+                "175 70kg穿什么码",
+                "嗯嗯好的",
+                "不用了谢谢",
+            ]
+            .map(String::from),
+        );
+        let mut matched = 0;
+        for text in &texts {
+            let norm = normalize(text);
+            let opened = m.gates.open(&norm);
+            for (i, re) in m.regex_list.iter().enumerate() {
+                if re.is_match(&norm) {
+                    matched += 1;
+                    assert!(
+                        opened.contains(&(i as u32)),
+                        "pattern {} matches {text:?} but was not opened",
+                        re.as_str()
+                    );
+                }
+            }
+        }
+        assert!(
+            matched > 10,
+            "the sample must exercise the patterns: {matched}"
+        );
     }
 }
