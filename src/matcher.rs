@@ -48,7 +48,7 @@ use std::sync::Arc;
 
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use regex::Regex;
-use regex_syntax::hir::literal::{ExtractKind, Extractor};
+use regex_syntax::hir::{Class, Hir, HirKind};
 use serde::Serialize;
 
 use crate::normalize::normalize;
@@ -131,24 +131,27 @@ pub struct Matcher {
 /// Why: run as one `RegexSet`, the 40-odd patterns (with `.{0,8}` and `\d`
 /// everywhere) cost more than all the keywords together, because the set's
 /// lazy DFA must scan every message to its end with every pattern alive.
-/// But a match of nearly every pattern begins with one of a few literals
-/// (`(改|换|修改)`, `钱`) and ends with one of a few others (`(地址|电话)`).
-/// So the prefix and suffix literals of all patterns go into one small
-/// automaton, and a message runs only the patterns whose prefix *and*
-/// suffix literals it contains, each as a single regex with its own
-/// prefilter. A side without a finite set of non-empty literals is not
-/// required; a pattern with neither runs on every message.
+/// But a pattern can only match a message holding certain literals: in
+/// `(改|换|修改).{0,4}(地址|电话)`, one of 改/换/修改 *and* one of 地址/电话.
+/// Those literal sets ([`required`]) of all patterns go into one small
+/// automaton, and a message runs only the patterns all of whose sets it
+/// hits, each as a single regex. A pattern that requires nothing runs on
+/// every message. The gate may let through a pattern that then does not
+/// match, never the reverse (tested over the corpus).
 #[derive(Debug)]
 struct Gates {
     literals: Option<AhoCorasick>,
-    /// Per literal of `literals`: (pattern, PREFIX or SUFFIX) it stands for.
+    /// Per literal of `literals`: the (pattern, clause) it satisfies.
     opens: Vec<Vec<(u32, u8)>>,
-    /// Per pattern: the sides that must be seen (0: runs on every message).
+    /// Per pattern: one bit per clause that must be satisfied (0: none,
+    /// the pattern runs on every message).
     needs: Vec<u8>,
 }
 
-const PREFIX: u8 = 1;
-const SUFFIX: u8 = 2;
+/// Most clauses kept per pattern (the most selective ones).
+const MAX_CLAUSES: usize = 8;
+/// A character class of at most this many characters is a literal set.
+const MAX_CLASS_CHARS: u32 = 32;
 
 impl Gates {
     fn new(sources: &[String]) -> Result<Gates, BuildError> {
@@ -158,22 +161,18 @@ impl Gates {
         let mut needs = vec![0u8; sources.len()];
         for (i, src) in sources.iter().enumerate() {
             let hir = regex_syntax::parse(src).map_err(|e| BuildError::Syntax(Box::new(e)))?;
-            for (kind, side) in [(ExtractKind::Prefix, PREFIX), (ExtractKind::Suffix, SUFFIX)] {
-                let seq = Extractor::new().kind(kind).extract(&hir);
-                let Some(lits) = seq.literals() else { continue };
-                if lits.is_empty() || lits.iter().any(|l| l.is_empty()) {
-                    continue;
-                }
-                needs[i] |= side;
-                for lit in lits {
-                    let slot = *index.entry(lit.as_bytes().to_vec()).or_insert_with(|| {
-                        literals.push(lit.as_bytes().to_vec());
+            let mut clauses = required(&hir);
+            clauses.sort_by_key(|c| std::cmp::Reverse(selectivity(c)));
+            clauses.truncate(MAX_CLAUSES);
+            for (k, clause) in clauses.iter().enumerate() {
+                needs[i] |= 1 << k;
+                for lit in clause {
+                    let slot = *index.entry(lit.clone()).or_insert_with(|| {
+                        literals.push(lit.clone());
                         opens.push(Vec::new());
                         literals.len() - 1
                     });
-                    if !opens[slot].contains(&(i as u32, side)) {
-                        opens[slot].push((i as u32, side));
-                    }
+                    opens[slot].push((i as u32, k as u8));
                 }
             }
         }
@@ -198,8 +197,8 @@ impl Gates {
         let mut seen = vec![0u8; self.needs.len()];
         if let Some(ac) = &self.literals {
             for m in ac.find_overlapping_iter(norm) {
-                for &(p, side) in &self.opens[m.pattern().as_usize()] {
-                    seen[p as usize] |= side;
+                for &(p, k) in &self.opens[m.pattern().as_usize()] {
+                    seen[p as usize] |= 1 << k;
                 }
             }
         }
@@ -207,6 +206,56 @@ impl Gates {
             .filter(|&p| seen[p as usize] & self.needs[p as usize] == self.needs[p as usize])
             .collect()
     }
+}
+
+/// Literal sets every match of `hir` contains at least one literal of
+/// each (a conjunction of disjunctions); empty when nothing is required.
+fn required(hir: &Hir) -> Vec<Vec<Vec<u8>>> {
+    match hir.kind() {
+        HirKind::Literal(lit) => vec![vec![lit.0.to_vec()]],
+        HirKind::Class(Class::Unicode(class)) => {
+            let chars: u32 = class
+                .ranges()
+                .iter()
+                .map(|r| r.end() as u32 - r.start() as u32 + 1)
+                .sum();
+            if chars == 0 || chars > MAX_CLASS_CHARS {
+                return Vec::new();
+            }
+            let set = class
+                .ranges()
+                .iter()
+                .flat_map(|r| r.start()..=r.end())
+                .map(|c| c.to_string().into_bytes())
+                .collect();
+            vec![set]
+        }
+        HirKind::Capture(c) => required(&c.sub),
+        HirKind::Repetition(r) if r.min >= 1 => required(&r.sub),
+        HirKind::Concat(subs) => subs.iter().flat_map(required).collect(),
+        HirKind::Alternation(subs) => {
+            // A match goes through one branch: the union of one clause per
+            // branch (its most selective) is required.
+            let mut union = Vec::new();
+            for sub in subs {
+                let Some(best) = required(sub).into_iter().max_by_key(|c| selectivity(c)) else {
+                    return Vec::new();
+                };
+                union.extend(best);
+            }
+            union.sort();
+            union.dedup();
+            vec![union]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// How rarely a clause is satisfied, roughly: longer shortest literal
+/// first (`发票` is rarer than `的`), then fewer literals.
+fn selectivity(clause: &[Vec<u8>]) -> (usize, std::cmp::Reverse<usize>) {
+    let shortest = clause.iter().map(Vec::len).min().unwrap_or(0);
+    (shortest, std::cmp::Reverse(clause.len()))
 }
 
 /// Building the matcher failed; the loader validates everything it checks,

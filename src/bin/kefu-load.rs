@@ -55,6 +55,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+/// The allocator `kefu serve` uses (see `src/main.rs`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 type Ws = WebSocketStream<TcpStream>;
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]

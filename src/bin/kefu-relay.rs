@@ -36,6 +36,10 @@ use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
+/// The allocator `kefu serve` uses (see `src/main.rs`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Outbound frames queued per connection before the reader is called slow
 /// and dropped (kefu's bound, so both drop slow readers alike).
 const OUTBOUND_QUEUE: usize = 256;
