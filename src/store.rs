@@ -132,6 +132,8 @@ enum Msg {
 struct Shared {
     tx: SyncSender<Msg>,
     dropped: AtomicU64,
+    /// Transactions committed.
+    commits: AtomicU64,
     /// Milliseconds since `started` of the last drop warning.
     last_warn_ms: AtomicI64,
     started: Instant,
@@ -180,6 +182,14 @@ impl StoreHandle {
         self.shared
             .as_ref()
             .map_or(0, |s| s.dropped.load(Ordering::Relaxed))
+    }
+
+    /// Transactions the writer has committed so far: with the events
+    /// written, how well commits are batched.
+    pub fn commits(&self) -> u64 {
+        self.shared
+            .as_ref()
+            .map_or(0, |s| s.commits.load(Ordering::Relaxed))
     }
 
     /// Blocks until everything recorded before the call is committed. Not
@@ -291,6 +301,7 @@ impl Store {
         let shared = Arc::new(Shared {
             tx,
             dropped: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
             last_warn_ms: AtomicI64::new(i64::MIN / 2),
             started: Instant::now(),
         });
@@ -438,31 +449,31 @@ fn write_loop(
             Ok(msg) => stop = p.take(msg),
             Err(_) => stop = true,
         }
-        // Sleep in steps and take what came meanwhile, rather than wait on
-        // the queue: a writer blocked in `recv` is woken (a futex call on
-        // the sender's side, a context switch on ours) by every event.
-        while !stop && p.acks.is_empty() && p.batch.len() < options.commit_batch {
+        // Take what is queued, then sleep in steps until the window
+        // closes, rather than wait on the queue: a writer blocked in `recv`
+        // is woken (a futex call on the sender's side, a context switch on
+        // ours) by every event. Draining before looking at the clock
+        // matters when the writer is behind: its oldest event is then
+        // older than the window already, and it must commit the backlog in
+        // full batches, not one event per commit (which only puts it
+        // further behind).
+        loop {
+            while !stop && p.acks.is_empty() && p.batch.len() < options.commit_batch {
+                match rx.try_recv() {
+                    Ok(msg) => stop = p.take(msg),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => stop = true,
+                }
+            }
+            if stop || !p.acks.is_empty() || p.batch.len() >= options.commit_batch {
+                break;
+            }
             let Some(at) = p.oldest else { break };
             let left = (at + options.commit_window).saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
             std::thread::sleep(left.min(GATHER_STEP));
-            loop {
-                match rx.try_recv() {
-                    Ok(msg) => {
-                        stop = p.take(msg);
-                        if stop {
-                            break;
-                        }
-                    }
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
-                        stop = true;
-                        break;
-                    }
-                }
-            }
         }
         if stop {
             // Everything already queued goes in the last commit.
@@ -491,6 +502,7 @@ fn commit(conn: &mut Connection, batch: &mut Vec<Event>, shared: &Shared, path: 
     for attempt in 1..=3 {
         match insert_all(conn, batch.iter()) {
             Ok(_) => {
+                shared.commits.fetch_add(1, Ordering::Relaxed);
                 batch.clear();
                 return;
             }

@@ -168,6 +168,35 @@ fn a_full_queue_drops_and_counts_instead_of_blocking() {
     assert_eq!(h.dropped(), dropped + 1);
 }
 
+/// A writer that fell behind (here: another connection held the write
+/// lock for longer than the commit window) catches up in full batches: its
+/// queued events are all older than the window, and committing them one
+/// per transaction would only put it further behind.
+#[test]
+fn a_backlog_is_committed_in_batches_not_one_by_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let h = store.handle();
+    let blocker = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    h.record(event(0));
+    std::thread::sleep(Duration::from_millis(100)); // the writer waits for the lock
+    for i in 1..=500 {
+        h.record(event(i));
+    }
+    std::thread::sleep(Duration::from_millis(100)); // every queued event is now late
+    blocker.execute_batch("COMMIT").unwrap();
+    h.flush().unwrap();
+    let commits = h.commits();
+    assert!(
+        (1..=3).contains(&commits),
+        "{commits} commits for 501 events"
+    );
+    assert_eq!(h.dropped(), 0);
+    store.close().unwrap();
+    assert_eq!(Reader::open(dir.path()).unwrap().count().unwrap(), 501);
+}
+
 /// The first schema, as a kefu of that version created it.
 const V1: &str = "CREATE TABLE events (
     id INTEGER PRIMARY KEY, ts_ms INTEGER NOT NULL, shop TEXT NOT NULL,

@@ -106,14 +106,25 @@ where
     let mut ping_sent: Option<Instant> = None;
     debug!(conn, %peer, "websocket open");
 
+    // Made once, not per turn of the loop: each `notified()` future takes
+    // the `Notify`'s lock to register and again to deregister, and these
+    // two were polled for every frame in and out.
+    let stop = super::stopping(&mut shutdown);
+    tokio::pin!(stop);
+    let order = control.notify.notified();
+    tokio::pin!(order);
+
     let end = loop {
         // Unbiased: a steady stream of frames either way must not starve
         // the other direction.
         tokio::select! {
-            _ = super::stopping(&mut shutdown) => break close(CloseCode::Away, "server shutting down"),
-            _ = control.notify.notified() => match control.take() {
+            _ = &mut stop => break close(CloseCode::Away, "server shutting down"),
+            _ = &mut order => match control.take() {
                 Some(order) => break End::Close(order),
-                None => continue,
+                None => {
+                    order.set(control.notify.notified());
+                    continue;
+                }
             },
             Some(frame) = rx.recv() => {
                 tokio::select! {
@@ -123,9 +134,12 @@ where
                             break End::Gone;
                         }
                     }
-                    _ = control.notify.notified() => match control.take() {
+                    _ = &mut order => match control.take() {
                         Some(order) => break End::Close(order),
-                        None => continue,
+                        None => {
+                            order.set(control.notify.notified());
+                            continue;
+                        }
                     },
                 }
             }
