@@ -47,6 +47,11 @@ use crate::phrases::{Library, LoadErrors, Templates};
 use crate::politeness::Checker;
 use crate::store::StoreHandle;
 
+/// Bytes of frames a connection gathers before writing them out (it
+/// writes at the end of every batch anyway). The buffer grows only as far
+/// as a batch needs.
+const WRITE_BUFFER: usize = 64 * 1024;
+
 /// Suggestions sent with each buyer message.
 pub const SUGGESTIONS: usize = 3;
 
@@ -135,8 +140,11 @@ impl App {
         let l = &config.limits;
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(l.read_buffer_bytes)
-            .write_buffer_size(0)
-            .max_write_buffer_size(4 * l.max_frame_bytes)
+            // Frames written in one batch reach the socket in one write at
+            // the batch's flush. With 0 (eager writes, which we had) every
+            // frame was a system call of its own, batch or not.
+            .write_buffer_size(WRITE_BUFFER)
+            .max_write_buffer_size(WRITE_BUFFER + 4 * l.max_frame_bytes)
             .max_frame_size(Some(l.max_frame_bytes))
             .max_message_size(Some(l.max_frame_bytes));
         let hub = hub::Hub::new(&config);
@@ -242,8 +250,12 @@ impl App {
         for e in fx.events {
             self.record(e);
         }
-        for (out, frame) in fx.sends {
-            out.push(frame);
+        for (out, frame, deferred) in fx.sends {
+            if deferred {
+                out.push_deferred(frame);
+            } else {
+                out.push(frame);
+            }
         }
         for (out, order) in fx.closes {
             out.close(order);

@@ -313,3 +313,51 @@ async fn after_the_grace_the_conversations_move_with_their_clock() {
     assert_eq!(n["conversation"], conv);
     assert_eq!(t0.elapsed().as_secs(), 20);
 }
+
+/// `reply_sent` is a receipt nobody waits on: the server may hold it up to
+/// 2 ms for another frame to share its write, never longer.
+#[tokio::test(start_paused = true)]
+async fn a_receipt_alone_goes_out_within_two_milliseconds() {
+    let t = spawn_local(config(None)).await;
+    let (mut agent, mut buyer, conv) = pair(&t).await;
+    buyer.send(json!({"type":"message","text":"有货吗"})).await;
+    agent.recv_type("buyer_message").await;
+    let t0 = Instant::now();
+    agent
+        .send(json!({"type":"reply","conversation":conv,"text":"亲，有货的哦～"}))
+        .await;
+    // The buyer's reply is not held.
+    buyer.recv_type("reply").await;
+    assert_eq!(t0.elapsed(), Duration::ZERO);
+    let ack = agent.recv_type("reply_sent").await;
+    assert_eq!(ack["conversation"], conv);
+    let held = t0.elapsed();
+    assert!(
+        held > Duration::ZERO && held <= Duration::from_millis(3),
+        "held {held:?}"
+    );
+}
+
+/// A held receipt leaves with the next frame to the same agent, at once
+/// and in order: the agent sees its reply confirmed before the buyer's
+/// next message.
+#[tokio::test(start_paused = true)]
+async fn a_held_receipt_rides_with_the_next_frame_in_order() {
+    let t = spawn_local(config(None)).await;
+    let (mut agent, mut buyer, conv) = pair(&t).await;
+    buyer.send(json!({"type":"message","text":"有货吗"})).await;
+    agent.recv_type("buyer_message").await;
+    let t0 = Instant::now();
+    agent
+        .send(json!({"type":"reply","conversation":conv,"text":"亲，有货的哦～"}))
+        .await;
+    buyer.recv_type("reply").await; // the server has taken the reply
+    buyer
+        .send(json!({"type":"message","text":"那今天能发货吗"}))
+        .await;
+    assert_eq!(agent.recv().await["type"], "reply_sent");
+    let m = agent.recv().await;
+    assert_eq!(m["type"], "buyer_message");
+    assert_eq!(m["text"], "那今天能发货吗");
+    assert_eq!(t0.elapsed(), Duration::ZERO, "nothing waited for the timer");
+}

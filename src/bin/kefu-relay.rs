@@ -234,8 +234,9 @@ async fn shutdown_signal() {
 fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
-        .max_write_buffer_size(4 * MAX_FRAME)
+        // As kefu serve: a batch reaches the socket in one write at its flush.
+        .write_buffer_size(64 * 1024)
+        .max_write_buffer_size(64 * 1024 + 4 * MAX_FRAME)
         .max_message_size(Some(MAX_FRAME))
         .max_frame_size(Some(MAX_FRAME))
 }

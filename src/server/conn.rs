@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info};
 
-use super::hub::{AgentSession, BuyerSession, CloseOrder, Effects, Outbox};
+use super::hub::{AgentSession, BuyerSession, CloseOrder, Effects, Outbox, Queued};
 use super::{App, SUGGESTIONS};
 use crate::config::Limits;
 use crate::events::{Event, Kind};
@@ -30,6 +30,14 @@ use crate::protocol::{self, ClientMsg, ErrorCode, Hello, Refusal, Role, ServerMs
 const BATCH: usize = 64;
 /// Time allowed for the closing handshake.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest a deferred frame (an agent's `reply_sent`) waits for another
+/// frame to share its write. Each write to a socket costs a system call
+/// and, on loopback, the peer's receive path: at a few thousand buyer
+/// messages a second the agent's next `buyer_message` comes within this,
+/// and the receipt rides along instead of costing a write of its own. Two
+/// milliseconds on a receipt is nothing to a person; nothing anyone waits
+/// on is ever held.
+const DEFER: Duration = Duration::from_millis(2);
 
 enum Session {
     Fresh,
@@ -113,6 +121,12 @@ where
     tokio::pin!(stop);
     let order = control.notify.notified();
     tokio::pin!(order);
+    // Frames taken from the queue but not written yet: deferred ones
+    // waiting for company (until `hold` fires), in queue order.
+    let mut held: Vec<Utf8Bytes> = Vec::new();
+    let hold = tokio::time::sleep(DEFER);
+    tokio::pin!(hold);
+    let mut holding = false;
 
     let end = loop {
         // Unbiased: a steady stream of frames either way must not starve
@@ -126,9 +140,18 @@ where
                     continue;
                 }
             },
-            Some(frame) = rx.recv() => {
+            Some(first) = rx.recv() => {
+                if !take_batch(first, &mut rx, &mut held) {
+                    // Only deferred frames: wait a little for company.
+                    if !holding {
+                        holding = true;
+                        hold.as_mut().reset(Instant::now() + DEFER);
+                    }
+                    continue;
+                }
+                holding = false;
                 tokio::select! {
-                    r = write_batch(&mut ws, frame, &mut rx, limits.write_timeout) => {
+                    r = write_batch(&mut ws, &mut held, limits.write_timeout) => {
                         if let Err(e) = r {
                             debug!(conn, %peer, error = %e, "write failed");
                             break End::Gone;
@@ -196,6 +219,13 @@ where
                     }
                 }
             }
+            _ = &mut hold, if holding => {
+                holding = false;
+                if let Err(e) = write_batch(&mut ws, &mut held, limits.write_timeout).await {
+                    debug!(conn, %peer, error = %e, "write failed");
+                    break End::Gone;
+                }
+            }
             _ = ping.tick() => {
                 // A quiet interval earns a ping; a ping unanswered by the
                 // next tick means the peer is gone.
@@ -230,28 +260,41 @@ where
     // once), then the closing handshake, which may take a while.
     disconnect(&app, session);
     if let End::Close(order) = end {
-        finish(&mut ws, &mut rx, order).await;
+        finish(&mut ws, held, &mut rx, order).await;
     }
     debug!(conn, %peer, "websocket closed");
 }
 
-/// Writes `first` and whatever else is queued, then flushes once.
+/// Moves `first` and whatever else is queued (up to a batch) into `held`;
+/// `true` when the batch should be written now: it holds a frame someone
+/// waits on, or is full.
+fn take_batch(first: Queued, rx: &mut mpsc::Receiver<Queued>, held: &mut Vec<Utf8Bytes>) -> bool {
+    let mut now = !first.deferred;
+    held.push(first.frame);
+    while held.len() < BATCH {
+        match rx.try_recv() {
+            Ok(q) => {
+                now |= !q.deferred;
+                held.push(q.frame);
+            }
+            Err(_) => break,
+        }
+    }
+    now || held.len() >= BATCH
+}
+
+/// Writes the frames of `held` (emptying it), then flushes once.
 async fn write_batch<S>(
     ws: &mut WebSocketStream<S>,
-    first: Utf8Bytes,
-    rx: &mut mpsc::Receiver<Utf8Bytes>,
+    held: &mut Vec<Utf8Bytes>,
     timeout: Duration,
 ) -> Result<(), WsError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let work = async {
-        ws.feed(Message::Text(first)).await?;
-        for _ in 1..BATCH {
-            match rx.try_recv() {
-                Ok(frame) => ws.feed(Message::Text(frame)).await?,
-                Err(_) => break,
-            }
+        for frame in held.drain(..) {
+            ws.feed(Message::Text(frame)).await?;
         }
         ws.flush().await
     };
@@ -264,19 +307,23 @@ where
     }
 }
 
-/// Sends what is queued (if asked), the error frame, then a close frame, and
-/// waits briefly for the peer's close reply.
+/// Sends what is held and queued (if asked), the error frame, then a close
+/// frame, and waits briefly for the peer's close reply.
 async fn finish<S>(
     ws: &mut WebSocketStream<S>,
-    rx: &mut mpsc::Receiver<Utf8Bytes>,
+    held: Vec<Utf8Bytes>,
+    rx: &mut mpsc::Receiver<Queued>,
     order: CloseOrder,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
         if order.flush {
-            while let Ok(frame) = rx.try_recv() {
+            for frame in held {
                 ws.feed(Message::Text(frame)).await?;
+            }
+            while let Ok(q) = rx.try_recv() {
+                ws.feed(Message::Text(q.frame)).await?;
             }
         }
         if let Some(r) = &order.error {

@@ -40,10 +40,18 @@ use crate::protocol::{
 
 // ---- client queues -------------------------------------------------------------
 
+/// A frame in a client's queue.
+pub(crate) struct Queued {
+    pub frame: Utf8Bytes,
+    /// Nobody waits on it: the connection may hold it briefly so it leaves
+    /// in one write with the next frame (see `conn::DEFER`).
+    pub deferred: bool,
+}
+
 /// The sending side of one client's bounded outbound queue.
 #[derive(Clone)]
 pub(crate) struct Outbox {
-    tx: mpsc::Sender<Utf8Bytes>,
+    tx: mpsc::Sender<Queued>,
     control: Arc<Control>,
     pub(crate) conn: u64,
 }
@@ -89,7 +97,7 @@ impl Outbox {
     pub(crate) fn new(
         conn: u64,
         capacity: usize,
-    ) -> (Outbox, mpsc::Receiver<Utf8Bytes>, Arc<Control>) {
+    ) -> (Outbox, mpsc::Receiver<Queued>, Arc<Control>) {
         let (tx, rx) = mpsc::channel(capacity);
         let control = Arc::new(Control::default());
         (
@@ -106,7 +114,16 @@ impl Outbox {
     /// Queues a frame; a full queue means the client stopped reading, and it
     /// is disconnected rather than allowed to grow our memory.
     pub(crate) fn push(&self, frame: Utf8Bytes) -> bool {
-        match self.tx.try_send(frame) {
+        self.queue(frame, false)
+    }
+
+    /// Queues a frame the client does not wait on (see [`Queued`]).
+    pub(crate) fn push_deferred(&self, frame: Utf8Bytes) -> bool {
+        self.queue(frame, true)
+    }
+
+    fn queue(&self, frame: Utf8Bytes, deferred: bool) -> bool {
+        match self.tx.try_send(Queued { frame, deferred }) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
                 if !self.control.kicked.swap(true, Ordering::Relaxed) {
@@ -146,7 +163,8 @@ impl Outbox {
 /// What a hub change produced, delivered once the lock is released.
 #[derive(Default)]
 pub(crate) struct Effects {
-    pub sends: Vec<(Outbox, Utf8Bytes)>,
+    /// (to, frame, deferred)
+    pub sends: Vec<(Outbox, Utf8Bytes, bool)>,
     pub closes: Vec<(Outbox, CloseOrder)>,
     pub events: Vec<Event>,
     /// A deadline earlier than the timer task's sleep was added.
@@ -155,7 +173,13 @@ pub(crate) struct Effects {
 
 impl Effects {
     fn send(&mut self, out: &Outbox, msg: &ServerMsg<'_>) {
-        self.sends.push((out.clone(), to_json(msg).into()));
+        self.sends.push((out.clone(), to_json(msg).into(), false));
+    }
+
+    /// A frame the client does not wait on: a receipt. It keeps its place
+    /// in the queue but may wait there briefly for company.
+    fn send_deferred(&mut self, out: &Outbox, msg: &ServerMsg<'_>) {
+        self.sends.push((out.clone(), to_json(msg).into(), true));
     }
 }
 
@@ -729,7 +753,7 @@ impl Hub {
                 },
             );
         }
-        fx.send(
+        fx.send_deferred(
             out,
             &ServerMsg::ReplySent {
                 conversation: &conv.id,
