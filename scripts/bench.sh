@@ -17,7 +17,7 @@
 # Results: $OUT/*.json (one JSON line per run) and $OUT/results.md (tables for
 # BENCHMARKS.md). Every process started here is stopped on exit.
 #
-# Knobs (environment): BUYERS AGENTS DURATION INFLIGHT LIGHT_RATE IDLE HOLD
+# Knobs (environment): BUYERS AGENTS DURATION INFLIGHT MAX_REPS LIGHT_RATE IDLE HOLD
 # SOAK SOAK_SECS TIMERS CLOCKS CLOCK_NUDGE CLOCK_TARGET REPLY_DELAY_MS
 # PIN (1: servers on CPU 0, generator on CPU 1) OUT BIN (prebuilt binaries)
 # MESSAGES (a file of buyer texts; default ../shared/corpus/jddc_buyer_messages.txt
@@ -45,6 +45,7 @@ CLOCK_NUDGE=${CLOCK_NUDGE:-60}
 CLOCK_TARGET=${CLOCK_TARGET:-75}
 PIN=${PIN:-0}
 REPLY_DELAY_MS=${REPLY_DELAY_MS:-0}
+MAX_REPS=${MAX_REPS:-3}
 OUT=${OUT:-target/bench}
 RELAY_PORT=${RELAY_PORT:-19471}
 KEFU_PORT=${KEFU_PORT:-19472}
@@ -175,9 +176,20 @@ pair() {
   done
 }
 
-# 1. Maximum throughput (closed loop, INFLIGHT messages in flight).
-pair max --max --inflight "$INFLIGHT" --buyers "$BUYERS" --duration "$DURATION" \
-  --reply-delay-ms "$REPLY_DELAY_MS"
+# 1. Maximum throughput (closed loop, INFLIGHT messages in flight), MAX_REPS
+# pairs one after the other: the host's speed drifts by a third within
+# minutes, so one pair alone can flatter or wrong either side. The pair with
+# the median ratio becomes relay-max / kefu-max for the tables below.
+PAIRS=()
+for r in $(seq 1 "$MAX_REPS"); do
+  pair "max$r" --max --inflight "$INFLIGHT" --buyers "$BUYERS" --duration "$DURATION" \
+    --reply-delay-ms "$REPLY_DELAY_MS"
+  PAIRS+=("$(awk -v a="$(j "kefu-max$r" .throughput_mps)" -v b="$(j "relay-max$r" .throughput_mps)" \
+    'BEGIN { printf "%.4f", a / b }') $r")
+done
+MEDIAN=$(printf '%s\n' "${PAIRS[@]}" | sort -n | awk -v n="$MAX_REPS" 'NR == int((n + 1) / 2) { print $2 }')
+cp "$OUT/kefu-max$MEDIAN.json" "$OUT/kefu-max.json"
+cp "$OUT/relay-max$MEDIAN.json" "$OUT/relay-max.json"
 KEFU_MAX=$(j kefu-max .throughput_mps)
 RATE=$(awk -v m="$KEFU_MAX" 'BEGIN { r = int(m / 2 / 100) * 100; if (r < 100) r = 100; print r }')
 
@@ -216,13 +228,16 @@ cpu_model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
   echo "|---|---:|---:|---:|"
   rm_=$(j relay-max .throughput_mps)
   km_=$(j kefu-max .throughput_mps)
-  echo "| Max throughput, buyer messages/s ($INFLIGHT in flight) | $(fmt "$rm_" 0) | $(fmt "$km_" 0) | **$(ratio "$km_" "$rm_")** |"
+  echo "| Max throughput, buyer messages/s ($INFLIGHT in flight; the pair with the median ratio of $MAX_REPS) | $(fmt "$rm_" 0) | $(fmt "$km_" 0) | **$(ratio "$km_" "$rm_")** |"
   echo "| Server CPU per buyer message at max, µs | $(fmt "$(j relay-max .server_cpu_us_per_msg)") | $(fmt "$(j kefu-max .server_cpu_us_per_msg)") | $(ratio "$(j kefu-max .server_cpu_us_per_msg)" "$(j relay-max .server_cpu_us_per_msg)") |"
   echo "| Server CPU per buyer message at $RATE/s, µs | $(fmt "$(j relay-half .server_cpu_us_per_msg)") | $(fmt "$(j kefu-half .server_cpu_us_per_msg)") | $(ratio "$(j kefu-half .server_cpu_us_per_msg)" "$(j relay-half .server_cpu_us_per_msg)") |"
   echo "| Server CPU at max, % of one core | $(fmt "$(j relay-max .server_cpu_pct)" 0) | $(fmt "$(j kefu-max .server_cpu_pct)" 0) | |"
   echo "| Generator CPU at max, % of one core | $(fmt "$(j relay-max .generator_cpu_pct)" 0) | $(fmt "$(j kefu-max .generator_cpu_pct)" 0) | |"
   echo "| Other processes at max, % of one core | $(fmt "$(j relay-max .other_cpu_pct)" 0) | $(fmt "$(j kefu-max .other_cpu_pct)" 0) | |"
   echo "| Max run: errors+disconnects / missing | $(j relay-max '.error_frames + .disconnects') / $(j relay-max .missing) | $(j kefu-max '.error_frames + .disconnects') / $(j kefu-max .missing) | |"
+  for r in $(seq 1 "$MAX_REPS"); do
+    echo "| Max throughput, pair $r of $MAX_REPS | $(fmt "$(j "relay-max$r" .throughput_mps)" 0) | $(fmt "$(j "kefu-max$r" .throughput_mps)" 0) | $(ratio "$(j "kefu-max$r" .throughput_mps)" "$(j "relay-max$r" .throughput_mps)") |"
+  done
   echo "| Idle connection, bytes of server RSS each | $(fmt "$(j relay-idle .bytes_per_conn)" 0) | $(fmt "$(j kefu-idle .bytes_per_conn)" 0) | $(ratio "$(j kefu-idle .bytes_per_conn)" "$(j relay-idle .bytes_per_conn)") |"
   echo
   for load in half light; do
