@@ -37,11 +37,10 @@
 //! intents overlap all the time in Chinese (`退货退款`), and leftmost-first or
 //! leftmost-longest semantics would hide one of them. Why a contiguous NFA
 //! and not the DFA: for the full libraries (about 2,000 keywords) the DFA
-//! takes 4.9 MiB against the NFA's 0.2 MiB. Repeating one message, the DFA
-//! scans a little faster, but in the service each message is new and the
-//! buyer's frame, JSON and sockets have just been through the cache: the
-//! DFA's transitions then miss L2 on nearly every byte, and over the corpus
-//! taken in turn the NFA is faster (`cargo bench --bench matcher`).
+//! takes 4.9 MiB against the NFA's 0.2 MiB and is no faster
+//! (`cargo bench --bench matcher`); in the service, where the buyer's frame,
+//! JSON and sockets have just been through the cache, the small automaton
+//! leaves room for the rest.
 
 use std::collections::HashMap;
 use std::sync::Arc;
