@@ -251,11 +251,7 @@ impl App {
             self.record(e);
         }
         for (out, frame, deferred) in fx.sends {
-            if deferred {
-                out.push_deferred(frame);
-            } else {
-                out.push(frame);
-            }
+            out.queue(frame, deferred);
         }
         for (out, order) in fx.closes {
             out.close(order);

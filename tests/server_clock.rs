@@ -314,10 +314,9 @@ async fn after_the_grace_the_conversations_move_with_their_clock() {
     assert_eq!(t0.elapsed().as_secs(), 20);
 }
 
-/// `reply_sent` is a receipt nobody waits on: the server may hold it up to
-/// 2 ms for another frame to share its write, never longer.
-#[tokio::test(start_paused = true)]
-async fn a_receipt_alone_goes_out_within_two_milliseconds() {
+/// A buyer message answered by the agent, up to the buyer receiving the
+/// reply (so the server has taken it); with the instant the reply was sent.
+async fn replied() -> (TestApp, common::Client, common::Client, String, Instant) {
     let t = spawn_local(config(None)).await;
     let (mut agent, mut buyer, conv) = pair(&t).await;
     buyer.send(json!({"type":"message","text":"有货吗"})).await;
@@ -326,8 +325,16 @@ async fn a_receipt_alone_goes_out_within_two_milliseconds() {
     agent
         .send(json!({"type":"reply","conversation":conv,"text":"亲，有货的哦～"}))
         .await;
-    // The buyer's reply is not held.
     buyer.recv_type("reply").await;
+    (t, agent, buyer, conv, t0)
+}
+
+/// `reply_sent` is a receipt nobody waits on: the server may hold it up to
+/// 2 ms for another frame to share its write, never longer.
+#[tokio::test(start_paused = true)]
+async fn a_receipt_alone_goes_out_within_two_milliseconds() {
+    let (_app, mut agent, _buyer, conv, t0) = replied().await;
+    // The buyer's reply is not held.
     assert_eq!(t0.elapsed(), Duration::ZERO);
     let ack = agent.recv_type("reply_sent").await;
     assert_eq!(ack["conversation"], conv);
@@ -343,15 +350,7 @@ async fn a_receipt_alone_goes_out_within_two_milliseconds() {
 /// next message.
 #[tokio::test(start_paused = true)]
 async fn a_held_receipt_rides_with_the_next_frame_in_order() {
-    let t = spawn_local(config(None)).await;
-    let (mut agent, mut buyer, conv) = pair(&t).await;
-    buyer.send(json!({"type":"message","text":"有货吗"})).await;
-    agent.recv_type("buyer_message").await;
-    let t0 = Instant::now();
-    agent
-        .send(json!({"type":"reply","conversation":conv,"text":"亲，有货的哦～"}))
-        .await;
-    buyer.recv_type("reply").await; // the server has taken the reply
+    let (_app, mut agent, mut buyer, _conv, t0) = replied().await;
     buyer
         .send(json!({"type":"message","text":"那今天能发货吗"}))
         .await;

@@ -117,12 +117,9 @@ impl Outbox {
         self.queue(frame, false)
     }
 
-    /// Queues a frame the client does not wait on (see [`Queued`]).
-    pub(crate) fn push_deferred(&self, frame: Utf8Bytes) -> bool {
-        self.queue(frame, true)
-    }
-
-    fn queue(&self, frame: Utf8Bytes, deferred: bool) -> bool {
+    /// Queues a frame, `deferred` if the client does not wait on it (see
+    /// [`Queued`]).
+    pub(crate) fn queue(&self, frame: Utf8Bytes, deferred: bool) -> bool {
         match self.tx.try_send(Queued { frame, deferred }) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
