@@ -534,6 +534,11 @@ const CJK_PUNCTUATION: [char; 21] = [
 
 /// Characters that carry meaning: not white space or punctuation.
 fn is_content(c: char) -> bool {
+    // Most characters of a buyer message are ideographs: answer those
+    // without the look-ups (this runs for every character, twice).
+    if ('\u{4E00}'..='\u{9FFF}').contains(&c) {
+        return true;
+    }
     !(c.is_whitespace() || c.is_ascii_punctuation() || CJK_PUNCTUATION.contains(&c))
 }
 

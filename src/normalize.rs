@@ -34,13 +34,46 @@ pub fn normalize(text: &str) -> String {
         }
         out.push(c);
     }
-    if out.bytes().any(|b| b >= 0xE0) {
-        // Only strings with 3-byte characters (CJK lives there) can hold
-        // traditional forms; skip the table look-ups for everything else.
+    if out.chars().any(is_traditional) {
+        // `fast2s` costs three hash look-ups per 3-byte character; most
+        // messages are in simplified characters already and skip it.
         fast2s::replace(&mut out);
     }
     out
 }
+
+/// Whether `fast2s` may change `c`: a character it maps on its own, or
+/// one of its context-dependent cases.
+fn is_traditional(c: char) -> bool {
+    let cp = c as u32;
+    if !(0x800..=0xFFFF).contains(&cp) {
+        return false;
+    }
+    let table = TRADITIONAL.get_or_init(|| {
+        // Every 3-byte character through `fast2s` once (a few milliseconds,
+        // on the first message or the first library load).
+        let mut bits = vec![0u64; 0x10000 / 64];
+        let mut buf = [0u8; 4];
+        for cp in 0x800u32..=0xFFFF {
+            let Some(c) = char::from_u32(cp) else {
+                continue;
+            };
+            let s = c.encode_utf8(&mut buf);
+            if fast2s::convert(s) != *s {
+                bits[cp as usize / 64] |= 1 << (cp % 64);
+            }
+        }
+        // Characters `fast2s` converts only next to certain neighbours, or
+        // leaves alone next to certain neighbours.
+        for c in "藉著苧闔鍾讎畫兒覆夥瞭麽幺於乾".chars() {
+            bits[c as usize / 64] |= 1 << (c as u32 % 64);
+        }
+        bits
+    });
+    table[cp as usize / 64] & (1 << (cp % 64)) != 0
+}
+
+static TRADITIONAL: std::sync::OnceLock<Vec<u64>> = std::sync::OnceLock::new();
 
 /// Width and case folding of one character.
 fn fold_char(c: char) -> char {
@@ -70,9 +103,31 @@ mod tests {
             ("發票抬頭", "发票抬头"),
             ("Hello\tWORLD\n", "hello world"),
             ("尺碼偏大還是偏小", "尺码偏大还是偏小"),
+            // context-dependent forms still go through fast2s
+            ("企畫書", "企划书"),
+            ("乾隆", "乾隆"),
+            ("看著", "看着"),
         ];
         for (input, want) in cases {
             assert_eq!(normalize(input), *want, "normalize({input:?})");
+        }
+    }
+
+    /// The pre-check must never skip a string fast2s would change: over
+    /// every 3-byte character, alone and between neighbours.
+    #[test]
+    fn the_pre_check_misses_no_traditional_character() {
+        let mut buf = [0u8; 4];
+        for cp in 0x800u32..=0xFFFF {
+            let Some(c) = char::from_u32(cp) else {
+                continue;
+            };
+            let alone = c.encode_utf8(&mut buf).to_string();
+            for s in [alone.clone(), format!("我{alone}了")] {
+                if fast2s::convert(&s) != s {
+                    assert!(super::is_traditional(c), "{c:?} (U+{cp:04X}) not flagged");
+                }
+            }
         }
     }
 }
