@@ -22,6 +22,7 @@
 pub fn normalize(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut pending_space = false;
+    let mut traditional = false;
     for c in text.chars() {
         let c = fold_char(c);
         if c.is_whitespace() {
@@ -32,9 +33,10 @@ pub fn normalize(text: &str) -> String {
             out.push(' ');
             pending_space = false;
         }
+        traditional |= is_traditional(c);
         out.push(c);
     }
-    if out.chars().any(is_traditional) {
+    if traditional {
         // `fast2s` costs three hash look-ups per 3-byte character; most
         // messages are in simplified characters already and skip it.
         fast2s::replace(&mut out);

@@ -157,7 +157,8 @@ where
                     // load nothing is ready and this costs one scheduler
                     // pass; at peak it saves a send per frame.
                     tokio::task::yield_now().await;
-                    top_up(&mut rx, &mut held);
+                    // Written now whatever it took: the batch is urgent.
+                    let _ = top_up(&mut rx, &mut held);
                 }
                 tokio::select! {
                     r = write_batch(&mut ws, &mut held, limits.write_timeout) => {
@@ -278,28 +279,26 @@ where
 /// `true` when the batch should be written now: it holds a frame someone
 /// waits on, or is full.
 fn take_batch(first: Queued, rx: &mut mpsc::Receiver<Queued>, held: &mut Vec<Utf8Bytes>) -> bool {
-    let mut now = !first.deferred;
+    let now = !first.deferred;
     held.push(first.frame);
+    let urgent = top_up(rx, held);
+    now || urgent || held.len() >= BATCH
+}
+
+/// Moves what is queued into `held`, up to a batch; `true` when that took
+/// a frame someone waits on.
+fn top_up(rx: &mut mpsc::Receiver<Queued>, held: &mut Vec<Utf8Bytes>) -> bool {
+    let mut urgent = false;
     while held.len() < BATCH {
         match rx.try_recv() {
             Ok(q) => {
-                now |= !q.deferred;
+                urgent |= !q.deferred;
                 held.push(q.frame);
             }
             Err(_) => break,
         }
     }
-    now || held.len() >= BATCH
-}
-
-/// Moves what is queued into `held`, up to a batch.
-fn top_up(rx: &mut mpsc::Receiver<Queued>, held: &mut Vec<Utf8Bytes>) {
-    while held.len() < BATCH {
-        match rx.try_recv() {
-            Ok(q) => held.push(q.frame),
-            Err(_) => break,
-        }
-    }
+    urgent
 }
 
 /// Writes the frames of `held` (emptying it), then flushes once.
