@@ -1,7 +1,8 @@
 //! The matching engine: buyer message in, ranked reply suggestions out.
 //!
-//! Every keyword and exclusion of every library goes into one Aho-Corasick
-//! automaton, built once when the libraries are loaded (or reloaded) and
+//! Every keyword and exclusion of every library, and the literals that
+//! decide which regex patterns are worth running ([`Gates`]), go into one
+//! Aho-Corasick automaton, built once when the libraries are loaded (or reloaded) and
 //! shared behind an `Arc`. A message is normalised, scanned once with
 //! overlapping search, and each intent with hits gets a score:
 //!
@@ -37,17 +38,18 @@
 //! intents overlap all the time in Chinese (`退货退款`), and leftmost-first or
 //! leftmost-longest semantics would hide one of them. Why a contiguous NFA
 //! and not the DFA: for the full libraries (about 2,000 keywords) the DFA
-//! takes 4.9 MiB against the NFA's 0.2 MiB and is no faster
+//! takes 4.9 MiB against the NFA's 0.25 MiB and is no faster
 //! (`cargo bench --bench matcher`); in the service, where the buyer's frame,
 //! JSON and sockets have just been through the cache, the small automaton
 //! leaves room for the rest.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use regex::Regex;
-use regex_syntax::hir::{Class, Hir, HirKind};
+use regex_syntax::hir::literal::{ExtractKind, Extractor};
+use regex_syntax::hir::{Class, Hir, HirKind, Look};
 use serde::Serialize;
 
 use crate::normalize::normalize;
@@ -114,9 +116,14 @@ struct Entry {
 /// per message.
 #[derive(Debug)]
 pub struct Matcher {
+    /// Every keyword and exclusion, and the gates' literals (see [`Gates`]):
+    /// one scan of the message finds both.
     ac: AhoCorasick,
-    /// Per automaton pattern: its text as written and what it means.
+    /// Per automaton pattern: its text as written and what it means (no
+    /// entries: a gate literal only).
     patterns: Vec<(String, Vec<Entry>)>,
+    /// Automaton patterns that are keywords or exclusions.
+    keywords: usize,
     intents: Vec<CompiledIntent>,
     /// The patterns, each run only on a message that holds one of its
     /// prefix literals (see [`Gates`]).
@@ -132,19 +139,32 @@ pub struct Matcher {
 /// lazy DFA must scan every message to its end with every pattern alive.
 /// But a pattern can only match a message holding certain literals: in
 /// `(改|换|修改).{0,4}(地址|电话)`, one of 改/换/修改 *and* one of 地址/电话.
-/// Those literal sets ([`required`]) of all patterns go into one small
-/// automaton, and a message runs only the patterns all of whose sets it
-/// hits, each as a single regex. A pattern that requires nothing runs on
-/// every message. The gate may let through a pattern that then does not
-/// match, never the reverse (tested over the corpus).
+/// Those literal sets ([`required`]) of all patterns go into the keyword
+/// automaton (one scan finds keywords and literals alike), and a message
+/// runs only the patterns all of whose sets it hits, each as a single
+/// regex. When a pattern's matches are at most so many bytes long, the
+/// literals must also lie that close together (`改` at one end of a long
+/// message and `地址` at the other do not open the pattern above): in the
+/// service a regex search on a cold cache costs more than the keyword scan
+/// of the whole message, and this halves the searches that find nothing.
+/// A pattern that requires nothing runs on every message. The gate may let
+/// through a pattern that then does not match, never the reverse (tested
+/// over the corpus).
 #[derive(Debug)]
 struct Gates {
-    literals: Option<AhoCorasick>,
-    /// Per literal of `literals`: the (pattern, clause) it satisfies.
+    /// Per automaton pattern: the (pattern, clause) it satisfies.
     opens: Vec<Vec<(u32, u8)>>,
     /// Per pattern: one bit per clause that must be satisfied (0: none,
     /// the pattern runs on every message).
     needs: Vec<u8>,
+    /// Per pattern: the longest match in bytes, when there is one.
+    window: Vec<Option<u32>>,
+    /// Per pattern anchored at the start (`^`): the message must begin
+    /// with one of these, when they are known.
+    heads: Vec<Option<HashSet<Vec<u8>>>>,
+    /// Per pattern anchored at the end (`$`): the message must end with
+    /// one of these, when they are known.
+    tails: Vec<Option<HashSet<Vec<u8>>>>,
 }
 
 /// Most clauses kept per pattern (the most selective ones).
@@ -152,14 +172,85 @@ const MAX_CLAUSES: usize = 8;
 /// A character class of at most this many characters is a literal set.
 const MAX_CLASS_CHARS: u32 = 32;
 
+/// How a match anchored at the start (end) of the message must begin
+/// (end): each literal it can begin with, cut to its first (last)
+/// [`EDGE_CHARS`] characters. A message fits when its own first (last) one
+/// or two characters are in the set. Why: the libraries' short-answer
+/// patterns (`^[嗯哦 ]*(好|行)[嗯哦 ]*$`) hold literals as common as 好 and
+/// 我 and pass the literal gate on a third of all messages; few messages
+/// begin and end the way they must.
+fn anchored(hir: &Hir, kind: ExtractKind) -> Option<HashSet<Vec<u8>>> {
+    let prefix = matches!(kind, ExtractKind::Prefix);
+    let (looks, look) = if prefix {
+        (hir.properties().look_set_prefix(), Look::Start)
+    } else {
+        (hir.properties().look_set_suffix(), Look::End)
+    };
+    if !looks.contains(look) {
+        return None;
+    }
+    let seq = Extractor::new()
+        .kind(kind)
+        .limit_class(MAX_CLASS_CHARS as usize)
+        .limit_total(EDGE_LITERALS)
+        .extract(hir);
+    let mut set = HashSet::new();
+    for lit in seq.literals()? {
+        let edge = edge(
+            std::str::from_utf8(lit.as_bytes()).ok()?,
+            prefix,
+            EDGE_CHARS,
+        );
+        if edge.is_empty() {
+            return None;
+        }
+        set.insert(edge.as_bytes().to_vec());
+    }
+    (!set.is_empty()).then_some(set)
+}
+
+/// The first (`front`) or last `n` characters of `text`.
+fn edge(text: &str, front: bool, n: usize) -> &str {
+    if front {
+        let end = text.char_indices().nth(n).map_or(text.len(), |(i, _)| i);
+        &text[..end]
+    } else {
+        let start = text.char_indices().rev().nth(n - 1).map_or(0, |(i, _)| i);
+        &text[start..]
+    }
+}
+
+/// Characters kept of each edge literal.
+const EDGE_CHARS: usize = 2;
+/// Most literals extracted for an edge (the filler classes of the
+/// short-answer patterns, repeated, make hundreds).
+const EDGE_LITERALS: usize = 5000;
+
+/// Whether `text` begins (ends) with one of `set`'s literals.
+fn fits_edge(set: &HashSet<Vec<u8>>, text: &str, front: bool) -> bool {
+    (1..=EDGE_CHARS).any(|n| set.contains(edge(text, front, n).as_bytes()))
+}
+
 impl Gates {
-    fn new(sources: &[String]) -> Result<Gates, BuildError> {
+    /// The gates of `sources` and the literals they need found, indexed
+    /// like `opens` until [`Gates::place`] moves them into the automaton.
+    fn new(sources: &[String]) -> Result<(Gates, Vec<Vec<u8>>), BuildError> {
         let mut index: HashMap<Vec<u8>, usize> = HashMap::new();
         let mut literals: Vec<Vec<u8>> = Vec::new();
         let mut opens: Vec<Vec<(u32, u8)>> = Vec::new();
         let mut needs = vec![0u8; sources.len()];
+        let mut window = Vec::with_capacity(sources.len());
+        let mut heads = Vec::with_capacity(sources.len());
+        let mut tails = Vec::with_capacity(sources.len());
         for (i, src) in sources.iter().enumerate() {
             let hir = regex_syntax::parse(src).map_err(|e| BuildError::Syntax(Box::new(e)))?;
+            window.push(
+                hir.properties()
+                    .maximum_len()
+                    .and_then(|n| u32::try_from(n).ok()),
+            );
+            heads.push(anchored(&hir, ExtractKind::Prefix));
+            tails.push(anchored(&hir, ExtractKind::Suffix));
             let mut clauses = required(&hir);
             clauses.sort_by_key(|c| std::cmp::Reverse(selectivity(c)));
             clauses.truncate(MAX_CLAUSES);
@@ -175,35 +266,85 @@ impl Gates {
                 }
             }
         }
-        let literals = if literals.is_empty() {
-            None
-        } else {
-            Some(
-                AhoCorasick::builder()
-                    .match_kind(MatchKind::Standard)
-                    .build(&literals)?,
-            )
-        };
-        Ok(Gates {
-            literals,
+        let gates = Gates {
             opens,
             needs,
-        })
+            window,
+            heads,
+            tails,
+        };
+        Ok((gates, literals))
     }
 
-    /// The patterns to run on `norm`, in pattern order.
-    fn open(&self, norm: &str) -> Vec<u32> {
+    /// Re-indexes `opens` by automaton pattern: literal `i` became
+    /// pattern `slots[i]` of `len`.
+    fn place(&mut self, slots: &[usize], len: usize) {
+        let mut opens = vec![Vec::new(); len];
+        for (i, o) in std::mem::take(&mut self.opens).into_iter().enumerate() {
+            opens[slots[i]] = o;
+        }
+        self.opens = opens;
+    }
+
+    /// Whether automaton pattern `p` is some gate's literal.
+    fn wants(&self, p: u32) -> bool {
+        !self.opens[p as usize].is_empty()
+    }
+
+    /// The patterns to run on `norm`, in pattern order, given the gate
+    /// literals found in it as (start, end, automaton pattern).
+    fn open(&self, norm: &str, hits: &[(u32, u32, u32)]) -> Vec<u32> {
+        let fits = |p: u32| {
+            let p = p as usize;
+            self.heads[p]
+                .as_ref()
+                .map_or(true, |h| fits_edge(h, norm, true))
+                && self.tails[p]
+                    .as_ref()
+                    .map_or(true, |t| fits_edge(t, norm, false))
+        };
         let mut seen = vec![0u8; self.needs.len()];
-        if let Some(ac) = &self.literals {
-            for m in ac.find_overlapping_iter(norm) {
-                for &(p, k) in &self.opens[m.pattern().as_usize()] {
-                    seen[p as usize] |= 1 << k;
-                }
+        for &(_, _, lit) in hits {
+            for &(p, k) in &self.opens[lit as usize] {
+                seen[p as usize] |= 1 << k;
             }
         }
         (0..self.needs.len() as u32)
-            .filter(|&p| seen[p as usize] & self.needs[p as usize] == self.needs[p as usize])
+            .filter(|&p| {
+                let needs = self.needs[p as usize];
+                seen[p as usize] & needs == needs && fits(p) && self.close_enough(p, hits)
+            })
             .collect()
+    }
+
+    /// Whether one literal of each of `p`'s clauses lies within a span no
+    /// longer than its longest match. A match contains one of each, so
+    /// taking the leftmost of those as `start`, every one ends by
+    /// `start + window`.
+    fn close_enough(&self, p: u32, hits: &[(u32, u32, u32)]) -> bool {
+        let needs = self.needs[p as usize];
+        let Some(window) = self.window[p as usize] else {
+            return true;
+        };
+        if needs == 0 {
+            return true;
+        }
+        let clauses = |lit: u32| {
+            self.opens[lit as usize]
+                .iter()
+                .filter(|&&(q, _)| q == p)
+                .fold(0u8, |bits, &(_, k)| bits | 1 << k)
+        };
+        hits.iter().any(|&(start, _, lit)| {
+            clauses(lit) != 0 && {
+                let end = start.saturating_add(window);
+                let got = hits
+                    .iter()
+                    .filter(|&&(s, e, _)| s >= start && e <= end)
+                    .fold(0u8, |bits, &(_, _, l)| bits | clauses(l));
+                got & needs == needs
+            }
+        })
     }
 }
 
@@ -329,6 +470,25 @@ impl Matcher {
                 priority: intent.priority,
             });
         }
+        let keywords = patterns.len();
+        let (mut gates, literals) = Gates::new(&regex_src)?;
+        let mut texts: Vec<Vec<u8>> = texts.into_iter().map(String::into_bytes).collect();
+        let mut slot_of: HashMap<Vec<u8>, usize> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i))
+            .collect();
+        let slots: Vec<usize> = literals
+            .into_iter()
+            .map(|lit| {
+                *slot_of.entry(lit.clone()).or_insert_with(|| {
+                    texts.push(lit);
+                    patterns.push((String::new(), Vec::new()));
+                    texts.len() - 1
+                })
+            })
+            .collect();
+        gates.place(&slots, texts.len());
         let ac = AhoCorasick::builder()
             .match_kind(MatchKind::Standard)
             .kind(Some(kind))
@@ -337,10 +497,10 @@ impl Matcher {
             .iter()
             .map(|p| Regex::new(p))
             .collect::<Result<Vec<_>, _>>()?;
-        let gates = Gates::new(&regex_src)?;
         Ok(Matcher {
             ac,
             patterns,
+            keywords,
             intents,
             regex_list,
             regex_owner,
@@ -353,7 +513,7 @@ impl Matcher {
     }
 
     pub fn keyword_count(&self) -> usize {
-        self.patterns.len()
+        self.keywords
     }
 
     /// Heap bytes of the keyword automaton.
@@ -376,21 +536,41 @@ impl Matcher {
         self.rank_normalized(&norm)
     }
 
+    /// One overlapping scan of `norm`: the keyword and exclusion hits
+    /// outside bracketed tokens, and the gate literals anywhere (the
+    /// patterns run on the whole text), as (start, end, pattern).
+    #[allow(clippy::type_complexity)]
+    fn scan(
+        &self,
+        norm: &str,
+        tokens: &[(u32, u32)],
+    ) -> (Vec<(u32, u32, u32)>, Vec<(u32, u32, u32)>) {
+        let mut hits = Vec::new();
+        let mut literals = Vec::new();
+        for m in self.ac.find_overlapping_iter(norm) {
+            let hit = (m.start() as u32, m.end() as u32, m.pattern().as_u32());
+            let (s, e, p) = hit;
+            if self.gates.wants(p) {
+                literals.push(hit);
+            }
+            // Text inside a bracketed token is data, not words.
+            if !self.patterns[p as usize].1.is_empty()
+                && !tokens.iter().any(|&(ts, te)| s < te && ts < e)
+            {
+                hits.push(hit);
+            }
+        }
+        (hits, literals)
+    }
+
     fn rank_normalized(&self, norm: &str) -> Vec<Ranked> {
         let tokens = bracket_tokens(norm);
         let content = content_units(norm, 0, norm.len(), &tokens);
         if content == 0 {
             return Vec::new();
         }
-        // Collect (start, end, pattern) hits; overlapping search reports
-        // every keyword at every position. Text inside a bracketed token is
-        // data, not words.
-        let hits: Vec<(u32, u32, u32)> = self
-            .ac
-            .find_overlapping_iter(norm)
-            .map(|m| (m.start() as u32, m.end() as u32, m.pattern().as_u32()))
-            .filter(|&(s, e, _)| !tokens.iter().any(|&(ts, te)| s < te && ts < e))
-            .collect();
+        // Overlapping search reports every keyword at every position.
+        let (hits, literals) = self.scan(norm, &tokens);
         // A keyword hit strictly inside a longer keyword hit is swallowed by
         // it. Only keywords swallow: an exclusion such as `售后退货` must not
         // hide the keyword `退货` from the intents it does not exclude.
@@ -425,7 +605,7 @@ impl Matcher {
             }
         }
         if !self.regex_list.is_empty() {
-            for i in self.gates.open(norm) {
+            for i in self.gates.open(norm, &literals) {
                 let Some(m) = self.regex_list[i as usize].find(norm) else {
                     continue;
                 };
@@ -773,6 +953,16 @@ mod tests {
         // Prefix alone, or suffix alone: a match is impossible, skipped.
         ("(改|换|修改).{0,4}(地址|电话)", "我想改一下", false),
         ("(改|换|修改).{0,4}(地址|电话)", "地址是哪里", false),
+        // Both, but further apart than any match can stretch: skipped.
+        (
+            "(改|换|修改).{0,4}(地址|电话)",
+            "我想改一下我上个月填写的那个地址",
+            false,
+        ),
+        // Close enough, in either order (the gate does not check order).
+        ("(改|换|修改).{0,4}(地址|电话)", "地址改", true),
+        // Unbounded patterns are not windowed.
+        ("(改|换).*地址", "我想改一下我上个月填写的那个地址", true),
         // Only the suffix side is finite (`\d+` has too many prefixes).
         (r"\d+\s*(元|块)", "便宜10块", true),
         (r"\d+\s*(元|块)", "便宜点", false),
@@ -782,15 +972,31 @@ mod tests {
         (r"^[嗯哦 ,.!~]*(好|行)[嗯哦 ,.!~]*$", "随便什么话", false),
         (r"^[嗯哦 ,.!~]*(好|行)[嗯哦 ,.!~]*$", "嗯嗯好", true),
         // Anchors do not hide the literals next to them.
-        ("^(在|亲)[呀啊 ]*$", "在吗在吗", true),
+        ("^(在|亲)[呀啊 ]*$", "在啊在", true),
         ("^(在|亲)[呀啊 ]*$", "你好", false),
+        // Anchored: the message must begin (end) the way a match does.
+        ("^(在|亲)[呀啊 ]*$", "在吗在吗", false),
+        ("^(在|亲)[呀啊 ]*$", "我在等亲", false),
+        ("^(在|亲)[呀啊 ]*$", "亲在吗", false),
+        ("^(在|亲)[呀啊 ]*$", "亲亲啊", true),
+        ("^[嗯哦 ,.!~]*(好|行)[嗯哦 ,.!~]*$", "我觉得还行", false),
+        ("^[嗯哦 ,.!~]*(好|行)[嗯哦 ,.!~]*$", "嗯好的行", true),
+        ("(好|行)[嗯哦 ]*$", "我觉得还行", true),
+        ("(好|行)[嗯哦 ]*$", "行不行呢", false),
     ];
+
+    impl Matcher {
+        /// The patterns the gates open for `norm`.
+        fn opened(&self, norm: &str) -> Vec<u32> {
+            self.gates.open(norm, &self.scan(norm, &[]).1)
+        }
+    }
 
     #[test]
     fn gates_open_a_pattern_only_when_its_literals_are_there() {
         for &(pattern, text, runs) in GATE_CASES {
-            let gates = Gates::new(&[pattern.to_string()]).expect("test pattern parses");
-            let opened = gates.open(&normalize(text));
+            let m = matcher(&[("in_sale.test", &[], &[pattern], &[])]);
+            let opened = m.opened(&normalize(text));
             assert_eq!(opened == [0], runs, "{pattern} on {text}: {opened:?}");
         }
     }
@@ -832,7 +1038,7 @@ mod tests {
         let mut matched = 0;
         for text in &texts {
             let norm = normalize(text);
-            let opened = m.gates.open(&norm);
+            let opened = m.opened(&norm);
             for (i, re) in m.regex_list.iter().enumerate() {
                 if re.is_match(&norm) {
                     matched += 1;
