@@ -1,7 +1,7 @@
 //! The matching engine: buyer message in, ranked reply suggestions out.
 //!
 //! Every keyword and exclusion of every library, and the literals that
-//! decide which regex patterns are worth running ([`Gates`]), go into one
+//! decide which regex patterns are worth running (see `Gates`), go into one
 //! Aho-Corasick automaton, built once when the libraries are loaded (or reloaded) and
 //! shared behind an `Arc`. A message is normalised, scanned once with
 //! overlapping search, and each intent with hits gets a score:
