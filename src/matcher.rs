@@ -545,8 +545,10 @@ impl Matcher {
         norm: &str,
         tokens: &[(u32, u32)],
     ) -> (Vec<(u32, u32, u32)>, Vec<(u32, u32, u32)>) {
-        let mut hits = Vec::new();
-        let mut literals = Vec::new();
+        // Sized for a typical message (three hits, a literal or two), so
+        // the vectors are allocated once, not grown push by push.
+        let mut hits = Vec::with_capacity(16);
+        let mut literals = Vec::with_capacity(8);
         for m in self.ac.find_overlapping_iter(norm) {
             let hit = (m.start() as u32, m.end() as u32, m.pattern().as_u32());
             let (s, e, p) = hit;
@@ -585,7 +587,7 @@ impl Matcher {
             .collect();
 
         // Per intent: evidence so far, hit spans, vetoed?
-        let mut acc: Vec<Acc> = Vec::new();
+        let mut acc: Vec<Acc> = Vec::with_capacity(8);
         for (&(s, e, p), &inside) in hits.iter().zip(&swallowed) {
             for entry in &self.patterns[p as usize].1 {
                 // Exclusions always veto, even inside a longer keyword.
@@ -694,8 +696,8 @@ impl Acc {
                 acc.push(Acc {
                     intent,
                     miss: 1.0,
-                    matched: Vec::new(),
-                    spans: Vec::new(),
+                    matched: Vec::with_capacity(4),
+                    spans: Vec::with_capacity(4),
                     vetoed: false,
                     pattern_hit: false,
                 });
