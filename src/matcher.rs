@@ -159,6 +159,8 @@ struct Gates {
     needs: Vec<u8>,
     /// Per pattern: the longest match in bytes, when there is one.
     window: Vec<Option<u32>>,
+    /// The patterns that require no literal.
+    always: Vec<u32>,
     /// Per pattern anchored at the start (`^`): the message must begin
     /// with one of these, when they are known.
     heads: Vec<Option<HashSet<Vec<u8>>>>,
@@ -266,10 +268,14 @@ impl Gates {
                 }
             }
         }
+        let always = (0..needs.len() as u32)
+            .filter(|&p| needs[p as usize] == 0)
+            .collect();
         let gates = Gates {
             opens,
             needs,
             window,
+            always,
             heads,
             tails,
         };
@@ -303,18 +309,28 @@ impl Gates {
                     .as_ref()
                     .map_or(true, |t| fits_edge(t, norm, false))
         };
-        let mut seen = vec![0u8; self.needs.len()];
+        // The clauses met per pattern, for the few patterns the message's
+        // literals touch (most messages touch none or one), plus the
+        // patterns that need nothing.
+        let mut seen: Vec<(u32, u8)> = self.always.iter().map(|&p| (p, 0)).collect();
         for &(_, _, lit) in hits {
             for &(p, k) in &self.opens[lit as usize] {
-                seen[p as usize] |= 1 << k;
+                match seen.iter_mut().find(|(q, _)| *q == p) {
+                    Some((_, bits)) => *bits |= 1 << k,
+                    None => seen.push((p, 1 << k)),
+                }
             }
         }
-        (0..self.needs.len() as u32)
-            .filter(|&p| {
+        let mut open: Vec<u32> = seen
+            .into_iter()
+            .filter(|&(p, bits)| {
                 let needs = self.needs[p as usize];
-                seen[p as usize] & needs == needs && fits(p) && self.close_enough(p, hits)
+                bits & needs == needs && fits(p) && self.close_enough(p, hits)
             })
-            .collect()
+            .map(|(p, _)| p)
+            .collect();
+        open.sort_unstable();
+        open
     }
 
     /// Whether one literal of each of `p`'s clauses lies within a span no
