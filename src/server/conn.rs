@@ -7,6 +7,7 @@
 //! keep their order whoever produced them (this connection's replies, other
 //! connections' messages, the timer).
 
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -128,10 +129,52 @@ where
     tokio::pin!(hold);
     let mut holding = false;
 
+    // Which of the two streams `next_io` looks at first, and how many turns
+    // the loop has taken.
+    let mut turn = false;
+    let mut turns: u32 = 0;
+    let stopped = app.shutdown_rx();
+
     let end = loop {
-        // Unbiased: a steady stream of frames either way must not starve
-        // the other direction.
-        tokio::select! {
+        // Biased, the streams (nearly) first: a turn that finds a frame to
+        // read or write does not poll the four branches after them, which
+        // are rarely ready (each poll of a timer or a `Notify` costs, and
+        // there are several turns per buyer message). While the streams stay busy
+        // those branches are not polled at all, so every few turns their
+        // conditions are checked directly; when the streams go quiet, the
+        // select polls (and so registers) every branch before sleeping.
+        turns = turns.wrapping_add(1);
+        if turns % RARE_EVERY == 0 {
+            if *stopped.borrow() {
+                break close(CloseCode::Away, "server shutting down");
+            }
+            if let Some(order) = control.take() {
+                break End::Close(order);
+            }
+            if matches!(session, Session::Fresh) && hello_deadline.is_elapsed() {
+                break hello_timeout(&limits);
+            }
+            if holding && hold.is_elapsed() {
+                holding = false;
+                if let Err(e) = write_batch(&mut ws, &mut held, limits.write_timeout).await {
+                    debug!(conn, %peer, error = %e, "write failed");
+                    break End::Gone;
+                }
+            }
+        }
+        let io = tokio::select! {
+            biased;
+            // Deferred frames first: their timer is cheap to poll, and a
+            // wake-up for it should not poll the streams.
+            _ = &mut hold, if holding => {
+                holding = false;
+                if let Err(e) = write_batch(&mut ws, &mut held, limits.write_timeout).await {
+                    debug!(conn, %peer, error = %e, "write failed");
+                    break End::Gone;
+                }
+                continue;
+            }
+            io = next_io(&mut rx, &mut ws, &mut turn) => io,
             _ = &mut stop => break close(CloseCode::Away, "server shutting down"),
             _ = &mut order => match control.take() {
                 Some(order) => break End::Close(order),
@@ -140,7 +183,35 @@ where
                     continue;
                 }
             },
-            Some(first) = rx.recv() => {
+            _ = ping.tick() => {
+                // A quiet interval earns a ping; a ping unanswered by the
+                // next tick means the peer is gone.
+                let now = Instant::now();
+                if ping_sent.take().is_some_and(|sent| last_heard < sent) {
+                    info!(conn, %peer, "no answer to ping: closing");
+                    break close(CloseCode::Away, "no answer to ping");
+                }
+                if last_heard <= last_tick {
+                    let sent = tokio::time::timeout(
+                        limits.write_timeout,
+                        ws.send(Message::Ping(Default::default())),
+                    )
+                    .await;
+                    if !matches!(sent, Ok(Ok(()))) {
+                        break End::Gone;
+                    }
+                    ping_sent = Some(now);
+                }
+                last_tick = now;
+                continue;
+            }
+            _ = &mut hello_deadline, if matches!(session, Session::Fresh) => {
+                break hello_timeout(&limits);
+            }
+        };
+        match io {
+            Io::Out(None) => break End::Gone,
+            Io::Out(Some(first)) => {
                 if !take_batch(first, &mut rx, &mut held) {
                     // Only deferred frames: wait a little for company.
                     if !holding {
@@ -176,7 +247,7 @@ where
                     },
                 }
             }
-            msg = ws.next() => {
+            Io::In(msg) => {
                 last_heard = Instant::now();
                 match msg {
                     None => break End::Gone,
@@ -213,7 +284,10 @@ where
                         info!(conn, %peer, error = %e, "frame over the size limit: closing with 1009");
                         break close(
                             CloseCode::Size,
-                            format!("frame too big: the limit is {} bytes", limits.max_frame_bytes),
+                            format!(
+                                "frame too big: the limit is {} bytes",
+                                limits.max_frame_bytes
+                            ),
                         );
                     }
                     Some(Err(WsError::Utf8(_))) => {
@@ -229,40 +303,6 @@ where
                     }
                 }
             }
-            _ = &mut hold, if holding => {
-                holding = false;
-                if let Err(e) = write_batch(&mut ws, &mut held, limits.write_timeout).await {
-                    debug!(conn, %peer, error = %e, "write failed");
-                    break End::Gone;
-                }
-            }
-            _ = ping.tick() => {
-                // A quiet interval earns a ping; a ping unanswered by the
-                // next tick means the peer is gone.
-                let now = Instant::now();
-                if ping_sent.take().is_some_and(|sent| last_heard < sent) {
-                    info!(conn, %peer, "no answer to ping: closing");
-                    break close(CloseCode::Away, "no answer to ping");
-                }
-                if last_heard <= last_tick {
-                    let sent = tokio::time::timeout(
-                        limits.write_timeout,
-                        ws.send(Message::Ping(Default::default())),
-                    )
-                    .await;
-                    if !matches!(sent, Ok(Ok(()))) {
-                        break End::Gone;
-                    }
-                    ping_sent = Some(now);
-                }
-                last_tick = now;
-            }
-            _ = &mut hello_deadline, if matches!(session, Session::Fresh) => {
-                break End::Close(CloseOrder::refused(Refusal::new(
-                    ErrorCode::HelloTimeout,
-                    format!("no hello within {} s", limits.hello_timeout.as_secs_f64()),
-                )));
-            }
         }
     };
 
@@ -273,6 +313,53 @@ where
         finish(&mut ws, held, &mut rx, order).await;
     }
     debug!(conn, %peer, "websocket closed");
+}
+
+/// Turns of the connection loop between direct checks of the branches a
+/// busy loop does not poll (shutdown, close orders, the hello deadline,
+/// deferred frames).
+const RARE_EVERY: u32 = 16;
+
+/// What the connection's two streams produced.
+enum Io {
+    /// A frame queued for this connection (`None`: the queue closed).
+    Out(Option<Queued>),
+    /// A frame read from the peer (`None`: the stream ended).
+    In(Option<Result<Message, WsError>>),
+}
+
+/// The next queued frame or frame read, whichever is ready; when both are,
+/// the two take turns, so a steady stream either way never starves the
+/// other direction.
+fn next_io<'a, S>(
+    rx: &'a mut mpsc::Receiver<Queued>,
+    ws: &'a mut WebSocketStream<S>,
+    turn: &'a mut bool,
+) -> impl std::future::Future<Output = Io> + 'a
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    std::future::poll_fn(move |cx| {
+        *turn = !*turn;
+        let out_first = *turn;
+        for side in [out_first, !out_first] {
+            if side {
+                if let Poll::Ready(q) = rx.poll_recv(cx) {
+                    return Poll::Ready(Io::Out(q));
+                }
+            } else if let Poll::Ready(m) = ws.poll_next_unpin(cx) {
+                return Poll::Ready(Io::In(m));
+            }
+        }
+        Poll::Pending
+    })
+}
+
+fn hello_timeout(limits: &Limits) -> End {
+    End::Close(CloseOrder::refused(Refusal::new(
+        ErrorCode::HelloTimeout,
+        format!("no hello within {} s", limits.hello_timeout.as_secs_f64()),
+    )))
 }
 
 /// Moves `first` and whatever else is queued (up to a batch) into `held`;
@@ -633,6 +720,121 @@ mod tests {
         assert!(
             !b.take(t0 + Duration::from_secs(100)),
             "never more than the burst"
+        );
+    }
+
+    /// A peer whose frames never stop coming: every read is ready, with
+    /// masked empty pings (which the loop answers and otherwise ignores),
+    /// until the server sends a close frame; then the stream ends.
+    #[derive(Default)]
+    struct Flood {
+        at: usize,
+        /// What the server wrote, not yet parsed into frames.
+        written: Vec<u8>,
+        closed: bool,
+    }
+
+    impl Flood {
+        /// Parses the server's (unmasked) frames, noting a close.
+        fn parse(&mut self) {
+            loop {
+                let w = &self.written;
+                if w.len() < 2 {
+                    return;
+                }
+                let (len, head) = match w[1] & 0x7f {
+                    126 if w.len() >= 4 => (u16::from_be_bytes([w[2], w[3]]) as usize, 4),
+                    126 => return,
+                    127 => panic!("no frame here is that long"),
+                    n => (n as usize, 2),
+                };
+                if w.len() < head + len {
+                    return;
+                }
+                self.closed |= w[0] & 0x0f == 0x8;
+                self.written.drain(..head + len);
+            }
+        }
+    }
+
+    const PING: [u8; 6] = [0x89, 0x80, 1, 2, 3, 4];
+
+    impl AsyncRead for Flood {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            if self.closed {
+                return Poll::Ready(Ok(()));
+            }
+            while buf.remaining() > 0 {
+                let n = buf.remaining().min(PING.len() - self.at);
+                buf.put_slice(&PING[self.at..self.at + n]);
+                self.at = (self.at + n) % PING.len();
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Flood {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.written.extend_from_slice(buf);
+            self.parse();
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The loop polls the streams first and the rest only when the streams
+    /// are quiet; a peer that is never quiet must still be closed on
+    /// shutdown (the direct checks every few turns).
+    #[test]
+    fn a_peer_that_never_pauses_still_hears_the_shutdown() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let closed = rt.block_on(async {
+            let config = crate::config::Config {
+                phrases: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("phrases"),
+                ..Default::default()
+            };
+            let app = App::new(config, crate::store::StoreHandle::default()).unwrap();
+            let ws = WebSocketStream::from_raw_socket(
+                Flood::default(),
+                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                None,
+            )
+            .await;
+            let task = tokio::spawn(serve(ws, app.clone(), "flood".into()));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(!task.is_finished(), "the flood is served, not refused");
+            app.shutdown();
+            tokio::time::timeout(Duration::from_secs(5), task).await
+        });
+        // A connection stuck polling its streams would hold a worker
+        // forever: do not wait for it.
+        rt.shutdown_timeout(Duration::from_millis(100));
+        assert!(
+            matches!(closed, Ok(Ok(()))),
+            "the connection did not close on shutdown"
         );
     }
 
