@@ -330,9 +330,9 @@ async fn replied() -> (TestApp, common::Client, common::Client, String, Instant)
 }
 
 /// `reply_sent` is a receipt nobody waits on: the server may hold it up to
-/// 2 ms for another frame to share its write, never longer.
+/// 20 ms for another frame to share its write, never longer.
 #[tokio::test(start_paused = true)]
-async fn a_receipt_alone_goes_out_within_two_milliseconds() {
+async fn a_receipt_alone_goes_out_within_twenty_milliseconds() {
     let (_app, mut agent, _buyer, conv, t0) = replied().await;
     // The buyer's reply is not held.
     assert_eq!(t0.elapsed(), Duration::ZERO);
@@ -340,7 +340,7 @@ async fn a_receipt_alone_goes_out_within_two_milliseconds() {
     assert_eq!(ack["conversation"], conv);
     let held = t0.elapsed();
     assert!(
-        held > Duration::ZERO && held <= Duration::from_millis(3),
+        held > Duration::ZERO && held <= Duration::from_millis(21),
         "held {held:?}"
     );
 }
