@@ -29,7 +29,7 @@ use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -295,20 +295,14 @@ fn bind_event(stmt: &mut rusqlite::Statement, row: usize, e: &Event) -> rusqlite
 
 /// Writes `events` in one transaction, in order: full statements of
 /// [`ROWS_PER_INSERT`] rows, then the rest one row at a time.
-fn insert_all<'e>(
-    conn: &mut Connection,
-    events: impl IntoIterator<Item = &'e Event>,
-) -> rusqlite::Result<usize> {
-    thread_local! {
-        static MANY: String = insert_sql(ROWS_PER_INSERT);
-        static ONE: String = insert_sql(1);
-    }
-    let events: Vec<&Event> = events.into_iter().collect();
+fn insert_all(conn: &mut Connection, events: &[Event]) -> rusqlite::Result<usize> {
+    static MANY: LazyLock<String> = LazyLock::new(|| insert_sql(ROWS_PER_INSERT));
+    static ONE: LazyLock<String> = LazyLock::new(|| insert_sql(1));
     let tx = conn.transaction()?;
     {
         let mut chunks = events.chunks_exact(ROWS_PER_INSERT);
         if chunks.len() > 0 {
-            let mut stmt = MANY.with(|sql| tx.prepare_cached(sql))?;
+            let mut stmt = tx.prepare_cached(&MANY)?;
             for chunk in chunks.by_ref() {
                 for (row, e) in chunk.iter().enumerate() {
                     bind_event(&mut stmt, row, e)?;
@@ -317,7 +311,7 @@ fn insert_all<'e>(
             }
         }
         if !chunks.remainder().is_empty() {
-            let mut stmt = ONE.with(|sql| tx.prepare_cached(sql))?;
+            let mut stmt = tx.prepare_cached(&ONE)?;
             for e in chunks.remainder() {
                 bind_event(&mut stmt, 0, e)?;
                 stmt.raw_execute()?;
@@ -540,7 +534,7 @@ fn commit(conn: &mut Connection, batch: &mut Vec<Event>, shared: &Shared, path: 
         return;
     }
     for attempt in 1..=3 {
-        match insert_all(conn, batch.iter()) {
+        match insert_all(conn, batch) {
             Ok(_) => {
                 shared.commits.fetch_add(1, Ordering::Relaxed);
                 batch.clear();

@@ -143,9 +143,9 @@ where
 
     let end = loop {
         // Biased, the streams (nearly) first: a turn that finds a frame to
-        // read or write does not poll the four branches after them, which
-        // are rarely ready (each poll of a timer or a `Notify` costs, and
-        // there are several turns per buyer message). While the streams stay busy
+        // read or write does not poll the branches after them, which are
+        // rarely ready (each poll of a timer or a `Notify` costs, and there
+        // are several turns per buyer message). While the streams stay busy
         // those branches are not polled at all, so every few turns their
         // conditions are checked directly; when the streams go quiet, the
         // select polls (and so registers) every branch before sleeping.
@@ -157,21 +157,15 @@ where
             if let Some(order) = control.take() {
                 break End::Close(order);
             }
-            if matches!(session, Session::Fresh) && hello_deadline.is_elapsed() {
-                break hello_timeout(&limits);
-            }
-            if holding && hold.is_elapsed() {
-                holding = false;
-                if let Err(e) = write_batch(&mut ws, &mut held, limits.write_timeout).await {
-                    debug!(conn, %peer, error = %e, "write failed");
-                    break End::Gone;
-                }
-            }
         }
         let io = tokio::select! {
             biased;
-            // Deferred frames first: their timer is cheap to poll, and a
-            // wake-up for it should not poll the streams.
+            // The timers first, deferred frames' and the hello deadline
+            // (only while the connection is fresh): they are cheap to poll,
+            // and a wake-up for one should not poll the streams.
+            _ = &mut hello_deadline, if matches!(session, Session::Fresh) => {
+                break hello_timeout(&limits);
+            }
             _ = &mut hold, if holding => {
                 holding = false;
                 if let Err(e) = write_batch(&mut ws, &mut held, limits.write_timeout).await {
@@ -211,22 +205,10 @@ where
                 last_tick = now;
                 continue;
             }
-            _ = &mut hello_deadline, if matches!(session, Session::Fresh) => {
-                break hello_timeout(&limits);
-            }
         };
-        match io {
+        let urgent = match io {
             Io::Out(None) => break End::Gone,
-            Io::Out(Some(first)) => {
-                if !take_batch(first, &mut rx, &mut held) {
-                    // Only deferred frames: wait a little for company.
-                    if !holding {
-                        holding = true;
-                        hold.as_mut().reset(Instant::now() + DEFER);
-                    }
-                    continue;
-                }
-            }
+            Io::Out(Some(first)) => take_batch(first, &mut rx, &mut held),
             Io::In(msg) => {
                 last_heard = Instant::now();
                 let text = match msg {
@@ -294,14 +276,16 @@ where
                 if held.is_empty() {
                     continue;
                 }
-                if !urgent && held.len() < BATCH {
-                    if !holding {
-                        holding = true;
-                        hold.as_mut().reset(Instant::now() + DEFER);
-                    }
-                    continue;
-                }
+                urgent || held.len() >= BATCH
             }
+        };
+        if !urgent {
+            // Only deferred frames: wait a little for company.
+            if !holding {
+                holding = true;
+                hold.as_mut().reset(Instant::now() + DEFER);
+            }
+            continue;
         }
         // `held` has a frame someone waits on, or a full batch: write it.
         holding = false;
@@ -351,8 +335,7 @@ where
 const GATHER_IF_BUSY: Duration = Duration::from_millis(1);
 
 /// Turns of the connection loop between direct checks of the branches a
-/// busy loop does not poll (shutdown, close orders, the hello deadline,
-/// deferred frames).
+/// busy loop does not poll (shutdown, close orders).
 const RARE_EVERY: u32 = 16;
 
 /// What the connection's two streams produced.
