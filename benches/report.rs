@@ -67,7 +67,7 @@ fn generate() -> Vec<Event> {
         g.text = Some("亲，欢迎光临，有什么可以帮您".into());
         out.push(g);
         let mut a = ev(t + 500, Kind::Assign);
-        a.agent = Some(agent.clone());
+        a.agent = Some(agent.as_str().into());
         out.push(a);
         for _ in 0..1 + rng.next(4) {
             t += 1000 + rng.next(120_000) as i64;
@@ -86,7 +86,7 @@ fn generate() -> Vec<Event> {
             }
             t += wait;
             let mut r = ev(t, Kind::Agent);
-            r.agent = Some(agent.clone());
+            r.agent = Some(agent.as_str().into());
             r.text = Some("亲，您好，已经为您查询好了哦".into());
             if rng.next(3) > 0 {
                 r.intent = Some("shipping_time".into());

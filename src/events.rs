@@ -16,6 +16,7 @@
 
 use std::borrow::Cow;
 use std::io::BufRead;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
@@ -119,31 +120,45 @@ impl Rating {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     pub ts_ms: i64,
-    pub shop: String,
-    pub conversation: String,
-    pub buyer: String,
+    // Ids and texts are shared with the hub's own copies (`Arc`), static
+    // words borrowed (`Cow`): the service makes two events per buyer
+    // message, and copying each field was a third of its allocations.
+    pub shop: Arc<str>,
+    pub conversation: Arc<str>,
+    pub buyer: Arc<str>,
     pub kind: Kind,
     /// Agent of `agent`, `assign`, `nudge` and `breach` events.
-    pub agent: Option<String>,
-    pub text: Option<String>,
+    pub agent: Option<Arc<str>>,
+    pub text: Option<Arc<str>>,
     /// Suggested intent an agent reply used; for a buyer message, the
     /// best-ranked intent when the service saw it.
-    pub intent: Option<String>,
+    pub intent: Option<Arc<str>>,
     /// Stage of a buyer message as the service ranked it.
-    pub stage: Option<String>,
+    pub stage: Option<Cow<'static, str>>,
     pub score: Option<Rating>,
     /// Free-form detail, e.g. `greeting` or `holding` for bot events.
-    pub note: Option<String>,
+    pub note: Option<Cow<'static, str>>,
 }
 
 impl Event {
     /// A bare event of `kind`; fill the optional fields as needed.
     pub fn new(ts_ms: i64, shop: &str, conversation: &str, buyer: &str, kind: Kind) -> Event {
+        Event::shared(ts_ms, shop.into(), conversation.into(), buyer.into(), kind)
+    }
+
+    /// [`Event::new`] with ids the caller already holds as `Arc`s.
+    pub fn shared(
+        ts_ms: i64,
+        shop: Arc<str>,
+        conversation: Arc<str>,
+        buyer: Arc<str>,
+        kind: Kind,
+    ) -> Event {
         Event {
             ts_ms,
-            shop: shop.to_string(),
-            conversation: conversation.to_string(),
-            buyer: buyer.to_string(),
+            shop,
+            conversation,
+            buyer,
             kind,
             agent: None,
             text: None,
@@ -351,16 +366,17 @@ impl Event {
                 (w.text.filter(|_| ranked), None)
             }
         };
-        let own = |s: Option<Cow<str>>| s.map(Cow::into_owned);
+        let shared = |s: Option<Cow<str>>| s.map(|s| Arc::from(&*s));
+        let own = |s: Option<Cow<str>>| s.map(|s| Cow::Owned(s.into_owned()));
         Ok(Event {
             ts_ms,
-            shop: w.shop.into_owned(),
-            conversation: w.conversation.into_owned(),
-            buyer: w.buyer.into_owned(),
+            shop: Arc::from(&*w.shop),
+            conversation: Arc::from(&*w.conversation),
+            buyer: Arc::from(&*w.buyer),
             kind: w.kind,
-            agent: own(w.agent),
-            text: own(text),
-            intent: own(w.intent),
+            agent: shared(w.agent),
+            text: shared(text),
+            intent: shared(w.intent),
             stage: own(w.stage),
             score: w.score,
             note: own(note),

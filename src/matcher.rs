@@ -51,6 +51,7 @@ use regex::Regex;
 use regex_syntax::hir::literal::{ExtractKind, Extractor};
 use regex_syntax::hir::{Class, Hir, HirKind, Look};
 use serde::Serialize;
+use smallvec::SmallVec;
 
 use crate::normalize::normalize;
 use crate::phrases::{Fill, Library, Stage};
@@ -82,8 +83,17 @@ pub struct Suggestion {
     pub intent: Arc<str>,
     pub score: f32,
     pub reply: String,
-    pub matched: Vec<String>,
+    /// The keywords as the library spells them (shared with the matcher,
+    /// not copied per message).
+    pub matched: Vec<Arc<str>>,
 }
+
+/// Keyword indices of one intent's hits: a handful, so kept inline (two
+/// heap allocations per intent hit were a tenth of the matcher's time).
+pub type Hits = SmallVec<[u32; 4]>;
+
+/// Automaton hits of one message as (start, end, pattern).
+type Spans = SmallVec<[(u32, u32, u32); 16]>;
 
 /// One intent's score for a message, before a reply is filled in.
 #[derive(Debug, Clone, PartialEq)]
@@ -92,7 +102,7 @@ pub struct Ranked {
     pub intent: usize,
     pub score: f32,
     /// Indices of the keywords (automaton patterns) that matched.
-    pub matched: Vec<u32>,
+    pub matched: Hits,
     pub pattern_hit: bool,
 }
 
@@ -121,7 +131,7 @@ pub struct Matcher {
     ac: AhoCorasick,
     /// Per automaton pattern: its text as written and what it means (no
     /// entries: a gate literal only).
-    patterns: Vec<(String, Vec<Entry>)>,
+    patterns: Vec<(Arc<str>, Vec<Entry>)>,
     /// Automaton patterns that are keywords or exclusions.
     keywords: usize,
     intents: Vec<CompiledIntent>,
@@ -299,7 +309,7 @@ impl Gates {
 
     /// The patterns to run on `norm`, in pattern order, given the gate
     /// literals found in it as (start, end, automaton pattern).
-    fn open(&self, norm: &str, hits: &[(u32, u32, u32)]) -> Vec<u32> {
+    fn open(&self, norm: &str, hits: &[(u32, u32, u32)]) -> SmallVec<[u32; 8]> {
         let fits = |p: u32| {
             let p = p as usize;
             self.heads[p]
@@ -312,7 +322,7 @@ impl Gates {
         // The clauses met per pattern, for the few patterns the message's
         // literals touch (most messages touch none or one), plus the
         // patterns that need nothing.
-        let mut seen: Vec<(u32, u8)> = self.always.iter().map(|&p| (p, 0)).collect();
+        let mut seen: SmallVec<[(u32, u8); 8]> = self.always.iter().map(|&p| (p, 0)).collect();
         for &(_, _, lit) in hits {
             for &(p, k) in &self.opens[lit as usize] {
                 match seen.iter_mut().find(|(q, _)| *q == p) {
@@ -321,7 +331,7 @@ impl Gates {
                 }
             }
         }
-        let mut open: Vec<u32> = seen
+        let mut open: SmallVec<[u32; 8]> = seen
             .into_iter()
             .filter(|&(p, bits)| {
                 let needs = self.needs[p as usize];
@@ -435,7 +445,7 @@ impl Matcher {
     /// Like [`Matcher::new`] with a chosen automaton kind (for benchmarks).
     pub fn with_kind(lib: &Library, kind: AhoCorasickKind) -> Result<Matcher, BuildError> {
         let mut index: HashMap<String, usize> = HashMap::new();
-        let mut patterns: Vec<(String, Vec<Entry>)> = Vec::new();
+        let mut patterns: Vec<(Arc<str>, Vec<Entry>)> = Vec::new();
         let mut texts: Vec<String> = Vec::new();
         let mut intents = Vec::with_capacity(lib.intents.len());
         let mut regex_src = Vec::new();
@@ -449,7 +459,7 @@ impl Matcher {
                 }
                 let slot = *index.entry(norm.clone()).or_insert_with(|| {
                     texts.push(norm);
-                    patterns.push((text.to_string(), Vec::new()));
+                    patterns.push((Arc::from(text), Vec::new()));
                     patterns.len() - 1
                 });
                 let entries = &mut patterns[slot].1;
@@ -499,7 +509,7 @@ impl Matcher {
             .map(|lit| {
                 *slot_of.entry(lit.clone()).or_insert_with(|| {
                     texts.push(lit);
-                    patterns.push((String::new(), Vec::new()));
+                    patterns.push((Arc::from(""), Vec::new()));
                     texts.len() - 1
                 })
             })
@@ -555,16 +565,11 @@ impl Matcher {
     /// One overlapping scan of `norm`: the keyword and exclusion hits
     /// outside bracketed tokens, and the gate literals anywhere (the
     /// patterns run on the whole text), as (start, end, pattern).
-    #[allow(clippy::type_complexity)]
-    fn scan(
-        &self,
-        norm: &str,
-        tokens: &[(u32, u32)],
-    ) -> (Vec<(u32, u32, u32)>, Vec<(u32, u32, u32)>) {
-        // Sized for a typical message (three hits, a literal or two), so
-        // the vectors are allocated once, not grown push by push.
-        let mut hits = Vec::with_capacity(16);
-        let mut literals = Vec::with_capacity(8);
+    fn scan(&self, norm: &str, tokens: &[(u32, u32)]) -> (Spans, Spans) {
+        // On the stack for a typical message (three hits, a literal or
+        // two); a long one spills to the heap.
+        let mut hits = Spans::new();
+        let mut literals = Spans::new();
         for m in self.ac.find_overlapping_iter(norm) {
             let hit = (m.start() as u32, m.end() as u32, m.pattern().as_u32());
             let (s, e, p) = hit;
@@ -593,7 +598,7 @@ impl Matcher {
         // it. Only keywords swallow: an exclusion such as `售后退货` must not
         // hide the keyword `退货` from the intents it does not exclude.
         let is_keyword = |p: u32| self.patterns[p as usize].1.iter().any(|e| !e.exclude);
-        let swallowed: Vec<bool> = hits
+        let swallowed: SmallVec<[bool; 16]> = hits
             .iter()
             .map(|&(s, e, _)| {
                 hits.iter().any(|&(s2, e2, p2)| {
@@ -696,8 +701,8 @@ struct Acc {
     intent: u32,
     /// Π(1 - w) over matched keywords and patterns.
     miss: f32,
-    matched: Vec<u32>,
-    spans: Vec<(u32, u32)>,
+    matched: Hits,
+    spans: SmallVec<[(u32, u32); 4]>,
     vetoed: bool,
     pattern_hit: bool,
 }
@@ -712,8 +717,8 @@ impl Acc {
                 acc.push(Acc {
                     intent,
                     miss: 1.0,
-                    matched: Vec::with_capacity(4),
-                    spans: Vec::with_capacity(4),
+                    matched: Hits::new(),
+                    spans: SmallVec::new(),
                     vetoed: false,
                     pattern_hit: false,
                 });
@@ -1006,7 +1011,7 @@ mod tests {
     impl Matcher {
         /// The patterns the gates open for `norm`.
         fn opened(&self, norm: &str) -> Vec<u32> {
-            self.gates.open(norm, &self.scan(norm, &[]).1)
+            self.gates.open(norm, &self.scan(norm, &[]).1).to_vec()
         }
     }
 

@@ -924,14 +924,14 @@ mod tests {
             let mut e = Event::new(1_000 + i as i64, "s1", &format!("c{}", i % 7), "b", kind);
             match kind {
                 Kind::Buyer => {
-                    e.text = Some(format!("第{i}条：什么时候发货？"));
-                    e.intent = (i % 2 == 0).then(|| "in_sale.shipping_time".to_string());
-                    e.stage = Some("in_sale".to_string());
+                    e.text = Some(format!("第{i}条：什么时候发货？").into());
+                    e.intent = (i % 2 == 0).then(|| "in_sale.shipping_time".into());
+                    e.stage = Some("in_sale".into());
                 }
                 Kind::Agent => {
-                    e.agent = Some("a1".to_string());
-                    e.text = Some("亲，今天就为您发出哦".to_string());
-                    e.note = (i % 4 == 1).then(|| "greeting".to_string());
+                    e.agent = Some("a1".into());
+                    e.text = Some("亲，今天就为您发出哦".into());
+                    e.note = (i % 4 == 1).then(|| "greeting".into());
                 }
                 _ => e.score = Some(Rating::Satisfied),
             }

@@ -1,6 +1,8 @@
 //! The matcher's mechanics on a small hand-made library, independent of the
 //! wording of the shipped libraries (those are tested in `src/tests.rs`).
 
+use std::sync::Arc;
+
 use kefu::matcher::Matcher;
 use kefu::phrases::{Fill, Library};
 
@@ -99,7 +101,7 @@ fn a_longer_keyword_hides_the_one_inside_it() {
     let m = matcher();
     let s = m.suggest("什么时候发货", 3, &Fill::default());
     assert_eq!(&*s[0].intent, "in_sale.shipping_time");
-    assert_eq!(s[0].matched, vec!["什么时候发货".to_string()]);
+    assert_eq!(s[0].matched, vec![Arc::from("什么时候发货")]);
 }
 
 #[test]
@@ -117,7 +119,7 @@ fn suggestions_fill_placeholders_and_respect_top() {
         "{}",
         s[0].reply
     );
-    assert_eq!(s[0].matched, vec!["在吗".to_string()]);
+    assert_eq!(s[0].matched, vec![Arc::from("在吗")]);
     // Same message, same reply variant.
     assert_eq!(m.suggest("在吗", 3, &fill), s);
     assert_eq!(m.suggest("你好，还有货吗，什么时候发货", 1, &fill).len(), 1);

@@ -301,7 +301,7 @@ fn same_millisecond_ties_do_not_depend_on_line_order() {
     let t = ts("2026-11-20T10:00:00+08:00");
     let buyer = |stage: &str| {
         let mut e = Event::new(t, "s1", "c1", "b1", Kind::Buyer);
-        e.stage = Some(stage.into());
+        e.stage = Some(stage.to_string().into());
         e
     };
     let agent = |a: &str| {
@@ -642,7 +642,7 @@ fn stage_falls_back_to_the_matcher_then_unknown() {
         let c = format!("c{i}");
         let mut b = Event::new(t, "s1", &c, "b", Kind::Buyer);
         b.text = Some(text.into());
-        b.stage = stage.map(String::from);
+        b.stage = stage.map(|s| s.to_string().into());
         events.push(b);
         let mut a = Event::new(t + 10_000, "s1", &c, "b", Kind::Agent);
         a.agent = Some("a1".into());
@@ -802,7 +802,7 @@ fn cli_table_aligns_chinese_keys() {
         let c = format!("c{i}");
         let b = Event::new(t, "s1", &c, "b", Kind::Buyer);
         let mut a = Event::new(t + 12_000, "s1", &c, "b", Kind::Agent);
-        a.agent = Some(agent.to_string());
+        a.agent = Some((*agent).into());
         lines +=
             &(b.to_json(events::DEFAULT_OFFSET) + "\n" + &a.to_json(events::DEFAULT_OFFSET) + "\n");
     }

@@ -63,7 +63,7 @@ async fn buyer_is_welcomed_and_greeted_with_the_shop_name() {
     let bot: Vec<_> = events.iter().filter(|e| e.kind == Kind::Bot).collect();
     assert_eq!(bot.len(), 1);
     assert_eq!(bot[0].note.as_deref(), Some("greeting"));
-    assert_eq!(bot[0].conversation, conv);
+    assert_eq!(&*bot[0].conversation, conv);
     t.stop().await;
 }
 
@@ -205,7 +205,7 @@ async fn agent_disconnect_moves_conversations_with_their_clock() {
         .take_events()
         .into_iter()
         .filter(|e| e.kind == Kind::Assign)
-        .map(|e| (e.agent.unwrap(), e.note.unwrap()))
+        .map(|e| (e.agent.unwrap().to_string(), e.note.unwrap().into_owned()))
         .collect();
     assert_eq!(
         assigns,

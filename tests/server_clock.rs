@@ -69,7 +69,7 @@ async fn nudge_at_20_and_breach_at_30_go_to_the_owning_agent() {
         .take_events()
         .into_iter()
         .filter(|e| matches!(e.kind, Kind::Nudge | Kind::Breach))
-        .map(|e| (e.kind, e.ts_ms - since, e.agent.unwrap()))
+        .map(|e| (e.kind, e.ts_ms - since, e.agent.unwrap().to_string()))
         .collect();
     assert_eq!(
         timed,

@@ -39,10 +39,10 @@ fn event(i: usize) -> Event {
         kind,
         Kind::Agent | Kind::Assign | Kind::Nudge | Kind::Breach
     ) {
-        e.agent = Some(format!("a{}", i % 7));
+        e.agent = Some(format!("a{}", i % 7).into());
     }
     if matches!(kind, Kind::Buyer | Kind::Agent | Kind::Bot) {
-        e.text = Some(format!("亲，第{i}条消息"));
+        e.text = Some(format!("亲，第{i}条消息").into());
     }
     if kind == Kind::Agent && i % 2 == 0 {
         e.intent = Some("shipping_time".into());
@@ -108,7 +108,7 @@ fn reopening_appends_and_queries_filter_by_time_and_shop() {
         shop: Some("s1".into()),
     };
     let got = reader.events(&q).unwrap();
-    let want: Vec<Event> = (50..150).map(event).filter(|e| e.shop == "s1").collect();
+    let want: Vec<Event> = (50..150).map(event).filter(|e| &*e.shop == "s1").collect();
     assert_eq!(got, want);
 }
 
@@ -295,7 +295,7 @@ fn export_then_report_from_the_file_equals_report_from_the_log() {
     let mut all = load(&fixture("rounds.jsonl"));
     // The fixtures share conversation names; keep them apart.
     all.extend(load(&fixture("ratings.jsonl")).into_iter().map(|mut e| {
-        e.conversation = format!("r-{}", e.conversation);
+        e.conversation = format!("r-{}", e.conversation).into();
         e
     }));
     let store = Store::open(&data).unwrap();
@@ -401,7 +401,7 @@ fn the_parallel_report_read_returns_every_event_once() {
         to_ms: Some(1_795_140_000_000 + 120_050),
         shop: None,
     };
-    let touched: std::collections::HashSet<(String, String)> = all
+    let touched: std::collections::HashSet<(std::sync::Arc<str>, std::sync::Arc<str>)> = all
         .iter()
         .filter(|e| (q.from_ms.unwrap()..q.to_ms.unwrap()).contains(&e.ts_ms))
         .map(|e| (e.shop.clone(), e.conversation.clone()))

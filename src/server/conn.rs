@@ -7,6 +7,8 @@
 //! keep their order whoever produced them (this connection's replies, other
 //! connections' messages, the timer).
 
+use std::borrow::Cow;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -609,6 +611,8 @@ fn hello(app: &App, h: Hello, out: &Outbox) -> Result<Session, Refusal> {
 
 fn buyer_message(app: &App, s: &BuyerSession, text: String) -> Result<(), Refusal> {
     check_text(&text, &app.config().limits)?;
+    // One copy, shared by the history and the event.
+    let text: Arc<str> = Arc::from(text);
     let now = Instant::now();
     let phrases = app.phrases();
     let ctx = app.ctx(&phrases);
@@ -632,10 +636,16 @@ fn buyer_message(app: &App, s: &BuyerSession, text: String) -> Result<(), Refusa
             suggestions: &suggestions,
         })
     });
-    let mut ev = Event::new(plan.at, &s.shop, &s.conv, &s.buyer, Kind::Buyer);
+    let mut ev = Event::shared(
+        plan.at,
+        s.shop.clone(),
+        s.conv.clone(),
+        s.buyer.clone(),
+        Kind::Buyer,
+    );
     if let Some(top) = suggestions.first() {
-        ev.intent = Some(top.intent.to_string());
-        ev.stage = Some(top.stage.as_str().to_string());
+        ev.intent = Some(top.intent.clone());
+        ev.stage = Some(Cow::Borrowed(top.stage.as_str()));
     }
     ev.text = Some(text);
     // Recorded before the agent can see (and answer) it.

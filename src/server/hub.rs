@@ -17,6 +17,7 @@
 //! - a conversation whose buyer stays away longer than the resume window is
 //!   closed.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -291,7 +292,8 @@ struct Agent {
 struct HLine {
     author: Author,
     agent: Option<Arc<str>>,
-    text: Box<str>,
+    /// Shared with the event that records the line.
+    text: Arc<str>,
     at: i64,
     note: Option<&'static str>,
 }
@@ -311,7 +313,13 @@ struct Conv {
 
 impl Conv {
     fn event(&self, ts_ms: i64, kind: Kind) -> Event {
-        Event::new(ts_ms, &self.shop, &self.id, &self.buyer, kind)
+        Event::shared(
+            ts_ms,
+            self.shop.clone(),
+            self.id.clone(),
+            self.buyer.clone(),
+            kind,
+        )
     }
 
     /// Appends a line, dropping the oldest ones past `limit` bytes (the
@@ -699,7 +707,7 @@ impl Hub {
         &mut self,
         ctx: &Ctx,
         s: &BuyerSession,
-        text: &str,
+        text: &Arc<str>,
         now: Instant,
         fx: &mut Effects,
     ) -> Result<MessagePlan, Refusal> {
@@ -720,7 +728,7 @@ impl Hub {
             HLine {
                 author: Author::Buyer,
                 agent: None,
-                text: text.into(),
+                text: text.clone(),
                 at,
                 note: None,
             },
@@ -784,11 +792,12 @@ impl Hub {
         let tb = ctx.tb;
         let at = tb.ms(now);
         let ended = clock.agent_reply(&conv.id);
+        let line: Arc<str> = Arc::from(text);
         conv.push_line(
             HLine {
                 author: Author::Agent,
                 agent: Some(s.agent.clone()),
-                text: text.into(),
+                text: line.clone(),
                 at,
                 note: None,
             },
@@ -817,9 +826,9 @@ impl Hub {
             },
         );
         let mut ev = conv.event(at, Kind::Agent);
-        ev.agent = Some(s.agent.to_string());
-        ev.text = Some(text.to_string());
-        ev.intent = intent.map(str::to_string);
+        ev.agent = Some(s.agent.clone());
+        ev.text = Some(line);
+        ev.intent = intent.map(Arc::from);
         fx.events.push(ev);
         Ok(())
     }
@@ -869,7 +878,7 @@ impl Hub {
             );
         }
         let mut ev = conv.event(ctx.tb.ms(now), Kind::Rating);
-        ev.agent = conv.agent.as_deref().map(str::to_string);
+        ev.agent = conv.agent.clone();
         ev.score = Some(rating);
         fx.events.push(ev);
         Ok(())
@@ -1057,7 +1066,7 @@ impl Hub {
                             fx.send(out, &msg);
                         }
                         let mut ev = conv.event(due_ms, kind);
-                        ev.agent = conv.agent.as_deref().map(str::to_string);
+                        ev.agent = conv.agent.clone();
                         fx.events.push(ev);
                     }
                 }
@@ -1193,8 +1202,8 @@ fn assign(
     conv.agent = Some(agent_id.clone());
     agent.convs.insert(conv.id.clone());
     let mut ev = conv.event(at, Kind::Assign);
-    ev.agent = Some(agent_id.to_string());
-    ev.note = Some(reason.to_string());
+    ev.agent = Some(agent_id.clone());
+    ev.note = Some(Cow::Borrowed(reason));
     fx.events.push(ev);
     if let Some(out) = agent.online.as_ref().filter(|_| tell) {
         let round = clock.round(&conv.id);
@@ -1236,11 +1245,12 @@ fn bot_say(
     ctx: &Ctx,
     fx: &mut Effects,
 ) {
+    let line: Arc<str> = Arc::from(text);
     conv.push_line(
         HLine {
             author: Author::Bot,
             agent: None,
-            text: text.into(),
+            text: line.clone(),
             at,
             note: Some(note),
         },
@@ -1271,8 +1281,8 @@ fn bot_say(
         );
     }
     let mut ev = conv.event(at, Kind::Bot);
-    ev.text = Some(text.to_string());
-    ev.note = Some(note.to_string());
+    ev.text = Some(line);
+    ev.note = Some(Cow::Borrowed(note));
     fx.events.push(ev);
 }
 
