@@ -19,10 +19,13 @@
 //! argument and never reads a clock itself, which keeps it testable
 //! without a runtime.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::hash::Hash;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+// Looked up per buyer message and reply; foldhash (randomly seeded per
+// process) is several times cheaper than SipHash on short ids.
+use foldhash::{HashMap, HashMapExt};
 use tokio::time::Instant;
 
 /// How long a round may wait before each alarm.
