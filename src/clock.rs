@@ -78,11 +78,23 @@ pub struct Round {
     pub breached: bool,
 }
 
-/// A round and the queue keys of its pending alarms.
+/// A round, the deadlines of its pending alarms, and the queue key of the
+/// one queued: the earliest.
 #[derive(Debug)]
 struct Entry {
     round: Round,
-    pending: [Option<(Instant, u64)>; 3],
+    pending: [Option<Instant>; 3],
+    queued: Option<((Instant, u64), Alarm)>,
+}
+
+impl Entry {
+    /// The pending alarm due first (on equal deadlines, in `Alarm` order).
+    fn next(&self) -> Option<(Instant, Alarm)> {
+        Alarm::ALL
+            .into_iter()
+            .filter_map(|a| self.pending[a.index()].map(|at| (at, a)))
+            .min()
+    }
 }
 
 /// Result of a buyer message.
@@ -98,10 +110,15 @@ pub struct Started {
 pub struct Clock<K> {
     settings: ClockSettings,
     rounds: HashMap<K, Entry>,
-    /// (deadline, sequence) → alarm. The sequence number keeps equal
-    /// deadlines apart and fires them in the order they were set.
+    /// (deadline, sequence) → alarm, for each round's next alarm only: the
+    /// following one is queued when it fires. A third of the tree work per
+    /// buyer message and reply (and of the tree) next to queueing all three
+    /// up front. The sequence number keeps equal deadlines apart and fires
+    /// them in the order they were queued.
     queue: BTreeMap<(Instant, u64), (K, Alarm)>,
     seq: u64,
+    /// Alarms pending over all rounds, queued or not yet.
+    pending: usize,
 }
 
 impl<K: Clone + Eq + Hash> Clock<K> {
@@ -111,6 +128,7 @@ impl<K: Clone + Eq + Hash> Clock<K> {
             rounds: HashMap::new(),
             queue: BTreeMap::new(),
             seq: 0,
+            pending: 0,
         }
     }
 
@@ -144,12 +162,16 @@ impl<K: Clone + Eq + Hash> Clock<K> {
                 Alarm::Nudge => s.nudge,
                 Alarm::Breach => s.target,
             };
-            self.seq += 1;
-            let at = (now + after, self.seq);
-            self.queue.insert(at, (key.clone(), alarm));
-            pending[alarm.index()] = Some(at);
+            pending[alarm.index()] = Some(now + after);
+            self.pending += 1;
         }
-        self.rounds.insert(key.clone(), Entry { round, pending });
+        let mut entry = Entry {
+            round,
+            pending,
+            queued: None,
+        };
+        queue_next(&mut self.queue, &mut self.seq, key, &mut entry);
+        self.rounds.insert(key.clone(), entry);
         Started { round, new: true }
     }
 
@@ -161,9 +183,10 @@ impl<K: Clone + Eq + Hash> Clock<K> {
     /// Forgets the conversation's round and alarms (reply or conversation closed).
     pub fn remove(&mut self, key: &K) -> Option<Round> {
         let entry = self.rounds.remove(key)?;
-        for at in entry.pending.into_iter().flatten() {
+        if let Some((at, _)) = entry.queued {
             self.queue.remove(&at);
         }
+        self.pending -= entry.pending.iter().flatten().count();
         Some(entry.round)
     }
 
@@ -175,15 +198,27 @@ impl<K: Clone + Eq + Hash> Clock<K> {
     /// Claims the round's one holding reply: true (and the timed holding
     /// alarm is cancelled) if a round is open and none was sent yet.
     pub fn take_holding(&mut self, key: &K) -> bool {
-        let Some(e) = self.rounds.get_mut(key) else {
+        let Clock {
+            rounds,
+            queue,
+            seq,
+            pending,
+            ..
+        } = self;
+        let Some(e) = rounds.get_mut(key) else {
             return false;
         };
         if e.round.holding_sent {
             return false;
         }
         e.round.holding_sent = true;
-        if let Some(at) = e.pending[Alarm::Holding.index()].take() {
-            self.queue.remove(&at);
+        if e.pending[Alarm::Holding.index()].take().is_some() {
+            *pending -= 1;
+            // Queued, it was due first: the next alarm takes its place.
+            if let Some((at, Alarm::Holding)) = e.queued {
+                queue.remove(&at);
+                queue_next(queue, seq, key, e);
+            }
         }
         true
     }
@@ -208,11 +243,13 @@ impl<K: Clone + Eq + Hash> Clock<K> {
             .get_mut(&key)
             .expect("every queued alarm belongs to an open round");
         e.pending[alarm.index()] = None;
+        self.pending -= 1;
         match alarm {
             Alarm::Holding => e.round.holding_sent = true,
             Alarm::Nudge => e.round.nudged = true,
             Alarm::Breach => e.round.breached = true,
         }
+        queue_next(&mut self.queue, &mut self.seq, &key, e);
         Some((key, alarm, e.round, due))
     }
 
@@ -223,8 +260,22 @@ impl<K: Clone + Eq + Hash> Clock<K> {
 
     /// Number of pending alarms.
     pub fn alarms(&self) -> usize {
-        self.queue.len()
+        self.pending
     }
+}
+
+/// Queues `entry`'s next alarm (its previous one, if any, left the queue).
+fn queue_next<K: Clone>(
+    queue: &mut BTreeMap<(Instant, u64), (K, Alarm)>,
+    seq: &mut u64,
+    key: &K,
+    entry: &mut Entry,
+) {
+    entry.queued = entry.next().map(|(at, alarm)| {
+        *seq += 1;
+        queue.insert((at, *seq), (key.clone(), alarm));
+        ((at, *seq), alarm)
+    });
 }
 
 /// Converts the runtime's monotonic clock to Unix milliseconds.
@@ -328,6 +379,12 @@ mod tests {
             ..ClockSettings::default()
         };
         let with_holding = ClockSettings::default();
+        // Holding after the nudge: the queued alarm is not the holding one
+        // when the round starts.
+        let late_holding = ClockSettings {
+            holding: Some(Duration::from_secs(25)),
+            ..ClockSettings::default()
+        };
         type Case<'a> = (
             &'a str,
             ClockSettings,
@@ -411,6 +468,41 @@ mod tests {
                     (80, "c1", Breach),
                 ],
             ),
+            (
+                "equal deadlines fire in the order the rounds started",
+                with_holding,
+                &[(0, "c2", 'b'), (0, "c1", 'b')],
+                100,
+                &[
+                    (15, "c2", Holding),
+                    (15, "c1", Holding),
+                    (20, "c2", Nudge),
+                    (20, "c1", Nudge),
+                    (30, "c2", Breach),
+                    (30, "c1", Breach),
+                ],
+            ),
+            (
+                "a late holding reply comes between nudge and breach",
+                late_holding,
+                &[(0, "c1", 'b')],
+                100,
+                &[(20, "c1", Nudge), (25, "c1", Holding), (30, "c1", Breach)],
+            ),
+            (
+                "a late holding reply taken before the nudge (not queued yet)",
+                late_holding,
+                &[(0, "c1", 'b'), (5, "c1", 'h')],
+                100,
+                &[(20, "c1", Nudge), (30, "c1", Breach)],
+            ),
+            (
+                "a late holding reply taken after the nudge (queued)",
+                late_holding,
+                &[(0, "c1", 'b'), (22, "c1", 'h')],
+                100,
+                &[(20, "c1", Nudge), (30, "c1", Breach)],
+            ),
         ];
         for (name, settings, script, until, want) in cases {
             let got = run(*settings, script, *until);
@@ -439,6 +531,28 @@ mod tests {
         assert!(ended.holding_sent);
         assert_eq!(clock.waiting(), 0);
         assert_eq!(clock.alarms(), 0, "ending a round removes its alarms");
+        assert!(!clock.take_holding(&1), "no round, no holding reply");
+    }
+
+    /// `alarms` counts every pending alarm, queued or not yet.
+    #[test]
+    fn alarms_count_every_pending_one() {
+        let t0 = Instant::now();
+        let mut clock: Clock<u32> = Clock::new(ClockSettings::default());
+        clock.buyer_message(&1, t0);
+        clock.buyer_message(&2, t0);
+        assert_eq!(clock.alarms(), 6);
+        assert!(clock.take_holding(&1));
+        assert_eq!(clock.alarms(), 5);
+        let (k, a, _, _) = clock.pop_due(t0 + Duration::from_secs(15)).unwrap();
+        assert_eq!((k, a), (2, Alarm::Holding));
+        assert_eq!(clock.alarms(), 4);
+        let (k, a, _, _) = clock.pop_due(t0 + Duration::from_secs(20)).unwrap();
+        assert_eq!((k, a), (1, Alarm::Nudge));
+        assert_eq!(clock.alarms(), 3);
+        clock.agent_reply(&2);
+        assert_eq!(clock.alarms(), 1);
+        assert_eq!(clock.next_alarm(), Some(t0 + Duration::from_secs(30)));
         assert!(!clock.take_holding(&1), "no round, no holding reply");
     }
 
