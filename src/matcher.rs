@@ -82,7 +82,8 @@ pub struct Suggestion {
     pub stage: Stage,
     pub intent: Arc<str>,
     pub score: f32,
-    pub reply: String,
+    /// Shared with the library unless a placeholder was filled in.
+    pub reply: Arc<str>,
     /// The keywords as the library spells them (shared with the matcher,
     /// not copied per message).
     pub matched: Vec<Arc<str>>,
@@ -110,7 +111,7 @@ pub struct Ranked {
 struct CompiledIntent {
     id: Arc<str>,
     stage: Stage,
-    replies: Vec<String>,
+    replies: Vec<Arc<str>>,
     priority: f32,
 }
 
@@ -492,7 +493,11 @@ impl Matcher {
             intents.push(CompiledIntent {
                 id: Arc::from(intent.id.as_str()),
                 stage: intent.stage,
-                replies: intent.replies.clone(),
+                replies: intent
+                    .replies
+                    .iter()
+                    .map(|r| Arc::from(r.as_str()))
+                    .collect(),
                 priority: intent.priority,
             });
         }
@@ -679,8 +684,8 @@ impl Matcher {
                 let reply = intent
                     .replies
                     .get(variant)
-                    .map(|t| fill.apply(t))
-                    .unwrap_or_default();
+                    .map(|t| fill.apply_shared(t))
+                    .unwrap_or_else(|| Arc::from(""));
                 Suggestion {
                     stage: intent.stage,
                     intent: intent.id.clone(),

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -659,6 +660,16 @@ impl Fill<'_> {
             .replace("{agent}", self.agent)
             .replace("{buyer}", self.buyer)
     }
+
+    /// [`Fill::apply`] for a shared template: the template itself (no
+    /// copy) when it has no placeholder, as most replies do.
+    pub fn apply_shared(&self, template: &Arc<str>) -> Arc<str> {
+        if template.contains('{') {
+            Arc::from(self.apply(template))
+        } else {
+            template.clone()
+        }
+    }
 }
 
 /// Finds the position of things in a YAML file's text.
@@ -761,5 +772,10 @@ mod tests {
             f.apply("欢迎光临{shop}，我是{agent}{buyer}"),
             "欢迎光临小米旗舰店，我是小美"
         );
+        // Shared: filled when it has a placeholder, the same string if not.
+        let filled = f.apply_shared(&Arc::from("您好，{shop}为您服务"));
+        assert_eq!(&*filled, "您好，小米旗舰店为您服务");
+        let plain: Arc<str> = Arc::from("亲，马上为您查询");
+        assert!(Arc::ptr_eq(&f.apply_shared(&plain), &plain));
     }
 }

@@ -115,7 +115,7 @@ fn suggestions_fill_placeholders_and_respect_top() {
     let s = m.suggest("在吗", 3, &fill);
     assert_eq!(s.len(), 1);
     assert!(
-        s[0].reply == "亲，您好！欢迎光临小米旗舰店" || s[0].reply == "您好，我是小美",
+        &*s[0].reply == "亲，您好！欢迎光临小米旗舰店" || &*s[0].reply == "您好，我是小美",
         "{}",
         s[0].reply
     );
