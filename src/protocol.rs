@@ -8,6 +8,8 @@
 //! Server messages are plain `serde_json::Value`-free structs that borrow
 //! their text, serialised once per frame.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use crate::events::Rating;
@@ -164,9 +166,47 @@ impl Refusal {
 
 /// Parses one text frame, classifying failures.
 pub fn parse(text: &str) -> Result<ClientMsg, Refusal> {
+    if let Some(msg) = parse_hot(text) {
+        return Ok(msg);
+    }
     match serde_json::from_str::<ClientMsg>(text) {
         Ok(msg) => Ok(msg),
         Err(e) => Err(classify(text, &e)),
+    }
+}
+
+/// The fields of the frames that come with every buyer message (the
+/// buyer's `message`, the agent's `reply`), borrowed from the frame.
+#[derive(Deserialize)]
+struct Hot<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    conversation: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    intent: Option<Cow<'a, str>>,
+}
+
+/// A well-formed `message` or `reply` in one pass. serde reads an
+/// internally tagged enum such as [`ClientMsg`] twice, buffering the whole
+/// object before it knows the variant; that was most of the parsing cost.
+/// `None` for anything else (other types, missing or mistyped fields, bad
+/// JSON), which [`parse`] then reads the general way, errors and all: the
+/// two must agree wherever this one answers (tested).
+fn parse_hot(text: &str) -> Option<ClientMsg> {
+    let hot: Hot = serde_json::from_str(text).ok()?;
+    match (&*hot.kind, hot.text, hot.conversation) {
+        ("message", Some(text), _) => Some(ClientMsg::Message {
+            text: text.into_owned(),
+        }),
+        ("reply", Some(text), Some(conversation)) => Some(ClientMsg::Reply {
+            conversation: conversation.into_owned(),
+            text: text.into_owned(),
+            intent: hot.intent.map(Cow::into_owned),
+        }),
+        _ => None,
     }
 }
 
@@ -433,6 +473,63 @@ mod tests {
         ];
         for (text, want) in cases {
             assert_eq!(&parse(text).unwrap(), want, "{text}");
+        }
+    }
+
+    /// Wherever the one-pass reading answers, the general one agrees; and
+    /// it answers for the frames it is there for.
+    #[test]
+    fn the_hot_path_agrees_with_the_general_one() {
+        let cases: &[(&str, bool)] = &[
+            (r#"{"type":"message","text":"在吗"}"#, true),
+            (r#"{"text":"在吗？\n\"急\"","type":"message"}"#, true),
+            (r#"{"type":"message","text":"x","extra":[1,{"a":2}]}"#, true),
+            (r#"{"type":"message","text":"x","conversation":"c1"}"#, true),
+            (
+                r#"{"type":"reply","conversation":"c1","text":"亲，在的"}"#,
+                true,
+            ),
+            (
+                r#"{"type":"reply","conversation":"c1","text":"亲","intent":"greeting"}"#,
+                true,
+            ),
+            (
+                r#"{"type":"reply","conversation":"c1","text":"亲","intent":null}"#,
+                true,
+            ),
+            // The general way: errors, other types, odd shapes.
+            (r#"{"type":"message"}"#, false),
+            (r#"{"type":"message","text":5}"#, false),
+            (r#"{"type":"message","text":null}"#, false),
+            (r#"{"type":"message","text":"x","text":"y"}"#, false),
+            (r#"{"type":"reply","text":"亲"}"#, false),
+            (r#"{"type":"reply","conversation":7,"text":"亲"}"#, false),
+            (r#"{"type":"message","text":"x","conversation":5}"#, false),
+            (r#"{"type":"rate","score":"satisfied"}"#, false),
+            (r#"{"type":"lint","text":"不行"}"#, false),
+            (
+                r#"{"type":"hello","role":"buyer","shop":"s1","buyer":"b1"}"#,
+                false,
+            ),
+            (r#"{"type":5,"text":"x"}"#, false),
+            (r#"["message"]"#, false),
+            (r#"{"type":"message","text":"x""#, false),
+        ];
+        for (text, hot) in cases {
+            let general =
+                serde_json::from_str::<ClientMsg>(text).map_err(|e| classify(text, &e).to_json());
+            match parse_hot(text) {
+                Some(msg) => {
+                    assert!(*hot, "{text}: not meant for the hot path");
+                    assert_eq!(Ok(msg), general, "{text}");
+                }
+                None => assert!(!*hot, "{text}: meant for the hot path"),
+            }
+            assert_eq!(
+                parse(text).map_err(|r| r.to_json()),
+                general,
+                "{text}: parse as the general way"
+            );
         }
     }
 
