@@ -1095,8 +1095,7 @@ mod tests {
             "七天无理由退货吗".to_string(),
             String::new(),
         ];
-        if let Ok(t) =
-            std::fs::read_to_string(dir.join("../shared/corpus/jddc_buyer_messages.txt"))
+        if let Ok(t) = std::fs::read_to_string(dir.join("../shared/corpus/jddc_buyer_messages.txt"))
         {
             messages.extend(t.lines().map(normalize));
         }

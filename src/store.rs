@@ -36,6 +36,9 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use crate::events::{Event, Kind, Rating};
+use insert::{Insert, Value};
+
+mod insert;
 use crate::report::{self, RecordFields, Records, Report, ReportOptions};
 
 /// The database file inside the data directory.
@@ -277,20 +280,21 @@ fn insert_sql(rows: usize) -> String {
     sql
 }
 
-/// Binds `e` as row `row` (0-based) of a multi-row `INSERT`.
-fn bind_event(stmt: &mut rusqlite::Statement, row: usize, e: &Event) -> rusqlite::Result<()> {
-    let at = row * VALUES_PER_ROW;
-    stmt.raw_bind_parameter(at + 1, e.ts_ms)?;
-    stmt.raw_bind_parameter(at + 2, &e.shop)?;
-    stmt.raw_bind_parameter(at + 3, &e.conversation)?;
-    stmt.raw_bind_parameter(at + 4, &e.buyer)?;
-    stmt.raw_bind_parameter(at + 5, e.kind.as_str())?;
-    stmt.raw_bind_parameter(at + 6, &e.agent)?;
-    stmt.raw_bind_parameter(at + 7, &e.text)?;
-    stmt.raw_bind_parameter(at + 8, &e.intent)?;
-    stmt.raw_bind_parameter(at + 9, &e.stage)?;
-    stmt.raw_bind_parameter(at + 10, e.score.map(Rating::as_str))?;
-    stmt.raw_bind_parameter(at + 11, &e.note)
+/// `e`'s values in [`COLUMNS`] order.
+fn row_values(e: &Event) -> [Value<'_>; VALUES_PER_ROW] {
+    [
+        Value::Int(e.ts_ms),
+        Value::Text(Some(&e.shop)),
+        Value::Text(Some(&e.conversation)),
+        Value::Text(Some(&e.buyer)),
+        Value::Text(Some(e.kind.as_str())),
+        Value::Text(e.agent.as_deref()),
+        Value::Text(e.text.as_deref()),
+        Value::Text(e.intent.as_deref()),
+        Value::Text(e.stage.as_deref()),
+        Value::Text(e.score.map(Rating::as_str)),
+        Value::Text(e.note.as_deref()),
+    ]
 }
 
 /// Writes `events` in one transaction, in order: full statements of
@@ -302,19 +306,15 @@ fn insert_all(conn: &mut Connection, events: &[Event]) -> rusqlite::Result<usize
     {
         let mut chunks = events.chunks_exact(ROWS_PER_INSERT);
         if chunks.len() > 0 {
-            let mut stmt = tx.prepare_cached(&MANY)?;
+            let mut many = Insert::new(&tx, &MANY)?;
             for chunk in chunks.by_ref() {
-                for (row, e) in chunk.iter().enumerate() {
-                    bind_event(&mut stmt, row, e)?;
-                }
-                stmt.raw_execute()?;
+                many.run(chunk.iter().flat_map(row_values))?;
             }
         }
         if !chunks.remainder().is_empty() {
-            let mut stmt = tx.prepare_cached(&ONE)?;
+            let mut one = Insert::new(&tx, &ONE)?;
             for e in chunks.remainder() {
-                bind_event(&mut stmt, 0, e)?;
-                stmt.raw_execute()?;
+                one.run(row_values(e))?;
             }
         }
     }
