@@ -650,15 +650,28 @@ impl Fill<'_> {
     /// Replaces `{shop}`, `{agent}` and `{buyer}` in `template`.
     ///
     /// An empty value drops the placeholder, so a reply written for a named
-    /// agent still reads naturally when no name is known.
+    /// agent still reads naturally when no name is known. One pass over the
+    /// template: a value is never searched again, so a shop whose name
+    /// holds `{agent}` keeps it, and a suggestion costs one allocation.
     pub fn apply(&self, template: &str) -> String {
-        if !template.contains('{') {
-            return template.to_string();
+        let mut out = String::with_capacity(template.len() + self.shop.len() + self.agent.len());
+        let mut rest = template;
+        while let Some(i) = rest.find('{') {
+            out.push_str(&rest[..i]);
+            rest = &rest[i..];
+            let (value, name) = [
+                (self.shop, "{shop}"),
+                (self.agent, "{agent}"),
+                (self.buyer, "{buyer}"),
+            ]
+            .into_iter()
+            .find(|(_, name)| rest.starts_with(name))
+            .unwrap_or(("{", "{"));
+            out.push_str(value);
+            rest = &rest[name.len()..];
         }
-        template
-            .replace("{shop}", self.shop)
-            .replace("{agent}", self.agent)
-            .replace("{buyer}", self.buyer)
+        out.push_str(rest);
+        out
     }
 
     /// [`Fill::apply`] for a shared template: the template itself (no
@@ -768,10 +781,26 @@ mod tests {
             agent: "小美",
             buyer: "",
         };
-        assert_eq!(
-            f.apply("欢迎光临{shop}，我是{agent}{buyer}"),
-            "欢迎光临小米旗舰店，我是小美"
-        );
+        let cases: &[(&str, &str)] = &[
+            ("欢迎光临{shop}，我是{agent}{buyer}", "欢迎光临小米旗舰店，我是小美"),
+            ("{shop}{shop}", "小米旗舰店小米旗舰店"),
+            ("亲，马上为您查询", "亲，马上为您查询"),
+            ("", ""),
+            // Not a placeholder: kept as written.
+            ("{x}{shop", "{x}{shop"),
+            ("{{agent}}", "{小美}"),
+            ("末尾{", "末尾{"),
+        ];
+        for (template, want) in cases {
+            assert_eq!(f.apply(template), *want, "{template}");
+        }
+        // A value is not filled again.
+        let odd = Fill {
+            shop: "{agent}店",
+            agent: "小美",
+            buyer: "",
+        };
+        assert_eq!(odd.apply("{shop}的{agent}"), "{agent}店的小美");
         // Shared: filled when it has a placeholder, the same string if not.
         let filled = f.apply_shared(&Arc::from("您好，{shop}为您服务"));
         assert_eq!(&*filled, "您好，小米旗舰店为您服务");
