@@ -708,6 +708,51 @@ async fn hot_reload_swaps_good_libraries_and_keeps_old_ones_on_error() {
     t.stop().await;
 }
 
+/// A client may send its first frame right behind the handshake, before
+/// the 101 arrives: the bytes the HTTP layer read ahead must reach the
+/// WebSocket (the server takes the socket back from hyper's upgrade).
+#[tokio::test]
+async fn a_frame_sent_with_the_handshake_is_not_lost() {
+    let t = spawn_app().await;
+    let mut s = tokio::net::TcpStream::connect(t.addr()).await.unwrap();
+    let hello = br#"{"type":"hello","role":"buyer","shop":"s1","buyer":"b1"}"#;
+    let mut bytes =
+        b"GET /ws HTTP/1.1\r\nHost: kefu\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            .to_vec();
+    // One masked text frame (FIN, length < 126).
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    bytes.extend([0x81, 0x80 | hello.len() as u8]);
+    bytes.extend(mask);
+    bytes.extend(hello.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    s.write_all(&bytes).await.unwrap();
+    // The response head, a byte at a time so nothing after it is taken.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(s.read_u8().await.unwrap());
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        s,
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    let frame = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("an answer to the hello")
+        .unwrap()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
+    assert_eq!(v["type"], "welcome", "{v}");
+    assert_eq!(v["role"], "buyer", "{v}");
+    t.stop().await;
+}
+
 #[tokio::test]
 async fn a_silent_tcp_connection_is_closed_after_the_handshake_timeout() {
     let mut config = test_config();
