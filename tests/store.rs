@@ -168,6 +168,40 @@ fn a_full_queue_drops_and_counts_instead_of_blocking() {
     assert_eq!(h.dropped(), dropped + 1);
 }
 
+/// A commit that keeps failing (here the table is gone) is retried, then
+/// its events are counted as dropped, and the writer goes on: once the
+/// table is back, later events are stored.
+#[test]
+fn a_failing_commit_counts_its_events_as_dropped_and_the_writer_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let h = store.handle();
+    h.record(event(0));
+    h.flush().unwrap();
+    let other = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let schema: String = other
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE name = 'events'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    other.execute_batch("DROP TABLE events").unwrap();
+    for i in 1..=40 {
+        h.record(event(i));
+    }
+    h.flush().unwrap();
+    assert_eq!(h.dropped(), 40);
+    other.execute_batch(&schema).unwrap();
+    for i in 41..=45 {
+        h.record(event(i));
+    }
+    h.flush().unwrap();
+    assert_eq!(h.dropped(), 40);
+    store.close().unwrap();
+    assert_eq!(Reader::open(dir.path()).unwrap().count().unwrap(), 5);
+}
+
 /// A writer that fell behind (here: another connection held the write
 /// lock for longer than the commit window) catches up in full batches: its
 /// queued events are all older than the window, and committing them one
