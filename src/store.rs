@@ -36,10 +36,10 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use crate::events::{Event, Kind, Rating};
+use crate::report::{self, RecordFields, Records, Report, ReportOptions};
 use insert::{Insert, Value};
 
 mod insert;
-use crate::report::{self, RecordFields, Records, Report, ReportOptions};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "events.db";
@@ -297,29 +297,65 @@ fn row_values(e: &Event) -> [Value<'_>; VALUES_PER_ROW] {
     ]
 }
 
-/// Writes `events` in one transaction, in order: full statements of
-/// [`ROWS_PER_INSERT`] rows, then the rest one row at a time.
-fn insert_all(conn: &mut Connection, events: &[Event]) -> rusqlite::Result<usize> {
-    static MANY: LazyLock<String> = LazyLock::new(|| insert_sql(ROWS_PER_INSERT));
-    static ONE: LazyLock<String> = LazyLock::new(|| insert_sql(1));
-    let tx = conn.transaction()?;
-    {
+/// The inserts of one connection, prepared on first use and kept from
+/// commit to commit (as rusqlite's statement cache kept them before): the
+/// writer prepares the 32-row statement once, not at every commit.
+struct Inserts<'c> {
+    conn: &'c Connection,
+    many: Option<Insert<'c>>,
+    one: Option<Insert<'c>>,
+}
+
+impl<'c> Inserts<'c> {
+    fn new(conn: &'c Connection) -> Inserts<'c> {
+        Inserts {
+            conn,
+            many: None,
+            one: None,
+        }
+    }
+
+    /// Writes `events` in one transaction, in order: full statements of
+    /// [`ROWS_PER_INSERT`] rows, then the rest one row at a time.
+    fn write(&mut self, events: &[Event]) -> rusqlite::Result<usize> {
+        static MANY: LazyLock<String> = LazyLock::new(|| insert_sql(ROWS_PER_INSERT));
+        static ONE: LazyLock<String> = LazyLock::new(|| insert_sql(1));
+        // The connection's only writer, so no transaction is open already.
+        let tx = self.conn.unchecked_transaction()?;
         let mut chunks = events.chunks_exact(ROWS_PER_INSERT);
         if chunks.len() > 0 {
-            let mut many = Insert::new(&tx, &MANY)?;
+            let many = prepared(&mut self.many, self.conn, &MANY)?;
             for chunk in chunks.by_ref() {
                 many.run(chunk.iter().flat_map(row_values))?;
             }
         }
         if !chunks.remainder().is_empty() {
-            let mut one = Insert::new(&tx, &ONE)?;
+            let one = prepared(&mut self.one, self.conn, &ONE)?;
             for e in chunks.remainder() {
                 one.run(row_values(e))?;
             }
         }
+        tx.commit()?;
+        Ok(events.len())
     }
-    tx.commit()?;
-    Ok(events.len())
+}
+
+/// The statement in `slot`, prepared from `sql` if it is not there yet (a
+/// failed preparation is tried again at the next commit).
+fn prepared<'s, 'c>(
+    slot: &'s mut Option<Insert<'c>>,
+    conn: &'c Connection,
+    sql: &str,
+) -> rusqlite::Result<&'s mut Insert<'c>> {
+    Ok(match slot.take() {
+        Some(insert) => slot.insert(insert),
+        None => slot.insert(Insert::new(conn, sql)?),
+    })
+}
+
+/// [`Inserts::write`] with statements prepared for this call only.
+fn insert_all(conn: &Connection, events: &[Event]) -> rusqlite::Result<usize> {
+    Inserts::new(conn).write(events)
 }
 
 impl Store {
@@ -463,7 +499,7 @@ fn lower_priority() {
 fn lower_priority() {}
 
 fn write_loop(
-    mut conn: Connection,
+    conn: Connection,
     rx: Receiver<Msg>,
     shared: &Shared,
     path: &Path,
@@ -474,6 +510,7 @@ fn write_loop(
         batch: Vec::with_capacity(options.commit_batch),
         ..Pending::default()
     };
+    let mut inserts = Inserts::new(&conn);
     let mut stop = false;
     while !stop {
         // Wait for the first message, then gather until the window closes,
@@ -515,11 +552,12 @@ fn write_loop(
                 p.take(msg);
             }
         }
-        commit(&mut conn, &mut p.batch, shared, path);
+        commit(&mut inserts, &mut p.batch, shared, path);
         for ack in p.acks.drain(..) {
             let _ = ack.send(());
         }
     }
+    drop(inserts);
     // Fold the WAL back into the database so the directory is one file.
     if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
         tracing::warn!(path = %path.display(), "checkpoint on close failed: {e}");
@@ -529,12 +567,12 @@ fn write_loop(
 }
 
 /// Commits `batch` (emptying it), retrying twice before giving up.
-fn commit(conn: &mut Connection, batch: &mut Vec<Event>, shared: &Shared, path: &Path) {
+fn commit(inserts: &mut Inserts, batch: &mut Vec<Event>, shared: &Shared, path: &Path) {
     if batch.is_empty() {
         return;
     }
     for attempt in 1..=3 {
-        match insert_all(conn, batch) {
+        match inserts.write(batch) {
             Ok(_) => {
                 shared.commits.fetch_add(1, Ordering::Relaxed);
                 batch.clear();
@@ -868,8 +906,8 @@ fn open_db(dir: &Path) -> Result<(PathBuf, Connection), StoreError> {
 /// events import`; not for a running service, which records through its
 /// handle). Creates and upgrades the log as [`Store::open`] does.
 pub fn import(dir: &Path, events: &[Event]) -> Result<usize, StoreError> {
-    let (path, mut conn) = open_db(dir)?;
-    insert_all(&mut conn, events).map_err(|e| sql_fail("cannot import into", &path, e))
+    let (path, conn) = open_db(dir)?;
+    insert_all(&conn, events).map_err(|e| sql_fail("cannot import into", &path, e))
 }
 
 #[cfg(test)]
@@ -940,6 +978,8 @@ mod tests {
         let mut conn = Connection::open_in_memory().unwrap();
         migrate(&mut conn, Path::new(":memory:")).unwrap();
         let mut written = Vec::new();
+        // One set of statements for every batch, as the writer keeps them.
+        let mut inserts = Inserts::new(&conn);
         for n in [
             0,
             1,
@@ -949,7 +989,7 @@ mod tests {
             70,
         ] {
             let batch: Vec<Event> = (written.len()..written.len() + n).map(event).collect();
-            assert_eq!(insert_all(&mut conn, &batch).unwrap(), n);
+            assert_eq!(inserts.write(&batch).unwrap(), n);
             written.extend(batch);
         }
         let mut stmt = conn
