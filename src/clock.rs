@@ -537,16 +537,16 @@ mod tests {
         assert_eq!(clock.alarms(), 6);
         assert!(clock.take_holding(&1));
         assert_eq!(clock.alarms(), 5);
-        let (k, a, _, _) = clock.pop_due(t0 + Duration::from_secs(15)).unwrap();
+        let (k, a, _, _) = clock.pop_due(t0 + secs(15)).unwrap();
         assert_eq!((k, a), (2, Alarm::Holding));
         assert_eq!(clock.alarms(), 4);
-        let (k, a, _, _) = clock.pop_due(t0 + Duration::from_secs(20)).unwrap();
+        let (k, a, _, _) = clock.pop_due(t0 + secs(20)).unwrap();
         assert_eq!((k, a), (1, Alarm::Nudge));
         assert_eq!(clock.alarms(), 3);
         clock.agent_reply(&2);
         assert_eq!(clock.alarms(), 1);
-        assert_eq!(clock.next_alarm(), Some(t0 + Duration::from_secs(30)));
-        assert!(!clock.take_holding(&1), "no round, no holding reply");
+        assert_eq!(clock.next_alarm(), Some(t0 + secs(30)));
+        assert!(!clock.take_holding(&1), "taken already this round");
     }
 
     #[test]

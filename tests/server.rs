@@ -710,7 +710,7 @@ async fn hot_reload_swaps_good_libraries_and_keeps_old_ones_on_error() {
 
 /// A client may send its first frame right behind the handshake, before
 /// the 101 arrives: the bytes the HTTP layer read ahead must reach the
-/// WebSocket (the server takes the socket back from hyper's upgrade).
+/// WebSocket.
 #[tokio::test]
 async fn a_frame_sent_with_the_handshake_is_not_lost() {
     let t = spawn_app().await;

@@ -25,7 +25,7 @@ use tracing::{debug, info};
 use super::hub::{capture, AgentSession, BuyerSession, CloseOrder, Effects, Outbox, Queued};
 use super::{App, SUGGESTIONS};
 use crate::config::Limits;
-use crate::events::{Event, Kind};
+use crate::events::Kind;
 use crate::phrases::Fill;
 use crate::protocol::{self, ClientMsg, ErrorCode, Hello, Refusal, Role, ServerMsg};
 
@@ -679,13 +679,7 @@ fn buyer_message(app: &App, s: &BuyerSession, text: String) -> Result<(), Refusa
             suggestions: &suggestions,
         })
     });
-    let mut ev = Event::shared(
-        plan.at,
-        s.shop.clone(),
-        s.conv.clone(),
-        s.buyer.clone(),
-        Kind::Buyer,
-    );
+    let mut ev = s.event(plan.at, Kind::Buyer);
     if let Some(top) = suggestions.first() {
         ev.intent = Some(top.intent.clone());
         ev.stage = Some(Cow::Borrowed(top.stage.as_str()));

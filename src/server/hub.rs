@@ -257,6 +257,19 @@ pub(crate) struct BuyerSession {
     pub conn: u64,
 }
 
+impl BuyerSession {
+    /// A bare event of this buyer's conversation (ids shared, not copied).
+    pub fn event(&self, ts_ms: i64, kind: Kind) -> Event {
+        Event::shared(
+            ts_ms,
+            self.shop.clone(),
+            self.conv.clone(),
+            self.buyer.clone(),
+            kind,
+        )
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct AgentSession {
     pub shop: Arc<str>,
