@@ -816,32 +816,56 @@ fn bracket_tokens(s: &str) -> Vec<(u32, u32)> {
 /// it is then already counted), and a bracketed token of `tokens` counts
 /// once, at its `[`.
 fn content_units(s: &str, from: usize, to: usize, tokens: &[(u32, u32)]) -> usize {
-    let mut prev_digit = s[..from]
-        .chars()
-        .next_back()
-        .is_some_and(|c| c.is_ascii_digit());
+    // Over bytes rather than chars: this counts every character of every
+    // message, and most are ideographs (lead byte 0xE4-0xE9: U+4000-U+9FFF,
+    // all content), which need no decoding to count.
+    let bytes = s.as_bytes();
+    // A multi-byte character has no ASCII byte, so the byte before `from`
+    // is an ASCII digit exactly when the character before it is.
+    let mut prev_digit = from > 0 && bytes[from - 1].is_ascii_digit();
     let mut next = tokens.iter().position(|&(_, e)| e as usize > from);
     let mut n = 0;
-    for (i, c) in s[from..to].char_indices() {
-        let i = from + i;
+    let mut i = from;
+    while i < to {
         if let Some(t) = next {
             let (ts, te) = (tokens[t].0 as usize, tokens[t].1 as usize);
             if i >= ts {
                 if i == ts {
                     n += 1;
                 }
-                if i + c.len_utf8() >= te {
-                    next = (t + 1 < tokens.len()).then_some(t + 1);
-                }
                 prev_digit = false;
+                if te > to {
+                    break;
+                }
+                i = te;
+                next = (t + 1 < tokens.len()).then_some(t + 1);
                 continue;
             }
         }
-        let digit = c.is_ascii_digit();
-        if is_content(c) && !(digit && prev_digit) {
+        let b = bytes[i];
+        if b < 0x80 {
+            let digit = b.is_ascii_digit();
+            if !(digit && prev_digit) && is_content(b as char) {
+                n += 1;
+            }
+            prev_digit = digit;
+            i += 1;
+            continue;
+        }
+        prev_digit = false;
+        if (0xE4..=0xE9).contains(&b) {
+            n += 1;
+            i += 3;
+            continue;
+        }
+        let c = s[i..]
+            .chars()
+            .next()
+            .expect("`i` is on a character boundary");
+        if is_content(c) {
             n += 1;
         }
-        prev_digit = digit;
+        i += c.len_utf8();
     }
     n
 }
@@ -1050,6 +1074,83 @@ mod tests {
         ("(好|行)[嗯哦 ]*$", "我觉得还行", true),
         ("(好|行)[嗯哦 ]*$", "行不行呢", false),
     ];
+
+    /// The character-by-character count `content_units` replaced: the
+    /// reference it must agree with.
+    fn content_units_by_char(s: &str, from: usize, to: usize, tokens: &[(u32, u32)]) -> usize {
+        let mut prev_digit = s[..from]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_ascii_digit());
+        let mut next = tokens.iter().position(|&(_, e)| e as usize > from);
+        let mut n = 0;
+        for (i, c) in s[from..to].char_indices() {
+            let i = from + i;
+            if let Some(t) = next {
+                let (ts, te) = (tokens[t].0 as usize, tokens[t].1 as usize);
+                if i >= ts {
+                    if i == ts {
+                        n += 1;
+                    }
+                    if i + c.len_utf8() >= te {
+                        next = (t + 1 < tokens.len()).then_some(t + 1);
+                    }
+                    prev_digit = false;
+                    continue;
+                }
+            }
+            let digit = c.is_ascii_digit();
+            if is_content(c) && !(digit && prev_digit) {
+                n += 1;
+            }
+            prev_digit = digit;
+        }
+        n
+    }
+
+    #[test]
+    fn content_units_agree_with_the_char_by_char_count() {
+        let mut texts: Vec<String> = [
+            "",
+            "亲，在吗？",
+            "订单号123456789，[图片] 还没到 12 3",
+            "[表情][表情]好的",
+            "尺码xl 175cm 70kg",
+            "a[b]c [很长很长很长很长很长很长的括号] ]x[",
+            "龍眼 㐀 𠀀 ! ~ … ￥99.5",
+            "123[abc]456",
+            "\u{b}\t\r\n 一 二",
+        ]
+        .map(String::from)
+        .to_vec();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        for name in ["jddc_buyer_messages.txt", "ecd_buyer_messages.txt"] {
+            if let Ok(t) = std::fs::read_to_string(dir.join("../shared/corpus").join(name)) {
+                texts.extend(t.lines().take(3000).map(String::from));
+            }
+        }
+        for text in &texts {
+            let norm = normalize(text);
+            let tokens = bracket_tokens(&norm);
+            let bounds: Vec<usize> = norm
+                .char_indices()
+                .map(|(i, _)| i)
+                .chain([norm.len()])
+                .collect();
+            // Every span that starts and ends on characters 0, 1, 2, 5, ...
+            // apart, as `covered_units` asks, and the whole text.
+            for (a, &from) in bounds.iter().enumerate() {
+                for d in [0, 1, 2, 5, 13, bounds.len()] {
+                    let to = bounds[(a + d).min(bounds.len() - 1)];
+                    assert_eq!(
+                        content_units(&norm, from, to, &tokens),
+                        content_units_by_char(&norm, from, to, &tokens),
+                        "{norm:?} [{from}, {to})"
+                    );
+                }
+            }
+        }
+    }
 
     impl Matcher {
         /// The patterns the gates open for `norm`.
