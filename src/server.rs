@@ -29,7 +29,7 @@ mod reload;
 mod timer;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 
 use futures_util::{Stream, StreamExt};
@@ -107,6 +107,10 @@ struct Shared {
     /// Wakes the timer task when a deadline earlier than its sleep appears.
     timer: Notify,
     shutdown: watch::Sender<bool>,
+    /// Set (before `shutdown` changes) once shutdown is ordered: what the
+    /// connection loops read on their hot path. Reading the watch itself
+    /// takes its lock, which every connection shares.
+    stopping: AtomicBool,
     next_conn: AtomicU64,
     ws_config: WebSocketConfig,
     connections: Arc<Semaphore>,
@@ -159,6 +163,7 @@ impl App {
                 timebase: Timebase::new(),
                 timer: Notify::new(),
                 shutdown,
+                stopping: AtomicBool::new(false),
                 next_conn: AtomicU64::new(1),
                 ws_config,
                 connections,
@@ -201,7 +206,13 @@ impl App {
 
     /// Asks a running [`run`] to stop, as its shutdown future would.
     pub fn shutdown(&self) {
+        self.shared.stopping.store(true, Ordering::Release);
         self.shared.shutdown.send_replace(true);
+    }
+
+    /// Whether shutdown has been ordered: a load, no lock.
+    fn is_stopping(&self) -> bool {
+        self.shared.stopping.load(Ordering::Acquire)
     }
 
     /// Numbers for health checks and tests.

@@ -8,6 +8,8 @@
 //! connections' messages, the timer).
 
 use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -122,12 +124,17 @@ where
     debug!(conn, %peer, "websocket open");
 
     // Made once, not per turn of the loop: each `notified()` future takes
-    // the `Notify`'s lock to register and again to deregister, and these
-    // two were polled for every frame in and out.
-    let stop = super::stopping(&mut shutdown);
+    // the `Notify`'s lock to register and again to deregister. Polled
+    // through `armed`, each is polled once to register and then only once
+    // its flag is set. `stop` is unconstrained: out of budget, a
+    // cooperative future returns before it registers its waker, and would
+    // then never be woken.
+    let stop = tokio::task::coop::unconstrained(super::stopping(&mut shutdown));
     tokio::pin!(stop);
     let order = control.notify.notified();
     tokio::pin!(order);
+    let mut stop_armed = false;
+    let mut order_armed = false;
     // Frames taken from the queue but not written yet: deferred ones
     // waiting for company (until `hold` fires), in queue order.
     let mut held: Vec<Utf8Bytes> = Vec::new();
@@ -142,7 +149,6 @@ where
     // When this connection last wrote an urgent batch.
     let mut last_write = Instant::now() - GATHER_IF_BUSY;
     let mut gather = Gather::default();
-    let stopped = app.shutdown_rx();
 
     let end = loop {
         // Biased, the streams (nearly) first: a turn that finds a frame to
@@ -154,7 +160,7 @@ where
         // select polls (and so registers) every branch before sleeping.
         turns = turns.wrapping_add(1);
         if turns % RARE_EVERY == 0 {
-            if *stopped.borrow() {
+            if app.is_stopping() {
                 break close(CloseCode::Away, "server shutting down");
             }
             if let Some(order) = control.take() {
@@ -178,11 +184,14 @@ where
                 continue;
             }
             io = next_io(&mut rx, &mut ws, &mut turn) => io,
-            _ = &mut stop => break close(CloseCode::Away, "server shutting down"),
-            _ = &mut order => match control.take() {
+            _ = armed(stop.as_mut(), &mut stop_armed, || app.is_stopping()) => {
+                break close(CloseCode::Away, "server shutting down");
+            }
+            _ = armed(order.as_mut(), &mut order_armed, || control.ordered()) => match control.take() {
                 Some(order) => break End::Close(order),
                 None => {
                     order.set(control.notify.notified());
+                    order_armed = false;
                     continue;
                 }
             },
@@ -320,7 +329,10 @@ where
             }
             _ = &mut order => match control.take() {
                 Some(order) => break End::Close(order),
-                None => order.set(control.notify.notified()),
+                None => {
+                    order.set(control.notify.notified());
+                    order_armed = false;
+                }
             },
         }
     };
@@ -377,6 +389,31 @@ impl Gather {
             self.credit.saturating_sub(1)
         };
     }
+}
+
+/// Polls `fut` the first time (registering the task's waker with it) and
+/// after that only once `ready()` says its wake-up has come, until
+/// `*is_armed` is cleared (a new future in its place). `ready` must turn
+/// true before whatever wakes `fut` is done, and the first poll must
+/// register (no cooperative budget in the way).
+///
+/// Why: a `Notified` or a watch's change future takes its lock at every
+/// poll, even while it stays registered (the shutdown watch's lock is
+/// shared by every connection), and a connection loop polls its branches
+/// at every idle turn. A task's waker never changes, so one registration
+/// holds. The two polls were about 1.5 % of the CPU at the maximum.
+fn armed<'a, F: Future>(
+    mut fut: Pin<&'a mut F>,
+    is_armed: &'a mut bool,
+    ready: impl Fn() -> bool + 'a,
+) -> impl Future<Output = F::Output> + 'a {
+    std::future::poll_fn(move |cx| {
+        if *is_armed && !ready() {
+            return Poll::Pending;
+        }
+        *is_armed = true;
+        fut.as_mut().poll(cx)
+    })
 }
 
 /// Turns of the connection loop between direct checks of the branches a
@@ -770,6 +807,78 @@ fn disconnect(app: &App, session: Session) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `armed` polls its future once to register, then only when the flag
+    /// says it was woken; the wake-up reaches the task that polled first,
+    /// and a watch's cooperative future still registers when the task's
+    /// budget is spent (it is wrapped `unconstrained`, as in `serve`).
+    #[tokio::test]
+    async fn an_armed_future_is_polled_to_register_and_when_woken() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use tokio::sync::Notify;
+
+        let notify = Arc::new(Notify::new());
+        let flag = Arc::new(AtomicBool::new(false));
+        let polls = Arc::new(AtomicUsize::new(0));
+        let (n, f, p) = (notify.clone(), flag.clone(), polls.clone());
+        let task = tokio::spawn(async move {
+            let notified = n.notified();
+            tokio::pin!(notified);
+            let counted = std::future::poll_fn(|cx| {
+                p.fetch_add(1, Ordering::SeqCst);
+                notified.as_mut().poll(cx)
+            });
+            tokio::pin!(counted);
+            let mut is_armed = false;
+            let mut idle_turns = 0;
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = armed(counted.as_mut(), &mut is_armed, || f.load(Ordering::Acquire)) => break idle_turns,
+                    // Another branch keeps waking the loop, as frames do.
+                    _ = tokio::task::yield_now() => idle_turns += 1,
+                }
+            }
+        });
+        while !task.is_finished() && polls.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(polls.load(Ordering::SeqCst), 1, "polled once, to register");
+        flag.store(true, Ordering::Release);
+        notify.notify_one();
+        let turns = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the wake-up reaches the armed future")
+            .unwrap();
+        assert!(turns > 0, "the loop turned while armed");
+        assert_eq!(polls.load(Ordering::SeqCst), 2, "polled again once woken");
+
+        // Polled first with the task's budget spent, a watch's future
+        // (cooperative) would return before registering, and an armed
+        // loop would never hear the change: `serve` wraps it unconstrained.
+        let (tx, mut rx) = tokio::sync::watch::channel(false);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let s = stopping.clone();
+        let waiter = tokio::spawn(async move {
+            let stop = tokio::task::coop::unconstrained(crate::server::stopping(&mut rx));
+            tokio::pin!(stop);
+            let mut is_armed = false;
+            while tokio::task::coop::has_budget_remaining() {
+                tokio::task::coop::consume_budget().await;
+            }
+            armed(stop.as_mut(), &mut is_armed, || s.load(Ordering::Acquire)).await
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        stopping.store(true, Ordering::Release);
+        tx.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the change wakes the armed future")
+            .unwrap();
+    }
 
     /// (what successive yields gather, `+` something or `-` nothing, in a
     /// loop; least and most share of 1,600 chances taken as yields).

@@ -64,12 +64,23 @@ pub(crate) struct Outbox {
 pub(crate) struct Control {
     pub(crate) notify: Notify,
     order: Mutex<Option<CloseOrder>>,
+    /// Set once an order is in `order`, before `notify` is woken: what the
+    /// connection loop reads on its hot path instead of the lock.
+    ordered: AtomicBool,
     kicked: AtomicBool,
 }
 
 impl Control {
     pub(crate) fn take(&self) -> Option<CloseOrder> {
+        if !self.ordered() {
+            return None;
+        }
         self.order.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Whether a close order has been given.
+    pub(crate) fn ordered(&self) -> bool {
+        self.ordered.load(Ordering::Acquire)
     }
 }
 
@@ -163,6 +174,7 @@ impl Outbox {
                 *slot = Some(order);
             }
         }
+        self.control.ordered.store(true, Ordering::Release);
         self.control.notify.notify_one();
     }
 }
