@@ -12,7 +12,9 @@
 # buyer message (utime + stime over the measured window / messages, from
 # /proc) and the p50 latency from send; then the mean of each build.
 #
-# Knobs: RATE (buyer messages/s per build, default 3000), DUR (s, default 8),
+# Knobs: RATE (buyer messages/s per build, default 3000), LOADMODE (instead
+# of the rate, e.g. "--max --inflight 64": each build at its maximum, the
+# two sharing the cores), DUR (s, default 8),
 # ROUNDS (default 2), BUYERS (default 2000), MESSAGES (a file of buyer texts;
 # default ../shared/corpus/jddc_buyer_messages.txt when it exists, otherwise
 # kefu-load's built-in texts). Everything runs on 127.0.0.1 and stops.
@@ -49,7 +51,7 @@ run() {
   local texts=()
   [ -n "$MESSAGES" ] && texts=(--messages "$MESSAGES")
   "$dir/kefu-load" --url "ws://127.0.0.1:$port/ws" --mode kefu --shop s1 --agents 8 --token-prefix tok- \
-    --server-pid "$pid" "${texts[@]}" --rate "$RATE" --buyers "$BUYERS" --duration "$DUR" \
+    --server-pid "$pid" "${texts[@]}" ${LOADMODE:---rate $RATE} --buyers "$BUYERS" --duration "$DUR" \
     --reply-delay-ms 0 > "$out" 2> "$d/load.log"
   kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
 }
