@@ -160,7 +160,7 @@ load() {
 
 j() { jq -r "$2" "$OUT/$1.json"; }
 fmt() { awk -v v="$1" -v d="${2:-1}" 'BEGIN { if (v == "" || v == "null") print "n/a"; else printf "%.*f", d, v }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
+ratio() { awk -v a="$1" -v b="$2" -v d="${3:-2}" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.*f", d, a / b }'; }
 
 : >"$OUT/relay.log"
 : >"$OUT/kefu.log"
@@ -228,7 +228,7 @@ cpu_model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
   echo "|---|---:|---:|---:|"
   rm_=$(j relay-max .throughput_mps)
   km_=$(j kefu-max .throughput_mps)
-  echo "| Max throughput, buyer messages/s ($INFLIGHT in flight; the pair with the median ratio of $MAX_REPS) | $(fmt "$rm_" 0) | $(fmt "$km_" 0) | **$(ratio "$km_" "$rm_")** |"
+  echo "| Max throughput, buyer messages/s ($INFLIGHT in flight; the pair with the median ratio of $MAX_REPS) | $(fmt "$rm_" 0) | $(fmt "$km_" 0) | **$(ratio "$km_" "$rm_" 3)** |"
   echo "| Server CPU per buyer message at max, µs | $(fmt "$(j relay-max .server_cpu_us_per_msg)") | $(fmt "$(j kefu-max .server_cpu_us_per_msg)") | $(ratio "$(j kefu-max .server_cpu_us_per_msg)" "$(j relay-max .server_cpu_us_per_msg)") |"
   echo "| Server CPU per buyer message at $RATE/s, µs | $(fmt "$(j relay-half .server_cpu_us_per_msg)") | $(fmt "$(j kefu-half .server_cpu_us_per_msg)") | $(ratio "$(j kefu-half .server_cpu_us_per_msg)" "$(j relay-half .server_cpu_us_per_msg)") |"
   echo "| Server CPU at max, % of one core | $(fmt "$(j relay-max .server_cpu_pct)" 0) | $(fmt "$(j kefu-max .server_cpu_pct)" 0) | |"
@@ -236,7 +236,7 @@ cpu_model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
   echo "| Other processes at max, % of one core | $(fmt "$(j relay-max .other_cpu_pct)" 0) | $(fmt "$(j kefu-max .other_cpu_pct)" 0) | |"
   echo "| Max run: errors+disconnects / missing | $(j relay-max '.error_frames + .disconnects') / $(j relay-max .missing) | $(j kefu-max '.error_frames + .disconnects') / $(j kefu-max .missing) | |"
   for r in $(seq 1 "$MAX_REPS"); do
-    echo "| Max throughput, pair $r of $MAX_REPS | $(fmt "$(j "relay-max$r" .throughput_mps)" 0) | $(fmt "$(j "kefu-max$r" .throughput_mps)" 0) | $(ratio "$(j "kefu-max$r" .throughput_mps)" "$(j "relay-max$r" .throughput_mps)") |"
+    echo "| Max throughput, pair $r of $MAX_REPS | $(fmt "$(j "relay-max$r" .throughput_mps)" 0) | $(fmt "$(j "kefu-max$r" .throughput_mps)" 0) | $(ratio "$(j "kefu-max$r" .throughput_mps)" "$(j "relay-max$r" .throughput_mps)" 3) |"
   done
   echo "| Idle connection, bytes of server RSS each | $(fmt "$(j relay-idle .bytes_per_conn)" 0) | $(fmt "$(j kefu-idle .bytes_per_conn)" 0) | $(ratio "$(j kefu-idle .bytes_per_conn)" "$(j relay-idle .bytes_per_conn)") |"
   echo
