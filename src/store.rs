@@ -347,10 +347,10 @@ fn prepared<'s, 'c>(
     conn: &'c Connection,
     sql: &str,
 ) -> rusqlite::Result<&'s mut Insert<'c>> {
-    Ok(match slot.take() {
-        Some(insert) => slot.insert(insert),
-        None => slot.insert(Insert::new(conn, sql)?),
-    })
+    if slot.is_none() {
+        *slot = Some(Insert::new(conn, sql)?);
+    }
+    Ok(slot.as_mut().expect("prepared above"))
 }
 
 /// [`Inserts::write`] with statements prepared for this call only.

@@ -77,16 +77,14 @@ impl<'c> Insert<'c> {
         &mut self,
         values: impl IntoIterator<Item = Value<'v>>,
     ) -> rusqlite::Result<()> {
-        let bound = self.bind(values);
-        let stepped = match bound {
+        let stepped = self.bind(values).and_then(|()| {
             // SAFETY: a valid statement; every text bound to it is borrowed
             // for the whole of this call.
-            Ok(()) => match unsafe { ffi::sqlite3_step(self.stmt.as_ptr()) } {
+            match unsafe { ffi::sqlite3_step(self.stmt.as_ptr()) } {
                 ffi::SQLITE_DONE => Ok(()),
                 rc => Err(error(self.db, rc)),
-            },
-            Err(e) => Err(e),
-        };
+            }
+        });
         // SAFETY: a valid statement. After these two calls SQLite holds no
         // pointer into the texts bound above.
         unsafe {
