@@ -120,12 +120,63 @@ fn check_open_loop(v: &serde_json::Value, buyers: u64) {
     );
 }
 
+/// Now on CLOCK_MONOTONIC, µs: the clock `--trace` stamps sends with.
+fn monotonic_us() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 * 1e6 + ts.tv_nsec as f64 / 1e3
+}
+
+/// `--trace` wrote one line per measured message, in order of sending,
+/// stamped on the monotonic clock within the run, with the latencies the
+/// histogram counted.
+fn check_trace(path: &std::path::Path, v: &serde_json::Value, before: f64, after: f64) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("sent_us,latency_us"));
+    let rows: Vec<(f64, f64)> = lines
+        .map(|l| {
+            let (a, b) = l.split_once(',').unwrap_or_else(|| panic!("{l}"));
+            (a.parse().unwrap(), b.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        rows.len() as u64,
+        v["latency_from_send"]["n"].as_u64().unwrap(),
+        "one line per measured message: {v}"
+    );
+    assert!(
+        rows.windows(2).all(|w| w[0].0 <= w[1].0),
+        "in order of sending"
+    );
+    for &(sent, latency) in &rows {
+        assert!(
+            before < sent && sent + latency < after,
+            "{sent} not within {before}..{after}"
+        );
+        assert!(latency > 0.0);
+    }
+    let max = rows.iter().map(|r| r.1).fold(0.0, f64::max);
+    let hist_max = v["latency_from_send"]["max_us"].as_f64().unwrap();
+    assert!(
+        (max - hist_max).abs() <= hist_max * 0.01 + 1.0,
+        "the trace's largest latency {max} is the histogram's {hist_max}"
+    );
+}
+
 #[test]
 fn load_drives_the_relay() {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kefu-relay"));
     cmd.args(["--listen", "127.0.0.1:0"]).args(tokens(2));
     let (server, url) = start(cmd);
     let pid = server.0.id();
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace.csv");
+    let before = monotonic_us();
     let v = load(
         &url,
         pid,
@@ -142,9 +193,13 @@ fn load_drives_the_relay() {
             "2",
             "--warmup",
             "0.5",
+            "--trace",
+            trace.to_str().unwrap(),
         ],
     );
+    let after = monotonic_us();
     check_open_loop(&v, 20);
+    check_trace(&trace, &v, before, after);
 
     let idle = load(
         &url,

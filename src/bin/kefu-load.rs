@@ -38,7 +38,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -171,6 +171,12 @@ struct Args {
     /// one server never claim each other's buyers.
     #[arg(long)]
     buyer_prefix: Option<String>,
+    /// Write every measured buyer message to FILE as `sent_us,latency_us`,
+    /// the send time on CLOCK_MONOTONIC (the clock `perf record -k mono`
+    /// stamps events with), so latency spikes can be lined up with what the
+    /// machine did at that moment (`perf sched timehist`).
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
 }
 
 /// Hand-written buyer messages across the three stages (售前, 售中, 售后).
@@ -253,6 +259,10 @@ struct Counters {
 
 struct Shared {
     epoch: Instant,
+    /// `epoch` on CLOCK_MONOTONIC, ns (for `--trace`).
+    epoch_mono_ns: u64,
+    /// `--trace`: agents keep (sent, latency) of every measured message.
+    trace: bool,
     c: Counters,
     errors: Mutex<BTreeMap<String, u64>>,
     /// Set when the measured part ends: closes are expected from now on.
@@ -318,6 +328,8 @@ struct Frame {
 
 struct AgentOutcome {
     from_send: Histogram<u64>,
+    /// `--trace`: (sent, latency) in ns since the epoch, per message.
+    samples: Vec<(u64, u64)>,
     from_due: Histogram<u64>,
     /// Clock mode: how late nudges and breaches arrived, counted from the
     /// buyer's send (upper bound) and from the `buyer_message` arrival at
@@ -473,6 +485,39 @@ fn unix_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// Now on CLOCK_MONOTONIC, ns: what `Instant` reads on Linux, and what
+/// `perf record -k mono` stamps events with.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// `--trace`: one `sent_us,latency_us` line per measured message, in
+/// order of sending; `sent_us` on CLOCK_MONOTONIC.
+fn write_trace(path: &Path, samples: &mut [(u64, u64)], epoch_mono_ns: u64) -> anyhow::Result<()> {
+    use std::io::Write;
+    samples.sort_unstable();
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut w = std::io::BufWriter::new(file);
+    writeln!(w, "sent_us,latency_us")?;
+    for &(sent, latency) in samples.iter() {
+        writeln!(
+            w,
+            "{:.3},{:.3}",
+            (epoch_mono_ns + sent) as f64 / 1e3,
+            latency as f64 / 1e3
+        )?;
+    }
+    w.flush()
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
 fn marker(text: &str) -> Option<(usize, u64, u64, u64)> {
     let at = text.rfind("#k")?;
     let mut it = text[at + 2..]
@@ -493,6 +538,7 @@ async fn agent_task(
 ) -> AgentOutcome {
     let mut from_send = new_hist();
     let mut from_due = new_hist();
+    let mut samples = Vec::new();
     let mut nudge_late = new_hist();
     let mut breach_late = new_hist();
     let mut nudge_late_lo = new_hist();
@@ -535,6 +581,9 @@ async fn agent_task(
                             shared.c.delivered_window.fetch_add(1, Ordering::Relaxed);
                             let _ = from_send.record(now.saturating_sub(sent).max(1));
                             let _ = from_due.record(now.saturating_sub(due).max(1));
+                            if shared.trace {
+                                samples.push((sent, now.saturating_sub(sent)));
+                            }
                         }
                         if shared.closed_loop && !shared.stopping.load(Ordering::Relaxed) {
                             shared.kick();
@@ -619,6 +668,7 @@ async fn agent_task(
     let _ = ws.close(None).await;
     AgentOutcome {
         from_send,
+        samples,
         from_due,
         nudge_late,
         breach_late,
@@ -884,8 +934,11 @@ async fn run(args: Args) -> anyhow::Result<(String, String)> {
         }
         s
     };
+    let epoch = Instant::now();
     let shared = Arc::new(Shared {
-        epoch: Instant::now(),
+        epoch,
+        epoch_mono_ns: monotonic_ns(),
+        trace: args.trace.is_some(),
         c: Counters::default(),
         errors: Mutex::new(BTreeMap::new()),
         stopping: AtomicBool::new(false),
@@ -1037,9 +1090,11 @@ async fn run(args: Args) -> anyhow::Result<(String, String)> {
     let mut from_send = new_hist();
     let mut from_due = new_hist();
     let mut types: BTreeMap<String, u64> = BTreeMap::new();
+    let mut samples = Vec::new();
     for a in conns.agents {
         if let Ok(o) = a.await {
             from_send.add(o.from_send).ok();
+            samples.extend(o.samples);
             from_due.add(o.from_due).ok();
             for (k, v) in o.types {
                 *types.entry(k).or_default() += v;
@@ -1048,6 +1103,9 @@ async fn run(args: Args) -> anyhow::Result<(String, String)> {
     }
     for b in conns.buyers {
         let _ = tokio::time::timeout(Duration::from_secs(2), b).await;
+    }
+    if let Some(path) = &args.trace {
+        write_trace(path, &mut samples, shared.epoch_mono_ns)?;
     }
 
     let c = &shared.c;
