@@ -91,7 +91,10 @@ pub struct Limits {
     /// ...and the burst allowed on top.
     pub rate_burst: u32,
     /// Frames waiting to be written to one client; a client that lets its
-    /// queue fill up is disconnected.
+    /// queue fill up is disconnected. A buyer whose message finds an
+    /// agent's queue three-quarters full waits for room instead (up to
+    /// `write_timeout`), so a peak slows buyers down rather than dropping
+    /// agents.
     pub outbound_queue: usize,
     /// Time to send the HTTP upgrade request after connecting.
     pub handshake_timeout: Duration,

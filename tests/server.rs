@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{close_code, spawn_app, spawn_app_with, test_config};
+use common::{close_code, spawn_app, spawn_app_with, spawn_local, test_config};
 use futures_util::StreamExt;
 use kefu::events::{Kind, Rating};
 use serde_json::json;
@@ -584,10 +584,13 @@ async fn rate_limit_drops_the_excess_and_keeps_the_connection() {
     t.stop().await;
 }
 
+/// A buyer's frames wait for room in the sleeper's queue up to the write
+/// timeout (see the next test); then the sleeper is dropped.
 #[tokio::test]
 async fn a_client_that_does_not_read_is_dropped_and_others_carry_on() {
     let mut config = test_config();
     config.limits.outbound_queue = 16;
+    config.limits.write_timeout = Duration::from_millis(500);
     let t = spawn_app_with(config).await;
     // Shop s1: agent a1 gets b1's flood and never reads.
     let (mut sleeper, _) = t.agent("a1").await;
@@ -634,6 +637,54 @@ async fn a_client_that_does_not_read_is_dropped_and_others_carry_on() {
         "{closed:?}"
     );
     t.stop().await;
+}
+
+/// 双11's first minute: buyers send faster than an agent's connection
+/// takes frames (here the agent stops reading for 3 s, within the write
+/// timeout, with far more frames than its queue and the pipe hold). The
+/// buyers' tasks wait for room, so every message reaches the agent, in
+/// order, and nobody is dropped as a slow reader.
+#[tokio::test(start_paused = true)]
+async fn buyers_wait_for_a_busy_agent_instead_of_the_agent_being_dropped() {
+    let mut config = test_config();
+    config.limits.outbound_queue = 8;
+    let t = spawn_local(config).await;
+    let (mut agent, _) = t.agent("a1").await;
+    let mut buyers = Vec::new();
+    for i in 0..4 {
+        let (b, _, _) = t.buyer(&format!("b{i}")).await;
+        agent.recv_type("conversation_assigned").await;
+        buyers.push(b);
+    }
+    // About 2 KB a frame: the 256 KiB pipe and the queue of 8 fill up
+    // long before the 400 messages are through.
+    let text = "请问这款有货吗".repeat(90);
+    for n in 0..100 {
+        for b in buyers.iter_mut() {
+            b.send(json!({"type":"message","text":format!("{n} {text}")}))
+                .await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(t.app.stats().agents_online, 1, "the agent is still online");
+    let mut next = std::collections::HashMap::new();
+    for _ in 0..400 {
+        let m = agent.recv_type("buyer_message").await;
+        let n: u32 = m["text"]
+            .as_str()
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let seen = next
+            .entry(m["buyer"].as_str().unwrap().to_string())
+            .or_insert(0);
+        assert_eq!(n, *seen, "each buyer's messages in order: {m}");
+        *seen += 1;
+    }
+    assert_eq!(t.app.stats().agents_online, 1);
 }
 
 #[tokio::test]

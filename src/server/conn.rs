@@ -276,9 +276,14 @@ where
                 // What is queued already goes before what this frame
                 // produces, as if both had come through the queue.
                 let mut urgent = top_up(&mut rx, &mut held, usize::MAX);
-                let (closing, own) =
-                    capture(conn, || dispatch(&app, &mut session, &out, text.as_str()));
-                for q in own {
+                let is_buyer = matches!(session, Session::Buyer(_));
+                let (closing, captured) = capture(conn, is_buyer, || {
+                    dispatch(&app, &mut session, &out, text.as_str())
+                });
+                for (agent, q) in captured.waiting {
+                    agent.send_when_room(q, limits.write_timeout).await;
+                }
+                for q in captured.own {
                     urgent |= !q.deferred;
                     held.push(q.frame);
                 }
@@ -565,7 +570,12 @@ fn dispatch(app: &App, session: &mut Session, out: &Outbox, text: &str) -> Optio
         }
     };
     let result = match (&*session, msg) {
-        (Session::Fresh, ClientMsg::Hello(h)) => hello(app, h, out).map(|s| *session = s),
+        (Session::Fresh, ClientMsg::Hello(h)) => hello(app, h, out).map(|s| {
+            if matches!(s, Session::Agent(_)) {
+                out.set_agent();
+            }
+            *session = s
+        }),
         (Session::Fresh, _) => Err(Refusal::new(
             ErrorCode::HelloFirst,
             "say hello first: {\"type\":\"hello\",\"role\":...}",

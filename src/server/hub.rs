@@ -21,6 +21,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 // Several look-ups per buyer message; see `clock` for the choice.
 use foldhash::{HashMap, HashMapExt};
@@ -68,6 +69,10 @@ pub(crate) struct Control {
     /// connection loop reads on its hot path instead of the lock.
     ordered: AtomicBool,
     kicked: AtomicBool,
+    /// An agent's connection: a buyer's task that finds its queue nearly
+    /// full waits for room (see [`capture`]) instead of the agent being
+    /// dropped as a slow reader.
+    agent: AtomicBool,
 }
 
 impl Control {
@@ -136,29 +141,73 @@ impl Outbox {
     pub(crate) fn queue(&self, frame: Utf8Bytes, deferred: bool) -> bool {
         let q = Queued { frame, deferred };
         // A frame for the connection whose task is queueing it (a receipt,
-        // an answer) skips the channel: see [`capture`].
-        let q = match CAPTURE.with(|c| c.borrow_mut().keep(self.conn, q)) {
+        // an answer) skips the channel, and a buyer's frame for an agent
+        // whose queue is nearly full waits with the buyer's task: see
+        // [`capture`].
+        let q = match CAPTURE.with(|c| c.borrow_mut().keep(self, q)) {
             None => return true,
             Some(q) => q,
         };
         match self.tx.try_send(q) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
-                if !self.control.kicked.swap(true, Ordering::Relaxed) {
-                    warn!(
-                        conn = self.conn,
-                        "client does not read its messages (outbound queue full): disconnecting it"
-                    );
-                    self.close(CloseOrder {
-                        error: None,
-                        code: CloseCode::Policy,
-                        reason: "too slow: outbound queue full".into(),
-                        flush: false,
-                    });
-                }
+                self.kick();
                 false
             }
             Err(TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Marks this connection as an agent's (see [`Control`]).
+    pub(crate) fn set_agent(&self) {
+        self.control.agent.store(true, Ordering::Relaxed);
+    }
+
+    /// Room in the queue below which a buyer's task waits: the last quarter
+    /// is kept for everything else (the clock's alarms, colleagues' moves),
+    /// which cannot wait and would find a queue that waiting buyers keep
+    /// full.
+    fn reserve(&self) -> usize {
+        self.tx.max_capacity() / 4
+    }
+
+    /// Whether a buyer's frame for this connection should wait for room.
+    fn should_wait(&self) -> bool {
+        self.control.agent.load(Ordering::Relaxed) && self.tx.capacity() <= self.reserve()
+    }
+
+    /// Sends a frame held back by [`capture`] once the queue has more than
+    /// its reserve free, waiting at most `within`; a connection that takes
+    /// nothing off its queue for that long is dropped as a slow reader.
+    /// Waiting holds the buyer's task, so its socket is not read meanwhile:
+    /// buyers beyond what the agents' connections can take are slowed down
+    /// (TCP pushes back) rather than their agents disconnected.
+    pub(crate) async fn send_when_room(&self, q: Queued, within: Duration) {
+        let room = self.reserve() + 1;
+        match tokio::time::timeout(within, self.tx.reserve_many(room)).await {
+            Ok(Ok(mut permits)) => {
+                if let Some(p) = permits.next() {
+                    p.send(q);
+                }
+            }
+            Ok(Err(_)) => {} // the connection is gone
+            Err(_) => self.kick(),
+        }
+    }
+
+    /// Drops a client that does not read (once).
+    fn kick(&self) {
+        if !self.control.kicked.swap(true, Ordering::Relaxed) {
+            warn!(
+                conn = self.conn,
+                "client does not read its messages (outbound queue full): disconnecting it"
+            );
+            self.close(CloseOrder {
+                error: None,
+                code: CloseCode::Policy,
+                reason: "too slow: outbound queue full".into(),
+                flush: false,
+            });
         }
     }
 
@@ -179,24 +228,44 @@ impl Outbox {
     }
 }
 
-/// Frames a connection task queues for itself while it handles a frame.
+/// Frames a connection task queues for itself while it handles a frame,
+/// and a buyer task's frames that wait for room in an agent's queue.
 #[derive(Default)]
 struct Capture {
     conn: Option<u64>,
     frames: Vec<Queued>,
+    /// The capturing task may wait (a buyer's).
+    may_wait: bool,
+    waiting: Vec<(Outbox, Queued)>,
 }
 
 impl Capture {
-    /// Keeps `q` when it is for the capturing connection; hands it back
-    /// otherwise.
-    fn keep(&mut self, conn: u64, q: Queued) -> Option<Queued> {
-        if self.conn == Some(conn) {
+    /// Keeps `q` when it is for the capturing connection, or for an agent
+    /// the capturing buyer's task is to wait for (its queue nearly full, or
+    /// an earlier frame for it already waiting: the order holds); hands it
+    /// back otherwise.
+    fn keep(&mut self, to: &Outbox, q: Queued) -> Option<Queued> {
+        if self.conn == Some(to.conn) {
             self.frames.push(q);
+            None
+        } else if self.may_wait
+            && (to.should_wait() || self.waiting.iter().any(|(o, _)| o.conn == to.conn))
+        {
+            self.waiting.push((to.clone(), q));
             None
         } else {
             Some(q)
         }
     }
+}
+
+/// What a connection task's handling of one frame queued for later:
+/// frames for itself, and (a buyer's task) frames waiting for room in an
+/// agent's queue, each in order.
+#[derive(Default)]
+pub(crate) struct Captured {
+    pub(crate) own: Vec<Queued>,
+    pub(crate) waiting: Vec<(Outbox, Queued)>,
 }
 
 thread_local! {
@@ -205,15 +274,28 @@ thread_local! {
 
 /// Runs `f` (synchronous: nothing else runs on this thread meanwhile) and
 /// returns, besides its result, the frames it queued for connection `conn`
-/// in order, instead of sending them through that connection's channel.
+/// in order, instead of sending them through that connection's channel;
+/// with `may_wait` (a buyer's task), also the frames for agents whose
+/// queue was nearly full, for the task to send with
+/// [`Outbox::send_when_room`].
 ///
-/// Why: a task that sends to its own channel wakes itself while it runs,
-/// and tokio reschedules such a task as if it had yielded, waking a parked
-/// worker to maybe take it: at 3,000 messages a second the agents'
+/// Why the first: a task that sends to its own channel wakes itself while
+/// it runs, and tokio reschedules such a task as if it had yielded, waking
+/// a parked worker to maybe take it: at 3,000 messages a second the agents'
 /// receipts alone cost 1.8 `futex` calls and a context switch or two per
-/// buyer message.
-pub(crate) fn capture<R>(conn: u64, f: impl FnOnce() -> R) -> (R, Vec<Queued>) {
-    CAPTURE.with(|c| c.borrow_mut().conn = Some(conn));
+/// buyer message. Why the second: beyond the rate the server can match
+/// (双11's first minute), buyers' frames pile up in the agents' queues
+/// faster than the agents' tasks, which share the cores with thousands of
+/// buyers' tasks, can write them, and every agent was dropped as a slow
+/// reader within a fraction of a second though each one read at once.
+/// Only buyers' tasks wait, and only for agents' queues, which no task
+/// waiting could be draining: no cycle, no deadlock.
+pub(crate) fn capture<R>(conn: u64, may_wait: bool, f: impl FnOnce() -> R) -> (R, Captured) {
+    CAPTURE.with(|c| {
+        let mut c = c.borrow_mut();
+        c.conn = Some(conn);
+        c.may_wait = may_wait;
+    });
     // Reset even if `f` panics, so later frames on this thread are not
     // kept for a connection that is gone.
     struct Reset;
@@ -224,9 +306,15 @@ pub(crate) fn capture<R>(conn: u64, f: impl FnOnce() -> R) -> (R, Vec<Queued>) {
     }
     let reset = Reset;
     let r = f();
-    let frames = CAPTURE.with(|c| std::mem::take(&mut c.borrow_mut().frames));
+    let captured = CAPTURE.with(|c| {
+        let mut c = c.borrow_mut();
+        Captured {
+            own: std::mem::take(&mut c.frames),
+            waiting: std::mem::take(&mut c.waiting),
+        }
+    });
     drop(reset);
-    (r, frames)
+    (r, captured)
 }
 
 /// What a hub change produced, delivered once the lock is released.
@@ -1371,7 +1459,7 @@ mod tests {
     fn capture_keeps_only_the_capturing_connections_frames() {
         let (me, mut my_rx, _) = Outbox::new(1, 8);
         let (other, mut other_rx, _) = Outbox::new(2, 8);
-        let ((), own) = capture(1, || {
+        let ((), Captured { own, .. }) = capture(1, false, || {
             me.push("a".into());
             other.push("x".into());
             me.queue("b".into(), true);
@@ -1385,7 +1473,7 @@ mod tests {
         assert_eq!(other_rx.try_recv().unwrap().frame.as_str(), "x");
 
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            capture(1, || {
+            capture(1, false, || {
                 me.push("lost".into());
                 panic!("handler failed");
             })
@@ -1393,11 +1481,93 @@ mod tests {
         assert!(panicked.is_err());
         me.push("after".into());
         assert_eq!(my_rx.try_recv().unwrap().frame.as_str(), "after");
-        let ((), own) = capture(1, || ());
+        let ((), Captured { own, .. }) = capture(1, false, || ());
         assert!(
             own.is_empty(),
             "nothing left over from the panicked capture"
         );
+    }
+
+    fn texts(rx: &mut mpsc::Receiver<Queued>) -> Vec<String> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|q| q.frame.as_str().to_string())
+            .collect()
+    }
+
+    /// A buyer's task holds back its frames for an agent whose queue is
+    /// down to its reserve (in order, and behind the first one held even
+    /// when room comes meanwhile), sends them once there is room, and
+    /// nobody is dropped; frames for others and from tasks that cannot
+    /// wait go straight on, into the reserve.
+    #[tokio::test]
+    async fn a_buyer_waits_for_room_in_an_agents_queue() {
+        let (agent, mut agent_rx, control) = Outbox::new(1, 8);
+        agent.set_agent();
+        let (other, mut other_rx, _) = Outbox::new(2, 8);
+        for i in 0..6 {
+            assert!(agent.push(format!("q{i}").into()));
+        }
+        let ((), captured) = capture(9, true, || {
+            agent.push("b1".into());
+            other.push("x".into());
+            // Room comes while b1 waits: b2 still goes behind it.
+            assert_eq!(agent_rx.try_recv().unwrap().frame.as_str(), "q0");
+            agent.push("b2".into());
+        });
+        assert!(captured.own.is_empty());
+        assert_eq!(texts(&mut other_rx), ["x"]);
+        let held: Vec<(u64, String)> = captured
+            .waiting
+            .iter()
+            .map(|(o, q)| (o.conn, q.frame.as_str().to_string()))
+            .collect();
+        assert_eq!(held, [(1, "b1".into()), (1, "b2".into())]);
+        // Not a buyer's task: into the reserve, no waiting, no drop.
+        let (sent, other_task) = capture(3, false, || agent.push("nudge".into()));
+        assert!(sent);
+        assert!(other_task.waiting.is_empty());
+
+        let drain = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while got.len() < 8 {
+                got.push(agent_rx.recv().await.unwrap().frame.as_str().to_string());
+            }
+            got
+        });
+        for (to, q) in captured.waiting {
+            to.send_when_room(q, Duration::from_secs(10)).await;
+        }
+        assert_eq!(
+            drain.await.unwrap(),
+            ["q1", "q2", "q3", "q4", "q5", "nudge", "b1", "b2"]
+        );
+        assert!(!control.ordered(), "the agent was not dropped");
+    }
+
+    /// An agent that takes nothing off its queue for the whole wait is
+    /// dropped as a slow reader; a queue that is merely full is dropped at
+    /// once only for tasks that cannot wait.
+    #[tokio::test(start_paused = true)]
+    async fn an_agent_that_does_not_read_is_dropped_after_the_wait() {
+        let (agent, _agent_rx, control) = Outbox::new(1, 4);
+        agent.set_agent();
+        for i in 0..4 {
+            assert!(agent.push(format!("q{i}").into()));
+        }
+        let (held, captured) = capture(9, true, || agent.push("b1".into()));
+        assert!(held, "queued to wait, not refused");
+        let (to, q) = captured.waiting.into_iter().next().unwrap();
+        let started = Instant::now();
+        to.send_when_room(q, Duration::from_secs(10)).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        let order = control.take().expect("dropped");
+        assert_eq!(order.reason, "too slow: outbound queue full");
+
+        let (full, _rx, control) = Outbox::new(2, 1);
+        full.set_agent();
+        assert!(full.push("a".into()));
+        assert!(!full.push("b".into()), "no room and nobody to wait");
+        assert!(control.ordered());
     }
 
     #[test]
