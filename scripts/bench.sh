@@ -4,6 +4,7 @@
 #   scripts/bench.sh                 # about 2 minutes on 2 cores
 #   SOAK=1 scripts/bench.sh          # + 10,000 idle connections held 5 minutes
 #   TIMERS=1 scripts/bench.sh        # + 100,000 running clocks: nudge/breach lateness
+#   OVERLOAD=1 scripts/bench.sh      # + kefu offered 1.4 x its maximum: what a peak does
 #
 # Steps, each bounded in time, each on a freshly started relay and kefu with
 # the same load (BUYERS buyers, AGENTS agents answering every message):
@@ -13,12 +14,15 @@
 #   3. resident memory per idle connection: IDLE greeted buyers from
 #      127.0.0.1-4;
 #   CPU per message (server utime+stime over the measured window / messages)
-#   comes with every run. SOAK and TIMERS add the soak and the clock runs.
+#   comes with every run. SOAK and TIMERS add the soak and the clock runs;
+#   OVERLOAD an open-loop run of kefu at OVERLOAD_X times its maximum:
+#   whether every message still arrives, who is disconnected, and how many
+#   events the log dropped (from the server's log).
 # Results: $OUT/*.json (one JSON line per run) and $OUT/results.md (tables for
 # BENCHMARKS.md). Every process started here is stopped on exit.
 #
 # Knobs (environment): BUYERS AGENTS DURATION INFLIGHT MAX_REPS LIGHT_RATE IDLE HOLD
-# SOAK SOAK_SECS TIMERS CLOCKS CLOCK_NUDGE CLOCK_TARGET REPLY_DELAY_MS
+# SOAK SOAK_SECS TIMERS CLOCKS CLOCK_NUDGE CLOCK_TARGET OVERLOAD OVERLOAD_X REPLY_DELAY_MS
 # PIN (1: servers on CPU 0, generator on CPU 1) OUT BIN (prebuilt binaries)
 # MESSAGES (a file of buyer texts; default ../shared/corpus/jddc_buyer_messages.txt
 # when present, read at run time; else the generator's built-in list).
@@ -40,6 +44,8 @@ HOLD=${HOLD:-15}
 SOAK=${SOAK:-0}
 SOAK_SECS=${SOAK_SECS:-300}
 TIMERS=${TIMERS:-0}
+OVERLOAD=${OVERLOAD:-0}
+OVERLOAD_X=${OVERLOAD_X:-1.4}
 CLOCKS=${CLOCKS:-100000}
 CLOCK_NUDGE=${CLOCK_NUDGE:-60}
 CLOCK_TARGET=${CLOCK_TARGET:-75}
@@ -218,6 +224,20 @@ if [ "$TIMERS" = 1 ]; then
   stop_server
 fi
 
+# 5. Beyond the maximum: kefu offered OVERLOAD_X times its maximum, open
+# loop, with time to drain the backlog afterwards.
+if [ "$OVERLOAD" = 1 ]; then
+  OVER_RATE=$(awk -v m="$KEFU_MAX" -v x="$OVERLOAD_X" 'BEGIN { print int(m * x / 100) * 100 }')
+  log_from=$(($(wc -l <"$OUT/kefu.log") + 1))
+  start_server kefu
+  load kefu-overload kefu --rate "$OVER_RATE" --buyers "$BUYERS" --duration "$DURATION" --drain 20 \
+    --reply-delay-ms "$REPLY_DELAY_MS"
+  stop_server
+  # The server reports the events its log dropped when it closes.
+  OVER_DROPPED=$(tail -n "+$log_from" "$OUT/kefu.log" | { grep -o 'dropped=[0-9]*' || true; } | tail -1 | cut -d= -f2)
+  OVER_KICKED=$(tail -n "+$log_from" "$OUT/kefu.log" | { grep -c 'does not read its messages' || true; })
+fi
+
 # Tables.
 cpu_model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
 {
@@ -284,6 +304,10 @@ cpu_model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
     done
     echo
     echo "Server RSS with every round open: $(j kefu-clocks .rss_open_kib) KiB ($(fmt "$(j kefu-clocks .bytes_per_waiting_conversation)" 0) bytes per waiting conversation)."
+  fi
+  if [ "$OVERLOAD" = 1 ]; then
+    echo
+    echo "Beyond the maximum: kefu offered $OVER_RATE msg/s (${OVERLOAD_X} x its maximum) for ${DURATION} s, open loop, then 20 s to drain: $(j kefu-overload .delivered) of $(j kefu-overload .sent) buyer messages reached an agent, $(fmt "$(j kefu-overload .throughput_mps)" 0) msg/s delivered in the measured window; $(j kefu-overload .disconnects) agent disconnects seen by the generator, ${OVER_KICKED} connections dropped as slow readers by the server, ${OVER_DROPPED:-0} events dropped by the event log; latency from the schedule p50 $(fmt "$(j kefu-overload .latency_from_due.p50_us)" 0) µs, p99 $(fmt "$(j kefu-overload .latency_from_due.p99_us)" 0) µs (the backlog a peak builds); server RSS $(j kefu-overload .server_rss_kib) KiB at the end."
   fi
 } | tee "$OUT/results.md"
 echo "bench.sh: JSON per run in $OUT/*.json, tables in $OUT/results.md" >&2

@@ -12,9 +12,14 @@
 //! before it returns.
 //!
 //! **When the writer falls behind** (disk stalls, a burst beyond what SQLite
-//! can take) the queue fills up to [`QUEUE_CAPACITY`] events; past that
-//! `record` *drops* the event rather than block a buyer's connection or grow
-//! memory without bound. Every drop is counted ([`StoreHandle::dropped`])
+//! can take, or a peak that leaves the writer, at a lower priority, no
+//! core) the queue fills. Past three quarters of [`QUEUE_CAPACITY`],
+//! buyers' connections wait before their next message
+//! ([`StoreHandle::wait_for_room`], up to the write timeout) until the
+//! writer has taken the queue below half: a peak slows buyers down rather
+//! than losing their messages from the log. A full queue still makes
+//! `record` *drop* the event rather than block or grow memory without
+//! bound. Every drop is counted ([`StoreHandle::dropped`])
 //! and logged with `tracing::warn!` (the first, then at most once a second
 //! with the running count). The same happens to events recorded after
 //! `close()`. A commit that fails is retried twice, 100 ms apart; if it
@@ -27,7 +32,7 @@
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, LazyLock};
 use std::thread::JoinHandle;
@@ -134,6 +139,13 @@ enum Msg {
 
 struct Shared {
     tx: SyncSender<Msg>,
+    /// Events in the queue (recorded, not yet taken by the writer).
+    queued: AtomicUsize,
+    capacity: usize,
+    /// Woken when the writer takes the queue below half with someone
+    /// waiting (`waiting`) for room.
+    room: tokio::sync::Notify,
+    waiting: AtomicBool,
     dropped: AtomicU64,
     /// Transactions committed.
     commits: AtomicU64,
@@ -143,6 +155,22 @@ struct Shared {
 }
 
 impl Shared {
+    /// More than three quarters of the queue taken: buyers should wait.
+    fn backlogged(&self) -> bool {
+        self.queued.load(Ordering::SeqCst) > self.capacity / 4 * 3
+    }
+
+    /// The writer took `n` events off the queue.
+    fn took(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let left = self.queued.fetch_sub(n, Ordering::SeqCst) - n;
+        if left <= self.capacity / 2 && self.waiting.swap(false, Ordering::SeqCst) {
+            self.room.notify_waiters();
+        }
+    }
+
     fn note_dropped(&self, n: u64, why: &str) {
         let total = self.dropped.fetch_add(n, Ordering::Relaxed) + n;
         let now = self.started.elapsed().as_millis() as i64;
@@ -171,13 +199,47 @@ impl StoreHandle {
     /// store closed, drops it (counted and logged, see the module docs).
     pub fn record(&self, event: Event) {
         let Some(shared) = &self.shared else { return };
-        match shared.tx.try_send(Msg::Event(Instant::now(), event)) {
+        // Counted before it can be taken, so the count never goes below 0.
+        shared.queued.fetch_add(1, Ordering::SeqCst);
+        let sent = shared.tx.try_send(Msg::Event(Instant::now(), event));
+        if sent.is_err() {
+            shared.queued.fetch_sub(1, Ordering::SeqCst);
+        }
+        match sent {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 shared.note_dropped(1, "the writer is behind and the queue is full")
             }
             Err(TrySendError::Disconnected(_)) => shared.note_dropped(1, "the store is closed"),
         }
+    }
+
+    /// Waits, at most `within`, while the queue is more than three quarters
+    /// full, until the writer has taken it below half; at once when it is
+    /// not. For the tasks that bring the load (buyers' connections): waiting
+    /// before the next message slows them down instead of the log dropping
+    /// events. After `within` the caller goes on (a stuck disk must not stop
+    /// the chat); what does not fit is dropped and counted as before.
+    pub async fn wait_for_room(&self, within: Duration) {
+        let Some(shared) = &self.shared else { return };
+        if !shared.backlogged() {
+            return;
+        }
+        let _ = tokio::time::timeout(within, async {
+            loop {
+                let notified = shared.room.notified();
+                tokio::pin!(notified);
+                // Registered before the flag is set and the queue looked at
+                // again, so a wake-up in between is not missed.
+                notified.as_mut().enable();
+                shared.waiting.store(true, Ordering::SeqCst);
+                if !shared.backlogged() {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await;
     }
 
     /// Events dropped so far.
@@ -370,6 +432,10 @@ impl Store {
         let (tx, rx) = mpsc::sync_channel(options.queue_capacity.max(1));
         let shared = Arc::new(Shared {
             tx,
+            queued: AtomicUsize::new(0),
+            capacity: options.queue_capacity.max(1),
+            room: tokio::sync::Notify::new(),
+            waiting: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             commits: AtomicU64::new(0),
             last_warn_ms: AtomicI64::new(i64::MIN / 2),
@@ -447,6 +513,8 @@ impl Drop for Store {
 #[derive(Default)]
 struct Pending {
     batch: Vec<Event>,
+    /// Events taken off the queue since the last [`Shared::took`].
+    taken: usize,
     acks: Vec<SyncSender<()>>,
     /// When the oldest event of `batch` was recorded.
     oldest: Option<Instant>,
@@ -459,6 +527,7 @@ impl Pending {
             Msg::Event(at, e) => {
                 self.oldest.get_or_insert(at);
                 self.batch.push(e);
+                self.taken += 1;
                 false
             }
             Msg::Flush(ack) => {
@@ -536,6 +605,7 @@ fn write_loop(
                     Err(TryRecvError::Disconnected) => stop = true,
                 }
             }
+            shared.took(std::mem::take(&mut p.taken));
             if stop || !p.acks.is_empty() || p.batch.len() >= options.commit_batch {
                 break;
             }
@@ -551,6 +621,7 @@ fn write_loop(
             while let Ok(msg) = rx.try_recv() {
                 p.take(msg);
             }
+            shared.took(std::mem::take(&mut p.taken));
         }
         commit(&mut inserts, &mut p.batch, shared, path);
         for ack in p.acks.drain(..) {

@@ -168,6 +168,77 @@ fn a_full_queue_drops_and_counts_instead_of_blocking() {
     assert_eq!(h.dropped(), dropped + 1);
 }
 
+/// A peak the writer cannot follow (here: another connection holds the
+/// write lock): past three quarters of the queue, a buyer's connection
+/// waits in `wait_for_room` until the writer has taken the queue below
+/// half, and nothing is dropped. With room, or without a store, it does
+/// not wait at all; a writer stuck for longer than the wait lets the caller
+/// go on.
+#[tokio::test]
+async fn a_buyer_waits_for_room_while_the_writer_is_behind() {
+    use futures_util::FutureExt;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        queue_capacity: 8,
+        commit_batch: 1,
+        commit_window: Duration::from_millis(1),
+    };
+    let store = Store::open_with(dir.path(), opts).unwrap();
+    let h = store.handle();
+    let long = Duration::from_secs(60);
+    assert!(
+        h.wait_for_room(long).now_or_never().is_some(),
+        "room: no wait"
+    );
+    assert!(StoreHandle::default()
+        .wait_for_room(long)
+        .now_or_never()
+        .is_some());
+
+    let blocker = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    h.record(event(0));
+    std::thread::sleep(Duration::from_millis(300)); // the writer waits for the lock
+    for i in 1..=5 {
+        h.record(event(i));
+    }
+    assert!(
+        h.wait_for_room(long).now_or_never().is_some(),
+        "5 of 8: no wait"
+    );
+    for i in 6..=7 {
+        h.record(event(i));
+    }
+    let waiter = tokio::spawn({
+        let h = h.clone();
+        async move { h.wait_for_room(long).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "7 of 8 queued: the buyer waits");
+    blocker.execute_batch("COMMIT").unwrap();
+    tokio::time::timeout(Duration::from_secs(20), waiter)
+        .await
+        .expect("woken once the writer took the queue below half")
+        .unwrap();
+    assert_eq!(h.dropped(), 0);
+
+    // Stuck for longer than the wait: the caller goes on after it.
+    h.flush().unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    h.record(event(8));
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 9..=15 {
+        h.record(event(i));
+    }
+    let start = std::time::Instant::now();
+    h.wait_for_room(Duration::from_millis(200)).await;
+    assert!(start.elapsed() >= Duration::from_millis(200));
+    blocker.execute_batch("COMMIT").unwrap();
+    store.close().unwrap();
+    assert_eq!(Reader::open(dir.path()).unwrap().count().unwrap(), 16);
+    assert_eq!(h.dropped(), 0);
+}
+
 /// A commit that keeps failing (here the table is gone) is retried, then
 /// its events are counted as dropped, and the writer goes on: once the
 /// table is back, later events are stored.

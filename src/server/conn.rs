@@ -273,10 +273,14 @@ where
                     out.refuse(&rate_limited(&limits));
                     continue;
                 }
+                let is_buyer = matches!(session, Session::Buyer(_));
+                if is_buyer {
+                    // The event log is behind (a peak): this buyer waits.
+                    app.wait_for_log_room(limits.write_timeout).await;
+                }
                 // What is queued already goes before what this frame
                 // produces, as if both had come through the queue.
                 let mut urgent = top_up(&mut rx, &mut held, usize::MAX);
-                let is_buyer = matches!(session, Session::Buyer(_));
                 let (closing, captured) = capture(conn, is_buyer, || {
                     dispatch(&app, &mut session, &out, text.as_str())
                 });
