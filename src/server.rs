@@ -255,13 +255,13 @@ impl App {
         self.shared.store.record(event);
     }
 
-    /// Delivers what a hub change produced, after the lock is released.
     /// Before a buyer's next message while the event log is behind: see
     /// [`StoreHandle::wait_for_room`].
     async fn wait_for_log_room(&self, within: std::time::Duration) {
         self.shared.store.wait_for_room(within).await;
     }
 
+    /// Delivers what a hub change produced, after the lock is released.
     fn apply(&self, fx: hub::Effects) {
         // Events first: the log holds a fact before anyone can react to it.
         for e in fx.events {
