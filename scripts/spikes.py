@@ -82,7 +82,7 @@ def main():
         else:
             spikes.append([sent, sent, 1, sent + lat])
     starts = [r[0] for r in runs]
-    longest = max(r[4] for r in runs) if runs else 0
+    longest = max(r[4] for r in runs)
     by_spikes, by_msgs = collections.Counter(), collections.Counter()
     for sent, _last, n, arrival in spikes:
         lo = sent - LOOKBACK_US

@@ -934,9 +934,8 @@ async fn run(args: Args) -> anyhow::Result<(String, String)> {
         }
         s
     };
-    let epoch = Instant::now();
     let shared = Arc::new(Shared {
-        epoch,
+        epoch: Instant::now(),
         epoch_mono_ns: monotonic_ns(),
         trace: args.trace.is_some(),
         c: Counters::default(),
