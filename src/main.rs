@@ -71,3 +71,50 @@ fn main() -> std::process::ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// A flag without a doc comment shows up in `--help` bare, and a doc
+    /// comment one line too high silently describes the wrong flag (which
+    /// happened to `--log` and `--service-window`).
+    #[test]
+    fn every_flag_says_what_it_is_for() {
+        Cli::command().debug_assert();
+        let cli = Cli::command();
+        let mut bare = Vec::new();
+        for sub in cli.get_subcommands() {
+            for arg in sub.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id != "help" && id != "version" && arg.get_help().is_none() {
+                    bare.push(format!("kefu {} {id}", sub.get_name()));
+                }
+            }
+        }
+        assert!(bare.is_empty(), "no help text: {bare:?}");
+    }
+
+    #[test]
+    fn serve_flags_have_their_own_help() {
+        let cli = Cli::command();
+        let serve = cli.find_subcommand("serve").expect("serve exists");
+        let help = |id: &str| {
+            let arg = serve.get_arguments().find(|a| a.get_id() == id);
+            arg.and_then(|a| a.get_help())
+                .map(|h| h.to_string())
+                .unwrap_or_default()
+        };
+        let cases = [
+            ("log", "Log filter"),
+            ("service_window", "Reports count rounds"),
+            ("data", "event log"),
+            ("timezone", "time zone"),
+        ];
+        for (id, says) in cases {
+            assert!(help(id).contains(says), "--{id}: {:?}", help(id));
+        }
+        assert!(!help("service_window").contains("Log filter"));
+    }
+}

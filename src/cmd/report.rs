@@ -145,6 +145,7 @@ pub struct ReportArgs {
     /// One row per agent, day, stage or shop.
     #[arg(long)]
     pub by: Option<By>,
+    /// A table to read, CSV for a spreadsheet, or JSON for a program.
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
     /// Daily service hours in the shop's time zone; rounds starting outside

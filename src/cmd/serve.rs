@@ -67,13 +67,13 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub shop_names: Vec<String>,
-    /// Log filter, e.g. `info` or `kefu=debug` [default: info, or RUST_LOG].
     /// Reports count rounds starting in this window of shop time [default: 08:00-23:00].
     #[arg(long, env = "KEFU_SERVICE_WINDOW", value_name = "HH:MM-HH:MM")]
     pub service_window: Option<String>,
     /// The shops' time zone for reports [default: +08:00].
     #[arg(long = "tz", env = "KEFU_TZ", value_name = "OFFSET")]
     pub timezone: Option<String>,
+    /// Log filter, e.g. `info` or `kefu=debug` [default: info, or RUST_LOG].
     #[arg(long, env = "KEFU_LOG", value_name = "FILTER")]
     pub log: Option<String>,
 }
