@@ -390,6 +390,14 @@ pub enum ServerMsg<'a> {
         #[serde(flatten)]
         view: ConversationView<'a>,
     },
+    /// To an agent: several conversations are now theirs at once (moved
+    /// from an agent who left, or buyers who waited while nobody was
+    /// online), in one frame rather than one each: a move of hundreds must
+    /// not overflow the agent's outbound queue and get them dropped.
+    ConversationsAssigned {
+        reason: &'a str,
+        conversations: Vec<ConversationView<'a>>,
+    },
     /// To an agent: the buyer left for good and the conversation is over.
     ConversationClosed {
         conversation: &'a str,

@@ -148,7 +148,14 @@ impl App {
             // the batch's flush. With 0 (eager writes, which we had) every
             // frame was a system call of its own, batch or not.
             .write_buffer_size(WRITE_BUFFER)
-            .max_write_buffer_size(WRITE_BUFFER + 4 * l.max_frame_bytes)
+            // No cap of our own on the write buffer: tungstenite refuses
+            // any single frame larger than the cap, and a welcome that
+            // carries a large backlog (hundreds of waiting buyers) is
+            // larger than any fixed figure; it dropped the agent as it
+            // signed in, and the next one after it. What a connection holds
+            // is bounded by its outbound queue (`outbound_queue` frames,
+            // each built by the server) and the write timeout.
+            .max_write_buffer_size(usize::MAX)
             .max_frame_size(Some(l.max_frame_bytes))
             .max_message_size(Some(l.max_frame_bytes));
         let hub = hub::Hub::new(&config);

@@ -868,3 +868,89 @@ async fn quiet_clients_are_pinged_and_dead_ones_dropped() {
     assert_eq!(code, Some(CloseCode::Away));
     t.stop().await;
 }
+
+/// An agent with more conversations than a colleague's outbound queue holds
+/// (256 frames) leaves: the colleague gets them in one frame and stays
+/// online. One frame per conversation overflowed the queue, and the
+/// colleague was dropped as a slow reader along with the leaver.
+#[tokio::test]
+async fn a_move_larger_than_the_queue_arrives_in_one_frame() {
+    const HELD: usize = 300;
+    let t = spawn_app().await;
+    let (mut a1, _) = t.agent("a1").await;
+    let mut buyers = Vec::new();
+    for i in 0..HELD {
+        let (b, _, _) = t.buyer(&format!("b{i}")).await;
+        buyers.push(b);
+        a1.recv_type("conversation_assigned").await;
+    }
+    let (mut a2, welcome) = t.agent("a2").await;
+    assert_eq!(welcome["conversations"], json!([]));
+    a1.close().await;
+
+    let moved = a2.recv_type("conversations_assigned").await;
+    assert_eq!(moved["reason"], "reassigned");
+    let convs = moved["conversations"].as_array().unwrap();
+    assert_eq!(convs.len(), HELD);
+    let buyer_ids: std::collections::HashSet<_> =
+        convs.iter().map(|c| c["buyer"].as_str().unwrap()).collect();
+    assert_eq!(buyer_ids.len(), HELD);
+    assert!(convs.iter().all(|c| c["history"][0]["note"] == "greeting"));
+
+    // Still online and in charge: the last buyer's message reaches a2.
+    buyers[HELD - 1]
+        .send(json!({"type":"message","text":"有货吗"}))
+        .await;
+    let m = a2.recv_type("buyer_message").await;
+    assert_eq!(m["buyer"], format!("b{}", HELD - 1));
+    t.stop().await;
+}
+
+/// A move of a single conversation keeps the single-conversation frame.
+#[tokio::test]
+async fn a_move_of_one_conversation_keeps_its_own_frame() {
+    let t = spawn_app().await;
+    let (mut a1, _) = t.agent("a1").await;
+    let (_b, bw, _) = t.buyer("b1").await;
+    a1.recv_type("conversation_assigned").await;
+    let (mut a2, _) = t.agent("a2").await;
+    a1.close().await;
+    let moved = a2.recv().await;
+    assert_eq!(moved["type"], "conversation_assigned", "{moved}");
+    assert_eq!(moved["conversation"], bw["conversation"]);
+    t.stop().await;
+}
+
+/// A backlog of long conversations larger than any fixed write buffer
+/// reaches the agent who signs in, in their welcome (it used to drop the
+/// agent silently: tungstenite refused the one large frame).
+#[tokio::test]
+async fn a_large_backlog_reaches_the_agent_in_their_welcome() {
+    const WAITING: usize = 40;
+    let t = spawn_app().await;
+    let long = "退货".repeat(1000);
+    let mut buyers = Vec::new();
+    for i in 0..WAITING {
+        let (mut b, _, _) = t.buyer(&format!("b{i}")).await;
+        for _ in 0..3 {
+            b.send(json!({"type":"message","text":long})).await;
+        }
+        buyers.push(b);
+    }
+    // Every message is in before the agent signs in.
+    for b in &mut buyers {
+        b.recv_type("reply").await; // the one offline reply of the round
+    }
+    let (mut a1, welcome) = t.agent("a1").await;
+    let convs = welcome["conversations"].as_array().unwrap();
+    assert_eq!(convs.len(), WAITING);
+    assert!(
+        welcome.to_string().len() > 400 * 1024,
+        "a frame larger than the old cap"
+    );
+    buyers[0]
+        .send(json!({"type":"message","text":"在吗"}))
+        .await;
+    assert_eq!(a1.recv_type("buyer_message").await["buyer"], "b0");
+    t.stop().await;
+}

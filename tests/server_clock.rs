@@ -360,3 +360,62 @@ async fn a_held_receipt_rides_with_the_next_frame_in_order() {
     assert_eq!(m["text"], "那今天能发货吗");
     assert_eq!(t0.elapsed(), Duration::ZERO, "nothing waited for the timer");
 }
+
+/// The grace runs from the agent's latest disconnect: gone at 0 s, back at
+/// 2 s, gone again at 4 s, the conversations move at 14 s, not at 10 s
+/// (the first disconnect's grace used to move them).
+#[tokio::test(start_paused = true)]
+async fn the_grace_counts_from_the_latest_disconnect() {
+    let mut c = config(None);
+    c.limits.agent_grace = secs(10.0);
+    let t = spawn_local(c).await;
+    let (a1, _buyer, conv) = pair(&t).await;
+    let (mut a2, _) = t.agent("a2").await;
+    let t0 = Instant::now();
+    a1.close().await;
+    sleep(secs(2.0)).await;
+    let (a1, welcome) = t.agent("a1").await;
+    assert_eq!(welcome["conversations"][0]["conversation"], conv);
+    sleep(secs(2.0)).await;
+    a1.close().await;
+    let moved = a2.recv_type("conversation_assigned").await;
+    assert_eq!(moved["conversation"], conv);
+    assert_eq!(
+        t0.elapsed().as_secs(),
+        14,
+        "moved 10 s after the second disconnect"
+    );
+}
+
+/// While the conversation's agent is away within the grace, the buyer is
+/// not told nobody is online (a colleague is, and the agent is back in
+/// seconds); the message waits in the conversation and reaches whoever
+/// holds it next, and the holding reply comes as usual.
+#[tokio::test(start_paused = true)]
+async fn no_offline_reply_while_the_agent_is_within_the_grace() {
+    let mut c = config(Some(15.0));
+    c.limits.agent_grace = secs(10.0);
+    let t = spawn_local(c).await;
+    let (a1, mut buyer, conv) = pair(&t).await;
+    let (mut a2, _) = t.agent("a2").await;
+    a1.close().await;
+    sleep(secs(1.0)).await;
+    let t0 = Instant::now();
+    buyer
+        .send(json!({"type":"message","text":"怎么退货"}))
+        .await;
+    buyer.expect_silence(secs(8.5)).await;
+    // The grace ends at 10 s after the disconnect: the conversation moves
+    // to a2 with the message and its round.
+    let moved = a2.recv_type("conversation_assigned").await;
+    assert_eq!(moved["conversation"], conv);
+    assert_eq!(
+        moved["history"].as_array().unwrap().last().unwrap()["text"],
+        "怎么退货"
+    );
+    assert!(moved["waiting_since"].is_i64());
+    // The holding reply at 15 s after the message is the usual one.
+    let h = buyer.recv_type("reply").await;
+    assert_eq!(h["note"], "holding", "{h}");
+    assert_eq!(t0.elapsed().as_secs(), 15);
+}

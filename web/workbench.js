@@ -195,6 +195,14 @@
         logEvent("info", `新会话：买家 ${c.buyer}${why ? `（${why}）` : ""}`, c.id);
         break;
       }
+      case "conversations_assigned": {
+        // Several at once (a colleague left): one frame, one log line.
+        const list = Array.isArray(m.conversations) ? m.conversations : [];
+        list.forEach((v) => takeConversation(v, true));
+        const why = { reassigned: "原客服离线，转给你", waiting: "无人在线时进店" }[m.reason] || m.reason || "";
+        logEvent("info", `接手 ${list.length} 个会话${why ? `（${why}）` : ""}`);
+        break;
+      }
       case "buyer_message": {
         const c = conv(m.conversation, m.buyer);
         c.messages.push({ from: "buyer", text: m.text, at: m.at });

@@ -402,6 +402,10 @@ struct Agent {
     name: Option<Arc<str>>,
     online: Option<Outbox>,
     convs: BTreeSet<Arc<str>>,
+    /// While offline within the grace: when their conversations move. The
+    /// conversations are still theirs until then (no `offline` reply to
+    /// their buyers), and only the latest disconnect's move counts.
+    moves_at: Option<Instant>,
 }
 
 struct HLine {
@@ -521,6 +525,7 @@ impl Hub {
                                 name: a.name.as_deref().map(Arc::from),
                                 online: None,
                                 convs: BTreeSet::new(),
+                                moves_at: None,
                             },
                         )
                     })
@@ -753,6 +758,7 @@ impl Hub {
         if !ct_eq(token.as_bytes(), agent.token.as_bytes()) {
             return Err(refuse());
         }
+        agent.moves_at = None;
         if let Some(old) = agent.online.replace(out.clone()) {
             fx.closes.push((old, replaced()));
         }
@@ -764,14 +770,18 @@ impl Hub {
         // must not get the agent disconnected as it signs in.
         let mut pending = std::mem::take(&mut shop.unassigned);
         pending.sort_by_key(|c| convs.get(c).map(|c| waiting_key(clock, c)));
+        let mut others = Vec::new();
         for cid in pending {
             let Some(conv) = convs.get_mut(&cid) else {
                 continue;
             };
             let next = pick_agent(shop).expect("this agent is online");
-            let tell = next != agent_key;
-            assign(shop, conv, &next, "waiting", clock, ctx, at, fx, tell);
+            assign(shop, conv, &next, "waiting", clock, ctx, at, fx, false);
+            if next != agent_key {
+                others.push((next, cid));
+            }
         }
+        tell_assigned(shop, convs, &others, "waiting", clock, ctx, fx);
         let agent = shop.agents.get(agent_id).expect("just found");
         // The conversations this agent still holds (a reconnect that
         // replaced an older connection), longest-waiting first.
@@ -868,8 +878,10 @@ impl Hub {
             waiting_since: tb.ms(started.round.started),
             deadline: tb.ms(started.round.deadline),
         };
-        // Nobody to answer: say so at once, once per round.
-        if plan.agent.is_none() && clock.take_holding(&conv.id) {
+        // Nobody to answer: say so at once, once per round. Not while the
+        // conversation's agent is away within the grace (a page refresh):
+        // they are back in seconds, or it moves with the round running.
+        if plan.agent.is_none() && !holder_returning(shop, conv) && clock.take_holding(&conv.id) {
             let fill = Fill {
                 shop: &shop.name,
                 agent: "",
@@ -1069,6 +1081,7 @@ impl Hub {
         } else {
             // A page refresh or a network blip comes back within seconds:
             // the agent keeps their conversations until the grace ends.
+            agent.moves_at = Some(now + grace);
             let (shop_id, agent_id) = (s.shop.clone(), s.agent.clone());
             self.leaving.push_back((now + grace, shop_id, agent_id));
             Self::deadline_added(&mut self.timer_wake, now + grace, fx);
@@ -1089,21 +1102,27 @@ impl Hub {
         let Some(agent) = shop.agents.get_mut(agent_id) else {
             return;
         };
+        agent.moves_at = None;
         let mut moving: Vec<Arc<str>> = std::mem::take(&mut agent.convs).into_iter().collect();
         moving.sort_by_key(|c| convs.get(c).map(|c| waiting_key(clock, c)));
         let at = ctx.tb.ms(now);
+        let mut moved = Vec::new();
         for cid in moving {
             let Some(conv) = convs.get_mut(&cid) else {
                 continue;
             };
             match pick_agent(shop) {
-                Some(next) => assign(shop, conv, &next, "reassigned", clock, ctx, at, fx, true),
+                Some(next) => {
+                    assign(shop, conv, &next, "reassigned", clock, ctx, at, fx, false);
+                    moved.push((next, cid));
+                }
                 None => {
                     conv.agent = None;
                     shop.unassigned.push(cid);
                 }
             }
         }
+        tell_assigned(shop, convs, &moved, "reassigned", clock, ctx, fx);
     }
 
     // ---- time -------------------------------------------------------------------------------
@@ -1140,11 +1159,12 @@ impl Hub {
                             agent: agent_name.as_deref().unwrap_or(""),
                             buyer: "",
                         };
-                        let (note, template) = if agent_out.is_some() {
-                            ("holding", pick(&ctx.phrases.templates.holding))
-                        } else {
-                            ("offline", offline_template(ctx))
-                        };
+                        let (note, template) =
+                            if agent_out.is_some() || holder_returning(shop, conv) {
+                                ("holding", pick(&ctx.phrases.templates.holding))
+                            } else {
+                                ("offline", offline_template(ctx))
+                            };
                         if let Some(t) = template {
                             let text = fill.apply(t);
                             bot_say(conv, agent_out.as_ref(), &text, note, due_ms, ctx, fx);
@@ -1205,7 +1225,7 @@ impl Hub {
             if until > now {
                 break;
             }
-            let (_, shop_id, agent_id) = self.leaving.pop_front().expect("front exists");
+            let (until, shop_id, agent_id) = self.leaving.pop_front().expect("front exists");
             let Hub {
                 shops,
                 convs,
@@ -1215,11 +1235,12 @@ impl Hub {
             let Some(shop) = shops.get_mut(&shop_id) else {
                 continue;
             };
-            // Back within the grace: nothing moves.
+            // Back within the grace: nothing moves. Gone again since: the
+            // later disconnect's own grace decides (its entry is behind).
             if shop
                 .agents
                 .get(&agent_id)
-                .is_some_and(|a| a.online.is_none())
+                .is_some_and(|a| a.online.is_none() && a.moves_at == Some(until))
             {
                 Self::move_conversations(shop, &agent_id, convs, clock, ctx, now, fx);
             }
@@ -1282,6 +1303,15 @@ fn agent_outbox<'a>(shop: &'a Shop, conv: &Conv) -> Option<&'a Outbox> {
         .and_then(|a| a.online.as_ref())
 }
 
+/// Whether `conv`'s agent is offline but within the grace, their
+/// conversations not yet moved.
+fn holder_returning(shop: &Shop, conv: &Conv) -> bool {
+    conv.agent
+        .as_ref()
+        .and_then(|a| shop.agents.get(a))
+        .is_some_and(|a| a.online.is_none() && a.moves_at.is_some())
+}
+
 /// The online agent with the fewest open conversations (ties: smallest id).
 fn pick_agent(shop: &Shop) -> Option<Arc<str>> {
     shop.agents
@@ -1325,6 +1355,64 @@ fn assign(
         let suggestions = suggestions_for(conv, round, ctx, &shop.name, agent.name.as_deref());
         let view = conv.view(round, ctx.tb, &suggestions);
         fx.send(out, &ServerMsg::ConversationAssigned { reason, view });
+    }
+}
+
+/// Tells each agent in `moved` (agent, conversation; in the order given)
+/// what they were given: one `conversation_assigned` for a single
+/// conversation, as for a new buyer, and one `conversations_assigned` for
+/// more. A frame per conversation would let a large move (an agent with
+/// hundreds of buyers leaves a shop with one colleague online) fill the
+/// colleague's outbound queue, which nothing waits on, and drop them too.
+fn tell_assigned(
+    shop: &Shop,
+    convs: &HashMap<Arc<str>, Conv>,
+    moved: &[(Arc<str>, Arc<str>)],
+    reason: &'static str,
+    clock: &Clock<Arc<str>>,
+    ctx: &Ctx,
+    fx: &mut Effects,
+) {
+    let mut agents: Vec<&Arc<str>> = moved.iter().map(|(a, _)| a).collect();
+    agents.sort();
+    agents.dedup();
+    for agent_id in agents {
+        let Some(agent) = shop.agents.get(agent_id) else {
+            continue;
+        };
+        let Some(out) = agent.online.as_ref() else {
+            continue;
+        };
+        let theirs: Vec<&Conv> = moved
+            .iter()
+            .filter(|(a, _)| a == agent_id)
+            .filter_map(|(_, c)| convs.get(c))
+            .collect();
+        let suggestions: Vec<Vec<Suggestion>> = theirs
+            .iter()
+            .map(|c| {
+                let round = clock.round(&c.id);
+                suggestions_for(c, round, ctx, &shop.name, agent.name.as_deref())
+            })
+            .collect();
+        let mut views: Vec<ConversationView> = theirs
+            .iter()
+            .zip(&suggestions)
+            .map(|(c, s)| c.view(clock.round(&c.id), ctx.tb, s))
+            .collect();
+        if views.len() == 1 {
+            let view = views.pop().expect("one view");
+            fx.send(out, &ServerMsg::ConversationAssigned { reason, view });
+        } else if !views.is_empty() {
+            let conversations = views;
+            fx.send(
+                out,
+                &ServerMsg::ConversationsAssigned {
+                    reason,
+                    conversations,
+                },
+            );
+        }
     }
 }
 
@@ -1428,13 +1516,19 @@ fn parse_rating(score: &str) -> Option<Rating> {
 /// Buyer ids come from the platform (nicknames included): any printable
 /// text up to 64 characters.
 fn check_buyer_id(id: &str) -> Result<(), Refusal> {
-    let ok = !id.trim().is_empty() && id.chars().count() <= 64 && !id.chars().any(char::is_control);
+    // Control and invisible format characters (zero-width spaces,
+    // direction marks) and line separators: `b1\u{200b}` would be another
+    // buyer who looks exactly like `b1` on the agent's screen.
+    static HIDDEN: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]").expect("a valid class")
+    });
+    let ok = !id.trim().is_empty() && id.chars().count() <= 64 && !HIDDEN.is_match(id);
     if ok {
         Ok(())
     } else {
         Err(Refusal::new(
             ErrorCode::BadId,
-            "the buyer id must be 1-64 printable characters",
+            "the buyer id must be 1-64 printable characters (no control or invisible characters)",
         ))
     }
 }
@@ -1592,6 +1686,11 @@ mod tests {
             ("", false),
             ("  ", false),
             ("a\nb", false),
+            ("b1\u{200b}", false),
+            ("\u{202e}b1", false),
+            ("b1\u{2028}x", false),
+            ("\u{feff}b1", false),
+            ("买家😀", true),
         ] {
             assert_eq!(check_buyer_id(id).is_ok(), ok, "{id:?}");
         }

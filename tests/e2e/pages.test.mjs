@@ -59,6 +59,7 @@ before(async () => {
       "--target-secs", String(TARGET_SECS),
       "--nudge-secs", String(NUDGE_SECS),
       "--agent-token", `${SHOP}:${AGENT}:${AGENT_TOKEN}`,
+      "--agent-token", `${SHOP}:a2:a2-secret`,
       "--supervisor-token", `${SHOP}:${BOSS_TOKEN}`,
       ...(canOpenWindow ? [WINDOW_FLAG, "00:00-24:00"] : []),
       ...(process.env.KEFU_E2E_FLAGS ? process.env.KEFU_E2E_FLAGS.split(" ") : []),
@@ -327,6 +328,26 @@ test("a new buyer message moves its conversation to the top of the list", async 
   assert.ok(hidden <= 1, `the newest message is ${hidden}px below the visible chat`);
   await shot(agent, "agent-two-buyers");
   await b2.close();
+});
+
+test("when the agent leaves, a colleague's page takes all their conversations at once", async () => {
+  const a2 = await context.newPage();
+  watch(a2, "agent2");
+  await a2.goto(`${server.url}/`);
+  await a2.fill("#in-shop", SHOP);
+  await a2.fill("#in-agent", "a2");
+  await a2.fill("#in-token", "a2-secret");
+  await a2.click("#signin button[type=submit]");
+  await a2.locator("#status", { hasText: "在线" }).waitFor();
+  assert.equal(await a2.locator(".conv").count(), 0);
+  // a1 holds b1 and b2; after the grace (10 s) both move in one frame.
+  await agent.close();
+  await a2.locator(".conv", { hasText: "b2" }).waitFor({ timeout: 20000 });
+  await a2.locator(".conv", { hasText: "b1" }).waitFor();
+  assert.equal(await a2.locator(".conv").count(), 2);
+  await a2.locator("#events li", { hasText: "接手 2 个会话" }).waitFor();
+  await shot(a2, "agent2-took-over");
+  await a2.close();
 });
 
 test("no page had a script error or a failed request", () => {
