@@ -492,17 +492,20 @@ impl Config {
     /// Checks the settings fit together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let c = &self.clock;
+        // Named as the operator sets them: the flag (its KEFU_* variable
+        // is listed beside it in --help) or the config file's key.
         if c.target.is_zero() {
             return Err(invalid(
-                "target",
+                TARGET_SETTING,
                 "the response target must be more than 0 seconds",
             ));
         }
         if c.nudge.is_zero() || c.nudge >= c.target {
             return Err(invalid(
-                "nudge",
+                NUDGE_SETTING,
                 format!(
-                    "the nudge ({} s) must come after 0 and before the target ({} s)",
+                    "the nudge ({} s) must come after 0 s and before the response target \
+                     ({} s, {TARGET_SETTING}); lower the nudge or raise the target",
                     c.nudge.as_secs_f64(),
                     c.target.as_secs_f64()
                 ),
@@ -578,6 +581,11 @@ impl Config {
             .unwrap_or(shop)
     }
 }
+
+/// The clock settings as an operator knows them, for messages about a value
+/// that may have come from either place.
+const TARGET_SETTING: &str = "--target-secs (clock.target_secs)";
+const NUDGE_SETTING: &str = "--nudge-secs (clock.nudge_secs)";
 
 fn set<T>(field: &mut T, value: Option<T>) {
     if let Some(v) = value {
@@ -693,7 +701,24 @@ mod tests {
                     o.agent_tokens = vec!["s1:a1:t".into()];
                     o.nudge_secs = Some(30.0);
                 }),
-                "must come after 0 and before the target",
+                "--nudge-secs (clock.nudge_secs): the nudge (30 s) must come after 0 s and \
+                 before the response target (30 s, --target-secs (clock.target_secs))",
+            ),
+            (
+                "nudge after the default target",
+                flags(|o| {
+                    o.agent_tokens = vec!["s1:a1:t".into()];
+                    o.nudge_secs = Some(40.0);
+                }),
+                "--nudge-secs (clock.nudge_secs): the nudge (40 s)",
+            ),
+            (
+                "zero target",
+                flags(|o| {
+                    o.agent_tokens = vec!["s1:a1:t".into()];
+                    o.target_secs = Some(0.0);
+                }),
+                "--target-secs (clock.target_secs): the response target must be more than 0",
             ),
             (
                 "bad address",

@@ -5,6 +5,11 @@
 //! intent fits: kefu is right on such a line when it suggests nothing.
 //! Top-1 counts the best suggestion against the main label or an acceptable
 //! one; top-3 counts any of the first three.
+//!
+//! A label that names no intent of the libraries (a typo, a renamed intent)
+//! can never be matched: [`unknown_labels`] lists them so `kefu eval` warns,
+//! and such lines still count as misses, so the figures stay those of the
+//! whole file.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -54,6 +59,41 @@ pub fn parse(tsv: &str) -> (Vec<Example>, Vec<String>) {
         });
     }
     (out, errors)
+}
+
+/// A label that names no intent, where it is first used and how often.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownLabel {
+    pub label: String,
+    /// 1-based line of its first use.
+    pub first_line: usize,
+    /// Lines that use it, as main or acceptable label.
+    pub lines: usize,
+}
+
+/// Labels of `examples` (main and acceptable ones, `none` aside) for which
+/// `is_intent` is false, in the order of their first use.
+pub fn unknown_labels(examples: &[Example], is_intent: impl Fn(&str) -> bool) -> Vec<UnknownLabel> {
+    let mut out: Vec<UnknownLabel> = Vec::new();
+    for ex in examples {
+        let mut labels: Vec<&str> = std::iter::once(ex.label.as_str())
+            .chain(ex.also.iter().map(String::as_str))
+            .filter(|l| *l != "none" && !is_intent(l))
+            .collect();
+        labels.sort_unstable();
+        labels.dedup();
+        for label in labels {
+            match out.iter_mut().find(|u| u.label == label) {
+                Some(u) => u.lines += 1,
+                None => out.push(UnknownLabel {
+                    label: label.to_string(),
+                    first_line: ex.line,
+                    lines: 1,
+                }),
+            }
+        }
+    }
+    out
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -196,5 +236,32 @@ impl Report {
             }
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_that_name_no_intent_are_listed_once_with_their_first_line() {
+        let tsv = "# comment\n\
+                   在吗\tpre_sale.greeting\n\
+                   hello\tin_sale.nonexistent\tpre_sale.greting\n\
+                   发货了吗\tin_sale.nonexistent\n\
+                   随便\tnone\n\
+                   退款\tafter_sale.refund\tin_sale.nonexistent,in_sale.nonexistent\n";
+        let (examples, errors) = parse(tsv);
+        assert!(errors.is_empty(), "{errors:?}");
+        let known = ["pre_sale.greeting", "after_sale.refund"];
+        let got = unknown_labels(&examples, |id| known.contains(&id));
+        let want = [("in_sale.nonexistent", 3, 3), ("pre_sale.greting", 3, 1)];
+        let got: Vec<(&str, usize, usize)> = got
+            .iter()
+            .map(|u| (u.label.as_str(), u.first_line, u.lines))
+            .collect();
+        assert_eq!(got, want);
+        // Every label known: nothing to say.
+        assert!(unknown_labels(&examples, |_| true).is_empty());
     }
 }

@@ -175,13 +175,21 @@ impl Event {
 pub enum EventError {
     #[error("not a valid event object: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("ts {ts:?} is not an RFC 3339 time with an offset such as 2026-11-20T10:00:03.250+08:00 ({reason})")]
+    #[error("`ts` {ts:?} is not an RFC 3339 time with an offset such as 2026-11-20T10:00:03.250+08:00 ({reason})")]
     Timestamp { ts: String, reason: String },
-    #[error("a `{kind}` event needs a non-empty `{field}` field")]
+    #[error("{} `{kind}` event needs a non-empty `{field}` field", article(kind))]
     Missing {
         kind: &'static str,
         field: &'static str,
     },
+}
+
+/// "a" or "an" before a kind's name.
+fn article(kind: &str) -> &'static str {
+    match kind.chars().next() {
+        Some('a' | 'e' | 'i' | 'o' | 'u') => "an",
+        _ => "a",
+    }
 }
 
 /// A line of an event file that was skipped, and why.
@@ -208,9 +216,20 @@ const TS_FORMAT: &[BorrowedFormatItem<'static>] = format_description!(
 pub fn parse_ts(ts: &str) -> Result<i64, EventError> {
     let t = OffsetDateTime::parse(ts, &Rfc3339).map_err(|e| EventError::Timestamp {
         ts: ts.to_string(),
-        reason: e.to_string(),
+        reason: if missing_offset(ts) {
+            "its UTC offset is missing".to_string()
+        } else {
+            e.to_string()
+        },
     })?;
     Ok(t.unix_timestamp_nanos().div_euclid(1_000_000) as i64)
+}
+
+/// Whether `ts` is an RFC 3339 time but for its missing UTC offset
+/// (`2026-11-20T10:00:00`), the commonest slip when one is typed by hand.
+pub fn missing_offset(ts: &str) -> bool {
+    OffsetDateTime::parse(ts, &Rfc3339).is_err()
+        && OffsetDateTime::parse(&format!("{ts}Z"), &Rfc3339).is_ok()
 }
 
 /// Formats Unix milliseconds as RFC 3339 in `offset`, e.g.
@@ -595,6 +614,27 @@ mod tests {
             assert_eq!(parse_ts(ts).unwrap(), want, "{ts}");
         }
         assert!(parse_ts("2026-11-20 10:00:03").is_err());
+        // A time without its offset is told so, naming the field.
+        let cases = [
+            ("2026-11-20T10:00:00", true, "its UTC offset is missing"),
+            ("2026-11-20T10:00:00.250", true, "its UTC offset is missing"),
+            ("2026-11-20T25:00:00+08:00", false, "hour"),
+            (
+                "2026-11-20 10:00:00",
+                true,
+                "`ts` \"2026-11-20 10:00:00\" is not",
+            ),
+            (
+                "yesterday",
+                false,
+                "`ts` \"yesterday\" is not an RFC 3339 time",
+            ),
+        ];
+        for (ts, missing, says) in cases {
+            assert_eq!(missing_offset(ts), missing, "{ts}");
+            let err = parse_ts(ts).unwrap_err().to_string();
+            assert!(err.contains(says), "{ts}: {err}");
+        }
         assert_eq!(
             format_ts(0, offset!(-05:30)),
             "1969-12-31T18:30:00.000-05:30"
@@ -666,6 +706,29 @@ mod tests {
                 Err(EventError::Missing { field: f, .. }) => assert_eq!(f, field, "{line}"),
                 other => panic!("{line}: {other:?}"),
             }
+        }
+        // The messages read as English: "an `agent` event", "a `buyer` event".
+        let said = |line: &str| Event::from_json(line).unwrap_err().to_string();
+        let messages = [
+            (
+                cases[0].0,
+                "an `agent` event needs a non-empty `agent` field",
+            ),
+            (
+                cases[1].0,
+                "an `assign` event needs a non-empty `agent` field",
+            ),
+            (
+                cases[2].0,
+                "a `buyer` event needs a non-empty `buyer` field",
+            ),
+            (
+                cases[3].0,
+                "a `rating` event needs a non-empty `score` field",
+            ),
+        ];
+        for (line, want) in messages {
+            assert_eq!(said(line), want, "{line}");
         }
         let unknown_kind =
             r#"{"ts":"2026-11-20T10:00:00+08:00","shop":"s1","conversation":"c1","kind":"wave"}"#;

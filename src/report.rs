@@ -780,19 +780,69 @@ fn day_string(day: i64) -> String {
 /// Unix ms of local midnight starting `date` (`YYYY-MM-DD`) at `offset`.
 pub fn parse_date(s: &str, offset: UtcOffset) -> Result<i64, OptionError> {
     let fmt = time::macros::format_description!("[year]-[month]-[day]");
-    let d = time::Date::parse(s.trim(), fmt)
-        .map_err(|_| OptionError(format!("date {s:?} is not YYYY-MM-DD")))?;
+    let d = time::Date::parse(s.trim(), fmt).map_err(|_| {
+        // Well formed but not on the calendar (2026-11-31, 2026-02-29,
+        // 2026-13-01): say so rather than blame the format.
+        let shape_ok = s.trim().bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 => b == b'-',
+            _ => b.is_ascii_digit(),
+        }) && s.trim().len() == 10;
+        OptionError(if shape_ok {
+            format!(
+                "the date {} does not exist{}",
+                s.trim(),
+                why_no_such_day(s.trim())
+            )
+        } else {
+            format!("{s:?} is not a date (YYYY-MM-DD) or a time (2026-11-20T10:00:00+08:00)")
+        })
+    })?;
     let local_midnight_ms = (d.to_julian_day() as i64 - 2_440_588) * DAY_MS;
     Ok(local_midnight_ms - offset.whole_seconds() as i64 * 1000)
 }
 
+/// Why a well-formed `YYYY-MM-DD` is not a day: ": November 2026 has 30
+/// days", ": there is no month 13".
+fn why_no_such_day(s: &str) -> String {
+    let mut parts = s.splitn(3, '-');
+    let year = parts.next().and_then(|y| y.parse::<i32>().ok());
+    let month = parts.next().and_then(|m| m.parse::<u8>().ok());
+    match (year, month) {
+        (Some(y), Some(m)) => match time::Month::try_from(m) {
+            Ok(month) => format!(": {month} {y} has {} days", month.length(y)),
+            Err(_) => format!(": there is no month {m}"),
+        },
+        _ => String::new(),
+    }
+}
+
 /// A report window bound: a date (`YYYY-MM-DD`, local midnight; as an end,
-/// the whole day is included) or an RFC 3339 time (exact).
+/// the whole day is included) or an RFC 3339 time (exact). The caller names
+/// the option in front of the error (`--from: ...`).
 pub fn parse_bound(s: &str, offset: UtcOffset, end: bool) -> Result<i64, OptionError> {
+    let s = s.trim();
     if s.contains('T') {
-        return crate::events::parse_ts(s.trim()).map_err(|e| OptionError(e.to_string()));
+        return crate::events::parse_ts(s).map_err(|_| {
+            OptionError(match crate::events::missing_offset(s) {
+                true => format!(
+                    "{s:?} has no UTC offset; add the shop's, e.g. {s}{}",
+                    fmt_offset(offset)
+                ),
+                false => format!(
+                    "{s:?} is not an RFC 3339 time such as 2026-11-20T10:00:00+08:00 \
+                     (or give a date, YYYY-MM-DD)"
+                ),
+            })
+        });
     }
     Ok(parse_date(s, offset)? + if end { DAY_MS } else { 0 })
+}
+
+/// `+08:00`, `-05:00`, `+00:00`.
+fn fmt_offset(offset: UtcOffset) -> String {
+    let (h, m, _) = offset.as_hms();
+    let sign = if offset.is_negative() { '-' } else { '+' };
+    format!("{sign}{:02}:{:02}", h.unsigned_abs(), m.unsigned_abs())
 }
 
 /// `--last Nd`: the window from local midnight N-1 days before today to
@@ -885,5 +935,35 @@ mod tests {
         assert_eq!(t, now);
         assert!(last_days("7", now, cst).is_err());
         assert_eq!(day_string(0), "1970-01-01");
+    }
+
+    /// A bound that cannot be used says what is wrong with it: a day that
+    /// does not exist is not blamed on the format, and a time without its
+    /// offset is told so (with the shop's offset to add).
+    #[test]
+    fn bad_bounds_say_what_is_wrong() {
+        let est = UtcOffset::from_hms(-5, 0, 0).unwrap();
+        let cases = [
+            ("2026-11-31", DEFAULT_OFFSET, "the date 2026-11-31 does not exist: November 2026 has 30 days"),
+            ("2026-02-29", DEFAULT_OFFSET, "the date 2026-02-29 does not exist: February 2026 has 28 days"),
+            ("2026-13-01", DEFAULT_OFFSET, "the date 2026-13-01 does not exist: there is no month 13"),
+            ("20/11/2026", DEFAULT_OFFSET, "\"20/11/2026\" is not a date (YYYY-MM-DD)"),
+            (
+                "2026-11-20T10:00:00",
+                DEFAULT_OFFSET,
+                "\"2026-11-20T10:00:00\" has no UTC offset; add the shop's, e.g. 2026-11-20T10:00:00+08:00",
+            ),
+            ("2026-11-20T10:00:00", est, "e.g. 2026-11-20T10:00:00-05:00"),
+            ("2026-11-20T25:00:00+08:00", DEFAULT_OFFSET, "is not an RFC 3339 time"),
+        ];
+        for (s, offset, want) in cases {
+            let err = parse_bound(s, offset, false).unwrap_err().to_string();
+            assert!(err.contains(want), "{s}: {err}");
+            assert!(!err.starts_with("ts "), "{s}: {err}");
+        }
+        assert_eq!(
+            parse_bound("2024-02-29", DEFAULT_OFFSET, false).unwrap(),
+            parse_date("2024-02-29", DEFAULT_OFFSET).unwrap()
+        );
     }
 }

@@ -677,6 +677,57 @@ fn kefu(args: &[&str]) -> (String, String, bool) {
     )
 }
 
+/// `kefu` with `env` set and every other `KEFU_*` variable removed.
+fn kefu_env(args: &[&str], env: &[(&str, &str)]) -> (String, String, bool) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kefu"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("KEFU_")) {
+        cmd.env_remove(k);
+    }
+    let out = cmd.args(args).envs(env.iter().copied()).output().unwrap();
+    (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+        out.status.success(),
+    )
+}
+
+/// Operators export KEFU_DATA for `kefu serve`; it must not stop
+/// `kefu report --events FILE` ("cannot be used with '--data'" before).
+#[test]
+fn cli_events_file_wins_over_kefu_data() {
+    let file = fixture("rounds.jsonl");
+    let f = file.to_str().unwrap();
+    let (want, err, ok) = kefu_env(&["report", "--events", f, "--format", "json"], &[]);
+    assert!(ok, "{err}");
+    let env = [("KEFU_DATA", "/nonexistent/kefu-data")];
+    let (got, err, ok) = kefu_env(&["report", "--events", f, "--format", "json"], &env);
+    assert!(ok, "KEFU_DATA with --events: {err}");
+    assert_eq!(got, want);
+    // Without --events the variable is the log read...
+    let (_, err, ok) = kefu_env(&["report"], &env);
+    assert!(!ok);
+    assert!(err.contains("/nonexistent/kefu-data"), "{err}");
+    // ...and both sources on the command line are still a mistake.
+    let (_, err, ok) = kefu_env(&["report", "--data", "d", "--events", f], &[]);
+    assert!(!ok);
+    assert!(err.contains("--data and --events"), "{err}");
+}
+
+/// Shops west of Greenwich: `--tz -05:00` as two words (refused as an
+/// unknown argument `-0` before) gives the report of `--tz=-05:00`.
+#[test]
+fn cli_negative_time_zone() {
+    let file = fixture("rounds.jsonl");
+    let f = file.to_str().unwrap();
+    let (want, err, ok) = kefu(&["report", "--events", f, "--tz=-05:00", "--by", "day"]);
+    assert!(ok, "{err}");
+    let (got, err, ok) = kefu(&["report", "--events", f, "--tz", "-05:00", "--by", "day"]);
+    assert!(ok, "{err}");
+    assert_eq!(got, want);
+    let (default, _, _) = kefu(&["report", "--events", f, "--by", "day"]);
+    assert_ne!(got, default, "the offset was not applied");
+}
+
 #[test]
 fn cli_json_is_the_library_report() {
     let file = fixture("rounds.jsonl");
@@ -856,10 +907,22 @@ fn cli_reports_bad_lines_on_stderr_with_their_numbers() {
 fn cli_rejects_bad_options_clearly() {
     let file = fixture("rounds.jsonl");
     let f = file.to_str().unwrap();
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 8] = [
         (&["--window", "8-23"], "HH:MM-HH:MM"),
         (&["--tz", "Beijing"], "offset such as +08:00"),
         (&["--from", "20/11/2026"], "YYYY-MM-DD"),
+        (
+            &["--from", "2026-11-31"],
+            "--from: the date 2026-11-31 does not exist: November 2026 has 30 days",
+        ),
+        (
+            &["--from", "2026-11-20T10:00:00"],
+            "--from: \"2026-11-20T10:00:00\" has no UTC offset",
+        ),
+        (
+            &["--from", "2026-11-20", "--to", "2026-11-20T23:00:00"],
+            "--to: \"2026-11-20T23:00:00\" has no UTC offset",
+        ),
         (&["--last", "week"], "7d or 30d"),
         (&["--gold-threshold", "80"], "between 0 and 1"),
     ];

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use clap::parser::ValueSource;
 use kefu::matcher::Matcher;
 use kefu::phrases::{Fill, Library};
 use kefu::politeness::Checker;
@@ -15,11 +16,42 @@ use kefu::politeness::Checker;
 /// Where phrase libraries live unless `--phrases` says otherwise.
 pub const DEFAULT_PHRASES: &str = "phrases";
 
+/// `kefu check [DIR]`: the directory comes from `--phrases` or
+/// `KEFU_PHRASES` as for every other command; the positional `DIR` is kept
+/// for the scripts that use it. See [`CheckArgs::settle`] for which wins.
 #[derive(clap::Args)]
+#[command(
+    after_help = "DIR and --phrases name the same directory: DIR wins over KEFU_PHRASES, and \
+    giving both DIR and a different --phrases is an error."
+)]
 pub struct CheckArgs {
-    /// Phrase directory to check.
-    #[arg(default_value = DEFAULT_PHRASES)]
-    pub dir: PathBuf,
+    /// Phrase directory to check (the same as --phrases) [default: phrases].
+    #[arg(value_name = "DIR")]
+    pub positional_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub phrases: PhraseDir,
+}
+
+impl CheckArgs {
+    /// Settles the directory to check: a positional `DIR` wins over
+    /// `KEFU_PHRASES` and the default, and must agree with an explicit
+    /// `--phrases` (two different directories on one command line is a
+    /// mistake to point out, not to guess at). `phrases_source` is where
+    /// clap took `--phrases` from.
+    pub fn settle(&mut self, phrases_source: Option<ValueSource>) -> Result<(), String> {
+        let Some(dir) = self.positional_dir.take() else {
+            return Ok(());
+        };
+        if phrases_source == Some(ValueSource::CommandLine) && self.phrases.dir != dir {
+            return Err(format!(
+                "DIR {} and --phrases {} name different directories; give one of them",
+                dir.display(),
+                self.phrases.dir.display()
+            ));
+        }
+        self.phrases.dir = dir;
+        Ok(())
+    }
 }
 
 #[derive(clap::Args)]
@@ -36,8 +68,8 @@ pub struct SuggestArgs {
     /// Read one message per stdin line, write one JSON object per line.
     #[arg(long)]
     pub jsonl: bool,
-    /// At most this many suggestions per message.
-    #[arg(long, default_value_t = 3)]
+    /// At most this many suggestions per message (1 or more).
+    #[arg(long, default_value_t = 3, value_parser = parse_top)]
     pub top: usize,
     /// Shop name for the {shop} placeholder.
     #[arg(long, default_value = "本店")]
@@ -47,6 +79,16 @@ pub struct SuggestArgs {
     pub agent: String,
     #[command(flatten)]
     pub phrases: PhraseDir,
+}
+
+/// `--top N`: 0 would print "no suggestion" for every message, as if
+/// nothing fitted.
+fn parse_top(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("give 1 or more suggestions to show".to_string()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{s}` is not a number of suggestions (1 or more)")),
+    }
 }
 
 #[derive(clap::Args)]
@@ -61,6 +103,11 @@ pub struct LintArgs {
 }
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "A label that names no intent of the phrase libraries (a typo, a renamed \
+    intent) is reported on stderr, once per label with the line of its first use; lines \
+    labelled with it still count as misses, so the figures cover the whole file."
+)]
 pub struct EvalArgs {
     /// Labelled file: text<TAB>intent<TAB>other acceptable intents.
     pub file: PathBuf,
@@ -83,12 +130,13 @@ pub fn load(dir: &std::path::Path) -> anyhow::Result<Library> {
 }
 
 pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    match Library::load_dir(&args.dir) {
+    let dir = &args.phrases.dir;
+    match Library::load_dir(dir) {
         Ok(lib) => {
             let matcher = Matcher::new(&lib)?;
             println!(
                 "{}: ok, {} intents, {} keywords, {} greeting and {} holding templates, {} politeness rules",
-                args.dir.display(),
+                dir.display(),
                 matcher.intent_count(),
                 matcher.keyword_count(),
                 lib.templates.greeting.len(),
@@ -197,6 +245,18 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let (examples, errors) = kefu::eval::parse(&text);
     for e in &errors {
         eprintln!("{}: {e} (skipped)", args.file.display());
+    }
+    let unknown = kefu::eval::unknown_labels(&examples, |id| lib.intent(id).is_some());
+    for u in &unknown {
+        eprintln!(
+            "{}:{}: warning: label `{}` ({} line(s) in all) is not an intent of the libraries \
+             in {}, so kefu can never match it: fix the label or add the intent",
+            args.file.display(),
+            u.first_line,
+            u.label,
+            u.lines,
+            args.phrases.dir.display()
+        );
     }
     let report = kefu::eval::evaluate(&matcher, &examples);
     std::io::stdout()

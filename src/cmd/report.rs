@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
+use clap::parser::ValueSource;
 use kefu::events::{self, Fields};
 use kefu::matcher::Matcher;
 use kefu::report::{self, GroupBy, Records, ReportOptions, ServiceWindow};
@@ -27,17 +28,19 @@ pub struct DataDir {
 /// The report window and the shop's time zone.
 #[derive(clap::Args)]
 pub struct Window {
-    /// First day (YYYY-MM-DD, shop time) or exact RFC 3339 time.
+    /// First day (YYYY-MM-DD, shop time) or exact RFC 3339 time with its
+    /// offset (2026-11-20T10:00:00+08:00).
     #[arg(long)]
     pub from: Option<String>,
-    /// Last day, included (YYYY-MM-DD, shop time), or exact RFC 3339 end (excluded).
+    /// Last day, included (YYYY-MM-DD, shop time), or exact RFC 3339 end
+    /// with its offset (excluded).
     #[arg(long)]
     pub to: Option<String>,
     /// Today and the N-1 days before it, e.g. 7d or 30d.
     #[arg(long, conflicts_with_all = ["from", "to"])]
     pub last: Option<String>,
-    /// The shop's time zone as a UTC offset.
-    #[arg(long, default_value = "+08:00", value_parser = parse_tz)]
+    /// The shop's time zone as a UTC offset, e.g. +08:00 or -05:00.
+    #[arg(long, default_value = "+08:00", value_parser = parse_tz, allow_hyphen_values = true)]
     pub tz: UtcOffset,
     /// Only this shop.
     #[arg(long)]
@@ -59,16 +62,13 @@ impl Window {
             let (f, t) = report::last_days(last, now, self.tz)?;
             return Ok((Some(f), Some(t)));
         }
-        let from = self
-            .from
-            .as_deref()
-            .map(|s| report::parse_bound(s, self.tz, false))
-            .transpose()?;
-        let to = self
-            .to
-            .as_deref()
-            .map(|s| report::parse_bound(s, self.tz, true))
-            .transpose()?;
+        let bound = |flag: &str, s: Option<&str>, end: bool| {
+            s.map(|s| report::parse_bound(s, self.tz, end))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+        };
+        let from = bound("--from", self.from.as_deref(), false)?;
+        let to = bound("--to", self.to.as_deref(), true)?;
         if let (Some(f), Some(t)) = (from, to) {
             anyhow::ensure!(f < t, "--from must come before --to");
         }
@@ -134,8 +134,9 @@ impl From<By> for GroupBy {
 
 #[derive(clap::Args)]
 pub struct ReportArgs {
-    /// Data directory holding the event log.
-    #[arg(long, env = "KEFU_DATA", conflicts_with = "events")]
+    /// Data directory holding the event log [default: data]; not with
+    /// --events, which also overrides KEFU_DATA.
+    #[arg(long, env = "KEFU_DATA")]
     pub data: Option<PathBuf>,
     /// Compute from a JSON-lines event file instead (`-` for standard input).
     #[arg(long)]
@@ -161,6 +162,29 @@ pub struct ReportArgs {
     /// Phrase libraries, to rank buyer messages without a stage (--by stage).
     #[command(flatten)]
     pub phrases: PhraseDir,
+}
+
+impl ReportArgs {
+    /// Settles where the events come from. `--data` and `--events` are two
+    /// sources, so both on the command line is an error; but `KEFU_DATA`
+    /// only sets a default (operators export it for `kefu serve`), so an
+    /// explicit `--events` wins over it. `data_source` is where clap took
+    /// `--data` from. (clap's own `conflicts_with` counts a value from the
+    /// environment as given, hence this check in code.)
+    pub fn settle(&mut self, data_source: Option<ValueSource>) -> Result<(), String> {
+        if self.events.is_none() {
+            return Ok(());
+        }
+        match data_source {
+            Some(ValueSource::CommandLine) => {
+                Err("--data and --events are two sources of events; give one of them".to_string())
+            }
+            _ => {
+                self.data = None;
+                Ok(())
+            }
+        }
+    }
 }
 
 fn parse_service_window(s: &str) -> Result<ServiceWindow, String> {

@@ -1,13 +1,17 @@
 //! `kefu serve`: settings from file, environment and flags, then the service.
 //!
 //! Every flag has a `KEFU_*` variable; a flag wins over its variable, and
-//! both win over the config file. The list variables take comma-separated
-//! entries (`KEFU_AGENT_TOKENS=s1:a1:tok1,s1:a2:tok2`).
+//! both win over the config file. A list flag takes one entry each time it
+//! is given (so an entry may hold a comma: `--shop-name "s1:小熊,官方"`);
+//! only the list variables take comma-separated entries
+//! (`KEFU_AGENT_TOKENS=s1:a1:tok1,s1:a2:tok2`), so an entry with a comma
+//! must come from a flag or the config file.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use clap::parser::ValueSource;
 use kefu::config::{Config, Overrides};
 use kefu::server::{self, App};
 use kefu::store::Store;
@@ -40,45 +44,73 @@ pub struct ServeArgs {
     /// 0 for never [default: 15].
     #[arg(long, env = "KEFU_HOLDING_SECS", value_name = "N")]
     pub holding_secs: Option<f64>,
-    /// An agent and their token (repeatable).
+    /// An agent and their token (repeatable, one entry each; the variable
+    /// takes comma-separated entries).
     #[arg(
         long = "agent-token",
         env = "KEFU_AGENT_TOKENS",
         value_name = "SHOP:AGENT:TOKEN",
-        value_delimiter = ',',
         hide_env_values = true
     )]
     pub agent_tokens: Vec<String>,
-    /// A supervisor token for a shop's reports (repeatable).
+    /// A supervisor token for a shop's reports (repeatable, one entry each;
+    /// the variable takes comma-separated entries).
     #[arg(
         long = "supervisor-token",
         env = "KEFU_SUPERVISOR_TOKENS",
         value_name = "SHOP:TOKEN",
-        value_delimiter = ',',
         hide_env_values = true
     )]
     pub supervisor_tokens: Vec<String>,
-    /// The shop's display name for `{shop}` in replies (repeatable)
-    /// [default: the shop id].
-    #[arg(
-        long = "shop-name",
-        env = "KEFU_SHOP_NAMES",
-        value_name = "SHOP:NAME",
-        value_delimiter = ','
-    )]
+    /// The shop's display name for `{shop}` in replies (repeatable, one
+    /// entry each; the variable takes comma-separated entries, so a name
+    /// with a comma goes in a flag or the config file) [default: the shop id].
+    #[arg(long = "shop-name", env = "KEFU_SHOP_NAMES", value_name = "SHOP:NAME")]
     pub shop_names: Vec<String>,
     /// Reports count rounds starting in this window of shop time [default: 08:00-23:00].
     #[arg(long, env = "KEFU_SERVICE_WINDOW", value_name = "HH:MM-HH:MM")]
     pub service_window: Option<String>,
-    /// The shops' time zone for reports [default: +08:00].
-    #[arg(long = "tz", env = "KEFU_TZ", value_name = "OFFSET")]
+    /// The shops' time zone for reports, e.g. +08:00 or -05:00 [default: +08:00].
+    #[arg(
+        long = "tz",
+        env = "KEFU_TZ",
+        value_name = "OFFSET",
+        allow_hyphen_values = true
+    )]
     pub timezone: Option<String>,
     /// Log filter, e.g. `info` or `kefu=debug` [default: info, or RUST_LOG].
     #[arg(long, env = "KEFU_LOG", value_name = "FILTER")]
     pub log: Option<String>,
 }
 
+/// The entries of a list variable: separated by commas, empty ones (a
+/// trailing comma) dropped.
+pub fn split_env_list(values: Vec<String>) -> Vec<String> {
+    values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .filter(|e| !e.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 impl ServeArgs {
+    /// Splits the lists that came from their variable on commas. clap
+    /// cannot do it for the variable alone (`value_delimiter` would split
+    /// the flags too), so `source` tells, for each list id, where clap took
+    /// its values from.
+    pub fn settle(&mut self, source: impl Fn(&str) -> Option<ValueSource>) {
+        for (id, list) in [
+            ("agent_tokens", &mut self.agent_tokens),
+            ("supervisor_tokens", &mut self.supervisor_tokens),
+            ("shop_names", &mut self.shop_names),
+        ] {
+            if source(id) == Some(ValueSource::EnvVariable) {
+                *list = split_env_list(std::mem::take(list));
+            }
+        }
+    }
+
     fn overrides(&self) -> Overrides {
         Overrides {
             listen: self.listen.clone(),

@@ -1,0 +1,138 @@
+//! The command line where flags and `KEFU_*` variables meet, and
+//! `kefu eval`'s warnings: run through the built binary, since the
+//! environment of a child process is the only safe place to set a variable
+//! in a multithreaded test.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Runs `kefu args` with `env` and no other `KEFU_*` variable; returns
+/// stdout, stderr and the exit code.
+fn kefu(args: &[&str], env: &[(&str, &str)]) -> (String, String, Option<i32>) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kefu"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("KEFU_")) {
+        cmd.env_remove(k);
+    }
+    let out = cmd.args(args).envs(env.iter().copied()).output().unwrap();
+    (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+        out.status.code(),
+    )
+}
+
+fn shipped_phrases() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("phrases")
+}
+
+/// A shop name with a comma comes through a flag whole (it was split into
+/// `s1:小熊` and `官方`, "not SHOP:NAME"); the variable still takes
+/// comma-separated entries. `--target-secs 0` stops `kefu serve` after the
+/// names are read and before anything listens.
+#[test]
+fn serve_list_flags_keep_commas_and_variables_split() {
+    let stop = ["--agent-token", "s1:a1:t", "--target-secs", "0"];
+    /// Flags, variables, what the error is about, what it must not be about.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: [Case; 4] = [
+        (
+            &["--shop-name", "s1:小熊,官方"],
+            &[],
+            "--target-secs",
+            "SHOP:NAME",
+        ),
+        (
+            &[],
+            &[("KEFU_SHOP_NAMES", "s1:小熊,官方")],
+            "`官方` is not SHOP:NAME",
+            "--target-secs",
+        ),
+        (
+            &[],
+            &[("KEFU_SHOP_NAMES", "s1:小熊,s2:官方")],
+            "--target-secs",
+            "SHOP:NAME",
+        ),
+        (
+            &[],
+            &[("KEFU_SUPERVISOR_TOKENS", "s1:boss,nocolon")],
+            "is not SHOP:TOKEN",
+            "--target-secs",
+        ),
+    ];
+    for (flags, env, says, not) in cases {
+        let mut args = vec!["serve"];
+        args.extend_from_slice(&stop);
+        args.extend_from_slice(flags);
+        let (_, err, code) = kefu(&args, env);
+        assert_eq!(code, Some(2), "{flags:?} {env:?}: {err}");
+        assert!(err.contains(says), "{flags:?} {env:?}: {err}");
+        assert!(!err.contains(not), "{flags:?} {env:?}: {err}");
+    }
+}
+
+/// Settings are named as the operator sets them, not by internal names
+/// ("nudge: ..." and "target: ..." before).
+#[test]
+fn serve_names_the_clock_settings() {
+    let cases: [(&[&str], &str); 2] = [
+        (
+            &["--nudge-secs", "40"],
+            "--nudge-secs (clock.nudge_secs): the nudge (40 s) must come after 0 s and before \
+             the response target (30 s",
+        ),
+        (
+            &["--target-secs", "0"],
+            "--target-secs (clock.target_secs): the response target must be more than 0",
+        ),
+    ];
+    for (flags, says) in cases {
+        let mut args = vec!["serve", "--agent-token", "s1:a1:t"];
+        args.extend_from_slice(flags);
+        let (_, err, code) = kefu(&args, &[]);
+        assert_eq!(code, Some(2), "{flags:?}: {err}");
+        assert!(err.contains(says), "{flags:?}: {err}");
+    }
+}
+
+/// A label naming no intent is a typo or a renamed intent: `kefu eval`
+/// says so once per label, with the line of its first use, and still
+/// counts those lines (as misses).
+#[test]
+fn eval_warns_about_labels_that_name_no_intent() {
+    let dir = tempfile::tempdir().unwrap();
+    let tsv = dir.path().join("labels.tsv");
+    std::fs::write(
+        &tsv,
+        "在吗\tpre_sale.greeting\n\
+         什么时候发货\tin_sale.nonexistent\n\
+         发货了吗\tin_sale.nonexistent\tpre_sale.greting\n",
+    )
+    .unwrap();
+    let phrases = shipped_phrases();
+    let args = [
+        "eval",
+        "--quiet",
+        "--phrases",
+        phrases.to_str().unwrap(),
+        tsv.to_str().unwrap(),
+    ];
+    let (out, err, code) = kefu(&args, &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("labelled lines: 3"), "{out}");
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 2, "{err}");
+    assert!(
+        warnings[0]
+            .contains("labels.tsv:2: warning: label `in_sale.nonexistent` (2 line(s) in all)"),
+        "{err}"
+    );
+    assert!(
+        warnings[1].contains("labels.tsv:3: warning: label `pre_sale.greting` (1 line(s) in all)"),
+        "{err}"
+    );
+    // A file whose labels all exist: not a word on stderr.
+    std::fs::write(&tsv, "在吗\tpre_sale.greeting\n").unwrap();
+    let (_, err, code) = kefu(&args, &[]);
+    assert_eq!((code, err.as_str()), (Some(0), ""));
+}
