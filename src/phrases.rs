@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -122,6 +123,9 @@ impl Library {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProblemKind {
     Io(String),
+    /// The phrase directory itself cannot be listed (missing, not a
+    /// directory, no permission).
+    DirUnreadable(String),
     Syntax(String),
     DuplicateId {
         id: String,
@@ -134,7 +138,16 @@ pub enum ProblemKind {
     },
     BadId(String),
     NoKeywords(String),
-    EmptyKeyword(String),
+    /// An intent's keyword, exclusion or pattern (`what`) is empty.
+    EmptyKeyword {
+        id: String,
+        what: &'static str,
+    },
+    /// Rule `rule` (1-based) of politeness list `list` has an empty phrase.
+    EmptyRulePhrase {
+        list: &'static str,
+        rule: usize,
+    },
     InvalidRegex {
         id: String,
         pattern: String,
@@ -162,6 +175,10 @@ impl fmt::Display for ProblemKind {
         use ProblemKind::*;
         match self {
             Io(e) => write!(f, "cannot read file: {e}"),
+            DirUnreadable(e) => write!(
+                f,
+                "cannot read the phrase directory: {e}; check the path (--phrases DIR)"
+            ),
             Syntax(e) => write!(f, "YAML error: {e}"),
             DuplicateId { id, first } => {
                 write!(f, "duplicate intent id `{id}` (first defined at {first}); give each intent its own id")
@@ -182,7 +199,15 @@ impl fmt::Display for ProblemKind {
                 f,
                 "intent `{id}` has neither keywords nor patterns, so it can never match"
             ),
-            EmptyKeyword(id) => write!(f, "intent `{id}` has an empty keyword or exclusion"),
+            EmptyKeyword { id, what } => write!(
+                f,
+                "intent `{id}` has an empty {what}; write its text or delete the entry"
+            ),
+            EmptyRulePhrase { list, rule } => write!(
+                f,
+                "politeness rule {rule} of `{list}` has an empty phrase; write the phrase to \
+                 flag or delete the rule"
+            ),
             InvalidRegex { id, pattern, error } => {
                 write!(f, "intent `{id}`: invalid regex `{pattern}`: {error}")
             }
@@ -301,7 +326,7 @@ impl Loader {
                 .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
                 .collect(),
             Err(e) => {
-                self.at(dir, 1, 1, ProblemKind::Io(e.to_string()));
+                self.at(dir, 1, 1, ProblemKind::DirUnreadable(e.to_string()));
                 return Err(LoadErrors(self.problems));
             }
         };
@@ -405,17 +430,25 @@ impl Loader {
     fn load_politeness(&mut self, path: &Path, text: &str) -> Option<PolitenessRules> {
         let rules: PolitenessRules = self.parse(path, text)?;
         let loc = Locator::new(text);
-        for rule in rules.negative.iter().chain(&rules.curt) {
-            if rule.phrase.trim().is_empty() {
-                let (line, column) = loc.find_key("phrase").unwrap_or((1, 1));
-                self.at(
-                    path,
-                    line,
-                    column,
-                    ProblemKind::EmptyKeyword("politeness".into()),
-                );
+        for (list, rules) in [("negative", &rules.negative), ("curt", &rules.curt)] {
+            let list_at = loc.find_key(list);
+            // Each rule has exactly one `phrase:`, so the n-th in the list's
+            // section is the n-th rule's.
+            let phrases = list_at
+                .map(|(line, _)| loc.values_of_key(loc.section(line - 1), "phrase"))
+                .unwrap_or_default();
+            for (i, rule) in rules.iter().enumerate() {
+                if rule.phrase.trim().is_empty() {
+                    let (line, column) = phrases.get(i).copied().or(list_at).unwrap_or((1, 1));
+                    self.at(
+                        path,
+                        line,
+                        column,
+                        ProblemKind::EmptyRulePhrase { list, rule: i + 1 },
+                    );
+                }
+                self.check_template(path, &loc, 0, &rule.rewrite);
             }
-            self.check_template(path, &loc, 0, &rule.rewrite);
         }
         Some(rules)
     }
@@ -444,7 +477,25 @@ impl Loader {
             let start = loc.find_id(&ri.id, *nth).unwrap_or(0);
             *nth += 1;
             let (id_line, id_col) = loc.pos_of_line_value(start, &ri.id);
-            let here = |v: &str| loc.find_after(start, v).unwrap_or((id_line, id_col));
+            // The lines under this intent's `key:`, and where an entry of
+            // that list with text `v` is written.
+            let section = |key: &str| {
+                loc.find_key_after(start, key)
+                    .map(|(line, column)| (loc.section(line - 1), (line, column)))
+            };
+            let here = |key: &str, v: &str| {
+                section(key)
+                    .and_then(|(lines, _)| loc.find_scalar(lines, v))
+                    .or_else(|| loc.find_scalar(start..loc.lines.len(), v))
+                    .or_else(|| loc.find_after(start, v))
+                    .unwrap_or((id_line, id_col))
+            };
+            // Where the n-th empty entry of `key` is written (`""`), else
+            // the key itself.
+            let empty_at = |key: &str, n: usize| match section(key) {
+                Some((lines, key_at)) => loc.empty_scalars(lines).get(n).copied().unwrap_or(key_at),
+                None => (id_line, id_col),
+            };
 
             let valid_id = ri.id.split_once('.').is_some_and(|(s, n)| {
                 !s.is_empty()
@@ -509,16 +560,24 @@ impl Loader {
                     .unwrap_or((id_line, id_col));
                 self.at(path, line, column, ProblemKind::NoKeywords(ri.id.clone()));
             }
+            let mut empties = 0;
             for k in &keywords {
                 if k.text.trim().is_empty() {
-                    let (line, column) = loc
-                        .find_key_after(start, "keywords")
-                        .unwrap_or((id_line, id_col));
-                    self.at(path, line, column, ProblemKind::EmptyKeyword(ri.id.clone()));
+                    let (line, column) = empty_at("keywords", empties);
+                    empties += 1;
+                    self.at(
+                        path,
+                        line,
+                        column,
+                        ProblemKind::EmptyKeyword {
+                            id: ri.id.clone(),
+                            what: "keyword",
+                        },
+                    );
                 }
                 if let Some(w) = k.weight {
                     if !(0.0..=1.0).contains(&w) || w.is_nan() {
-                        let (line, column) = here(&k.text);
+                        let (line, column) = here("keywords", &k.text);
                         self.at(
                             path,
                             line,
@@ -531,24 +590,41 @@ impl Loader {
                     }
                 }
             }
-            for e in &ri.exclude {
-                if e.trim().is_empty() {
-                    let (line, column) = loc
-                        .find_key_after(start, "exclude")
-                        .unwrap_or((id_line, id_col));
-                    self.at(path, line, column, ProblemKind::EmptyKeyword(ri.id.clone()));
-                }
+            for (n, _) in ri
+                .exclude
+                .iter()
+                .filter(|e| e.trim().is_empty())
+                .enumerate()
+            {
+                let (line, column) = empty_at("exclude", n);
+                self.at(
+                    path,
+                    line,
+                    column,
+                    ProblemKind::EmptyKeyword {
+                        id: ri.id.clone(),
+                        what: "exclusion",
+                    },
+                );
             }
+            let mut empties = 0;
             for p in &ri.patterns {
                 if p.trim().is_empty() {
-                    let (line, column) = loc
-                        .find_key_after(start, "patterns")
-                        .unwrap_or((id_line, id_col));
-                    self.at(path, line, column, ProblemKind::EmptyKeyword(ri.id.clone()));
+                    let (line, column) = empty_at("patterns", empties);
+                    empties += 1;
+                    self.at(
+                        path,
+                        line,
+                        column,
+                        ProblemKind::EmptyKeyword {
+                            id: ri.id.clone(),
+                            what: "pattern",
+                        },
+                    );
                     continue;
                 }
                 if let Err(e) = regex::Regex::new(p) {
-                    let (line, column) = here(p);
+                    let (line, column) = here("patterns", p);
                     self.at(
                         path,
                         line,
@@ -741,6 +817,86 @@ impl<'a> Locator<'a> {
         self.find_key_after(0, key)
     }
 
+    /// 0-based lines that belong to the key on line `key_idx`: its own line
+    /// and the lines under it (indented deeper, or a block sequence's `- `
+    /// items at the key's own indent), blank and comment lines included.
+    fn section(&self, key_idx: usize) -> Range<usize> {
+        let Some(line) = self.lines.get(key_idx) else {
+            return key_idx..key_idx;
+        };
+        let key_indent = {
+            let t = line.trim_start_matches(' ');
+            let item = t.strip_prefix('-').map(|r| r.trim_start_matches(' '));
+            line.len() - item.unwrap_or(t).len()
+        };
+        let end = (key_idx + 1..self.lines.len())
+            .find(|&j| {
+                let l = self.lines[j];
+                let t = l.trim_start_matches(' ');
+                if t.is_empty() || t.starts_with('#') {
+                    return false;
+                }
+                let indent = l.len() - t.len();
+                let item = t == "-" || t.starts_with("- ");
+                indent < key_indent || (indent == key_indent && !item)
+            })
+            .unwrap_or(self.lines.len());
+        key_idx..end
+    }
+
+    /// First place in `lines` where `value` is written as a whole YAML
+    /// scalar, plain or quoted: `在不` in `{text: 在不, weight: 7}` but not in
+    /// `{text: 在不在, ...}` nor in the key `text:`.
+    fn find_scalar(&self, lines: Range<usize>, value: &str) -> Option<(usize, usize)> {
+        if value.is_empty() {
+            return None;
+        }
+        let lines = lines.start..lines.end.min(self.lines.len());
+        lines.into_iter().find_map(|i| {
+            let l = self.lines[i];
+            l.match_indices(value)
+                .find(|(b, _)| is_whole_scalar(l, *b, value.len()))
+                .map(|(b, _)| (i + 1, l[..b].chars().count() + 1))
+        })
+    }
+
+    /// Every empty or blank quoted scalar (`""`, `' '`) in `lines`, in
+    /// order: where the empty entries of a list are written.
+    fn empty_scalars(&self, lines: Range<usize>) -> Vec<(usize, usize)> {
+        let lines = lines.start..lines.end.min(self.lines.len());
+        let mut out = Vec::new();
+        for i in lines {
+            let l = self.lines[i];
+            for (b, q) in l.char_indices().filter(|(_, c)| *c == '"' || *c == '\'') {
+                let rest = &l[b + 1..];
+                let inner = rest.len() - rest.trim_start_matches(' ').len();
+                if rest[inner..].starts_with(q) && opens_scalar(&l[..b]) {
+                    out.push((i + 1, l[..b].chars().count() + 1));
+                }
+            }
+        }
+        out
+    }
+
+    /// Where the value of every `key:` in `lines` starts (block `key: v` or
+    /// flow `{key: v}`), in order.
+    fn values_of_key(&self, lines: Range<usize>, key: &str) -> Vec<(usize, usize)> {
+        let pat = format!("{key}:");
+        let lines = lines.start..lines.end.min(self.lines.len());
+        let mut out = Vec::new();
+        for i in lines {
+            let l = self.lines[i];
+            for (b, _) in l.match_indices(&pat) {
+                if opens_scalar(&l[..b]) {
+                    let after = b + pat.len();
+                    let value = after + (l.len() - after - l[after..].trim_start().len());
+                    out.push((i + 1, l[..value].chars().count() + 1));
+                }
+            }
+        }
+        out
+    }
+
     fn find_key_after(&self, start: usize, key: &str) -> Option<(usize, usize)> {
         let pat = format!("{key}:");
         self.lines
@@ -753,6 +909,37 @@ impl<'a> Locator<'a> {
                     .then(|| (i + 1, l.find(&pat).map(|b| b + 1).unwrap_or(1)))
             })
     }
+}
+
+/// Whether a scalar may start right after `before` (the text in front of
+/// it on its line): at the line's start, after `- `, `key: `, `[`, `{` or `,`.
+fn opens_scalar(before: &str) -> bool {
+    let trimmed = before.trim_end_matches(' ');
+    let spaced = trimmed.len() < before.len();
+    match trimmed.chars().last() {
+        None => true,
+        Some('[' | '{' | ',') => true,
+        Some('-' | ':' | '?') => spaced,
+        _ => false,
+    }
+}
+
+/// Whether the `len` bytes at `b` of `line` are a whole scalar: quoted
+/// (`"在不"`, `'在不'`) or plain, starting where a scalar may start and
+/// followed by the end of the line, a comment, or `,` `]` `}`.
+fn is_whole_scalar(line: &str, b: usize, len: usize) -> bool {
+    let before = &line[..b];
+    let after = &line[b + len..];
+    if let Some(q) = before.chars().last().filter(|c| *c == '"' || *c == '\'') {
+        return opens_scalar(&before[..before.len() - 1]) && after.starts_with(q);
+    }
+    if !opens_scalar(before) {
+        return false;
+    }
+    let rest = after.trim_start_matches(' ');
+    rest.is_empty()
+        || rest.starts_with([',', ']', '}'])
+        || (rest.starts_with('#') && rest.len() < after.len())
 }
 
 #[cfg(test)]

@@ -93,11 +93,40 @@ fn every_error_kind_has_file_line_and_column() {
             5,
         ),
         (
-            "empty keyword",
+            "empty keyword, at its own place in a flow list",
             "stage: pre_sale\nintents:\n  - id: pre_sale.a\n    keywords: [在吗, \"\"]\n    replies: [x, y]\n",
-            |k| matches!(k, ProblemKind::EmptyKeyword(_)),
+            |k| matches!(k, ProblemKind::EmptyKeyword { what: "keyword", .. }),
             4,
-            5,
+            20,
+        ),
+        (
+            // Reported at the `keywords:` line (4) before.
+            "empty keyword, on its own line of a block list",
+            "stage: pre_sale\nintents:\n  - id: pre_sale.a\n    keywords:\n      - 在吗\n      - 你好\n      - \"\"\n    replies: [x, y]\n",
+            |k| matches!(k, ProblemKind::EmptyKeyword { what: "keyword", .. }),
+            7,
+            9,
+        ),
+        (
+            "blank weighted keyword",
+            "stage: pre_sale\nintents:\n  - id: pre_sale.a\n    keywords:\n      - 在吗\n      - {text: ' ', weight: 0.5}\n    replies: [x, y]\n",
+            |k| matches!(k, ProblemKind::EmptyKeyword { what: "keyword", .. }),
+            6,
+            16,
+        ),
+        (
+            "empty exclusion",
+            "stage: pre_sale\nintents:\n  - id: pre_sale.a\n    keywords: [在吗]\n    exclude:\n      - 不在\n      - ''\n    replies: [x, y]\n",
+            |k| matches!(k, ProblemKind::EmptyKeyword { what: "exclusion", .. }),
+            7,
+            9,
+        ),
+        (
+            "empty pattern",
+            "stage: pre_sale\nintents:\n  - id: pre_sale.a\n    keywords: [在吗]\n    patterns:\n      - '在.?吗'\n      - \"\"\n    replies: [x, y]\n",
+            |k| matches!(k, ProblemKind::EmptyKeyword { what: "pattern", .. }),
+            7,
+            9,
         ),
         (
             "invalid regex",
@@ -134,6 +163,29 @@ fn every_error_kind_has_file_line_and_column() {
             4,
             23,
         ),
+        (
+            // 在不 is a prefix of 在不在 on the line above: reported at line
+            // 5 before.
+            "bad weight of a keyword that begins an earlier one",
+            "stage: pre_sale\nintents:\n  - id: pre_sale.a\n    keywords:\n      - {text: 在不在, weight: 0.9}\n      - {text: 在不, weight: 7}\n    replies: [x, y]\n",
+            |k| matches!(k, ProblemKind::BadWeight { keyword, .. } if keyword == "在不"),
+            6,
+            16,
+        ),
+        (
+            "bad weight of a keyword also in the description and a longer keyword",
+            "stage: pre_sale\nintents:\n  - id: pre_sale.a\n    description: 在吗 and 在吗呀\n    keywords:\n      - 在吗呀\n      - text: 在吗\n        weight: -1\n    replies: [x, y]\n",
+            |k| matches!(k, ProblemKind::BadWeight { keyword, .. } if keyword == "在吗"),
+            7,
+            15,
+        ),
+        (
+            "bad weight of a quoted keyword after the same text in an exclusion",
+            "stage: pre_sale\nintents:\n  - id: pre_sale.a\n    exclude: [发货]\n    keywords: [发货地, {text: \"发货\", weight: 2}]\n    replies: [x, y]\n",
+            |k| matches!(k, ProblemKind::BadWeight { keyword, .. } if keyword == "发货"),
+            5,
+            29,
+        ),
     ];
     for (what, text, pred, line, column) in cases {
         let dir = dir_with(&[("pre_sale.yaml", text)]);
@@ -155,6 +207,75 @@ fn every_error_kind_has_file_line_and_column() {
             "{what}: {shown}"
         );
     }
+}
+
+/// An empty politeness phrase is reported at its own rule, as a rule of
+/// `negative` or `curt` (it was reported at the file's first `phrase:` line
+/// as "intent `politeness` has an empty keyword", an intent that does not
+/// exist).
+#[test]
+fn empty_politeness_phrases_are_reported_at_their_rule() {
+    let cases: &[(&str, &str, &str, usize, usize, usize)] = &[
+        (
+            "second negative rule",
+            "negative:\n  - phrase: 不行\n    rewrite: 我们一起想想办法\n  - phrase: \"\"\n    rewrite: 好的\ncurt:\n  - phrase: 好的\n    rewrite: 好的呢亲\n",
+            "negative",
+            2,
+            4,
+            13,
+        ),
+        (
+            "first curt rule, after negative rules",
+            "negative:\n  - phrase: 不行\n    rewrite: 我们一起想想办法\ncurt:\n  - rewrite: 好的呢亲\n    phrase: ' '\n",
+            "curt",
+            1,
+            6,
+            13,
+        ),
+        (
+            "flow style",
+            "negative:\n  - {phrase: 不行, rewrite: 想想办法}\n  - {phrase: '', rewrite: 好的}\n",
+            "negative",
+            2,
+            3,
+            14,
+        ),
+    ];
+    for (what, text, list, rule, line, column) in cases {
+        let dir = dir_with(&[("pre_sale.yaml", GOOD)]);
+        std::fs::write(dir.path().join("politeness.yaml"), text).unwrap();
+        let found = problems(dir.path());
+        assert_eq!(found.len(), 1, "{what}: {found:#?}");
+        let p = &found[0];
+        assert_eq!(
+            p.kind,
+            ProblemKind::EmptyRulePhrase { list, rule: *rule },
+            "{what}"
+        );
+        assert_eq!((p.line, p.column), (*line, *column), "{what}: {p}");
+        let shown = p.to_string();
+        assert!(
+            shown.contains(&format!(
+                "politeness.yaml:{line}:{column}: politeness rule {rule} of `{list}` has an empty phrase"
+            )),
+            "{what}: {shown}"
+        );
+        assert!(!shown.contains("intent"), "{what}: {shown}");
+    }
+}
+
+#[test]
+fn a_missing_directory_is_called_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nowhere");
+    let found = problems(&missing);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    let shown = found[0].to_string();
+    assert!(
+        shown.contains("cannot read the phrase directory"),
+        "{shown}"
+    );
+    assert!(!shown.contains("cannot read file"), "{shown}");
 }
 
 #[test]
@@ -201,8 +322,13 @@ fn broken_templates_and_missing_files() {
         .any(|p| p.kind == ProblemKind::MissingFile("politeness.yaml")));
 }
 
+/// `kefu` without any `KEFU_*` variable of the test's environment.
 fn kefu() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kefu"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kefu"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("KEFU_")) {
+        cmd.env_remove(k);
+    }
+    cmd
 }
 
 fn shipped_phrases() -> PathBuf {
@@ -227,4 +353,44 @@ fn kefu_check_exit_codes() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("pre_sale.yaml:5:17: "), "{err}");
     assert!(err.contains("invalid regex"), "{err}");
+}
+
+/// `kefu check` takes the directory as every other command does
+/// (`--phrases DIR`, `KEFU_PHRASES`); the positional DIR still works and
+/// wins over the variable. Before, `--phrases` was refused and the
+/// variable ignored.
+#[test]
+fn kefu_check_takes_phrases_and_kefu_phrases() {
+    let good = shipped_phrases();
+    let good = good.to_str().unwrap();
+    let broken = dir_with(&[(
+        "pre_sale.yaml",
+        "stage: pre_sale\nintents:\n  - id: pre_sale.a\n    keywords: [在吗]\n    replies: [x]\n",
+    )]);
+    let broken = broken.path().to_str().unwrap();
+    // (args, KEFU_PHRASES, exit code, the directory named in the output)
+    let cases: [(&[&str], Option<&str>, i32, &str); 6] = [
+        (&["check", "--phrases", good], None, 0, good),
+        (&["check", "--phrases", broken], None, 1, broken),
+        (&["check"], Some(broken), 1, broken),
+        (&["check", good], Some(broken), 0, good),
+        (&["check", good, "--phrases", good], None, 0, good),
+        (
+            &["check", good, "--phrases", broken],
+            None,
+            2,
+            "name different directories",
+        ),
+    ];
+    for (args, env, code, says) in cases {
+        let mut cmd = kefu();
+        cmd.args(args);
+        if let Some(dir) = env {
+            cmd.env("KEFU_PHRASES", dir);
+        }
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?} {env:?}: {text}");
+        assert!(text.contains(says), "{args:?} {env:?}: {text}");
+    }
 }
