@@ -8,6 +8,7 @@ const SERVER_TYPES: &[&str] = &[
     "reply",
     "rated",
     "conversation_assigned",
+    "conversations_assigned",
     "buyer_message",
     "nudge",
     "breach",
