@@ -307,7 +307,32 @@ fn secs(setting: &str, v: f64) -> Result<Duration, ConfigError> {
     Ok(Duration::from_secs_f64(v))
 }
 
+/// Tokens shorter than this are named at startup: sign-ins are not
+/// throttled, so a token's length is all that stands between a guesser and
+/// an agent's chats.
+pub const WEAK_TOKEN_CHARS: usize = 16;
+
 impl Config {
+    /// Who has a token shorter than [`WEAK_TOKEN_CHARS`]: `shop:agent` for
+    /// agents, `shop:supervisor #n` for supervisors (never the token).
+    pub fn weak_tokens(&self) -> Vec<String> {
+        let weak = |t: &str| t.chars().count() < WEAK_TOKEN_CHARS;
+        let mut out = Vec::new();
+        for (shop_id, shop) in &self.shops {
+            for (agent, a) in &shop.agents {
+                if weak(&a.token) {
+                    out.push(format!("{shop_id}:{agent}"));
+                }
+            }
+            for (i, t) in shop.supervisors.iter().enumerate() {
+                if weak(t) {
+                    out.push(format!("{shop_id}:supervisor #{}", i + 1));
+                }
+            }
+        }
+        out
+    }
+
     /// Reads `file` (if any) and applies `overrides` on top.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
         let mut config = Config::default();
@@ -774,5 +799,27 @@ mod tests {
         let c = Config::load(Some(&path), &Overrides::default()).unwrap();
         assert!(!c.shops.is_empty());
         assert!(c.listen.ip().is_loopback());
+    }
+
+    #[test]
+    fn short_tokens_are_named_never_shown() {
+        let mut c = Config::default();
+        let mut shop = ShopConfig::default();
+        for (id, token) in [("a1", "change-me"), ("a2", "k3J9vQ2mX7pL4wZ8rT6y")] {
+            shop.agents.insert(
+                id.into(),
+                AgentConfig {
+                    token: token.into(),
+                    name: None,
+                },
+            );
+        }
+        shop.supervisors = vec!["boss".into(), "N5dR8tW2qZ7xK4mB9cV3".into()];
+        c.shops.insert("s1".into(), shop);
+        let weak = c.weak_tokens();
+        assert_eq!(weak, ["s1:a1", "s1:supervisor #1"]);
+        assert!(weak
+            .iter()
+            .all(|w| !w.contains("change-me") && !w.contains("boss")));
     }
 }

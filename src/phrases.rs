@@ -302,7 +302,10 @@ struct RawIntent {
 }
 
 #[derive(Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "expected a keyword: text (还有货) or {text: 还有货, weight: 0.5}"
+)]
 enum RawKeyword {
     Plain(String),
     Weighted { text: String, weight: f32 },

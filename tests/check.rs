@@ -65,6 +65,14 @@ fn every_error_kind_has_file_line_and_column() {
             5,
         ),
         (
+            // "data did not match any variant of untagged enum RawKeyword" before.
+            "keyword of the wrong shape",
+            "stage: pre_sale\nintents:\n  - id: pre_sale.a\n    keywords:\n      - {txt: 在吗}\n    replies: [x, y]\n",
+            |k| matches!(k, ProblemKind::Syntax(m) if m.contains("expected a keyword: text (还有货) or {text: 还有货, weight: 0.5}")),
+            5,
+            7,
+        ),
+        (
             "unknown stage",
             "stage: during_sale\nintents: []\n",
             |k| matches!(k, ProblemKind::UnknownStage(s) if s == "during_sale"),

@@ -136,3 +136,67 @@ fn eval_warns_about_labels_that_name_no_intent() {
     let (_, err, code) = kefu(&args, &[]);
     assert_eq!((code, err.as_str()), (Some(0), ""));
 }
+
+/// `kefu suggest --jsonl` writes each line as the README shows it: `text`
+/// then `suggestions`, each suggestion's fields in the documented order,
+/// and scores as the server sends them (0.8, not 0.800000011920929: the
+/// f32 went through an f64 on its way out).
+#[test]
+fn suggest_jsonl_lines_have_the_documented_shape() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kefu"))
+        .args(["suggest", "--jsonl", "--phrases"])
+        .arg(shipped_phrases())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all("这款还有货吗\nqwerty\n".as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].starts_with(r#"{"text":"这款还有货吗","suggestions":[{"stage":"pre_sale","intent":"pre_sale.stock","score":"#), "{}", lines[0]);
+    let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    let first = &v["suggestions"][0];
+    let keys: Vec<&str> = first
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(keys.len(), 5);
+    let score = lines[0].split(r#""score":"#).nth(1).unwrap();
+    let score = &score[..score.find(',').unwrap()];
+    assert!(score.len() <= 5, "score printed as {score}");
+    assert_eq!(lines[1], r#"{"text":"qwerty","suggestions":[]}"#);
+}
+
+/// A `--log` filter that does not parse stops `kefu serve` with the reason
+/// (it used to run without any log line at all, not even where it listens).
+#[test]
+fn serve_refuses_a_log_filter_it_cannot_read() {
+    let (_, err, code) = kefu(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log",
+            "bogus[[",
+            "--agent-token",
+            "s1:a1:t",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--log \"bogus[[\" is not a log filter"),
+        "{err}"
+    );
+}

@@ -665,16 +665,7 @@ fn stage_falls_back_to_the_matcher_then_unknown() {
 // ---- the command line -------------------------------------------------------
 
 fn kefu(args: &[&str]) -> (String, String, bool) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kefu"))
-        .args(args)
-        .env_remove("KEFU_DATA")
-        .output()
-        .unwrap();
-    (
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-        out.status.success(),
-    )
+    kefu_env(args, &[])
 }
 
 /// `kefu` with `env` set and every other `KEFU_*` variable removed.
@@ -726,6 +717,38 @@ fn cli_negative_time_zone() {
     assert_eq!(got, want);
     let (default, _, _) = kefu(&["report", "--events", f, "--by", "day"]);
     assert_ne!(got, default, "the offset was not applied");
+}
+
+/// `kefu report` reads the variables `kefu serve` reads for the same
+/// settings, so the CLI report and the supervisor's `/api/report` count the
+/// same days, hours and breaches (the report ignored them before).
+#[test]
+fn cli_report_reads_the_serve_variables() {
+    let file = fixture("rounds.jsonl");
+    let f = file.to_str().unwrap();
+    let base = ["report", "--events", f, "--by", "day", "--format", "json"];
+    let cases: [(&str, &str, &[&str]); 3] = [
+        ("KEFU_TZ", "-05:00", &["--tz", "-05:00"]),
+        (
+            "KEFU_SERVICE_WINDOW",
+            "00:00-24:00",
+            &["--service-window", "00:00-24:00"],
+        ),
+        ("KEFU_TARGET_SECS", "5", &["--target-secs", "5"]),
+    ];
+    let (default, _, _) = kefu(&base);
+    for (var, value, flags) in cases {
+        let args: Vec<&str> = base.iter().chain(flags).copied().collect();
+        let (want, err, ok) = kefu(&args);
+        assert!(ok, "{var}: {err}");
+        assert_ne!(
+            want, default,
+            "{var}: the flag changes nothing in this fixture"
+        );
+        let (got, err, ok) = kefu_env(&base, &[(var, value)]);
+        assert!(ok, "{var}: {err}");
+        assert_eq!(got, want, "{var}={value} differs from {flags:?}");
+    }
 }
 
 #[test]

@@ -168,9 +168,20 @@ pub fn suggest(args: SuggestArgs) -> anyhow::Result<ExitCode> {
         let mut out = BufWriter::new(std::io::stdout().lock());
         for line in stdin.lines() {
             let line = line.context("cannot read standard input")?;
+            /// Serialised as it stands, not through `serde_json::Value`:
+            /// that turned each f32 score into an f64 (0.8 came out as
+            /// 0.800000011920929) and sorted the keys.
+            #[derive(serde::Serialize)]
+            struct Out<'a> {
+                text: &'a str,
+                suggestions: &'a [kefu::matcher::Suggestion],
+            }
             let suggestions = matcher.suggest(&line, args.top, &fill);
-            let obj = serde_json::json!({ "text": line, "suggestions": suggestions });
-            serde_json::to_writer(&mut out, &obj)?;
+            let out_line = Out {
+                text: &line,
+                suggestions: &suggestions,
+            };
+            serde_json::to_writer(&mut out, &out_line)?;
             out.write_all(b"\n")?;
         }
         out.flush()?;

@@ -40,7 +40,7 @@ pub struct Window {
     #[arg(long, conflicts_with_all = ["from", "to"])]
     pub last: Option<String>,
     /// The shop's time zone as a UTC offset, e.g. +08:00 or -05:00.
-    #[arg(long, default_value = "+08:00", value_parser = parse_tz, allow_hyphen_values = true)]
+    #[arg(long, env = "KEFU_TZ", default_value = "+08:00", value_parser = parse_tz, allow_hyphen_values = true)]
     pub tz: UtcOffset,
     /// Only this shop.
     #[arg(long)]
@@ -151,10 +151,10 @@ pub struct ReportArgs {
     pub format: Format,
     /// Daily service hours in the shop's time zone; rounds starting outside
     /// are not counted.
-    #[arg(long = "service-window", visible_alias = "window", id = "service_window", default_value = "08:00-23:00", value_parser = parse_service_window)]
+    #[arg(long = "service-window", visible_alias = "window", id = "service_window", env = "KEFU_SERVICE_WINDOW", default_value = "08:00-23:00", value_parser = parse_service_window)]
     pub window_hours: ServiceWindow,
     /// Response target in seconds: a round over it is a breach.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, env = "KEFU_TARGET_SECS", default_value_t = 30)]
     pub target_secs: u32,
     /// Satisfaction rate the gold-medal check asks for (0-1).
     #[arg(long, default_value_t = report::DEFAULT_GOLD_THRESHOLD)]

@@ -128,10 +128,15 @@ impl ServeArgs {
     }
 }
 
-fn init_logging(filter: Option<&str>) {
+/// A `--log` filter that does not parse is refused: `EnvFilter::new` would
+/// drop the bad directive and leave a service that logs nothing, not even
+/// the address it listens on.
+fn init_logging(filter: Option<&str>) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
     let filter = match filter {
-        Some(f) => EnvFilter::new(f),
+        Some(f) => EnvFilter::try_new(f).with_context(|| {
+            format!("--log {f:?} is not a log filter; give e.g. `info`, `warn` or `kefu=debug`")
+        })?,
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
     // Another subcommand (or a test) may have set one up already.
@@ -140,16 +145,25 @@ fn init_logging(filter: Option<&str>) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+    Ok(())
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    init_logging(args.log.as_deref());
+    init_logging(args.log.as_deref())?;
     let config = Config::load(args.config.as_deref(), &args.overrides())
         .context("invalid settings for kefu serve")?;
     if !config.listen.ip().is_loopback() {
         tracing::warn!(
             listen = %config.listen,
             "listening beyond loopback: the service is reachable from the network"
+        );
+    }
+    let weak = config.weak_tokens();
+    if !weak.is_empty() {
+        tracing::warn!(
+            who = %weak.join(", "),
+            "tokens shorter than {} characters: sign-ins are not throttled, so use long random tokens",
+            kefu::config::WEAK_TOKEN_CHARS
         );
     }
     std::fs::create_dir_all(&config.data)
