@@ -75,8 +75,9 @@ impl Kind {
     }
 }
 
-/// The five satisfaction levels of the platform.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// The five satisfaction levels of the platform, best first (the order is
+/// used: see `report`'s tie-break between ratings of the same instant).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Rating {
     VerySatisfied,
@@ -182,6 +183,8 @@ pub enum EventError {
         kind: &'static str,
         field: &'static str,
     },
+    #[error("not UTF-8 (at byte {at}); the log is UTF-8 JSON lines")]
+    NotUtf8 { at: usize },
 }
 
 /// "a" or "an" before a kind's name.
@@ -283,7 +286,16 @@ impl<'a> Line<'a> {
     pub(crate) fn parse(self) -> Result<(i64, WireIn<'a>), EventError> {
         let w: WireIn<'a> = match self {
             Line::Str(s) => serde_json::from_str(s)?,
-            Line::Bytes(b) => serde_json::from_slice(b)?,
+            // The whole line, not only the fields read: serde skips an
+            // unknown field's string without checking its bytes.
+            Line::Bytes(b) => match std::str::from_utf8(b) {
+                Ok(s) => serde_json::from_str(s)?,
+                Err(e) => {
+                    return Err(EventError::NotUtf8 {
+                        at: e.valid_up_to(),
+                    })
+                }
+            },
         };
         let ts = parse_ts(&w.ts)?;
         check(
@@ -448,10 +460,17 @@ pub fn read_jsonl<R: BufRead>(
     for (i, line) in reader.lines().enumerate() {
         let line =
             line.map_err(|e| std::io::Error::new(e.kind(), format!("line {}: {e}", i + 1)))?;
+        // A byte-order mark (files saved by Windows tools) is not part of
+        // the first line.
+        let line = if i == 0 {
+            line.trim_start_matches('\u{feff}')
+        } else {
+            &line
+        };
         if line.trim().is_empty() {
             continue;
         }
-        match Event::from_json(&line) {
+        match Event::from_json(line) {
             Ok(ev) => events.push(ev),
             Err(error) => bad(BadLine { line: i + 1, error }),
         }
@@ -542,6 +561,9 @@ pub(crate) fn parse_parallel<'a, R: Send>(
 /// lines is mostly JSON parsing. Events come back in file order, bad lines
 /// in line order, and a line that is not UTF-8 is a bad line, not a failure.
 pub fn parse_jsonl_bytes(bytes: &[u8], fields: Fields, bad: impl FnMut(BadLine)) -> Vec<Event> {
+    // A byte-order mark (files saved by Windows tools) is not part of the
+    // first line.
+    let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
     let parts = parse_parallel(
         bytes,
         |chunk| {

@@ -360,12 +360,14 @@ fn percentile(sorted: &[i64], p: u64) -> Option<i64> {
 }
 
 impl Acc {
-    fn round(&mut self, response_ms: i64, answered: bool, first: bool, target_ms: i64) {
+    /// `response_ms` is capped; `breach` is judged on the uncapped time
+    /// (a reply 11 minutes in is a breach of a 10-minute target).
+    fn round(&mut self, response_ms: i64, answered: bool, first: bool, breach: bool) {
         self.responses_ms.push(response_ms);
         if answered {
             self.answered += 1;
         }
-        if !answered || response_ms > target_ms {
+        if breach {
             self.breaches += 1;
         }
         if first {
@@ -378,13 +380,25 @@ impl Acc {
     fn charts(&mut self) -> (Vec<Bucket>, Vec<u64>) {
         self.responses_ms.sort_unstable();
         let r = &self.responses_ms;
+        // A bucket holds the rounds over `lo_s` up to and including `hi_s`
+        // (the first from 0 s), as "within 30 s" counts a reply at 30.000
+        // s; the last holds the capped and unanswered rounds (exactly the
+        // cap), so the one before it stops short of the cap.
+        let cap = CAP_MS;
+        let at_most = |ms: i64| r.partition_point(|&t| t <= ms);
+        let under = |ms: i64| r.partition_point(|&t| t < ms);
         let buckets = HISTOGRAM_BOUNDS_S
             .iter()
             .enumerate()
             .map(|(i, &lo)| {
                 let hi = HISTOGRAM_BOUNDS_S.get(i + 1).copied();
-                let below = |s: u32| r.partition_point(|&t| t < s as i64 * 1000);
-                let count = hi.map_or(r.len(), below) - below(lo);
+                let (lo_ms, hi_ms) = (lo as i64 * 1000, hi.map(|h| h as i64 * 1000));
+                let from = if i == 0 { 0 } else { at_most(lo_ms) };
+                let count = match hi_ms {
+                    None => r.len() - under(lo_ms.min(cap)),
+                    Some(h) if h >= cap => under(cap) - from,
+                    Some(h) => at_most(h) - from,
+                };
                 Bucket {
                     lo_s: lo,
                     hi_s: hi,
@@ -679,9 +693,10 @@ impl<'r> Computer<'r> {
                 }
             };
             let key = self.key(first_event, r.start, owner(r), Some(r));
-            let (answered, target) = (r.end.is_some(), opts.target_ms);
+            let answered = r.end.is_some();
+            let breach = !matches!(r.end, Some((t, _)) if t - r.start <= opts.target_ms);
             self.total.by_hour[(self.minute_of_day(r.start) / 60) as usize] += 1;
-            self.add(key, |a| a.round(response, answered, n == 0, target));
+            self.add(key, |a| a.round(response, answered, n == 0, breach));
         }
 
         let normal = |c: &Computer, e: &Rec| {
@@ -707,9 +722,15 @@ impl<'r> Computer<'r> {
                     }
                     // Only the conversation's latest counted rating: any
                     // later rating of a normal buyer supersedes this one.
+                    // Two of the same millisecond: the less satisfied one
+                    // counts, whatever the order of the lines (the line
+                    // index only separates identical ratings).
                     let superseded = later.iter().any(|&(j, _)| {
                         let l = &recs[j as usize];
-                        j != i && l.kind == Kind::Rating && normal(self, l) && (l.ts, j) > (e.ts, i)
+                        j != i
+                            && l.kind == Kind::Rating
+                            && normal(self, l)
+                            && (l.ts, l.score, j) > (e.ts, e.score, i)
                     });
                     if superseded {
                         continue;

@@ -69,7 +69,9 @@ pub enum ServerError {
 /// The compiled phrase libraries: built once per (re)load and shared.
 #[derive(Debug)]
 pub struct Phrases {
-    pub matcher: Matcher,
+    /// Shared with the reports (`by=stage` ranks messages logged without a
+    /// stage).
+    pub matcher: Arc<Matcher>,
     pub checker: Checker,
     pub templates: Templates,
 }
@@ -77,7 +79,7 @@ pub struct Phrases {
 impl Phrases {
     pub fn from_library(lib: &Library) -> Result<Phrases, BuildError> {
         Ok(Phrases {
-            matcher: Matcher::new(lib)?,
+            matcher: Arc::new(Matcher::new(lib)?),
             checker: Checker::new(&lib.politeness),
             templates: lib.templates.clone(),
         })

@@ -147,3 +147,54 @@ async fn supervisor_report_counts_a_round_and_refuses_strangers() {
     assert_eq!(v["total"]["rounds"], 0, "{v:#}");
     s.stop().await;
 }
+
+/// Buyer messages logged without a stage (imported chat logs) are ranked
+/// for `by=stage` as `kefu report --phrases` ranks them (the API put them
+/// under `unknown`); a window that ends before it starts is refused, as the
+/// CLI refuses it.
+#[tokio::test]
+async fn supervisor_report_ranks_messages_without_a_stage() {
+    use kefu::events::{Event, Kind};
+    let dir = tempfile::tempdir().unwrap();
+    let (s, store) = spawn(dir.path()).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let handle = store.handle();
+    let mut buyer = Event::new(now - 60_000, "s1", "imported-1", "bx", Kind::Buyer);
+    buyer.text = Some("请问什么时候发货".into());
+    let mut agent = Event::new(now - 48_000, "s1", "imported-1", "bx", Kind::Agent);
+    agent.agent = Some("a1".into());
+    handle.record(buyer);
+    handle.record(agent);
+    tokio::task::spawn_blocking(move || handle.flush().unwrap())
+        .await
+        .unwrap();
+
+    let (status, _, body) = get(
+        s.addr(),
+        "/api/report?shop=s1&last=1d&by=stage",
+        Some("boss"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let keys: Vec<&str> = v["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["in_sale"], "{v:#}");
+
+    let (status, _, body) = get(
+        s.addr(),
+        "/api/report?shop=s1&from=2026-11-22&to=2026-11-20",
+        Some("boss"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("from must come before to"), "{body}");
+    s.stop().await;
+}

@@ -219,8 +219,9 @@ fn rounds_by_stage() {
 }
 
 // The supervisor page's extra fields, only when asked for. rounds.jsonl's
-// counted responses 20, 45, 60 and four 600s fall in the buckets 20-25,
-// 45-60, 60-120 and 600-; the rounds start at 10h (c1 twice), 11h (c2
+// counted responses 20, 45, 60 and four 600s fall in the buckets 15-20,
+// 30-45, 45-60 (a bucket holds what is over its `lo_s` up to and including
+// its `hi_s`) and 600- (capped and unanswered); the rounds start at 10h (c1 twice), 11h (c2
 // twice), 12h (c3), 13h (c5) and 22h (c4).
 #[test]
 fn charts_histogram_and_rounds_by_hour() {
@@ -240,9 +241,9 @@ fn charts_histogram_and_rounds_by_hour() {
     assert_eq!(
         buckets,
         [
-            (20, Some(25), 1),
+            (15, Some(20), 1),
+            (30, Some(45), 1),
             (45, Some(60), 1),
-            (60, Some(120), 1),
             (600, None, 4)
         ]
     );
@@ -956,4 +957,139 @@ fn cli_rejects_bad_options_clearly() {
         assert!(!ok, "{extra:?} accepted");
         assert!(err.contains(msg), "{extra:?}: {err}");
     }
+}
+
+/// Found by review: two ratings of the same millisecond counted the one on
+/// the later line, so the satisfaction rate depended on the order of the
+/// lines. Now the less satisfied one counts, in either order.
+#[test]
+fn ratings_of_the_same_instant_do_not_depend_on_line_order() {
+    let mut buyer = Event::new(
+        ts("2026-11-20T10:00:00+08:00"),
+        "s1",
+        "r2",
+        "bz",
+        Kind::Buyer,
+    );
+    buyer.stage = Some("pre_sale".into());
+    let mut agent = Event::new(
+        ts("2026-11-20T10:00:10+08:00"),
+        "s1",
+        "r2",
+        "bz",
+        Kind::Agent,
+    );
+    agent.agent = Some("a1".into());
+    let rating = |score| {
+        let mut r = Event::new(
+            ts("2026-11-20T10:30:00+08:00"),
+            "s1",
+            "r2",
+            "bz",
+            Kind::Rating,
+        );
+        r.score = Some(score);
+        r
+    };
+    let (good, bad) = (rating(Rating::VerySatisfied), rating(Rating::Dissatisfied));
+    for order in [
+        vec![buyer.clone(), agent.clone(), good.clone(), bad.clone()],
+        vec![buyer.clone(), agent.clone(), bad.clone(), good.clone()],
+    ] {
+        let r = serde_json::to_value(report::compute(&order, &opts(None))).unwrap();
+        assert_eq!(r["total"]["ratings"], 1, "{r}");
+        assert_eq!(r["total"]["satisfaction_rate"], 0.0, "{r}");
+    }
+}
+
+/// Found by review: the breach was judged on the time capped at 10 minutes,
+/// so with a target of 600 s a reply after 660 s was no breach.
+#[test]
+fn a_breach_is_judged_on_the_uncapped_time() {
+    let mut buyer = Event::new(
+        ts("2026-11-20T10:00:00+08:00"),
+        "s1",
+        "k1",
+        "b1",
+        Kind::Buyer,
+    );
+    buyer.stage = Some("pre_sale".into());
+    let mut agent = Event::new(
+        ts("2026-11-20T10:11:00+08:00"),
+        "s1",
+        "k1",
+        "b1",
+        Kind::Agent,
+    );
+    agent.agent = Some("a1".into());
+    for (target_secs, breaches) in [(600, 1), (30, 1), (700, 0)] {
+        let o = ReportOptions {
+            target_ms: target_secs * 1000,
+            ..opts(None)
+        };
+        let r = serde_json::to_value(report::compute(&[buyer.clone(), agent.clone()], &o)).unwrap();
+        assert_eq!(
+            r["total"]["breaches"], breaches,
+            "target {target_secs}: {r}"
+        );
+        assert_eq!(r["total"]["response_avg_s"], 600.0, "capped: {r}");
+    }
+}
+
+/// Found by review: bytes that are not UTF-8 inside a field the reader does
+/// not use passed as a good line; a byte-order mark cost the first line.
+#[test]
+fn lines_not_utf8_anywhere_are_bad_and_a_bom_is_not_a_line() {
+    let good = r#"{"ts":"2026-11-20T10:00:00+08:00","shop":"s1","conversation":"m1","buyer":"b1","kind":"bot"}"#;
+    let mut bytes = b"\xef\xbb\xbf".to_vec();
+    bytes.extend_from_slice(good.as_bytes());
+    bytes.push(b'\n');
+    bytes.extend_from_slice(
+        br#"{"ts":"2026-11-20T10:00:01+08:00","shop":"s1","conversation":"m1","buyer":"b1","kind":"bot","x":""#,
+    );
+    bytes.push(0xfe);
+    bytes.extend_from_slice(b"\"}\n");
+    let mut bad = Vec::new();
+    let events = events::parse_jsonl_bytes(&bytes, events::Fields::All, |b| bad.push(b));
+    assert_eq!(events.len(), 1);
+    assert_eq!(bad.len(), 1);
+    assert_eq!(bad[0].line, 2);
+    assert!(
+        bad[0].error.to_string().contains("not UTF-8"),
+        "{}",
+        bad[0].error
+    );
+    // The line reader too.
+    let with_bom = format!("\u{feff}{good}\n");
+    let read = events::read_jsonl(with_bom.as_bytes(), |b| panic!("{b}")).unwrap();
+    assert_eq!(read.len(), 1);
+}
+
+/// Found by review: a reply at exactly 30.000 s counts within 30 s but was
+/// drawn in the 30-45 bucket (red, past the 30 s line).
+#[test]
+fn a_reply_at_exactly_thirty_seconds_is_drawn_within_thirty() {
+    let mut evs = Vec::new();
+    for (i, secs) in [30_000, 30_001, 0, 600_000].into_iter().enumerate() {
+        let c = format!("h{i}");
+        let mut b = Event::new(ts("2026-11-20T10:00:00+08:00"), "s1", &c, "b", Kind::Buyer);
+        b.stage = Some("pre_sale".into());
+        let mut a = Event::new(b.ts_ms + secs, "s1", &c, "b", Kind::Agent);
+        a.agent = Some("a1".into());
+        evs.extend([b, a]);
+    }
+    let o = ReportOptions {
+        charts: true,
+        ..opts(None)
+    };
+    let t = report::compute(&evs, &o).total;
+    assert_eq!(t.within_30s_rate, Some(0.5));
+    let filled: Vec<(u32, u64)> = t
+        .response_histogram
+        .unwrap()
+        .iter()
+        .filter(|b| b.count > 0)
+        .map(|b| (b.lo_s, b.count))
+        .collect();
+    assert_eq!(filled, [(0, 1), (25, 1), (30, 1), (600, 1)]);
 }

@@ -115,6 +115,11 @@ async fn answer<B>(req: &Request<B>, app: &App) -> Result<String, Failure> {
         ),
         _ => return Err(bad("give either last=7d or from=/to=, not both")),
     };
+    if let (Some(f), Some(t)) = (from_ms, to_ms) {
+        if f >= t {
+            return Err(bad("from must come before to"));
+        }
+    }
     let by = query
         .get("by")
         .filter(|b| !b.is_empty())
@@ -131,7 +136,9 @@ async fn answer<B>(req: &Request<B>, app: &App) -> Result<String, Failure> {
         target_ms: config.clock.target.as_millis() as i64,
         gold_threshold: settings.gold_threshold,
         now_ms: Some(now),
-        matcher: None,
+        // Buyer messages logged without a stage (imported chat logs) are
+        // ranked for `by=stage` as `kefu report --phrases` ranks them.
+        matcher: Some(app.phrases().matcher.clone()),
         charts: true,
         ..ReportOptions::default()
     };
