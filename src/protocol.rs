@@ -322,6 +322,10 @@ pub enum ServerMsg<'a> {
         resume: &'a str,
         resumed: bool,
         history: Vec<Line<'a>>,
+        /// The buyer's rating, once given: a page reloaded after rating
+        /// must not offer the rating again.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rated: Option<Rating>,
     },
     /// To an agent after `hello`.
     #[serde(rename = "welcome")]

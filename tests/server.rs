@@ -554,6 +554,15 @@ async fn buyer_rates_once_and_the_agent_hears_it() {
     assert_eq!(r["conversation"], bw["conversation"]);
     b.send(json!({"type":"rate","score":"dissatisfied"})).await;
     b.expect_error("already_rated").await;
+    // A reloaded page learns the rating from the welcome (it offered the
+    // rating again and got `already_rated`).
+    assert!(bw.get("rated").is_none(), "{bw}");
+    b.close().await;
+    let mut c = t.connect().await;
+    c.send(json!({"type":"hello","role":"buyer","shop":"s1","buyer":"b1","resume":bw["resume"]}))
+        .await;
+    let w = c.recv_type("welcome").await;
+    assert_eq!(w["rated"], "very_satisfied", "{w}");
     let ratings: Vec<_> = t
         .take_events()
         .into_iter()

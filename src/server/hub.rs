@@ -645,6 +645,7 @@ impl Hub {
                     resume: &conv.secret,
                     resumed: true,
                     history: conv.lines(),
+                    rated: conv.rated,
                 },
             );
             if let Some(agent_out) = agent_outbox(shop, conv) {
@@ -692,6 +693,7 @@ impl Hub {
                 resume: &conv.secret,
                 resumed: false,
                 history: Vec::new(),
+                rated: None,
             },
         );
         let fill = Fill {
