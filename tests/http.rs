@@ -26,6 +26,37 @@ async fn spawn(dir: &std::path::Path) -> (TestApp, Store) {
     (t, store)
 }
 
+/// GET `path`: status and the named response headers (missing: "").
+async fn get_headers(
+    addr: std::net::SocketAddr,
+    path: &str,
+    names: &[&str],
+) -> (StatusCode, Vec<String>) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get(path).header("host", "127.0.0.1");
+    let resp = tokio::time::timeout(
+        WAIT,
+        sender.send_request(req.body(Empty::<Bytes>::new()).unwrap()),
+    )
+    .await
+    .expect("answer in time")
+    .unwrap();
+    let values = names
+        .iter()
+        .map(|n| {
+            resp.headers()
+                .get(*n)
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+    (resp.status(), values)
+}
+
 /// GET `path` with an optional bearer token: status, content type, body.
 async fn get(
     addr: std::net::SocketAddr,
@@ -74,6 +105,20 @@ async fn pages_are_served_from_the_binary() {
         assert_eq!(status, StatusCode::OK, "{path}");
         assert!(ct.contains(ctype), "{path}: {ct}");
         assert!(body.contains(needle), "{path}");
+    }
+    // Every page and file: nothing inline or foreign runs, no framing.
+    for path in ["/", "/buyer", "/reports", "/static/workbench.js"] {
+        let names = [
+            "content-security-policy",
+            "x-frame-options",
+            "x-content-type-options",
+        ];
+        let (status, v) = get_headers(addr, path, &names).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(v[0].contains("default-src 'self'"), "{path}: {v:?}");
+        assert!(v[0].contains("frame-ancestors 'none'"), "{path}: {v:?}");
+        assert_eq!(v[1], "DENY", "{path}");
+        assert_eq!(v[2], "nosniff", "{path}");
     }
     let (status, _, _) = get(addr, "/static/../Cargo.toml", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);

@@ -140,8 +140,28 @@ fn page(asset: crate::web::Asset, head: bool) -> Response<Body> {
         hyper::header::CACHE_CONTROL,
         HeaderValue::from_static("no-cache"),
     );
+    // The pages load only their own files and talk only to this server;
+    // nothing inline. Another site may not frame the workbench (a click
+    // trap over the reply box). 'self' covers the same host's ws:// in
+    // current browsers.
+    h.insert(
+        hyper::header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        hyper::header::X_FRAME_OPTIONS,
+        HeaderValue::from_static("DENY"),
+    );
+    h.insert(
+        hyper::header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     r
 }
+
+/// The pages' content security policy (see [`page`]).
+pub(crate) const CSP: &str = "default-src 'self'; connect-src 'self'; img-src 'self' data:; \
+    object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 pub(crate) fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
