@@ -4,7 +4,7 @@
 "use strict";
 
 (() => {
-  const { el, setStatus, clockTime, load, save, connect, RATINGS } = kefu;
+  const { el, setStatus, clockTime, load, save, connect, RATINGS, errorText, chatText } = kefu;
   const $ = (id) => document.getElementById(id);
   const SESSION_KEY = "kefu.buyer";
   const resumeKey = (s) => `kefu.resume.${s.shop}.${s.buyer}`;
@@ -14,6 +14,8 @@
   let messages = [];
   let rated = null;
   let shopName = "";
+  /** The buyer's latest message: the one a `text_too_long`/`rate_limited` refers to. */
+  let lastSent = null;
 
   function showSignin(error) {
     $("signin").hidden = false;
@@ -32,6 +34,7 @@
     save(SESSION_KEY, session);
     messages = [];
     rated = null;
+    lastSent = null;
     $("signin").hidden = true;
     $("phone").hidden = false;
     $("leave").hidden = false;
@@ -49,7 +52,7 @@
       onStatus: (st) => {
         if (st === "open") setStatus("wait", "进店中…");
         else if (st === "connecting") setStatus("wait", "连接中…");
-        else setStatus("off", "已断开，正在重连");
+        else setStatus("off", "已断开，正在重连"); // only when a reconnect follows
       },
     });
   }
@@ -71,6 +74,9 @@
         if (Array.isArray(m.history)) {
           messages = m.history.map((x) => ({ from: x.from, text: x.text, at: x.at, agent: x.agent, note: x.note }));
         }
+        // A resumed conversation the buyer already rated says so: show the
+        // rating given instead of offering it again. A new one starts unrated.
+        rated = m.resumed && m.rated ? m.rated : null;
         break;
       case "reply":
         messages.push({ from: m.from, text: m.text, at: m.at, agent: m.agent, note: m.note });
@@ -81,15 +87,23 @@
       case "error":
         if (["buyer_taken", "unknown_shop", "bad_id"].includes(m.code)) {
           if (m.code === "buyer_taken") save(resumeKey(me), null);
-          leave(`${m.message}（${m.code}）`);
+          leave(errorText(m));
           return;
         }
         if (m.code === "replaced") {
-          leave("这个买家已在另一个窗口打开，这里已断开");
+          leave("这个买家已在另一个窗口打开，这里已断开（replaced）");
           return;
         }
         if (m.code === "already_rated") rated = rated || "done";
-        showBanner(`${m.message}（${m.code}）`);
+        if (["text_too_long", "rate_limited", "empty_text"].includes(m.code)) {
+          // The message did not go out: mark it and give the text back.
+          if (lastSent) {
+            lastSent.failed = true;
+            if (!$("text").value) $("text").value = lastSent.text;
+            lastSent = null;
+          }
+          showBanner(`消息未发出：${errorText(m)}`);
+        } else showBanner(errorText(m));
         break;
       default:
         console.debug("kefu: unhandled frame", m);
@@ -97,11 +111,13 @@
     render();
   }
 
+  let bannerTimer = null;
   function showBanner(text) {
     const b = $("banner");
     b.textContent = text;
     b.hidden = false;
-    setTimeout(() => (b.hidden = true), 6000);
+    clearTimeout(bannerTimer);
+    bannerTimer = setTimeout(() => (b.hidden = true), 6000);
   }
 
   function render() {
@@ -114,8 +130,8 @@
         return el(
           "div",
           { class: `msg ${side}`, dataset: { from: x.from } },
-          el("span", { class: "meta" }, `${who} · ${clockTime(x.at)}`),
-          el("div", { class: "bubble" }, x.text),
+          el("span", { class: "meta" }, `${who} · ${clockTime(x.at)}${x.failed ? " · 未发出" : ""}`),
+          el("div", { class: "bubble" }, chatText(x.text)),
         );
       }),
     );
@@ -158,7 +174,8 @@
       showBanner("未连接，消息没有发出，请稍后再试");
       return;
     }
-    messages.push({ from: "buyer", text, at: Date.now() });
+    lastSent = { from: "buyer", text, at: Date.now() };
+    messages.push(lastSent);
     input.value = "";
     render();
   });
@@ -167,7 +184,8 @@
     renderRating();
   });
   $("leave").addEventListener("click", () => {
-    save(SESSION_KEY, null);
+    // Another buyer of the same shop: keep the shop, offer a new buyer id.
+    save(SESSION_KEY, { shop: me && me.shop });
     leave("");
   });
   $("signin").addEventListener("submit", (e) => {

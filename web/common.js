@@ -59,8 +59,9 @@ const kefu = (() => {
    * A WebSocket that says hello on open and comes back after a drop, with a
    * growing pause (0.5 s doubling to 10 s). `hello()` builds the hello frame
    * at each (re)connect so it can carry a resume secret learned meanwhile.
-   * Callbacks: onMessage(obj), onStatus("connecting"|"open"|"closed", detail).
-   * `stop()` closes for good (sign out, or the server refused the hello).
+   * Callbacks: onMessage(obj), onStatus("connecting"|"open"|"closed", detail);
+   * "closed" means a reconnect is coming. `stop()` closes for good (sign
+   * out, or the server refused the hello): no callback is called after it.
    */
   function connect({ hello, onMessage, onStatus }) {
     let ws = null;
@@ -78,6 +79,9 @@ const kefu = (() => {
         onStatus("open");
       });
       ws.addEventListener("message", (ev) => {
+        // Frames still in flight after stop() belong to a session the page
+        // has already left (signed out, refused, another buyer).
+        if (stopped) return;
         let msg;
         try {
           msg = JSON.parse(ev.data);
@@ -89,8 +93,10 @@ const kefu = (() => {
       });
       ws.addEventListener("close", (ev) => {
         ws = null;
-        onStatus("closed", ev);
+        // After stop() nothing reconnects, so there is nothing to report:
+        // the page has shown its own state (sign-in form, 未连接).
         if (stopped) return;
+        onStatus("closed", ev);
         timer = setTimeout(open, delay);
         delay = Math.min(delay * 2, 10000);
       });
@@ -131,6 +137,78 @@ const kefu = (() => {
     ["very_dissatisfied", "非常不满意"],
   ];
 
+  /**
+   * Chinese explanations of the server's error codes (docs/PROTOCOL.md
+   * "Errors"). The code itself stays in parentheses after the text, so a
+   * shop owner can quote it to support.
+   */
+  const ERRORS = {
+    text_too_long: "内容超过字数上限，请精简后再发",
+    empty_text: "内容不能为空",
+    rate_limited: "发送太频繁啦，请稍等片刻再发",
+    unknown_conversation: "这个会话已结束或已转给其他客服，不能再回复",
+    bad_token: "店铺 ID、客服工号或令牌不正确，请核对后重新登录",
+    unknown_shop: "没有找到这个店铺，请核对店铺 ID",
+    bad_id: "买家 ID 需为 1-64 个字符，不能含控制字符或不可见字符",
+    buyer_taken: "这个买家 ID 正在另一个窗口咨询中，请回到原窗口，或换一个买家 ID",
+    already_rated: "您已经评价过了，感谢您的反馈",
+    bad_score: "评价选项无效，请刷新页面后再试",
+    replaced: "已在另一个窗口打开，这里已下线",
+    hello_timeout: "连接超时，正在重新连接",
+    binary_not_supported: "页面发出的消息格式不对，请刷新页面后再试",
+    bad_json: "页面发出的消息格式不对，请刷新页面后再试",
+    missing_type: "页面发出的消息格式不对，请刷新页面后再试",
+    unknown_type: "页面发出的消息格式不对，请刷新页面后再试",
+    bad_message: "页面发出的消息格式不对，请刷新页面后再试",
+    hello_first: "连接还没有准备好，请稍后再试",
+    already_hello: "连接状态异常，请刷新页面",
+    wrong_role: "当前身份不能进行这个操作",
+  };
+
+  /**
+   * "中文说明（code）" for an error frame; the server's English message when
+   * the code is unknown. `text_too_long` names the numbers of the server's
+   * message ("the text has N characters; the limit is M") when it has them.
+   */
+  function errorText(m) {
+    const code = (m && m.code) || "";
+    let text = ERRORS[code];
+    if (code === "text_too_long") {
+      const n = /has (\d+) characters; the limit is (\d+)/.exec((m && m.message) || "");
+      if (n) text = `内容有 ${n[1]} 字，超过 ${n[2]} 字的上限，请精简后再发`;
+    }
+    if (!text) text = (m && m.message) || "出错了";
+    return code ? `${text}（${code}）` : text;
+  }
+
+  /**
+   * Bidirectional control characters (embeddings, overrides, isolates and
+   * marks). A buyer could use them to make text read differently from what
+   * it is, e.g. U+202E turning "gpj.exe" around or hiding the order of an
+   * order number's digits.
+   */
+  const BIDI_CONTROLS = /[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+
+  /**
+   * A chat text as DOM children with every bidi control character replaced
+   * by a visible badge ("U+202E"), so it has no effect on the display and
+   * the agent sees that it was there. The CSS (`unicode-bidi: plaintext`
+   * on bubbles and previews) does the rest: see kefu.css.
+   */
+  function chatText(text) {
+    const s = String(text == null ? "" : text);
+    const out = [];
+    let pos = 0;
+    for (const m of s.matchAll(BIDI_CONTROLS)) {
+      if (m.index > pos) out.push(s.slice(pos, m.index));
+      const cp = `U+${m[0].codePointAt(0).toString(16).toUpperCase().padStart(4, "0")}`;
+      out.push(el("span", { class: "ctl", title: `方向控制字符 ${cp}：已显示出来，不会改变文字方向` }, cp));
+      pos = m.index + m[0].length;
+    }
+    if (pos < s.length || !out.length) out.push(s.slice(pos));
+    return out;
+  }
+
   /** Shows the connection state in the page header's `#status` badge. */
   function setStatus(kind, text) {
     const s = document.getElementById("status");
@@ -138,5 +216,5 @@ const kefu = (() => {
     s.textContent = text;
   }
 
-  return { el, setStatus, wsUrl, clockTime, pad2, load, save, connect, stageLabel, RATINGS };
+  return { el, setStatus, wsUrl, clockTime, pad2, load, save, connect, stageLabel, RATINGS, errorText, chatText };
 })();

@@ -32,6 +32,8 @@
   let last = "7d";
   let report = null; // the JSON of the latest query
   let reportBy = null;
+  /** Numbers the queries: an answer to an older one than the latest is dropped. */
+  let querySeq = 0;
 
   // ---------- formatting ----------
 
@@ -118,38 +120,70 @@
     }
     if (!res.ok) {
       const why = (json && (json.message || json.error)) || body.slice(0, 200) || res.statusText;
-      const prefix = res.status === 404 ? "服务器没有报表接口 /api/report 或店铺不存在：" : "";
-      throw Object.assign(new Error(`${prefix}${why}（HTTP ${res.status}）`), { status: res.status });
+      throw Object.assign(new Error(explain(res.status, why)), { status: res.status });
     }
     if (!json || typeof json.total !== "object") throw Object.assign(new Error("报表格式不对：缺少 total"), { status: res.status });
     return json;
   }
 
+  /**
+   * The server's refusal in Chinese, with its own words and the HTTP status
+   * in parentheses for support: "开始日期不能晚于结束日期…（HTTP 400：from
+   * must come before to）".
+   */
+  function explain(status, why) {
+    const known = [
+      [/from must come before to/, "开始日期不能晚于结束日期，请重新选择日期"],
+      [/give either last=/, "时间范围有误：请选一个快捷范围，或自定义开始和结束日期"],
+      [/give the shop/, "缺少店铺 ID，请重新登录"],
+      [/unknown grouping/, "不支持这种分组方式"],
+      [/--last|number of days/, "时间范围有误，请重新选择"],
+      [/date|YYYY-MM-DD|day/i, "日期格式不对，请用日期选择器重新选择"],
+      [/keeps no event log/, "服务器没有保存事件记录，无法生成报表"],
+      [/wrong supervisor token|unknown shop/, "店铺 ID 或主管令牌不正确"],
+      [/Authorization: Bearer/, "缺少主管令牌，请重新登录"],
+    ];
+    let text = (known.find(([re]) => re.test(why)) || [])[1];
+    if (!text) {
+      if (status === 404) text = "服务器没有报表接口 /api/report 或店铺不存在";
+      else if (status >= 500) text = "服务器生成报表时出错，请稍后再试";
+      else text = "查询没有成功";
+    }
+    return `${text}（HTTP ${status}：${why}）`;
+  }
+
   async function query() {
     const by = $("by").value;
+    const seq = ++querySeq;
     $("error").hidden = true;
     $("run").disabled = true;
     setStatus("wait", "查询中…");
     try {
       // The per-agent chart needs the agent grouping whatever the table shows.
       const [main, agents] = await Promise.all([fetchReport(by), by === "agent" ? null : fetchReport("agent")]);
+      if (seq !== querySeq) return; // a newer query is under way
       report = main;
       reportBy = by;
-      $("range-note").textContent = rangeNote();
+      rangeNote.shown = rangeNote();
+      $("range-note").textContent = rangeNote.shown;
       setStatus("on", `已更新 ${kefu.clockTime(Date.now())}`);
       render(main, by, agents || main);
       $("csv").disabled = false;
     } catch (e) {
+      if (seq !== querySeq) return;
       if (e.status === 401 || e.status === 403) {
         save(SESSION_KEY, { shop: session.shop });
-        showSignin(`令牌无效或无权查看该店铺：${e.message}`);
+        showSignin(`无法查看报表：${e.message}`);
         return;
       }
       setStatus("off", "查询失败");
       $("error").textContent = e.message;
       $("error").hidden = false;
+      // The figures on the page belong to the previous query: say so.
+      $("range-note").textContent = report ? `下方仍是上一次的结果（${rangeNote.shown}）` : "";
+      $("csv").disabled = true;
     } finally {
-      $("run").disabled = false;
+      if (seq === querySeq) $("run").disabled = false;
     }
   }
 
@@ -401,7 +435,18 @@
         d.setDate(d.getDate() - 6);
         $("from").value = day(d);
       }
-      if (last) query();
+      // 自定义 runs at once with the dates shown (the last 7 days the first
+      // time); changing a date runs it again.
+      query();
+    });
+  }
+  // A date typed with the keyboard fires `change` at each complete value:
+  // wait a moment for the typing to end.
+  let dateTimer = null;
+  for (const id of ["from", "to"]) {
+    $(id).addEventListener("change", () => {
+      clearTimeout(dateTimer);
+      dateTimer = setTimeout(query, 400);
     });
   }
   $("by").addEventListener("change", query);

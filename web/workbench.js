@@ -4,14 +4,48 @@
 "use strict";
 
 (() => {
-  const { el, setStatus, clockTime, load, save, connect, stageLabel } = kefu;
+  const { el, setStatus, clockTime, load, save, connect, stageLabel, errorText, chatText } = kefu;
   const $ = (id) => document.getElementById(id);
   const SESSION_KEY = "kefu.agent";
   const LINT_DELAY_MS = 250;
+  // The server's default `limits.max_text_chars` (characters, i.e. Unicode
+  // code points, as the server counts them). The agent `welcome` does not
+  // carry the limit, so the page assumes the default; the server stays the
+  // judge (a reply over its limit is refused and comes back to the box).
+  const MAX_TEXT_CHARS = 2000;
+  // Error codes that close the connection or belong to the hello: they do
+  // not answer a `reply` or `lint` of ours.
+  const SESSION_ERRORS = ["bad_token", "unknown_shop", "bad_id", "buyer_taken", "hello_timeout", "replaced"];
 
   /** @type {Map<string, object>} conversation id -> state */
   const convs = new Map();
+  /**
+   * Drafts per conversation id: {text, intent}. The reply box shows the
+   * selected conversation's, and every edit of the box is written back.
+   */
+  const drafts = new Map();
+  /**
+   * Drafts of conversations that vanished in a reconnect, by buyer id: a
+   * new conversation of the same buyer (e.g. after a server restart) takes
+   * the draft over.
+   */
+  const orphanDrafts = new Map();
+  /**
+   * Our `reply` and `lint` frames still waiting for their answer, in the
+   * order sent: {kind: "reply"|"lint", conv, buyer, text, intent, msg}.
+   * The server answers each in order (frames to an agent never change
+   * order), so an error frame answers the oldest one.
+   */
+  let inflight = [];
+  /** Replies whose connection dropped before `reply_sent`; checked at the next welcome. */
+  let unconfirmed = [];
   let selected = null;
+  /**
+   * The buyer whose conversation was selected when it vanished in a
+   * reconnect (e.g. a server restart): their new conversation is selected
+   * when it comes, unless the agent has chosen or typed elsewhere meanwhile.
+   */
+  let lostSelection = null;
   let conn = null;
   let me = null; // {shop, agent, token}
   let welcomed = false;
@@ -27,6 +61,8 @@
   let lintShown = null;
 
   const serverNow = () => Date.now() - skew;
+  /** Characters as the server counts them (code points, not UTF-16 units). */
+  const charCount = (text) => Array.from(text).length;
 
   function learnSkew(at) {
     if (typeof at !== "number") return;
@@ -64,13 +100,21 @@
     conn = connect({
       hello: () => ({ type: "hello", role: "agent", shop: me.shop, agent: me.agent, token: me.token }),
       onMessage: handle,
-      onStatus: (st, ev) => {
-        if (st === "open") setStatus("wait", "登录中…");
-        else if (st === "connecting") setStatus("wait", "连接中…");
+      onStatus: (st) => {
+        if (st === "open") {
+          setStatus("wait", "登录中…");
+          inflight = []; // a new connection: nothing of ours is in flight on it
+        } else if (st === "connecting") setStatus("wait", "连接中…");
         else {
+          // Only called when a reconnect follows (not after 退出 or a refusal).
           setStatus("off", "已断开，正在重连");
           if (welcomed) logEvent("error", "连接断开，正在重连…");
           welcomed = false;
+          // Replies nobody confirmed may or may not have reached the server:
+          // the next welcome's history tells.
+          unconfirmed.push(...inflight.filter((e) => e.kind === "reply"));
+          inflight = [];
+          lintSent = null; // its answer will not come: check again when back
           updateComposer();
         }
       },
@@ -78,24 +122,32 @@
     renderAll();
   }
 
+  /** Ends the session: the server refused it, or the agent signed out. */
   function refuse(message) {
     if (conn) conn.stop();
     conn = null;
+    welcomed = false;
     const s = load(SESSION_KEY) || {};
     save(SESSION_KEY, { shop: s.shop, agent: s.agent }); // forget the token only
     convs.clear();
+    drafts.clear();
+    orphanDrafts.clear();
+    inflight = [];
+    unconfirmed = [];
     selected = null;
+    lostSelection = null;
+    $("reply").value = "";
+    usedIntent = null;
+    clearLint();
+    updateCount();
+    $("banner").hidden = true;
+    $("events").replaceChildren();
+    renderAll();
     showSignin(message);
   }
 
   function signOut() {
-    if (conn) conn.stop();
-    conn = null;
-    const s = load(SESSION_KEY) || {};
-    save(SESSION_KEY, { shop: s.shop, agent: s.agent });
-    convs.clear();
-    selected = null;
-    showSignin("");
+    refuse("");
   }
 
   // ---------- conversations ----------
@@ -115,8 +167,6 @@
         suggestions: [],
         lastActivity: 0,
         unread: 0,
-        draft: "",
-        intent: null,
         rating: null,
       };
       convs.set(id, c);
@@ -148,11 +198,25 @@
     return [...convs.values()].sort((a, b) => b.lastActivity - a.lastActivity);
   }
 
-  /** The clock badge of a conversation at server time `now`. */
+  /** Whether the latest round was ended by an agent's (confirmed) reply. */
+  function answered(c) {
+    for (let i = c.messages.length - 1; i >= 0; i--) {
+      const x = c.messages[i];
+      if (x.from === "buyer") return false;
+      if (x.from === "agent" && !x.pending) return true;
+    }
+    return false; // only the bot's greeting so far: the buyer has not written
+  }
+
+  /**
+   * The clock badge of a conversation at server time `now`: the countdown
+   * while the buyer waits, else the rating, 已回复 when an agent answered
+   * the latest round, or nothing (the buyer has not written yet).
+   */
   function clockOf(c, now) {
     if (c.waitingSince == null || c.deadline == null) {
       if (c.rating) return { cls: "done", text: `评价：${ratingName(c.rating)}` };
-      return c.messages.length ? { cls: "done", text: "已回复" } : { cls: "done", text: "" };
+      return { cls: "done", text: answered(c) ? "已回复" : "" };
     }
     const left = c.deadline - now;
     if (left <= 0 || c.breached) {
@@ -181,11 +245,29 @@
           if (typeof m.clock.nudge_ms === "number") nudgeMs = m.clock.nudge_ms;
         }
         // The server's list is the truth after a (re)connect: conversations
-        // moved to another agent meanwhile are no longer ours.
+        // moved to another agent meanwhile are no longer ours. Their drafts
+        // are kept by buyer for a new conversation of the same buyer.
+        saveDraft();
+        const prevBuyer = convs.has(selected) ? convs.get(selected).buyer : null;
         const listed = new Set((m.conversations || []).map((v) => v.conversation));
-        for (const id of [...convs.keys()]) if (!listed.has(id)) convs.delete(id);
-        if (selected && !convs.has(selected)) selected = null;
+        for (const [id, c] of [...convs]) {
+          if (listed.has(id)) continue;
+          if (drafts.has(id)) mergeDraft(orphanDrafts, c.buyer, drafts.get(id));
+          drafts.delete(id);
+          convs.delete(id);
+        }
+        // The selection stays when its conversation is still listed, or
+        // follows its buyer to a new conversation (now or when it comes).
+        const kept = convs.has(selected);
+        if (!kept) {
+          selected = null;
+          loadDraft();
+          if (prevBuyer) lostSelection = prevBuyer;
+        }
         (m.conversations || []).forEach((v) => takeConversation(v, false));
+        checkUnconfirmed();
+        // The "not connected" warning of a send during the outage is over.
+        if ($("banner").dataset.tag === "offline") $("banner").hidden = true;
         logEvent("info", `已上线${m.conversations && m.conversations.length ? `，接手 ${m.conversations.length} 个会话` : "，等待买家消息"}`);
         break;
       }
@@ -211,7 +293,7 @@
         c.lastActivity = Date.now();
         c.online = true;
         if (selected !== c.id) c.unread++;
-        if (!selected) select(c.id);
+        if (!selected) select(c.id, true);
         break;
       }
       case "bot_reply": {
@@ -229,15 +311,24 @@
         break;
       }
       case "reply_sent": {
+        // The server took the reply: only now is the round over.
+        const i = inflight.findIndex((e) => e.kind === "reply" && e.conv === m.conversation);
+        const entry = i >= 0 ? inflight.splice(i, 1)[0] : null;
         const c = convs.get(m.conversation);
         if (!c) break;
-        const x = c.messages.find((y) => y.pending);
+        const x = entry && c.messages.includes(entry.msg) ? entry.msg : c.messages.find((y) => y.pending);
         if (x) {
           x.pending = false;
-          x.at = m.at;
+          if (typeof m.at === "number") x.at = m.at;
           x.delivered = m.delivered;
           if (typeof m.response_ms === "number") x.responseMs = m.response_ms;
         }
+        // Frames keep their order, so a buyer message after this reply
+        // comes after this receipt: no round is running now.
+        c.waitingSince = null;
+        takeRound(c, {});
+        c.suggestions = [];
+        if ($("banner").dataset.tag === "refused") $("banner").hidden = true;
         break;
       }
       case "nudge": {
@@ -277,9 +368,12 @@
         c.messages.push({ from: "system", text: "买家已离开，会话结束", at: serverNow() });
         break;
       }
-      case "lint_result":
+      case "lint_result": {
+        const i = inflight.findIndex((e) => e.kind === "lint");
+        if (i >= 0) inflight.splice(i, 1);
         showLint(m);
         break;
+      }
       case "reload":
         showReload(m);
         break;
@@ -301,7 +395,17 @@
   function takeConversation(v, fresh) {
     const c = conv(v.conversation, v.buyer);
     if (Array.isArray(v.history)) {
+      // Replies still waiting for their receipt stay shown after the history.
+      const pending = c.messages.filter((x) => x.pending);
       c.messages = v.history.map((x) => ({ from: x.from, text: x.text, at: x.at, agent: x.agent, note: x.note, mine: x.from === "agent" && x.agent === me.agent }));
+      c.messages.push(...pending);
+    }
+    // A draft written for this buyer's previous conversation (it vanished
+    // in a reconnect) carries over.
+    if (!drafts.has(c.id) && orphanDrafts.has(c.buyer)) {
+      drafts.set(c.id, orphanDrafts.get(c.buyer));
+      orphanDrafts.delete(c.buyer);
+      if (selected === c.id) loadDraft();
     }
     c.suggestions = Array.isArray(v.suggestions) ? v.suggestions.slice(0, 3) : [];
     c.online = v.online !== false;
@@ -312,33 +416,87 @@
     const lastBuyer = [...c.messages].reverse().find((x) => x.from === "buyer");
     c.lastActivity = fresh ? Date.now() : lastBuyer ? lastBuyer.at + skew : 0;
     if (fresh && selected !== c.id) c.unread++;
-    if (!selected) select(c.id);
+    if (lostSelection && c.buyer === lostSelection) {
+      lostSelection = null;
+      select(c.id, true);
+    } else if (!selected) select(c.id, true);
     return c;
   }
 
   function onError(m) {
-    const text = `${m.message || "出错了"}${m.code ? `（${m.code}）` : ""}`;
+    const text = errorText(m);
     if (["bad_token", "unknown_shop", "bad_id"].includes(m.code) && !welcomed) {
       refuse(`登录被拒绝：${text}`);
       return;
     }
     if (m.code === "replaced") {
-      refuse("你已在另一个窗口登录，这里已下线");
+      refuse(`你已在另一个窗口登录，这里已下线（replaced）`);
       return;
     }
-    // A refused reply: the oldest one still waiting for `reply_sent`.
-    if (["unknown_conversation", "empty_text", "text_too_long", "rate_limited", "bad_message"].includes(m.code)) {
-      for (const c of convs.values()) {
-        const x = c.messages.find((y) => y.pending);
-        if (x) {
-          x.pending = false;
-          x.failed = m.code;
-          break;
-        }
+    // Any other error answers the oldest of our requests still waiting.
+    if (!SESSION_ERRORS.includes(m.code) && inflight.length) {
+      const entry = inflight.shift();
+      if (entry.kind === "lint") {
+        // A politeness check the server did not do (e.g. rate_limited) is
+        // not the agent's concern: try once more a little later.
+        if (lintSent === entry.text) lintSent = null;
+        if ($("reply").value === entry.text) scheduleLint(1000);
+        console.debug("kefu: lint refused", m);
+        return;
       }
+      restoreDraft(entry, text);
+      const c = convs.get(entry.conv);
+      logEvent("error", `给买家 ${(c && c.buyer) || entry.buyer} 的回复未发出：${text}`, entry.conv);
+      showBanner("error", `回复未发出：${text}。内容已放回输入框${c && c.waitingSince != null ? "，买家仍在等待回复" : ""}。`, "refused");
+      return;
     }
     logEvent("error", text);
     showBanner("error", text);
+  }
+
+  /**
+   * A reply that did not go out: its bubble becomes a red note, its text
+   * goes back into that conversation's draft (before whatever the agent has
+   * typed since), and the round keeps running.
+   */
+  function restoreDraft(entry, why) {
+    const c = convs.get(entry.conv);
+    if (c) {
+      const i = c.messages.indexOf(entry.msg);
+      if (i >= 0) c.messages.splice(i, 1);
+      c.messages.push({ from: "system", cls: "red", text: `回复未发出：${why}。内容已放回输入框。`, at: serverNow() });
+    }
+    if (entry.conv === selected) saveDraft();
+    const back = { text: entry.text, intent: entry.intent };
+    if (c) mergeDraft(drafts, entry.conv, back);
+    else mergeDraft(orphanDrafts, entry.buyer, back);
+    if (entry.conv === selected) loadDraft();
+  }
+
+  /** Puts `back` in front of the draft stored under `key` in `map`. */
+  function mergeDraft(map, key, back) {
+    const d = map.get(key);
+    if (d && d.text && d.text !== back.text) map.set(key, { text: `${back.text}\n${d.text}`, intent: d.intent || null });
+    else map.set(key, { text: back.text, intent: back.intent || null });
+  }
+
+  /**
+   * After a reconnect: a reply sent on the old connection whose receipt
+   * never came is in the new history if the server took it; if not, its
+   * text goes back into the draft.
+   */
+  function checkUnconfirmed() {
+    const list = unconfirmed;
+    unconfirmed = [];
+    for (const entry of list) {
+      const c = convs.get(entry.conv);
+      if (c) {
+        const i = c.messages.indexOf(entry.msg);
+        if (i >= 0) c.messages.splice(i, 1);
+        if (c.messages.some((x) => x.from === "agent" && x.text === entry.text)) continue;
+      }
+      restoreDraft(entry, "连接中断，服务器没有收到这条回复");
+    }
   }
 
   function showReload(m) {
@@ -350,9 +508,11 @@
   }
 
   let bannerTimer = null;
-  function showBanner(kind, text) {
+  /** Shows the banner above the chat; `tag` names what it is about, so it can be taken back. */
+  function showBanner(kind, text, tag) {
     const b = $("banner");
     b.className = `banner ${kind}`;
+    b.dataset.tag = tag || "";
     b.replaceChildren(text, el("button", { class: "btn small", onclick: () => (b.hidden = true) }, "知道了"));
     b.hidden = false;
     clearTimeout(bannerTimer);
@@ -377,21 +537,35 @@
     renderList();
     renderChat();
     updateComposer();
+    tick();
   }
 
+  /** The list's last-line preview: the newest message (a refusal note is the page's, not the chat's). */
+  function lastText(c) {
+    for (let i = c.messages.length - 1; i >= 0; i--) if (c.messages[i].cls !== "red") return c.messages[i].text;
+    return "";
+  }
+
+  /**
+   * The conversation list. Rebuilt only when what it shows changed (the
+   * clocks are kept current by tick()), so a click or a text selection in
+   * it is not lost to a frame about something else.
+   */
   function renderList() {
     const ul = $("convs");
-    const now = serverNow();
     const list = ordered();
     $("conv-count").textContent = list.length ? `(${list.length})` : "";
+    const sig = JSON.stringify([selected, list.map((c) => [c.id, c.buyer, c.online, !!c.closed, c.unread, lastText(c)])]);
+    if (sig === renderList.sig) return;
+    renderList.sig = sig;
     if (!list.length) {
       ul.replaceChildren(el("li", { class: "empty" }, "暂无会话"));
       return;
     }
+    const now = serverNow();
     ul.replaceChildren(
       ...list.map((c) => {
         const clk = clockOf(c, now);
-        const last = c.messages[c.messages.length - 1];
         return el(
           "li",
           {
@@ -407,7 +581,7 @@
             c.unread ? el("span", { class: "unread", title: "未读" }) : null,
           ),
           el("span", { class: `clock ${clk.cls}`, dataset: { role: "clock" } }, clk.text),
-          el("span", { class: "last" }, last ? last.text : ""),
+          el("span", { class: "last" }, chatText(lastText(c))),
         );
       }),
     );
@@ -430,47 +604,81 @@
     if (c) {
       const clk = clockOf(c, now);
       head.hidden = !clk.text;
-      head.className = `clock ${clk.cls}`;
-      head.textContent = clk.text;
+      const cls = `clock ${clk.cls}`;
+      if (head.className !== cls) head.className = cls;
+      if (head.textContent !== clk.text) head.textContent = clk.text;
     } else {
       head.hidden = true;
     }
   }
 
+  /** What a message looks like on screen; equal stamps need no redraw. */
+  function stampOf(x) {
+    const shownAt = Math.round((x.at + skew) / 1000);
+    return [x.from, x.text, shownAt, x.pending ? 1 : 0, x.cls || "", x.responseMs ?? "", x.delivered === false ? 0 : 1, x.note || "", x.agent || "", x.mine ? 1 : 0].join("\u0001");
+  }
+
+  function messageNode(c, x) {
+    if (x.from === "system") return el("div", { class: `msg system${x.cls ? ` ${x.cls}` : ""}` }, x.text);
+    const who = x.from === "buyer" ? `买家 ${c.buyer}` : x.from === "bot" ? "自动回复" : x.mine ? "我" : `客服 ${x.agent || ""}`;
+    return el(
+      "div",
+      { class: `msg ${x.from}${x.mine ? " mine" : ""}${x.pending ? " pending" : ""}`, dataset: { from: x.from } },
+      el("span", { class: "meta" }, `${who} · ${clockTime(x.at + skew)}${metaNote(x)}`),
+      el("div", { class: "bubble" }, chatText(x.text)),
+    );
+  }
+
+  /** What the chat pane shows now: {id, stamps} of the rendered messages. */
+  const chatView = { id: null, stamps: [] };
+
+  /**
+   * The selected conversation's messages. Only messages that changed are
+   * redrawn (usually one appended), so a frame about another buyer, or a
+   * new line in this chat, leaves the agent's text selection alone (e.g.
+   * an order number being copied).
+   */
   function renderChat() {
     const c = convs.get(selected);
     const box = $("messages");
     if (!c) {
       $("chat-title").textContent = "未选择会话";
       $("chat-sub").textContent = "";
-      box.replaceChildren(el("div", { class: "empty" }, convs.size ? "从左侧选择一个会话" : "买家发来消息后，会话会出现在左侧列表。"));
+      const note = convs.size ? "从左侧选择一个会话" : "买家发来消息后，会话会出现在左侧列表。";
+      if (chatView.id !== null || box.textContent !== note) box.replaceChildren(el("div", { class: "empty" }, note));
+      chatView.id = null;
+      chatView.stamps = [];
       $("suggestions").replaceChildren();
+      renderSuggestions.key = null;
       return;
     }
-    $("chat-title").textContent = `买家 ${c.buyer || ""}`;
-    $("chat-sub").textContent = `会话 ${c.id}`;
+    const title = `买家 ${c.buyer || ""}`;
+    if ($("chat-title").textContent !== title) $("chat-title").textContent = title;
+    const sub = `会话 ${c.id}`;
+    if ($("chat-sub").textContent !== sub) $("chat-sub").textContent = sub;
     const stick = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
-    box.replaceChildren(
-      ...c.messages.map((x) => {
-        if (x.from === "system") return el("div", { class: "msg system" }, x.text);
-        const who = x.from === "buyer" ? `买家 ${c.buyer}` : x.from === "bot" ? "自动回复" : x.mine ? "我" : `客服 ${x.agent || ""}`;
-        return el(
-          "div",
-          { class: `msg ${x.from}${x.mine ? " mine" : ""}`, dataset: { from: x.from } },
-          el("span", { class: "meta" }, `${who} · ${clockTime(x.at + skew)}${metaNote(x)}`),
-          el("div", { class: "bubble" }, x.text),
-        );
-      }),
-    );
+    const switched = chatView.id !== c.id;
+    if (switched) {
+      box.replaceChildren();
+      chatView.stamps = [];
+    }
+    const stamps = c.messages.map(stampOf);
+    let same = 0;
+    while (same < stamps.length && same < chatView.stamps.length && stamps[same] === chatView.stamps[same]) same++;
+    const changed = switched || same !== stamps.length || same !== chatView.stamps.length;
+    if (changed) {
+      while (box.children.length > same) box.lastElementChild.remove();
+      box.append(...c.messages.slice(same).map((x) => messageNode(c, x)));
+    }
+    chatView.id = c.id;
+    chatView.stamps = stamps;
     // Suggestions first: they change the height left for the messages.
     renderSuggestions(c);
-    if (stick || renderChat.last !== c.id) box.scrollTop = box.scrollHeight;
-    renderChat.last = c.id;
+    if (switched || (changed && stick)) box.scrollTop = box.scrollHeight;
   }
 
   function metaNote(x) {
     if (x.pending) return " · 发送中";
-    if (x.failed) return ` · 未发出（${x.failed}）`;
     const parts = [];
     if (typeof x.responseMs === "number") parts.push(`响应 ${(x.responseMs / 1000).toFixed(1)}s`);
     if (x.delivered === false) parts.push("买家离线，上线后可见");
@@ -481,6 +689,12 @@
 
   function renderSuggestions(c) {
     const box = $("suggestions");
+    const chosen = c.suggestions.findIndex((s) => usedIntent && usedIntent === s.intent && $("reply").value === s.reply);
+    // Rebuilt only when they changed, so a click is not lost to a frame
+    // that arrives between the press and the release of the mouse.
+    const key = JSON.stringify([c.id, c.waitingSince == null, c.suggestions, chosen]);
+    if (key === renderSuggestions.key) return;
+    renderSuggestions.key = key;
     if (!c.suggestions.length) {
       const note = c.waitingSince == null ? "买家发来新消息时，这里会给出推荐回复" : "话术库里没有合适的推荐，请手动回复";
       box.replaceChildren(el("div", { class: "none" }, note));
@@ -491,7 +705,7 @@
         el(
           "button",
           {
-            class: `suggestion${usedIntent && usedIntent === s.intent && $("reply").value === s.reply ? " chosen" : ""}`,
+            class: `suggestion${i === chosen ? " chosen" : ""}`,
             type: "button",
             title: `${stageLabel(s.stage)} · ${s.intent}${typeof s.score === "number" ? ` · 匹配度 ${s.score.toFixed(2)}` : ""}`,
             dataset: { intent: s.intent, index: String(i + 1) },
@@ -518,24 +732,47 @@
     $("used-intent").textContent = usedIntent ? `已选推荐：${usedIntent}` : "";
   }
 
+  /** The live character counter under the reply box. */
+  function updateCount() {
+    const n = charCount($("reply").value);
+    const out = $("reply-count");
+    const over = n > MAX_TEXT_CHARS;
+    out.textContent = n ? `${n}/${MAX_TEXT_CHARS}${over ? `，超出 ${n - MAX_TEXT_CHARS} 字` : ""}` : "";
+    out.classList.toggle("over", over);
+    $("reply").classList.toggle("over", over);
+  }
+
   // ---------- actions ----------
 
-  function select(id) {
-    if (!convs.has(id)) return;
-    const old = convs.get(selected);
-    if (old) {
-      old.draft = $("reply").value;
-      old.intent = usedIntent;
-    }
-    selected = id;
-    const c = convs.get(id);
-    c.unread = 0;
-    $("reply").value = c.draft || "";
-    usedIntent = c.intent || null;
+  /** Writes the reply box back into the selected conversation's draft. */
+  function saveDraft() {
+    if (!selected) return;
+    const text = $("reply").value;
+    if (text) drafts.set(selected, { text, intent: usedIntent });
+    else drafts.delete(selected);
+  }
+
+  /** Shows the selected conversation's draft in the reply box. */
+  function loadDraft() {
+    const d = (selected && drafts.get(selected)) || { text: "", intent: null };
+    $("reply").value = d.text;
+    usedIntent = d.intent || null;
     clearLint();
-    if (c.draft) scheduleLint();
+    updateCount();
+    if (d.text) scheduleLint();
+  }
+
+  /** Shows conversation `id`; `auto` when the page chose it, not the agent. */
+  function select(id, auto) {
+    if (!convs.has(id)) return;
+    if (!auto) lostSelection = null;
+    if (id !== selected) {
+      saveDraft();
+      selected = id;
+      loadDraft();
+    }
+    convs.get(id).unread = 0;
     renderAll();
-    tick();
   }
 
   function moveSelection(delta) {
@@ -553,6 +790,8 @@
     const box = $("reply");
     box.value = s.reply;
     usedIntent = s.intent;
+    saveDraft();
+    updateCount();
     box.focus();
     box.setSelectionRange(box.value.length, box.value.length);
     renderSuggestions(c);
@@ -560,31 +799,41 @@
     scheduleLint(0);
   }
 
+  /**
+   * Sends the reply. The box empties at once (the bubble says 发送中), but
+   * the round is only over when `reply_sent` comes; a refusal puts the text
+   * back (restoreDraft).
+   */
   function send() {
     const c = convs.get(selected);
     const box = $("reply");
     const text = box.value.trim();
     if (!c || !text) return;
     const frame = { type: "reply", conversation: c.id, text, intent: usedIntent || null };
-    if (!conn || !conn.send(frame)) {
-      showBanner("error", "未连接到服务器，回复没有发出；连上后请再发送一次");
+    if (!welcomed || !conn || !conn.send(frame)) {
+      showBanner("error", "还没有连接到服务器，回复没有发出，内容仍在输入框里；连上后请再发送一次", "offline");
       return;
     }
-    c.messages.push({ from: "agent", mine: true, pending: true, text, at: serverNow(), agent: me.agent });
-    c.waitingSince = null;
-    takeRound(c, {});
-    c.suggestions = [];
+    const msg = { from: "agent", mine: true, pending: true, text, at: serverNow(), agent: me.agent };
+    c.messages.push(msg);
+    inflight.push({ kind: "reply", conv: c.id, buyer: c.buyer, text, intent: usedIntent || null, msg });
     box.value = "";
-    c.draft = "";
     usedIntent = null;
-    c.intent = null;
+    drafts.delete(c.id);
     clearLint();
+    updateCount();
     renderAll();
-    tick();
   }
 
   // ---------- politeness check ----------
 
+  /**
+   * Checks the draft once the agent pauses typing (LINT_DELAY_MS after the
+   * last key, one frame per pause and none for an unchanged draft), which
+   * keeps well under the per-connection rate limit (20 frames a second).
+   * A draft over the length limit is not sent: the server would refuse it,
+   * and text_too_long is kept for replies.
+   */
   function scheduleLint(delay = LINT_DELAY_MS) {
     clearTimeout(lintTimer);
     lintTimer = setTimeout(() => {
@@ -593,8 +842,16 @@
         clearLint();
         return;
       }
+      if (charCount(text) > MAX_TEXT_CHARS) {
+        clearLint();
+        $("lint").replaceChildren(el("span", { class: "over" }, `回复超过 ${MAX_TEXT_CHARS} 字，发不出去，请精简后再发（用语检查也先暂停）`));
+        return;
+      }
       if (text === lintSent) return;
-      if (conn && conn.send({ type: "lint", text })) lintSent = text;
+      if (welcomed && conn && conn.send({ type: "lint", text })) {
+        lintSent = text;
+        inflight.push({ kind: "lint", text });
+      }
     }, delay);
   }
 
@@ -698,6 +955,8 @@
       if (b < chars.length && chars[b] !== "\n") b++;
       box.value = chars.slice(0, a).join("") + is.rewrite + chars.slice(b).join("");
     }
+    saveDraft();
+    updateCount();
     box.focus();
     clearLint();
     scheduleLint(0);
@@ -729,8 +988,12 @@
   });
 
   $("reply").addEventListener("input", () => {
+    lostSelection = null; // the agent is busy here now: do not move them
     if (!$("reply").value) usedIntent = null;
+    saveDraft();
+    updateCount();
     updateComposer();
+    if (selected) renderSuggestions(convs.get(selected));
     scheduleLint();
   });
 

@@ -25,6 +25,8 @@ let context;
 let agent;
 let buyer;
 const pageErrors = [];
+/** Frames the agent page sent, parsed, in order. */
+const agentSent = [];
 
 function shot(page, name) {
   return page.screenshot({ path: path.join(ARTIFACTS, `${name}.png`), fullPage: true });
@@ -100,6 +102,15 @@ test("the server serves the three pages and their files", async () => {
 test("the agent signs in and goes online", async () => {
   agent = await context.newPage();
   watch(agent, "agent");
+  agent.on("websocket", (ws) =>
+    ws.on("framesent", (f) => {
+      try {
+        agentSent.push(JSON.parse(f.payload));
+      } catch {
+        /* not JSON: not ours */
+      }
+    }),
+  );
   await agent.goto(`${server.url}/`);
   await agent.fill("#in-shop", SHOP);
   await agent.fill("#in-agent", AGENT);
@@ -186,6 +197,38 @@ test("the countdown turns amber at the nudge and red after the target", async ()
   await shot(agent, "agent-breach");
 });
 
+test("a reply the server refuses comes back to the box and the round keeps waiting", async () => {
+  const clock = agent.locator(".conv", { hasText: "b1" }).locator(".clock");
+  const long = "好".repeat(2001);
+  await agent.fill("#reply", long);
+  // The counter warns, and a draft over the limit is not sent for checking.
+  await agent.locator("#reply-count.over", { hasText: "2001/2000" }).waitFor();
+  await agent.locator("#lint", { hasText: "超过 2000 字" }).waitFor();
+  await agent.waitForTimeout(600); // longer than the lint pause
+  assert.ok(!agentSent.some((f) => f.type === "lint" && [...f.text].length > 2000), "no lint frame for a draft over 2000 characters");
+  const replies = agentSent.filter((f) => f.type === "reply").length;
+  await agent.press("#reply", "Enter");
+  // The server says no (text_too_long): a clear message, the text back in
+  // the box, the buyer still waiting.
+  await agent.locator("#banner", { hasText: "回复未发出" }).waitFor();
+  const banner = await agent.textContent("#banner");
+  assert.match(banner, /超过 2000 字/);
+  assert.match(banner, /（text_too_long）/);
+  assert.equal(agentSent.filter((f) => f.type === "reply").length, replies + 1, "the reply was sent to the server");
+  assert.equal(await agent.inputValue("#reply"), long, "the refused text is back in the reply box");
+  await agent.locator(".msg.system.red", { hasText: "回复未发出" }).waitFor();
+  assert.equal(await agent.locator(".msg.mine.pending").count(), 0, "no bubble left waiting");
+  assert.equal(await agent.locator(".msg.mine .bubble", { hasText: "好好好好好" }).count(), 0, "the refused text is not shown as sent");
+  assert.match(await clock.getAttribute("class"), /breach/, "the round is still running");
+  assert.doesNotMatch(await clock.textContent(), /已回复/);
+  assert.match(await agent.textContent("#chat-clock"), /超时/);
+  assert.ok((await agent.locator(".suggestion").count()) > 0, "the suggestions stay");
+  await agent.locator("#events li.error", { hasText: "text_too_long" }).waitFor();
+  await shot(agent, "agent-refused");
+  await agent.fill("#reply", "");
+  assert.equal(await agent.textContent("#reply-count"), "");
+});
+
 test("keys 1-3 pick a suggestion when the reply box is empty", async () => {
   const cards = agent.locator(".suggestion");
   await cards.first().waitFor();
@@ -246,6 +289,10 @@ test("the buyer reloads the page and rejoins the conversation", async () => {
   await buyer.reload();
   await buyer.locator("#conv-id", { hasText: "已恢复" }).waitFor();
   await buyer.locator(".msg[data-from=buyer] .bubble", { hasText: QUESTION }).waitFor();
+  // The rating given before the reload is shown, not offered again.
+  await buyer.locator("#rating", { hasText: "感谢您的评价：满意" }).waitFor();
+  assert.equal(await buyer.locator("#levels button").count(), 0, "no rating buttons");
+  assert.equal(await buyer.isDisabled("#end"), true, "结束并评价 is off");
 });
 
 test("the workbench and the buyer page stay readable at 1024 px", async () => {
@@ -307,6 +354,11 @@ test("a new buyer message moves its conversation to the top of the list", async 
   await b2.fill("#in-buyer", "b2");
   await b2.click("#signin button[type=submit]");
   await b2.locator(".msg[data-from=bot]").first().waitFor();
+  // Only the greeting so far: the buyer has not written, nothing is answered.
+  const b2clock = agent.locator(".conv", { hasText: "b2" }).locator(".clock");
+  await b2clock.waitFor({ state: "attached" });
+  assert.equal(await b2clock.textContent(), "", "no clock text before the buyer writes");
+  assert.equal(await b2clock.isVisible(), false, "no empty badge either");
   const firstBuyer = () => agent.locator(".conv .buyer").first().textContent();
   await b2.fill("#text", "请问有优惠券吗");
   await b2.press("#text", "Enter");
