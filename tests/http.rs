@@ -26,43 +26,12 @@ async fn spawn(dir: &std::path::Path) -> (TestApp, Store) {
     (t, store)
 }
 
-/// GET `path`: status and the named response headers (missing: "").
-async fn get_headers(
-    addr: std::net::SocketAddr,
-    path: &str,
-    names: &[&str],
-) -> (StatusCode, Vec<String>) {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = Request::get(path).header("host", "127.0.0.1");
-    let resp = tokio::time::timeout(
-        WAIT,
-        sender.send_request(req.body(Empty::<Bytes>::new()).unwrap()),
-    )
-    .await
-    .expect("answer in time")
-    .unwrap();
-    let values = names
-        .iter()
-        .map(|n| {
-            resp.headers()
-                .get(*n)
-                .map(|v| v.to_str().unwrap().to_string())
-                .unwrap_or_default()
-        })
-        .collect();
-    (resp.status(), values)
-}
-
-/// GET `path` with an optional bearer token: status, content type, body.
-async fn get(
+/// GET `path` with an optional bearer token: the response, body read.
+async fn fetch(
     addr: std::net::SocketAddr,
     path: &str,
     token: Option<&str>,
-) -> (StatusCode, String, String) {
+) -> (hyper::http::response::Parts, String) {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -79,14 +48,29 @@ async fn get(
     .await
     .expect("answer in time")
     .unwrap();
-    let status = resp.status();
-    let ctype = resp
-        .headers()
-        .get("content-type")
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (parts, String::from_utf8(body.to_vec()).unwrap())
+}
+
+/// A response header as text ("" when missing).
+fn header(parts: &hyper::http::response::Parts, name: &str) -> String {
+    parts
+        .headers
+        .get(name)
         .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, ctype, String::from_utf8(body.to_vec()).unwrap())
+        .unwrap_or_default()
+}
+
+/// GET `path` with an optional bearer token: status, content type, body.
+async fn get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> (StatusCode, String, String) {
+    let (parts, body) = fetch(addr, path, token).await;
+    let ctype = header(&parts, "content-type");
+    (parts.status, ctype, body)
 }
 
 #[tokio::test]
@@ -108,13 +92,14 @@ async fn pages_are_served_from_the_binary() {
     }
     // Every page and file: nothing inline or foreign runs, no framing.
     for path in ["/", "/buyer", "/reports", "/static/workbench.js"] {
+        let (parts, _) = fetch(addr, path, None).await;
+        assert_eq!(parts.status, StatusCode::OK);
         let names = [
             "content-security-policy",
             "x-frame-options",
             "x-content-type-options",
         ];
-        let (status, v) = get_headers(addr, path, &names).await;
-        assert_eq!(status, StatusCode::OK);
+        let v: Vec<String> = names.iter().map(|n| header(&parts, n)).collect();
         assert!(v[0].contains("default-src 'self'"), "{path}: {v:?}");
         assert!(v[0].contains("frame-ancestors 'none'"), "{path}: {v:?}");
         assert_eq!(v[1], "DENY", "{path}");
