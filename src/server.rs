@@ -52,6 +52,11 @@ use crate::store::StoreHandle;
 /// as a batch needs.
 const WRITE_BUFFER: usize = 64 * 1024;
 
+/// Most a connection's write buffer holds: the largest frame the server
+/// sends (a welcome with a large backlog) must fit. The same figure as
+/// tungstenite's default limit on an incoming message.
+const MAX_WRITE_BUFFER: usize = 64 << 20;
+
 /// Suggestions sent with each buyer message.
 pub const SUGGESTIONS: usize = 3;
 
@@ -137,7 +142,7 @@ impl App {
         *app.shared
             .loaded_fingerprint
             .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(fingerprint);
+            .unwrap_or_else(|e| e.into_inner()) = fingerprint;
         Ok(app)
     }
 
@@ -150,14 +155,14 @@ impl App {
             // the batch's flush. With 0 (eager writes, which we had) every
             // frame was a system call of its own, batch or not.
             .write_buffer_size(WRITE_BUFFER)
-            // No cap of our own on the write buffer: tungstenite refuses
-            // any single frame larger than the cap, and a welcome that
-            // carries a large backlog (hundreds of waiting buyers) is
-            // larger than any fixed figure; it dropped the agent as it
-            // signed in, and the next one after it. What a connection holds
-            // is bounded by its outbound queue (`outbound_queue` frames,
-            // each built by the server) and the write timeout.
-            .max_write_buffer_size(usize::MAX)
+            // tungstenite refuses any single frame larger than this cap,
+            // and a welcome carrying a large backlog (hundreds of waiting
+            // buyers with long chats) is megabytes: a cap of a few hundred
+            // KiB dropped the agent as they signed in, and the next one.
+            // The cap still bounds what a client that does not read can
+            // make us hold (pongs to its pings, which share the message
+            // rate limit, see `conn`).
+            .max_write_buffer_size(MAX_WRITE_BUFFER)
             .max_frame_size(Some(l.max_frame_bytes))
             .max_message_size(Some(l.max_frame_bytes));
         let hub = hub::Hub::new(&config);

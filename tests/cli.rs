@@ -200,3 +200,45 @@ fn serve_refuses_a_log_filter_it_cannot_read() {
         "{err}"
     );
 }
+
+/// Found by review: with the default `max_connections` (50,000) above the
+/// process's open-files limit, connections past the limit hung in the
+/// listen queue (agents included) instead of being refused. kefu serve now
+/// fits the limit to what it may open, and says so.
+#[test]
+fn serve_fits_max_connections_to_the_open_files_limit() {
+    use std::io::{BufRead, BufReader};
+    let data = tempfile::tempdir().unwrap();
+    let script = format!(
+        "ulimit -n 200 && exec {} serve --listen 127.0.0.1:0 --data {} --phrases {} --agent-token s1:a1:k3J9vQ2mX7pL4wZ8rT6y",
+        env!("CARGO_BIN_EXE_kefu"),
+        data.path().display(),
+        shipped_phrases().display()
+    );
+    let mut child = Command::new("sh")
+        .args(["-c", &script])
+        .env_remove("KEFU_CONFIG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let found = loop {
+        match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(line) if line.contains("max_connections") => break Some(line),
+            Ok(line) if line.contains("listening") => break None,
+            Ok(line) => seen.push(line),
+            Err(_) => break None,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = found.unwrap_or_else(|| panic!("no warning; stderr: {seen:?}"));
+    assert!(line.contains("using 136"), "{line}");
+}

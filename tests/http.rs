@@ -228,3 +228,37 @@ async fn supervisor_report_ranks_messages_without_a_stage() {
     assert!(body.contains("from must come before to"), "{body}");
     s.stop().await;
 }
+
+/// Raw bytes to the server, everything it answers until it closes (or 5 s).
+async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The server may answer and close before it has read everything.
+    let _ = s.write_all(request).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Found by review: hyper's default read buffer let a half-sent request
+/// head of ~400 KiB sit in memory per connection; an upgrade over HTTP/1.0
+/// got a 101 and then a closed socket.
+#[tokio::test]
+async fn oversized_heads_and_http10_upgrades_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _store) = spawn(dir.path()).await;
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: {}\r\n\r\n",
+        "x".repeat(64 * 1024)
+    );
+    let answer = raw_exchange(s.addr(), big.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    let http10 =
+        "GET /ws HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+        Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let answer = raw_exchange(s.addr(), http10.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.0 505"), "{answer:?}");
+    // A normal page still loads.
+    assert_eq!(get(s.addr(), "/", None).await.0, StatusCode::OK);
+    s.stop().await;
+}

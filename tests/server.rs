@@ -963,3 +963,30 @@ async fn a_large_backlog_reaches_the_agent_in_their_welcome() {
     assert_eq!(a1.recv_type("buyer_message").await["buyer"], "b0");
     t.stop().await;
 }
+
+/// Pings share the message rate: tungstenite queues a pong for each, so a
+/// client that floods pings without reading made the pongs pile up in the
+/// server's memory (1.25 MB for 10,000 pings in a review). A flood over
+/// the rate is closed (1008); pings within it are answered as before.
+#[tokio::test]
+async fn a_ping_flood_is_closed_and_pings_within_the_rate_are_fine() {
+    let mut config = test_config();
+    config.limits.rate_per_sec = 20.0;
+    config.limits.rate_burst = 40;
+    let t = spawn_app_with(config).await;
+    let (mut calm, _, _) = t.buyer("b1").await;
+    for _ in 0..5 {
+        calm.send_raw(Message::Ping(vec![1u8; 16].into())).await;
+    }
+    calm.send(json!({"type":"message","text":"在吗"})).await;
+    calm.recv_type("reply").await; // the offline reply: still served
+
+    let (mut flood, _, _) = t.buyer("b2").await;
+    for _ in 0..200 {
+        flood.send_raw(Message::Ping(vec![7u8; 125].into())).await;
+    }
+    let (_, frame) = flood.expect_close().await;
+    assert_eq!(close_code(&frame), Some(CloseCode::Policy), "{frame:?}");
+    assert_eq!(frame.unwrap().reason.as_str(), "too many pings");
+    t.stop().await;
+}

@@ -148,6 +148,53 @@ fn init_logging(filter: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// File descriptors kept for the event log, phrase reloads, accepting and
+/// the like, beyond one per connection.
+const SPARE_FILES: u64 = 64;
+
+/// Raises the open-files limit to what the system allows and, if
+/// `limits.max_connections` still does not fit, lowers it (with a
+/// warning): past the descriptor limit, accepting fails and new
+/// connections hang in the listen queue instead of being refused, agents
+/// included, while the phrase watcher cannot read its directory.
+#[cfg(unix)]
+fn fit_connections_to_open_files(config: &mut Config) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim = raised;
+        }
+    }
+    // rlim_t is u64 on Linux but not on every Unix.
+    #[allow(clippy::unnecessary_cast)]
+    let open_files = lim.rlim_cur as u64;
+    let fits = open_files.saturating_sub(SPARE_FILES) as usize;
+    let wanted = config.limits.max_connections;
+    if wanted > fits {
+        tracing::warn!(
+            wanted,
+            allowed = fits,
+            open_files,
+            "limits.max_connections is more than this process may open; using {fits} (raise `ulimit -n` for more)"
+        );
+        config.limits.max_connections = fits.max(1);
+    }
+}
+
+#[cfg(not(unix))]
+fn fit_connections_to_open_files(_config: &mut Config) {}
+
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_logging(args.log.as_deref())?;
     let config = Config::load(args.config.as_deref(), &args.overrides())
@@ -158,6 +205,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             "listening beyond loopback: the service is reachable from the network"
         );
     }
+    let mut config = config;
+    fit_connections_to_open_files(&mut config);
     let weak = config.weak_tokens();
     if !weak.is_empty() {
         tracing::warn!(

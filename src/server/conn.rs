@@ -237,7 +237,17 @@ where
                         ));
                         continue;
                     }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                    // tungstenite queues a pong for every ping, and a
+                    // client that sends pings without reading would make
+                    // them pile up in our write buffer: pings share the
+                    // message rate, and a flood over it is closed.
+                    Some(Ok(Message::Ping(_))) => {
+                        if !bucket.take(last_heard) {
+                            break close(CloseCode::Policy, "too many pings");
+                        }
+                        continue;
+                    }
+                    Some(Ok(Message::Pong(_) | Message::Frame(_))) => continue,
                     Some(Ok(Message::Close(_))) => {
                         // tungstenite queued the close reply; reading on
                         // sends it and ends the stream.
@@ -1034,10 +1044,14 @@ mod tests {
             .build()
             .unwrap();
         let closed = rt.block_on(async {
-            let config = crate::config::Config {
+            let mut config = crate::config::Config {
                 phrases: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("phrases"),
                 ..Default::default()
             };
+            // Pings share the message rate (a flood over it is closed);
+            // this peer must stay within it and never pause.
+            config.limits.rate_per_sec = 1e12;
+            config.limits.rate_burst = u32::MAX;
             let app = App::new(config, crate::store::StoreHandle::default()).unwrap();
             let ws = WebSocketStream::from_raw_socket(
                 Flood::default(),

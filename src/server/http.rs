@@ -79,7 +79,11 @@ where
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(app.config().limits.handshake_timeout);
+        .header_read_timeout(app.config().limits.handshake_timeout)
+        // kefu's requests (a WebSocket upgrade, a page, a report) need a
+        // few KiB of headers; hyper's default buffer (~400 KiB) let a
+        // thousand half-sent requests hold 400 MiB.
+        .max_buf_size(MAX_REQUEST_HEAD);
     let conn = builder
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
@@ -182,9 +186,20 @@ fn has_token(req: &Request<Incoming>, name: hyper::header::HeaderName, token: &s
     })
 }
 
+/// Most bytes of a request head (request line and headers) kefu reads.
+const MAX_REQUEST_HEAD: usize = 16 * 1024;
+
 /// Answers the RFC 6455 handshake and hands the upgraded socket to
 /// [`conn::serve`] in its own task.
 fn upgrade(mut req: Request<Incoming>, app: &App, peer: &str, guard: &ConnGuard) -> Response<Body> {
+    // An upgrade is HTTP/1.1 (RFC 6455 4.1); a 1.0 client got a 101 and
+    // then a closed socket.
+    if req.version() != hyper::Version::HTTP_11 {
+        return text(
+            StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+            "a WebSocket upgrade needs HTTP/1.1\n",
+        );
+    }
     if !has_token(&req, CONNECTION, "upgrade") || !has_token(&req, UPGRADE, "websocket") {
         let mut r = text(
             StatusCode::UPGRADE_REQUIRED,

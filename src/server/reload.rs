@@ -24,9 +24,18 @@ use crate::protocol::{to_json, ServerMsg};
 /// What a directory looked like: its YAML files' names, sizes and times.
 pub(crate) type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
 
-pub(crate) fn fingerprint(dir: &Path) -> Fingerprint {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return Vec::new();
+/// `None` when the directory cannot be read for a passing reason (out of
+/// file descriptors, say): that is no edit, and treating it as one sent
+/// every agent a failed reload and then a good one. A directory that is
+/// gone is an edit (the reload then says so and keeps the libraries).
+pub(crate) fn fingerprint(dir: &Path) -> Option<Fingerprint> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(Vec::new()),
+        Err(e) => {
+            warn!(dir = %dir.display(), "phrase directory not checked this time: {e}");
+            return None;
+        }
     };
     let mut fp: Fingerprint = rd
         .filter_map(|e| e.ok())
@@ -40,14 +49,15 @@ pub(crate) fn fingerprint(dir: &Path) -> Fingerprint {
         })
         .collect();
     fp.sort();
-    fp
+    Some(fp)
 }
 
-async fn fingerprint_async(dir: &Path) -> Fingerprint {
+async fn fingerprint_async(dir: &Path) -> Option<Fingerprint> {
     let dir = dir.to_path_buf();
     tokio::task::spawn_blocking(move || fingerprint(&dir))
         .await
-        .unwrap_or_default()
+        .ok()
+        .flatten()
 }
 
 pub(crate) async fn watch(app: App, every: Duration) {
@@ -62,7 +72,7 @@ pub(crate) async fn watch(app: App, every: Duration) {
         .take();
     let mut seen = match initial {
         Some(fp) => fp,
-        None => fingerprint_async(&dir).await,
+        None => fingerprint_async(&dir).await.unwrap_or_default(),
     };
     let mut candidate: Option<Fingerprint> = None;
     let mut shutdown = app.shutdown_rx();
@@ -71,7 +81,9 @@ pub(crate) async fn watch(app: App, every: Duration) {
             _ = tokio::time::sleep(every) => {}
             _ = super::stopping(&mut shutdown) => return,
         }
-        let now = fingerprint_async(&dir).await;
+        let Some(now) = fingerprint_async(&dir).await else {
+            continue;
+        };
         if now == seen {
             candidate = None;
             continue;
@@ -119,5 +131,21 @@ pub(crate) async fn reload(app: &App) {
     let agents = app.hub().agent_outboxes();
     for out in agents {
         out.push(frame.clone().into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fingerprint;
+
+    #[test]
+    fn a_missing_directory_is_an_edit_and_a_readable_one_is_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), "x").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "x").unwrap();
+        let fp = fingerprint(dir.path()).expect("readable");
+        assert_eq!(fp.len(), 1);
+        assert_eq!(fp[0].1, 1);
+        assert_eq!(fingerprint(&dir.path().join("gone")), Some(Vec::new()));
     }
 }
