@@ -990,3 +990,29 @@ async fn a_ping_flood_is_closed_and_pings_within_the_rate_are_fine() {
     assert_eq!(frame.unwrap().reason.as_str(), "too many pings");
     t.stop().await;
 }
+
+/// Found by review: the history budget counted text bytes only, so a buyer
+/// sending one-character messages could keep 16,384 lines (about 1 MB of
+/// JSON in every welcome carrying the conversation). Each line now costs
+/// its text plus 64 bytes.
+#[tokio::test]
+async fn many_short_lines_do_not_grow_the_history() {
+    let t = spawn_app().await;
+    let (mut a, _) = t.agent("a1").await;
+    let (mut b, w, _) = t.buyer("b1").await;
+    for _ in 0..600 {
+        b.send(json!({"type":"message","text":"嗯"})).await;
+    }
+    b.send(json!({"type":"message","text":"最后一句"})).await;
+    while a.recv_until("buyer_message").await["text"] != "最后一句" {}
+    // A second sign-in of a1 (a page reload) gets the conversation whole.
+    let (_a, welcome) = t.agent("a1").await;
+    let conv = &welcome["conversations"][0];
+    assert_eq!(conv["conversation"], w["conversation"]);
+    let history = conv["history"].as_array().unwrap();
+    assert_eq!(history.last().unwrap()["text"], "最后一句");
+    // 16 KiB / (3 + 64) bytes a line: at most 244 lines.
+    assert!(history.len() <= 245, "{} lines kept", history.len());
+    assert!(history.len() >= 200, "{} lines kept", history.len());
+    t.stop().await;
+}

@@ -408,6 +408,10 @@ struct Agent {
     moves_at: Option<Instant>,
 }
 
+/// What a history line costs besides its text, about the JSON around it
+/// (`{"from":"buyer","text":"","at":1795400002000}`).
+const LINE_COST: usize = 64;
+
 struct HLine {
     author: Author,
     agent: Option<Arc<str>>,
@@ -442,13 +446,16 @@ impl Conv {
     }
 
     /// Appends a line, dropping the oldest ones past `limit` bytes (the
-    /// newest line always stays).
+    /// newest line always stays). A line counts its text plus
+    /// [`LINE_COST`]: counting the text alone let 16,384 one-character
+    /// lines through, about 1 MB of JSON in every welcome that carries the
+    /// conversation.
     fn push_line(&mut self, line: HLine, limit: usize) {
-        self.history_bytes += line.text.len();
+        self.history_bytes += line.text.len() + LINE_COST;
         self.history.push_back(line);
         while self.history_bytes > limit && self.history.len() > 1 {
             if let Some(old) = self.history.pop_front() {
-                self.history_bytes -= old.text.len();
+                self.history_bytes -= old.text.len() + LINE_COST;
             }
         }
     }
