@@ -229,14 +229,24 @@ async fn supervisor_report_ranks_messages_without_a_stage() {
     s.stop().await;
 }
 
-/// Raw bytes to the server, everything it answers until it closes (or 5 s).
+/// Raw bytes to the server; what it answers, up to the end of the status
+/// line (or whatever came before it closed, or 5 s).
 async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     // The server may answer and close before it has read everything.
     let _ = s.write_all(request).await;
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await;
+    let _ = tokio::time::timeout(WAIT, async {
+        let mut buf = [0u8; 1024];
+        while !out.windows(2).any(|w| w == b"\r\n") {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
     String::from_utf8_lossy(&out).into_owned()
 }
 
@@ -258,6 +268,20 @@ async fn oversized_heads_and_http10_upgrades_are_refused() {
         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
     let answer = raw_exchange(s.addr(), http10.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.0 505"), "{answer:?}");
+    // A key that is not 16 bytes in base64 (an empty one got a 101).
+    for key in [
+        "",
+        "abc",
+        "dGhlIHNhbXBsZSBub25jZQ=",
+        "dGhlIHNhbXBsZSBub25j!Q==",
+    ] {
+        let req = format!(
+            "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n"
+        );
+        let answer = raw_exchange(s.addr(), req.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{key:?}: {answer:?}");
+    }
     // A normal page still loads.
     assert_eq!(get(s.addr(), "/", None).await.0, StatusCode::OK);
     s.stop().await;

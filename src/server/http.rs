@@ -186,6 +186,16 @@ fn has_token(req: &Request<Incoming>, name: hyper::header::HeaderName, token: &s
     })
 }
 
+/// Whether `key` looks like 16 bytes in base64 (24 characters, the last two
+/// `=`), as RFC 6455 asks of a client's key; an empty one was accepted.
+fn is_websocket_key(key: &[u8]) -> bool {
+    key.len() == 24
+        && key.ends_with(b"==")
+        && key[..22]
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+}
+
 /// Most bytes of a request head (request line and headers) kefu reads.
 const MAX_REQUEST_HEAD: usize = 16 * 1024;
 
@@ -226,6 +236,12 @@ fn upgrade(mut req: Request<Incoming>, app: &App, peer: &str, guard: &ConnGuard)
     let Some(key) = req.headers().get(SEC_WEBSOCKET_KEY) else {
         return text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n");
     };
+    if !is_websocket_key(key.as_bytes()) {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "Sec-WebSocket-Key must be 16 random bytes in base64 (RFC 6455 4.1)\n",
+        );
+    }
     let accept = derive_accept_key(key.as_bytes());
     let Ok(accept) = HeaderValue::from_str(&accept) else {
         return text(StatusCode::BAD_REQUEST, "bad Sec-WebSocket-Key\n");
