@@ -796,23 +796,8 @@ impl Hub {
         // replaced an older connection), longest-waiting first.
         let mut mine: Vec<&Conv> = agent.convs.iter().filter_map(|c| convs.get(c)).collect();
         mine.sort_by_key(|c| waiting_key(clock, c));
-        let suggestions: Vec<Vec<Suggestion>> = mine
-            .iter()
-            .map(|c| {
-                suggestions_for(
-                    c,
-                    clock.round(&c.id),
-                    ctx,
-                    &shop.name,
-                    agent.name.as_deref(),
-                )
-            })
-            .collect();
-        let views = mine
-            .iter()
-            .zip(&suggestions)
-            .map(|(c, s)| c.view(clock.round(&c.id), tb, s))
-            .collect();
+        let suggestions = suggestions_each(&mine, clock, ctx, &shop.name, agent.name.as_deref());
+        let views = views_of(&mine, &suggestions, clock, tb);
         let s = clock.settings();
         fx.send(
             out,
@@ -1397,18 +1382,8 @@ fn tell_assigned(
             .filter(|(a, _)| a == agent_id)
             .filter_map(|(_, c)| convs.get(c))
             .collect();
-        let suggestions: Vec<Vec<Suggestion>> = theirs
-            .iter()
-            .map(|c| {
-                let round = clock.round(&c.id);
-                suggestions_for(c, round, ctx, &shop.name, agent.name.as_deref())
-            })
-            .collect();
-        let mut views: Vec<ConversationView> = theirs
-            .iter()
-            .zip(&suggestions)
-            .map(|(c, s)| c.view(clock.round(&c.id), ctx.tb, s))
-            .collect();
+        let suggestions = suggestions_each(&theirs, clock, ctx, &shop.name, agent.name.as_deref());
+        let mut views = views_of(&theirs, &suggestions, clock, ctx.tb);
         if views.len() == 1 {
             let view = views.pop().expect("one view");
             fx.send(out, &ServerMsg::ConversationAssigned { reason, view });
@@ -1423,6 +1398,34 @@ fn tell_assigned(
             );
         }
     }
+}
+
+/// [`suggestions_for`] each of `convs`, for [`views_of`].
+fn suggestions_each(
+    convs: &[&Conv],
+    clock: &Clock<Arc<str>>,
+    ctx: &Ctx,
+    shop_name: &str,
+    agent_name: Option<&str>,
+) -> Vec<Vec<Suggestion>> {
+    convs
+        .iter()
+        .map(|c| suggestions_for(c, clock.round(&c.id), ctx, shop_name, agent_name))
+        .collect()
+}
+
+/// The views of `convs` as an agent sees them, with their suggestions.
+fn views_of<'a>(
+    convs: &[&'a Conv],
+    suggestions: &'a [Vec<Suggestion>],
+    clock: &Clock<Arc<str>>,
+    tb: Timebase,
+) -> Vec<ConversationView<'a>> {
+    convs
+        .iter()
+        .zip(suggestions)
+        .map(|(c, s)| c.view(clock.round(&c.id), tb, s))
+        .collect()
 }
 
 /// Suggestions for the latest buyer message while the buyer waits.
