@@ -282,7 +282,7 @@ impl App {
             self.record(e);
         }
         for (out, frame, deferred) in fx.sends {
-            out.queue(frame, deferred);
+            out.enqueue(hub::Queued { frame, deferred });
         }
         for (out, order) in fx.closes {
             out.close(order);

@@ -36,7 +36,7 @@ use super::{Phrases, Stats, SUGGESTIONS};
 use crate::clock::{Alarm, Clock, Round, Timebase};
 use crate::config::Config;
 use crate::events::{Event, Kind, Rating};
-use crate::matcher::Suggestion;
+use crate::matcher::{Matcher, Suggestion};
 use crate::phrases::Fill;
 use crate::protocol::{
     to_json, Author, ClockView, ConversationView, ErrorCode, Line, Refusal, Role, ServerMsg,
@@ -46,10 +46,36 @@ use crate::protocol::{
 
 /// A frame in a client's queue.
 pub(crate) struct Queued {
-    pub frame: Utf8Bytes,
+    pub frame: Frame,
     /// Nobody waits on it: the connection may hold it briefly so it leaves
     /// in one write with the next frame (see `conn::DEFER`).
     pub deferred: bool,
+}
+
+/// A queued frame: text ready to write, or a large frame the connection
+/// renders as it takes it off its queue (see [`Render`]).
+pub(crate) enum Frame {
+    Text(Utf8Bytes),
+    Later(Box<Render>),
+}
+
+impl Frame {
+    /// The frame's text, rendered now if it was queued unrendered.
+    pub(crate) fn text(self) -> Utf8Bytes {
+        match self {
+            Frame::Text(t) => t,
+            Frame::Later(r) => r.render(),
+        }
+    }
+
+    /// The text of a frame queued rendered.
+    #[cfg(test)]
+    fn as_str(&self) -> &str {
+        match self {
+            Frame::Text(t) => t.as_str(),
+            Frame::Later(_) => panic!("a frame queued unrendered"),
+        }
+    }
 }
 
 /// The sending side of one client's bounded outbound queue.
@@ -139,7 +165,14 @@ impl Outbox {
     /// Queues a frame, `deferred` if the client does not wait on it (see
     /// [`Queued`]).
     pub(crate) fn queue(&self, frame: Utf8Bytes, deferred: bool) -> bool {
-        let q = Queued { frame, deferred };
+        self.enqueue(Queued {
+            frame: Frame::Text(frame),
+            deferred,
+        })
+    }
+
+    /// Queues `q` as [`Outbox::queue`] does.
+    pub(crate) fn enqueue(&self, q: Queued) -> bool {
         // A frame for the connection whose task is queueing it (a receipt,
         // an answer) skips the channel, and a buyer's frame for an agent
         // whose queue is nearly full waits with the buyer's task: see
@@ -321,7 +354,7 @@ pub(crate) fn capture<R>(conn: u64, may_wait: bool, f: impl FnOnce() -> R) -> (R
 #[derive(Default)]
 pub(crate) struct Effects {
     /// (to, frame, deferred)
-    pub sends: Vec<(Outbox, Utf8Bytes, bool)>,
+    pub sends: Vec<(Outbox, Frame, bool)>,
     pub closes: Vec<(Outbox, CloseOrder)>,
     pub events: Vec<Event>,
     /// A deadline earlier than the timer task's sleep was added.
@@ -330,13 +363,22 @@ pub(crate) struct Effects {
 
 impl Effects {
     fn send(&mut self, out: &Outbox, msg: &ServerMsg<'_>) {
-        self.sends.push((out.clone(), to_json(msg).into(), false));
+        self.sends
+            .push((out.clone(), Frame::Text(to_json(msg).into()), false));
     }
 
     /// A frame the client does not wait on: a receipt. It keeps its place
     /// in the queue but may wait there briefly for company.
     fn send_deferred(&mut self, out: &Outbox, msg: &ServerMsg<'_>) {
-        self.sends.push((out.clone(), to_json(msg).into(), true));
+        self.sends
+            .push((out.clone(), Frame::Text(to_json(msg).into()), true));
+    }
+
+    /// A large frame, queued in its place but matched and serialised by
+    /// the connection that writes it (see [`Render`]).
+    fn send_later(&mut self, out: &Outbox, r: Render) {
+        self.sends
+            .push((out.clone(), Frame::Later(Box::new(r)), false));
     }
 }
 
@@ -412,6 +454,7 @@ struct Agent {
 /// (`{"from":"buyer","text":"","at":1795400002000}`).
 const LINE_COST: usize = 64;
 
+#[derive(Clone)]
 struct HLine {
     author: Author,
     agent: Option<Arc<str>>,
@@ -461,24 +504,30 @@ impl Conv {
     }
 
     fn lines(&self) -> Vec<Line<'_>> {
-        self.history
-            .iter()
-            .map(|l| Line {
-                from: l.author,
-                agent: l.agent.as_deref(),
-                text: &l.text,
-                at: l.at,
-                note: l.note,
-            })
-            .collect()
+        lines_of(&self.history)
     }
 
-    fn last_buyer_text(&self) -> Option<&str> {
+    fn last_buyer_text(&self) -> Option<&Arc<str>> {
         self.history
             .iter()
             .rev()
             .find(|l| l.author == Author::Buyer)
-            .map(|l| &*l.text)
+            .map(|l| &l.text)
+    }
+
+    /// What [`Render`] needs of this conversation: shared texts and ids,
+    /// no JSON.
+    fn snapshot(&self, round: Option<&Round>, tb: Timebase) -> ConvSnap {
+        ConvSnap {
+            id: self.id.clone(),
+            buyer: self.buyer.clone(),
+            online: self.buyer_out.is_some(),
+            waiting_since: round.map(|r| tb.ms(r.started)),
+            deadline: round.map(|r| tb.ms(r.deadline)),
+            history: self.history.iter().cloned().collect(),
+            rated: self.rated,
+            ask: round.and_then(|_| self.last_buyer_text().cloned()),
+        }
     }
 
     fn view<'a>(
@@ -497,6 +546,116 @@ impl Conv {
             suggestions,
             rated: self.rated,
         }
+    }
+}
+
+fn lines_of<'a>(history: impl IntoIterator<Item = &'a HLine>) -> Vec<Line<'a>> {
+    history
+        .into_iter()
+        .map(|l| Line {
+            from: l.author,
+            agent: l.agent.as_deref(),
+            text: &l.text,
+            at: l.at,
+            note: l.note,
+        })
+        .collect()
+}
+
+/// A conversation as [`Render`] takes it under the lock.
+struct ConvSnap {
+    id: Arc<str>,
+    buyer: Arc<str>,
+    online: bool,
+    waiting_since: Option<i64>,
+    deadline: Option<i64>,
+    history: Vec<HLine>,
+    rated: Option<Rating>,
+    /// The latest buyer message while the buyer waits: what the
+    /// suggestions answer.
+    ask: Option<Arc<str>>,
+}
+
+/// The content of a frame that carries many conversations (an agent's
+/// welcome, a grouped move), taken under the hub lock as shared data (ids
+/// and texts are `Arc<str>`: a reference count each, no copy), and matched
+/// and serialised by the connection that writes it, after the lock is
+/// released. Built under the lock, a welcome of 1,000 conversations with
+/// long histories (19.8 MB of JSON, suggestions for each waiting buyer)
+/// froze every chat for about 145 ms. The connection renders the frame as
+/// it takes it off its queue, so it keeps its place among the agent's
+/// frames; one queued to a connection that has gone is never rendered.
+pub(crate) struct Render {
+    matcher: Arc<Matcher>,
+    shop_name: Arc<str>,
+    /// The receiving agent's name, for the suggestions' `{agent}`.
+    agent_name: Option<Arc<str>>,
+    kind: RenderKind,
+    convs: Vec<ConvSnap>,
+}
+
+enum RenderKind {
+    /// `welcome` to an agent signing in.
+    Welcome {
+        agent: Arc<str>,
+        shop: Arc<str>,
+        clock: ClockView,
+    },
+    /// `conversation_assigned` for one conversation,
+    /// `conversations_assigned` for more.
+    Assigned { reason: &'static str },
+}
+
+impl Render {
+    /// The frame's JSON: the suggestions are matched here.
+    pub(crate) fn render(&self) -> Utf8Bytes {
+        let fill = Fill {
+            shop: &self.shop_name,
+            agent: self.agent_name.as_deref().unwrap_or(""),
+            buyer: "",
+        };
+        let suggestions: Vec<Vec<Suggestion>> = self
+            .convs
+            .iter()
+            .map(|c| match &c.ask {
+                Some(text) => self.matcher.suggest(text, SUGGESTIONS, &fill),
+                None => Vec::new(),
+            })
+            .collect();
+        let mut views: Vec<ConversationView<'_>> = self
+            .convs
+            .iter()
+            .zip(&suggestions)
+            .map(|(c, s)| ConversationView {
+                conversation: &c.id,
+                buyer: &c.buyer,
+                online: c.online,
+                waiting_since: c.waiting_since,
+                deadline: c.deadline,
+                history: lines_of(&c.history),
+                suggestions: s,
+                rated: c.rated,
+            })
+            .collect();
+        let json = match &self.kind {
+            RenderKind::Welcome { agent, shop, clock } => to_json(&ServerMsg::AgentWelcome {
+                role: Role::Agent,
+                agent,
+                shop,
+                shop_name: &self.shop_name,
+                clock: *clock,
+                conversations: views,
+            }),
+            RenderKind::Assigned { reason } if views.len() == 1 => {
+                let view = views.pop().expect("one view");
+                to_json(&ServerMsg::ConversationAssigned { reason, view })
+            }
+            RenderKind::Assigned { reason } => to_json(&ServerMsg::ConversationsAssigned {
+                reason,
+                conversations: views,
+            }),
+        };
+        json.into()
     }
 }
 
@@ -794,23 +953,30 @@ impl Hub {
         let agent = shop.agents.get(agent_id).expect("just found");
         // The conversations this agent still holds (a reconnect that
         // replaced an older connection), longest-waiting first.
+        // Matched and serialised by the agent's connection, after the
+        // lock is released (see `Render`).
         let mut mine: Vec<&Conv> = agent.convs.iter().filter_map(|c| convs.get(c)).collect();
         mine.sort_by_key(|c| waiting_key(clock, c));
-        let suggestions = suggestions_each(&mine, clock, ctx, &shop.name, agent.name.as_deref());
-        let views = views_of(&mine, &suggestions, clock, tb);
+        let mine = mine
+            .into_iter()
+            .map(|c| c.snapshot(clock.round(&c.id), tb))
+            .collect();
         let s = clock.settings();
-        fx.send(
+        fx.send_later(
             out,
-            &ServerMsg::AgentWelcome {
-                role: Role::Agent,
-                agent: &agent_key,
-                shop: &shop_key,
-                shop_name: &shop.name,
-                clock: ClockView {
-                    target_ms: s.target.as_millis() as u64,
-                    nudge_ms: s.nudge.as_millis() as u64,
+            Render {
+                matcher: ctx.phrases.matcher.clone(),
+                shop_name: shop.name.clone(),
+                agent_name: agent.name.clone(),
+                kind: RenderKind::Welcome {
+                    agent: agent_key.clone(),
+                    shop: shop_key.clone(),
+                    clock: ClockView {
+                        target_ms: s.target.as_millis() as u64,
+                        nudge_ms: s.nudge.as_millis() as u64,
+                    },
                 },
-                conversations: views,
+                convs: mine,
             },
         );
         Ok(AgentSession {
@@ -1358,6 +1524,7 @@ fn assign(
 /// more. A frame per conversation would let a large move (an agent with
 /// hundreds of buyers leaves a shop with one colleague online) fill the
 /// colleague's outbound queue, which nothing waits on, and drop them too.
+/// The frames are rendered by the receiving connections ([`Render`]).
 fn tell_assigned(
     shop: &Shop,
     convs: &HashMap<Arc<str>, Conv>,
@@ -1377,55 +1544,26 @@ fn tell_assigned(
         let Some(out) = agent.online.as_ref() else {
             continue;
         };
-        let theirs: Vec<&Conv> = moved
+        let theirs: Vec<ConvSnap> = moved
             .iter()
             .filter(|(a, _)| a == agent_id)
             .filter_map(|(_, c)| convs.get(c))
+            .map(|c| c.snapshot(clock.round(&c.id), ctx.tb))
             .collect();
-        let suggestions = suggestions_each(&theirs, clock, ctx, &shop.name, agent.name.as_deref());
-        let mut views = views_of(&theirs, &suggestions, clock, ctx.tb);
-        if views.len() == 1 {
-            let view = views.pop().expect("one view");
-            fx.send(out, &ServerMsg::ConversationAssigned { reason, view });
-        } else if !views.is_empty() {
-            let conversations = views;
-            fx.send(
-                out,
-                &ServerMsg::ConversationsAssigned {
-                    reason,
-                    conversations,
-                },
-            );
+        if theirs.is_empty() {
+            continue;
         }
+        fx.send_later(
+            out,
+            Render {
+                matcher: ctx.phrases.matcher.clone(),
+                shop_name: shop.name.clone(),
+                agent_name: agent.name.clone(),
+                kind: RenderKind::Assigned { reason },
+                convs: theirs,
+            },
+        );
     }
-}
-
-/// [`suggestions_for`] each of `convs`, for [`views_of`].
-fn suggestions_each(
-    convs: &[&Conv],
-    clock: &Clock<Arc<str>>,
-    ctx: &Ctx,
-    shop_name: &str,
-    agent_name: Option<&str>,
-) -> Vec<Vec<Suggestion>> {
-    convs
-        .iter()
-        .map(|c| suggestions_for(c, clock.round(&c.id), ctx, shop_name, agent_name))
-        .collect()
-}
-
-/// The views of `convs` as an agent sees them, with their suggestions.
-fn views_of<'a>(
-    convs: &[&'a Conv],
-    suggestions: &'a [Vec<Suggestion>],
-    clock: &Clock<Arc<str>>,
-    tb: Timebase,
-) -> Vec<ConversationView<'a>> {
-    convs
-        .iter()
-        .zip(suggestions)
-        .map(|(c, s)| c.view(clock.round(&c.id), tb, s))
-        .collect()
 }
 
 /// Suggestions for the latest buyer message while the buyer waits.
@@ -1674,6 +1812,159 @@ mod tests {
         assert!(full.push("a".into()));
         assert!(!full.push("b".into()), "no room and nobody to wait");
         assert!(control.ordered());
+    }
+
+    /// Shop s1 (agents a1 小美 and a2, tokens t1 and t2) and s2 (agent
+    /// b1), the repository's phrases, no grace for agents who leave.
+    fn setup() -> (Config, Phrases) {
+        use crate::config::{AgentConfig, ShopConfig};
+        let mut config = Config {
+            phrases: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("phrases"),
+            ..Config::default()
+        };
+        let agent = |token: &str, name: Option<&str>| AgentConfig {
+            token: token.into(),
+            name: name.map(str::to_string),
+        };
+        let mut s1 = ShopConfig {
+            name: Some("测试旗舰店".into()),
+            ..ShopConfig::default()
+        };
+        s1.agents.insert("a1".into(), agent("t1", Some("小美")));
+        s1.agents.insert("a2".into(), agent("t2", None));
+        let mut s2 = ShopConfig::default();
+        s2.agents.insert("b1".into(), agent("u1", None));
+        config.shops.insert("s1".into(), s1);
+        config.shops.insert("s2".into(), s2);
+        config.limits.agent_grace = Duration::ZERO;
+        let phrases = Phrases::load(&config.phrases).expect("the repository's phrases load");
+        (config, phrases)
+    }
+
+    fn ctx<'a>(config: &'a Config, phrases: &'a Phrases) -> Ctx<'a> {
+        Ctx {
+            config,
+            tb: Timebase::new(),
+            phrases,
+        }
+    }
+
+    /// A buyer's outbox (its queue dropped: nothing is delivered here).
+    fn outbox(conn: u64) -> Outbox {
+        Outbox::new(conn, 16).0
+    }
+
+    /// Bytes of frames in `fx` that were serialised when it was built.
+    fn rendered_bytes(fx: &Effects) -> usize {
+        fx.sends
+            .iter()
+            .map(|(_, f, _)| match f {
+                Frame::Text(t) => t.len(),
+                Frame::Later(_) => 0,
+            })
+            .sum()
+    }
+
+    /// Takes the one frame of `fx` for connection `conn`.
+    fn frame_for(fx: &mut Effects, conn: u64) -> Frame {
+        let i = fx
+            .sends
+            .iter()
+            .position(|(o, _, _)| o.conn == conn)
+            .expect("a frame for the connection");
+        fx.sends.remove(i).1
+    }
+
+    /// `v` as a client reads it (scores are `f32`: through the text).
+    fn as_sent(v: &impl serde::Serialize) -> serde_json::Value {
+        serde_json::from_str(&serde_json::to_string(v).unwrap()).unwrap()
+    }
+
+    /// With many conversations holding long histories, an agent's welcome
+    /// and a colleague's grouped move are built under the hub lock only as
+    /// shared data: nothing of them is matched or serialised until the
+    /// receiving connection renders them, and then they hold every
+    /// conversation, its history and its suggestions as before.
+    #[test]
+    fn large_frames_are_rendered_outside_the_hub_lock() {
+        const BUYERS: usize = 60;
+        let (config, phrases) = setup();
+        let ctx = ctx(&config, &phrases);
+        let mut hub = Hub::new(&config);
+        let now = Instant::now();
+        // Three long messages each: the history holds the last two (12 KB).
+        let ask: Arc<str> = Arc::from(format!("这款有货吗{}", "啊".repeat(1990)));
+        for i in 0..BUYERS {
+            let mut fx = Effects::default();
+            let s = hub
+                .buyer_hello(
+                    &ctx,
+                    "s1",
+                    &format!("b{i}"),
+                    None,
+                    &outbox(100 + i as u64),
+                    now,
+                    &mut fx,
+                )
+                .unwrap();
+            for _ in 0..3 {
+                hub.buyer_message(&ctx, &s, &ask, now, &mut fx).unwrap();
+            }
+        }
+        let fill = Fill {
+            shop: "测试旗舰店",
+            agent: "小美",
+            buyer: "",
+        };
+        let want = as_sent(&phrases.matcher.suggest(&ask, SUGGESTIONS, &fill));
+        assert!(
+            !want.as_array().unwrap().is_empty(),
+            "the question has suggestions"
+        );
+        let check = |frame: Frame, ty: &str, key: &str, want: &serde_json::Value| {
+            assert!(
+                matches!(frame, Frame::Later(_)),
+                "{ty}: rendered under the lock"
+            );
+            let text = frame.text();
+            assert!(text.len() > BUYERS * 10_000, "{ty}: {} bytes", text.len());
+            let v: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
+            assert_eq!(v["type"], ty);
+            let convs = v[key].as_array().unwrap();
+            assert_eq!(convs.len(), BUYERS, "{ty}");
+            for c in convs {
+                assert_eq!(c["suggestions"], *want, "{ty}");
+                assert!(c["waiting_since"].is_i64(), "{ty}");
+                let history = c["history"].as_array().unwrap();
+                assert_eq!(history.last().unwrap()["text"], &*ask, "{ty}");
+            }
+        };
+
+        // a1 signs in: every waiting buyer comes in the welcome.
+        let a1 = outbox(1);
+        let mut fx = Effects::default();
+        let s1 = hub
+            .agent_hello(&ctx, "s1", "a1", Some("t1"), &a1, now, &mut fx)
+            .unwrap();
+        assert!(rendered_bytes(&fx) < 1024, "{} bytes", rendered_bytes(&fx));
+        check(frame_for(&mut fx, 1), "welcome", "conversations", &want);
+
+        // a2 signs in, a1 leaves: all of it moves to a2 in one frame.
+        let a2 = outbox(2);
+        let mut fx = Effects::default();
+        hub.agent_hello(&ctx, "s1", "a2", Some("t2"), &a2, now, &mut fx)
+            .unwrap();
+        let mut fx = Effects::default();
+        hub.agent_left(&ctx, &s1, now, &mut fx);
+        assert!(rendered_bytes(&fx) < 1024, "{} bytes", rendered_bytes(&fx));
+        let fill = Fill { agent: "", ..fill };
+        let want = as_sent(&phrases.matcher.suggest(&ask, SUGGESTIONS, &fill));
+        check(
+            frame_for(&mut fx, 2),
+            "conversations_assigned",
+            "conversations",
+            &want,
+        );
     }
 
     #[test]
