@@ -624,11 +624,21 @@ fn dispatch(app: &App, session: &mut Session, out: &Outbox, text: &str) -> Optio
     match result {
         Ok(()) => None,
         Err(r) if is_fatal(r.code) => {
-            info!(
-                conn = out.conn,
-                code = r.code.as_str(),
-                "hello refused: closing"
-            );
+            // A busy shop refuses buyers by the thousand: the hub logs
+            // those once a minute.
+            if r.code == ErrorCode::ShopBusy {
+                debug!(
+                    conn = out.conn,
+                    code = r.code.as_str(),
+                    "hello refused: closing"
+                );
+            } else {
+                info!(
+                    conn = out.conn,
+                    code = r.code.as_str(),
+                    "hello refused: closing"
+                );
+            }
             Some(CloseOrder::refused(r))
         }
         Err(r) => {
@@ -643,7 +653,7 @@ fn dispatch(app: &App, session: &mut Session, out: &Outbox, text: &str) -> Optio
 fn is_fatal(code: ErrorCode) -> bool {
     matches!(
         code,
-        ErrorCode::BadToken | ErrorCode::UnknownShop | ErrorCode::BuyerTaken
+        ErrorCode::BadToken | ErrorCode::UnknownShop | ErrorCode::BuyerTaken | ErrorCode::ShopBusy
     )
 }
 

@@ -129,10 +129,16 @@ pub(crate) struct CloseOrder {
 
 impl CloseOrder {
     pub(crate) fn refused(r: Refusal) -> CloseOrder {
+        // A shop at its cap will take the buyer later: 1013 (try again
+        // later), not a policy violation.
+        let code = match r.code {
+            ErrorCode::ShopBusy => CloseCode::Again,
+            _ => CloseCode::Policy,
+        };
         CloseOrder {
             reason: r.code.as_str().to_string(),
             error: Some(r),
-            code: CloseCode::Policy,
+            code,
             flush: true,
         }
     }
@@ -359,6 +365,8 @@ pub(crate) struct Effects {
     pub events: Vec<Event>,
     /// A deadline earlier than the timer task's sleep was added.
     pub wake_timer: bool,
+    /// New buyers refused at a shop's cap, to log (see [`BusyLog`]).
+    pub shop_busy: Option<ShopBusy>,
 }
 
 impl Effects {
@@ -379,6 +387,45 @@ impl Effects {
     fn send_later(&mut self, out: &Outbox, r: Render) {
         self.sends
             .push((out.clone(), Frame::Later(Box::new(r)), false));
+    }
+}
+
+/// New buyers a shop refused at its cap since the last log line about it.
+pub(crate) struct ShopBusy {
+    pub shop: Arc<str>,
+    pub refused: u64,
+    pub cap: usize,
+}
+
+/// How often at most a shop's refusals at its cap are logged: one line per
+/// refused buyer would flood the log just when the shop is busiest.
+const BUSY_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// A shop's refusals at its cap: counted, and logged at most once every
+/// [`BUSY_LOG_EVERY`].
+#[derive(Debug, Default)]
+struct BusyLog {
+    /// Every refusal since the start, for [`Stats`].
+    total: u64,
+    /// Refusals not in a log line yet.
+    unlogged: u64,
+    last_log: Option<Instant>,
+}
+
+impl BusyLog {
+    /// Counts a refusal; `Some(n)` when a line is due, for the `n`
+    /// refusals since the last one.
+    fn refused(&mut self, now: Instant) -> Option<u64> {
+        self.total += 1;
+        self.unlogged += 1;
+        if self
+            .last_log
+            .is_some_and(|t| now.saturating_duration_since(t) < BUSY_LOG_EVERY)
+        {
+            return None;
+        }
+        self.last_log = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
     }
 }
 
@@ -437,6 +484,8 @@ struct Shop {
     buyers: HashMap<Arc<str>, Arc<str>>,
     /// Conversations waiting for an agent to come online, oldest first.
     unassigned: Vec<Arc<str>>,
+    /// New buyers refused at `limits.max_open_conversations`.
+    busy: BusyLog,
 }
 
 struct Agent {
@@ -703,6 +752,7 @@ impl Hub {
                         agents,
                         buyers: HashMap::new(),
                         unassigned: Vec::new(),
+                        busy: BusyLog::default(),
                     },
                 )
             })
@@ -732,6 +782,7 @@ impl Hub {
                 .values()
                 .filter(|c| c.buyer_out.is_some())
                 .count(),
+            refused_shop_busy: self.shops.values().map(|s| s.busy.total).sum(),
         }
     }
 
@@ -829,6 +880,29 @@ impl Hub {
                 conv: cid,
                 conn: out.conn,
             });
+        }
+
+        // Anyone may open conversations (buyer ids are not authenticated),
+        // and each keeps up to `history_bytes` of chat: the cap bounds the
+        // memory a shop's conversations take, and the welcome of the
+        // first agent to sign in after a quiet spell, which carries them
+        // all. Resumes (above) are never refused.
+        let cap = ctx.config.limits.max_open_conversations;
+        if shop.buyers.len() >= cap {
+            if let Some(refused) = shop.busy.refused(now) {
+                fx.shop_busy = Some(ShopBusy {
+                    shop: shop_key.clone(),
+                    refused,
+                    cap,
+                });
+            }
+            return Err(Refusal::new(
+                ErrorCode::ShopBusy,
+                format!(
+                    "亲，{}当前咨询人数较多，客服暂时接待不过来，请您稍后再来，给您添麻烦了～",
+                    shop.name
+                ),
+            ));
         }
 
         // A new conversation: welcome, greeting, then an agent.
@@ -1814,9 +1888,10 @@ mod tests {
         assert!(control.ordered());
     }
 
-    /// Shop s1 (agents a1 小美 and a2, tokens t1 and t2) and s2 (agent
-    /// b1), the repository's phrases, no grace for agents who leave.
-    fn setup() -> (Config, Phrases) {
+    /// Shop s1 (agents a1 小美 and a2, tokens t1 and t2; at most `cap`
+    /// open conversations) and s2 (agent b1), the repository's phrases, no
+    /// grace for agents who leave.
+    fn setup(cap: usize) -> (Config, Phrases) {
         use crate::config::{AgentConfig, ShopConfig};
         let mut config = Config {
             phrases: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("phrases"),
@@ -1837,6 +1912,7 @@ mod tests {
         config.shops.insert("s1".into(), s1);
         config.shops.insert("s2".into(), s2);
         config.limits.agent_grace = Duration::ZERO;
+        config.limits.max_open_conversations = cap;
         let phrases = Phrases::load(&config.phrases).expect("the repository's phrases load");
         (config, phrases)
     }
@@ -1888,7 +1964,7 @@ mod tests {
     #[test]
     fn large_frames_are_rendered_outside_the_hub_lock() {
         const BUYERS: usize = 60;
-        let (config, phrases) = setup();
+        let (config, phrases) = setup(10_000);
         let ctx = ctx(&config, &phrases);
         let mut hub = Hub::new(&config);
         let now = Instant::now();
@@ -1965,6 +2041,126 @@ mod tests {
             "conversations",
             &want,
         );
+    }
+
+    /// What a buyer's hello gets with the shop at or under its cap.
+    #[test]
+    fn new_buyers_beyond_a_shops_cap_are_refused_and_resumes_get_in() {
+        #[derive(Debug, Clone, Copy)]
+        enum Hello {
+            /// A buyer id with no open conversation.
+            New,
+            /// b0 with its resume secret.
+            Resume,
+            /// b0 with a wrong secret.
+            WrongSecret,
+            /// A new buyer of shop s2.
+            OtherShop,
+            /// A new buyer after b0's conversation closed (b0 left and
+            /// stayed away past the resume window).
+            NewAfterAClose,
+        }
+        use ErrorCode::{BuyerTaken, ShopBusy};
+        let cases: &[(usize, usize, Hello, Option<ErrorCode>)] = &[
+            // (cap, open conversations in s1, hello, refusal)
+            (3, 0, Hello::New, None),
+            (3, 2, Hello::New, None),
+            (3, 3, Hello::New, Some(ShopBusy)),
+            (1, 1, Hello::New, Some(ShopBusy)),
+            (3, 3, Hello::Resume, None),
+            (3, 3, Hello::WrongSecret, Some(BuyerTaken)),
+            (3, 3, Hello::OtherShop, None),
+            (3, 3, Hello::NewAfterAClose, None),
+        ];
+        for &(cap, open, hello, refused) in cases {
+            let name = format!("cap {cap}, {open} open, {hello:?}");
+            let (config, phrases) = setup(cap);
+            let ctx = ctx(&config, &phrases);
+            let mut hub = Hub::new(&config);
+            let now = Instant::now();
+            let mut fx = Effects::default();
+            let sessions: Vec<BuyerSession> = (0..open)
+                .map(|i| {
+                    hub.buyer_hello(
+                        &ctx,
+                        "s1",
+                        &format!("b{i}"),
+                        None,
+                        &outbox(10 + i as u64),
+                        now,
+                        &mut fx,
+                    )
+                    .unwrap()
+                })
+                .collect();
+            let secret = |hub: &Hub| hub.convs[&sessions[0].conv].secret.to_string();
+            let mut at = now;
+            let (shop, buyer, resume) = match hello {
+                Hello::New => ("s1", "new", None),
+                Hello::Resume => ("s1", "b0", Some(secret(&hub))),
+                Hello::WrongSecret => ("s1", "b0", Some("0".repeat(32))),
+                Hello::OtherShop => ("s2", "new", None),
+                Hello::NewAfterAClose => {
+                    hub.buyer_left(&ctx, &sessions[0], now, &mut fx);
+                    at = now + config.limits.resume_window;
+                    hub.tick(&ctx, at, &mut fx);
+                    ("s1", "new", None)
+                }
+            };
+            let mut fx = Effects::default();
+            let got = hub.buyer_hello(
+                &ctx,
+                shop,
+                buyer,
+                resume.as_deref(),
+                &outbox(1),
+                at,
+                &mut fx,
+            );
+            assert_eq!(got.as_ref().err().map(|r| r.code), refused, "{name}");
+            if refused == Some(ShopBusy) {
+                let r = got.unwrap_err();
+                assert!(
+                    r.message.starts_with("亲，测试旗舰店当前咨询人数较多"),
+                    "{name}: {}",
+                    r.message
+                );
+                assert_eq!(CloseOrder::refused(r).code, CloseCode::Again, "{name}");
+                assert_eq!(hub.stats().refused_shop_busy, 1, "{name}");
+                assert_eq!(hub.stats().conversations, open, "{name}: nothing opened");
+                let logged = fx.shop_busy.expect("the first refusal is logged");
+                assert_eq!((&*logged.shop, logged.refused, logged.cap), ("s1", 1, cap));
+            } else {
+                assert_eq!(hub.stats().refused_shop_busy, 0, "{name}");
+                assert!(fx.shop_busy.is_none(), "{name}");
+            }
+        }
+    }
+
+    /// Refusals at the cap are logged at most once a minute, each line
+    /// with the count since the last one.
+    #[test]
+    fn refusals_at_the_cap_are_logged_once_a_minute() {
+        let t0 = Instant::now();
+        let mut log = BusyLog::default();
+        // (seconds after t0, line due with this count)
+        let steps: &[(u64, Option<u64>)] = &[
+            (0, Some(1)),
+            (1, None),
+            (30, None),
+            (59, None),
+            (60, Some(4)),
+            (61, None),
+            (200, Some(2)),
+        ];
+        for &(secs, want) in steps {
+            assert_eq!(
+                log.refused(t0 + Duration::from_secs(secs)),
+                want,
+                "at {secs} s"
+            );
+        }
+        assert_eq!(log.total, steps.len() as u64);
     }
 
     #[test]
