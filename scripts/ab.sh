@@ -41,7 +41,7 @@ run() {
   local dir=$1 port=$2 out=$3 d
   d=$(mktemp -d -p "$TMP")
   # The agents here answer hundreds of buyers a second each.
-  printf 'limits:\n  rate_per_sec: 1000000\n  rate_burst: 1000000\n' > "$d/c.yaml"
+  printf 'limits:\n  rate_per_sec: 1000000\n  rate_burst: 1000000\n  max_open_conversations: 1000000\n' > "$d/c.yaml"
   cp -r phrases "$d/phrases"
   "$dir/kefu" serve --listen "127.0.0.1:$port" --log warn --config "$d/c.yaml" --data "$d/data" \
     --phrases "$d/phrases" "${TOK[@]}" > "$d/log" 2>&1 &

@@ -122,6 +122,8 @@ cat >"$DATA/kefu-bench.yaml" <<'YAML'
 limits:
   rate_per_sec: 1000000
   rate_burst: 1000000
+  # The idle and clock runs open 10,000-100,000 conversations in one shop.
+  max_open_conversations: 1000000
 YAML
 
 # start_server relay|kefu [extra kefu flags]: sets SERVER_PID

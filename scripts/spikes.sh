@@ -50,7 +50,7 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done; rm -rf "$TMP"; }
 trap cleanup EXIT
 TOK=(); for i in 1 2 3 4 5 6 7 8; do TOK+=(--agent-token "s1:a$i:tok-$i"); done
-printf 'limits:\n  rate_per_sec: 1000000\n  rate_burst: 1000000\n' > "$TMP/c.yaml"
+printf 'limits:\n  rate_per_sec: 1000000\n  rate_burst: 1000000\n  max_open_conversations: 1000000\n' > "$TMP/c.yaml"
 cp -r phrases "$TMP/phrases"
 if [ "$TARGET" = relay ]; then
   "${SERVER_CPU[@]}" "$BIN/kefu-relay" --listen "127.0.0.1:$PORT" "${TOK[@]}" > "$TMP/server.log" 2>&1 &

@@ -119,6 +119,13 @@ pub struct Limits {
     /// before they move to colleagues (a page refresh, a network blip); 0
     /// moves them at once.
     pub agent_grace: Duration,
+    /// Open conversations per shop at most (away buyers within the resume
+    /// window count); a new buyer beyond it is refused (`shop_busy`, close
+    /// 1013), resumes still get in. Bounds what buyers, who are not
+    /// authenticated, can make the shop hold: `history_bytes` each, and
+    /// the first agent to sign in after a quiet spell gets them all in one
+    /// welcome, which must stay under the 64 MiB frame cap.
+    pub max_open_conversations: usize,
 }
 
 impl Default for Limits {
@@ -139,6 +146,9 @@ impl Default for Limits {
             read_buffer_bytes: 4096,
             shutdown_grace: Duration::from_secs(5),
             agent_grace: Duration::from_secs(10),
+            // 2,000 × 16 KiB of history: 32 MiB per shop at worst, and a
+            // welcome of about 34 MB, half the 64 MiB frame cap.
+            max_open_conversations: 2_000,
         }
     }
 }
@@ -285,6 +295,7 @@ struct FileLimits {
     read_buffer_bytes: Option<usize>,
     shutdown_grace_secs: Option<f64>,
     agent_grace_secs: Option<f64>,
+    max_open_conversations: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -390,6 +401,7 @@ impl Config {
         set(&mut lim.max_connections, l.max_connections);
         set(&mut lim.history_bytes, l.history_bytes);
         set(&mut lim.read_buffer_bytes, l.read_buffer_bytes);
+        set(&mut lim.max_open_conversations, l.max_open_conversations);
         for (field, value, name) in [
             (
                 &mut lim.handshake_timeout,
@@ -569,6 +581,12 @@ impl Config {
         }
         if l.read_buffer_bytes < 512 {
             return Err(invalid("limits.read_buffer_bytes", "must be at least 512"));
+        }
+        if l.max_open_conversations == 0 {
+            return Err(invalid(
+                "limits.max_open_conversations",
+                "must be at least 1 (no shop could take a buyer)",
+            ));
         }
         if self.shops.is_empty() {
             return Err(invalid(
@@ -791,6 +809,34 @@ mod tests {
             .to_string();
         assert!(err.starts_with("kefu.yaml:2:"), "{err}");
         assert!(err.contains("clok"), "{err}");
+    }
+
+    /// The cap on a shop's open conversations comes from the YAML file
+    /// and must leave room for at least one.
+    #[test]
+    fn the_open_conversation_cap_is_read_and_checked() {
+        let cases: &[(&str, Result<usize, &str>)] = &[
+            ("", Ok(2_000)),
+            ("limits:\n  max_open_conversations: 50\n", Ok(50)),
+            (
+                "limits:\n  max_open_conversations: 0\n",
+                Err("limits.max_open_conversations: must be at least 1"),
+            ),
+        ];
+        for (yaml, want) in cases {
+            let mut c = Config::default();
+            c.apply_file_text(Path::new("kefu.yaml"), yaml).unwrap();
+            c.shops.insert("s1".into(), ShopConfig::default());
+            let got = c
+                .validate()
+                .map(|()| c.limits.max_open_conversations)
+                .map_err(|e| e.to_string());
+            match (got, want) {
+                (Ok(n), Ok(w)) => assert_eq!(n, *w, "{yaml}"),
+                (Err(e), Err(w)) => assert!(e.contains(w), "{yaml}: {e}"),
+                (got, want) => panic!("{yaml}: {got:?}, want {want:?}"),
+            }
+        }
     }
 
     #[test]

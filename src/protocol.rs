@@ -99,6 +99,10 @@ pub enum ErrorCode {
     /// Someone else holds this buyer's conversation and the resume secret
     /// was missing or wrong (the socket is closed).
     BuyerTaken,
+    /// A new buyer's hello while the shop holds
+    /// `limits.max_open_conversations` open conversations (the socket is
+    /// closed with 1013, try again later).
+    ShopBusy,
     /// An id (shop, buyer, agent) is empty, too long or has control characters.
     BadId,
     EmptyText,
@@ -127,6 +131,7 @@ impl ErrorCode {
             ErrorCode::BadToken => "bad_token",
             ErrorCode::UnknownShop => "unknown_shop",
             ErrorCode::BuyerTaken => "buyer_taken",
+            ErrorCode::ShopBusy => "shop_busy",
             ErrorCode::BadId => "bad_id",
             ErrorCode::EmptyText => "empty_text",
             ErrorCode::TextTooLong => "text_too_long",

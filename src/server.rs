@@ -282,13 +282,23 @@ impl App {
             self.record(e);
         }
         for (out, frame, deferred) in fx.sends {
-            out.queue(frame, deferred);
+            out.enqueue(hub::Queued { frame, deferred });
         }
         for (out, order) in fx.closes {
             out.close(order);
         }
         if fx.wake_timer {
             self.shared.timer.notify_one();
+        }
+        if let Some(b) = fx.shop_busy {
+            warn!(
+                shop = %b.shop,
+                refused = b.refused,
+                cap = b.cap,
+                "shop at its open-conversation cap (limits.max_open_conversations): new buyers \
+                 refused with shop_busy since the last such line (at most one a minute); raise \
+                 the cap if the shop really has this many buyers"
+            );
         }
     }
 
@@ -308,6 +318,9 @@ pub struct Stats {
     pub waiting: usize,
     pub agents_online: usize,
     pub buyers_online: usize,
+    /// New buyers refused since the start because their shop was at
+    /// `limits.max_open_conversations` (`shop_busy`).
+    pub refused_shop_busy: u64,
 }
 
 /// Serves `listener` until `shutdown` completes (or [`App::shutdown`]), then

@@ -85,7 +85,10 @@
         rated = m.score;
         break;
       case "error":
-        if (["buyer_taken", "unknown_shop", "bad_id"].includes(m.code)) {
+        // shop_busy too: the server closes with 1013, and reconnecting on
+        // our own every half second would only add to the crowd; the buyer
+        // tries again from the entry form.
+        if (["buyer_taken", "unknown_shop", "bad_id", "shop_busy"].includes(m.code)) {
           if (m.code === "buyer_taken") save(resumeKey(me), null);
           leave(errorText(m));
           return;

@@ -299,7 +299,10 @@ where
                 }
                 for q in captured.own {
                     urgent |= !q.deferred;
-                    held.push(q.frame);
+                    // An agent's welcome is rendered here, outside the
+                    // hub lock, and still goes before anything queued for
+                    // this connection since.
+                    held.push(q.frame.text());
                 }
                 if let Some(order) = closing {
                     break End::Close(order);
@@ -486,7 +489,7 @@ fn hello_timeout(limits: &Limits) -> End {
 /// waits on, or is full.
 fn take_batch(first: Queued, rx: &mut mpsc::Receiver<Queued>, held: &mut Vec<Utf8Bytes>) -> bool {
     let now = !first.deferred;
-    held.push(first.frame);
+    held.push(first.frame.text());
     let urgent = top_up(rx, held, BATCH);
     now || urgent || held.len() >= BATCH
 }
@@ -499,7 +502,7 @@ fn top_up(rx: &mut mpsc::Receiver<Queued>, held: &mut Vec<Utf8Bytes>, limit: usi
         match rx.try_recv() {
             Ok(q) => {
                 urgent |= !q.deferred;
-                held.push(q.frame);
+                held.push(q.frame.text());
             }
             Err(_) => break,
         }
@@ -547,7 +550,7 @@ async fn finish<S>(
                 ws.feed(Message::Text(frame)).await?;
             }
             while let Ok(q) = rx.try_recv() {
-                ws.feed(Message::Text(q.frame)).await?;
+                ws.feed(Message::Text(q.frame.text())).await?;
             }
         }
         if let Some(r) = &order.error {
@@ -621,11 +624,21 @@ fn dispatch(app: &App, session: &mut Session, out: &Outbox, text: &str) -> Optio
     match result {
         Ok(()) => None,
         Err(r) if is_fatal(r.code) => {
-            info!(
-                conn = out.conn,
-                code = r.code.as_str(),
-                "hello refused: closing"
-            );
+            // A busy shop refuses buyers by the thousand: the hub logs
+            // those once a minute.
+            if r.code == ErrorCode::ShopBusy {
+                debug!(
+                    conn = out.conn,
+                    code = r.code.as_str(),
+                    "hello refused: closing"
+                );
+            } else {
+                info!(
+                    conn = out.conn,
+                    code = r.code.as_str(),
+                    "hello refused: closing"
+                );
+            }
             Some(CloseOrder::refused(r))
         }
         Err(r) => {
@@ -640,7 +653,7 @@ fn dispatch(app: &App, session: &mut Session, out: &Outbox, text: &str) -> Optio
 fn is_fatal(code: ErrorCode) -> bool {
     matches!(
         code,
-        ErrorCode::BadToken | ErrorCode::UnknownShop | ErrorCode::BuyerTaken
+        ErrorCode::BadToken | ErrorCode::UnknownShop | ErrorCode::BuyerTaken | ErrorCode::ShopBusy
     )
 }
 

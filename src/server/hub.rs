@@ -36,7 +36,7 @@ use super::{Phrases, Stats, SUGGESTIONS};
 use crate::clock::{Alarm, Clock, Round, Timebase};
 use crate::config::Config;
 use crate::events::{Event, Kind, Rating};
-use crate::matcher::Suggestion;
+use crate::matcher::{Matcher, Suggestion};
 use crate::phrases::Fill;
 use crate::protocol::{
     to_json, Author, ClockView, ConversationView, ErrorCode, Line, Refusal, Role, ServerMsg,
@@ -46,10 +46,36 @@ use crate::protocol::{
 
 /// A frame in a client's queue.
 pub(crate) struct Queued {
-    pub frame: Utf8Bytes,
+    pub frame: Frame,
     /// Nobody waits on it: the connection may hold it briefly so it leaves
     /// in one write with the next frame (see `conn::DEFER`).
     pub deferred: bool,
+}
+
+/// A queued frame: text ready to write, or a large frame the connection
+/// renders as it takes it off its queue (see [`Render`]).
+pub(crate) enum Frame {
+    Text(Utf8Bytes),
+    Later(Box<Render>),
+}
+
+impl Frame {
+    /// The frame's text, rendered now if it was queued unrendered.
+    pub(crate) fn text(self) -> Utf8Bytes {
+        match self {
+            Frame::Text(t) => t,
+            Frame::Later(r) => r.render(),
+        }
+    }
+
+    /// The text of a frame queued rendered.
+    #[cfg(test)]
+    fn as_str(&self) -> &str {
+        match self {
+            Frame::Text(t) => t.as_str(),
+            Frame::Later(_) => panic!("a frame queued unrendered"),
+        }
+    }
 }
 
 /// The sending side of one client's bounded outbound queue.
@@ -103,10 +129,16 @@ pub(crate) struct CloseOrder {
 
 impl CloseOrder {
     pub(crate) fn refused(r: Refusal) -> CloseOrder {
+        // A shop at its cap will take the buyer later: 1013 (try again
+        // later), not a policy violation.
+        let code = match r.code {
+            ErrorCode::ShopBusy => CloseCode::Again,
+            _ => CloseCode::Policy,
+        };
         CloseOrder {
             reason: r.code.as_str().to_string(),
             error: Some(r),
-            code: CloseCode::Policy,
+            code,
             flush: true,
         }
     }
@@ -139,7 +171,14 @@ impl Outbox {
     /// Queues a frame, `deferred` if the client does not wait on it (see
     /// [`Queued`]).
     pub(crate) fn queue(&self, frame: Utf8Bytes, deferred: bool) -> bool {
-        let q = Queued { frame, deferred };
+        self.enqueue(Queued {
+            frame: Frame::Text(frame),
+            deferred,
+        })
+    }
+
+    /// Queues `q` as [`Outbox::queue`] does.
+    pub(crate) fn enqueue(&self, q: Queued) -> bool {
         // A frame for the connection whose task is queueing it (a receipt,
         // an answer) skips the channel, and a buyer's frame for an agent
         // whose queue is nearly full waits with the buyer's task: see
@@ -321,22 +360,72 @@ pub(crate) fn capture<R>(conn: u64, may_wait: bool, f: impl FnOnce() -> R) -> (R
 #[derive(Default)]
 pub(crate) struct Effects {
     /// (to, frame, deferred)
-    pub sends: Vec<(Outbox, Utf8Bytes, bool)>,
+    pub sends: Vec<(Outbox, Frame, bool)>,
     pub closes: Vec<(Outbox, CloseOrder)>,
     pub events: Vec<Event>,
     /// A deadline earlier than the timer task's sleep was added.
     pub wake_timer: bool,
+    /// New buyers refused at a shop's cap, to log (see [`BusyLog`]).
+    pub shop_busy: Option<ShopBusy>,
 }
 
 impl Effects {
     fn send(&mut self, out: &Outbox, msg: &ServerMsg<'_>) {
-        self.sends.push((out.clone(), to_json(msg).into(), false));
+        self.sends
+            .push((out.clone(), Frame::Text(to_json(msg).into()), false));
     }
 
     /// A frame the client does not wait on: a receipt. It keeps its place
     /// in the queue but may wait there briefly for company.
     fn send_deferred(&mut self, out: &Outbox, msg: &ServerMsg<'_>) {
-        self.sends.push((out.clone(), to_json(msg).into(), true));
+        self.sends
+            .push((out.clone(), Frame::Text(to_json(msg).into()), true));
+    }
+
+    /// A large frame, queued in its place but matched and serialised by
+    /// the connection that writes it (see [`Render`]).
+    fn send_later(&mut self, out: &Outbox, r: Render) {
+        self.sends
+            .push((out.clone(), Frame::Later(Box::new(r)), false));
+    }
+}
+
+/// New buyers a shop refused at its cap since the last log line about it.
+pub(crate) struct ShopBusy {
+    pub shop: Arc<str>,
+    pub refused: u64,
+    pub cap: usize,
+}
+
+/// How often at most a shop's refusals at its cap are logged: one line per
+/// refused buyer would flood the log just when the shop is busiest.
+const BUSY_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// A shop's refusals at its cap: counted, and logged at most once every
+/// [`BUSY_LOG_EVERY`].
+#[derive(Debug, Default)]
+struct BusyLog {
+    /// Every refusal since the start, for [`Stats`].
+    total: u64,
+    /// Refusals not in a log line yet.
+    unlogged: u64,
+    last_log: Option<Instant>,
+}
+
+impl BusyLog {
+    /// Counts a refusal; `Some(n)` when a line is due, for the `n`
+    /// refusals since the last one.
+    fn refused(&mut self, now: Instant) -> Option<u64> {
+        self.total += 1;
+        self.unlogged += 1;
+        if self
+            .last_log
+            .is_some_and(|t| now.saturating_duration_since(t) < BUSY_LOG_EVERY)
+        {
+            return None;
+        }
+        self.last_log = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
     }
 }
 
@@ -395,6 +484,8 @@ struct Shop {
     buyers: HashMap<Arc<str>, Arc<str>>,
     /// Conversations waiting for an agent to come online, oldest first.
     unassigned: Vec<Arc<str>>,
+    /// New buyers refused at `limits.max_open_conversations`.
+    busy: BusyLog,
 }
 
 struct Agent {
@@ -412,6 +503,7 @@ struct Agent {
 /// (`{"from":"buyer","text":"","at":1795400002000}`).
 const LINE_COST: usize = 64;
 
+#[derive(Clone)]
 struct HLine {
     author: Author,
     agent: Option<Arc<str>>,
@@ -461,24 +553,30 @@ impl Conv {
     }
 
     fn lines(&self) -> Vec<Line<'_>> {
-        self.history
-            .iter()
-            .map(|l| Line {
-                from: l.author,
-                agent: l.agent.as_deref(),
-                text: &l.text,
-                at: l.at,
-                note: l.note,
-            })
-            .collect()
+        lines_of(&self.history)
     }
 
-    fn last_buyer_text(&self) -> Option<&str> {
+    fn last_buyer_text(&self) -> Option<&Arc<str>> {
         self.history
             .iter()
             .rev()
             .find(|l| l.author == Author::Buyer)
-            .map(|l| &*l.text)
+            .map(|l| &l.text)
+    }
+
+    /// What [`Render`] needs of this conversation: shared texts and ids,
+    /// no JSON.
+    fn snapshot(&self, round: Option<&Round>, tb: Timebase) -> ConvSnap {
+        ConvSnap {
+            id: self.id.clone(),
+            buyer: self.buyer.clone(),
+            online: self.buyer_out.is_some(),
+            waiting_since: round.map(|r| tb.ms(r.started)),
+            deadline: round.map(|r| tb.ms(r.deadline)),
+            history: self.history.iter().cloned().collect(),
+            rated: self.rated,
+            ask: round.and_then(|_| self.last_buyer_text().cloned()),
+        }
     }
 
     fn view<'a>(
@@ -497,6 +595,116 @@ impl Conv {
             suggestions,
             rated: self.rated,
         }
+    }
+}
+
+fn lines_of<'a>(history: impl IntoIterator<Item = &'a HLine>) -> Vec<Line<'a>> {
+    history
+        .into_iter()
+        .map(|l| Line {
+            from: l.author,
+            agent: l.agent.as_deref(),
+            text: &l.text,
+            at: l.at,
+            note: l.note,
+        })
+        .collect()
+}
+
+/// A conversation as [`Render`] takes it under the lock.
+struct ConvSnap {
+    id: Arc<str>,
+    buyer: Arc<str>,
+    online: bool,
+    waiting_since: Option<i64>,
+    deadline: Option<i64>,
+    history: Vec<HLine>,
+    rated: Option<Rating>,
+    /// The latest buyer message while the buyer waits: what the
+    /// suggestions answer.
+    ask: Option<Arc<str>>,
+}
+
+/// The content of a frame that carries many conversations (an agent's
+/// welcome, a grouped move), taken under the hub lock as shared data (ids
+/// and texts are `Arc<str>`: a reference count each, no copy), and matched
+/// and serialised by the connection that writes it, after the lock is
+/// released. Built under the lock, a welcome of 1,000 conversations with
+/// long histories (19.8 MB of JSON, suggestions for each waiting buyer)
+/// froze every chat for about 145 ms. The connection renders the frame as
+/// it takes it off its queue, so it keeps its place among the agent's
+/// frames; one queued to a connection that has gone is never rendered.
+pub(crate) struct Render {
+    matcher: Arc<Matcher>,
+    shop_name: Arc<str>,
+    /// The receiving agent's name, for the suggestions' `{agent}`.
+    agent_name: Option<Arc<str>>,
+    kind: RenderKind,
+    convs: Vec<ConvSnap>,
+}
+
+enum RenderKind {
+    /// `welcome` to an agent signing in.
+    Welcome {
+        agent: Arc<str>,
+        shop: Arc<str>,
+        clock: ClockView,
+    },
+    /// `conversation_assigned` for one conversation,
+    /// `conversations_assigned` for more.
+    Assigned { reason: &'static str },
+}
+
+impl Render {
+    /// The frame's JSON: the suggestions are matched here.
+    pub(crate) fn render(&self) -> Utf8Bytes {
+        let fill = Fill {
+            shop: &self.shop_name,
+            agent: self.agent_name.as_deref().unwrap_or(""),
+            buyer: "",
+        };
+        let suggestions: Vec<Vec<Suggestion>> = self
+            .convs
+            .iter()
+            .map(|c| match &c.ask {
+                Some(text) => self.matcher.suggest(text, SUGGESTIONS, &fill),
+                None => Vec::new(),
+            })
+            .collect();
+        let mut views: Vec<ConversationView<'_>> = self
+            .convs
+            .iter()
+            .zip(&suggestions)
+            .map(|(c, s)| ConversationView {
+                conversation: &c.id,
+                buyer: &c.buyer,
+                online: c.online,
+                waiting_since: c.waiting_since,
+                deadline: c.deadline,
+                history: lines_of(&c.history),
+                suggestions: s,
+                rated: c.rated,
+            })
+            .collect();
+        let json = match &self.kind {
+            RenderKind::Welcome { agent, shop, clock } => to_json(&ServerMsg::AgentWelcome {
+                role: Role::Agent,
+                agent,
+                shop,
+                shop_name: &self.shop_name,
+                clock: *clock,
+                conversations: views,
+            }),
+            RenderKind::Assigned { reason } if views.len() == 1 => {
+                let view = views.pop().expect("one view");
+                to_json(&ServerMsg::ConversationAssigned { reason, view })
+            }
+            RenderKind::Assigned { reason } => to_json(&ServerMsg::ConversationsAssigned {
+                reason,
+                conversations: views,
+            }),
+        };
+        json.into()
     }
 }
 
@@ -544,6 +752,7 @@ impl Hub {
                         agents,
                         buyers: HashMap::new(),
                         unassigned: Vec::new(),
+                        busy: BusyLog::default(),
                     },
                 )
             })
@@ -573,6 +782,7 @@ impl Hub {
                 .values()
                 .filter(|c| c.buyer_out.is_some())
                 .count(),
+            refused_shop_busy: self.shops.values().map(|s| s.busy.total).sum(),
         }
     }
 
@@ -670,6 +880,29 @@ impl Hub {
                 conv: cid,
                 conn: out.conn,
             });
+        }
+
+        // Anyone may open conversations (buyer ids are not authenticated),
+        // and each keeps up to `history_bytes` of chat: the cap bounds the
+        // memory a shop's conversations take, and the welcome of the
+        // first agent to sign in after a quiet spell, which carries them
+        // all. Resumes (above) are never refused.
+        let cap = ctx.config.limits.max_open_conversations;
+        if shop.buyers.len() >= cap {
+            if let Some(refused) = shop.busy.refused(now) {
+                fx.shop_busy = Some(ShopBusy {
+                    shop: shop_key.clone(),
+                    refused,
+                    cap,
+                });
+            }
+            return Err(Refusal::new(
+                ErrorCode::ShopBusy,
+                format!(
+                    "亲，{}当前咨询人数较多，客服暂时接待不过来，请您稍后再来，给您添麻烦了～",
+                    shop.name
+                ),
+            ));
         }
 
         // A new conversation: welcome, greeting, then an agent.
@@ -794,23 +1027,30 @@ impl Hub {
         let agent = shop.agents.get(agent_id).expect("just found");
         // The conversations this agent still holds (a reconnect that
         // replaced an older connection), longest-waiting first.
+        // Matched and serialised by the agent's connection, after the
+        // lock is released (see `Render`).
         let mut mine: Vec<&Conv> = agent.convs.iter().filter_map(|c| convs.get(c)).collect();
         mine.sort_by_key(|c| waiting_key(clock, c));
-        let suggestions = suggestions_each(&mine, clock, ctx, &shop.name, agent.name.as_deref());
-        let views = views_of(&mine, &suggestions, clock, tb);
+        let mine = mine
+            .into_iter()
+            .map(|c| c.snapshot(clock.round(&c.id), tb))
+            .collect();
         let s = clock.settings();
-        fx.send(
+        fx.send_later(
             out,
-            &ServerMsg::AgentWelcome {
-                role: Role::Agent,
-                agent: &agent_key,
-                shop: &shop_key,
-                shop_name: &shop.name,
-                clock: ClockView {
-                    target_ms: s.target.as_millis() as u64,
-                    nudge_ms: s.nudge.as_millis() as u64,
+            Render {
+                matcher: ctx.phrases.matcher.clone(),
+                shop_name: shop.name.clone(),
+                agent_name: agent.name.clone(),
+                kind: RenderKind::Welcome {
+                    agent: agent_key.clone(),
+                    shop: shop_key.clone(),
+                    clock: ClockView {
+                        target_ms: s.target.as_millis() as u64,
+                        nudge_ms: s.nudge.as_millis() as u64,
+                    },
                 },
-                conversations: views,
+                convs: mine,
             },
         );
         Ok(AgentSession {
@@ -1358,6 +1598,7 @@ fn assign(
 /// more. A frame per conversation would let a large move (an agent with
 /// hundreds of buyers leaves a shop with one colleague online) fill the
 /// colleague's outbound queue, which nothing waits on, and drop them too.
+/// The frames are rendered by the receiving connections ([`Render`]).
 fn tell_assigned(
     shop: &Shop,
     convs: &HashMap<Arc<str>, Conv>,
@@ -1377,55 +1618,26 @@ fn tell_assigned(
         let Some(out) = agent.online.as_ref() else {
             continue;
         };
-        let theirs: Vec<&Conv> = moved
+        let theirs: Vec<ConvSnap> = moved
             .iter()
             .filter(|(a, _)| a == agent_id)
             .filter_map(|(_, c)| convs.get(c))
+            .map(|c| c.snapshot(clock.round(&c.id), ctx.tb))
             .collect();
-        let suggestions = suggestions_each(&theirs, clock, ctx, &shop.name, agent.name.as_deref());
-        let mut views = views_of(&theirs, &suggestions, clock, ctx.tb);
-        if views.len() == 1 {
-            let view = views.pop().expect("one view");
-            fx.send(out, &ServerMsg::ConversationAssigned { reason, view });
-        } else if !views.is_empty() {
-            let conversations = views;
-            fx.send(
-                out,
-                &ServerMsg::ConversationsAssigned {
-                    reason,
-                    conversations,
-                },
-            );
+        if theirs.is_empty() {
+            continue;
         }
+        fx.send_later(
+            out,
+            Render {
+                matcher: ctx.phrases.matcher.clone(),
+                shop_name: shop.name.clone(),
+                agent_name: agent.name.clone(),
+                kind: RenderKind::Assigned { reason },
+                convs: theirs,
+            },
+        );
     }
-}
-
-/// [`suggestions_for`] each of `convs`, for [`views_of`].
-fn suggestions_each(
-    convs: &[&Conv],
-    clock: &Clock<Arc<str>>,
-    ctx: &Ctx,
-    shop_name: &str,
-    agent_name: Option<&str>,
-) -> Vec<Vec<Suggestion>> {
-    convs
-        .iter()
-        .map(|c| suggestions_for(c, clock.round(&c.id), ctx, shop_name, agent_name))
-        .collect()
-}
-
-/// The views of `convs` as an agent sees them, with their suggestions.
-fn views_of<'a>(
-    convs: &[&'a Conv],
-    suggestions: &'a [Vec<Suggestion>],
-    clock: &Clock<Arc<str>>,
-    tb: Timebase,
-) -> Vec<ConversationView<'a>> {
-    convs
-        .iter()
-        .zip(suggestions)
-        .map(|(c, s)| c.view(clock.round(&c.id), tb, s))
-        .collect()
 }
 
 /// Suggestions for the latest buyer message while the buyer waits.
@@ -1674,6 +1886,281 @@ mod tests {
         assert!(full.push("a".into()));
         assert!(!full.push("b".into()), "no room and nobody to wait");
         assert!(control.ordered());
+    }
+
+    /// Shop s1 (agents a1 小美 and a2, tokens t1 and t2; at most `cap`
+    /// open conversations) and s2 (agent b1), the repository's phrases, no
+    /// grace for agents who leave.
+    fn setup(cap: usize) -> (Config, Phrases) {
+        use crate::config::{AgentConfig, ShopConfig};
+        let mut config = Config {
+            phrases: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("phrases"),
+            ..Config::default()
+        };
+        let agent = |token: &str, name: Option<&str>| AgentConfig {
+            token: token.into(),
+            name: name.map(str::to_string),
+        };
+        let mut s1 = ShopConfig {
+            name: Some("测试旗舰店".into()),
+            ..ShopConfig::default()
+        };
+        s1.agents.insert("a1".into(), agent("t1", Some("小美")));
+        s1.agents.insert("a2".into(), agent("t2", None));
+        let mut s2 = ShopConfig::default();
+        s2.agents.insert("b1".into(), agent("u1", None));
+        config.shops.insert("s1".into(), s1);
+        config.shops.insert("s2".into(), s2);
+        config.limits.agent_grace = Duration::ZERO;
+        config.limits.max_open_conversations = cap;
+        let phrases = Phrases::load(&config.phrases).expect("the repository's phrases load");
+        (config, phrases)
+    }
+
+    fn ctx<'a>(config: &'a Config, phrases: &'a Phrases) -> Ctx<'a> {
+        Ctx {
+            config,
+            tb: Timebase::new(),
+            phrases,
+        }
+    }
+
+    /// A buyer's outbox (its queue dropped: nothing is delivered here).
+    fn outbox(conn: u64) -> Outbox {
+        Outbox::new(conn, 16).0
+    }
+
+    /// Bytes of frames in `fx` that were serialised when it was built.
+    fn rendered_bytes(fx: &Effects) -> usize {
+        fx.sends
+            .iter()
+            .map(|(_, f, _)| match f {
+                Frame::Text(t) => t.len(),
+                Frame::Later(_) => 0,
+            })
+            .sum()
+    }
+
+    /// Takes the one frame of `fx` for connection `conn`.
+    fn frame_for(fx: &mut Effects, conn: u64) -> Frame {
+        let i = fx
+            .sends
+            .iter()
+            .position(|(o, _, _)| o.conn == conn)
+            .expect("a frame for the connection");
+        fx.sends.remove(i).1
+    }
+
+    /// `v` as a client reads it (scores are `f32`: through the text).
+    fn as_sent(v: &impl serde::Serialize) -> serde_json::Value {
+        serde_json::from_str(&serde_json::to_string(v).unwrap()).unwrap()
+    }
+
+    /// With many conversations holding long histories, an agent's welcome
+    /// and a colleague's grouped move are built under the hub lock only as
+    /// shared data: nothing of them is matched or serialised until the
+    /// receiving connection renders them, and then they hold every
+    /// conversation, its history and its suggestions as before.
+    #[test]
+    fn large_frames_are_rendered_outside_the_hub_lock() {
+        const BUYERS: usize = 60;
+        let (config, phrases) = setup(10_000);
+        let ctx = ctx(&config, &phrases);
+        let mut hub = Hub::new(&config);
+        let now = Instant::now();
+        // Three long messages each: the history holds the last two (12 KB).
+        let ask: Arc<str> = Arc::from(format!("这款有货吗{}", "啊".repeat(1990)));
+        for i in 0..BUYERS {
+            let mut fx = Effects::default();
+            let s = hub
+                .buyer_hello(
+                    &ctx,
+                    "s1",
+                    &format!("b{i}"),
+                    None,
+                    &outbox(100 + i as u64),
+                    now,
+                    &mut fx,
+                )
+                .unwrap();
+            for _ in 0..3 {
+                hub.buyer_message(&ctx, &s, &ask, now, &mut fx).unwrap();
+            }
+        }
+        let fill = Fill {
+            shop: "测试旗舰店",
+            agent: "小美",
+            buyer: "",
+        };
+        let want = as_sent(&phrases.matcher.suggest(&ask, SUGGESTIONS, &fill));
+        assert!(
+            !want.as_array().unwrap().is_empty(),
+            "the question has suggestions"
+        );
+        let check = |frame: Frame, ty: &str, key: &str, want: &serde_json::Value| {
+            assert!(
+                matches!(frame, Frame::Later(_)),
+                "{ty}: rendered under the lock"
+            );
+            let text = frame.text();
+            assert!(text.len() > BUYERS * 10_000, "{ty}: {} bytes", text.len());
+            let v: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
+            assert_eq!(v["type"], ty);
+            let convs = v[key].as_array().unwrap();
+            assert_eq!(convs.len(), BUYERS, "{ty}");
+            for c in convs {
+                assert_eq!(c["suggestions"], *want, "{ty}");
+                assert!(c["waiting_since"].is_i64(), "{ty}");
+                let history = c["history"].as_array().unwrap();
+                assert_eq!(history.last().unwrap()["text"], &*ask, "{ty}");
+            }
+        };
+
+        // a1 signs in: every waiting buyer comes in the welcome.
+        let a1 = outbox(1);
+        let mut fx = Effects::default();
+        let s1 = hub
+            .agent_hello(&ctx, "s1", "a1", Some("t1"), &a1, now, &mut fx)
+            .unwrap();
+        assert!(rendered_bytes(&fx) < 1024, "{} bytes", rendered_bytes(&fx));
+        check(frame_for(&mut fx, 1), "welcome", "conversations", &want);
+
+        // a2 signs in, a1 leaves: all of it moves to a2 in one frame.
+        let a2 = outbox(2);
+        let mut fx = Effects::default();
+        hub.agent_hello(&ctx, "s1", "a2", Some("t2"), &a2, now, &mut fx)
+            .unwrap();
+        let mut fx = Effects::default();
+        hub.agent_left(&ctx, &s1, now, &mut fx);
+        assert!(rendered_bytes(&fx) < 1024, "{} bytes", rendered_bytes(&fx));
+        let fill = Fill { agent: "", ..fill };
+        let want = as_sent(&phrases.matcher.suggest(&ask, SUGGESTIONS, &fill));
+        check(
+            frame_for(&mut fx, 2),
+            "conversations_assigned",
+            "conversations",
+            &want,
+        );
+    }
+
+    /// What a buyer's hello gets with the shop at or under its cap.
+    #[test]
+    fn new_buyers_beyond_a_shops_cap_are_refused_and_resumes_get_in() {
+        #[derive(Debug, Clone, Copy)]
+        enum Hello {
+            /// A buyer id with no open conversation.
+            New,
+            /// b0 with its resume secret.
+            Resume,
+            /// b0 with a wrong secret.
+            WrongSecret,
+            /// A new buyer of shop s2.
+            OtherShop,
+            /// A new buyer after b0's conversation closed (b0 left and
+            /// stayed away past the resume window).
+            NewAfterAClose,
+        }
+        use ErrorCode::{BuyerTaken, ShopBusy};
+        let cases: &[(usize, usize, Hello, Option<ErrorCode>)] = &[
+            // (cap, open conversations in s1, hello, refusal)
+            (3, 0, Hello::New, None),
+            (3, 2, Hello::New, None),
+            (3, 3, Hello::New, Some(ShopBusy)),
+            (1, 1, Hello::New, Some(ShopBusy)),
+            (3, 3, Hello::Resume, None),
+            (3, 3, Hello::WrongSecret, Some(BuyerTaken)),
+            (3, 3, Hello::OtherShop, None),
+            (3, 3, Hello::NewAfterAClose, None),
+        ];
+        for &(cap, open, hello, refused) in cases {
+            let name = format!("cap {cap}, {open} open, {hello:?}");
+            let (config, phrases) = setup(cap);
+            let ctx = ctx(&config, &phrases);
+            let mut hub = Hub::new(&config);
+            let now = Instant::now();
+            let mut fx = Effects::default();
+            let sessions: Vec<BuyerSession> = (0..open)
+                .map(|i| {
+                    hub.buyer_hello(
+                        &ctx,
+                        "s1",
+                        &format!("b{i}"),
+                        None,
+                        &outbox(10 + i as u64),
+                        now,
+                        &mut fx,
+                    )
+                    .unwrap()
+                })
+                .collect();
+            let secret = |hub: &Hub| hub.convs[&sessions[0].conv].secret.to_string();
+            let mut at = now;
+            let (shop, buyer, resume) = match hello {
+                Hello::New => ("s1", "new", None),
+                Hello::Resume => ("s1", "b0", Some(secret(&hub))),
+                Hello::WrongSecret => ("s1", "b0", Some("0".repeat(32))),
+                Hello::OtherShop => ("s2", "new", None),
+                Hello::NewAfterAClose => {
+                    hub.buyer_left(&ctx, &sessions[0], now, &mut fx);
+                    at = now + config.limits.resume_window;
+                    hub.tick(&ctx, at, &mut fx);
+                    ("s1", "new", None)
+                }
+            };
+            let mut fx = Effects::default();
+            let got = hub.buyer_hello(
+                &ctx,
+                shop,
+                buyer,
+                resume.as_deref(),
+                &outbox(1),
+                at,
+                &mut fx,
+            );
+            assert_eq!(got.as_ref().err().map(|r| r.code), refused, "{name}");
+            if refused == Some(ShopBusy) {
+                let r = got.unwrap_err();
+                assert!(
+                    r.message.starts_with("亲，测试旗舰店当前咨询人数较多"),
+                    "{name}: {}",
+                    r.message
+                );
+                assert_eq!(CloseOrder::refused(r).code, CloseCode::Again, "{name}");
+                assert_eq!(hub.stats().refused_shop_busy, 1, "{name}");
+                assert_eq!(hub.stats().conversations, open, "{name}: nothing opened");
+                let logged = fx.shop_busy.expect("the first refusal is logged");
+                assert_eq!((&*logged.shop, logged.refused, logged.cap), ("s1", 1, cap));
+            } else {
+                assert_eq!(hub.stats().refused_shop_busy, 0, "{name}");
+                assert!(fx.shop_busy.is_none(), "{name}");
+            }
+        }
+    }
+
+    /// Refusals at the cap are logged at most once a minute, each line
+    /// with the count since the last one.
+    #[test]
+    fn refusals_at_the_cap_are_logged_once_a_minute() {
+        let t0 = Instant::now();
+        let mut log = BusyLog::default();
+        // (seconds after t0, line due with this count)
+        let steps: &[(u64, Option<u64>)] = &[
+            (0, Some(1)),
+            (1, None),
+            (30, None),
+            (59, None),
+            (60, Some(4)),
+            (61, None),
+            (200, Some(2)),
+        ];
+        for &(secs, want) in steps {
+            assert_eq!(
+                log.refused(t0 + Duration::from_secs(secs)),
+                want,
+                "at {secs} s"
+            );
+        }
+        assert_eq!(log.total, steps.len() as u64);
     }
 
     #[test]
