@@ -122,9 +122,7 @@ pub struct Limits {
     /// Open conversations per shop at most (away buyers within the resume
     /// window count); a new buyer beyond it is refused (`shop_busy`, close
     /// 1013), resumes still get in. Bounds what buyers, who are not
-    /// authenticated, can make the shop hold: `history_bytes` each, and
-    /// the first agent to sign in after a quiet spell gets them all in one
-    /// welcome, which must stay under the 64 MiB frame cap.
+    /// authenticated, can make the shop hold: `history_bytes` each.
     pub max_open_conversations: usize,
 }
 
@@ -146,9 +144,13 @@ impl Default for Limits {
             read_buffer_bytes: 4096,
             shutdown_grace: Duration::from_secs(5),
             agent_grace: Duration::from_secs(10),
-            // 2,000 × 16 KiB of history: 32 MiB per shop at worst, and a
-            // welcome of about 34 MB, half the 64 MiB frame cap.
-            max_open_conversations: 2_000,
+            // A large shop on 双11 opens thousands of conversations in the
+            // 30 minutes a conversation stays open; 10,000 × 16 KiB of
+            // history is 160 MiB per shop at worst (fake buyers sending
+            // long messages), about 20 MiB with ordinary chats. A welcome
+            // carrying more than 1,024 conversations trims their histories
+            // (see `hub::FRAME_HISTORY_BUDGET`).
+            max_open_conversations: 10_000,
         }
     }
 }
@@ -816,7 +818,7 @@ mod tests {
     #[test]
     fn the_open_conversation_cap_is_read_and_checked() {
         let cases: &[(&str, Result<usize, &str>)] = &[
-            ("", Ok(2_000)),
+            ("", Ok(10_000)),
             ("limits:\n  max_open_conversations: 50\n", Ok(50)),
             (
                 "limits:\n  max_open_conversations: 0\n",

@@ -565,15 +565,31 @@ impl Conv {
     }
 
     /// What [`Render`] needs of this conversation: shared texts and ids,
-    /// no JSON.
-    fn snapshot(&self, round: Option<&Round>, tb: Timebase) -> ConvSnap {
+    /// no JSON; of the history, the newest lines that fit `budget` bytes
+    /// (counted as [`Conv::push_line`] counts them), and at least the
+    /// newest line, cut to the budget if it alone is over it.
+    fn snapshot(&self, round: Option<&Round>, tb: Timebase, budget: usize) -> ConvSnap {
+        let mut history = Vec::new();
+        let mut used = 0;
+        for line in self.history.iter().rev() {
+            let cost = line.text.len() + LINE_COST;
+            if used + cost > budget {
+                if history.is_empty() {
+                    history.push(cut_line(line, budget.saturating_sub(LINE_COST)));
+                }
+                break;
+            }
+            used += cost;
+            history.push(line.clone());
+        }
+        history.reverse();
         ConvSnap {
             id: self.id.clone(),
             buyer: self.buyer.clone(),
             online: self.buyer_out.is_some(),
             waiting_since: round.map(|r| tb.ms(r.started)),
             deadline: round.map(|r| tb.ms(r.deadline)),
-            history: self.history.iter().cloned().collect(),
+            history,
             rated: self.rated,
             ask: round.and_then(|_| self.last_buyer_text().cloned()),
         }
@@ -595,6 +611,49 @@ impl Conv {
             suggestions,
             rated: self.rated,
         }
+    }
+}
+
+/// Bytes of history a frame carrying many conversations (a welcome, a
+/// grouped move) holds in all. Each conversation keeps up to
+/// `history_bytes` (16 KiB), so up to 1,024 conversations travel whole;
+/// beyond that each carries its newest lines within its share (at least
+/// [`MIN_SNAPSHOT_BYTES`]). Whole, the first agent to sign in after a quiet
+/// spell at a shop's cap of 10,000 open conversations would get a welcome
+/// of up to 160 MiB, over the 64 MiB a connection may write, and be
+/// dropped as it signs in, and the next agent too.
+const FRAME_HISTORY_BUDGET: usize = 16 << 20;
+
+/// The least history a conversation carries in a large frame: the newest
+/// line, cut to this if it is longer.
+const MIN_SNAPSHOT_BYTES: usize = 512;
+
+/// Each conversation's share of [`FRAME_HISTORY_BUDGET`] in a frame
+/// carrying `n` of them: no limit while whole histories fit.
+fn snapshot_budget(n: usize, history_bytes: usize) -> usize {
+    let share = FRAME_HISTORY_BUDGET / n.max(1);
+    if share >= history_bytes {
+        usize::MAX
+    } else {
+        share.max(MIN_SNAPSHOT_BYTES)
+    }
+}
+
+/// `line` with its text cut to at most `max` bytes (at a character
+/// boundary) and marked with an ellipsis.
+fn cut_line(line: &HLine, max: usize) -> HLine {
+    let text: &str = &line.text;
+    let mut end = max.saturating_sub('…'.len_utf8()).min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    HLine {
+        text: if end == text.len() {
+            line.text.clone()
+        } else {
+            Arc::from(format!("{}…", &text[..end]))
+        },
+        ..line.clone()
     }
 }
 
@@ -1031,9 +1090,10 @@ impl Hub {
         // lock is released (see `Render`).
         let mut mine: Vec<&Conv> = agent.convs.iter().filter_map(|c| convs.get(c)).collect();
         mine.sort_by_key(|c| waiting_key(clock, c));
+        let budget = snapshot_budget(mine.len(), ctx.config.limits.history_bytes);
         let mine = mine
             .into_iter()
-            .map(|c| c.snapshot(clock.round(&c.id), tb))
+            .map(|c| c.snapshot(clock.round(&c.id), tb, budget))
             .collect();
         let s = clock.settings();
         fx.send_later(
@@ -1618,11 +1678,15 @@ fn tell_assigned(
         let Some(out) = agent.online.as_ref() else {
             continue;
         };
-        let theirs: Vec<ConvSnap> = moved
+        let theirs: Vec<&Conv> = moved
             .iter()
             .filter(|(a, _)| a == agent_id)
             .filter_map(|(_, c)| convs.get(c))
-            .map(|c| c.snapshot(clock.round(&c.id), ctx.tb))
+            .collect();
+        let budget = snapshot_budget(theirs.len(), ctx.config.limits.history_bytes);
+        let theirs: Vec<ConvSnap> = theirs
+            .into_iter()
+            .map(|c| c.snapshot(clock.round(&c.id), ctx.tb, budget))
             .collect();
         if theirs.is_empty() {
             continue;
@@ -1954,6 +2018,137 @@ mod tests {
     /// `v` as a client reads it (scores are `f32`: through the text).
     fn as_sent(v: &impl serde::Serialize) -> serde_json::Value {
         serde_json::from_str(&serde_json::to_string(v).unwrap()).unwrap()
+    }
+
+    /// A conversation of shop s1 whose history is `lines` buyer messages.
+    fn conv_with(lines: &[&str]) -> Conv {
+        let mut c = Conv {
+            id: "c1".into(),
+            shop: "s1".into(),
+            buyer: "b1".into(),
+            secret: "x".into(),
+            agent: None,
+            buyer_out: None,
+            away_since: None,
+            history: VecDeque::new(),
+            history_bytes: 0,
+            rated: None,
+        };
+        for (i, text) in lines.iter().enumerate() {
+            let line = HLine {
+                author: Author::Buyer,
+                agent: None,
+                text: Arc::from(*text),
+                at: i as i64,
+                note: None,
+            };
+            c.push_line(line, usize::MAX);
+        }
+        c
+    }
+
+    /// Past 1,024 conversations a large frame's histories share
+    /// `FRAME_HISTORY_BUDGET`: each keeps its newest lines within its share,
+    /// at least the newest line, cut (at a character boundary) when it
+    /// alone is over the share.
+    #[test]
+    fn large_frames_carry_the_newest_history_within_a_budget() {
+        let k16 = 16 * 1024;
+        let shares: &[(usize, usize, usize)] = &[
+            // (conversations, history_bytes, each one's share)
+            (1, k16, usize::MAX),
+            (1_024, k16, usize::MAX),
+            (1_025, k16, FRAME_HISTORY_BUDGET / 1_025),
+            (10_000, k16, FRAME_HISTORY_BUDGET / 10_000),
+            (100_000, k16, MIN_SNAPSHOT_BYTES),
+            (4_000, 1_024, usize::MAX),
+        ];
+        for &(n, history_bytes, want) in shares {
+            assert_eq!(
+                snapshot_budget(n, history_bytes),
+                want,
+                "{n} × {history_bytes}"
+            );
+        }
+        let long = "好".repeat(1_000); // 3,000 bytes
+        let cases: &[(&[&str], usize, &[&str])] = &[
+            // (history, budget, lines carried)
+            (&["一", "二", "三"], usize::MAX, &["一", "二", "三"]),
+            (&["一", "二", "三"], 2 * (3 + LINE_COST), &["二", "三"]),
+            (&["一", "二", "三"], 2 * (3 + LINE_COST) - 1, &["三"]),
+            // No room at all: the newest line, cut to its mark.
+            (&["一", "二", "三"], 1, &["…"]),
+            (&["一", &long], 3_000 + LINE_COST, &[&long]),
+        ];
+        for (history, budget, want) in cases {
+            let snap = conv_with(history).snapshot(None, Timebase::new(), *budget);
+            let got: Vec<&str> = snap.history.iter().map(|l| &*l.text).collect();
+            assert_eq!(got, *want, "budget {budget}");
+        }
+        // The newest line alone over the share: cut to it, at a character
+        // boundary, and marked.
+        let snap = conv_with(&["一", &long]).snapshot(None, Timebase::new(), 600);
+        assert_eq!(snap.history.len(), 1);
+        let text = &*snap.history[0].text;
+        assert!(text.ends_with('…'), "{text}");
+        assert!(text.len() <= 600 - LINE_COST, "{} bytes", text.len());
+        assert!(text.len() > 600 - LINE_COST - 6, "{} bytes", text.len());
+        assert!(text.trim_end_matches('…').chars().all(|c| c == '好'));
+    }
+
+    /// The welcome of an agent signing in to 2,000 waiting buyers with
+    /// long histories (the offline reply and four 3 KB messages each, 12.5
+    /// KB) carries each one's newest two: 2,000 shares of 16 MiB are 8.4 KB
+    /// each. Whole, the welcome would be 25 MB.
+    #[test]
+    fn a_welcome_past_1024_conversations_trims_their_histories() {
+        const BUYERS: usize = 2_000;
+        let (config, phrases) = setup(10_000);
+        let ctx = ctx(&config, &phrases);
+        let mut hub = Hub::new(&config);
+        let now = Instant::now();
+        let texts: Vec<Arc<str>> = (0..5)
+            .map(|k| Arc::from(format!("{k}{}", "啊".repeat(1_000))))
+            .collect();
+        for i in 0..BUYERS {
+            let mut fx = Effects::default();
+            let s = hub
+                .buyer_hello(
+                    &ctx,
+                    "s1",
+                    &format!("b{i}"),
+                    None,
+                    &outbox(100 + i as u64),
+                    now,
+                    &mut fx,
+                )
+                .unwrap();
+            for t in &texts {
+                hub.buyer_message(&ctx, &s, t, now, &mut fx).unwrap();
+            }
+        }
+        let mut fx = Effects::default();
+        hub.agent_hello(&ctx, "s1", "a1", Some("t1"), &outbox(1), now, &mut fx)
+            .unwrap();
+        let text = frame_for(&mut fx, 1).text();
+        let v: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
+        let convs = v["conversations"].as_array().unwrap();
+        assert_eq!(convs.len(), BUYERS);
+        for c in convs {
+            let got: Vec<&str> = c["history"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["text"].as_str().unwrap())
+                .collect();
+            let want: Vec<&str> = texts[3..].iter().map(|t| &**t).collect();
+            assert_eq!(got, want);
+        }
+        assert!(
+            text.len() < FRAME_HISTORY_BUDGET + BUYERS * 2_048,
+            "{} bytes",
+            text.len()
+        );
     }
 
     /// With many conversations holding long histories, an agent's welcome
