@@ -102,8 +102,10 @@ fn close(code: CloseCode, reason: impl Into<String>) -> End {
     })
 }
 
-/// Serves one upgraded connection until it ends.
-pub(crate) async fn serve<S>(mut ws: WebSocketStream<S>, app: App, peer: String)
+/// Serves one upgraded connection until it ends. `staff_only`: the
+/// connection holds a place of the staff reserve, and only an agent's
+/// hello may keep it (see [`super::busy`]).
+pub(crate) async fn serve<S>(mut ws: WebSocketStream<S>, app: App, peer: String, staff_only: bool)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -292,7 +294,7 @@ where
                 // produces, as if both had come through the queue.
                 let mut urgent = top_up(&mut rx, &mut held, usize::MAX);
                 let (closing, captured) = capture(conn, is_buyer, || {
-                    dispatch(&app, &mut session, &out, text.as_str())
+                    dispatch(&app, &mut session, &out, text.as_str(), staff_only)
                 });
                 for (agent, q) in captured.waiting {
                     agent.send_when_room(q, limits.write_timeout).await;
@@ -564,6 +566,16 @@ async fn finish<S>(
     .await;
 }
 
+/// A buyer's hello on a place kept for staff. The buyer reads the message
+/// (the buyer page shows it); it is theirs to wait for.
+fn server_busy() -> Refusal {
+    Refusal::new(
+        ErrorCode::ServerBusy,
+        "亲，现在咨询的人太多啦，请您稍等片刻再试哦～\
+         (server busy: at its connection limit; reconnect in a few seconds)",
+    )
+}
+
 fn rate_limited(limits: &Limits) -> Refusal {
     Refusal::new(
         ErrorCode::RateLimited,
@@ -575,7 +587,13 @@ fn rate_limited(limits: &Limits) -> Refusal {
 }
 
 /// Handles one text frame; `Some` closes the connection.
-fn dispatch(app: &App, session: &mut Session, out: &Outbox, text: &str) -> Option<CloseOrder> {
+fn dispatch(
+    app: &App,
+    session: &mut Session,
+    out: &Outbox,
+    text: &str,
+    staff_only: bool,
+) -> Option<CloseOrder> {
     let msg = match protocol::parse(text) {
         Ok(m) => m,
         Err(r) => {
@@ -584,7 +602,7 @@ fn dispatch(app: &App, session: &mut Session, out: &Outbox, text: &str) -> Optio
         }
     };
     let result = match (&*session, msg) {
-        (Session::Fresh, ClientMsg::Hello(h)) => hello(app, h, out).map(|s| {
+        (Session::Fresh, ClientMsg::Hello(h)) => hello(app, h, out, staff_only).map(|s| {
             if matches!(s, Session::Agent(_)) {
                 out.set_agent();
             }
@@ -621,11 +639,17 @@ fn dispatch(app: &App, session: &mut Session, out: &Outbox, text: &str) -> Optio
     match result {
         Ok(()) => None,
         Err(r) if is_fatal(r.code) => {
-            info!(
-                conn = out.conn,
-                code = r.code.as_str(),
-                "hello refused: closing"
-            );
+            if r.code == ErrorCode::ServerBusy {
+                // At a peak, one per buyer retry on a reserve place: the
+                // places free (`App::free_places`) tell the story.
+                debug!(conn = out.conn, "buyer hello on a staff place: closing");
+            } else {
+                info!(
+                    conn = out.conn,
+                    code = r.code.as_str(),
+                    "hello refused: closing"
+                );
+            }
             Some(CloseOrder::refused(r))
         }
         Err(r) => {
@@ -640,7 +664,10 @@ fn dispatch(app: &App, session: &mut Session, out: &Outbox, text: &str) -> Optio
 fn is_fatal(code: ErrorCode) -> bool {
     matches!(
         code,
-        ErrorCode::BadToken | ErrorCode::UnknownShop | ErrorCode::BuyerTaken
+        ErrorCode::BadToken
+            | ErrorCode::UnknownShop
+            | ErrorCode::BuyerTaken
+            | ErrorCode::ServerBusy
     )
 }
 
@@ -661,7 +688,10 @@ fn check_text(text: &str, limits: &Limits) -> Result<(), Refusal> {
     Ok(())
 }
 
-fn hello(app: &App, h: Hello, out: &Outbox) -> Result<Session, Refusal> {
+fn hello(app: &App, h: Hello, out: &Outbox, staff_only: bool) -> Result<Session, Refusal> {
+    if staff_only && h.role == Role::Buyer {
+        return Err(server_busy());
+    }
     let now = Instant::now();
     let phrases = app.phrases();
     let ctx = app.ctx(&phrases);
@@ -1059,7 +1089,7 @@ mod tests {
                 None,
             )
             .await;
-            let task = tokio::spawn(serve(ws, app.clone(), "flood".into()));
+            let task = tokio::spawn(serve(ws, app.clone(), "flood".into(), false));
             tokio::time::sleep(Duration::from_millis(50)).await;
             assert!(!task.is_finished(), "the flood is served, not refused");
             app.shutdown();

@@ -103,10 +103,16 @@ pub(crate) struct CloseOrder {
 
 impl CloseOrder {
     pub(crate) fn refused(r: Refusal) -> CloseOrder {
+        // 1013 "try again later" (RFC 6455 7.4.1): the one refusal that is
+        // about the server, not the client's request.
+        let code = match r.code {
+            ErrorCode::ServerBusy => CloseCode::Again,
+            _ => CloseCode::Policy,
+        };
         CloseOrder {
             reason: r.code.as_str().to_string(),
             error: Some(r),
-            code: CloseCode::Policy,
+            code,
             flush: true,
         }
     }
