@@ -181,7 +181,7 @@ where
                 holding = false;
                 if let Err(e) = write_batch(&mut ws, &mut held, limits.write_timeout).await {
                     debug!(conn, %peer, error = %e, "write failed");
-                    break End::Gone;
+                    break write_failed(&e);
                 }
                 continue;
             }
@@ -345,7 +345,7 @@ where
             r = write_batch(&mut ws, &mut held, limits.write_timeout) => {
                 if let Err(e) = r {
                     debug!(conn, %peer, error = %e, "write failed");
-                    break End::Gone;
+                    break write_failed(&e);
                 }
             }
             _ = &mut order => match control.take() {
@@ -362,7 +362,15 @@ where
     // once), then the closing handshake, which may take a while.
     disconnect(&app, session);
     if let End::Close(order) = end {
-        finish(&mut ws, held, &mut rx, order).await;
+        if order.flush {
+            finish(&mut ws, held, &mut rx, order).await;
+        } else {
+            let mut stop = app.shutdown_rx();
+            tokio::select! {
+                _ = finish_slow(&mut ws, order, limits.write_timeout) => {}
+                _ = super::stopping(&mut stop) => {}
+            }
+        }
     }
     debug!(conn, %peer, "websocket closed");
 }
@@ -574,6 +582,64 @@ fn server_busy() -> Refusal {
         "亲，现在咨询的人太多啦，请您稍等片刻再试哦～\
          (server busy: at its connection limit; reconnect in a few seconds)",
     )
+}
+
+/// How a failed write ends the connection: one that timed out means the
+/// client stopped reading (closed as a slow reader); any other error, that
+/// the socket is gone.
+fn write_failed(e: &WsError) -> End {
+    match e {
+        WsError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => End::Close(CloseOrder {
+            error: None,
+            code: CloseCode::Policy,
+            reason: "too slow: a write timed out".into(),
+            flush: false,
+        }),
+        _ => End::Gone,
+    }
+}
+
+/// Closes a client that stopped reading. Nothing can be taken back: the
+/// frames already in the kernel's socket buffer, and in tungstenite's
+/// write buffer (perhaps half written), go first, and the close frame
+/// queues behind them. So the close frame is queued without waiting, and
+/// for up to `within` the write is driven (reaching the client if it
+/// reads again) while what the client sends is read and discarded:
+/// closing a socket with unread input sends a reset, and a client that
+/// gets it loses what it had not read yet, close frame included. A client
+/// that reads again within `within` gets every frame written so far, then
+/// the close frame; one that does not, the end of the stream (see
+/// docs/PROTOCOL.md, "Limits and closing").
+async fn finish_slow<S>(ws: &mut WebSocketStream<S>, order: CloseOrder, within: Duration)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use futures_util::Sink;
+    let close = Message::Close(Some(CloseFrame {
+        code: order.code,
+        reason: order.reason.into(),
+    }));
+    // Not `send`: its readiness check waits for the buffer to drain first.
+    if Pin::new(&mut *ws).start_send(close).is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(
+        within,
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(Err(_)) = Pin::new(&mut *ws).poll_flush(cx) {
+                return Poll::Ready(());
+            }
+            loop {
+                match ws.poll_next_unpin(cx) {
+                    Poll::Ready(Some(Ok(_))) => continue,
+                    // The client's close reply came (or the socket ended).
+                    Poll::Ready(_) => return Poll::Ready(()),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        }),
+    )
+    .await;
 }
 
 fn rate_limited(limits: &Limits) -> Refusal {
