@@ -105,8 +105,13 @@ pub struct Limits {
     pub ping_interval: Duration,
     /// Give up a write that has not completed in this time.
     pub write_timeout: Duration,
-    /// Open connections at most (further ones are refused).
+    /// Open connections at most, staff reserve included (further ones get
+    /// a 503).
     pub max_connections: usize,
+    /// Places within `max_connections` that only agents (and supervisors'
+    /// reports) may keep: at a peak, buyers fill the rest and the shop's
+    /// own staff can still sign in to answer them.
+    pub staff_reserve: usize,
     /// Keep a disconnected buyer's conversation this long for a resume.
     pub resume_window: Duration,
     /// Bytes of chat text kept per conversation for resumes and moves.
@@ -139,6 +144,7 @@ impl Default for Limits {
             ping_interval: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
             max_connections: 50_000,
+            staff_reserve: DEFAULT_STAFF_RESERVE,
             resume_window: Duration::from_secs(30 * 60),
             history_bytes: 16 * 1024,
             read_buffer_bytes: 4096,
@@ -154,6 +160,12 @@ impl Default for Limits {
         }
     }
 }
+
+/// Places kept for staff by default: agents who sign in during a peak (a
+/// page refresh, a network blip, the next shift) and supervisors' reports;
+/// those signed in before the peak hold ordinary places. A few shops'
+/// worth of agents, 0.13 % of the default 50,000.
+pub const DEFAULT_STAFF_RESERVE: usize = 64;
 
 /// Default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -292,6 +304,7 @@ struct FileLimits {
     ping_interval_secs: Option<f64>,
     write_timeout_secs: Option<f64>,
     max_connections: Option<usize>,
+    staff_reserve: Option<usize>,
     resume_window_secs: Option<f64>,
     history_bytes: Option<usize>,
     read_buffer_bytes: Option<usize>,
@@ -401,6 +414,7 @@ impl Config {
         set(&mut lim.rate_burst, l.rate_burst);
         set(&mut lim.outbound_queue, l.outbound_queue);
         set(&mut lim.max_connections, l.max_connections);
+        set(&mut lim.staff_reserve, l.staff_reserve);
         set(&mut lim.history_bytes, l.history_bytes);
         set(&mut lim.read_buffer_bytes, l.read_buffer_bytes);
         set(&mut lim.max_open_conversations, l.max_open_conversations);
@@ -573,6 +587,17 @@ impl Config {
             return Err(invalid(
                 "limits",
                 "outbound_queue and max_connections must be above 0",
+            ));
+        }
+        if l.staff_reserve >= l.max_connections {
+            return Err(invalid(
+                "limits.staff_reserve",
+                format!(
+                    "the staff reserve ({}) must be less than max_connections ({}), \
+                     or buyers would have no place at all; lower it (0 turns it off) \
+                     or raise max_connections",
+                    l.staff_reserve, l.max_connections
+                ),
             ));
         }
         if l.ping_interval.is_zero() || l.hello_timeout.is_zero() || l.handshake_timeout.is_zero() {
@@ -797,6 +822,27 @@ mod tests {
             assert!(err.contains(want), "{name}: {err}");
             assert!(!err.contains("secret"), "{name}: token leaked: {err}");
         }
+    }
+
+    #[test]
+    fn the_staff_reserve_is_read_and_checked() {
+        let mut c = Config::default();
+        assert_eq!(c.limits.staff_reserve, DEFAULT_STAFF_RESERVE);
+        c.apply_file_text(
+            Path::new("k.yaml"),
+            "limits:\n  max_connections: 100\n  staff_reserve: 8\n",
+        )
+        .unwrap();
+        c.apply_overrides(&flags(|o| o.agent_tokens = vec!["s1:a1:t".into()]))
+            .unwrap();
+        c.validate().unwrap();
+        assert_eq!((c.limits.max_connections, c.limits.staff_reserve), (100, 8));
+        c.limits.staff_reserve = 100;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.starts_with("limits.staff_reserve: the staff reserve (100) must be less than"),
+            "{err}"
+        );
     }
 
     #[test]

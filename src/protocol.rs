@@ -115,6 +115,9 @@ pub enum ErrorCode {
     AlreadyRated,
     /// A newer connection took over this session (the socket is closed).
     Replaced,
+    /// A buyer's hello on a place kept for staff: the server is at its
+    /// connection limit (the socket is closed with 1013, try again later).
+    ServerBusy,
 }
 
 impl ErrorCode {
@@ -141,6 +144,7 @@ impl ErrorCode {
             ErrorCode::BadScore => "bad_score",
             ErrorCode::AlreadyRated => "already_rated",
             ErrorCode::Replaced => "replaced",
+            ErrorCode::ServerBusy => "server_busy",
         }
     }
 }

@@ -11,7 +11,9 @@
 //!   the messages they produce;
 //! - [`timer`](self::timer): the one task that fires the clock's alarms and
 //!   expires abandoned conversations;
-//! - [`reload`](self::reload): hot reload of the phrase directory.
+//! - [`reload`](self::reload): hot reload of the phrase directory;
+//! - [`busy`](self::busy): at the connection limit, the places kept for
+//!   staff and the 503 for everyone else.
 //!
 //! Shared state lives behind [`App`], a cheap-to-clone handle. The hub is one
 //! `std::sync::Mutex`, held only for map updates (never across `.await`);
@@ -22,6 +24,7 @@
 //! grows our memory or slows anyone else.
 
 mod api;
+mod busy;
 mod conn;
 mod http;
 mod hub;
@@ -120,7 +123,10 @@ struct Shared {
     stopping: AtomicBool,
     next_conn: AtomicU64,
     ws_config: WebSocketConfig,
+    /// Places anyone may take: `max_connections - staff_reserve`.
     connections: Arc<Semaphore>,
+    /// Places kept for staff, taken once `connections` is full.
+    staff_places: Arc<Semaphore>,
     /// The phrase directory as it was loaded, for the reload watcher.
     loaded_fingerprint: Mutex<Option<reload::Fingerprint>>,
     /// Reads the event log for the supervisors' reports (`/api/report`).
@@ -166,7 +172,11 @@ impl App {
             .max_frame_size(Some(l.max_frame_bytes))
             .max_message_size(Some(l.max_frame_bytes));
         let hub = hub::Hub::new(&config);
-        let connections = Arc::new(Semaphore::new(l.max_connections));
+        // `validate` keeps the reserve below the limit; a config built in
+        // code that skips it still never exceeds `max_connections`.
+        let reserve = l.staff_reserve.min(l.max_connections);
+        let connections = Arc::new(Semaphore::new(l.max_connections - reserve));
+        let staff_places = Arc::new(Semaphore::new(reserve));
         let (shutdown, _) = watch::channel(false);
         App {
             shared: Arc::new(Shared {
@@ -181,6 +191,7 @@ impl App {
                 next_conn: AtomicU64::new(1),
                 ws_config,
                 connections,
+                staff_places,
                 loaded_fingerprint: Mutex::new(None),
                 reports: OnceLock::new(),
                 config,
@@ -235,6 +246,16 @@ impl App {
         hub.stats()
     }
 
+    /// Places free now: general ones, then those of the staff reserve
+    /// (`limits.staff_reserve`). For monitoring and tests.
+    pub fn free_places(&self) -> (usize, usize) {
+        let s = &self.shared;
+        (
+            s.connections.available_permits(),
+            s.staff_places.available_permits(),
+        )
+    }
+
     fn hub(&self) -> MutexGuard<'_, hub::Hub> {
         // A panic while holding the lock leaves maps that are still
         // consistent enough to serve; keep going rather than poison everyone.
@@ -252,6 +273,20 @@ impl App {
 
     fn timebase(&self) -> Timebase {
         self.shared.timebase
+    }
+
+    /// A place for a new connection: a general one while there is one, else
+    /// one of the staff reserve; `None` when both are full.
+    fn take_place(&self) -> Option<(tokio::sync::OwnedSemaphorePermit, busy::Place)> {
+        let s = &self.shared;
+        if let Ok(p) = s.connections.clone().try_acquire_owned() {
+            return Some((p, busy::Place::General));
+        }
+        s.staff_places
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .map(|p| (p, busy::Place::Reserve))
     }
 
     fn next_conn_id(&self) -> u64 {
@@ -364,6 +399,7 @@ where
         background.push(tokio::spawn(reload::watch(app.clone(), every)));
     }
     let mut stop = app.shutdown_rx();
+    let mut refusals = busy::Refusals::new(app.config().limits.max_connections);
     tokio::pin!(incoming);
     tokio::pin!(shutdown);
     loop {
@@ -373,11 +409,11 @@ where
             item = incoming.next() => match item {
                 None => break,
                 Some(Ok((io, peer))) => {
-                    let Ok(permit) = app.shared.connections.clone().try_acquire_owned() else {
-                        warn!(%peer, limit = app.config().limits.max_connections, "connection limit reached; refusing");
+                    let Some((permit, place)) = app.take_place() else {
+                        refusals.refuse(io);
                         continue;
                     };
-                    let guard = http::ConnGuard::new(permit, drain_tx.clone());
+                    let guard = http::ConnGuard::new(permit, place, drain_tx.clone());
                     tokio::spawn(http::serve(io, app.clone(), peer, guard));
                 }
                 Some(Err(e)) => {

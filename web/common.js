@@ -156,6 +156,7 @@ const kefu = (() => {
     bad_score: "评价选项无效，请刷新页面后再试",
     replaced: "已在另一个窗口打开，这里已下线",
     hello_timeout: "连接超时，正在重新连接",
+    server_busy: "亲，现在咨询的人太多啦，请您稍等片刻，页面会自动重新连接",
     binary_not_supported: "页面发出的消息格式不对，请刷新页面后再试",
     bad_json: "页面发出的消息格式不对，请刷新页面后再试",
     missing_type: "页面发出的消息格式不对，请刷新页面后再试",

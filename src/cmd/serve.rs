@@ -148,8 +148,9 @@ fn init_logging(filter: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// File descriptors kept for the event log, phrase reloads, accepting and
-/// the like, beyond one per connection.
+/// File descriptors kept for the event log, phrase reloads, accepting,
+/// the 503s answered past the limit (16 at most) and the like, beyond one
+/// per connection.
 const SPARE_FILES: u64 = 64;
 
 /// Raises the open-files limit to what the system allows and, if
@@ -189,6 +190,18 @@ fn fit_connections_to_open_files(config: &mut Config) {
             "limits.max_connections is more than this process may open; using {fits} (raise `ulimit -n` for more)"
         );
         config.limits.max_connections = fits.max(1);
+        let l = &mut config.limits;
+        if l.staff_reserve >= l.max_connections {
+            // Validated against the wanted limit; half of a limit this
+            // small still lets both buyers and staff in.
+            let reserve = l.max_connections / 2;
+            tracing::warn!(
+                wanted = l.staff_reserve,
+                using = reserve,
+                "limits.staff_reserve does not fit below the lowered max_connections; using {reserve}"
+            );
+            l.staff_reserve = reserve;
+        }
     }
 }
 

@@ -102,8 +102,10 @@ fn close(code: CloseCode, reason: impl Into<String>) -> End {
     })
 }
 
-/// Serves one upgraded connection until it ends.
-pub(crate) async fn serve<S>(mut ws: WebSocketStream<S>, app: App, peer: String)
+/// Serves one upgraded connection until it ends. `staff_only`: the
+/// connection holds a place of the staff reserve, and only an agent's
+/// hello may keep it (see [`super::busy`]).
+pub(crate) async fn serve<S>(mut ws: WebSocketStream<S>, app: App, peer: String, staff_only: bool)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -179,7 +181,7 @@ where
                 holding = false;
                 if let Err(e) = write_batch(&mut ws, &mut held, limits.write_timeout).await {
                     debug!(conn, %peer, error = %e, "write failed");
-                    break End::Gone;
+                    break write_failed(&e);
                 }
                 continue;
             }
@@ -292,7 +294,7 @@ where
                 // produces, as if both had come through the queue.
                 let mut urgent = top_up(&mut rx, &mut held, usize::MAX);
                 let (closing, captured) = capture(conn, is_buyer, || {
-                    dispatch(&app, &mut session, &out, text.as_str())
+                    dispatch(&app, &mut session, &out, text.as_str(), staff_only)
                 });
                 for (agent, q) in captured.waiting {
                     agent.send_when_room(q, limits.write_timeout).await;
@@ -346,7 +348,7 @@ where
             r = write_batch(&mut ws, &mut held, limits.write_timeout) => {
                 if let Err(e) = r {
                     debug!(conn, %peer, error = %e, "write failed");
-                    break End::Gone;
+                    break write_failed(&e);
                 }
             }
             _ = &mut order => match control.take() {
@@ -363,7 +365,15 @@ where
     // once), then the closing handshake, which may take a while.
     disconnect(&app, session);
     if let End::Close(order) = end {
-        finish(&mut ws, held, &mut rx, order).await;
+        if order.flush {
+            finish(&mut ws, held, &mut rx, order).await;
+        } else {
+            let mut stop = app.shutdown_rx();
+            tokio::select! {
+                _ = finish_slow(&mut ws, order, limits.write_timeout) => {}
+                _ = super::stopping(&mut stop) => {}
+            }
+        }
     }
     debug!(conn, %peer, "websocket closed");
 }
@@ -567,6 +577,74 @@ async fn finish<S>(
     .await;
 }
 
+/// A buyer's hello on a place kept for staff. The buyer reads the message
+/// (the buyer page shows it); it is theirs to wait for.
+fn server_busy() -> Refusal {
+    Refusal::new(
+        ErrorCode::ServerBusy,
+        "亲，现在咨询的人太多啦，请您稍等片刻再试哦～\
+         (server busy: at its connection limit; reconnect in a few seconds)",
+    )
+}
+
+/// How a failed write ends the connection: one that timed out means the
+/// client stopped reading (closed as a slow reader); any other error, that
+/// the socket is gone.
+fn write_failed(e: &WsError) -> End {
+    match e {
+        WsError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => End::Close(CloseOrder {
+            error: None,
+            code: CloseCode::Policy,
+            reason: "too slow: a write timed out".into(),
+            flush: false,
+        }),
+        _ => End::Gone,
+    }
+}
+
+/// Closes a client that stopped reading. Nothing can be taken back: the
+/// frames already in the kernel's socket buffer, and in tungstenite's
+/// write buffer (perhaps half written), go first, and the close frame
+/// queues behind them. So the close frame is queued without waiting, and
+/// for up to `within` the write is driven (reaching the client if it
+/// reads again) while what the client sends is read and discarded:
+/// closing a socket with unread input sends a reset, and a client that
+/// gets it loses what it had not read yet, close frame included. A client
+/// that reads again within `within` gets every frame written so far, then
+/// the close frame; one that does not, the end of the stream (see
+/// docs/PROTOCOL.md, "Limits and closing").
+async fn finish_slow<S>(ws: &mut WebSocketStream<S>, order: CloseOrder, within: Duration)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use futures_util::Sink;
+    let close = Message::Close(Some(CloseFrame {
+        code: order.code,
+        reason: order.reason.into(),
+    }));
+    // Not `send`: its readiness check waits for the buffer to drain first.
+    if Pin::new(&mut *ws).start_send(close).is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(
+        within,
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(Err(_)) = Pin::new(&mut *ws).poll_flush(cx) {
+                return Poll::Ready(());
+            }
+            loop {
+                match ws.poll_next_unpin(cx) {
+                    Poll::Ready(Some(Ok(_))) => continue,
+                    // The client's close reply came (or the socket ended).
+                    Poll::Ready(_) => return Poll::Ready(()),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        }),
+    )
+    .await;
+}
+
 fn rate_limited(limits: &Limits) -> Refusal {
     Refusal::new(
         ErrorCode::RateLimited,
@@ -578,7 +656,13 @@ fn rate_limited(limits: &Limits) -> Refusal {
 }
 
 /// Handles one text frame; `Some` closes the connection.
-fn dispatch(app: &App, session: &mut Session, out: &Outbox, text: &str) -> Option<CloseOrder> {
+fn dispatch(
+    app: &App,
+    session: &mut Session,
+    out: &Outbox,
+    text: &str,
+    staff_only: bool,
+) -> Option<CloseOrder> {
     let msg = match protocol::parse(text) {
         Ok(m) => m,
         Err(r) => {
@@ -587,7 +671,7 @@ fn dispatch(app: &App, session: &mut Session, out: &Outbox, text: &str) -> Optio
         }
     };
     let result = match (&*session, msg) {
-        (Session::Fresh, ClientMsg::Hello(h)) => hello(app, h, out).map(|s| {
+        (Session::Fresh, ClientMsg::Hello(h)) => hello(app, h, out, staff_only).map(|s| {
             if matches!(s, Session::Agent(_)) {
                 out.set_agent();
             }
@@ -624,9 +708,10 @@ fn dispatch(app: &App, session: &mut Session, out: &Outbox, text: &str) -> Optio
     match result {
         Ok(()) => None,
         Err(r) if is_fatal(r.code) => {
-            // A busy shop refuses buyers by the thousand: the hub logs
-            // those once a minute.
-            if r.code == ErrorCode::ShopBusy {
+            // Busy refusals come by the thousand at a peak: a busy shop's
+            // are logged by the hub once a minute, a buyer on a staff
+            // place is told by the places free (`App::free_places`).
+            if matches!(r.code, ErrorCode::ShopBusy | ErrorCode::ServerBusy) {
                 debug!(
                     conn = out.conn,
                     code = r.code.as_str(),
@@ -653,7 +738,11 @@ fn dispatch(app: &App, session: &mut Session, out: &Outbox, text: &str) -> Optio
 fn is_fatal(code: ErrorCode) -> bool {
     matches!(
         code,
-        ErrorCode::BadToken | ErrorCode::UnknownShop | ErrorCode::BuyerTaken | ErrorCode::ShopBusy
+        ErrorCode::BadToken
+            | ErrorCode::UnknownShop
+            | ErrorCode::BuyerTaken
+            | ErrorCode::ShopBusy
+            | ErrorCode::ServerBusy
     )
 }
 
@@ -674,7 +763,10 @@ fn check_text(text: &str, limits: &Limits) -> Result<(), Refusal> {
     Ok(())
 }
 
-fn hello(app: &App, h: Hello, out: &Outbox) -> Result<Session, Refusal> {
+fn hello(app: &App, h: Hello, out: &Outbox, staff_only: bool) -> Result<Session, Refusal> {
+    if staff_only && h.role == Role::Buyer {
+        return Err(server_busy());
+    }
     let now = Instant::now();
     let phrases = app.phrases();
     let ctx = app.ctx(&phrases);
@@ -1072,7 +1164,7 @@ mod tests {
                 None,
             )
             .await;
-            let task = tokio::spawn(serve(ws, app.clone(), "flood".into()));
+            let task = tokio::spawn(serve(ws, app.clone(), "flood".into(), false));
             tokio::time::sleep(Duration::from_millis(50)).await;
             assert!(!task.is_finished(), "the flood is served, not refused");
             app.shutdown();

@@ -11,6 +11,9 @@
 //! | GET, HEAD | `/`, `/buyer`, `/reports`, `/static/*` | the embedded pages ([`crate::web`]) |
 //! | GET    | `/api/report` | a supervisor's report (JSON, see [`super::api`]) |
 //! | any    | anything else | 404                                 |
+//!
+//! On a place of the staff reserve ([`super::busy`]) the buyer demo page
+//! answers 503, and every answer closes the connection after it.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -34,6 +37,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 use tracing::debug;
 
+use super::busy::{self, Place};
 use super::{conn, App};
 
 /// Held by every task serving a connection: counts against the connection
@@ -42,13 +46,19 @@ use super::{conn, App};
 pub(crate) struct ConnGuard {
     _permit: Arc<OwnedSemaphorePermit>,
     _drain: mpsc::Sender<()>,
+    place: Place,
 }
 
 impl ConnGuard {
-    pub(crate) fn new(permit: OwnedSemaphorePermit, drain: mpsc::Sender<()>) -> ConnGuard {
+    pub(crate) fn new(
+        permit: OwnedSemaphorePermit,
+        place: Place,
+        drain: mpsc::Sender<()>,
+    ) -> ConnGuard {
         ConnGuard {
             _permit: Arc::new(permit),
             _drain: drain,
+            place,
         }
     }
 }
@@ -73,7 +83,18 @@ where
             } else {
                 Either::Right(std::future::ready(route(req, &app, &peer, &guard)))
             };
-            async move { Ok::<_, Infallible>(work.await) }
+            let reserve = guard.place == Place::Reserve;
+            async move {
+                let mut r = work.await;
+                if reserve && r.status() != StatusCode::SWITCHING_PROTOCOLS {
+                    // A reserve place serves one request (or one WebSocket)
+                    // and is given back: a page kept open must not hold a
+                    // staff place with an idle keep-alive connection.
+                    r.headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, Infallible>(r)
+            }
         })
     };
     let mut builder = http1::Builder::new();
@@ -104,6 +125,9 @@ where
 }
 
 fn route(req: Request<Incoming>, app: &App, peer: &str, guard: &ConnGuard) -> Response<Body> {
+    if guard.place == Place::Reserve && !busy::reserve_serves(req.uri().path()) {
+        return busy::busy_page();
+    }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/ws") => upgrade(req, app, peer, guard),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
@@ -250,6 +274,7 @@ fn upgrade(mut req: Request<Incoming>, app: &App, peer: &str, guard: &ConnGuard)
     let app = app.clone();
     let peer = peer.to_string();
     let guard = guard.clone();
+    let staff_only = guard.place == Place::Reserve;
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
@@ -260,7 +285,7 @@ fn upgrade(mut req: Request<Incoming>, app: &App, peer: &str, guard: &ConnGuard)
                     Some(config),
                 )
                 .await;
-                conn::serve(ws, app, peer).await;
+                conn::serve(ws, app, peer, staff_only).await;
             }
             Err(e) => debug!(%peer, error = %e, "websocket upgrade failed"),
         }

@@ -129,10 +129,11 @@ pub(crate) struct CloseOrder {
 
 impl CloseOrder {
     pub(crate) fn refused(r: Refusal) -> CloseOrder {
-        // A shop at its cap will take the buyer later: 1013 (try again
-        // later), not a policy violation.
+        // 1013 "try again later" (RFC 6455 7.4.1) for the refusals that are
+        // about the server's load, not the client's request: a shop at its
+        // cap of open conversations, a buyer on a place kept for staff.
         let code = match r.code {
-            ErrorCode::ShopBusy => CloseCode::Again,
+            ErrorCode::ShopBusy | ErrorCode::ServerBusy => CloseCode::Again,
             _ => CloseCode::Policy,
         };
         CloseOrder {
