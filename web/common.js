@@ -57,7 +57,7 @@ const kefu = (() => {
 
   /**
    * A WebSocket that says hello on open and comes back after a drop, with a
-   * growing pause (0.5 s doubling to 10 s). `hello()` builds the hello frame
+   * growing pause (0.5 s doubling to 10 s, at least 5 s after a 1013). `hello()` builds the hello frame
    * at each (re)connect so it can carry a resume secret learned meanwhile.
    * Callbacks: onMessage(obj), onStatus("connecting"|"open"|"closed", detail);
    * "closed" means a reconnect is coming. `stop()` closes for good (sign
@@ -74,7 +74,6 @@ const kefu = (() => {
       onStatus("connecting");
       ws = new WebSocket(wsUrl());
       ws.addEventListener("open", () => {
-        delay = 500;
         ws.send(JSON.stringify(hello()));
         onStatus("open");
       });
@@ -89,6 +88,11 @@ const kefu = (() => {
           console.warn("kefu: frame is not JSON", ev.data);
           return;
         }
+        // The pause starts over once the server has taken the hello, not
+        // when the socket opens: a server at its limit opens the socket and
+        // then refuses (server_busy, 1013), and retrying that every half
+        // second would add to the crowd.
+        if (msg && msg.type === "welcome") delay = 500;
         onMessage(msg);
       });
       ws.addEventListener("close", (ev) => {
@@ -97,7 +101,10 @@ const kefu = (() => {
         // the page has shown its own state (sign-in form, 未连接).
         if (stopped) return;
         onStatus("closed", ev);
-        timer = setTimeout(open, delay);
+        // 1013: the server asks to come back later. At least 5 s, spread
+        // over ±25 % so the pages it turned away do not return together.
+        const wait = ev.code === 1013 ? Math.max(delay, 5000) * (0.75 + Math.random() / 2) : delay;
+        timer = setTimeout(open, wait);
         delay = Math.min(delay * 2, 10000);
       });
     }
