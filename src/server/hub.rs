@@ -2097,6 +2097,20 @@ mod tests {
         assert!(text.trim_end_matches('…').chars().all(|c| c == '好'));
     }
 
+    /// `n` new buyers of shop s1 (b0, b1, ...), each sending `texts`.
+    fn waiting_buyers(hub: &mut Hub, ctx: &Ctx, n: usize, texts: &[Arc<str>], now: Instant) {
+        for i in 0..n {
+            let mut fx = Effects::default();
+            let out = outbox(100 + i as u64);
+            let s = hub
+                .buyer_hello(ctx, "s1", &format!("b{i}"), None, &out, now, &mut fx)
+                .unwrap();
+            for t in texts {
+                hub.buyer_message(ctx, &s, t, now, &mut fx).unwrap();
+            }
+        }
+    }
+
     /// The welcome of an agent signing in to 2,000 waiting buyers with
     /// long histories (the offline reply and four 3 KB messages each, 12.5
     /// KB) carries each one's newest two: 2,000 shares of 16 MiB are 8.4 KB
@@ -2111,23 +2125,7 @@ mod tests {
         let texts: Vec<Arc<str>> = (0..5)
             .map(|k| Arc::from(format!("{k}{}", "啊".repeat(1_000))))
             .collect();
-        for i in 0..BUYERS {
-            let mut fx = Effects::default();
-            let s = hub
-                .buyer_hello(
-                    &ctx,
-                    "s1",
-                    &format!("b{i}"),
-                    None,
-                    &outbox(100 + i as u64),
-                    now,
-                    &mut fx,
-                )
-                .unwrap();
-            for t in &texts {
-                hub.buyer_message(&ctx, &s, t, now, &mut fx).unwrap();
-            }
-        }
+        waiting_buyers(&mut hub, &ctx, BUYERS, &texts, now);
         let mut fx = Effects::default();
         hub.agent_hello(&ctx, "s1", "a1", Some("t1"), &outbox(1), now, &mut fx)
             .unwrap();
@@ -2166,23 +2164,13 @@ mod tests {
         let now = Instant::now();
         // Three long messages each: the history holds the last two (12 KB).
         let ask: Arc<str> = Arc::from(format!("这款有货吗{}", "啊".repeat(1990)));
-        for i in 0..BUYERS {
-            let mut fx = Effects::default();
-            let s = hub
-                .buyer_hello(
-                    &ctx,
-                    "s1",
-                    &format!("b{i}"),
-                    None,
-                    &outbox(100 + i as u64),
-                    now,
-                    &mut fx,
-                )
-                .unwrap();
-            for _ in 0..3 {
-                hub.buyer_message(&ctx, &s, &ask, now, &mut fx).unwrap();
-            }
-        }
+        waiting_buyers(
+            &mut hub,
+            &ctx,
+            BUYERS,
+            &[ask.clone(), ask.clone(), ask.clone()],
+            now,
+        );
         let fill = Fill {
             shop: "测试旗舰店",
             agent: "小美",
