@@ -1212,7 +1212,7 @@ impl Hub {
                 .get(&cid)
                 .is_some_and(|c| c.away_since == Some(since))
             {
-                self.close_conversation(&cid, fx);
+                self.close_conversation(&cid, tb.ms(now), fx);
             }
         }
         while let Some(&(until, _, _)) = self.leaving.front() {
@@ -1249,12 +1249,17 @@ impl Hub {
         next
     }
 
-    /// Ends a conversation for good (its buyer did not come back).
-    fn close_conversation(&mut self, cid: &Arc<str>, fx: &mut Effects) {
+    /// Ends a conversation for good (its buyer did not come back), and logs
+    /// it: a restart brings back only conversations not closed.
+    fn close_conversation(&mut self, cid: &Arc<str>, at: i64, fx: &mut Effects) {
         let Some(conv) = self.convs.remove(cid) else {
             return;
         };
         self.clock.remove(cid);
+        let mut ev = conv.event(at, Kind::Close);
+        ev.agent = conv.agent.clone();
+        ev.note = Some(Cow::Borrowed("expired"));
+        fx.events.push(ev);
         let Some(shop) = self.shops.get_mut(&conv.shop) else {
             return;
         };
