@@ -11,7 +11,8 @@
 //!   the messages they produce;
 //! - [`timer`](self::timer): the one task that fires the clock's alarms and
 //!   expires abandoned conversations;
-//! - [`reload`](self::reload): hot reload of the phrase directory.
+//! - [`reload`](self::reload): hot reload of the phrase directory;
+//! - [`secret`](self::secret): the key behind buyers' resume secrets.
 //!
 //! Shared state lives behind [`App`], a cheap-to-clone handle. The hub is one
 //! `std::sync::Mutex`, held only for map updates (never across `.await`);
@@ -26,7 +27,10 @@ mod conn;
 mod http;
 mod hub;
 mod reload;
+mod secret;
 mod timer;
+
+pub use secret::{KeyError, ResumeKey, KEY_FILE};
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -212,6 +216,13 @@ impl App {
     /// (`GET /api/report`); without it that endpoint answers 503.
     pub fn attach_reports(&self, reader: crate::store::Reader) {
         let _ = self.shared.reports.set(reader);
+    }
+
+    /// Makes resume secrets follow `key` (see [`ResumeKey`]), the data
+    /// directory's, so that they verify after a restart: call it before
+    /// serving, or conversations opened meanwhile keep their old secret.
+    pub fn set_resume_key(&self, key: ResumeKey) {
+        self.hub().set_resume_key(key);
     }
 
     fn reports(&self) -> Option<&crate::store::Reader> {

@@ -32,7 +32,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::warn;
 
-use super::{Phrases, Stats, SUGGESTIONS};
+use super::{Phrases, ResumeKey, Stats, SUGGESTIONS};
 use crate::clock::{Alarm, Clock, Round, Timebase};
 use crate::config::Config;
 use crate::events::{Event, Kind, Rating};
@@ -513,6 +513,8 @@ pub(crate) struct Hub {
     leaving: VecDeque<(Instant, Arc<str>, Arc<str>)>,
     /// When the timer task plans to wake up next.
     timer_wake: Option<Instant>,
+    /// Derives the buyers' resume secrets.
+    resume_key: ResumeKey,
 }
 
 impl Hub {
@@ -555,7 +557,12 @@ impl Hub {
             away: VecDeque::new(),
             leaving: VecDeque::new(),
             timer_wake: None,
+            resume_key: ResumeKey::random(),
         }
+    }
+
+    pub(crate) fn set_resume_key(&mut self, key: ResumeKey) {
+        self.resume_key = key;
     }
 
     pub(crate) fn stats(&self) -> Stats {
@@ -611,6 +618,7 @@ impl Hub {
             shops,
             convs,
             clock,
+            resume_key,
             ..
         } = self;
         let Some(shop_key) = shops.get_key_value(shop_id).map(|(k, _)| k.clone()) else {
@@ -674,7 +682,9 @@ impl Hub {
 
         // A new conversation: welcome, greeting, then an agent.
         let id: Arc<str> = Arc::from(format!("c{:016x}", rand::random::<u64>()));
-        let secret = format!("{:032x}", rand::random::<u128>());
+        // Derived, not stored: it must verify after a restart, and the
+        // event log it would be stored in goes to supervisors.
+        let secret = resume_key.secret(&shop_key, &id);
         let buyer: Arc<str> = Arc::from(buyer);
         let agent = pick_agent(shop);
         let agent_name = agent.as_ref().and_then(|a| shop.agents[a].name.clone());
