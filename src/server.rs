@@ -12,6 +12,8 @@
 //! - [`timer`](self::timer): the one task that fires the clock's alarms and
 //!   expires abandoned conversations;
 //! - [`reload`](self::reload): hot reload of the phrase directory;
+//! - [`restore`](self::restore): at start, the conversations open when the
+//!   service stopped, from the event log;
 //! - [`secret`](self::secret): the key behind buyers' resume secrets.
 //!
 //! Shared state lives behind [`App`], a cheap-to-clone handle. The hub is one
@@ -27,9 +29,11 @@ mod conn;
 mod http;
 mod hub;
 mod reload;
+mod restore;
 mod secret;
 mod timer;
 
+pub use restore::{Restored, RESTART_GRACE};
 pub use secret::{KeyError, ResumeKey, KEY_FILE};
 
 use std::future::Future;

@@ -224,6 +224,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let app = App::new(config, store.handle())?;
     app.attach_reports(store.reader());
     app.set_resume_key(ResumeKey::load_or_create(&data)?);
+    // Before the port opens: a buyer who reconnects at once must find
+    // their conversation.
+    app.restore(&store.reader()).with_context(|| {
+        format!(
+            "cannot read the open conversations back from the event log in {}",
+            data.display()
+        )
+    })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -410,7 +410,7 @@ struct Agent {
 
 /// What a history line costs besides its text, about the JSON around it
 /// (`{"from":"buyer","text":"","at":1795400002000}`).
-const LINE_COST: usize = 64;
+pub(crate) const LINE_COST: usize = 64;
 
 struct HLine {
     author: Author,
@@ -1087,7 +1087,7 @@ impl Hub {
             // the agent keeps their conversations until the grace ends.
             agent.moves_at = Some(now + grace);
             let (shop_id, agent_id) = (s.shop.clone(), s.agent.clone());
-            self.leaving.push_back((now + grace, shop_id, agent_id));
+            leave_at(&mut self.leaving, (now + grace, shop_id, agent_id));
             Self::deadline_added(&mut self.timer_wake, now + grace, fx);
         }
     }
@@ -1127,6 +1127,108 @@ impl Hub {
             }
         }
         tell_assigned(shop, convs, &moved, "reassigned", clock, ctx, fx);
+    }
+
+    // ---- restart ----------------------------------------------------------------------------
+
+    /// Puts back conversations rebuilt from the event log (see
+    /// `restore`), each as after everyone disconnected at `now`: buyer
+    /// away, agent offline for `grace` (moving on then unless back), the
+    /// unassigned waiting for an agent. Logs nothing: it is all logged.
+    pub(crate) fn restore(
+        &mut self,
+        ctx: &Ctx,
+        open: Vec<super::restore::OpenConv>,
+        now: Instant,
+        grace: Duration,
+        fx: &mut Effects,
+    ) -> super::Restored {
+        let mut done = super::Restored::default();
+        let mut holders: BTreeSet<(Arc<str>, Arc<str>)> = BTreeSet::new();
+        for o in open {
+            let Some((shop_key, shop)) = self.shops.get_key_value(&o.shop) else {
+                done.skipped += 1;
+                continue;
+            };
+            if self.convs.contains_key(&o.id) || shop.buyers.contains_key(&o.buyer) {
+                done.skipped += 1;
+                continue;
+            }
+            let shop_key = shop_key.clone();
+            let mut conv = Conv {
+                secret: self.resume_key.secret(&shop_key, &o.id).into_boxed_str(),
+                id: o.id,
+                shop: shop_key.clone(),
+                buyer: o.buyer,
+                agent: None,
+                buyer_out: None,
+                away_since: Some(now),
+                history: VecDeque::new(),
+                history_bytes: 0,
+                rated: o.rated,
+            };
+            for l in o.lines {
+                let line = HLine {
+                    author: l.author,
+                    agent: l.agent,
+                    text: l.text,
+                    at: l.at,
+                    note: l.note,
+                };
+                conv.push_line(line, ctx.config.limits.history_bytes);
+            }
+            if let Some(r) = o.round {
+                let started = ctx.tb.instant(r.started_ms);
+                self.clock.resume(
+                    &conv.id,
+                    Round {
+                        started,
+                        deadline: started,
+                        holding_sent: r.holding_sent,
+                        nudged: r.nudged,
+                        breached: r.breached,
+                    },
+                );
+                done.waiting += 1;
+            }
+            let shop = self.shops.get_mut(&shop_key).expect("just found");
+            let holder = o
+                .agent
+                .and_then(|a| shop.agents.get_key_value(&a).map(|(k, _)| k.clone()));
+            match holder {
+                Some(a) => {
+                    let agent = shop.agents.get_mut(&a).expect("just found");
+                    agent.convs.insert(conv.id.clone());
+                    agent.moves_at = Some(now + grace);
+                    conv.agent = Some(a.clone());
+                    holders.insert((shop_key.clone(), a));
+                }
+                None => shop.unassigned.push(conv.id.clone()),
+            }
+            shop.buyers.insert(conv.buyer.clone(), conv.id.clone());
+            self.away.push_back((now, conv.id.clone()));
+            self.convs.insert(conv.id.clone(), conv);
+            done.conversations += 1;
+        }
+        let Hub {
+            shops,
+            convs,
+            clock,
+            leaving,
+            ..
+        } = self;
+        for shop in shops.values_mut() {
+            shop.unassigned
+                .sort_by_key(|c| convs.get(c).map(|c| waiting_key(clock, c)));
+        }
+        for (shop_id, agent_id) in holders {
+            leave_at(leaving, (now + grace, shop_id, agent_id));
+        }
+        if done.conversations > 0 {
+            // The timer works out the deadlines when it looks again.
+            Self::deadline_added(&mut self.timer_wake, now, fx);
+        }
+        done
     }
 
     // ---- time -------------------------------------------------------------------------------
@@ -1287,6 +1389,17 @@ impl Hub {
 }
 
 // ---- helpers ------------------------------------------------------------------------
+
+/// Queues an agent's move in time order: a restart's longer grace puts
+/// moves in the queue that come after later disconnects' ones, and the
+/// timer reads it from the front.
+fn leave_at(
+    leaving: &mut VecDeque<(Instant, Arc<str>, Arc<str>)>,
+    entry: (Instant, Arc<str>, Arc<str>),
+) {
+    let at = leaving.partition_point(|e| e.0 <= entry.0);
+    leaving.insert(at, entry);
+}
 
 /// The conversation of a buyer session, if this connection still holds it.
 fn own_conv<'a>(
