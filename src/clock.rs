@@ -171,6 +171,43 @@ impl<K: Clone + Eq + Hash> Clock<K> {
         Started { round, new: true }
     }
 
+    /// Brings back an open round as it was before a restart: `started`
+    /// and the alarms already given (`holding_sent`, `nudged`,
+    /// `breached`); the others stay pending at their usual times, so one
+    /// that fell due while the service was down fires at the next
+    /// [`Clock::pop_due`], once. The deadline follows the current settings.
+    /// Replaces any round of `key`.
+    pub fn resume(&mut self, key: &K, round: Round) {
+        self.remove(key);
+        let s = self.settings;
+        let started = round.started;
+        let round = Round {
+            deadline: started + s.target,
+            ..round
+        };
+        let mut pending = [None; 3];
+        for alarm in Alarm::ALL {
+            let (after, given) = match alarm {
+                Alarm::Holding => match s.holding {
+                    Some(d) => (d, round.holding_sent),
+                    None => continue,
+                },
+                Alarm::Nudge => (s.nudge, round.nudged),
+                Alarm::Breach => (s.target, round.breached),
+            };
+            if !given {
+                pending[alarm.index()] = Some(started + after);
+            }
+        }
+        let mut entry = Entry {
+            round,
+            pending,
+            queued: None,
+        };
+        queue_next(&mut self.queue, &mut self.seq, key, &mut entry);
+        self.rounds.insert(key.clone(), entry);
+    }
+
     /// An agent reply: ends the open round, returning it.
     pub fn agent_reply(&mut self, key: &K) -> Option<Round> {
         self.remove(key)
@@ -300,6 +337,20 @@ impl Timebase {
             self.unix_ms + at.duration_since(self.instant).as_millis() as i64
         } else {
             self.unix_ms - self.instant.duration_since(at).as_millis() as i64
+        }
+    }
+
+    /// The instant of Unix ms `ms` (the inverse of [`Timebase::ms`]), for
+    /// times read back from the event log. One the platform cannot
+    /// represent (before the monotonic clock's start, i.e. before the
+    /// machine booted, where that clock cannot go below zero) comes out as
+    /// `self`'s: late, rather than a panic.
+    pub fn instant(&self, ms: i64) -> Instant {
+        let d = Duration::from_millis(ms.abs_diff(self.unix_ms));
+        if ms >= self.unix_ms {
+            self.instant + d
+        } else {
+            self.instant.checked_sub(d).unwrap_or(self.instant)
         }
     }
 
@@ -560,6 +611,55 @@ mod tests {
         assert_eq!(clock.next_alarm(), Some(t0 + secs(20)));
         assert!(clock.remove(&1).is_some());
         assert_eq!(clock.next_alarm(), None);
+    }
+
+    /// A resumed round keeps its start and fires only the alarms not yet
+    /// given, each once, those already due at the first pop.
+    #[test]
+    fn a_resumed_round_fires_only_what_was_not_given() {
+        let t0 = Instant::now();
+        let mut clock: Clock<u32> = Clock::new(ClockSettings::default());
+        let given = |holding_sent, nudged, breached| Round {
+            started: t0,
+            deadline: t0,
+            holding_sent,
+            nudged,
+            breached,
+        };
+        clock.resume(&1, given(true, true, false));
+        clock.resume(&2, given(true, true, true));
+        clock.resume(&3, given(false, false, false));
+        assert_eq!(clock.round(&1).unwrap().deadline, t0 + secs(30));
+        assert_eq!(clock.waiting(), 3, "a round with nothing left still waits");
+        let mut fired = Vec::new();
+        while let Some((k, a, _, due)) = clock.pop_due(t0 + secs(100)) {
+            fired.push((k, a, (due - t0).as_secs()));
+        }
+        fired.sort();
+        use Alarm::*;
+        assert_eq!(
+            fired,
+            [
+                (1, Breach, 30),
+                (3, Holding, 15),
+                (3, Nudge, 20),
+                (3, Breach, 30)
+            ]
+        );
+        clock.resume(&1, given(false, false, false));
+        assert_eq!(clock.alarms(), 3, "resuming replaces the round");
+    }
+
+    #[test]
+    fn timebase_instants_round_trip() {
+        let tb = Timebase::new();
+        let now = Instant::now();
+        for ms in [tb.ms(now), tb.ms(now) - 90_000, tb.ms(now) + 5_000] {
+            assert_eq!(tb.ms(tb.instant(ms)), ms);
+        }
+        // Far before the monotonic clock's start: no panic (Linux even
+        // represents it; elsewhere it is clamped).
+        assert!(tb.instant(i64::MIN / 2) <= tb.instant);
     }
 
     #[test]

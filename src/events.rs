@@ -45,10 +45,16 @@ pub enum Kind {
     Nudge,
     /// The round passed the target.
     Breach,
+    /// The service closed the conversation for good (`note`: why; today
+    /// only `expired`, its buyer stayed away past the resume window). A
+    /// restart brings back the conversations open when it stopped, and
+    /// only this event tells a closed one from an open one whose buyer
+    /// went quiet (see `server::restore`).
+    Close,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Buyer,
         Kind::Agent,
         Kind::Bot,
@@ -56,6 +62,7 @@ impl Kind {
         Kind::Rating,
         Kind::Nudge,
         Kind::Breach,
+        Kind::Close,
     ];
 
     pub fn parse(s: &str) -> Option<Kind> {
@@ -71,6 +78,7 @@ impl Kind {
             Kind::Rating => "rating",
             Kind::Nudge => "nudge",
             Kind::Breach => "breach",
+            Kind::Close => "close",
         }
     }
 }

@@ -23,7 +23,7 @@
 //!
 //! Events are sorted per conversation by time, so files may list them in any
 //! order. Events at the same millisecond are ordered `assign`, `buyer`,
-//! `bot`, `agent`, `nudge`, `breach`, `rating` (so a reply stamped with its
+//! `bot`, `agent`, `nudge`, `breach`, `rating`, `close` (so a reply stamped with its
 //! question's millisecond answers it), then by agent, stage and text, so
 //! that no figure depends on the order of the input.
 
@@ -456,6 +456,7 @@ fn kind_rank(k: Kind) -> u8 {
         Kind::Nudge => 4,
         Kind::Breach => 5,
         Kind::Rating => 6,
+        Kind::Close => 7,
     }
 }
 

@@ -13,7 +13,10 @@
 //!   expires abandoned conversations;
 //! - [`reload`](self::reload): hot reload of the phrase directory;
 //! - [`busy`](self::busy): at the connection limit, the places kept for
-//!   staff and the 503 for everyone else.
+//!   staff and the 503 for everyone else;
+//! - [`restore`](self::restore): at start, the conversations open when the
+//!   service stopped, from the event log;
+//! - [`secret`](self::secret): the key behind buyers' resume secrets.
 //!
 //! Shared state lives behind [`App`], a cheap-to-clone handle. The hub is one
 //! `std::sync::Mutex`, held only for map updates (never across `.await`);
@@ -29,7 +32,12 @@ mod conn;
 mod http;
 mod hub;
 mod reload;
+mod restore;
+mod secret;
 mod timer;
+
+pub use restore::{Restored, RESTART_GRACE};
+pub use secret::{KeyError, ResumeKey, KEY_FILE};
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -223,6 +231,13 @@ impl App {
     /// (`GET /api/report`); without it that endpoint answers 503.
     pub fn attach_reports(&self, reader: crate::store::Reader) {
         let _ = self.shared.reports.set(reader);
+    }
+
+    /// Makes resume secrets follow `key` (see [`ResumeKey`]), the data
+    /// directory's, so that they verify after a restart: call it before
+    /// serving, or conversations opened meanwhile keep their old secret.
+    pub fn set_resume_key(&self, key: ResumeKey) {
+        self.hub().set_resume_key(key);
     }
 
     fn reports(&self) -> Option<&crate::store::Reader> {

@@ -1004,6 +1004,8 @@ mod tests {
             (Some(1), Some(2), None),
             (Some(1), None, Some("s1".to_string())),
             (None, Some(2), None),
+            // The last resume window, read at every start (`server::restore`).
+            (Some(1), None, None),
         ];
         for (from_ms, to_ms, shop) in windows {
             let q = Query {

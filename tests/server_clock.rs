@@ -251,7 +251,7 @@ async fn many_waiting_conversations_share_one_timer() {
 async fn abandoned_conversations_close_after_the_resume_window() {
     let mut c = config(None);
     c.limits.resume_window = Duration::from_secs(600);
-    let t = spawn_local(c).await;
+    let mut t = spawn_local(c).await;
     let (mut agent, buyer, conv) = pair(&t).await;
     buyer.close().await;
     agent.recv_type("presence").await;
@@ -260,6 +260,12 @@ async fn abandoned_conversations_close_after_the_resume_window() {
     assert_eq!(closed["conversation"], conv);
     assert_eq!(t0.elapsed().as_secs(), 600);
     assert_eq!(t.app.stats().conversations, 0);
+    // Logged, so that a restart does not bring it back.
+    let close = t.take_events().pop().expect("events");
+    assert_eq!(
+        (close.kind, &*close.conversation, close.note.as_deref()),
+        (Kind::Close, conv.as_str(), Some("expired"))
+    );
     // The buyer id is free again: a new conversation, greeted anew.
     let (_b, w, g) = t.buyer("b1").await;
     assert_eq!(w["resumed"], false);

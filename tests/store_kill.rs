@@ -1,8 +1,9 @@
 //! Failure test: `kefu serve` under load from WebSocket clients is killed
 //! with SIGKILL, started again on the same data directory and stopped with
-//! SIGTERM. Every event the clients saw the service take more than 100 ms
-//! before the kill must be in the log (the commit window is 50 ms, see
-//! docs/REPORTS.md), and the reports on the log must add up.
+//! SIGTERM. The second start brings back every buyer's conversation. Every
+//! event the clients saw the service take more than 100 ms before the kill
+//! must be in the log (the commit window is 50 ms, see docs/REPORTS.md),
+//! and the reports on the log must add up.
 //!
 //! Loopback only, bounded: 20 buyers and one agent for about 3 seconds.
 
@@ -53,8 +54,9 @@ shops:
         token: t1
 ";
 
-/// Starts `kefu serve` on a free loopback port; returns it and its address.
-fn serve(dir: &Path) -> (Child, String) {
+/// Starts `kefu serve` on a free loopback port; returns it, its address
+/// and its log line about the conversations it restored.
+fn serve(dir: &Path) -> (Child, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kefu"))
         .arg("serve")
         .args(["--config", dir.join("kefu.yaml").to_str().unwrap()])
@@ -73,20 +75,25 @@ fn serve(dir: &Path) -> (Child, String) {
     // Keep reading the log so the service never blocks on a full pipe.
     std::thread::spawn(move || {
         let mut tx = Some(tx);
+        let mut restored = String::new();
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
+            // Logged before the port opens.
+            if line.contains("restored the conversations") {
+                restored = line.clone();
+            }
             if let Some(rest) = line.split("listening on http://").nth(1) {
                 let addr = rest.split_whitespace().next().unwrap_or("").to_string();
                 if let Some(tx) = tx.take() {
-                    let _ = tx.send(addr);
+                    let _ = tx.send((addr, std::mem::take(&mut restored)));
                 }
             }
         }
     });
-    let addr = rx
+    let (addr, restored) = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("kefu serve did not say where it listens");
-    (child, addr)
+    (child, addr, restored)
 }
 
 /// Waits until `GET /healthz` answers `ok`.
@@ -143,7 +150,8 @@ struct Seen {
 async fn kill_9_under_load_loses_at_most_the_commit_window() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("kefu.yaml"), CONFIG).unwrap();
-    let (mut child, addr) = serve(dir.path());
+    let (mut child, addr, restored) = serve(dir.path());
+    assert!(restored.contains("conversations=0"), "{restored}");
     let seen = Arc::new(Mutex::new(Seen::default()));
 
     // The agent answers every buyer message and notes what was taken.
@@ -225,7 +233,12 @@ async fn kill_9_under_load_loses_at_most_the_commit_window() {
     // starts listening for SIGTERM once its accept loop has polled its
     // shutdown future, so a SIGTERM right at start-up kills it like a
     // SIGKILL: wait until it answers and has had time to go idle.
-    let (child, addr) = serve(dir.path());
+    // Every buyer's conversation is back, though the service was killed.
+    let (child, addr, restored) = serve(dir.path());
+    assert!(
+        restored.contains(&format!("conversations={BUYERS} ")),
+        "{restored}"
+    );
     healthz(&addr);
     std::thread::sleep(Duration::from_millis(300));
     let status = Command::new("kill")

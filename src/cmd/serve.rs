@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::parser::ValueSource;
 use kefu::config::{Config, Overrides};
-use kefu::server::{self, App};
+use kefu::server::{self, App, ResumeKey};
 use kefu::store::Store;
 
 #[derive(clap::Args)]
@@ -233,8 +233,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(&config.data)
         .with_context(|| format!("cannot open the event log in {}", config.data.display()))?;
     let listen = config.listen;
+    let data = config.data.clone();
     let app = App::new(config, store.handle())?;
     app.attach_reports(store.reader());
+    app.set_resume_key(ResumeKey::load_or_create(&data)?);
+    // Before the port opens: a buyer who reconnects at once must find
+    // their conversation.
+    app.restore(&store.reader()).with_context(|| {
+        format!(
+            "cannot read the open conversations back from the event log in {}",
+            data.display()
+        )
+    })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

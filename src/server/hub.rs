@@ -32,7 +32,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::warn;
 
-use super::{Phrases, Stats, SUGGESTIONS};
+use super::{Phrases, ResumeKey, Stats, SUGGESTIONS};
 use crate::clock::{Alarm, Clock, Round, Timebase};
 use crate::config::Config;
 use crate::events::{Event, Kind, Rating};
@@ -502,7 +502,7 @@ struct Agent {
 
 /// What a history line costs besides its text, about the JSON around it
 /// (`{"from":"buyer","text":"","at":1795400002000}`).
-const LINE_COST: usize = 64;
+pub(crate) const LINE_COST: usize = 64;
 
 #[derive(Clone)]
 struct HLine {
@@ -781,6 +781,8 @@ pub(crate) struct Hub {
     leaving: VecDeque<(Instant, Arc<str>, Arc<str>)>,
     /// When the timer task plans to wake up next.
     timer_wake: Option<Instant>,
+    /// Derives the buyers' resume secrets.
+    resume_key: ResumeKey,
 }
 
 impl Hub {
@@ -824,7 +826,12 @@ impl Hub {
             away: VecDeque::new(),
             leaving: VecDeque::new(),
             timer_wake: None,
+            resume_key: ResumeKey::random(),
         }
+    }
+
+    pub(crate) fn set_resume_key(&mut self, key: ResumeKey) {
+        self.resume_key = key;
     }
 
     pub(crate) fn stats(&self) -> Stats {
@@ -881,6 +888,7 @@ impl Hub {
             shops,
             convs,
             clock,
+            resume_key,
             ..
         } = self;
         let Some(shop_key) = shops.get_key_value(shop_id).map(|(k, _)| k.clone()) else {
@@ -967,7 +975,9 @@ impl Hub {
 
         // A new conversation: welcome, greeting, then an agent.
         let id: Arc<str> = Arc::from(format!("c{:016x}", rand::random::<u64>()));
-        let secret = format!("{:032x}", rand::random::<u128>());
+        // Derived, not stored: it must verify after a restart, and the
+        // event log it would be stored in goes to supervisors.
+        let secret = resume_key.secret(&shop_key, &id);
         let buyer: Arc<str> = Arc::from(buyer);
         let agent = pick_agent(shop);
         let agent_name = agent.as_ref().and_then(|a| shop.agents[a].name.clone());
@@ -1378,7 +1388,7 @@ impl Hub {
             // the agent keeps their conversations until the grace ends.
             agent.moves_at = Some(now + grace);
             let (shop_id, agent_id) = (s.shop.clone(), s.agent.clone());
-            self.leaving.push_back((now + grace, shop_id, agent_id));
+            leave_at(&mut self.leaving, (now + grace, shop_id, agent_id));
             Self::deadline_added(&mut self.timer_wake, now + grace, fx);
         }
     }
@@ -1418,6 +1428,108 @@ impl Hub {
             }
         }
         tell_assigned(shop, convs, &moved, "reassigned", clock, ctx, fx);
+    }
+
+    // ---- restart ----------------------------------------------------------------------------
+
+    /// Puts back conversations rebuilt from the event log (see
+    /// `restore`), each as after everyone disconnected at `now`: buyer
+    /// away, agent offline for `grace` (moving on then unless back), the
+    /// unassigned waiting for an agent. Logs nothing: it is all logged.
+    pub(crate) fn restore(
+        &mut self,
+        ctx: &Ctx,
+        open: Vec<super::restore::OpenConv>,
+        now: Instant,
+        grace: Duration,
+        fx: &mut Effects,
+    ) -> super::Restored {
+        let mut done = super::Restored::default();
+        let mut holders: BTreeSet<(Arc<str>, Arc<str>)> = BTreeSet::new();
+        for o in open {
+            let Some((shop_key, shop)) = self.shops.get_key_value(&o.shop) else {
+                done.skipped += 1;
+                continue;
+            };
+            if self.convs.contains_key(&o.id) || shop.buyers.contains_key(&o.buyer) {
+                done.skipped += 1;
+                continue;
+            }
+            let shop_key = shop_key.clone();
+            let mut conv = Conv {
+                secret: self.resume_key.secret(&shop_key, &o.id).into_boxed_str(),
+                id: o.id,
+                shop: shop_key.clone(),
+                buyer: o.buyer,
+                agent: None,
+                buyer_out: None,
+                away_since: Some(now),
+                history: VecDeque::new(),
+                history_bytes: 0,
+                rated: o.rated,
+            };
+            for l in o.lines {
+                let line = HLine {
+                    author: l.author,
+                    agent: l.agent,
+                    text: l.text,
+                    at: l.at,
+                    note: l.note,
+                };
+                conv.push_line(line, ctx.config.limits.history_bytes);
+            }
+            if let Some(r) = o.round {
+                let started = ctx.tb.instant(r.started_ms);
+                self.clock.resume(
+                    &conv.id,
+                    Round {
+                        started,
+                        deadline: started,
+                        holding_sent: r.holding_sent,
+                        nudged: r.nudged,
+                        breached: r.breached,
+                    },
+                );
+                done.waiting += 1;
+            }
+            let shop = self.shops.get_mut(&shop_key).expect("just found");
+            let holder = o
+                .agent
+                .and_then(|a| shop.agents.get_key_value(&a).map(|(k, _)| k.clone()));
+            match holder {
+                Some(a) => {
+                    let agent = shop.agents.get_mut(&a).expect("just found");
+                    agent.convs.insert(conv.id.clone());
+                    agent.moves_at = Some(now + grace);
+                    conv.agent = Some(a.clone());
+                    holders.insert((shop_key.clone(), a));
+                }
+                None => shop.unassigned.push(conv.id.clone()),
+            }
+            shop.buyers.insert(conv.buyer.clone(), conv.id.clone());
+            self.away.push_back((now, conv.id.clone()));
+            self.convs.insert(conv.id.clone(), conv);
+            done.conversations += 1;
+        }
+        let Hub {
+            shops,
+            convs,
+            clock,
+            leaving,
+            ..
+        } = self;
+        for shop in shops.values_mut() {
+            shop.unassigned
+                .sort_by_key(|c| convs.get(c).map(|c| waiting_key(clock, c)));
+        }
+        for (shop_id, agent_id) in holders {
+            leave_at(leaving, (now + grace, shop_id, agent_id));
+        }
+        if done.conversations > 0 {
+            // The timer works out the deadlines when it looks again.
+            Self::deadline_added(&mut self.timer_wake, now, fx);
+        }
+        done
     }
 
     // ---- time -------------------------------------------------------------------------------
@@ -1513,7 +1625,7 @@ impl Hub {
                 .get(&cid)
                 .is_some_and(|c| c.away_since == Some(since))
             {
-                self.close_conversation(&cid, fx);
+                self.close_conversation(&cid, tb.ms(now), fx);
             }
         }
         while let Some(&(until, _, _)) = self.leaving.front() {
@@ -1550,12 +1662,17 @@ impl Hub {
         next
     }
 
-    /// Ends a conversation for good (its buyer did not come back).
-    fn close_conversation(&mut self, cid: &Arc<str>, fx: &mut Effects) {
+    /// Ends a conversation for good (its buyer did not come back), and logs
+    /// it: a restart brings back only conversations not closed.
+    fn close_conversation(&mut self, cid: &Arc<str>, at: i64, fx: &mut Effects) {
         let Some(conv) = self.convs.remove(cid) else {
             return;
         };
         self.clock.remove(cid);
+        let mut ev = conv.event(at, Kind::Close);
+        ev.agent = conv.agent.clone();
+        ev.note = Some(Cow::Borrowed("expired"));
+        fx.events.push(ev);
         let Some(shop) = self.shops.get_mut(&conv.shop) else {
             return;
         };
@@ -1573,6 +1690,17 @@ impl Hub {
 }
 
 // ---- helpers ------------------------------------------------------------------------
+
+/// Queues an agent's move in time order: a restart's longer grace puts
+/// moves in the queue that come after later disconnects' ones, and the
+/// timer reads it from the front.
+fn leave_at(
+    leaving: &mut VecDeque<(Instant, Arc<str>, Arc<str>)>,
+    entry: (Instant, Arc<str>, Arc<str>),
+) {
+    let at = leaving.partition_point(|e| e.0 <= entry.0);
+    leaving.insert(at, entry);
+}
 
 /// The conversation of a buyer session, if this connection still holds it.
 fn own_conv<'a>(

@@ -14,8 +14,8 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use kefu::config::{AgentConfig, Config, ShopConfig};
 use kefu::events::Event;
-use kefu::server::{self, App};
-use kefu::store::StoreHandle;
+use kefu::server::{self, App, Restored, ResumeKey};
+use kefu::store::{Store, StoreHandle};
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream};
 use tokio::sync::mpsc;
@@ -109,9 +109,31 @@ pub async fn spawn_app_with(config: Config) -> TestApp {
 
 /// The service on a real socket, recording events to `store`.
 pub async fn spawn_app_with_store(config: Config, store: StoreHandle) -> TestApp {
+    serve_tcp(App::new(config, store).unwrap()).await
+}
+
+/// An app on data directory `dir` as `kefu serve` makes it: its event
+/// log, its resume key, and the conversations open in the log brought
+/// back. Close the store after stopping the app.
+pub fn app_on_data(config: Config, dir: &Path) -> (App, Store, Restored) {
+    let store = Store::open(dir).unwrap();
+    let app = App::new(config, store.handle()).unwrap();
+    app.attach_reports(store.reader());
+    app.set_resume_key(ResumeKey::load_or_create(dir).unwrap());
+    let restored = app.restore(&store.reader()).unwrap();
+    (app, store, restored)
+}
+
+/// [`app_on_data`] served on a real socket.
+pub async fn spawn_app_on_data(config: Config, dir: &Path) -> (TestApp, Store, Restored) {
+    let (app, store, restored) = app_on_data(config, dir);
+    (serve_tcp(app).await, store, restored)
+}
+
+/// `app` served on a real socket, 127.0.0.1:0.
+pub async fn serve_tcp(app: App) -> TestApp {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = App::new(config, store).unwrap();
     let events = app.tap_events().unwrap();
     let task = tokio::spawn({
         let app = app.clone();
@@ -131,7 +153,11 @@ pub async fn spawn_app_with_store(config: Config, store: StoreHandle) -> TestApp
 
 /// The service over in-memory pipes (for paused virtual time).
 pub async fn spawn_local(config: Config) -> TestApp {
-    let app = App::new(config, StoreHandle::default()).unwrap();
+    serve_local(App::new(config, StoreHandle::default()).unwrap()).await
+}
+
+/// `app` served over in-memory pipes (for paused virtual time).
+pub async fn serve_local(app: App) -> TestApp {
     let events = app.tap_events().unwrap();
     let (tx, rx) = mpsc::channel::<DuplexStream>(16);
     let incoming = futures_util::stream::unfold(rx, |mut rx| async move {

@@ -1,0 +1,176 @@
+//! The key behind buyers' `resume` secrets.
+//!
+//! A secret is HMAC-SHA256(key, shop NUL conversation) in hex, so it can be
+//! computed again after a restart instead of being stored: the event log,
+//! which supervisors export, never holds one. The key lives in the data
+//! directory (`resume.key`, 32 random bytes, mode 0600), created on the
+//! first start; without a data directory (tests, embedding) it is random
+//! per process and secrets die with it, as conversations do.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+/// The key file's name in the data directory.
+pub const KEY_FILE: &str = "resume.key";
+
+const KEY_LEN: usize = 32;
+
+/// Why the resume key cannot be had.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot {what} the resume key {}: {source} (check the data directory's permissions)", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the resume key {} holds {len} bytes, not {KEY_LEN}; it is damaged: delete it to make a new one (buyers then cannot resume conversations open before)", path.display())]
+    BadLength { path: PathBuf, len: usize },
+}
+
+/// The server's key for resume secrets.
+#[derive(Clone)]
+pub struct ResumeKey([u8; KEY_LEN]);
+
+impl std::fmt::Debug for ResumeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResumeKey(..)")
+    }
+}
+
+impl ResumeKey {
+    /// A key for this process only.
+    pub fn random() -> ResumeKey {
+        ResumeKey(rand::random())
+    }
+
+    /// The key of data directory `dir`, created (0600) if it has none.
+    pub fn load_or_create(dir: &Path) -> Result<ResumeKey, KeyError> {
+        let path = dir.join(KEY_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => return ResumeKey::from_file(&path, &bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(KeyError::Io {
+                    what: "read",
+                    path,
+                    source,
+                })
+            }
+        }
+        let key = ResumeKey::random();
+        // Written whole under another name, then linked into place: a crash
+        // midway leaves no short key file, and linking never replaces a key
+        // another process created meanwhile (that one wins, and is read).
+        let tmp = dir.join(format!("{KEY_FILE}.{:08x}.tmp", rand::random::<u32>()));
+        let io = |what, source| KeyError::Io {
+            what,
+            path: path.clone(),
+            source,
+        };
+        let written = (|| {
+            let mut f = new_private_file(&tmp)?;
+            f.write_all(&key.0)?;
+            f.sync_all()
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io("write", e));
+        }
+        let linked = std::fs::hard_link(&tmp, &path);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "created the resume key");
+                Ok(key)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let bytes = std::fs::read(&path).map_err(|e| io("read", e))?;
+                ResumeKey::from_file(&path, &bytes)
+            }
+            Err(e) => Err(io("create", e)),
+        }
+    }
+
+    fn from_file(path: &Path, bytes: &[u8]) -> Result<ResumeKey, KeyError> {
+        let key: [u8; KEY_LEN] = bytes.try_into().map_err(|_| KeyError::BadLength {
+            path: path.to_path_buf(),
+            len: bytes.len(),
+        })?;
+        Ok(ResumeKey(key))
+    }
+
+    /// The resume secret of conversation `conv` of `shop`, in hex.
+    pub fn secret(&self, shop: &str, conv: &str) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(shop.as_bytes());
+        mac.update(&[0]);
+        mac.update(conv.as_bytes());
+        let tag = mac.finalize().into_bytes();
+        let mut hex = String::with_capacity(tag.len() * 2);
+        for b in tag {
+            hex.push_str(&format!("{b:02x}"));
+        }
+        hex
+    }
+}
+
+#[cfg(unix)]
+fn new_private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+}
+
+#[cfg(not(unix))]
+fn new_private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The key is made once, private, and read back the same; a secret
+    /// depends on the key, the shop and the conversation, with the NUL
+    /// keeping `s1`+`2c` apart from `s12`+`c`.
+    #[test]
+    fn the_key_is_made_once_and_secrets_follow_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = ResumeKey::load_or_create(dir.path()).unwrap();
+        let b = ResumeKey::load_or_create(dir.path()).unwrap();
+        assert_eq!(a.secret("s1", "c1"), b.secret("s1", "c1"));
+        assert_eq!(a.secret("s1", "c1").len(), 64);
+        assert_ne!(a.secret("s1", "c1"), a.secret("s1", "c2"));
+        assert_ne!(a.secret("s1", "2c"), a.secret("s12", "c"));
+        assert_ne!(a.secret("s1", "c1"), ResumeKey::random().secret("s1", "c1"));
+        let path = dir.path().join(KEY_FILE);
+        assert_eq!(std::fs::read(&path).unwrap().len(), KEY_LEN);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temporary file left behind");
+    }
+
+    #[test]
+    fn a_damaged_key_is_refused_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(KEY_FILE), b"short").unwrap();
+        let e = ResumeKey::load_or_create(dir.path()).unwrap_err();
+        assert!(matches!(e, KeyError::BadLength { len: 5, .. }), "{e}");
+        assert!(e.to_string().contains("delete it"), "{e}");
+    }
+}

@@ -1,0 +1,319 @@
+//! A restart of the service on the same data directory loses nothing a
+//! buyer or an agent can see: open conversations, their history and open
+//! rounds come back from the event log, and the buyer's resume secret
+//! still works.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{app_on_data, serve_local, spawn_app_on_data, test_config};
+use kefu::config::Config;
+use kefu::events::{Event, Kind};
+use kefu::report::{ReportOptions, ServiceWindow};
+use kefu::server::{Restored, ResumeKey, KEY_FILE, RESTART_GRACE};
+use serde_json::{json, Value};
+
+/// The texts of a history, `from:text` each.
+fn texts(history: &Value) -> Vec<String> {
+    history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            format!(
+                "{}:{}",
+                l["from"].as_str().unwrap(),
+                l["text"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_restart_keeps_the_conversation_its_history_round_and_resume_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config();
+
+    // First run: a message, a reply, another message left unanswered.
+    let (t, store, restored) = spawn_app_on_data(config.clone(), dir.path()).await;
+    assert_eq!(
+        restored,
+        Restored::default(),
+        "an empty log restores nothing"
+    );
+    let (mut agent, _) = t.agent("a1").await;
+    let (mut buyer, welcome, greeting) = t.buyer("b1").await;
+    let conv = welcome["conversation"].as_str().unwrap().to_string();
+    let secret = welcome["resume"].as_str().unwrap().to_string();
+    agent.recv_type("conversation_assigned").await;
+    buyer
+        .send(json!({"type":"message","text":"这款有货吗"}))
+        .await;
+    agent.recv_type("buyer_message").await;
+    agent
+        .send(json!({"type":"reply","conversation":conv,"text":"亲，这款有现货哦～"}))
+        .await;
+    agent.recv_type("reply_sent").await;
+    buyer.recv_type("reply").await;
+    buyer
+        .send(json!({"type":"message","text":"几天能到"}))
+        .await;
+    let open = agent.recv_type("buyer_message").await;
+    let waiting_since = open["waiting_since"].as_i64().unwrap();
+    t.stop().await;
+    store.close().unwrap();
+    drop((agent, buyer));
+
+    // The secret is not in the log supervisors export.
+    let exported = kefu::store::Reader::open(dir.path())
+        .unwrap()
+        .events(&Default::default())
+        .unwrap();
+    assert!(exported.iter().all(|e| {
+        let fields = [e.text.as_deref(), e.note.as_deref(), e.intent.as_deref()];
+        fields.iter().flatten().all(|f| !f.contains(&secret))
+    }));
+
+    // Second run on the same directory.
+    let (t, store, restored) = spawn_app_on_data(config, dir.path()).await;
+    assert_eq!(
+        restored,
+        Restored {
+            conversations: 1,
+            waiting: 1,
+            skipped: 0
+        }
+    );
+    let (mut agent, welcome) = t.agent("a1").await;
+    let list = welcome["conversations"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{welcome}");
+    let view = &list[0];
+    assert_eq!(view["conversation"], conv);
+    assert_eq!(view["buyer"], "b1");
+    assert_eq!(view["online"], false);
+    assert_eq!(view["waiting_since"], waiting_since, "the same open round");
+    assert_eq!(view["deadline"], waiting_since + 30_000);
+    let history = vec![
+        format!("bot:{}", greeting["text"].as_str().unwrap()),
+        "buyer:这款有货吗".to_string(),
+        "agent:亲，这款有现货哦～".to_string(),
+        "buyer:几天能到".to_string(),
+    ];
+    assert_eq!(texts(&view["history"]), history);
+
+    // A wrong secret is still refused; the old one rejoins.
+    let mut thief = t.connect().await;
+    thief
+        .send(
+            json!({"type":"hello","role":"buyer","shop":"s1","buyer":"b1","resume":"0".repeat(64)}),
+        )
+        .await;
+    thief.expect_error("buyer_taken").await;
+    let mut buyer = t.connect().await;
+    buyer
+        .send(json!({"type":"hello","role":"buyer","shop":"s1","buyer":"b1","resume":secret}))
+        .await;
+    let back = buyer.recv_type("welcome").await;
+    assert_eq!(back["resumed"], true, "{back}");
+    assert_eq!(back["conversation"], conv);
+    assert_eq!(back["resume"], secret);
+    assert_eq!(texts(&back["history"]), history);
+    let presence = agent.recv_type("presence").await;
+    assert_eq!(presence["online"], true);
+
+    // The round goes on: a third message joins it, the reply ends it.
+    buyer.send(json!({"type":"message","text":"在吗"})).await;
+    let m = agent.recv_type("buyer_message").await;
+    assert_eq!(m["waiting_since"], waiting_since);
+    agent
+        .send(json!({"type":"reply","conversation":conv,"text":"亲，明天就到～"}))
+        .await;
+    agent.recv_type("reply_sent").await;
+    buyer.recv_type("reply").await;
+    t.stop().await;
+    store.close().unwrap();
+
+    // Both runs' events make two rounds, not three.
+    let report = kefu::store::Reader::open(dir.path())
+        .unwrap()
+        .report(&ReportOptions {
+            service_window: ServiceWindow::ALL_DAY,
+            ..ReportOptions::default()
+        })
+        .unwrap();
+    assert_eq!(report.total.rounds, 2);
+    assert_eq!(report.total.answered, 2);
+    assert!(dir.path().join(KEY_FILE).is_file());
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Target 30 s, nudge 20 s, holding 15 s; pings far away.
+fn clock_config() -> Config {
+    let mut c = test_config();
+    c.limits.ping_interval = Duration::from_secs(3600);
+    c.limits.hello_timeout = Duration::from_secs(3600);
+    c.limits.handshake_timeout = Duration::from_secs(3600);
+    c
+}
+
+/// An event `s` seconds from `t0` (negative: before) in conversation
+/// `conv` of buyer `b<conv's number>`.
+fn ev(t0: i64, s: i64, conv: &str, kind: Kind) -> Event {
+    let buyer = format!("b{}", &conv[1..]);
+    let mut e = Event::new(t0 + s * 1000, "s1", conv, &buyer, kind);
+    match kind {
+        Kind::Buyer => e.text = Some("在吗".into()),
+        Kind::Bot => {
+            e.text = Some("亲，客服正在为您查询，请稍等片刻哦～".into());
+            e.note = Some("holding".into());
+        }
+        Kind::Assign | Kind::Nudge | Kind::Breach => e.agent = Some("a1".into()),
+        Kind::Close => e.note = Some("expired".into()),
+        _ => {}
+    }
+    e
+}
+
+/// Alarms whose time passed while the service was down: one already in
+/// the log is not given again; one not in it fires once, at the start,
+/// stamped with the time it fell due. Conversations held by an agent wait
+/// for them for the restart grace, then move to whoever is online.
+#[tokio::test(start_paused = true)]
+async fn alarms_due_during_a_restart_fire_once_and_agents_get_a_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = now_ms();
+    use Kind::*;
+    let events = vec![
+        // c1: nudged, not breached yet: the breach comes at +5 s.
+        ev(t0, -25, "c1", Assign),
+        ev(t0, -25, "c1", Buyer),
+        ev(t0, -10, "c1", Bot),
+        ev(t0, -5, "c1", Nudge),
+        // c2: everything given already.
+        ev(t0, -100, "c2", Assign),
+        ev(t0, -100, "c2", Buyer),
+        ev(t0, -85, "c2", Bot),
+        ev(t0, -80, "c2", Nudge),
+        ev(t0, -70, "c2", Breach),
+        // c3: nobody assigned, nothing given: all three fire at the start.
+        ev(t0, -60, "c3", Buyer),
+        // c4: closed within the window; c5: last seen long ago.
+        ev(t0, -300, "c4", Buyer),
+        ev(t0, -200, "c4", Close),
+        ev(t0, -3600, "c5", Buyer),
+    ];
+    kefu::store::import(dir.path(), &events).unwrap();
+
+    let (app, store, restored) = app_on_data(clock_config(), dir.path());
+    assert_eq!(
+        restored,
+        Restored {
+            conversations: 3,
+            waiting: 3,
+            skipped: 0
+        }
+    );
+    let mut t = serve_local(app).await;
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let (mut a2, welcome) = t.agent("a2").await;
+    let given: Vec<&str> = welcome["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["conversation"].as_str().unwrap())
+        .collect();
+    assert_eq!(given, ["c3"], "a1's conversations wait for a1");
+    let c3 = &welcome["conversations"][0];
+    assert_eq!(c3["waiting_since"], t0 - 60_000);
+
+    // Past the restart grace, a1 is not back: theirs move to a2.
+    let moved = a2.recv_until("conversations_assigned").await;
+    let mut ids: Vec<&str> = moved["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["conversation"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["c1", "c2"]);
+    tokio::time::sleep(Duration::from_secs(100)).await;
+
+    let mut fired: BTreeMap<String, Vec<(Kind, i64, Option<String>)>> = BTreeMap::new();
+    for e in t.take_events() {
+        if matches!(e.kind, Bot | Nudge | Breach) {
+            fired.entry(e.conversation.to_string()).or_default().push((
+                e.kind,
+                e.ts_ms - t0,
+                e.note.as_deref().map(str::to_string),
+            ));
+        }
+    }
+    let want: BTreeMap<String, Vec<(Kind, i64, Option<String>)>> = [
+        ("c1".to_string(), vec![(Breach, 5_000, None)]),
+        (
+            "c3".to_string(),
+            vec![
+                (Bot, -45_000, Some("offline".to_string())),
+                (Nudge, -40_000, None),
+                (Breach, -30_000, None),
+            ],
+        ),
+    ]
+    .into();
+    assert_eq!(fired, want);
+    assert!(RESTART_GRACE < Duration::from_secs(100));
+    t.stop().await;
+    store.close().unwrap();
+}
+
+/// A second start on the same directory finds the same key; a key of
+/// another directory makes other secrets (old random secrets from before
+/// the upgrade stop matching the same way).
+#[test]
+fn the_resume_key_belongs_to_the_data_directory() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let k1 = ResumeKey::load_or_create(a.path()).unwrap();
+    let k2 = ResumeKey::load_or_create(a.path()).unwrap();
+    let k3 = ResumeKey::load_or_create(b.path()).unwrap();
+    assert_eq!(k1.secret("s1", "c1"), k2.secret("s1", "c1"));
+    assert_ne!(k1.secret("s1", "c1"), k3.secret("s1", "c1"));
+}
+
+/// The restart's longer grace does not hold back a later, shorter one: a
+/// colleague who drops after the restart has their conversations moved
+/// after `agent_grace`, not after the restored ones' grace.
+#[tokio::test(start_paused = true)]
+async fn a_disconnect_after_the_restart_keeps_its_own_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = now_ms();
+    let events = vec![
+        ev(t0, -5, "c1", Kind::Assign),
+        ev(t0, -5, "c1", Kind::Buyer),
+    ];
+    kefu::store::import(dir.path(), &events).unwrap();
+    let mut config = clock_config();
+    config.limits.agent_grace = Duration::from_secs(10);
+    let (app, store, _) = app_on_data(config, dir.path());
+    let t = serve_local(app).await;
+    let (a2, welcome) = t.agent("a2").await;
+    assert_eq!(welcome["conversations"], json!([]));
+    let (_buyer, w, _) = t.buyer("b9").await;
+    let (mut a3, _) = t.agent("a3").await;
+    a2.close().await;
+    let left = tokio::time::Instant::now();
+    let moved = a3.recv_until("conversation_assigned").await;
+    assert_eq!(moved["conversation"], w["conversation"]);
+    assert_eq!(moved["reason"], "reassigned");
+    assert_eq!(left.elapsed().as_secs(), 10);
+    t.stop().await;
+    store.close().unwrap();
+}
