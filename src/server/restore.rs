@@ -174,6 +174,7 @@ impl Builder {
                     Some("greeting") => Some("greeting"),
                     Some("holding") => Some("holding"),
                     Some("offline") => Some("offline"),
+                    Some("transferred") => Some("transferred"),
                     _ => None,
                 };
                 if matches!(note, Some("holding" | "offline")) {
