@@ -37,7 +37,8 @@ pub enum Kind {
     Agent,
     /// A bot message: greeting or holding reply (`text`, `note` says which).
     Bot,
-    /// The conversation was given to `agent` (first assignment or a move).
+    /// The conversation was given to `agent` (first assignment or a move;
+    /// `note` says why, `transferred` with the sender's note in `text`).
     Assign,
     /// A satisfaction rating (`score`).
     Rating,

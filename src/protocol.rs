@@ -67,10 +67,22 @@ pub enum ClientMsg {
     Rate {
         score: String,
     },
+    /// Agent: hand one of their conversations to a colleague (转接).
+    Transfer {
+        conversation: String,
+        to: String,
+        /// A word for the colleague (at most [`MAX_NOTE_CHARS`]).
+        #[serde(default)]
+        note: Option<String>,
+    },
 }
 
 /// The types a client may send, for error messages.
-pub const CLIENT_TYPES: [&str; 5] = ["hello", "message", "reply", "lint", "rate"];
+pub const CLIENT_TYPES: [&str; 6] = ["hello", "message", "reply", "lint", "rate", "transfer"];
+
+/// Characters a transfer's `note` may have: a line for the colleague
+/// ("买家问退货运费，已核实订单"), not a second chat.
+pub const MAX_NOTE_CHARS: usize = 200;
 
 /// Machine-readable error codes of `{"type":"error"}` frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -111,6 +123,12 @@ pub enum ErrorCode {
     RateLimited,
     /// The conversation does not exist or is not assigned to this agent.
     UnknownConversation,
+    /// A transfer to an agent id the shop does not have.
+    UnknownAgent,
+    /// A transfer to a colleague who is not connected.
+    AgentOffline,
+    /// A transfer to oneself.
+    SelfTransfer,
     BadScore,
     AlreadyRated,
     /// A newer connection took over this session (the socket is closed).
@@ -141,6 +159,9 @@ impl ErrorCode {
             ErrorCode::BinaryNotSupported => "binary_not_supported",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::UnknownConversation => "unknown_conversation",
+            ErrorCode::UnknownAgent => "unknown_agent",
+            ErrorCode::AgentOffline => "agent_offline",
+            ErrorCode::SelfTransfer => "self_transfer",
             ErrorCode::BadScore => "bad_score",
             ErrorCode::AlreadyRated => "already_rated",
             ErrorCode::Replaced => "replaced",
@@ -309,6 +330,15 @@ pub struct ConversationView<'a> {
     pub rated: Option<Rating>,
 }
 
+/// Another agent of the shop, as the transfer control lists them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Colleague<'a> {
+    pub agent: &'a str,
+    /// The display name, `null` when the shop set none.
+    pub name: Option<&'a str>,
+    pub online: bool,
+}
+
 /// Clock settings an agent's page needs for its countdown.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct ClockView {
@@ -344,6 +374,8 @@ pub enum ServerMsg<'a> {
         shop: &'a str,
         shop_name: &'a str,
         clock: ClockView,
+        /// The shop's other agents: whom a conversation can be handed to.
+        colleagues: Vec<Colleague<'a>>,
         conversations: Vec<ConversationView<'a>>,
     },
     /// To a buyer: a bot or agent message.
@@ -400,9 +432,22 @@ pub enum ServerMsg<'a> {
     /// agent who left, or waiting while no agent was online).
     ConversationAssigned {
         reason: &'a str,
+        /// A transfer's sender and their note for the receiver.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        from: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        note: Option<&'a str>,
         #[serde(flatten)]
         view: ConversationView<'a>,
     },
+    /// To the agent who handed a conversation on: it is no longer theirs.
+    ConversationTransferred {
+        conversation: &'a str,
+        to: &'a str,
+        at: i64,
+    },
+    /// To the other agents of the shop: a colleague came online or left.
+    Colleague(Colleague<'a>),
     /// To an agent: several conversations are now theirs at once (moved
     /// from an agent who left, or buyers who waited while nobody was
     /// online), in one frame rather than one each: a move of hundreds must

@@ -1023,3 +1023,107 @@ async fn many_short_lines_do_not_grow_the_history() {
     assert!(history.len() >= 200, "{} lines kept", history.len());
     t.stop().await;
 }
+
+/// 转接 over the socket: the agents see each other come online; a1 hands
+/// its waiting buyer to a2 with a note after refusals that change nothing;
+/// a2 gets it marked as transferred with the round's deadline unchanged,
+/// a1 is told it left, the buyer gets one bot line; the buyer's next
+/// message goes to a2, a1 may no longer reply; and the report gives the
+/// unanswered round to a2.
+#[tokio::test]
+async fn an_agent_transfers_a_conversation_to_a_colleague() {
+    use kefu::report::{self, GroupBy, ReportOptions, ServiceWindow};
+
+    let mut t = spawn_app().await;
+    let (mut a1, w1) = t.agent("a1").await;
+    a1.keep_colleague_frames();
+    assert_eq!(
+        w1["colleagues"],
+        json!([{"agent":"a2","name":null,"online":false},{"agent":"a3","name":null,"online":false}])
+    );
+    let (mut a2, w2) = t.agent("a2").await;
+    assert_eq!(
+        w2["colleagues"],
+        json!([{"agent":"a1","name":"小美","online":true},{"agent":"a3","name":null,"online":false}])
+    );
+    assert_eq!(
+        a1.recv_type("colleague").await,
+        json!({"type":"colleague","agent":"a2","name":null,"online":true})
+    );
+    let (mut buyer, welcome, _) = t.buyer("b1").await;
+    let conv = welcome["conversation"].as_str().unwrap().to_string();
+    assert_eq!(a1.recv_type("conversation_assigned").await["buyer"], "b1");
+    buyer
+        .send(json!({"type":"message","text":"能退货吗"}))
+        .await;
+    let asked = a1.recv_type("buyer_message").await;
+
+    let transfer =
+        |to: &str, note: &str| json!({"type":"transfer","conversation":conv,"to":to,"note":note});
+    for (to, note, code) in [
+        ("a3", "", "agent_offline"),
+        ("a1", "", "self_transfer"),
+        ("zz", "", "unknown_agent"),
+        ("b1", "", "unknown_agent"),
+        ("a2", &"长".repeat(201), "text_too_long"),
+    ] {
+        a1.send(transfer(to, note)).await;
+        a1.expect_error(code).await;
+    }
+    a2.send(transfer("a1", "")).await;
+    a2.expect_error("unknown_conversation").await;
+
+    a1.send(transfer("a2", "买家问退货运费")).await;
+    let done = a1.recv_type("conversation_transferred").await;
+    assert_eq!(
+        (&done["conversation"], &done["to"]),
+        (&json!(conv), &json!("a2"))
+    );
+    let got = a2.recv_type("conversation_assigned").await;
+    assert_eq!(got["reason"], "transferred");
+    assert_eq!(got["from"], "a1");
+    assert_eq!(got["note"], "买家问退货运费");
+    assert_eq!(got["conversation"], json!(conv));
+    assert_eq!(got["waiting_since"], asked["waiting_since"]);
+    assert_eq!(got["deadline"], asked["deadline"]);
+    let told = buyer.recv_type("reply").await;
+    assert_eq!(
+        (&told["from"], &told["note"]),
+        (&json!("bot"), &json!("transferred"))
+    );
+
+    buyer
+        .send(json!({"type":"message","text":"运费谁出"}))
+        .await;
+    let next = a2.recv_type("buyer_message").await;
+    assert_eq!(next["text"], "运费谁出");
+    assert_eq!(next["deadline"], asked["deadline"], "the same round");
+    a1.send(json!({"type":"reply","conversation":conv,"text":"亲，在的"}))
+        .await;
+    a1.expect_error("unknown_conversation").await;
+
+    let events = t.take_events();
+    let assign = events
+        .iter()
+        .rfind(|e| e.kind == Kind::Assign)
+        .expect("an assign event");
+    assert_eq!(assign.agent.as_deref(), Some("a2"));
+    assert_eq!(assign.note.as_deref(), Some("transferred"));
+    assert_eq!(assign.text.as_deref(), Some("买家问退货运费"));
+    let r = report::compute(
+        &events,
+        &ReportOptions {
+            by: Some(GroupBy::Agent),
+            service_window: ServiceWindow::ALL_DAY,
+            ..ReportOptions::default()
+        },
+    );
+    let groups: Vec<(String, u64, u64)> = r
+        .groups
+        .unwrap()
+        .into_iter()
+        .map(|g| (g.key, g.figures.rounds, g.figures.answered))
+        .collect();
+    assert_eq!(groups, [("a2".to_string(), 1, 0)]);
+    t.stop().await;
+}

@@ -425,3 +425,29 @@ async fn no_offline_reply_while_the_agent_is_within_the_grace() {
     assert_eq!(h["note"], "holding", "{h}");
     assert_eq!(t0.elapsed().as_secs(), 15);
 }
+
+/// A transfer answers nobody: the round started by the buyer's message
+/// runs on, and its nudge and breach come to the receiver at 20 and 30 s
+/// from that message, not from the transfer; the sender hears no more.
+#[tokio::test(start_paused = true)]
+async fn a_transferred_conversation_keeps_its_clock() {
+    let t = spawn_local(config(None)).await;
+    let (mut a1, mut buyer, conv) = pair(&t).await;
+    let (mut a2, _) = t.agent("a2").await;
+    let t0 = Instant::now();
+    buyer.send(json!({"type":"message","text":"在吗"})).await;
+    a1.recv_type("buyer_message").await;
+    sleep(secs(5.0)).await;
+    a1.send(json!({"type":"transfer","conversation":conv,"to":"a2"}))
+        .await;
+    a1.recv_type("conversation_transferred").await;
+    let moved = a2.recv_type("conversation_assigned").await;
+    assert_eq!(moved["reason"], "transferred");
+    assert!(moved.get("note").is_none(), "no note: {moved}");
+    let n = a2.recv_type("nudge").await;
+    assert_eq!(t0.elapsed().as_secs(), 20);
+    assert_eq!(n["conversation"], conv);
+    a2.recv_type("breach").await;
+    assert_eq!(t0.elapsed().as_secs(), 30);
+    a1.expect_silence(secs(60.0)).await;
+}

@@ -9,6 +9,8 @@ const SERVER_TYPES: &[&str] = &[
     "rated",
     "conversation_assigned",
     "conversations_assigned",
+    "conversation_transferred",
+    "colleague",
     "buyer_message",
     "nudge",
     "breach",
@@ -60,7 +62,7 @@ fn protocol_examples_are_valid() {
         }
     }
     assert!(
-        client >= 7 && server >= 18,
+        client >= 8 && server >= 21,
         "examples found: {client} client, {server} server"
     );
 }

@@ -31,8 +31,9 @@
    */
   const orphanDrafts = new Map();
   /**
-   * Our `reply` and `lint` frames still waiting for their answer, in the
-   * order sent: {kind: "reply"|"lint", conv, buyer, text, intent, msg}.
+   * Our `reply`, `lint` and `transfer` frames still waiting for their
+   * answer, in the order sent: {kind: "reply"|"lint"|"transfer", conv,
+   * buyer, text, intent, msg, to}.
    * The server answers each in order (frames to an agent never change
    * order), so an error frame answers the oldest one.
    */
@@ -51,6 +52,8 @@
   let welcomed = false;
   /** Browser clock minus server clock, learned from the `at` of frames. */
   let skew = 0;
+  /** The shop's other agents: id -> {name, online}, from the welcome and `colleague` frames. */
+  const colleagues = new Map();
   /** Round timing the server announced (ms); null until it does. */
   let targetMs = null;
   let nudgeMs = null;
@@ -116,6 +119,7 @@
           inflight = [];
           lintSent = null; // its answer will not come: check again when back
           updateComposer();
+          renderTransfer(); // a transfer in flight: the next welcome tells where the conversation is
         }
       },
     });
@@ -130,6 +134,8 @@
     const s = load(SESSION_KEY) || {};
     save(SESSION_KEY, { shop: s.shop, agent: s.agent }); // forget the token only
     convs.clear();
+    colleagues.clear();
+    closeTransfer();
     drafts.clear();
     orphanDrafts.clear();
     inflight = [];
@@ -265,6 +271,8 @@
           if (prevBuyer) lostSelection = prevBuyer;
         }
         (m.conversations || []).forEach((v) => takeConversation(v, false));
+        colleagues.clear();
+        for (const x of m.colleagues || []) colleagues.set(x.agent, { name: x.name || null, online: !!x.online });
         checkUnconfirmed();
         // The "not connected" warning of a send during the outage is over.
         if ($("banner").dataset.tag === "offline") $("banner").hidden = true;
@@ -273,6 +281,14 @@
       }
       case "conversation_assigned": {
         const c = takeConversation(m, true);
+        if (m.reason === "transferred") {
+          // Handed over by a colleague: who, and their note, in the chat
+          // and in the log.
+          const from = `同事 ${colleagueName(m.from)} 转接给你${m.note ? `，备注：${m.note}` : ""}`;
+          c.messages.push({ from: "system", cls: "transferred", text: from, at: serverNow() });
+          logEvent("info", `新会话：买家 ${c.buyer}（${from}）`, c.id);
+          break;
+        }
         const why = { new: "新买家", reassigned: "原客服离线，转给你", waiting: "无人在线时进店" }[m.reason] || m.reason || "";
         logEvent("info", `新会话：买家 ${c.buyer}${why ? `（${why}）` : ""}`, c.id);
         break;
@@ -283,6 +299,28 @@
         list.forEach((v) => takeConversation(v, true));
         const why = { reassigned: "原客服离线，转给你", waiting: "无人在线时进店" }[m.reason] || m.reason || "";
         logEvent("info", `接手 ${list.length} 个会话${why ? `（${why}）` : ""}`);
+        break;
+      }
+      case "conversation_transferred": {
+        // Our transfer went through: the conversation is the colleague's.
+        const i = inflight.findIndex((e) => e.kind === "transfer" && e.conv === m.conversation);
+        if (i >= 0) inflight.splice(i, 1);
+        const c = convs.get(m.conversation);
+        if (!c) break;
+        convs.delete(c.id);
+        drafts.delete(c.id);
+        logEvent("info", `已将买家 ${c.buyer} 转接给 ${colleagueName(m.to)}`);
+        if (selected === c.id) {
+          selected = null;
+          closeTransfer();
+          const next = ordered()[0];
+          if (next) select(next.id, true);
+          else loadDraft();
+        }
+        break;
+      }
+      case "colleague": {
+        colleagues.set(m.agent, { name: m.name || null, online: !!m.online });
         break;
       }
       case "buyer_message": {
@@ -444,6 +482,13 @@
         console.debug("kefu: lint refused", m);
         return;
       }
+      if (entry.kind === "transfer") {
+        const c = convs.get(entry.conv);
+        logEvent("error", `转接买家 ${(c && c.buyer) || entry.buyer} 失败：${text}`, entry.conv);
+        if (selected === entry.conv && !$("transfer").hidden) $("transfer-error").textContent = `转接失败：${text}`;
+        else showBanner("error", `转接失败：${text}`);
+        return;
+      }
       restoreDraft(entry, text);
       const c = convs.get(entry.conv);
       logEvent("error", `给买家 ${(c && c.buyer) || entry.buyer} 的回复未发出：${text}`, entry.conv);
@@ -537,6 +582,7 @@
     renderList();
     renderChat();
     updateComposer();
+    renderTransfer();
     tick();
   }
 
@@ -684,6 +730,7 @@
     if (x.delivered === false) parts.push("买家离线，上线后可见");
     if (x.note === "greeting") parts.push("欢迎语");
     if (x.note === "holding") parts.push("安抚语");
+    if (x.note === "transferred") parts.push("转接提示");
     return parts.length ? ` · ${parts.join(" · ")}` : "";
   }
 
@@ -768,6 +815,7 @@
     if (!auto) lostSelection = null;
     if (id !== selected) {
       saveDraft();
+      closeTransfer();
       selected = id;
       loadDraft();
     }
@@ -823,6 +871,75 @@
     clearLint();
     updateCount();
     renderAll();
+  }
+
+  // ---------- transfer (转接) ----------
+
+  /** "小王（a2）", or the id alone when the shop gave no name. */
+  function colleagueName(id) {
+    const x = colleagues.get(id);
+    return x && x.name ? `${x.name}（${id}）` : id || "";
+  }
+
+  function transferPending() {
+    return inflight.some((e) => e.kind === "transfer");
+  }
+
+  /**
+   * The 转接 button and form: only online colleagues are offered (the
+   * server refuses the others); the choice is kept while it stays online.
+   */
+  function renderTransfer() {
+    const c = convs.get(selected);
+    const can = !!c && welcomed && !c.closed;
+    $("transfer-open").disabled = !can;
+    if (!can) {
+      closeTransfer();
+      return;
+    }
+    const online = [...colleagues].filter(([, x]) => x.online).map(([id]) => id).sort();
+    const sel = $("transfer-to");
+    const sig = JSON.stringify(online.map((id) => [id, colleagueName(id)]));
+    if (sel.dataset.sig !== sig) {
+      const keep = sel.value;
+      sel.dataset.sig = sig;
+      sel.replaceChildren(
+        ...(online.length ? online.map((id) => el("option", { value: id }, colleagueName(id))) : [el("option", { value: "" }, "暂无在线同事")]),
+      );
+      if (online.includes(keep)) sel.value = keep;
+    }
+    const busy = transferPending();
+    $("transfer-send").disabled = busy || !online.length;
+    $("transfer-send").textContent = busy ? "转接中…" : "确认转接";
+  }
+
+  function openTransfer() {
+    if ($("transfer-open").disabled) return;
+    $("transfer").hidden = false;
+    $("transfer-error").textContent = "";
+    renderTransfer();
+    $("transfer-to").focus();
+  }
+
+  function closeTransfer() {
+    $("transfer").hidden = true;
+    $("transfer-note").value = "";
+    $("transfer-error").textContent = "";
+  }
+
+  function sendTransfer() {
+    const c = convs.get(selected);
+    const to = $("transfer-to").value;
+    if (!c || !to || transferPending()) return;
+    const note = $("transfer-note").value.trim();
+    const frame = { type: "transfer", conversation: c.id, to, note: note || null };
+    if (!welcomed || !conn || !conn.send(frame)) {
+      $("transfer-error").textContent = "还没有连接到服务器，转接没有发出；连上后请再试一次";
+      return;
+    }
+    inflight.push({ kind: "transfer", conv: c.id, buyer: c.buyer, to });
+    $("transfer-error").textContent = "";
+    renderTransfer();
   }
 
   // ---------- politeness check ----------
@@ -1014,6 +1131,12 @@
   });
 
   $("send").addEventListener("click", send);
+  $("transfer-open").addEventListener("click", () => ($("transfer").hidden ? openTransfer() : closeTransfer()));
+  $("transfer-cancel").addEventListener("click", closeTransfer);
+  $("transfer").addEventListener("submit", (e) => {
+    e.preventDefault();
+    sendTransfer();
+  });
   $("signout").addEventListener("click", signOut);
   $("signin").addEventListener("submit", (e) => {
     e.preventDefault();

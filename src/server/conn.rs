@@ -29,7 +29,9 @@ use super::{App, SUGGESTIONS};
 use crate::config::Limits;
 use crate::events::Kind;
 use crate::phrases::Fill;
-use crate::protocol::{self, ClientMsg, ErrorCode, Hello, Refusal, Role, ServerMsg};
+use crate::protocol::{
+    self, ClientMsg, ErrorCode, Hello, Refusal, Role, ServerMsg, MAX_NOTE_CHARS,
+};
 
 /// Most frames written per flush.
 const BATCH: usize = 64;
@@ -696,13 +698,21 @@ fn dispatch(
             },
         ) => agent_reply(app, s, out, &conversation, &text, intent.as_deref()),
         (Session::Agent(_), ClientMsg::Lint { text }) => lint(app, out, &text),
+        (
+            Session::Agent(s),
+            ClientMsg::Transfer {
+                conversation,
+                to,
+                note,
+            },
+        ) => transfer(app, s, out, &conversation, &to, note.as_deref()),
         (Session::Buyer(_), _) => Err(Refusal::new(
             ErrorCode::WrongRole,
             "a buyer may send `message` and `rate`",
         )),
         (Session::Agent(_), _) => Err(Refusal::new(
             ErrorCode::WrongRole,
-            "an agent may send `reply` and `lint`",
+            "an agent may send `reply`, `lint` and `transfer`",
         )),
     };
     match result {
@@ -882,6 +892,36 @@ fn agent_reply(
     let r = app
         .hub()
         .agent_reply(&ctx, s, out, conversation, text, intent, now, &mut fx);
+    app.apply(fx);
+    r
+}
+
+fn transfer(
+    app: &App,
+    s: &AgentSession,
+    out: &Outbox,
+    conversation: &str,
+    to: &str,
+    note: Option<&str>,
+) -> Result<(), Refusal> {
+    // A blank note is no note.
+    let note = note.map(str::trim).filter(|n| !n.is_empty());
+    if let Some(n) = note
+        .map(|n| n.chars().count())
+        .filter(|&n| n > MAX_NOTE_CHARS)
+    {
+        return Err(Refusal::new(
+            ErrorCode::TextTooLong,
+            format!("the note has {n} characters; the limit is {MAX_NOTE_CHARS}"),
+        ));
+    }
+    let now = Instant::now();
+    let phrases = app.phrases();
+    let ctx = app.ctx(&phrases);
+    let mut fx = Effects::default();
+    let r = app
+        .hub()
+        .transfer(&ctx, s, out, conversation, to, note, now, &mut fx);
     app.apply(fx);
     r
 }

@@ -12,6 +12,8 @@
 //! - when that agent disconnects, each of their conversations moves the same
 //!   way to another online agent (longest-waiting first), clocks running on;
 //!   with nobody online they wait, unassigned, for the next agent to sign in;
+//! - an agent may hand a conversation they hold to a connected colleague
+//!   of the shop (`transfer`), its round running on;
 //! - a buyer id has at most one open conversation per shop; reconnecting to
 //!   it needs the secret sent in its `welcome`;
 //! - a conversation whose buyer stays away longer than the resume window is
@@ -39,7 +41,8 @@ use crate::events::{Event, Kind, Rating};
 use crate::matcher::{Matcher, Suggestion};
 use crate::phrases::Fill;
 use crate::protocol::{
-    to_json, Author, ClockView, ConversationView, ErrorCode, Line, Refusal, Role, ServerMsg,
+    to_json, Author, ClockView, Colleague, ConversationView, ErrorCode, Line, Refusal, Role,
+    ServerMsg,
 };
 
 // ---- client queues -------------------------------------------------------------
@@ -703,12 +706,30 @@ pub(crate) struct Render {
     convs: Vec<ConvSnap>,
 }
 
+/// A colleague as a welcome lists them, taken under the lock.
+struct ColleagueSnap {
+    agent: Arc<str>,
+    name: Option<Arc<str>>,
+    online: bool,
+}
+
+impl ColleagueSnap {
+    fn view(&self) -> Colleague<'_> {
+        Colleague {
+            agent: &self.agent,
+            name: self.name.as_deref(),
+            online: self.online,
+        }
+    }
+}
+
 enum RenderKind {
     /// `welcome` to an agent signing in.
     Welcome {
         agent: Arc<str>,
         shop: Arc<str>,
         clock: ClockView,
+        colleagues: Vec<ColleagueSnap>,
     },
     /// `conversation_assigned` for one conversation,
     /// `conversations_assigned` for more.
@@ -747,17 +768,28 @@ impl Render {
             })
             .collect();
         let json = match &self.kind {
-            RenderKind::Welcome { agent, shop, clock } => to_json(&ServerMsg::AgentWelcome {
+            RenderKind::Welcome {
+                agent,
+                shop,
+                clock,
+                colleagues,
+            } => to_json(&ServerMsg::AgentWelcome {
                 role: Role::Agent,
                 agent,
                 shop,
                 shop_name: &self.shop_name,
                 clock: *clock,
+                colleagues: colleagues.iter().map(ColleagueSnap::view).collect(),
                 conversations: views,
             }),
             RenderKind::Assigned { reason } if views.len() == 1 => {
                 let view = views.pop().expect("one view");
-                to_json(&ServerMsg::ConversationAssigned { reason, view })
+                to_json(&ServerMsg::ConversationAssigned {
+                    reason,
+                    from: None,
+                    note: None,
+                    view,
+                })
             }
             RenderKind::Assigned { reason } => to_json(&ServerMsg::ConversationsAssigned {
                 reason,
@@ -1071,8 +1103,9 @@ impl Hub {
             return Err(refuse());
         }
         agent.moves_at = None;
-        if let Some(old) = agent.online.replace(out.clone()) {
-            fx.closes.push((old, replaced()));
+        match agent.online.replace(out.clone()) {
+            Some(old) => fx.closes.push((old, replaced())),
+            None => tell_colleagues(shop, &agent_key, true, fx),
         }
         let tb = ctx.tb;
         let at = tb.ms(now);
@@ -1106,6 +1139,16 @@ impl Hub {
             .into_iter()
             .map(|c| c.snapshot(clock.round(&c.id), tb, budget))
             .collect();
+        let colleagues = shop
+            .agents
+            .iter()
+            .filter(|(id, _)| **id != agent_key)
+            .map(|(id, a)| ColleagueSnap {
+                agent: id.clone(),
+                name: a.name.clone(),
+                online: a.online.is_some(),
+            })
+            .collect();
         let s = clock.settings();
         fx.send_later(
             out,
@@ -1120,6 +1163,7 @@ impl Hub {
                         target_ms: s.target.as_millis() as u64,
                         nudge_ms: s.nudge.as_millis() as u64,
                     },
+                    colleagues,
                 },
                 convs: mine,
             },
@@ -1265,6 +1309,104 @@ impl Hub {
         Ok(())
     }
 
+    /// Hands `conversation`, which the sender holds, to colleague `to`
+    /// (转接). Only to a colleague connected now: one away within the
+    /// grace may not come back, and the buyer would be moved a second
+    /// time by then. The buyer's round is not touched (a transfer answers
+    /// nobody), so its deadline and alarms carry on and go to the
+    /// receiver, and the reports give the round to whoever ends it, or to
+    /// the receiver if nobody does.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn transfer(
+        &mut self,
+        ctx: &Ctx,
+        s: &AgentSession,
+        out: &Outbox,
+        conversation: &str,
+        to: &str,
+        note: Option<&str>,
+        now: Instant,
+        fx: &mut Effects,
+    ) -> Result<(), Refusal> {
+        let Hub {
+            shops,
+            convs,
+            clock,
+            ..
+        } = self;
+        let conv = convs
+            .get_mut(conversation)
+            .filter(|c| c.shop == s.shop && c.agent.as_deref() == Some(&*s.agent))
+            .ok_or_else(|| {
+                Refusal::new(
+                    ErrorCode::UnknownConversation,
+                    "no open conversation with this id is assigned to you; only your own \
+                     conversations can be transferred",
+                )
+            })?;
+        if to == &*s.agent {
+            return Err(Refusal::new(
+                ErrorCode::SelfTransfer,
+                "this conversation is already yours; pick a colleague to transfer it to",
+            ));
+        }
+        let shop = shops
+            .get_mut(&s.shop)
+            .expect("sessions belong to known shops");
+        let Some((to_key, receiver)) = shop.agents.get_key_value(to) else {
+            return Err(Refusal::new(
+                ErrorCode::UnknownAgent,
+                format!(
+                    "this shop has no agent `{}`; pick a colleague from the list in your welcome",
+                    to.chars().take(64).collect::<String>()
+                ),
+            ));
+        };
+        let Some(to_out) = receiver.online.clone() else {
+            return Err(Refusal::new(
+                ErrorCode::AgentOffline,
+                format!("agent `{to}` is not online; pick a colleague who is online"),
+            ));
+        };
+        let to_key = to_key.clone();
+        let at = ctx.tb.ms(now);
+        // Before the move, so the receiver finds it in the history.
+        bot_say(conv, None, TRANSFER_LINE, "transferred", at, ctx, fx);
+        if let Some(from) = shop.agents.get_mut(&s.agent) {
+            from.convs.remove(&conv.id);
+        }
+        let receiver = shop.agents.get_mut(&to_key).expect("just found");
+        receiver.convs.insert(conv.id.clone());
+        conv.agent = Some(to_key.clone());
+        // The sender is the agent of the previous `assign` event; the note
+        // goes in `text`, which `assign` events had no use for.
+        let mut ev = conv.event(at, Kind::Assign);
+        ev.agent = Some(to_key.clone());
+        ev.note = Some(Cow::Borrowed("transferred"));
+        ev.text = note.map(Arc::from);
+        fx.events.push(ev);
+        let round = clock.round(&conv.id);
+        let suggestions = suggestions_for(conv, round, ctx, &shop.name, receiver.name.as_deref());
+        fx.send(
+            &to_out,
+            &ServerMsg::ConversationAssigned {
+                reason: "transferred",
+                from: Some(&s.agent),
+                note,
+                view: conv.view(round, ctx.tb, &suggestions),
+            },
+        );
+        fx.send(
+            out,
+            &ServerMsg::ConversationTransferred {
+                conversation: &conv.id,
+                to: &to_key,
+                at,
+            },
+        );
+        Ok(())
+    }
+
     pub(crate) fn rate(
         &mut self,
         ctx: &Ctx,
@@ -1391,6 +1533,7 @@ impl Hub {
             leave_at(&mut self.leaving, (now + grace, shop_id, agent_id));
             Self::deadline_added(&mut self.timer_wake, now + grace, fx);
         }
+        tell_colleagues(shop, &s.agent, false, fx);
     }
 
     /// Moves the conversations of `agent_id`, who went offline, to the other
@@ -1744,6 +1887,31 @@ fn pick_agent(shop: &Shop) -> Option<Arc<str>> {
         .map(|(id, _)| id.clone())
 }
 
+/// Tells the other online agents of `shop` that `agent_id` came online or
+/// left, for their transfer control: one small frame each.
+fn tell_colleagues(shop: &Shop, agent_id: &Arc<str>, online: bool, fx: &mut Effects) {
+    let Some(name) = shop.agents.get(agent_id).map(|a| a.name.clone()) else {
+        return;
+    };
+    let frame: Utf8Bytes = to_json(&ServerMsg::Colleague(Colleague {
+        agent: agent_id,
+        name: name.as_deref(),
+        online,
+    }))
+    .into();
+    for (id, a) in &shop.agents {
+        if let Some(out) = a.online.as_ref().filter(|_| id != agent_id) {
+            fx.sends
+                .push((out.clone(), Frame::Text(frame.clone()), false));
+        }
+    }
+}
+
+/// What the buyer is told when their conversation is handed to a
+/// colleague: that someone is still on it, so the pause that follows is
+/// not taken for being forgotten.
+pub(crate) const TRANSFER_LINE: &str = "亲，已为您转接给同事，请稍等片刻，马上为您服务哦～";
+
 /// Sort key: waiting conversations first, longest-waiting first.
 fn waiting_key(clock: &Clock<Arc<str>>, conv: &Conv) -> (bool, Option<Instant>) {
     let started = clock.round(&conv.id).map(|r| r.started);
@@ -1777,7 +1945,15 @@ fn assign(
         let round = clock.round(&conv.id);
         let suggestions = suggestions_for(conv, round, ctx, &shop.name, agent.name.as_deref());
         let view = conv.view(round, ctx.tb, &suggestions);
-        fx.send(out, &ServerMsg::ConversationAssigned { reason, view });
+        fx.send(
+            out,
+            &ServerMsg::ConversationAssigned {
+                reason,
+                from: None,
+                note: None,
+                view,
+            },
+        );
     }
 }
 
@@ -2506,5 +2682,261 @@ mod tests {
             assert_eq!(check_buyer_id(id).is_ok(), ok, "{id:?}");
         }
         assert!(check_buyer_id(&"x".repeat(65)).is_err());
+    }
+
+    /// The frames of `fx` for connection `conn`, as the client reads them.
+    fn sent_to(fx: &Effects, conn: u64) -> Vec<serde_json::Value> {
+        fx.sends
+            .iter()
+            .filter(|(o, _, _)| o.conn == conn)
+            .map(|(_, f, _)| match f {
+                Frame::Text(t) => serde_json::from_str(t.as_str()).unwrap(),
+                Frame::Later(r) => serde_json::from_str(r.render().as_str()).unwrap(),
+            })
+            .collect()
+    }
+
+    /// A transfer: only of a conversation the sender holds, only to
+    /// another agent of the same shop who is connected. On success the
+    /// conversation is the receiver's, told with who sent it and the note;
+    /// the sender is told it left; the buyer gets one polite bot line; the
+    /// round goes on unanswered with its deadline; the log has an `assign`
+    /// event noted `transferred`. A refusal changes nothing.
+    #[test]
+    fn transfers_go_only_to_a_connected_colleague_and_keep_the_round() {
+        use ErrorCode::*;
+        struct Case {
+            name: &'static str,
+            from: &'static str,
+            to: &'static str,
+            a2_online: bool,
+            want: Option<ErrorCode>,
+        }
+        let cases = [
+            Case {
+                name: "to a colleague online",
+                from: "a1",
+                to: "a2",
+                a2_online: true,
+                want: None,
+            },
+            Case {
+                name: "not the sender's conversation",
+                from: "a2",
+                to: "a1",
+                a2_online: true,
+                want: Some(UnknownConversation),
+            },
+            Case {
+                name: "no such agent",
+                from: "a1",
+                to: "zz",
+                a2_online: true,
+                want: Some(UnknownAgent),
+            },
+            Case {
+                name: "colleague offline",
+                from: "a1",
+                to: "a2",
+                a2_online: false,
+                want: Some(AgentOffline),
+            },
+            Case {
+                name: "to oneself",
+                from: "a1",
+                to: "a1",
+                a2_online: true,
+                want: Some(SelfTransfer),
+            },
+            Case {
+                name: "another shop's agent (online)",
+                from: "a1",
+                to: "b1",
+                a2_online: true,
+                want: Some(UnknownAgent),
+            },
+        ];
+        for c in cases {
+            let name = c.name;
+            let (config, phrases) = setup(100);
+            let ctx = ctx(&config, &phrases);
+            let mut hub = Hub::new(&config);
+            let now = Instant::now();
+            let mut fx = Effects::default();
+            let a1 = hub
+                .agent_hello(&ctx, "s1", "a1", Some("t1"), &outbox(1), now, &mut fx)
+                .unwrap();
+            let a2 = c.a2_online.then(|| {
+                hub.agent_hello(&ctx, "s1", "a2", Some("t2"), &outbox(2), now, &mut fx)
+                    .unwrap()
+            });
+            hub.agent_hello(&ctx, "s2", "b1", Some("u1"), &outbox(3), now, &mut fx)
+                .unwrap();
+            let buyer = hub
+                .buyer_hello(&ctx, "s1", "b1", None, &outbox(10), now, &mut fx)
+                .unwrap();
+            hub.buyer_message(&ctx, &buyer, &Arc::from("能退货吗"), now, &mut fx)
+                .unwrap();
+            let cid = buyer.conv.clone();
+            assert_eq!(hub.convs[&cid].agent.as_deref(), Some("a1"), "{name}");
+            let round = *hub.clock.round(&cid).expect("the buyer waits");
+            let lines = hub.convs[&cid].history.len();
+
+            let sender = if c.from == "a1" {
+                a1.clone()
+            } else {
+                a2.clone().expect("a2 online")
+            };
+            let later = now + Duration::from_secs(5);
+            let mut fx = Effects::default();
+            let got = hub.transfer(
+                &ctx,
+                &sender,
+                &outbox(sender.conn),
+                &cid,
+                c.to,
+                Some("买家问退货运费"),
+                later,
+                &mut fx,
+            );
+            assert_eq!(got.as_ref().err().map(|r| r.code), c.want, "{name}");
+            let after = hub.clock.round(&cid).expect("the round stays open");
+            assert_eq!(
+                (after.started, after.deadline),
+                (round.started, round.deadline),
+                "{name}: the deadline is unchanged"
+            );
+            if c.want.is_some() {
+                assert!(fx.sends.is_empty() && fx.events.is_empty(), "{name}");
+                assert_eq!(hub.convs[&cid].agent.as_deref(), Some("a1"), "{name}");
+                assert_eq!(hub.convs[&cid].history.len(), lines, "{name}");
+                continue;
+            }
+            let shop = &hub.shops["s1"];
+            assert_eq!(hub.convs[&cid].agent.as_deref(), Some("a2"), "{name}");
+            assert!(!shop.agents["a1"].convs.contains(&cid), "{name}");
+            assert!(shop.agents["a2"].convs.contains(&cid), "{name}");
+
+            let tb = ctx.tb;
+            let to_a2 = sent_to(&fx, 2);
+            assert_eq!(to_a2.len(), 1, "{name}: {to_a2:?}");
+            let m = &to_a2[0];
+            assert_eq!(m["type"], "conversation_assigned");
+            assert_eq!(m["reason"], "transferred");
+            assert_eq!(m["from"], "a1");
+            assert_eq!(m["note"], "买家问退货运费");
+            assert_eq!(m["conversation"], &*cid);
+            assert_eq!(m["waiting_since"], tb.ms(round.started));
+            assert_eq!(m["deadline"], tb.ms(round.deadline));
+            assert!(!m["suggestions"].as_array().unwrap().is_empty());
+            let last = m["history"].as_array().unwrap().last().unwrap().clone();
+            assert_eq!(last["note"], "transferred");
+            assert_eq!(last["text"], TRANSFER_LINE);
+
+            let to_a1 = sent_to(&fx, 1);
+            assert_eq!(
+                to_a1,
+                [serde_json::json!({"type": "conversation_transferred",
+                    "conversation": &*cid, "to": "a2", "at": tb.ms(later)})],
+                "{name}"
+            );
+            let to_buyer = sent_to(&fx, 10);
+            assert_eq!(to_buyer.len(), 1, "{name}");
+            assert_eq!(to_buyer[0]["from"], "bot");
+            assert_eq!(to_buyer[0]["note"], "transferred");
+            assert!(
+                sent_to(&fx, 3).is_empty(),
+                "{name}: the other shop hears nothing"
+            );
+
+            let kinds: Vec<_> = fx
+                .events
+                .iter()
+                .map(|e| {
+                    (
+                        e.kind,
+                        e.agent.as_deref(),
+                        e.note.as_deref(),
+                        e.text.as_deref().filter(|_| e.kind == Kind::Assign),
+                    )
+                })
+                .collect();
+            assert_eq!(
+                kinds,
+                [
+                    (Kind::Bot, None, Some("transferred"), None),
+                    (
+                        Kind::Assign,
+                        Some("a2"),
+                        Some("transferred"),
+                        Some("买家问退货运费")
+                    ),
+                ],
+                "{name}"
+            );
+
+            // The buyer's next message reaches the receiver; the sender
+            // may no longer reply.
+            let mut fx = Effects::default();
+            let plan = hub
+                .buyer_message(&ctx, &buyer, &Arc::from("运费谁出"), later, &mut fx)
+                .unwrap();
+            assert_eq!(plan.agent.map(|o| o.conn), Some(2));
+            let refused = hub
+                .agent_reply(&ctx, &a1, &outbox(1), &cid, "亲", None, later, &mut fx)
+                .unwrap_err();
+            assert_eq!(refused.code, UnknownConversation);
+        }
+    }
+
+    /// An agent's welcome lists the shop's other agents with their names
+    /// and whether they are online; an agent coming or going is told to
+    /// the other online agents of its shop (one frame each), and a
+    /// reconnect that replaces a live connection tells nobody.
+    #[test]
+    fn colleagues_are_listed_and_told_of_comings_and_goings() {
+        let (mut config, phrases) = setup(100);
+        config.limits.agent_grace = Duration::from_secs(10);
+        let ctx = ctx(&config, &phrases);
+        let mut hub = Hub::new(&config);
+        let now = Instant::now();
+        let mut fx = Effects::default();
+        hub.agent_hello(&ctx, "s2", "b1", Some("u1"), &outbox(3), now, &mut fx)
+            .unwrap();
+        let a1 = hub
+            .agent_hello(&ctx, "s1", "a1", Some("t1"), &outbox(1), now, &mut fx)
+            .unwrap();
+        assert_eq!(
+            sent_to(&fx, 1)[0]["colleagues"],
+            serde_json::json!([{"agent": "a2", "name": null, "online": false}])
+        );
+
+        let mut fx = Effects::default();
+        hub.agent_hello(&ctx, "s1", "a2", Some("t2"), &outbox(2), now, &mut fx)
+            .unwrap();
+        assert_eq!(
+            sent_to(&fx, 2)[0]["colleagues"],
+            serde_json::json!([{"agent": "a1", "name": "小美", "online": true}])
+        );
+        assert_eq!(
+            sent_to(&fx, 1),
+            [serde_json::json!({"type": "colleague", "agent": "a2", "name": null, "online": true})]
+        );
+        assert!(sent_to(&fx, 3).is_empty(), "another shop's agent");
+
+        let mut fx = Effects::default();
+        hub.agent_hello(&ctx, "s1", "a1", Some("t1"), &outbox(4), now, &mut fx)
+            .unwrap();
+        assert!(sent_to(&fx, 2).is_empty(), "a1 replaced its connection");
+
+        let mut fx = Effects::default();
+        let a1 = AgentSession { conn: 4, ..a1 };
+        hub.agent_left(&ctx, &a1, now, &mut fx);
+        assert_eq!(
+            sent_to(&fx, 2),
+            [
+                serde_json::json!({"type": "colleague", "agent": "a1", "name": "小美", "online": false})
+            ]
+        );
     }
 }

@@ -174,6 +174,7 @@ impl Builder {
                     Some("greeting") => Some("greeting"),
                     Some("holding") => Some("holding"),
                     Some("offline") => Some("offline"),
+                    Some("transferred") => Some("transferred"),
                     _ => None,
                 };
                 if matches!(note, Some("holding" | "offline")) {
@@ -366,6 +367,35 @@ mod tests {
 
     fn lines(l: &[(Author, &str)]) -> Vec<(Author, String)> {
         l.iter().map(|(a, t)| (*a, t.to_string())).collect()
+    }
+
+    /// After a transfer the receiver holds the conversation, its round
+    /// still open (the transfer answered nobody), and the bot's transfer
+    /// line keeps its note, as the hub shows it to agents.
+    #[test]
+    fn a_transfer_is_restored_with_the_receiver_and_its_line() {
+        let mut moved = assign(3, "c1", "a2");
+        moved.note = Some("transferred".into());
+        moved.text = Some("买家问退货运费".into());
+        let mut b = Builder::new(16_384);
+        for e in [
+            assign(0, "c1", "a1"),
+            buyer(1, "c1", "能退货吗"),
+            bot(3, "c1", "transferred"),
+            moved,
+        ] {
+            b.add(e);
+        }
+        let (open, _) = b.finish();
+        assert_eq!(open.len(), 1);
+        let c = &open[0];
+        assert_eq!(c.agent.as_deref(), Some("a2"));
+        assert_eq!(c.round, round(1, false, false, false));
+        let notes: Vec<_> = c.lines.iter().map(|l| (l.author, l.note)).collect();
+        assert_eq!(
+            notes,
+            [(Author::Buyer, None), (Author::Bot, Some("transferred"))]
+        );
     }
 
     #[test]

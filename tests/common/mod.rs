@@ -218,7 +218,11 @@ impl TestApp {
             Transport::Tcp(_) => WAIT,
             Transport::Local(_) => WAIT_VIRTUAL,
         };
-        Client { ws, wait }
+        Client {
+            ws,
+            wait,
+            colleagues: false,
+        }
     }
 
     /// A buyer of shop s1 after hello; returns the client, the welcome and
@@ -268,9 +272,23 @@ impl TestApp {
 pub struct Client {
     pub ws: WebSocketStream<Box<dyn Io>>,
     wait: Duration,
+    /// Whether `colleague` frames (an agent of the shop came or went) are
+    /// read: most tests connect agents one after the other and would each
+    /// have to step over them, so they are skipped unless asked for.
+    colleagues: bool,
+}
+
+/// A `colleague` frame (serialised by the server with `type` first).
+fn is_colleague(m: &Message) -> bool {
+    matches!(m, Message::Text(t) if t.as_str().starts_with(r#"{"type":"colleague""#))
 }
 
 impl Client {
+    /// Reads `colleague` frames from now on instead of skipping them.
+    pub fn keep_colleague_frames(&mut self) {
+        self.colleagues = true;
+    }
+
     pub async fn send(&mut self, v: Value) {
         self.ws.send(Message::text(v.to_string())).await.unwrap();
     }
@@ -290,6 +308,7 @@ impl Client {
             loop {
                 match self.ws.next().await {
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(m)) if !self.colleagues && is_colleague(&m) => continue,
                     Some(Ok(m)) => return Some(m),
                     Some(Err(_)) | None => return None,
                 }
@@ -356,6 +375,7 @@ impl Client {
             loop {
                 match self.ws.next().await {
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(m)) if !self.colleagues && is_colleague(&m) => continue,
                     other => return other,
                 }
             }
