@@ -98,6 +98,10 @@ pub struct Templates {
     /// Sent by the bot when no agent of the shop is online.
     #[serde(default)]
     pub offline: Vec<String>,
+    /// Sent by the bot when an agent hands the conversation to a colleague
+    /// (转接); without one, a built-in line (`hub::TRANSFER_LINE`).
+    #[serde(default)]
+    pub transfer: Vec<String>,
 }
 
 /// Everything loaded from a phrase directory.
@@ -410,7 +414,13 @@ impl Loader {
     fn load_templates(&mut self, path: &Path, text: &str) -> Option<Templates> {
         let t: Templates = self.parse(path, text)?;
         let loc = Locator::new(text);
-        for s in t.greeting.iter().chain(&t.holding).chain(&t.offline) {
+        for s in t
+            .greeting
+            .iter()
+            .chain(&t.holding)
+            .chain(&t.offline)
+            .chain(&t.transfer)
+        {
             self.check_template(path, &loc, 0, s);
         }
         for (key, list) in [("greeting", &t.greeting), ("holding", &t.holding)] {

@@ -1370,8 +1370,18 @@ impl Hub {
         };
         let to_key = to_key.clone();
         let at = ctx.tb.ms(now);
-        // Before the move, so the receiver finds it in the history.
-        bot_say(conv, None, TRANSFER_LINE, "transferred", at, ctx, fx);
+        // Before the move, so the receiver finds it in the history. The
+        // shop's own line if it wrote one; `{agent}` is the receiver.
+        let line = match pick(&ctx.phrases.templates.transfer) {
+            Some(t) => Fill {
+                shop: &shop.name,
+                agent: receiver.name.as_deref().unwrap_or(""),
+                buyer: "",
+            }
+            .apply(t),
+            None => TRANSFER_LINE.to_string(),
+        };
+        bot_say(conv, None, &line, "transferred", at, ctx, fx);
         if let Some(from) = shop.agents.get_mut(&s.agent) {
             from.convs.remove(&conv.id);
         }
@@ -1908,8 +1918,8 @@ fn tell_colleagues(shop: &Shop, agent_id: &Arc<str>, online: bool, fx: &mut Effe
 }
 
 /// What the buyer is told when their conversation is handed to a
-/// colleague: that someone is still on it, so the pause that follows is
-/// not taken for being forgotten.
+/// colleague and the shop wrote no `transfer` template: that someone is
+/// still on it, so the pause that follows is not taken for being forgotten.
 pub(crate) const TRANSFER_LINE: &str = "亲，已为您转接给同事，请稍等片刻，马上为您服务哦～";
 
 /// Sort key: waiting conversations first, longest-waiting first.
@@ -2702,6 +2712,33 @@ mod tests {
     /// the sender is told it left; the buyer gets one polite bot line; the
     /// round goes on unanswered with its deadline; the log has an `assign`
     /// event noted `transferred`. A refusal changes nothing.
+    /// A shop's own `transfer` template is what the buyer reads, filled
+    /// with the shop and the receiving colleague's name.
+    #[test]
+    fn a_transfer_tells_the_buyer_in_the_shops_own_words() {
+        let (config, mut phrases) = setup(100);
+        phrases.templates.transfer = vec!["亲，{shop}已将您转给客服{agent}～".into()];
+        let ctx = ctx(&config, &phrases);
+        let mut hub = Hub::new(&config);
+        let now = Instant::now();
+        let mut fx = Effects::default();
+        // a2 alone takes the buyer, then hands them to a1 (小美).
+        let a2 = hub
+            .agent_hello(&ctx, "s1", "a2", Some("t2"), &outbox(2), now, &mut fx)
+            .unwrap();
+        let buyer = hub
+            .buyer_hello(&ctx, "s1", "b1", None, &outbox(10), now, &mut fx)
+            .unwrap();
+        hub.agent_hello(&ctx, "s1", "a1", Some("t1"), &outbox(1), now, &mut fx)
+            .unwrap();
+        let mut fx = Effects::default();
+        hub.transfer(&ctx, &a2, &outbox(2), &buyer.conv, "a1", None, now, &mut fx)
+            .unwrap();
+        let last = hub.convs[&buyer.conv].history.back().unwrap();
+        assert_eq!(&*last.text, "亲，测试旗舰店已将您转给客服小美～");
+        assert_eq!(last.note, Some("transferred"));
+    }
+
     #[test]
     fn transfers_go_only_to_a_connected_colleague_and_keep_the_round() {
         use ErrorCode::*;
