@@ -119,6 +119,8 @@ pub enum ErrorCode {
     BadId,
     EmptyText,
     TextTooLong,
+    /// A text with a control character other than tab and line breaks.
+    ControlCharacters,
     BinaryNotSupported,
     RateLimited,
     /// The conversation does not exist or is not assigned to this agent.
@@ -156,6 +158,7 @@ impl ErrorCode {
             ErrorCode::BadId => "bad_id",
             ErrorCode::EmptyText => "empty_text",
             ErrorCode::TextTooLong => "text_too_long",
+            ErrorCode::ControlCharacters => "control_characters",
             ErrorCode::BinaryNotSupported => "binary_not_supported",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::UnknownConversation => "unknown_conversation",

@@ -98,7 +98,7 @@
           return;
         }
         if (m.code === "already_rated") rated = rated || "done";
-        if (["text_too_long", "rate_limited", "empty_text"].includes(m.code)) {
+        if (["text_too_long", "rate_limited", "empty_text", "control_characters"].includes(m.code)) {
           // The message did not go out: mark it and give the text back.
           if (lastSent) {
             lastSent.failed = true;

@@ -152,6 +152,7 @@ const kefu = (() => {
   const ERRORS = {
     text_too_long: "内容超过字数上限，请精简后再发",
     empty_text: "内容不能为空",
+    control_characters: "内容里有看不见的控制字符，请删掉后再发",
     rate_limited: "发送太频繁啦，请稍等片刻再发",
     unknown_conversation: "这个会话已结束或已转给其他客服，不能再回复",
     unknown_agent: "本店没有这位同事，请从列表中选择",

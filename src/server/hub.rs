@@ -570,23 +570,26 @@ impl Conv {
 
     /// What [`Render`] needs of this conversation: shared texts and ids,
     /// no JSON; of the history, the newest lines that fit `budget` bytes
-    /// (counted as [`Conv::push_line`] counts them), and at least the
-    /// newest line, cut to the budget if it alone is over it.
+    /// (counted as [`Conv::push_line`] counts them), at least the newest
+    /// line, cut to the budget if it alone is over it. The buyer's latest
+    /// message is always among them: newer bot lines (an offline reply, a
+    /// holding reply) must not push out the question the agent is to
+    /// answer; then it and the lines after it share the budget half and half.
     fn snapshot(&self, round: Option<&Round>, tb: Timebase, budget: usize) -> ConvSnap {
-        let mut history = Vec::new();
-        let mut used = 0;
-        for line in self.history.iter().rev() {
-            let cost = line.text.len() + LINE_COST;
-            if used + cost > budget {
-                if history.is_empty() {
-                    history.push(cut_line(line, budget.saturating_sub(LINE_COST)));
-                }
-                break;
+        let mut history = newest_within(self.history.iter(), budget);
+        if budget != usize::MAX && !history.iter().any(|l| l.author == Author::Buyer) {
+            let newer = self
+                .history
+                .iter()
+                .rev()
+                .take_while(|l| l.author != Author::Buyer)
+                .count();
+            if let Some(ask) = self.history.iter().rev().nth(newer) {
+                let half = budget / 2;
+                history = newest_within(self.history.iter().skip(self.history.len() - newer), half);
+                history.insert(0, cut_line(ask, half.saturating_sub(LINE_COST)));
             }
-            used += cost;
-            history.push(line.clone());
         }
-        history.reverse();
         ConvSnap {
             id: self.id.clone(),
             buyer: self.buyer.clone(),
@@ -643,20 +646,42 @@ fn snapshot_budget(n: usize, history_bytes: usize) -> usize {
     }
 }
 
+/// The newest of `lines` (oldest first) that fit `budget` bytes, oldest
+/// first; at least the newest one, cut to the budget if it alone is over.
+fn newest_within<'a>(
+    lines: impl DoubleEndedIterator<Item = &'a HLine>,
+    budget: usize,
+) -> Vec<HLine> {
+    let mut kept = Vec::new();
+    let mut used = 0;
+    for line in lines.rev() {
+        let cost = line.text.len() + LINE_COST;
+        if used + cost > budget {
+            if kept.is_empty() {
+                kept.push(cut_line(line, budget.saturating_sub(LINE_COST)));
+            }
+            break;
+        }
+        used += cost;
+        kept.push(line.clone());
+    }
+    kept.reverse();
+    kept
+}
+
 /// `line` with its text cut to at most `max` bytes (at a character
 /// boundary) and marked with an ellipsis.
 fn cut_line(line: &HLine, max: usize) -> HLine {
     let text: &str = &line.text;
-    let mut end = max.saturating_sub('…'.len_utf8()).min(text.len());
+    if text.len() <= max {
+        return line.clone();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
     while !text.is_char_boundary(end) {
         end -= 1;
     }
     HLine {
-        text: if end == text.len() {
-            line.text.clone()
-        } else {
-            Arc::from(format!("{}…", &text[..end]))
-        },
+        text: Arc::from(format!("{}…", &text[..end])),
         ..line.clone()
     }
 }
@@ -2335,7 +2360,8 @@ mod tests {
         serde_json::from_str(&serde_json::to_string(v).unwrap()).unwrap()
     }
 
-    /// A conversation of shop s1 whose history is `lines` buyer messages.
+    /// A conversation of shop s1 whose history is `lines`: buyer messages,
+    /// or bot lines when they start with `bot:`.
     fn conv_with(lines: &[&str]) -> Conv {
         let mut c = Conv {
             id: "c1".into(),
@@ -2350,10 +2376,14 @@ mod tests {
             rated: None,
         };
         for (i, text) in lines.iter().enumerate() {
+            let (author, text) = match text.strip_prefix("bot:") {
+                Some(t) => (Author::Bot, t),
+                None => (Author::Buyer, *text),
+            };
             let line = HLine {
-                author: Author::Buyer,
+                author,
                 agent: None,
-                text: Arc::from(*text),
+                text: Arc::from(text),
                 at: i as i64,
                 note: None,
             };
@@ -2394,6 +2424,19 @@ mod tests {
             // No room at all: the newest line, cut to its mark.
             (&["一", "二", "三"], 1, &["…"]),
             (&["一", &long], 3_000 + LINE_COST, &[&long]),
+            // Newer bot lines do not push out the buyer's question: it and
+            // what follows share the budget.
+            (
+                &["问", "bot:久", "bot:等"],
+                2 * (3 + LINE_COST),
+                &["问", "等"],
+            ),
+            (
+                &["问", "bot:久", "bot:等"],
+                3 * (3 + LINE_COST),
+                &["问", "久", "等"],
+            ),
+            (&["bot:您", "bot:等"], 3 + LINE_COST, &["等"]),
         ];
         for (history, budget, want) in cases {
             let snap = conv_with(history).snapshot(None, Timebase::new(), *budget);
