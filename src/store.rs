@@ -126,6 +126,58 @@ pub struct Store {
     handle: StoreHandle,
     path: PathBuf,
     writer: Option<JoinHandle<Result<(), StoreError>>>,
+    /// Held (locked) while the store is open: see [`lock_dir`].
+    _lock: std::fs::File,
+}
+
+/// The lock file in the data directory.
+pub const LOCK_FILE: &str = "kefu.lock";
+
+/// Takes the data directory for this process alone. Two services on one
+/// log would each restore the other's open conversations and fire their
+/// clocks twice (two holding replies, two breaches per round: found by
+/// review), and neither would see what the other does after it started.
+/// An advisory lock (`flock`) the kernel drops when the process ends,
+/// even by `kill -9`; readers (reports, export) do not take it.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join(LOCK_FILE);
+    let fail = |what: &str, e: std::io::Error| {
+        StoreError(format!("cannot {what} {}: {e}", path.display()))
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| fail("open", e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            let who = if holder.is_empty() {
+                String::new()
+            } else {
+                format!(" (process {holder})")
+            };
+            return Err(StoreError(format!(
+                "another kefu serve is using the data directory {}{who}: stop it first, \
+                 or give this one another --data (two services on one log would both \
+                 restore and time the same conversations)",
+                dir.display()
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(fail("lock", e)),
+    }
+    // Who holds it, for the message above; the lock is what counts.
+    let _ = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{}", std::process::id()));
+    Ok(file)
 }
 
 // Nearly every message is an event: boxing it would cost an allocation each.
@@ -428,6 +480,13 @@ impl Store {
 
     /// [`Store::open`] with another batching policy (tests, tuning).
     pub fn open_with(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError(format!(
+                "cannot create the data directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let lock = lock_dir(dir)?;
         let (path, conn) = open_db(dir)?;
         let (tx, rx) = mpsc::sync_channel(options.queue_capacity.max(1));
         let shared = Arc::new(Shared {
@@ -453,6 +512,7 @@ impl Store {
             },
             path,
             writer: Some(writer),
+            _lock: lock,
         })
     }
 

@@ -534,3 +534,25 @@ fn the_parallel_report_read_returns_every_event_once() {
         );
     }
 }
+
+/// One service per data directory: a second store on it is refused with a
+/// message naming the holder, and the directory is free again once the
+/// first store is closed.
+#[test]
+fn a_data_directory_serves_one_store_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Store::open(dir.path()).unwrap();
+    let err = Store::open(dir.path())
+        .err()
+        .expect("a second store opened");
+    let msg = err.to_string();
+    assert!(msg.contains("another kefu serve"), "{msg}");
+    assert!(
+        msg.contains(&format!("process {}", std::process::id())),
+        "{msg}"
+    );
+    // Readers (reports, export) do not need the lock.
+    assert_eq!(first.reader().count().unwrap(), 0);
+    first.close().unwrap();
+    Store::open(dir.path()).unwrap().close().unwrap();
+}
