@@ -342,7 +342,7 @@ fn check(
     }
     match kind {
         Kind::Buyer | Kind::Rating if buyer.is_empty() => missing("buyer"),
-        Kind::Agent | Kind::Assign if agent.map_or(true, str::is_empty) => missing("agent"),
+        Kind::Agent | Kind::Assign if agent.is_none_or(str::is_empty) => missing("agent"),
         Kind::Rating if score.is_none() => missing("score"),
         _ => Ok(()),
     }
@@ -401,8 +401,7 @@ impl Event {
         let (text, note) = match fields {
             Fields::All => (w.text, w.note),
             Fields::Report => {
-                let ranked =
-                    w.kind == Kind::Buyer && w.stage.as_deref().map_or(true, str::is_empty);
+                let ranked = w.kind == Kind::Buyer && w.stage.as_deref().is_none_or(str::is_empty);
                 (w.text.filter(|_| ranked), None)
             }
         };

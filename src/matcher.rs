@@ -360,10 +360,10 @@ impl Gates {
             let p = p as usize;
             self.heads[p]
                 .as_ref()
-                .map_or(true, |h| fits_edge(h, norm, true))
+                .is_none_or(|h| fits_edge(h, norm, true))
                 && self.tails[p]
                     .as_ref()
-                    .map_or(true, |t| fits_edge(t, norm, false))
+                    .is_none_or(|t| fits_edge(t, norm, false))
         };
         // The clauses met per pattern, for the few patterns the message's
         // literals touch (most messages touch none or one), plus the

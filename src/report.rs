@@ -260,7 +260,7 @@ impl Default for ReportOptions {
 
 impl ReportOptions {
     fn in_window(&self, ts: i64) -> bool {
-        self.from_ms.map_or(true, |f| ts >= f) && self.to_ms.map_or(true, |t| ts < t)
+        self.from_ms.is_none_or(|f| ts >= f) && self.to_ms.is_none_or(|t| ts < t)
     }
 
     fn offset_ms(&self) -> i64 {

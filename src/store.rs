@@ -1096,7 +1096,7 @@ mod tests {
             match kind {
                 Kind::Buyer => {
                     e.text = Some(format!("第{i}条：什么时候发货？").into());
-                    e.intent = (i % 2 == 0).then(|| "in_sale.shipping_time".into());
+                    e.intent = i.is_multiple_of(2).then(|| "in_sale.shipping_time".into());
                     e.stage = Some("in_sale".into());
                 }
                 Kind::Agent => {

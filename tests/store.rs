@@ -44,10 +44,10 @@ fn event(i: usize) -> Event {
     if matches!(kind, Kind::Buyer | Kind::Agent | Kind::Bot) {
         e.text = Some(format!("亲，第{i}条消息").into());
     }
-    if kind == Kind::Agent && i % 2 == 0 {
+    if kind == Kind::Agent && i.is_multiple_of(2) {
         e.intent = Some("shipping_time".into());
     }
-    if kind == Kind::Buyer && i % 2 == 0 {
+    if kind == Kind::Buyer && i.is_multiple_of(2) {
         e.stage = Some("in_sale".into());
     }
     if kind == Kind::Rating {

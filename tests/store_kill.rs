@@ -214,7 +214,7 @@ async fn kill_9_under_load_loses_at_most_the_commit_window() {
                             break;
                         }
                     }
-                    frame = ws.next() => if frame.map_or(true, |f| f.is_err()) { break },
+                    frame = ws.next() => if frame.is_none_or(|f| f.is_err()) { break },
                 }
             }
         }));

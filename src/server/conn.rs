@@ -163,7 +163,7 @@ where
         // conditions are checked directly; when the streams go quiet, the
         // select polls (and so registers) every branch before sleeping.
         turns = turns.wrapping_add(1);
-        if turns % RARE_EVERY == 0 {
+        if turns.is_multiple_of(RARE_EVERY) {
             if app.is_stopping() {
                 break close(CloseCode::Away, "server shutting down");
             }

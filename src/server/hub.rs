@@ -921,7 +921,7 @@ impl Hub {
 
     /// Notes a new deadline; wakes the timer if it sleeps past it.
     fn deadline_added(timer_wake: &mut Option<Instant>, at: Instant, fx: &mut Effects) {
-        if timer_wake.map_or(true, |w| at < w) {
+        if timer_wake.is_none_or(|w| at < w) {
             *timer_wake = Some(at);
             fx.wake_timer = true;
         }
