@@ -162,6 +162,9 @@ pub enum ProblemKind {
         count: usize,
     },
     EmptyReply(String),
+    /// Template list `key` (`greeting`, `holding`, ...) has a blank entry,
+    /// which the bot would send as an empty line.
+    EmptyTemplate(&'static str),
     UnknownPlaceholder {
         placeholder: String,
     },
@@ -220,6 +223,10 @@ impl fmt::Display for ProblemKind {
                 "intent `{id}` has {count} reply variant(s); give at least two"
             ),
             EmptyReply(id) => write!(f, "intent `{id}` has a reply without text"),
+            EmptyTemplate(key) => write!(
+                f,
+                "template list `{key}` has an entry without text (the bot would send a blank line): write the message or delete the entry"
+            ),
             UnknownPlaceholder { placeholder } => write!(
                 f,
                 "unknown placeholder `{{{placeholder}}}`; use {{shop}}, {{agent}} or {{buyer}}"
@@ -422,6 +429,22 @@ impl Loader {
             .chain(&t.transfer)
         {
             self.check_template(path, &loc, 0, s);
+        }
+        for (key, list) in [
+            ("greeting", &t.greeting),
+            ("holding", &t.holding),
+            ("offline", &t.offline),
+            ("transfer", &t.transfer),
+        ] {
+            if list.iter().any(|s| s.trim().is_empty()) {
+                // Where the blank entry is written (`""`, `"  "`), else the key.
+                let (line, column) = loc
+                    .find_key(key)
+                    .and_then(|(l, _)| loc.empty_scalars(loc.section(l - 1)).first().copied())
+                    .or_else(|| loc.find_key(key))
+                    .unwrap_or((1, 1));
+                self.at(path, line, column, ProblemKind::EmptyTemplate(key));
+            }
         }
         for (key, list) in [("greeting", &t.greeting), ("holding", &t.holding)] {
             if list.iter().all(|s| s.trim().is_empty()) {

@@ -330,6 +330,41 @@ fn broken_templates_and_missing_files() {
         .any(|p| p.kind == ProblemKind::MissingFile("politeness.yaml")));
 }
 
+/// A blank entry in any template list is reported where it is written:
+/// the bot would send it as an empty line.
+#[test]
+fn blank_template_entries_are_reported_where_they_are() {
+    let cases: &[(&str, &str, (usize, usize))] = &[
+        // (templates.yaml, the list, line and column)
+        (
+            "greeting: [\"欢迎光临{shop}\"]\nholding: [\"请稍等\"]\ntransfer:\n  - \"   \"\n",
+            "transfer",
+            (4, 5),
+        ),
+        (
+            "greeting: [\"欢迎光临{shop}\"]\nholding:\n  - \"请稍等\"\n  - \"\"\n",
+            "holding",
+            (4, 5),
+        ),
+        (
+            "greeting: [\"欢迎光临{shop}\"]\nholding: [\"请稍等\"]\noffline: [\"亲，稍后回复您\", \"\"]\n",
+            "offline",
+            (3, 22),
+        ),
+    ];
+    for (yaml, key, at) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pre_sale.yaml"), GOOD).unwrap();
+        std::fs::write(dir.path().join("templates.yaml"), yaml).unwrap();
+        let found = problems(dir.path());
+        let p = found
+            .iter()
+            .find(|p| p.kind == ProblemKind::EmptyTemplate(key))
+            .unwrap_or_else(|| panic!("{key}: not reported in {found:?}"));
+        assert_eq!((p.line, p.column), *at, "{key}: {p}");
+    }
+}
+
 /// `kefu` without any `KEFU_*` variable of the test's environment.
 fn kefu() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kefu"));

@@ -135,12 +135,14 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         Ok(lib) => {
             let matcher = Matcher::new(&lib)?;
             println!(
-                "{}: ok, {} intents, {} keywords, {} greeting and {} holding templates, {} politeness rules",
+                "{}: ok, {} intents, {} keywords, {} greeting, {} holding, {} offline and {} transfer templates, {} politeness rules",
                 dir.display(),
                 matcher.intent_count(),
                 matcher.keyword_count(),
                 lib.templates.greeting.len(),
                 lib.templates.holding.len(),
+                lib.templates.offline.len(),
+                lib.templates.transfer.len(),
                 lib.politeness.negative.len() + lib.politeness.curt.len()
             );
             Ok(ExitCode::SUCCESS)
