@@ -46,16 +46,24 @@ pub enum Kind {
     Nudge,
     /// The round passed the target.
     Breach,
-    /// The service closed the conversation for good (`note`: why; today
-    /// only `expired`, its buyer stayed away past the resume window). A
-    /// restart brings back the conversations open when it stopped, and
-    /// only this event tells a closed one from an open one whose buyer
-    /// went quiet (see `server::restore`).
+    /// The service closed the conversation for good (`note`: why:
+    /// `expired`, its buyer stayed away past the resume window, or
+    /// `secret_lost`, its buyer came back after a restart that changed the
+    /// resume key and got a new conversation). A restart brings back the
+    /// conversations open when it stopped, and only this event tells a
+    /// closed one from an open one whose buyer went quiet (see
+    /// `server::restore`).
     Close,
+    /// A start of the service brought the conversation back from the log
+    /// (`note`: `secret_lost` when its buyer's resume secret can no longer
+    /// verify). It is activity for the next start: without it a second
+    /// restart within the renewed resume window found nothing of the
+    /// conversation in its window and lost it. Reports ignore it.
+    Restore,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Buyer,
         Kind::Agent,
         Kind::Bot,
@@ -64,6 +72,7 @@ impl Kind {
         Kind::Nudge,
         Kind::Breach,
         Kind::Close,
+        Kind::Restore,
     ];
 
     pub fn parse(s: &str) -> Option<Kind> {
@@ -80,6 +89,7 @@ impl Kind {
             Kind::Nudge => "nudge",
             Kind::Breach => "breach",
             Kind::Close => "close",
+            Kind::Restore => "restore",
         }
     }
 }

@@ -23,9 +23,10 @@
 //!
 //! Events are sorted per conversation by time, so files may list them in any
 //! order. Events at the same millisecond are ordered `assign`, `buyer`,
-//! `bot`, `agent`, `nudge`, `breach`, `rating`, `close` (so a reply stamped with its
-//! question's millisecond answers it), then by agent, stage and text, so
-//! that no figure depends on the order of the input.
+//! `bot`, `agent`, `nudge`, `breach`, `rating`, `close`, `restore` (so a
+//! reply stamped with its question's millisecond answers it), then by
+//! agent, stage and text, so that no figure depends on the order of the
+//! input.
 
 mod records;
 mod render;
@@ -457,6 +458,7 @@ fn kind_rank(k: Kind) -> u8 {
         Kind::Breach => 5,
         Kind::Rating => 6,
         Kind::Close => 7,
+        Kind::Restore => 8,
     }
 }
 
@@ -888,6 +890,45 @@ pub fn last_days(spec: &str, now_ms: i64, offset: UtcOffset) -> Result<(i64, i64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `close` and `restore` events are the service's own bookkeeping: a
+    /// log with them, at any time and even at a reply's millisecond, gives
+    /// the report of the log without them.
+    #[test]
+    fn close_and_restore_events_change_no_figure() {
+        let t = 1_795_400_000_000;
+        let at = |ms: i64, kind: Kind| Event::new(t + ms, "s1", "c1", "b1", kind);
+        let mut plain = Vec::new();
+        let mut b = at(0, Kind::Buyer);
+        b.text = Some("在吗".into());
+        plain.push(b);
+        let mut a = at(9_000, Kind::Agent);
+        a.agent = Some("a1".into());
+        plain.push(a);
+        let mut b = at(20_000, Kind::Buyer);
+        b.text = Some("几天到".into());
+        plain.push(b);
+        let mut r = at(30_000, Kind::Rating);
+        r.score = Some(crate::events::Rating::Satisfied);
+        plain.push(r);
+        let mut with = plain.clone();
+        for (ms, kind) in [
+            (9_000, Kind::Restore),
+            (15_000, Kind::Restore),
+            (40_000, Kind::Close),
+        ] {
+            let mut e = at(ms, kind);
+            e.agent = Some("a2".into());
+            with.push(e);
+        }
+        let opts = ReportOptions {
+            service_window: ServiceWindow::ALL_DAY,
+            ..ReportOptions::default()
+        };
+        let want = compute(&plain, &opts);
+        assert_eq!(want.total.rounds, 2);
+        assert_eq!(compute(&with, &opts), want);
+    }
 
     #[test]
     fn parses_service_windows() {

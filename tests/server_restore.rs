@@ -317,3 +317,240 @@ async fn a_disconnect_after_the_restart_keeps_its_own_grace() {
     t.stop().await;
     store.close().unwrap();
 }
+
+/// Moves the whole log `secs` into the past, as if that long had gone by
+/// since it was written (the service reads its window from the wall clock).
+fn age_log(dir: &std::path::Path, secs: i64) {
+    let db = rusqlite::Connection::open(dir.join(kefu::store::DB_FILE)).unwrap();
+    db.execute("UPDATE events SET ts_ms = ts_ms - ?1", [secs * 1000])
+        .unwrap();
+}
+
+/// The events of the log in `dir` of conversation `conv`: (kind, note).
+fn logged(dir: &std::path::Path, conv: &str) -> Vec<(String, Option<String>)> {
+    kefu::store::Reader::open(dir)
+        .unwrap()
+        .events(&Default::default())
+        .unwrap()
+        .into_iter()
+        .filter(|e| &*e.conversation == conv)
+        .map(|e| (e.kind.as_str().to_string(), e.note.map(|n| n.into_owned())))
+        .collect()
+}
+
+/// A restart that made a new resume key (the upgrade from a kefu that kept
+/// secrets in memory, a damaged key deleted) restores conversations whose
+/// secrets nobody holds: their buyer, back with a stale secret or none,
+/// gets a new conversation instead of `buyer_taken` for 30 minutes; the
+/// old one is closed and logged (`close`, `secret_lost`), and its agent is
+/// told as on an expiry. This holds at the next start too, the key being
+/// old by then. With the key intact, a hello without the right secret is
+/// still refused.
+#[tokio::test]
+async fn buyers_whose_secret_a_new_key_lost_start_anew() {
+    struct Case {
+        name: &'static str,
+        key_before: bool,
+        starts: usize,
+        resume: Option<String>,
+        anew: bool,
+    }
+    let stale = Some("0".repeat(64));
+    let cases = [
+        Case {
+            name: "new key, stale secret",
+            key_before: false,
+            starts: 1,
+            resume: stale.clone(),
+            anew: true,
+        },
+        Case {
+            name: "new key, no secret",
+            key_before: false,
+            starts: 1,
+            resume: None,
+            anew: true,
+        },
+        Case {
+            name: "new key at the start before, stale secret",
+            key_before: false,
+            starts: 2,
+            resume: stale.clone(),
+            anew: true,
+        },
+        Case {
+            name: "intact key, wrong secret",
+            key_before: true,
+            starts: 1,
+            resume: stale.clone(),
+            anew: false,
+        },
+        Case {
+            name: "intact key, no secret",
+            key_before: true,
+            starts: 2,
+            resume: None,
+            anew: false,
+        },
+    ];
+    for case in cases {
+        let name = case.name;
+        let dir = tempfile::tempdir().unwrap();
+        if case.key_before {
+            ResumeKey::load_or_create(dir.path()).unwrap();
+        }
+        let t0 = now_ms();
+        let events = vec![
+            ev(t0, -20, "c2", Kind::Buyer),
+            ev(t0, -10, "c1", Kind::Assign),
+            ev(t0, -10, "c1", Kind::Buyer),
+        ];
+        kefu::store::import(dir.path(), &events).unwrap();
+        // Both come back above the cap; the new conversation takes the
+        // closed one's place, not a new one.
+        let mut config = test_config();
+        config.limits.max_open_conversations = 1;
+        for _ in 1..case.starts {
+            let (app, store, restored) = app_on_data(config.clone(), dir.path());
+            assert_eq!(restored.conversations, 2, "{name}");
+            drop(app);
+            store.close().unwrap();
+        }
+        let (t, store, restored) = spawn_app_on_data(config, dir.path()).await;
+        assert_eq!(restored.conversations, 2, "{name}");
+        let (mut agent, welcome) = t.agent("a1").await;
+        let held: Vec<&str> = welcome["conversations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["conversation"].as_str().unwrap())
+            .collect();
+        assert!(held.contains(&"c1"), "{name}: {welcome}");
+
+        let mut hello = json!({"type":"hello","role":"buyer","shop":"s1","buyer":"b1"});
+        if let Some(r) = &case.resume {
+            hello["resume"] = json!(r);
+        }
+        let mut buyer = t.connect().await;
+        buyer.send(hello).await;
+        if case.anew {
+            let w = buyer.recv_type("welcome").await;
+            assert_eq!(w["resumed"], false, "{name}: {w}");
+            assert_ne!(w["conversation"], "c1", "{name}");
+            assert_eq!(w["history"], json!([]), "{name}: nothing of the old chat");
+            let closed = agent.recv_type("conversation_closed").await;
+            assert_eq!(closed["conversation"], "c1", "{name}");
+            let given = agent.recv_type("conversation_assigned").await;
+            assert_eq!(given["conversation"], w["conversation"], "{name}");
+            assert_eq!(given["reason"], "new", "{name}");
+        } else {
+            buyer.expect_error("buyer_taken").await;
+            let (_, frame) = buyer.expect_close().await;
+            assert_eq!(
+                common::close_code(&frame),
+                Some(tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Policy),
+                "{name}"
+            );
+        }
+        // Gone before the stop, which would wait for them to say goodbye.
+        drop((agent, buyer));
+        t.stop().await;
+        store.close().unwrap();
+        let lost = |kind: &str| (kind.to_string(), Some("secret_lost".to_string()));
+        let mut want = vec![("assign".to_string(), None), ("buyer".to_string(), None)];
+        for _ in 0..case.starts {
+            want.push(if case.key_before {
+                ("restore".to_string(), None)
+            } else {
+                lost("restore")
+            });
+        }
+        if case.anew {
+            want.push(lost("close"));
+        }
+        assert_eq!(logged(dir.path(), "c1"), want, "{name}");
+    }
+}
+
+/// The reviewer's case, scaled: a resume window of 60 s, a chat, a restart
+/// at 47 s, another 31 s later (within the window renewed at the first
+/// restart, past the original one): the conversation comes back both times
+/// with its id and history, and the buyer's secret rejoins it. A second
+/// restart 61 s after the first is past the renewed window: nothing comes
+/// back, the secret starts a new conversation, and no `close` is logged for
+/// the old one (nothing saw it expire, as for a buyer who sat silent longer
+/// than the window before a restart).
+#[tokio::test]
+async fn a_second_restart_within_the_renewed_window_keeps_the_conversation() {
+    let mut config = test_config();
+    config.limits.resume_window = Duration::from_secs(60);
+    for (gap, back) in [(31, true), (61, false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let (t, store, _) = spawn_app_on_data(config.clone(), dir.path()).await;
+        let (mut agent, _) = t.agent("a1").await;
+        let (mut buyer, welcome, greeting) = t.buyer("b1").await;
+        let conv = welcome["conversation"].as_str().unwrap().to_string();
+        let secret = welcome["resume"].as_str().unwrap().to_string();
+        agent.recv_type("conversation_assigned").await;
+        buyer
+            .send(json!({"type":"message","text":"这款有货吗"}))
+            .await;
+        agent.recv_type("buyer_message").await;
+        agent
+            .send(json!({"type":"reply","conversation":conv,"text":"亲，这款有现货哦～"}))
+            .await;
+        buyer.recv_type("reply").await;
+        drop((agent, buyer));
+        t.stop().await;
+        store.close().unwrap();
+        let history = vec![
+            format!("bot:{}", greeting["text"].as_str().unwrap()),
+            "buyer:这款有货吗".to_string(),
+            "agent:亲，这款有现货哦～".to_string(),
+        ];
+
+        age_log(dir.path(), 47);
+        let (app, store, restored) = app_on_data(config.clone(), dir.path());
+        assert_eq!(restored.conversations, 1, "the first restart");
+        drop(app);
+        store.close().unwrap();
+
+        age_log(dir.path(), gap);
+        let (t, store, restored) = spawn_app_on_data(config.clone(), dir.path()).await;
+        let mut buyer = t.connect().await;
+        buyer
+            .send(json!({"type":"hello","role":"buyer","shop":"s1","buyer":"b1","resume":secret}))
+            .await;
+        let w = buyer.recv_type("welcome").await;
+        if back {
+            assert_eq!(restored.conversations, 1, "gap {gap}");
+            let (_, aw) = t.agent("a1").await;
+            assert_eq!(aw["conversations"][0]["conversation"], conv);
+            assert_eq!(texts(&aw["conversations"][0]["history"]), history);
+            assert_eq!(w["resumed"], true, "{w}");
+            assert_eq!(w["conversation"], conv);
+            assert_eq!(texts(&w["history"]), history);
+        } else {
+            assert_eq!(restored.conversations, 0, "gap {gap}");
+            assert_eq!(w["resumed"], false, "{w}");
+            assert_ne!(w["conversation"], conv);
+        }
+        drop(buyer);
+        t.stop().await;
+        store.close().unwrap();
+        let kinds: Vec<String> = logged(dir.path(), &conv)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        let restores = if back { 2 } else { 1 };
+        assert_eq!(
+            kinds.iter().filter(|k| *k == "restore").count(),
+            restores,
+            "gap {gap}: {kinds:?}"
+        );
+        assert!(
+            !kinds.contains(&"close".to_string()),
+            "gap {gap}: {kinds:?}"
+        );
+    }
+}

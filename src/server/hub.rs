@@ -840,6 +840,10 @@ pub(crate) struct Hub {
     timer_wake: Option<Instant>,
     /// Derives the buyers' resume secrets.
     resume_key: ResumeKey,
+    /// Restored conversations whose secret no buyer holds (the resume key
+    /// was made at the restart, or at one before): the next hello for their
+    /// buyer closes them and opens a new one (see [`Hub::buyer_hello`]).
+    lost_secrets: foldhash::HashSet<Arc<str>>,
 }
 
 impl Hub {
@@ -884,6 +888,7 @@ impl Hub {
             leaving: VecDeque::new(),
             timer_wake: None,
             resume_key: ResumeKey::random(),
+            lost_secrets: Default::default(),
         }
     }
 
@@ -929,6 +934,41 @@ impl Hub {
 
     // ---- hello ----------------------------------------------------------------------
 
+    /// Closes for good the open conversation of `buyer` at `shop_id` if it
+    /// lost its secret at a restart and `resume` does not verify; returns
+    /// whether it did. Nobody holds such a secret, so refusing the hello
+    /// (`buyer_taken`) would lock the buyer out until the conversation
+    /// expires, 30 minutes of an agent seeing a chat nobody can join.
+    /// Opening a new, empty conversation instead shows nobody its history,
+    /// so the secret's promise holds: only a secret reads a chat.
+    fn close_if_secret_lost(
+        &mut self,
+        shop_id: &str,
+        buyer: &str,
+        resume: Option<&str>,
+        at: i64,
+        fx: &mut Effects,
+    ) -> bool {
+        let Some(cid) = self
+            .shops
+            .get(shop_id)
+            .and_then(|s| s.buyers.get(buyer))
+            .filter(|cid| self.lost_secrets.contains(*cid))
+            .cloned()
+        else {
+            return false;
+        };
+        let verifies = self
+            .convs
+            .get(&cid)
+            .is_some_and(|c| resume.is_some_and(|r| ct_eq(r.as_bytes(), c.secret.as_bytes())));
+        if verifies {
+            return false;
+        }
+        self.close_conversation(&cid, at, super::restore::SECRET_LOST, fx);
+        true
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn buyer_hello(
         &mut self,
@@ -941,6 +981,7 @@ impl Hub {
         fx: &mut Effects,
     ) -> Result<BuyerSession, Refusal> {
         check_buyer_id(buyer)?;
+        let replacing = self.close_if_secret_lost(shop_id, buyer, resume, ctx.tb.ms(now), fx);
         let Hub {
             shops,
             convs,
@@ -1011,9 +1052,10 @@ impl Hub {
         // and each keeps up to `history_bytes` of chat: the cap bounds the
         // memory a shop's conversations take, and the welcome of the
         // first agent to sign in after a quiet spell, which carries them
-        // all. Resumes (above) are never refused.
+        // all. Resumes (above) are never refused, nor a conversation that
+        // takes the place of one that lost its secret (the count stays).
         let cap = ctx.config.limits.max_open_conversations;
-        if shop.buyers.len() >= cap {
+        if !replacing && shop.buyers.len() >= cap {
             if let Some(refused) = shop.busy.refused(now) {
                 fx.shop_busy = Some(ShopBusy {
                     shop: shop_key.clone(),
@@ -1613,7 +1655,11 @@ impl Hub {
     /// Puts back conversations rebuilt from the event log (see
     /// `restore`), each as after everyone disconnected at `now`: buyer
     /// away, agent offline for `grace` (moving on then unless back), the
-    /// unassigned waiting for an agent. Logs nothing: it is all logged.
+    /// unassigned waiting for an agent. Logs a `restore` event for each, so
+    /// that the next start finds it in its window even if nothing else
+    /// happens to it; noted `secret_lost` when no buyer's secret can verify
+    /// (a key made at this start, or the conversation lost it at an earlier
+    /// one).
     pub(crate) fn restore(
         &mut self,
         ctx: &Ctx,
@@ -1624,6 +1670,9 @@ impl Hub {
     ) -> super::Restored {
         let mut done = super::Restored::default();
         let mut holders: BTreeSet<(Arc<str>, Arc<str>)> = BTreeSet::new();
+        let at = ctx.tb.ms(now);
+        let new_key = self.resume_key.is_new();
+        let mut lost = 0;
         for o in open {
             let Some((shop_key, shop)) = self.shops.get_key_value(&o.shop) else {
                 done.skipped += 1;
@@ -1634,6 +1683,7 @@ impl Hub {
                 continue;
             }
             let shop_key = shop_key.clone();
+            let secret_lost = new_key || o.secret_lost;
             let mut conv = Conv {
                 secret: self.resume_key.secret(&shop_key, &o.id).into_boxed_str(),
                 id: o.id,
@@ -1686,8 +1736,24 @@ impl Hub {
             }
             shop.buyers.insert(conv.buyer.clone(), conv.id.clone());
             self.away.push_back((now, conv.id.clone()));
+            let mut ev = conv.event(at, Kind::Restore);
+            ev.agent = conv.agent.clone();
+            if secret_lost {
+                ev.note = Some(Cow::Borrowed(super::restore::SECRET_LOST));
+                self.lost_secrets.insert(conv.id.clone());
+                lost += 1;
+            }
+            fx.events.push(ev);
             self.convs.insert(conv.id.clone(), conv);
             done.conversations += 1;
+        }
+        if lost > 0 {
+            warn!(
+                conversations = lost,
+                "restored conversations whose buyers' resume secrets cannot verify (resume.key \
+                 was made at this start or an earlier one: an upgrade, or a damaged key deleted): \
+                 each buyer gets a new conversation when back, the old one is closed"
+            );
         }
         let Hub {
             shops,
@@ -1803,7 +1869,7 @@ impl Hub {
                 .get(&cid)
                 .is_some_and(|c| c.away_since == Some(since))
             {
-                self.close_conversation(&cid, tb.ms(now), fx);
+                self.close_conversation(&cid, tb.ms(now), "expired", fx);
             }
         }
         while let Some(&(until, _, _)) = self.leaving.front() {
@@ -1840,16 +1906,24 @@ impl Hub {
         next
     }
 
-    /// Ends a conversation for good (its buyer did not come back), and logs
-    /// it: a restart brings back only conversations not closed.
-    fn close_conversation(&mut self, cid: &Arc<str>, at: i64, fx: &mut Effects) {
+    /// Ends a conversation for good (`note`: why; `expired`, its buyer did
+    /// not come back, or `secret_lost`), and logs it: a restart brings back
+    /// only conversations not closed.
+    fn close_conversation(
+        &mut self,
+        cid: &Arc<str>,
+        at: i64,
+        note: &'static str,
+        fx: &mut Effects,
+    ) {
         let Some(conv) = self.convs.remove(cid) else {
             return;
         };
         self.clock.remove(cid);
+        self.lost_secrets.remove(cid);
         let mut ev = conv.event(at, Kind::Close);
         ev.agent = conv.agent.clone();
-        ev.note = Some(Cow::Borrowed("expired"));
+        ev.note = Some(Cow::Borrowed(note));
         fx.events.push(ev);
         let Some(shop) = self.shops.get_mut(&conv.shop) else {
             return;

@@ -21,6 +21,27 @@
 //! logged before it (such a conversation waits for the next agent, as a new
 //! one does).
 //!
+//! A start logs a `restore` event for each conversation it brings back:
+//! its buyer's resume window counts again from the start, so the next start
+//! within it must find the conversation, and without an event of its own a
+//! quiet one was not in that start's window and was lost (no `close`
+//! either). When the window holds `restore` events, the span of one window
+//! before the earliest of them (what that start read) is read too, for the
+//! conversations found in the window only, and put before what the window
+//! holds ([`Builder::prepend`]): the conversation comes back as that start
+//! had it. At most two windows are read; of a third start in a row, each
+//! within the window renewed by the one before, what the first of them read
+//! before the second's window is not seen. A conversation past the renewed
+//! window is not brought back and gets no `close` (as one whose buyer sat
+//! silent longer than the window).
+//!
+//! A resume key made at this start (see `secret`) verifies no secret a
+//! buyer holds: the conversations brought back are marked as having lost
+//! their secret, and their `restore` events say so (`secret_lost`), so that
+//! the mark outlives the start that set it, the key being old at the next.
+//! The hub then gives their buyers a new conversation instead of refusing
+//! them (`Hub::buyer_hello`).
+//!
 //! Each restored conversation is as after a disconnect of everyone: its
 //! buyer is away (the resume window counts again from the start), its
 //! agent is offline within a grace ([`RESTART_GRACE`] at least) and gets it
@@ -44,6 +65,10 @@ use super::App;
 use crate::events::{Event, Kind, Rating};
 use crate::protocol::Author;
 use crate::store::{Query, Reader, StoreError};
+
+/// The `note` of a `restore` or `close` event for a conversation whose
+/// buyer's resume secret can no longer verify (see `Hub::buyer_hello`).
+pub(crate) const SECRET_LOST: &str = "secret_lost";
 
 /// How long a restored conversation waits for its agent before it moves to
 /// another agent online (unless `limits.agent_grace` is longer). Longer
@@ -96,8 +121,25 @@ pub(crate) struct OpenConv {
     lines_bytes: usize,
     pub rated: Option<Rating>,
     pub round: Option<PastRound>,
+    /// A start before this one logged its `restore` with `secret_lost`: its
+    /// buyer's secret cannot verify, whatever key this start has.
+    pub secret_lost: bool,
     last_ms: i64,
     closed: bool,
+    /// An agent reply was read: the round before what was read is over.
+    answered: bool,
+    /// Alarms and holding replies read, rounds or not: an earlier span's
+    /// open round takes them when nothing here answered it (see
+    /// [`OpenConv::then`]).
+    marks: Marks,
+}
+
+/// A round's holding reply and alarms, as read anywhere in a span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Marks {
+    holding_sent: bool,
+    nudged: bool,
+    breached: bool,
 }
 
 /// Folds the events of the window, in log order, into open conversations.
@@ -105,6 +147,11 @@ pub(crate) struct Builder {
     history_bytes: usize,
     index: HashMap<(Arc<str>, Arc<str>), usize>,
     convs: Vec<OpenConv>,
+    /// Only these conversations are read (a span before the window, read
+    /// for the conversations found in it).
+    only: Option<foldhash::HashSet<(Arc<str>, Arc<str>)>>,
+    /// The earliest `restore` event read.
+    first_restore_ms: Option<i64>,
 }
 
 impl Builder {
@@ -115,15 +162,54 @@ impl Builder {
             history_bytes,
             index: HashMap::new(),
             convs: Vec::new(),
+            only: None,
+            first_restore_ms: None,
         }
     }
 
+    /// When the earliest `restore` event read was logged: a start then
+    /// read the window before it, which this start must read too.
+    pub(crate) fn first_restore_ms(&self) -> Option<i64> {
+        self.first_restore_ms
+    }
+
+    /// A builder for the events before the ones this one read, keeping
+    /// only the conversations this one found; [`Builder::prepend`] it.
+    pub(crate) fn earlier(&self) -> Builder {
+        Builder {
+            only: Some(self.index.keys().cloned().collect()),
+            ..Builder::new(self.history_bytes)
+        }
+    }
+
+    /// Puts what `earlier` read before what this builder read, as if one
+    /// builder had read both spans in order.
+    pub(crate) fn prepend(&mut self, earlier: Builder) {
+        let mut before: HashMap<(Arc<str>, Arc<str>), OpenConv> = earlier
+            .convs
+            .into_iter()
+            .map(|c| ((c.shop.clone(), c.id.clone()), c))
+            .collect();
+        let limit = self.history_bytes;
+        // Same positions: `index` stays right.
+        self.convs = std::mem::take(&mut self.convs)
+            .into_iter()
+            .map(
+                |after| match before.remove(&(after.shop.clone(), after.id.clone())) {
+                    Some(b) => b.then(after, limit),
+                    None => after,
+                },
+            )
+            .collect();
+    }
+
     pub(crate) fn add(&mut self, e: Event) {
+        let key = (e.shop.clone(), e.conversation.clone());
+        if self.only.as_ref().is_some_and(|only| !only.contains(&key)) {
+            return;
+        }
         let n = self.convs.len();
-        let i = *self
-            .index
-            .entry((e.shop.clone(), e.conversation.clone()))
-            .or_insert(n);
+        let i = *self.index.entry(key).or_insert(n);
         if i == n {
             self.convs.push(OpenConv {
                 shop: e.shop.clone(),
@@ -134,8 +220,11 @@ impl Builder {
                 lines_bytes: 0,
                 rated: None,
                 round: None,
+                secret_lost: false,
                 last_ms: e.ts_ms,
                 closed: false,
+                answered: false,
+                marks: Marks::default(),
             });
         }
         let c = &mut self.convs[i];
@@ -168,6 +257,7 @@ impl Builder {
                     self.history_bytes,
                 );
                 c.round = None;
+                c.answered = true;
             }
             Kind::Bot => {
                 let note = match e.note.as_deref() {
@@ -178,6 +268,7 @@ impl Builder {
                     _ => None,
                 };
                 if matches!(note, Some("holding" | "offline")) {
+                    c.marks.holding_sent = true;
                     if let Some(r) = &mut c.round {
                         r.holding_sent = true;
                     }
@@ -187,16 +278,25 @@ impl Builder {
             Kind::Assign => c.agent = e.agent.clone(),
             Kind::Rating => c.rated = e.score.or(c.rated),
             Kind::Nudge => {
+                c.marks.nudged = true;
                 if let Some(r) = &mut c.round {
                     r.nudged = true;
                 }
             }
             Kind::Breach => {
+                c.marks.breached = true;
                 if let Some(r) = &mut c.round {
                     r.breached = true;
                 }
             }
             Kind::Close => c.closed = true,
+            // Activity (`last_ms` above) and nothing else but the lost
+            // secret: the lines and the rest are in the events before it.
+            Kind::Restore => {
+                c.secret_lost |= e.note.as_deref() == Some(SECRET_LOST);
+                let first = self.first_restore_ms.get_or_insert(e.ts_ms);
+                *first = (*first).min(e.ts_ms);
+            }
         }
     }
 
@@ -229,6 +329,41 @@ impl Builder {
 }
 
 impl OpenConv {
+    /// This conversation as read up to the end of `later`, the events of
+    /// the same conversation read after this one's: what one fold over both
+    /// spans gives (a unit test checks every short sequence).
+    fn then(mut self, later: OpenConv, limit: usize) -> OpenConv {
+        // The hub's cap keeps the longest run of newest lines that fits:
+        // the lines `later` dropped would go here too.
+        for line in later.lines {
+            self.push(line, limit);
+        }
+        self.agent = later.agent.or(self.agent);
+        self.rated = later.rated.or(self.rated);
+        self.round = match self.round {
+            // Nothing later answered it: the later messages joined it, the
+            // later alarms were its own.
+            Some(mut r) if !later.answered => {
+                r.holding_sent |= later.marks.holding_sent;
+                r.nudged |= later.marks.nudged;
+                r.breached |= later.marks.breached;
+                Some(r)
+            }
+            _ => later.round,
+        };
+        self.answered |= later.answered;
+        self.marks.holding_sent |= later.marks.holding_sent;
+        self.marks.nudged |= later.marks.nudged;
+        self.marks.breached |= later.marks.breached;
+        if self.buyer.is_empty() {
+            self.buyer = later.buyer;
+        }
+        self.secret_lost |= later.secret_lost;
+        self.last_ms = self.last_ms.max(later.last_ms);
+        self.closed |= later.closed;
+        self
+    }
+
     /// The hub's rule (`Conv::push_line`): a line costs its text plus
     /// [`LINE_COST`], the oldest go past `limit`, the newest always stays.
     fn push(&mut self, line: PastLine, limit: usize) {
@@ -246,20 +381,43 @@ impl App {
     /// Brings back the conversations open in the log `reader` reads (see
     /// the module docs). Call it once, before [`super::run`], after
     /// [`App::set_resume_key`] with the key of the log's directory.
+    /// `limits.max_open_conversations` does not apply: every open
+    /// conversation comes back (its buyer must be able to rejoin it), and
+    /// new buyers of a shop above a lowered cap get `shop_busy` until
+    /// enough close.
     pub fn restore(&self, reader: &Reader) -> Result<Restored, StoreError> {
         let took = std::time::Instant::now();
         let tb = self.timebase();
         let now = Instant::now();
-        let window = self.config().limits.resume_window;
+        let window = self.config().limits.resume_window.as_millis() as i64;
+        let from = tb.ms(now) - window;
         let q = Query {
-            from_ms: Some(tb.ms(now) - window.as_millis() as i64),
+            from_ms: Some(from),
             ..Query::default()
         };
         let mut builder = Builder::new(self.config().limits.history_bytes);
-        let read = reader.for_each(&q, |e| {
+        let mut read = reader.for_each(&q, |e| {
             builder.add(e);
             Ok(())
         })?;
+        // A start within the window read the window before it: read that
+        // too, for the conversations found here, so they come back as that
+        // start had them (see the module docs).
+        if let Some(first) = builder.first_restore_ms() {
+            if first - window < from {
+                let mut earlier = builder.earlier();
+                let q = Query {
+                    from_ms: Some(first - window),
+                    to_ms: Some(from),
+                    ..Query::default()
+                };
+                read += reader.for_each(&q, |e| {
+                    earlier.add(e);
+                    Ok(())
+                })?;
+                builder.prepend(earlier);
+            }
+        }
         let (open, duplicates) = builder.finish();
         let phrases = self.phrases();
         let ctx = self.ctx(&phrases);
@@ -267,6 +425,18 @@ impl App {
         let mut fx = Effects::default();
         let mut restored = self.hub().restore(&ctx, open, now, grace, &mut fx);
         self.apply(fx);
+        // The `restore` events committed before anyone connects: a crash
+        // in the writer's next 50 ms would lose them, and with them the
+        // conversations at a second restart and the lost secrets' notes.
+        if restored.conversations > 0 {
+            self.shared.store.flush().map_err(|e| {
+                StoreError(format!(
+                    "cannot commit the restored conversations' `restore` events ({}); \
+                     check the data directory's disk",
+                    e.0
+                ))
+            })?;
+        }
         restored.skipped += duplicates;
         info!(
             conversations = restored.conversations,
@@ -537,6 +707,92 @@ mod tests {
             assert_eq!(got, want, "{name}");
             assert_eq!(dropped, want_dropped, "{name}");
         }
+    }
+
+    /// Reading a span before the window and putting it first
+    /// ([`Builder::prepend`]) gives what one fold over both gives: every
+    /// sequence of up to five events cut at every point, with a cap that
+    /// drops lines.
+    #[test]
+    fn an_earlier_span_prepended_is_one_fold_of_both() {
+        let mut lost = ev(0, "c1", Kind::Restore);
+        lost.note = Some(SECRET_LOST.into());
+        let alphabet: Vec<Box<dyn Fn(i64) -> Event>> = vec![
+            Box::new(|s| buyer(s, "c1", "在吗")),
+            Box::new(|s| agent(s, "c1", "a1", "亲，在的")),
+            Box::new(|s| bot(s, "c1", "holding")),
+            Box::new(|s| ev(s, "c1", Kind::Nudge)),
+            Box::new(|s| ev(s, "c1", Kind::Breach)),
+            Box::new(|s| assign(s, "c1", "a2")),
+            Box::new(move |s| {
+                let mut e = lost.clone();
+                e.ts_ms = T + s * 1000;
+                e
+            }),
+        ];
+        let fold = |events: &[Event], b: &mut Builder| {
+            for e in events {
+                b.add(e.clone());
+            }
+        };
+        let mut checked = 0;
+        for len in 1..=5u32 {
+            for n in 0..alphabet.len().pow(len) {
+                let mut k = n;
+                let events: Vec<Event> = (0..len as i64)
+                    .map(|s| {
+                        let e = alphabet[k % alphabet.len()](s);
+                        k /= alphabet.len();
+                        e
+                    })
+                    .collect();
+                let mut whole = Builder::new(200);
+                fold(&events, &mut whole);
+                let (want, _) = whole.finish();
+                for cut in 0..events.len() {
+                    // The later span must hold an event, as the window
+                    // holds one of every conversation it finds.
+                    let mut later = Builder::new(200);
+                    fold(&events[cut..], &mut later);
+                    let mut earlier = later.earlier();
+                    fold(&events[..cut], &mut earlier);
+                    fold(&[buyer(0, "c2", "别的会话")], &mut earlier);
+                    later.prepend(earlier);
+                    let (got, _) = later.finish();
+                    assert_eq!(got, want, "{events:?} cut at {cut}");
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 10_000, "{checked}");
+    }
+
+    /// A `restore` event is activity and nothing else, but for the lost
+    /// secret it may note; the earliest one says where the start before
+    /// began to read.
+    #[test]
+    fn restore_events_keep_a_conversation_and_its_lost_secret() {
+        let restored = |s: i64, conv: &str, lost: bool| {
+            let mut e = ev(s, conv, Kind::Restore);
+            e.agent = Some("a1".into());
+            e.note = lost.then(|| SECRET_LOST.into());
+            e
+        };
+        let mut b = Builder::new(16_384);
+        for e in [
+            restored(100, "c1", false),
+            restored(100, "c2", true),
+            restored(200, "c2", false),
+        ] {
+            b.add(e);
+        }
+        assert_eq!(b.first_restore_ms(), Some(T + 100_000));
+        let (open, _) = b.finish();
+        let seen: Vec<_> = open
+            .iter()
+            .map(|c| (&*c.id, c.agent.clone(), c.lines.len(), c.secret_lost))
+            .collect();
+        assert_eq!(seen, [("c1", None, 0, false), ("c2", None, 0, true)]);
     }
 
     /// An imported log may name the buyer only where it must: the buyer

@@ -6,6 +6,12 @@
 //! directory (`resume.key`, 32 random bytes, mode 0600), created on the
 //! first start; without a data directory (tests, embedding) it is random
 //! per process and secrets die with it, as conversations do.
+//!
+//! A key made at this start ([`ResumeKey::is_new`]: the upgrade from a kefu
+//! that kept secrets in memory, or a damaged key deleted) verifies no
+//! secret handed out before: the restore marks the conversations it brings
+//! back as having lost their secret, so that their buyers start anew
+//! instead of being refused as someone else (see `Hub::buyer_hello`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -27,13 +33,18 @@ pub enum KeyError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("the resume key {} holds {len} bytes, not {KEY_LEN}; it is damaged: delete it to make a new one (buyers then cannot resume conversations open before)", path.display())]
+    #[error("the resume key {} holds {len} bytes, not {KEY_LEN}; it is damaged: delete it to make a new one (buyers of conversations open before then start new ones)", path.display())]
     BadLength { path: PathBuf, len: usize },
 }
 
 /// The server's key for resume secrets.
 #[derive(Clone)]
-pub struct ResumeKey([u8; KEY_LEN]);
+pub struct ResumeKey {
+    bytes: [u8; KEY_LEN],
+    /// Made by this process (no key file before it, or no file at all):
+    /// no secret in a buyer's hands can verify under it.
+    new: bool,
+}
 
 impl std::fmt::Debug for ResumeKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -44,7 +55,19 @@ impl std::fmt::Debug for ResumeKey {
 impl ResumeKey {
     /// A key for this process only.
     pub fn random() -> ResumeKey {
-        ResumeKey(rand::random())
+        ResumeKey {
+            bytes: rand::random(),
+            new: true,
+        }
+    }
+
+    /// Whether this key was made by this process rather than read from a
+    /// key file: then no secret handed out before can verify under it, and
+    /// the conversations a restore brings back have lost theirs. A key
+    /// another process created at the same moment counts as old (it may
+    /// have handed out secrets), which keeps their buyers protected.
+    pub fn is_new(&self) -> bool {
+        self.new
     }
 
     /// The key of data directory `dir`, created (0600) if it has none.
@@ -73,7 +96,7 @@ impl ResumeKey {
         };
         let written = (|| {
             let mut f = new_private_file(&tmp)?;
-            f.write_all(&key.0)?;
+            f.write_all(&key.bytes)?;
             f.sync_all()
         })();
         if let Err(e) = written {
@@ -100,12 +123,16 @@ impl ResumeKey {
             path: path.to_path_buf(),
             len: bytes.len(),
         })?;
-        Ok(ResumeKey(key))
+        Ok(ResumeKey {
+            bytes: key,
+            new: false,
+        })
     }
 
     /// The resume secret of conversation `conv` of `shop`, in hex.
     pub fn secret(&self, shop: &str, conv: &str) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.bytes).expect("HMAC takes any key length");
         mac.update(shop.as_bytes());
         mac.update(&[0]);
         mac.update(conv.as_bytes());
@@ -149,6 +176,12 @@ mod tests {
         let a = ResumeKey::load_or_create(dir.path()).unwrap();
         let b = ResumeKey::load_or_create(dir.path()).unwrap();
         assert_eq!(a.secret("s1", "c1"), b.secret("s1", "c1"));
+        assert_eq!(
+            (a.is_new(), b.is_new()),
+            (true, false),
+            "made once, then read"
+        );
+        assert!(ResumeKey::random().is_new());
         assert_eq!(a.secret("s1", "c1").len(), 64);
         assert_ne!(a.secret("s1", "c1"), a.secret("s1", "c2"));
         assert_ne!(a.secret("s1", "2c"), a.secret("s12", "c"));
