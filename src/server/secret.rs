@@ -70,10 +70,34 @@ impl ResumeKey {
         self.new
     }
 
-    /// The key of data directory `dir`, created (0600) if it has none.
+    /// The key of data directory `dir`, created (0600) if it has none. A
+    /// damaged key file (not 32 bytes: a truncated copy, a disk fault) is
+    /// set aside as `resume.key.damaged-<unix seconds>` and a new key made,
+    /// with a warning: refusing to start was an outage until someone
+    /// deleted the file (found by review), and a new key costs only the
+    /// open conversations' resumes, whose buyers then start anew (see
+    /// [`ResumeKey::is_new`]).
     pub fn load_or_create(dir: &Path) -> Result<ResumeKey, KeyError> {
         let path = dir.join(KEY_FILE);
         match std::fs::read(&path) {
+            Ok(bytes) if bytes.len() != KEY_LEN => {
+                let secs = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let aside = dir.join(format!("{KEY_FILE}.damaged-{secs}"));
+                std::fs::rename(&path, &aside).map_err(|source| KeyError::Io {
+                    what: "set aside the damaged",
+                    path: path.clone(),
+                    source,
+                })?;
+                tracing::warn!(
+                    path = %path.display(),
+                    len = bytes.len(),
+                    aside = %aside.display(),
+                    "the resume key was damaged (not {KEY_LEN} bytes): set aside, a new one is made; \
+                     buyers of the open conversations start new ones"
+                );
+            }
             Ok(bytes) => return ResumeKey::from_file(&path, &bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => {
@@ -198,12 +222,24 @@ mod tests {
         assert_eq!(left.len(), 1, "no temporary file left behind");
     }
 
+    /// A damaged key (empty, short, long) is set aside, not lost, and a new
+    /// one made in its place; the service starts.
     #[test]
-    fn a_damaged_key_is_refused_with_what_to_do() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(KEY_FILE), b"short").unwrap();
-        let e = ResumeKey::load_or_create(dir.path()).unwrap_err();
-        assert!(matches!(e, KeyError::BadLength { len: 5, .. }), "{e}");
-        assert!(e.to_string().contains("delete it"), "{e}");
+    fn a_damaged_key_is_set_aside_and_replaced() {
+        for damaged in [&b""[..], b"short", &[7u8; KEY_LEN + 1]] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join(KEY_FILE), damaged).unwrap();
+            let key = ResumeKey::load_or_create(dir.path()).unwrap();
+            assert!(key.is_new(), "{} bytes", damaged.len());
+            assert_eq!(std::fs::read(dir.path().join(KEY_FILE)).unwrap(), key.bytes);
+            let aside: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| n.starts_with("resume.key.damaged-"))
+                .collect();
+            assert_eq!(aside.len(), 1, "{aside:?}");
+            let kept = std::fs::read(dir.path().join(&aside[0])).unwrap();
+            assert_eq!(kept, damaged, "the damaged key is kept as it was");
+        }
     }
 }
