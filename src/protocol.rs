@@ -462,6 +462,10 @@ pub enum ServerMsg<'a> {
     /// To an agent: the buyer left for good and the conversation is over.
     ConversationClosed {
         conversation: &'a str,
+        /// Why: `expired` (the buyer stayed away past the resume window)
+        /// or `secret_lost` (after a new resume key, the buyer came back
+        /// without a secret that could verify and got a new conversation).
+        reason: &'static str,
     },
     /// To an agent: the buyer connected or disconnected.
     Presence {

@@ -258,6 +258,7 @@ async fn abandoned_conversations_close_after_the_resume_window() {
     let t0 = Instant::now();
     let closed = agent.recv_type("conversation_closed").await;
     assert_eq!(closed["conversation"], conv);
+    assert_eq!(closed["reason"], "expired");
     assert_eq!(t0.elapsed().as_secs(), 600);
     assert_eq!(t.app.stats().conversations, 0);
     // Logged, so that a restart does not bring it back.

@@ -440,6 +440,7 @@ async fn buyers_whose_secret_a_new_key_lost_start_anew() {
             assert_eq!(w["history"], json!([]), "{name}: nothing of the old chat");
             let closed = agent.recv_type("conversation_closed").await;
             assert_eq!(closed["conversation"], "c1", "{name}");
+            assert_eq!(closed["reason"], "secret_lost", "{name}");
             let given = agent.recv_type("conversation_assigned").await;
             assert_eq!(given["conversation"], w["conversation"], "{name}");
             assert_eq!(given["reason"], "new", "{name}");

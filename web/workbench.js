@@ -403,7 +403,10 @@
         c.online = false;
         c.waitingSince = null;
         takeRound(c, {});
-        c.messages.push({ from: "system", text: "买家已离开，会话结束", at: serverNow() });
+        // secret_lost: after a restart with a new resume key the buyer came
+        // back and was given a new conversation (it arrives next).
+        const why = m.reason === "secret_lost" ? "买家已重新进入，服务重启后原会话无法恢复，已转为新会话" : "买家已离开，会话结束";
+        c.messages.push({ from: "system", text: why, at: serverNow() });
         break;
       }
       case "lint_result": {

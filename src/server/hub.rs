@@ -1935,7 +1935,13 @@ impl Hub {
         if let Some(agent) = conv.agent.as_ref().and_then(|a| shop.agents.get_mut(a)) {
             agent.convs.remove(cid);
             if let Some(out) = &agent.online {
-                fx.send(out, &ServerMsg::ConversationClosed { conversation: cid });
+                fx.send(
+                    out,
+                    &ServerMsg::ConversationClosed {
+                        conversation: cid,
+                        reason: note,
+                    },
+                );
             }
         }
     }
