@@ -149,42 +149,14 @@ impl<K: Clone + Eq + Hash> Clock<K> {
             nudged: false,
             breached: false,
         };
-        let mut pending = [None; 3];
-        for alarm in Alarm::ALL {
-            let after = match alarm {
-                Alarm::Holding => match s.holding {
-                    Some(d) => d,
-                    None => continue,
-                },
-                Alarm::Nudge => s.nudge,
-                Alarm::Breach => s.target,
-            };
-            pending[alarm.index()] = Some(now + after);
-        }
-        let mut entry = Entry {
-            round,
-            pending,
-            queued: None,
-        };
-        queue_next(&mut self.queue, &mut self.seq, key, &mut entry);
-        self.rounds.insert(key.clone(), entry);
+        self.open(key, round);
         Started { round, new: true }
     }
 
-    /// Brings back an open round as it was before a restart: `started`
-    /// and the alarms already given (`holding_sent`, `nudged`,
-    /// `breached`); the others stay pending at their usual times, so one
-    /// that fell due while the service was down fires at the next
-    /// [`Clock::pop_due`], once. The deadline follows the current settings.
-    /// Replaces any round of `key`.
-    pub fn resume(&mut self, key: &K, round: Round) {
-        self.remove(key);
+    /// Queues `round` of `key` with every alarm it has not been given yet,
+    /// at its usual time after the round's start.
+    fn open(&mut self, key: &K, round: Round) {
         let s = self.settings;
-        let started = round.started;
-        let round = Round {
-            deadline: started + s.target,
-            ..round
-        };
         let mut pending = [None; 3];
         for alarm in Alarm::ALL {
             let (after, given) = match alarm {
@@ -196,7 +168,7 @@ impl<K: Clone + Eq + Hash> Clock<K> {
                 Alarm::Breach => (s.target, round.breached),
             };
             if !given {
-                pending[alarm.index()] = Some(started + after);
+                pending[alarm.index()] = Some(round.started + after);
             }
         }
         let mut entry = Entry {
@@ -206,6 +178,21 @@ impl<K: Clone + Eq + Hash> Clock<K> {
         };
         queue_next(&mut self.queue, &mut self.seq, key, &mut entry);
         self.rounds.insert(key.clone(), entry);
+    }
+
+    /// Brings back an open round as it was before a restart: `started`
+    /// and the alarms already given (`holding_sent`, `nudged`,
+    /// `breached`); the others stay pending at their usual times, so one
+    /// that fell due while the service was down fires at the next
+    /// [`Clock::pop_due`], once. The deadline follows the current settings.
+    /// Replaces any round of `key`.
+    pub fn resume(&mut self, key: &K, round: Round) {
+        self.remove(key);
+        let round = Round {
+            deadline: round.started + self.settings.target,
+            ..round
+        };
+        self.open(key, round);
     }
 
     /// An agent reply: ends the open round, returning it.

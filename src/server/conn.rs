@@ -24,7 +24,9 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info};
 
-use super::hub::{capture, AgentSession, BuyerSession, CloseOrder, Effects, Outbox, Queued};
+use super::hub::{
+    capture, AgentSession, BuyerSession, CloseOrder, Ctx, Effects, Hub, Outbox, Queued,
+};
 use super::{App, SUGGESTIONS};
 use crate::config::Limits;
 use crate::events::Kind;
@@ -908,15 +910,9 @@ fn agent_reply(
             "`intent` is longer than 128 bytes",
         ));
     }
-    let now = Instant::now();
-    let phrases = app.phrases();
-    let ctx = app.ctx(&phrases);
-    let mut fx = Effects::default();
-    let r = app
-        .hub()
-        .agent_reply(&ctx, s, out, conversation, text, intent, now, &mut fx);
-    app.apply(fx);
-    r
+    in_hub(app, |hub, ctx, now, fx| {
+        hub.agent_reply(ctx, s, out, conversation, text, intent, now, fx)
+    })
 }
 
 fn transfer(
@@ -941,23 +937,25 @@ fn transfer(
             format!("the note has {n} characters; the limit is {MAX_NOTE_CHARS}"),
         ));
     }
-    let now = Instant::now();
-    let phrases = app.phrases();
-    let ctx = app.ctx(&phrases);
-    let mut fx = Effects::default();
-    let r = app
-        .hub()
-        .transfer(&ctx, s, out, conversation, to, note, now, &mut fx);
-    app.apply(fx);
-    r
+    in_hub(app, |hub, ctx, now, fx| {
+        hub.transfer(ctx, s, out, conversation, to, note, now, fx)
+    })
 }
 
 fn rate(app: &App, s: &BuyerSession, out: &Outbox, score: &str) -> Result<(), Refusal> {
-    let now = Instant::now();
+    in_hub(app, |hub, ctx, now, fx| {
+        hub.rate(ctx, s, out, score, now, fx)
+    })
+}
+
+/// Runs one change of the hub under its lock, then delivers what it
+/// produced (frames, events) once the lock is released.
+fn in_hub<R>(app: &App, f: impl FnOnce(&mut Hub, &Ctx, Instant, &mut Effects) -> R) -> R {
     let phrases = app.phrases();
     let ctx = app.ctx(&phrases);
     let mut fx = Effects::default();
-    let r = app.hub().rate(&ctx, s, out, score, now, &mut fx);
+    // The guard is a temporary of this statement: released before `apply`.
+    let r = f(&mut app.hub(), &ctx, Instant::now(), &mut fx);
     app.apply(fx);
     r
 }
