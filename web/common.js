@@ -57,7 +57,7 @@ const kefu = (() => {
 
   /**
    * A WebSocket that says hello on open and comes back after a drop, with a
-   * growing pause (0.5 s doubling to 10 s, at least 5 s after a 1013). `hello()` builds the hello frame
+   * growing pause (0.5 s doubling to 10 s; after a 1013 at least 5 s, 5 s to 7.5 s). `hello()` builds the hello frame
    * at each (re)connect so it can carry a resume secret learned meanwhile.
    * Callbacks: onMessage(obj), onStatus("connecting"|"open"|"closed", detail);
    * "closed" means a reconnect is coming. `stop()` closes for good (sign
@@ -101,9 +101,10 @@ const kefu = (() => {
         // the page has shown its own state (sign-in form, 未连接).
         if (stopped) return;
         onStatus("closed", ev);
-        // 1013: the server asks to come back later. At least 5 s, spread
-        // over ±25 % so the pages it turned away do not return together.
-        const wait = ev.code === 1013 ? Math.max(delay, 5000) * (0.75 + Math.random() / 2) : delay;
+        // 1013: the server asks to come back later. At least 5 s (5 s to
+        // 7.5 s; 10 s to 15 s once the pause has grown), spread so that the
+        // pages it turned away together do not return together.
+        const wait = ev.code === 1013 ? Math.max(delay, 5000) * (1 + Math.random() / 2) : delay;
         timer = setTimeout(open, wait);
         delay = Math.min(delay * 2, 10000);
       });
@@ -222,6 +223,15 @@ const kefu = (() => {
     return out;
   }
 
+  /**
+   * `text` as a plain string with every bidi control character written out
+   * as "[U+202E]": for places that hold no markup (a select's options, a
+   * title), where chatText's badges cannot go.
+   */
+  function visibleText(text) {
+    return String(text == null ? "" : text).replace(BIDI_CONTROLS, (ch) => `[U+${ch.codePointAt(0).toString(16).toUpperCase().padStart(4, "0")}]`);
+  }
+
   /** Shows the connection state in the page header's `#status` badge. */
   function setStatus(kind, text) {
     const s = document.getElementById("status");
@@ -229,5 +239,5 @@ const kefu = (() => {
     s.textContent = text;
   }
 
-  return { el, setStatus, wsUrl, clockTime, pad2, load, save, connect, stageLabel, RATINGS, errorText, chatText };
+  return { el, setStatus, wsUrl, clockTime, pad2, load, save, connect, stageLabel, RATINGS, errorText, chatText, visibleText };
 })();

@@ -4,7 +4,7 @@
 "use strict";
 
 (() => {
-  const { el, setStatus, clockTime, load, save, connect, stageLabel, errorText, chatText } = kefu;
+  const { el, setStatus, clockTime, load, save, connect, stageLabel, errorText, chatText, visibleText } = kefu;
   const $ = (id) => document.getElementById(id);
   const SESSION_KEY = "kefu.agent";
   const LINT_DELAY_MS = 250;
@@ -54,6 +54,15 @@
   let skew = 0;
   /** The shop's other agents: id -> {name, online}, from the welcome and `colleague` frames. */
   const colleagues = new Map();
+  /**
+   * The colleague the agent picked in the open 转接 row (null: none yet).
+   * Only the agent changes it: colleagues going off- and online, or our own
+   * welcome refilling the list, never do, so a transfer only ever goes to
+   * whom the agent chose.
+   */
+  let transferChoice = null;
+  /** Conversations this page transferred: id -> colleague id, to explain a late refusal. */
+  const transferredTo = new Map();
   /** Round timing the server announced (ms); null until it does. */
   let targetMs = null;
   let nudgeMs = null;
@@ -119,7 +128,7 @@
           inflight = [];
           lintSent = null; // its answer will not come: check again when back
           updateComposer();
-          renderTransfer(); // a transfer in flight: the next welcome tells where the conversation is
+          renderTransfer(); // a transfer in flight is forgotten: the next welcome tells where the conversation is
         }
       },
     });
@@ -135,6 +144,7 @@
     save(SESSION_KEY, { shop: s.shop, agent: s.agent }); // forget the token only
     convs.clear();
     colleagues.clear();
+    transferredTo.clear();
     closeTransfer();
     drafts.clear();
     orphanDrafts.clear();
@@ -307,9 +317,15 @@
         if (i >= 0) inflight.splice(i, 1);
         const c = convs.get(m.conversation);
         if (!c) break;
+        transferredTo.set(c.id, m.to);
+        // A reply typed but not sent goes nowhere now (sending was blocked
+        // while the transfer was in flight): show it, with 复制, rather
+        // than drop it with the draft.
+        const unsent = (selected === c.id ? $("reply").value : (drafts.get(c.id) || {}).text || "").trim();
         convs.delete(c.id);
         drafts.delete(c.id);
-        logEvent("info", `已将买家 ${c.buyer} 转接给 ${colleagueName(m.to)}`);
+        logEvent("info", `已将买家 ${c.buyer} 转接给 ${colleagueName(m.to)}${unsent ? `；输入框里未发出的回复：${unsent}` : ""}`);
+        if (unsent) showUnsent(`买家 ${c.buyer} 已转接给 ${colleagueName(m.to)}。输入框里的这条回复没有发给买家，如需要请复制给同事：`, unsent);
         if (selected === c.id) {
           selected = null;
           closeTransfer();
@@ -492,10 +508,24 @@
         else showBanner("error", `转接失败：${text}`);
         return;
       }
-      restoreDraft(entry, text);
       const c = convs.get(entry.conv);
-      logEvent("error", `给买家 ${(c && c.buyer) || entry.buyer} 的回复未发出：${text}`, entry.conv);
-      showBanner("error", `回复未发出：${text}。内容已放回输入框${c && c.waitingSince != null ? "，买家仍在等待回复" : ""}。`, "refused");
+      if (!c) {
+        // The conversation has left this page (transferred, or gone in a
+        // reconnect) while the reply was on its way: there is no box to put
+        // the text back into, so the banner and the log line keep it.
+        const to = transferredTo.get(entry.conv);
+        const where = to ? `已转接给 ${colleagueName(to)}` : "已不在你的会话列表中";
+        logEvent("error", `给买家 ${entry.buyer} 的回复未发出：${text}；会话${where}；回复内容：${entry.text}`);
+        showUnsent(`回复未发出：${text}。买家 ${entry.buyer} 的会话${where}，这条回复没有发给买家：`, entry.text);
+        return;
+      }
+      restoreDraft(entry, text);
+      logEvent("error", `给买家 ${c.buyer} 的回复未发出：${text}`, entry.conv);
+      const waiting = c.waitingSince != null ? "，买家仍在等待回复" : "";
+      // The agent has moved to another conversation meanwhile: say where
+      // the text went, and show it.
+      if (entry.conv !== selected) showUnsent(`回复未发出：${text}。内容已放回买家 ${c.buyer} 会话的输入框${waiting}：`, entry.text);
+      else showBanner("error", `回复未发出：${text}。内容已放回输入框${waiting}。`, "refused");
       return;
     }
     logEvent("error", text);
@@ -561,10 +591,58 @@
     const b = $("banner");
     b.className = `banner ${kind}`;
     b.dataset.tag = tag || "";
-    b.replaceChildren(text, el("button", { class: "btn small", onclick: () => (b.hidden = true) }, "知道了"));
+    b.replaceChildren(...chatText(text), el("button", { class: "btn small", onclick: () => (b.hidden = true) }, "知道了"));
     b.hidden = false;
     clearTimeout(bannerTimer);
     if (kind === "info") bannerTimer = setTimeout(() => (b.hidden = true), 8000);
+  }
+
+  /**
+   * A reply that can no longer go anywhere (its conversation left this
+   * page): a red banner with the text itself and 复制, so the agent can
+   * pass it on. It stays until 知道了 or the next banner; the log line
+   * keeps the text too.
+   */
+  function showUnsent(why, text) {
+    const b = $("banner");
+    b.className = "banner error";
+    b.dataset.tag = "unsent";
+    const copy = el("button", { class: "btn small", type: "button", dataset: { role: "copy" } }, "复制");
+    copy.addEventListener("click", () => copyText(text, copy));
+    b.replaceChildren(
+      ...chatText(why),
+      el("span", { class: "unsent" }, chatText(text)),
+      copy,
+      el("button", { class: "btn small", type: "button", onclick: () => (b.hidden = true) }, "知道了"),
+    );
+    b.hidden = false;
+    clearTimeout(bannerTimer);
+  }
+
+  /** Copies `text` (the clipboard API where the page may use it, else a selected hidden box). */
+  async function copyText(text, button) {
+    let ok = false;
+    try {
+      if (navigator.clipboard && window.isSecureContext) {
+        await navigator.clipboard.writeText(text);
+        ok = true;
+      }
+    } catch {
+      ok = false;
+    }
+    if (!ok) {
+      const box = el("textarea", { class: "copy-buffer", readonly: true, "aria-hidden": "true" });
+      box.value = text;
+      document.body.append(box);
+      box.select();
+      try {
+        ok = document.execCommand("copy");
+      } catch {
+        ok = false;
+      }
+      box.remove();
+    }
+    button.textContent = ok ? "已复制" : "复制失败，请选中文字后按 Ctrl+C";
   }
 
   function logEvent(kind, text, convId) {
@@ -572,7 +650,8 @@
       "li",
       { class: `${kind}${convId ? " link" : ""}`, onclick: convId ? () => select(convId) : null },
       el("time", {}, clockTime(Date.now())),
-      text,
+      // Names, notes and reply texts in log lines: bidi controls shown, as in chat text.
+      chatText(text),
     );
     const list = $("events");
     list.prepend(li);
@@ -668,7 +747,8 @@
   }
 
   function messageNode(c, x) {
-    if (x.from === "system") return el("div", { class: `msg system${x.cls ? ` ${x.cls}` : ""}` }, x.text);
+    // System lines hold a colleague's name and note: bidi controls are shown, as in chat text.
+    if (x.from === "system") return el("div", { class: `msg system${x.cls ? ` ${x.cls}` : ""}` }, chatText(x.text));
     const who = x.from === "buyer" ? `买家 ${c.buyer}` : x.from === "bot" ? "自动回复" : x.mine ? "我" : `客服 ${x.agent || ""}`;
     return el(
       "div",
@@ -777,8 +857,16 @@
   function updateComposer() {
     const c = convs.get(selected);
     const on = !!c && welcomed;
+    // While this conversation's transfer is in flight a reply would reach a
+    // conversation that is about to be the colleague's: not sent.
+    const moving = c ? transferOf(c.id) : null;
     $("reply").disabled = !c;
-    $("send").disabled = !on;
+    $("send").disabled = !on || !!moving;
+    const hint = moving ? `正在转接给 ${colleagueName(moving.to)}，转接完成前不能回复；转接失败时可以继续回复` : "";
+    if ($("send-hint").dataset.text !== hint) {
+      $("send-hint").dataset.text = hint;
+      $("send-hint").replaceChildren(...(hint ? chatText(hint) : []));
+    }
     $("used-intent").textContent = usedIntent ? `已选推荐：${usedIntent}` : "";
   }
 
@@ -860,6 +948,7 @@
     const box = $("reply");
     const text = box.value.trim();
     if (!c || !text) return;
+    if (transferOf(c.id)) return; // being transferred: the hint under the box says so
     const frame = { type: "reply", conversation: c.id, text, intent: usedIntent || null };
     if (!welcomed || !conn || !conn.send(frame)) {
       showBanner("error", "还没有连接到服务器，回复没有发出，内容仍在输入框里；连上后请再发送一次", "offline");
@@ -888,32 +977,50 @@
     return inflight.some((e) => e.kind === "transfer");
   }
 
+  /** The transfer of conversation `id` still in flight, or null. */
+  function transferOf(id) {
+    return inflight.find((e) => e.kind === "transfer" && e.conv === id) || null;
+  }
+
   /**
-   * The 转接 button and form: only online colleagues are offered (the
-   * server refuses the others); the choice is kept while it stays online.
+   * The 转接 button and row. The select offers the colleagues online now
+   * (the server refuses the others) after a 请选择同事 placeholder, plus the
+   * agent's choice when that colleague has gone offline: it stays chosen,
+   * marked （离线）, 确认转接 is disabled and a hint says why; when they are
+   * back it is theirs again. Nothing but the agent changes the choice. The
+   * row stays open (note and choice kept) while the connection is down.
    */
   function renderTransfer() {
     const c = convs.get(selected);
-    const can = !!c && welcomed && !c.closed;
-    $("transfer-open").disabled = !can;
-    if (!can) {
+    $("transfer-open").disabled = !c || !welcomed || !!c.closed;
+    if (!c || c.closed) {
       closeTransfer();
       return;
     }
     const online = [...colleagues].filter(([, x]) => x.online).map(([id]) => id).sort();
+    const away = transferChoice && !online.includes(transferChoice);
+    const ids = away ? [...online, transferChoice] : online;
     const sel = $("transfer-to");
-    const sig = JSON.stringify(online.map((id) => [id, colleagueName(id)]));
+    const options = [["", online.length ? "请选择同事" : "暂无在线同事"], ...ids.map((id) => [id, `${visibleText(colleagueName(id))}${online.includes(id) ? "" : "（离线）"}`])];
+    const sig = JSON.stringify(options);
     if (sel.dataset.sig !== sig) {
-      const keep = sel.value;
       sel.dataset.sig = sig;
-      sel.replaceChildren(
-        ...(online.length ? online.map((id) => el("option", { value: id }, colleagueName(id))) : [el("option", { value: "" }, "暂无在线同事")]),
-      );
-      if (online.includes(keep)) sel.value = keep;
+      sel.replaceChildren(...options.map(([value, label]) => el("option", { value }, label)));
     }
+    if (sel.value !== (transferChoice || "")) sel.value = transferChoice || "";
     const busy = transferPending();
-    $("transfer-send").disabled = busy || !online.length;
+    $("transfer-send").disabled = busy || !welcomed || !transferChoice || away;
     $("transfer-send").textContent = busy ? "转接中…" : "确认转接";
+    let hint = "";
+    if (!welcomed) hint = "连接已断开，连上后才能转接";
+    else if (busy) hint = "";
+    else if (away) hint = `${colleagueName(transferChoice)}现在离线，暂时不能转接；TA 上线后可以继续，也可以改选其他同事`;
+    else if (!online.length) hint = "现在没有在线的同事，请稍后再试";
+    const out = $("transfer-hint");
+    if (out.dataset.text !== hint) {
+      out.dataset.text = hint;
+      out.replaceChildren(...(hint ? chatText(hint) : []));
+    }
   }
 
   function openTransfer() {
@@ -926,14 +1033,18 @@
 
   function closeTransfer() {
     $("transfer").hidden = true;
+    transferChoice = null;
+    $("transfer-to").value = "";
     $("transfer-note").value = "";
     $("transfer-error").textContent = "";
   }
 
   function sendTransfer() {
     const c = convs.get(selected);
-    const to = $("transfer-to").value;
+    const to = transferChoice;
     if (!c || !to || transferPending()) return;
+    // Only to the colleague the agent picked, and only while they are online.
+    if (!colleagues.has(to) || !colleagues.get(to).online) return;
     const note = $("transfer-note").value.trim();
     const frame = { type: "transfer", conversation: c.id, to, note: note || null };
     if (!welcomed || !conn || !conn.send(frame)) {
@@ -943,6 +1054,7 @@
     inflight.push({ kind: "transfer", conv: c.id, buyer: c.buyer, to });
     $("transfer-error").textContent = "";
     renderTransfer();
+    updateComposer();
   }
 
   // ---------- politeness check ----------
@@ -1136,6 +1248,11 @@
   $("send").addEventListener("click", send);
   $("transfer-open").addEventListener("click", () => ($("transfer").hidden ? openTransfer() : closeTransfer()));
   $("transfer-cancel").addEventListener("click", closeTransfer);
+  $("transfer-to").addEventListener("change", () => {
+    transferChoice = $("transfer-to").value || null;
+    $("transfer-error").textContent = "";
+    renderTransfer();
+  });
   $("transfer").addEventListener("submit", (e) => {
     e.preventDefault();
     sendTransfer();
