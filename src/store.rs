@@ -480,12 +480,8 @@ impl Store {
 
     /// [`Store::open`] with another batching policy (tests, tuning).
     pub fn open_with(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError(format!(
-                "cannot create the data directory {}: {e}",
-                dir.display()
-            ))
-        })?;
+        create_data_dir(dir)?;
+        // Before the database: a second service must not even migrate it.
         let lock = lock_dir(dir)?;
         let (path, conn) = open_db(dir)?;
         let (tx, rx) = mpsc::sync_channel(options.queue_capacity.max(1));
@@ -1018,15 +1014,18 @@ impl Reader {
     }
 }
 
-/// Creates the data directory if needed, opens its log for writing and
-/// brings the schema up to date.
-fn open_db(dir: &Path) -> Result<(PathBuf, Connection), StoreError> {
+fn create_data_dir(dir: &Path) -> Result<(), StoreError> {
     std::fs::create_dir_all(dir).map_err(|e| {
         StoreError(format!(
             "cannot create the data directory {}: {e}",
             dir.display()
         ))
-    })?;
+    })
+}
+
+/// Opens the log of the data directory `dir` (which exists) for writing
+/// and brings the schema up to date.
+fn open_db(dir: &Path) -> Result<(PathBuf, Connection), StoreError> {
     let path = dir.join(DB_FILE);
     let mut conn = connect(&path, true)?;
     migrate(&mut conn, &path)?;
@@ -1037,6 +1036,7 @@ fn open_db(dir: &Path) -> Result<(PathBuf, Connection), StoreError> {
 /// events import`; not for a running service, which records through its
 /// handle). Creates and upgrades the log as [`Store::open`] does.
 pub fn import(dir: &Path, events: &[Event]) -> Result<usize, StoreError> {
+    create_data_dir(dir)?;
     let (path, conn) = open_db(dir)?;
     insert_all(&conn, events).map_err(|e| sql_fail("cannot import into", &path, e))
 }

@@ -601,24 +601,6 @@ impl Conv {
             ask: round.and_then(|_| self.last_buyer_text().cloned()),
         }
     }
-
-    fn view<'a>(
-        &'a self,
-        round: Option<&Round>,
-        tb: Timebase,
-        suggestions: &'a [Suggestion],
-    ) -> ConversationView<'a> {
-        ConversationView {
-            conversation: &self.id,
-            buyer: &self.buyer,
-            online: self.buyer_out.is_some(),
-            waiting_since: round.map(|r| tb.ms(r.started)),
-            deadline: round.map(|r| tb.ms(r.deadline)),
-            history: self.lines(),
-            suggestions,
-            rated: self.rated,
-        }
-    }
 }
 
 /// Bytes of history a frame carrying many conversations (a welcome, a
@@ -756,12 +738,33 @@ enum RenderKind {
         clock: ClockView,
         colleagues: Vec<ColleagueSnap>,
     },
-    /// `conversation_assigned` for one conversation,
-    /// `conversations_assigned` for more.
-    Assigned { reason: &'static str },
+    /// `conversation_assigned` for one conversation (with a transfer's
+    /// sender and note), `conversations_assigned` for more.
+    Assigned {
+        reason: &'static str,
+        from: Option<Arc<str>>,
+        note: Option<Arc<str>>,
+    },
 }
 
 impl Render {
+    /// A frame for `agent` of the shop named `shop_name` about `convs`.
+    fn new(
+        ctx: &Ctx,
+        shop_name: &Arc<str>,
+        agent: &Agent,
+        kind: RenderKind,
+        convs: Vec<ConvSnap>,
+    ) -> Render {
+        Render {
+            matcher: ctx.phrases.matcher.clone(),
+            shop_name: shop_name.clone(),
+            agent_name: agent.name.clone(),
+            kind,
+            convs,
+        }
+    }
+
     /// The frame's JSON: the suggestions are matched here.
     pub(crate) fn render(&self) -> Utf8Bytes {
         let fill = Fill {
@@ -807,16 +810,16 @@ impl Render {
                 colleagues: colleagues.iter().map(ColleagueSnap::view).collect(),
                 conversations: views,
             }),
-            RenderKind::Assigned { reason } if views.len() == 1 => {
+            RenderKind::Assigned { reason, from, note } if views.len() == 1 => {
                 let view = views.pop().expect("one view");
                 to_json(&ServerMsg::ConversationAssigned {
                     reason,
-                    from: None,
-                    note: None,
+                    from: from.as_deref(),
+                    note: note.as_deref(),
                     view,
                 })
             }
-            RenderKind::Assigned { reason } => to_json(&ServerMsg::ConversationsAssigned {
+            RenderKind::Assigned { reason, .. } => to_json(&ServerMsg::ConversationsAssigned {
                 reason,
                 conversations: views,
             }),
@@ -1217,24 +1220,16 @@ impl Hub {
             })
             .collect();
         let s = clock.settings();
-        fx.send_later(
-            out,
-            Render {
-                matcher: ctx.phrases.matcher.clone(),
-                shop_name: shop.name.clone(),
-                agent_name: agent.name.clone(),
-                kind: RenderKind::Welcome {
-                    agent: agent_key.clone(),
-                    shop: shop_key.clone(),
-                    clock: ClockView {
-                        target_ms: s.target.as_millis() as u64,
-                        nudge_ms: s.nudge.as_millis() as u64,
-                    },
-                    colleagues,
-                },
-                convs: mine,
+        let kind = RenderKind::Welcome {
+            agent: agent_key.clone(),
+            shop: shop_key.clone(),
+            clock: ClockView {
+                target_ms: s.target.as_millis() as u64,
+                nudge_ms: s.nudge.as_millis() as u64,
             },
-        );
+            colleagues,
+        };
+        fx.send_later(out, Render::new(ctx, &shop.name, agent, kind, mine));
         Ok(AgentSession {
             shop: shop_key,
             agent: agent_key,
@@ -1462,16 +1457,15 @@ impl Hub {
         ev.note = Some(Cow::Borrowed("transferred"));
         ev.text = note.map(Arc::from);
         fx.events.push(ev);
-        let round = clock.round(&conv.id);
-        let suggestions = suggestions_for(conv, round, ctx, &shop.name, receiver.name.as_deref());
-        fx.send(
+        let kind = RenderKind::Assigned {
+            reason: "transferred",
+            from: Some(s.agent.clone()),
+            note: note.map(Arc::from),
+        };
+        let snap = conv.snapshot(clock.round(&conv.id), ctx.tb, usize::MAX);
+        fx.send_later(
             &to_out,
-            &ServerMsg::ConversationAssigned {
-                reason: "transferred",
-                from: Some(&s.agent),
-                note,
-                view: conv.view(round, ctx.tb, &suggestions),
-            },
+            Render::new(ctx, &shop.name, receiver, kind, vec![snap]),
         );
         fx.send(
             out,
@@ -2057,18 +2051,13 @@ fn assign(
     ev.note = Some(Cow::Borrowed(reason));
     fx.events.push(ev);
     if let Some(out) = agent.online.as_ref().filter(|_| tell) {
-        let round = clock.round(&conv.id);
-        let suggestions = suggestions_for(conv, round, ctx, &shop.name, agent.name.as_deref());
-        let view = conv.view(round, ctx.tb, &suggestions);
-        fx.send(
-            out,
-            &ServerMsg::ConversationAssigned {
-                reason,
-                from: None,
-                note: None,
-                view,
-            },
-        );
+        let kind = RenderKind::Assigned {
+            reason,
+            from: None,
+            note: None,
+        };
+        let snap = conv.snapshot(clock.round(&conv.id), ctx.tb, usize::MAX);
+        fx.send_later(out, Render::new(ctx, &shop.name, agent, kind, vec![snap]));
     }
 }
 
@@ -2111,39 +2100,13 @@ fn tell_assigned(
         if theirs.is_empty() {
             continue;
         }
-        fx.send_later(
-            out,
-            Render {
-                matcher: ctx.phrases.matcher.clone(),
-                shop_name: shop.name.clone(),
-                agent_name: agent.name.clone(),
-                kind: RenderKind::Assigned { reason },
-                convs: theirs,
-            },
-        );
+        let kind = RenderKind::Assigned {
+            reason,
+            from: None,
+            note: None,
+        };
+        fx.send_later(out, Render::new(ctx, &shop.name, agent, kind, theirs));
     }
-}
-
-/// Suggestions for the latest buyer message while the buyer waits.
-fn suggestions_for(
-    conv: &Conv,
-    round: Option<&Round>,
-    ctx: &Ctx,
-    shop_name: &str,
-    agent_name: Option<&str>,
-) -> Vec<Suggestion> {
-    if round.is_none() {
-        return Vec::new();
-    }
-    let Some(text) = conv.last_buyer_text() else {
-        return Vec::new();
-    };
-    let fill = Fill {
-        shop: shop_name,
-        agent: agent_name.unwrap_or(""),
-        buyer: "",
-    };
-    ctx.phrases.matcher.suggest(text, SUGGESTIONS, &fill)
 }
 
 /// The bot says `text` in `conv`: history, buyer, agent, event.
@@ -2829,12 +2792,6 @@ mod tests {
             .collect()
     }
 
-    /// A transfer: only of a conversation the sender holds, only to
-    /// another agent of the same shop who is connected. On success the
-    /// conversation is the receiver's, told with who sent it and the note;
-    /// the sender is told it left; the buyer gets one polite bot line; the
-    /// round goes on unanswered with its deadline; the log has an `assign`
-    /// event noted `transferred`. A refusal changes nothing.
     /// A shop's own `transfer` template is what the buyer reads, filled
     /// with the shop and the receiving colleague's name.
     #[test]
@@ -2862,6 +2819,12 @@ mod tests {
         assert_eq!(last.note, Some("transferred"));
     }
 
+    /// A transfer: only of a conversation the sender holds, only to
+    /// another agent of the same shop who is connected. On success the
+    /// conversation is the receiver's, told with who sent it and the note;
+    /// the sender is told it left; the buyer gets one polite bot line; the
+    /// round goes on unanswered with its deadline; the log has an `assign`
+    /// event noted `transferred`. A refusal changes nothing.
     #[test]
     fn transfers_go_only_to_a_connected_colleague_and_keep_the_round() {
         use ErrorCode::*;
