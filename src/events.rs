@@ -535,6 +535,10 @@ pub(crate) fn parse_parallel<'a, R: Send>(
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(8);
+    // A byte-order mark (files saved by Windows tools) is not part of the
+    // first line; stripped here so every reader of whole files agrees
+    // (`kefu report --events` once lost the first event of such a file).
+    let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
     let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
     let mut cuts = vec![0];
     for k in 1..threads {
@@ -579,9 +583,6 @@ pub(crate) fn parse_parallel<'a, R: Send>(
 /// lines is mostly JSON parsing. Events come back in file order, bad lines
 /// in line order, and a line that is not UTF-8 is a bad line, not a failure.
 pub fn parse_jsonl_bytes(bytes: &[u8], fields: Fields, bad: impl FnMut(BadLine)) -> Vec<Event> {
-    // A byte-order mark (files saved by Windows tools) is not part of the
-    // first line.
-    let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
     let parts = parse_parallel(
         bytes,
         |chunk| {

@@ -138,8 +138,10 @@ pub const LOCK_FILE: &str = "kefu.lock";
 /// clocks twice (two holding replies, two breaches per round: found by
 /// review), and neither would see what the other does after it started.
 /// An advisory lock (`flock`) the kernel drops when the process ends,
-/// even by `kill -9`; readers (reports, export) do not take it.
-fn lock_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
+/// even by `kill -9`; readers (reports, export) do not take it, `kefu events
+/// import` does. `refused` words the refusal, given who holds the lock
+/// (` (process N)`, or nothing when the file does not say).
+fn lock_dir(dir: &Path, refused: impl FnOnce(&str) -> String) -> Result<std::fs::File, StoreError> {
     use std::io::{Read, Seek, Write};
     let path = dir.join(LOCK_FILE);
     let fail = |what: &str, e: std::io::Error| {
@@ -163,12 +165,7 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
             } else {
                 format!(" (process {holder})")
             };
-            return Err(StoreError(format!(
-                "another kefu serve is using the data directory {}{who}: stop it first, \
-                 or give this one another --data (two services on one log would both \
-                 restore and time the same conversations)",
-                dir.display()
-            )));
+            return Err(StoreError(refused(&who)));
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(fail("lock", e)),
     }
@@ -482,7 +479,14 @@ impl Store {
     pub fn open_with(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
         create_data_dir(dir)?;
         // Before the database: a second service must not even migrate it.
-        let lock = lock_dir(dir)?;
+        let lock = lock_dir(dir, |who| {
+            format!(
+                "another kefu serve is using the data directory {}{who}: stop it first, \
+                 or give this one another --data (two services on one log would both \
+                 restore and time the same conversations)",
+                dir.display()
+            )
+        })?;
         let (path, conn) = open_db(dir)?;
         let (tx, rx) = mpsc::sync_channel(options.queue_capacity.max(1));
         let shared = Arc::new(Shared {
@@ -1037,6 +1041,15 @@ fn open_db(dir: &Path) -> Result<(PathBuf, Connection), StoreError> {
 /// handle). Creates and upgrades the log as [`Store::open`] does.
 pub fn import(dir: &Path, events: &[Event]) -> Result<usize, StoreError> {
     create_data_dir(dir)?;
+    // Not beside a running service (found by review): it would not see the
+    // imported events, and its own writer shares the file.
+    let _lock = lock_dir(dir, |who| {
+        format!(
+            "cannot import into {}: a kefu serve is using it{who}; stop it, import, then \
+             start it again",
+            dir.display()
+        )
+    })?;
     let (path, conn) = open_db(dir)?;
     insert_all(&conn, events).map_err(|e| sql_fail("cannot import into", &path, e))
 }

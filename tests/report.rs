@@ -1063,6 +1063,10 @@ fn lines_not_utf8_anywhere_are_bad_and_a_bom_is_not_a_line() {
     let with_bom = format!("\u{feff}{good}\n");
     let read = events::read_jsonl(with_bom.as_bytes(), |b| panic!("{b}")).unwrap();
     assert_eq!(read.len(), 1);
+    // And the reader `kefu report --events` uses (found by the twelfth
+    // session's review: it lost the first event of such a file).
+    let recs = report::Records::from_jsonl(with_bom.as_bytes(), |b| panic!("{b}"));
+    assert_eq!(recs.len(), 1);
 }
 
 /// Found by review: a reply at exactly 30.000 s counts within 30 s but was

@@ -556,3 +556,57 @@ fn a_data_directory_serves_one_store_at_a_time() {
     first.close().unwrap();
     Store::open(dir.path()).unwrap().close().unwrap();
 }
+
+/// Found by review: `kefu events import` of a file with bad lines imported
+/// the good ones and exited 0, so fixing the file and importing it again
+/// doubled every event of the first attempt; and it wrote into the log of a
+/// running service. Now a bad line means nothing is imported (unless
+/// `--skip-bad`), and a running service's directory is refused.
+#[test]
+fn import_is_all_or_nothing_and_not_beside_a_running_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mixed.jsonl");
+    let good = |c: &str| {
+        format!(
+            r#"{{"ts":"2026-11-20T10:00:00+08:00","shop":"s1","conversation":"{c}","buyer":"b1","kind":"buyer","text":"在吗"}}"#
+        )
+    };
+    std::fs::write(&file, format!("{}\nnot json\n{}\n", good("c1"), good("c2"))).unwrap();
+    let f = file.to_str().unwrap();
+    let data = dir.path().join("data");
+    let d = data.to_str().unwrap();
+    let count =
+        |d: &Path| store::Reader::open(d).map_or(0, |r| r.events(&Query::default()).unwrap().len());
+
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kefu"))
+            .args(args)
+            .env_remove("KEFU_DATA")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["events", "import", f, "--data", d]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&format!("{f}:2: bad line")), "{err}");
+    assert!(err.contains("1 bad line(s), nothing imported"), "{err}");
+    assert!(err.contains("--skip-bad"), "{err}");
+    assert_eq!(count(&data), 0);
+
+    let (_, err) = kefu(&["events", "import", f, "--data", d, "--skip-bad"]);
+    assert!(err.contains("2 event(s) imported"), "{err}");
+    assert_eq!(count(&data), 2);
+
+    // Beside a running service: refused, nothing written.
+    let store = Store::open(&data).unwrap();
+    std::fs::write(&file, format!("{}\n", good("c3"))).unwrap();
+    let out = run(&["events", "import", f, "--data", d]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("a kefu serve is using it"), "{err}");
+    store.close().unwrap();
+    assert_eq!(count(&data), 2);
+    let (_, err) = kefu(&["events", "import", f, "--data", d]);
+    assert!(err.contains("1 event(s) imported"), "{err}");
+    assert_eq!(count(&data), 3);
+}

@@ -102,6 +102,11 @@ pub struct ExportArgs {
 pub struct ImportArgs {
     /// JSON-lines file (`-` for standard input).
     pub file: PathBuf,
+    /// Import the good lines of a file that has bad ones. Without it a file
+    /// with any bad line imports nothing: fixing the lines and importing
+    /// again would otherwise double every event of the first attempt.
+    #[arg(long)]
+    pub skip_bad: bool,
     #[command(flatten)]
     pub data: DataDir,
 }
@@ -255,11 +260,28 @@ fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
 
 fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let bytes = read_bytes(&args.file)?;
-    let events = parse_reporting(
-        &args.file,
-        |bad| events::parse_jsonl_bytes(&bytes, Fields::All, bad),
-        Vec::len,
-    );
+    let name = args.file.display().to_string();
+    let mut bad = 0usize;
+    let events = events::parse_jsonl_bytes(&bytes, Fields::All, |b| {
+        bad += 1;
+        let what = if args.skip_bad { "skipped" } else { "bad line" };
+        eprintln!("{name}:{}: {what}: {}", b.line, b.error);
+    });
+    if bad > 0 && !args.skip_bad {
+        // All or nothing: a half-imported file cannot be fixed and imported
+        // again without doubling what went in the first time.
+        anyhow::bail!(
+            "{name}: {bad} bad line(s), nothing imported: fix them and import the file again, \
+             or pass --skip-bad to import its {} good event(s) only",
+            events.len()
+        );
+    }
+    if bad > 0 {
+        eprintln!(
+            "{name}: {bad} bad line(s) skipped, {} event(s) read",
+            events.len()
+        );
+    }
     let n = store::import(&args.data.dir, &events)?;
     eprintln!("{n} event(s) imported into {}", args.data.dir.display());
     Ok(ExitCode::SUCCESS)
