@@ -857,11 +857,17 @@ fn buyer_message(app: &App, s: &BuyerSession, text: String) -> Result<(), Refusa
     check_text(&text, &app.config().limits)?;
     // One copy, shared by the history and the event.
     let text: Arc<str> = Arc::from(text);
-    let now = Instant::now();
     let phrases = app.phrases();
     let ctx = app.ctx(&phrases);
     let mut fx = Effects::default();
-    let plan = app.hub().buyer_message(&ctx, s, &text, now, &mut fx)?;
+    // The time is read once the lock is held (the receiver is evaluated
+    // before the arguments), as `in_hub` does: read before it, a reply that
+    // took the lock first could be stamped later than this message though
+    // the hub saw it earlier, and the report would call the round answered
+    // while the live clock kept it open (found by review).
+    let plan = app
+        .hub()
+        .buyer_message(&ctx, s, &text, Instant::now(), &mut fx)?;
     // Matching and serialising happen outside the lock.
     let fill = Fill {
         shop: &plan.shop_name,
@@ -1240,6 +1246,65 @@ mod tests {
         assert!(
             matches!(closed, Ok(Ok(()))),
             "the connection did not close on shutdown"
+        );
+    }
+
+    /// A buyer message is stamped with a time read under the hub lock, so
+    /// its order in time is the order the hub handled it in. Fails with the
+    /// time read before the lock: the message waits 50 ms for it here.
+    #[test]
+    fn a_buyer_message_is_stamped_under_the_hub_lock() {
+        use crate::config::{AgentConfig, ShopConfig};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _rt = rt.enter();
+        let mut config = crate::config::Config {
+            phrases: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("phrases"),
+            ..Default::default()
+        };
+        let mut shop = ShopConfig::default();
+        shop.agents.insert(
+            "a1".into(),
+            AgentConfig {
+                token: "t1".into(),
+                name: None,
+            },
+        );
+        config.shops.insert("s1".into(), shop);
+        let app = App::new(config, crate::store::StoreHandle::default()).unwrap();
+        let (agent_out, mut agent_rx, _) = Outbox::new(1, 64);
+        let (buyer_out, _buyer_rx, _) = Outbox::new(2, 64);
+        let session = in_hub(&app, |hub, ctx, now, fx| {
+            hub.agent_hello(ctx, "s1", "a1", Some("t1"), &agent_out, now, fx)
+                .unwrap();
+            hub.buyer_hello(ctx, "s1", "b1", None, &buyer_out, now, fx)
+                .unwrap()
+        });
+        let tb = app.timebase();
+        let (released_ms, sent) = {
+            let held = app.hub();
+            let app2 = app.clone();
+            let sender = std::thread::spawn(move || buyer_message(&app2, &session, "在吗".into()));
+            std::thread::sleep(Duration::from_millis(50));
+            let released_ms = tb.ms(Instant::now());
+            drop(held);
+            (released_ms, sender.join().unwrap())
+        };
+        sent.unwrap();
+        let mut at = None;
+        while let Ok(q) = agent_rx.try_recv() {
+            let v: serde_json::Value = serde_json::from_str(q.frame.text().as_str()).unwrap();
+            if v["type"] == "buyer_message" {
+                at = v["at"].as_i64();
+            }
+        }
+        let at = at.expect("the agent got the buyer message");
+        assert!(
+            at >= released_ms,
+            "stamped {} ms before the hub let it in",
+            released_ms - at
         );
     }
 
