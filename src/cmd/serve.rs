@@ -79,6 +79,8 @@ pub struct ServeArgs {
     )]
     pub timezone: Option<String>,
     /// Log filter, e.g. `info` or `kefu=debug` [default: info, or RUST_LOG].
+    /// The WebSocket library never logs below `debug` (at `trace` it would
+    /// log every frame: tokens, resume secrets, chat text).
     #[arg(long, env = "KEFU_LOG", value_name = "FILTER")]
     pub log: Option<String>,
 }
@@ -132,20 +134,41 @@ impl ServeArgs {
 /// drop the bad directive and leave a service that logs nothing, not even
 /// the address it listens on.
 fn init_logging(filter: Option<&str>) -> anyhow::Result<()> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    // Another subcommand (or a test) may have set one up already.
+    let _ = tracing_subscriber::registry()
+        .with(log_filter(filter)?)
+        .with(quiet_transport())
+        .with(fmt)
+        .try_init();
+    Ok(())
+}
+
+/// The WebSocket library logs every frame it reads and writes at `trace`:
+/// agents' tokens in their `hello`, buyers' resume secrets, every chat
+/// line (found by review, with `--log trace`). A second filter, which every
+/// event must pass besides `--log`'s, caps it at `debug` whatever `--log`
+/// asks for.
+fn quiet_transport() -> tracing_subscriber::filter::Targets {
+    use tracing::Level;
+    tracing_subscriber::filter::Targets::new()
+        .with_default(Level::TRACE)
+        .with_target("tungstenite", Level::DEBUG)
+        .with_target("tokio_tungstenite", Level::DEBUG)
+}
+
+fn log_filter(filter: Option<&str>) -> anyhow::Result<tracing_subscriber::EnvFilter> {
     use tracing_subscriber::EnvFilter;
-    let filter = match filter {
+    Ok(match filter {
         Some(f) => EnvFilter::try_new(f).with_context(|| {
             format!("--log {f:?} is not a log filter; give e.g. `info`, `warn` or `kefu=debug`")
         })?,
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-    };
-    // Another subcommand (or a test) may have set one up already.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-    Ok(())
+    })
 }
 
 /// File descriptors kept for the event log, phrase reloads, accepting,
@@ -262,4 +285,60 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     store.close().context("cannot close the event log")?;
     served?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    /// (filter, target, level, logged?): the transport never logs its
+    /// frames (tokens, secrets, chat text), even when asked to.
+    #[test]
+    fn the_transport_never_logs_frames() {
+        let cases: &[(&str, &str, Level, bool)] = &[
+            ("trace", "tungstenite::protocol", Level::TRACE, false),
+            ("trace", "tungstenite::protocol", Level::DEBUG, true),
+            ("trace", "tokio_tungstenite", Level::TRACE, false),
+            (
+                "tungstenite=trace",
+                "tungstenite::protocol",
+                Level::TRACE,
+                false,
+            ),
+            ("trace", "kefu::server", Level::TRACE, true),
+            ("info", "tungstenite::protocol", Level::DEBUG, false),
+            ("info", "kefu::server", Level::INFO, true),
+        ];
+        for &(filter, target, level, want) in cases {
+            let subscriber = tracing_subscriber::registry()
+                .with(super::log_filter(Some(filter)).unwrap())
+                .with(super::quiet_transport());
+            let got = tracing::subscriber::with_default(subscriber, || {
+                // `enabled!` needs a literal target; ask the filter directly.
+                tracing::dispatcher::get_default(|d| {
+                    d.enabled(&tracing::Metadata::new(
+                        "probe",
+                        target,
+                        level,
+                        None,
+                        None,
+                        None,
+                        tracing::field::FieldSet::new(&[], tracing::callsite::Identifier(&PROBE)),
+                        tracing::metadata::Kind::EVENT,
+                    ))
+                })
+            });
+            assert_eq!(got, want, "{filter}: {target} at {level}");
+        }
+    }
+
+    struct Probe;
+    impl tracing::Callsite for Probe {
+        fn set_interest(&self, _: tracing::subscriber::Interest) {}
+        fn metadata(&self) -> &tracing::Metadata<'_> {
+            unimplemented!("not registered")
+        }
+    }
+    static PROBE: Probe = Probe;
 }
