@@ -1097,3 +1097,31 @@ fn a_reply_at_exactly_thirty_seconds_is_drawn_within_thirty() {
         .collect();
     assert_eq!(filled, [(0, 1), (25, 1), (30, 1), (600, 1)]);
 }
+
+/// Found by review: a mistyped `--shop` (ids are case-sensitive) gave an
+/// all-zero report and nothing else, which reads as a quiet day.
+#[test]
+fn cli_names_a_shop_with_no_events() {
+    let file = fixture("rounds.jsonl");
+    let f = file.to_str().unwrap();
+    let (_, err, ok) = kefu(&["report", "--events", f]);
+    assert!(ok, "{err}");
+    assert!(!err.contains("no events of shop"), "{err}");
+    let shop = events::read_jsonl(
+        std::io::BufReader::new(std::fs::File::open(&file).unwrap()),
+        |b| panic!("{b}"),
+    )
+    .unwrap()[0]
+        .shop
+        .clone();
+    let (_, err, ok) = kefu(&["report", "--events", f, "--shop", &shop]);
+    assert!(ok, "{err}");
+    assert!(!err.contains("no events of shop"), "{err}");
+    let upper = shop.to_uppercase();
+    let (_, err, ok) = kefu(&["report", "--events", f, "--shop", &upper]);
+    assert!(ok, "an empty report is still a report: {err}");
+    assert!(
+        err.contains(&format!("no events of shop `{upper}`")) && err.contains(&*shop),
+        "{err}"
+    );
+}

@@ -395,8 +395,10 @@
 
   // ---------- CSV ----------
 
+  /** As the CLI's: a cell that starts like a formula gets a leading ' (an agent named =HYPERLINK(...) stays text). */
   function csvCell(v) {
-    const t = v === null || v === undefined ? "" : String(v);
+    let t = v === null || v === undefined ? "" : String(v);
+    if (/^[=+\-@\t\r]/.test(t)) t = `'${t}`;
     return /[",\n\r]/.test(t) ? `"${t.replace(/"/g, '""')}"` : t;
   }
 

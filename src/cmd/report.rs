@@ -255,6 +255,9 @@ fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     })?;
     out.flush().context("cannot write to standard output")?;
     eprintln!("{n} event(s) exported");
+    if let (0, Some(shop)) = (n, &q.shop) {
+        eprintln!("note: no events of shop `{shop}` in this window (shop ids are case-sensitive)");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -328,6 +331,21 @@ pub fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
             "buyer messages without a stage are ranked with the phrase libraries (--phrases DIR)",
         )?;
         opts.matcher = Some(Arc::new(Matcher::new(&lib)?));
+    }
+    if let Some(shop) = &opts.shop {
+        let shops = records.shops();
+        if !shops.contains(&shop.as_str()) {
+            // An empty report for a mistyped shop looks like a quiet day.
+            let seen = match (&args.events, shops.is_empty()) {
+                (Some(file), false) => {
+                    format!("; shops in {}: {}", file.display(), shops.join(", "))
+                }
+                _ => String::new(),
+            };
+            eprintln!(
+                "note: no events of shop `{shop}` in this window (shop ids are case-sensitive){seen}"
+            );
+        }
     }
     let r = report::compute_records(&records, &opts);
     let text = match args.format {

@@ -105,6 +105,14 @@ impl<'a> Records<'a> {
         self.recs.is_empty()
     }
 
+    /// The shops these events belong to, sorted.
+    pub fn shops(&self) -> Vec<&str> {
+        let ids: std::collections::BTreeSet<u32> = self.recs.iter().map(|r| r.shop).collect();
+        let mut shops: Vec<&str> = ids.into_iter().map(|id| self.names.get(id)).collect();
+        shops.sort_unstable();
+        shops
+    }
+
     /// Adds one event; drops the text unless its stage must be ranked.
     pub fn push(&mut self, f: RecordFields<'a>) {
         let stage = self.names.intern_opt(f.stage);

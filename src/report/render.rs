@@ -127,7 +127,18 @@ pub fn to_table(report: &Report, by: Option<GroupBy>) -> String {
     out
 }
 
+/// A text cell for a spreadsheet. One that starts like a formula (`=`, `+`,
+/// `-`, `@`, tab or carriage return) gets a leading `'`, so an agent or
+/// shop named `=HYPERLINK(...)` is shown as text, not run (found by
+/// review). Figures never start so: they are not negative.
 fn csv_field(out: &mut String, s: &str) {
+    let guarded;
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        guarded = format!("'{s}");
+        guarded.as_str()
+    } else {
+        s
+    };
     if s.contains([',', '"', '\n', '\r']) {
         out.push('"');
         out.push_str(&s.replace('"', "\"\""));
@@ -180,4 +191,35 @@ pub fn to_csv(report: &Report, by: Option<GroupBy>) -> String {
         csv_row(&mut out, by, &g.key, &g.figures);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    /// (key, cell): quoting and formula guard of a text cell.
+    #[test]
+    fn csv_text_cells() {
+        let cases = [
+            ("a1", "a1"),
+            ("小美", "小美"),
+            ("a,b", "\"a,b\""),
+            ("say \"hi\"", "\"say \"\"hi\"\"\""),
+            ("two\nlines", "\"two\nlines\""),
+            (
+                "=HYPERLINK(\"http://x\")",
+                "\"'=HYPERLINK(\"\"http://x\"\")\"",
+            ),
+            ("+1", "'+1"),
+            ("-1", "'-1"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\tx", "'\tx"),
+            ("\rx", "\"'\rx\""),
+            ("a=b", "a=b"),
+            ("", ""),
+        ];
+        for (key, want) in cases {
+            let mut out = String::new();
+            super::csv_field(&mut out, key);
+            assert_eq!(out, want, "{key:?}");
+        }
+    }
 }
