@@ -302,6 +302,11 @@ pub enum Author {
     Buyer,
     Agent,
     Bot,
+    /// The service, for staff only: a transfer's record (`note`
+    /// `transferred`: `agent` handed the conversation to `to`, `text` the
+    /// sender's note, empty when they wrote none). Agents see it wherever
+    /// history travels; the buyer never does (see `Conv::buyer_lines`).
+    System,
 }
 
 /// One line of a conversation's history.
@@ -310,6 +315,9 @@ pub struct Line<'a> {
     pub from: Author,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent: Option<&'a str>,
+    /// The receiving agent of a transfer's `system` line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<&'a str>,
     pub text: &'a str,
     pub at: i64,
     #[serde(skip_serializing_if = "Option::is_none")]

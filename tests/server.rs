@@ -1127,3 +1127,136 @@ async fn an_agent_transfers_a_conversation_to_a_colleague() {
     assert_eq!(groups, [("a2".to_string(), 1, 0)]);
     t.stop().await;
 }
+
+/// The staff-only history lines (`from: "system"`) of a history, as
+/// (sender, receiver, note) each.
+fn transfer_lines(history: &serde_json::Value) -> Vec<(String, String, String)> {
+    history
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["from"] == "system")
+        .map(|l| {
+            assert_eq!(l["note"], "transferred", "{l}");
+            let s = |k: &str| l[k].as_str().unwrap_or("?").to_string();
+            (s("agent"), s("to"), s("text"))
+        })
+        .collect()
+}
+
+/// The next frame's raw text: privacy checks look at what was sent, not
+/// only at the fields a parser picks.
+async fn raw_text(c: &mut common::Client) -> String {
+    match c.next_frame().await {
+        Some(Message::Text(t)) => t.as_str().to_string(),
+        other => panic!("expected a text frame, got {other:?}"),
+    }
+}
+
+/// A transfer's note stays with the conversation for agents: a1 hands
+/// the buyer to a2 with a note; a2's reload still has it as a staff-only
+/// history line (who, to whom, when, the note); a2 hands it on to a3
+/// without a note (a marker line, so a3 sees who sent it) and a3 sees
+/// both; a grouped move to a2 carries both. The buyer sees none of it: not
+/// in the frames of the transfers, not in the resumed welcome's raw text.
+#[tokio::test]
+async fn a_transfer_note_stays_in_the_history_for_agents_only() {
+    const NOTE: &str = "买家要退款，订单已核对";
+    let t = spawn_app().await;
+    let (mut a1, _) = t.agent("a1").await;
+    let (mut a2, _) = t.agent("a2").await;
+    let (mut a3, _) = t.agent("a3").await;
+    let (mut buyer, welcome, _) = t.buyer("b1").await;
+    let conv = welcome["conversation"].as_str().unwrap().to_string();
+    let secret = welcome["resume"].as_str().unwrap().to_string();
+    a1.recv_type("conversation_assigned").await;
+    buyer
+        .send(json!({"type":"message","text":"我要退款"}))
+        .await;
+    a1.recv_type("buyer_message").await;
+
+    a1.send(json!({"type":"transfer","conversation":conv,"to":"a2","note":NOTE}))
+        .await;
+    let done = a1.recv_type("conversation_transferred").await;
+    let at = done["at"].as_i64().unwrap();
+    let got = a2.recv_type("conversation_assigned").await;
+    // The frame's own fields as before, and the line in its history.
+    assert_eq!((&got["from"], &got["note"]), (&json!("a1"), &json!(NOTE)));
+    assert_eq!(
+        got["history"].as_array().unwrap().last().unwrap(),
+        &json!({"from":"system","agent":"a1","to":"a2","text":NOTE,"at":at,"note":"transferred"})
+    );
+    let mut to_buyer = vec![raw_text(&mut buyer).await];
+
+    // a2 reloads the workbench: the note is still there.
+    let (mut a2, w2) = t.agent("a2").await;
+    let history = &w2["conversations"][0]["history"];
+    let one = vec![("a1".to_string(), "a2".to_string(), NOTE.to_string())];
+    assert_eq!(transfer_lines(history), one, "{w2}");
+
+    // On to a3 without a note: a marker line; a3 sees both.
+    a2.send(json!({"type":"transfer","conversation":conv,"to":"a3","note":""}))
+        .await;
+    a2.recv_type("conversation_transferred").await;
+    let got = a3.recv_type("conversation_assigned").await;
+    assert!(got.get("note").is_none(), "{got}");
+    let both = vec![
+        one[0].clone(),
+        ("a2".to_string(), "a3".to_string(), String::new()),
+    ];
+    assert_eq!(transfer_lines(&got["history"]), both);
+    to_buyer.push(raw_text(&mut buyer).await);
+    for told in &to_buyer {
+        assert!(told.contains(r#""note":"transferred""#), "{told}");
+    }
+
+    // The buyer's frames and resumed welcome: no staff line, no note.
+    buyer.send(json!({"type":"message","text":"还在吗"})).await;
+    a3.recv_type("buyer_message").await;
+    let mut back = t.connect().await;
+    back.send(json!({"type":"hello","role":"buyer","shop":"s1","buyer":"b1","resume":secret}))
+        .await;
+    let raw = raw_text(&mut back).await;
+    let parsed: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(parsed["resumed"], true, "{raw}");
+    assert!(transfer_lines(&parsed["history"]).is_empty(), "{raw}");
+    let (before, _) = buyer.expect_close().await;
+    to_buyer.extend(before.iter().map(|v| v.to_string()));
+    to_buyer.push(raw.clone());
+    for frame in &to_buyer {
+        for secret_bit in ["买家要退款", "订单已核对", "system", r#""to":"#] {
+            assert!(!frame.contains(secret_bit), "{secret_bit} in {frame}");
+        }
+    }
+    // What the buyer does see: the chat and the bot's transfer lines.
+    let froms: Vec<&str> = parsed["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["from"].as_str().unwrap())
+        .collect();
+    assert_eq!(froms, ["bot", "buyer", "bot", "bot", "buyer"], "{raw}");
+
+    // A grouped move: b2 comes to a1, who hands it to a3 too and leaves;
+    // then a3 leaves, and a2, the one agent online, gets both in one
+    // frame, b1's with both lines.
+    let (_b2, w, _) = t.buyer("b2").await;
+    let conv2 = w["conversation"].as_str().unwrap().to_string();
+    a1.recv_type("conversation_assigned").await;
+    a1.send(json!({"type":"transfer","conversation":conv2,"to":"a3","note":"第二位"}))
+        .await;
+    a1.recv_type("conversation_transferred").await;
+    // (after the buyer's `presence` of the resume)
+    a3.recv_until("conversation_assigned").await;
+    a1.close().await;
+    a3.close().await;
+    let moved = a2.recv_until("conversations_assigned").await;
+    let b1 = moved["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["conversation"] == json!(conv))
+        .expect("b1 moved");
+    assert_eq!(transfer_lines(&b1["history"]), both, "{moved}");
+    t.stop().await;
+}

@@ -555,3 +555,105 @@ async fn a_second_restart_within_the_renewed_window_keeps_the_conversation() {
         );
     }
 }
+
+/// A transfer's note is kept through a restart, for agents only: a1
+/// hands the buyer to a2 with a note, a2 to a3 without one; after the
+/// restart a3's welcome has the history a3 was given live, both
+/// staff-only lines included (rebuilt from the `assign` events), and the
+/// buyer's resumed welcome has neither, nor the note anywhere in its raw
+/// text. The lines are no events: the report is the same before and after
+/// the restart, the unanswered round the last receiver's.
+#[tokio::test]
+async fn a_restart_keeps_the_transfer_notes_for_agents_only() {
+    use futures_util::StreamExt;
+    use kefu::report::GroupBy;
+    use tokio_tungstenite::tungstenite::Message;
+
+    const NOTE: &str = "买家要退款，订单已核对";
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config();
+    // The shutdown disconnects everyone: nothing moves on meanwhile.
+    config.limits.agent_grace = Duration::from_secs(600);
+    let (t, store, _) = spawn_app_on_data(config.clone(), dir.path()).await;
+    let (mut a1, _) = t.agent("a1").await;
+    let (mut a2, _) = t.agent("a2").await;
+    let (mut a3, _) = t.agent("a3").await;
+    let (mut buyer, welcome, _) = t.buyer("b1").await;
+    let conv = welcome["conversation"].as_str().unwrap().to_string();
+    let secret = welcome["resume"].as_str().unwrap().to_string();
+    a1.recv_type("conversation_assigned").await;
+    buyer
+        .send(json!({"type":"message","text":"我要退款"}))
+        .await;
+    a1.recv_type("buyer_message").await;
+    a1.send(json!({"type":"transfer","conversation":conv,"to":"a2","note":NOTE}))
+        .await;
+    a1.recv_type("conversation_transferred").await;
+    a2.recv_type("conversation_assigned").await;
+    a2.send(json!({"type":"transfer","conversation":conv,"to":"a3"}))
+        .await;
+    a2.recv_type("conversation_transferred").await;
+    let live = a3.recv_type("conversation_assigned").await["history"].clone();
+    let staff: Vec<Value> = live
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["from"] == "system")
+        .map(|l| json!([l["agent"], l["to"], l["text"]]))
+        .collect();
+    assert_eq!(staff, [json!(["a1", "a2", NOTE]), json!(["a2", "a3", ""])]);
+    t.stop().await;
+    store.close().unwrap();
+    drop((a1, a2, a3, buyer));
+    let opts = ReportOptions {
+        by: Some(GroupBy::Agent),
+        service_window: ServiceWindow::ALL_DAY,
+        ..ReportOptions::default()
+    };
+    let report = || {
+        kefu::store::Reader::open(dir.path())
+            .unwrap()
+            .report(&opts)
+            .unwrap()
+    };
+    let before = report();
+
+    let (t, store, restored) = spawn_app_on_data(config, dir.path()).await;
+    assert_eq!(restored.conversations, 1);
+    let (_a3, w) = t.agent("a3").await;
+    assert_eq!(w["conversations"][0]["history"], live, "{w}");
+    let mut back = t.connect().await;
+    back.send(json!({"type":"hello","role":"buyer","shop":"s1","buyer":"b1","resume":secret}))
+        .await;
+    let raw = loop {
+        match back.ws.next().await {
+            Some(Ok(Message::Text(t))) => break t.as_str().to_string(),
+            Some(Ok(_)) => continue,
+            other => panic!("expected the welcome, got {other:?}"),
+        }
+    };
+    let parsed: Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(parsed["resumed"], true, "{raw}");
+    for hidden in ["买家要退款", "订单已核对", "system", r#""to":"#] {
+        assert!(!raw.contains(hidden), "{hidden} in {raw}");
+    }
+    let froms: Vec<&str> = parsed["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["from"].as_str().unwrap())
+        .collect();
+    assert_eq!(froms, ["bot", "buyer", "bot", "bot"], "{raw}");
+    t.stop().await;
+    store.close().unwrap();
+
+    let after = report();
+    assert_eq!(after, before);
+    let groups: Vec<(String, u64, u64)> = after
+        .groups
+        .unwrap()
+        .into_iter()
+        .map(|g| (g.key, g.figures.rounds, g.figures.answered))
+        .collect();
+    assert_eq!(groups, [("a3".to_string(), 1, 0)]);
+}

@@ -293,9 +293,10 @@
         const c = takeConversation(m, true);
         if (m.reason === "transferred") {
           // Handed over by a colleague: who, and their note, in the chat
-          // and in the log.
+          // (the history's staff-only line, which a reload keeps) and in
+          // the log. A server without that line: the page's own.
           const from = `同事 ${colleagueName(m.from)} 转接给你${m.note ? `，备注：${m.note}` : ""}`;
-          c.messages.push({ from: "system", cls: "transferred", text: from, at: serverNow() });
+          if (!c.messages.some((x) => x.staff)) c.messages.push({ from: "system", cls: "transferred", text: from, at: serverNow() });
           logEvent("info", `新会话：买家 ${c.buyer}（${from}）`, c.id);
           break;
         }
@@ -454,7 +455,12 @@
     if (Array.isArray(v.history)) {
       // Replies still waiting for their receipt stay shown after the history.
       const pending = c.messages.filter((x) => x.pending);
-      c.messages = v.history.map((x) => ({ from: x.from, text: x.text, at: x.at, agent: x.agent, note: x.note, mine: x.from === "agent" && x.agent === me.agent }));
+      c.messages = v.history.map((x) =>
+        x.from === "system"
+          ? // Staff-only (a transfer's record): the buyer never gets it.
+            { from: "system", cls: "transferred", staff: true, text: x.text, at: x.at, agent: x.agent, to: x.to, note: x.note }
+          : { from: x.from, text: x.text, at: x.at, agent: x.agent, note: x.note, mine: x.from === "agent" && x.agent === me.agent },
+      );
       c.messages.push(...pending);
     }
     // A draft written for this buyer's previous conversation (it vanished
@@ -670,8 +676,22 @@
 
   /** The list's last-line preview: the newest message (a refusal note is the page's, not the chat's). */
   function lastText(c) {
-    for (let i = c.messages.length - 1; i >= 0; i--) if (c.messages[i].cls !== "red") return c.messages[i].text;
+    for (let i = c.messages.length - 1; i >= 0; i--) if (c.messages[i].cls !== "red") return shownText(c.messages[i]);
     return "";
+  }
+
+  /**
+   * What a message says on screen. A transfer's staff-only history line
+   * (`from: "system"`, `note: "transferred"`) says who handed the buyer to
+   * whom, and the sender's note; names are looked up when shown, as the
+   * colleague list may come after the history.
+   */
+  function shownText(x) {
+    if (!x.staff || x.note !== "transferred") return x.text;
+    const self = me ? me.agent : null;
+    const by = !x.agent ? "同事" : x.agent === self ? "你" : `同事 ${colleagueName(x.agent)}`;
+    const to = x.to === self ? "你" : ` ${colleagueName(x.to)}`;
+    return `${by} 转接给${to}${x.text ? `，备注：${x.text}` : ""}`;
   }
 
   /**
@@ -743,11 +763,19 @@
   /** What a message looks like on screen; equal stamps need no redraw. */
   function stampOf(x) {
     const shownAt = Math.round((x.at + skew) / 1000);
-    return [x.from, x.text, shownAt, x.pending ? 1 : 0, x.cls || "", x.responseMs ?? "", x.delivered === false ? 0 : 1, x.note || "", x.agent || "", x.mine ? 1 : 0].join("\u0001");
+    return [x.from, shownText(x), shownAt, x.pending ? 1 : 0, x.cls || "", x.responseMs ?? "", x.delivered === false ? 0 : 1, x.note || "", x.agent || "", x.mine ? 1 : 0].join("\u0001");
   }
 
   function messageNode(c, x) {
     // System lines hold a colleague's name and note: bidi controls are shown, as in chat text.
+    if (x.staff) {
+      // A staff-only line of the history: marked as such, text nodes only.
+      return el(
+        "div",
+        { class: "msg system staff transferred", dataset: { from: "system", time: clockTime(x.at + skew) }, title: "仅客服可见，买家看不到" },
+        chatText(shownText(x)),
+      );
+    }
     if (x.from === "system") return el("div", { class: `msg system${x.cls ? ` ${x.cls}` : ""}` }, chatText(x.text));
     const who = x.from === "buyer" ? `买家 ${c.buyer}` : x.from === "bot" ? "自动回复" : x.mine ? "我" : `客服 ${x.agent || ""}`;
     return el(

@@ -511,6 +511,8 @@ pub(crate) const LINE_COST: usize = 64;
 struct HLine {
     author: Author,
     agent: Option<Arc<str>>,
+    /// The receiver of a transfer ([`Author::System`] lines only).
+    to: Option<Arc<str>>,
     /// Shared with the event that records the line.
     text: Arc<str>,
     at: i64,
@@ -556,8 +558,10 @@ impl Conv {
         }
     }
 
-    fn lines(&self) -> Vec<Line<'_>> {
-        lines_of(&self.history)
+    /// The history as the buyer may see it: without the staff-only
+    /// [`Author::System`] lines (a transfer's note is for colleagues).
+    fn buyer_lines(&self) -> Vec<Line<'_>> {
+        lines_of(self.history.iter().filter(|l| l.author != Author::System))
     }
 
     fn last_buyer_text(&self) -> Option<&Arc<str>> {
@@ -674,6 +678,7 @@ fn lines_of<'a>(history: impl IntoIterator<Item = &'a HLine>) -> Vec<Line<'a>> {
         .map(|l| Line {
             from: l.author,
             agent: l.agent.as_deref(),
+            to: l.to.as_deref(),
             text: &l.text,
             at: l.at,
             note: l.note,
@@ -1030,7 +1035,7 @@ impl Hub {
                     shop_name: &shop.name,
                     resume: &conv.secret,
                     resumed: true,
-                    history: conv.lines(),
+                    history: conv.buyer_lines(),
                     rated: conv.rated,
                 },
             );
@@ -1264,6 +1269,7 @@ impl Hub {
             HLine {
                 author: Author::Buyer,
                 agent: None,
+                to: None,
                 text: text.clone(),
                 at,
                 note: None,
@@ -1335,6 +1341,7 @@ impl Hub {
             HLine {
                 author: Author::Agent,
                 agent: Some(s.agent.clone()),
+                to: None,
                 text: line.clone(),
                 at,
                 note: None,
@@ -1444,6 +1451,24 @@ impl Hub {
             None => TRANSFER_LINE.to_string(),
         };
         bot_say(conv, None, &line, "transferred", at, ctx, fx);
+        // The staff's own record of the handover, after the buyer's line
+        // (the order the restore reads them in: the bot event, then the
+        // `assign`): who sent it to whom, and the note, empty when there
+        // is none (the receiver still learns who handed it over). In the
+        // history, so the receiver's reload, a later move or transfer and
+        // a restart keep it; never shown to the buyer (`buyer_lines`),
+        // and no event of its own (the `assign` event below records it).
+        conv.push_line(
+            HLine {
+                author: Author::System,
+                agent: Some(s.agent.clone()),
+                to: Some(to_key.clone()),
+                text: Arc::from(note.unwrap_or("")),
+                at,
+                note: Some("transferred"),
+            },
+            ctx.config.limits.history_bytes,
+        );
         if let Some(from) = shop.agents.get_mut(&s.agent) {
             from.convs.remove(&conv.id);
         }
@@ -1694,6 +1719,7 @@ impl Hub {
                 let line = HLine {
                     author: l.author,
                     agent: l.agent,
+                    to: l.to,
                     text: l.text,
                     at: l.at,
                     note: l.note,
@@ -2124,6 +2150,7 @@ fn bot_say(
         HLine {
             author: Author::Bot,
             agent: None,
+            to: None,
             text: line.clone(),
             at,
             note: Some(note),
@@ -2404,7 +2431,8 @@ mod tests {
     }
 
     /// A conversation of shop s1 whose history is `lines`: buyer messages,
-    /// or bot lines when they start with `bot:`.
+    /// or bot lines when they start with `bot:`, a transfer's staff-only
+    /// line (a1 to a2) with `sys:`.
     fn conv_with(lines: &[&str]) -> Conv {
         let mut c = Conv {
             id: "c1".into(),
@@ -2419,16 +2447,19 @@ mod tests {
             rated: None,
         };
         for (i, text) in lines.iter().enumerate() {
-            let (author, text) = match text.strip_prefix("bot:") {
-                Some(t) => (Author::Bot, t),
-                None => (Author::Buyer, *text),
+            let (author, text) = match (text.strip_prefix("bot:"), text.strip_prefix("sys:")) {
+                (Some(t), _) => (Author::Bot, t),
+                (_, Some(t)) => (Author::System, t),
+                _ => (Author::Buyer, *text),
             };
+            let system = author == Author::System;
             let line = HLine {
                 author,
-                agent: None,
+                agent: system.then(|| Arc::from("a1")),
+                to: system.then(|| Arc::from("a2")),
                 text: Arc::from(text),
                 at: i as i64,
-                note: None,
+                note: system.then_some("transferred"),
             };
             c.push_line(line, usize::MAX);
         }
@@ -2480,6 +2511,25 @@ mod tests {
                 &["问", "久", "等"],
             ),
             (&["bot:您", "bot:等"], 3 + LINE_COST, &["等"]),
+            // A transfer's note is a line like any other: it costs its
+            // text plus LINE_COST, goes first when older, and shares the
+            // budget after the buyer's question with the bot lines.
+            (
+                &["问", "sys:买家要退款"],
+                3 + LINE_COST + 15 + LINE_COST,
+                &["问", "买家要退款"],
+            ),
+            (
+                &["问", "sys:买家要退款"],
+                3 + LINE_COST + 15 + LINE_COST - 1,
+                &["问", "买…"],
+            ),
+            (&["sys:买家要退款", "问"], 3 + LINE_COST, &["问"]),
+            (
+                &["问", "sys:买家要退款", "bot:等"],
+                2 * (3 + LINE_COST),
+                &["问", "等"],
+            ),
         ];
         for (history, budget, want) in cases {
             let snap = conv_with(history).snapshot(None, Timebase::new(), *budget);
@@ -2814,9 +2864,17 @@ mod tests {
         let mut fx = Effects::default();
         hub.transfer(&ctx, &a2, &outbox(2), &buyer.conv, "a1", None, now, &mut fx)
             .unwrap();
-        let last = hub.convs[&buyer.conv].history.back().unwrap();
-        assert_eq!(&*last.text, "亲，测试旗舰店已将您转给客服小美～");
-        assert_eq!(last.note, Some("transferred"));
+        // The buyer's line, then the staff's own record (no note: empty).
+        let history = &hub.convs[&buyer.conv].history;
+        let told = &history[history.len() - 2];
+        assert_eq!(&*told.text, "亲，测试旗舰店已将您转给客服小美～");
+        assert_eq!((told.author, told.note), (Author::Bot, Some("transferred")));
+        let record = history.back().unwrap();
+        assert_eq!(
+            (record.author, record.agent.as_deref(), record.to.as_deref()),
+            (Author::System, Some("a2"), Some("a1"))
+        );
+        assert_eq!(&*record.text, "");
     }
 
     /// A transfer: only of a conversation the sender holds, only to
@@ -2952,9 +3010,21 @@ mod tests {
             assert_eq!(m["waiting_since"], tb.ms(round.started));
             assert_eq!(m["deadline"], tb.ms(round.deadline));
             assert!(!m["suggestions"].as_array().unwrap().is_empty());
-            let last = m["history"].as_array().unwrap().last().unwrap().clone();
-            assert_eq!(last["note"], "transferred");
-            assert_eq!(last["text"], TRANSFER_LINE);
+            // The buyer's bot line, then the staff-only record of the
+            // transfer (what a reload, a move or a restart keeps).
+            let history = m["history"].as_array().unwrap();
+            let told = &history[history.len() - 2];
+            assert_eq!(
+                (&told["from"], &told["note"]),
+                (&"bot".into(), &"transferred".into())
+            );
+            assert_eq!(told["text"], TRANSFER_LINE);
+            assert_eq!(
+                history.last().unwrap(),
+                &serde_json::json!({"from": "system", "agent": "a1", "to": "a2",
+                    "text": "买家问退货运费", "at": tb.ms(later), "note": "transferred"}),
+                "{name}"
+            );
 
             let to_a1 = sent_to(&fx, 1);
             assert_eq!(

@@ -94,6 +94,8 @@ pub struct Restored {
 pub(crate) struct PastLine {
     pub author: Author,
     pub agent: Option<Arc<str>>,
+    /// The receiver, on a transfer's [`Author::System`] line.
+    pub to: Option<Arc<str>>,
     pub text: Arc<str>,
     pub at: i64,
     pub note: Option<&'static str>,
@@ -237,6 +239,7 @@ impl Builder {
         let line = |author, agent, note| PastLine {
             author,
             agent,
+            to: None,
             text: e.text.clone().unwrap_or_else(|| Arc::from("")),
             at: e.ts_ms,
             note,
@@ -275,7 +278,22 @@ impl Builder {
                 }
                 c.push(line(Author::Bot, None, note), self.history_bytes);
             }
-            Kind::Assign => c.agent = e.agent.clone(),
+            Kind::Assign => {
+                // A transfer: the staff-only line the hub put in the
+                // history (`Hub::transfer`), from the sender (the agent of
+                // the assignment before) to the receiver, with the note.
+                if e.note.as_deref() == Some("transferred") {
+                    let sender = c.agent.clone();
+                    c.push(
+                        PastLine {
+                            to: e.agent.clone(),
+                            ..line(Author::System, sender, Some("transferred"))
+                        },
+                        self.history_bytes,
+                    );
+                }
+                c.agent = e.agent.clone();
+            }
             Kind::Rating => c.rated = e.score.or(c.rated),
             Kind::Nudge => {
                 c.marks.nudged = true;
@@ -335,7 +353,16 @@ impl OpenConv {
     fn then(mut self, later: OpenConv, limit: usize) -> OpenConv {
         // The hub's cap keeps the longest run of newest lines that fits:
         // the lines `later` dropped would go here too.
-        for line in later.lines {
+        let mut first_transfer = true;
+        for mut line in later.lines {
+            // The first transfer `later` read before any assignment did not
+            // know its sender: the holder as of the end of this span.
+            if line.author == Author::System
+                && std::mem::take(&mut first_transfer)
+                && line.agent.is_none()
+            {
+                line.agent = self.agent.clone();
+            }
             self.push(line, limit);
         }
         self.agent = later.agent.or(self.agent);
@@ -539,32 +566,90 @@ mod tests {
         l.iter().map(|(a, t)| (*a, t.to_string())).collect()
     }
 
+    /// A transfer to `who` with `note` (`None`: none written), as the hub
+    /// logs it.
+    fn transfer(s: i64, conv: &str, who: &str, note: Option<&str>) -> Event {
+        let mut e = assign(s, conv, who);
+        e.note = Some("transferred".into());
+        e.text = note.map(Arc::from);
+        e
+    }
+
     /// After a transfer the receiver holds the conversation, its round
-    /// still open (the transfer answered nobody), and the bot's transfer
-    /// line keeps its note, as the hub shows it to agents.
+    /// still open (the transfer answered nobody), the bot's transfer line
+    /// keeps its note, and each transfer's staff-only line is rebuilt from
+    /// its `assign` event as the hub wrote it: sender (the assignment
+    /// before), receiver and note, empty when none was written; a chain of
+    /// transfers keeps every one.
     #[test]
-    fn a_transfer_is_restored_with_the_receiver_and_its_line() {
-        let mut moved = assign(3, "c1", "a2");
-        moved.note = Some("transferred".into());
-        moved.text = Some("买家问退货运费".into());
+    fn a_transfer_is_restored_with_the_receiver_and_its_lines() {
         let mut b = Builder::new(16_384);
         for e in [
             assign(0, "c1", "a1"),
             buyer(1, "c1", "能退货吗"),
             bot(3, "c1", "transferred"),
-            moved,
+            transfer(3, "c1", "a2", Some("买家问退货运费")),
+            bot(4, "c1", "transferred"),
+            transfer(4, "c1", "a3", None),
         ] {
             b.add(e);
         }
         let (open, _) = b.finish();
         assert_eq!(open.len(), 1);
         let c = &open[0];
-        assert_eq!(c.agent.as_deref(), Some("a2"));
+        assert_eq!(c.agent.as_deref(), Some("a3"));
         assert_eq!(c.round, round(1, false, false, false));
-        let notes: Vec<_> = c.lines.iter().map(|l| (l.author, l.note)).collect();
+        let got: Vec<_> = c
+            .lines
+            .iter()
+            .map(|l| {
+                (
+                    l.author,
+                    l.note,
+                    l.agent.as_deref(),
+                    l.to.as_deref(),
+                    &*l.text,
+                    l.at,
+                )
+            })
+            .collect();
         assert_eq!(
-            notes,
-            [(Author::Buyer, None), (Author::Bot, Some("transferred"))]
+            got,
+            [
+                (Author::Buyer, None, None, None, "能退货吗", T + 1000),
+                (
+                    Author::Bot,
+                    Some("transferred"),
+                    None,
+                    None,
+                    "亲，欢迎光临",
+                    T + 3000
+                ),
+                (
+                    Author::System,
+                    Some("transferred"),
+                    Some("a1"),
+                    Some("a2"),
+                    "买家问退货运费",
+                    T + 3000
+                ),
+                (
+                    Author::Bot,
+                    Some("transferred"),
+                    None,
+                    None,
+                    "亲，欢迎光临",
+                    T + 4000
+                ),
+                (
+                    Author::System,
+                    Some("transferred"),
+                    Some("a2"),
+                    Some("a3"),
+                    "",
+                    T + 4000
+                ),
+            ]
         );
     }
 
@@ -724,6 +809,7 @@ mod tests {
             Box::new(|s| ev(s, "c1", Kind::Nudge)),
             Box::new(|s| ev(s, "c1", Kind::Breach)),
             Box::new(|s| assign(s, "c1", "a2")),
+            Box::new(|s| transfer(s, "c1", "a3", Some("买家要退款"))),
             Box::new(move |s| {
                 let mut e = lost.clone();
                 e.ts_ms = T + s * 1000;

@@ -97,3 +97,64 @@ test("an agent transfers a conversation to a colleague, who sees it with the not
 
   assert.deepEqual(pageErrors, []);
 });
+
+test("the note stays with the conversation after the receiver reloads; the buyer never sees it", async () => {
+  const NOTE = "买家要退款，订单已核对";
+  const a = await agentPage("a1");
+  const b = await agentPage("a2");
+
+  const buyer = await context.newPage();
+  watch(buyer, "buyer b-note");
+  await buyer.goto(`${server.url}/buyer`);
+  await buyer.fill("#in-shop", SHOP);
+  await buyer.fill("#in-buyer", "b-note");
+  await buyer.click("#signin button[type=submit]");
+  await buyer.locator(".msg[data-from=bot]").first().waitFor();
+  await buyer.fill("#text", "我要退款");
+  await buyer.press("#text", "Enter");
+
+  // a1 has fewer conversations (a2 may still hold the first test's b1).
+  await a.locator("#convs .conv", { hasText: "b-note" }).click();
+  await a.locator("#messages .msg.buyer", { hasText: "我要退款" }).waitFor();
+  await a.click("#transfer-open");
+  await a.locator("#transfer-to option[value=a2]").waitFor({ state: "attached" });
+  await a.selectOption("#transfer-to", "a2");
+  await a.fill("#transfer-note", NOTE);
+  await a.click("#transfer-send");
+  await a.locator("#convs .conv", { hasText: "b-note" }).waitFor({ state: "detached" });
+
+  const noteLine = async (page) => {
+    await page.locator("#convs .conv", { hasText: "b-note" }).click();
+    const line = page.locator("#messages .msg.system.staff");
+    await line.waitFor();
+    assert.equal(await line.count(), 1, "one staff-only line");
+    assert.equal(await line.textContent(), `同事 a1 转接给你，备注：${NOTE}`);
+    // Text nodes only: the note is not parsed as markup.
+    assert.equal(await line.evaluate((n) => n.querySelectorAll("*").length), 0);
+    return line;
+  };
+  // Live, then after a reload of the workbench (a new welcome).
+  await noteLine(b);
+  await b.reload();
+  await b.locator("#status.on").waitFor();
+  const line = await noteLine(b);
+  assert.match(await line.getAttribute("title"), /仅客服可见/);
+  // Styled apart from chat bubbles: no bubble, a label of its own.
+  assert.equal(await line.locator(".bubble").count(), 0);
+  const label = await line.evaluate((n) => getComputedStyle(n, "::before").content);
+  assert.match(label, /仅客服可见/);
+  await b.screenshot({ path: path.join(ARTIFACTS, "transfer-note-after-reload.png"), fullPage: true });
+
+  // The buyer: told politely, never shown the note, nor after a reload.
+  await buyer.locator(".msg[data-from=bot]", { hasText: "已为您转接" }).waitFor();
+  const shown = async () => buyer.evaluate(() => document.body.innerText + document.body.innerHTML);
+  assert.ok(!(await shown()).includes("订单已核对"));
+  await buyer.reload();
+  await buyer.locator("#conv-id", { hasText: "已恢复" }).waitFor();
+  await buyer.locator(".msg[data-from=bot]", { hasText: "已为您转接" }).waitFor();
+  assert.ok(!(await shown()).includes("订单已核对"));
+  assert.equal(await buyer.locator(".msg[data-from=system]").count(), 0);
+  await buyer.screenshot({ path: path.join(ARTIFACTS, "transfer-note-buyer.png"), fullPage: true });
+
+  assert.deepEqual(pageErrors, []);
+});
