@@ -129,7 +129,23 @@ pub struct Limits {
     /// 1013), resumes still get in. Bounds what buyers, who are not
     /// authenticated, can make the shop hold: `history_bytes` each.
     pub max_open_conversations: usize,
+    /// Failed sign-ins allowed per account (an agent of a shop, or a
+    /// shop's reports) within `signin_window`, refilling evenly; past
+    /// them, sign-ins for that account are refused without checking the
+    /// token (`too_many_attempts`, HTTP 429) until one comes back. 0 turns
+    /// the throttle off.
+    pub signin_failures: u32,
+    /// The time the whole sign-in budget takes to refill.
+    pub signin_window: Duration,
+    /// Budgets kept for ids the configuration does not have (made-up shop
+    /// or agent ids are throttled like real ones, so the answers do not
+    /// tell which exist); past it the ones nearest to refilled are dropped.
+    pub signin_tracked_unknown: usize,
 }
+
+/// Default sign-in budget: 10 wrong tokens a minute per account, one back
+/// every 6 s (see `server::throttle`).
+pub const DEFAULT_SIGNIN_FAILURES: u32 = 10;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -157,6 +173,10 @@ impl Default for Limits {
             // carrying more than 1,024 conversations trims their histories
             // (see `hub::FRAME_HISTORY_BUDGET`).
             max_open_conversations: 10_000,
+            signin_failures: DEFAULT_SIGNIN_FAILURES,
+            signin_window: Duration::from_secs(60),
+            // 10,000 × about 40 bytes.
+            signin_tracked_unknown: 10_000,
         }
     }
 }
@@ -311,6 +331,9 @@ struct FileLimits {
     shutdown_grace_secs: Option<f64>,
     agent_grace_secs: Option<f64>,
     max_open_conversations: Option<usize>,
+    signin_failures: Option<u32>,
+    signin_window_secs: Option<f64>,
+    signin_tracked_unknown: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -333,9 +356,10 @@ fn secs(setting: &str, v: f64) -> Result<Duration, ConfigError> {
     Ok(Duration::from_secs_f64(v))
 }
 
-/// Tokens shorter than this are named at startup: sign-ins are not
-/// throttled, so a token's length is all that stands between a guesser and
-/// an agent's chats.
+/// Tokens shorter than this are named at startup: the sign-in throttle
+/// slows a guesser down (10 guesses a minute per account by default, over
+/// 5 million a year), it does not stop one, so a token's length is what
+/// keeps an agent's chats safe.
 pub const WEAK_TOKEN_CHARS: usize = 16;
 
 impl Config {
@@ -418,6 +442,8 @@ impl Config {
         set(&mut lim.history_bytes, l.history_bytes);
         set(&mut lim.read_buffer_bytes, l.read_buffer_bytes);
         set(&mut lim.max_open_conversations, l.max_open_conversations);
+        set(&mut lim.signin_failures, l.signin_failures);
+        set(&mut lim.signin_tracked_unknown, l.signin_tracked_unknown);
         for (field, value, name) in [
             (
                 &mut lim.handshake_timeout,
@@ -453,6 +479,11 @@ impl Config {
                 &mut lim.agent_grace,
                 l.agent_grace_secs,
                 "limits.agent_grace_secs",
+            ),
+            (
+                &mut lim.signin_window,
+                l.signin_window_secs,
+                "limits.signin_window_secs",
             ),
         ] {
             if let Some(v) = value {
@@ -613,6 +644,19 @@ impl Config {
             return Err(invalid(
                 "limits.max_open_conversations",
                 "must be at least 1 (no shop could take a buyer)",
+            ));
+        }
+        if l.signin_failures > 0 && l.signin_window < Duration::from_secs(1) {
+            return Err(invalid(
+                "limits.signin_window_secs",
+                "must be at least 1 second while limits.signin_failures is above 0 \
+                 (signin_failures: 0 turns the sign-in throttle off)",
+            ));
+        }
+        if l.signin_tracked_unknown == 0 {
+            return Err(invalid(
+                "limits.signin_tracked_unknown",
+                "must be at least 1 (made-up ids must be throttled like real ones)",
             ));
         }
         if self.shops.is_empty() {
@@ -881,6 +925,61 @@ mod tests {
                 .map_err(|e| e.to_string());
             match (got, want) {
                 (Ok(n), Ok(w)) => assert_eq!(n, *w, "{yaml}"),
+                (Err(e), Err(w)) => assert!(e.contains(w), "{yaml}: {e}"),
+                (got, want) => panic!("{yaml}: {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    /// The sign-in throttle's settings: defaults, file keys, 0 turning it
+    /// off, and what cannot work.
+    #[test]
+    fn the_signin_throttle_is_read_and_checked() {
+        // (failures, window in seconds, tracked unknown ids), or the error.
+        type Want = Result<(u32, u64, usize), &'static str>;
+        let cases: &[(&str, Want)] = &[
+            ("", Ok((10, 60, 10_000))),
+            (
+                "limits:\n  signin_failures: 5\n  signin_window_secs: 300\n  \
+                 signin_tracked_unknown: 100\n",
+                Ok((5, 300, 100)),
+            ),
+            ("limits:\n  signin_failures: 0\n", Ok((0, 60, 10_000))),
+            (
+                "limits:\n  signin_failures: 0\n  signin_window_secs: 0\n",
+                Ok((0, 0, 10_000)),
+            ),
+            (
+                "limits:\n  signin_window_secs: 0.5\n",
+                Err("limits.signin_window_secs: must be at least 1 second"),
+            ),
+            (
+                "limits:\n  signin_tracked_unknown: 0\n",
+                Err("limits.signin_tracked_unknown: must be at least 1"),
+            ),
+            (
+                "limits:\n  signin_window_secs: -1\n",
+                Err("limits.signin_window_secs: -1 is not a number of seconds"),
+            ),
+            ("limits:\n  signin_failures: -1\n", Err("kefu.yaml:2:")),
+        ];
+        for (yaml, want) in cases {
+            let mut c = Config::default();
+            c.shops.insert("s1".into(), ShopConfig::default());
+            let got = c
+                .apply_file_text(Path::new("kefu.yaml"), yaml)
+                .and_then(|()| c.validate())
+                .map(|()| {
+                    let l = &c.limits;
+                    (
+                        l.signin_failures,
+                        l.signin_window.as_secs(),
+                        l.signin_tracked_unknown,
+                    )
+                })
+                .map_err(|e| e.to_string());
+            match (got, want) {
+                (Ok(g), Ok(w)) => assert_eq!(g, *w, "{yaml}"),
                 (Err(e), Err(w)) => assert!(e.contains(w), "{yaml}: {e}"),
                 (got, want) => panic!("{yaml}: {got:?}, want {want:?}"),
             }

@@ -106,6 +106,10 @@ pub enum ErrorCode {
     WrongRole,
     /// Unknown agent or wrong/missing token (the socket is closed).
     BadToken,
+    /// Too many failed sign-ins for this account lately: refused without
+    /// checking the token, with `retry_after` seconds (the socket is
+    /// closed).
+    TooManyAttempts,
     /// The shop is not served here (the socket is closed).
     UnknownShop,
     /// Someone else holds this buyer's conversation and the resume secret
@@ -152,6 +156,7 @@ impl ErrorCode {
             ErrorCode::HelloTimeout => "hello_timeout",
             ErrorCode::WrongRole => "wrong_role",
             ErrorCode::BadToken => "bad_token",
+            ErrorCode::TooManyAttempts => "too_many_attempts",
             ErrorCode::UnknownShop => "unknown_shop",
             ErrorCode::BuyerTaken => "buyer_taken",
             ErrorCode::ShopBusy => "shop_busy",
@@ -178,6 +183,8 @@ impl ErrorCode {
 pub struct Refusal {
     pub code: ErrorCode,
     pub message: String,
+    /// Seconds to wait before trying again, when the refusal says.
+    pub retry_after: Option<u64>,
 }
 
 impl Refusal {
@@ -185,6 +192,21 @@ impl Refusal {
         Refusal {
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// The refusal of a sign-in whose account has spent its budget of
+    /// failures: try again in `retry_after` seconds.
+    pub fn too_many_attempts(retry_after: u64) -> Refusal {
+        Refusal {
+            code: ErrorCode::TooManyAttempts,
+            message: format!(
+                "亲，这个账号登录失败的次数太多啦，为保护您的账号已暂停登录，\
+                 请您 {retry_after} 秒后再试～ (too many failed sign-ins for this account; \
+                 try again in {retry_after} s)"
+            ),
+            retry_after: Some(retry_after),
         }
     }
 
@@ -193,6 +215,7 @@ impl Refusal {
         to_json(&ServerMsg::Error {
             code: self.code,
             message: &self.message,
+            retry_after: self.retry_after,
         })
     }
 }
@@ -476,10 +499,7 @@ pub enum ServerMsg<'a> {
         reason: &'static str,
     },
     /// To an agent: the buyer connected or disconnected.
-    Presence {
-        conversation: &'a str,
-        online: bool,
-    },
+    Presence { conversation: &'a str, online: bool },
     LintResult {
         text: &'a str,
         ok: bool,
@@ -502,6 +522,9 @@ pub enum ServerMsg<'a> {
     Error {
         code: ErrorCode,
         message: &'a str,
+        /// Seconds to wait before trying again (`too_many_attempts`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after: Option<u64>,
     },
 }
 
@@ -642,11 +665,17 @@ mod tests {
         let m = ServerMsg::Error {
             code: ErrorCode::HelloFirst,
             message: "say hello first",
+            retry_after: None,
         };
         assert_eq!(
             to_json(&m),
             r#"{"type":"error","code":"hello_first","message":"say hello first"}"#
         );
+        let v: serde_json::Value =
+            serde_json::from_str(&Refusal::too_many_attempts(42).to_json()).unwrap();
+        assert_eq!(v["code"], "too_many_attempts");
+        assert_eq!(v["retry_after"], 42);
+        assert!(v["message"].as_str().unwrap().contains("42 秒"), "{v}");
         let m = ServerMsg::Reply {
             conversation: "c1",
             from: Author::Bot,

@@ -16,7 +16,9 @@
 //!   staff and the 503 for everyone else;
 //! - [`restore`](self::restore): at start, the conversations open when the
 //!   service stopped, from the event log;
-//! - [`secret`](self::secret): the key behind buyers' resume secrets.
+//! - [`secret`](self::secret): the key behind buyers' resume secrets;
+//! - [`throttle`](self::throttle): the budget of failed staff sign-ins
+//!   (agents' hellos, supervisors' reports) per account.
 //!
 //! Shared state lives behind [`App`], a cheap-to-clone handle. The hub is one
 //! `std::sync::Mutex`, held only for map updates (never across `.await`);
@@ -34,6 +36,7 @@ mod hub;
 mod reload;
 mod restore;
 mod secret;
+mod throttle;
 mod timer;
 
 pub use restore::{Restored, RESTART_GRACE};
@@ -139,6 +142,9 @@ struct Shared {
     loaded_fingerprint: Mutex<Option<reload::Fingerprint>>,
     /// Reads the event log for the supervisors' reports (`/api/report`).
     reports: OnceLock<crate::store::Reader>,
+    /// Failed staff sign-ins per account. Its own lock, never held with
+    /// the hub's nor across `.await`.
+    signins: Mutex<throttle::SignIns>,
 }
 
 impl App {
@@ -202,6 +208,7 @@ impl App {
                 staff_places,
                 loaded_fingerprint: Mutex::new(None),
                 reports: OnceLock::new(),
+                signins: Mutex::new(throttle::SignIns::new(&config.limits)),
                 config,
             }),
         }
@@ -269,6 +276,31 @@ impl App {
             s.connections.available_permits(),
             s.staff_places.available_permits(),
         )
+    }
+
+    /// Starts a staff sign-in for `account` (`known`: the configuration
+    /// has it); `Err` while its budget of failures is spent, and then the
+    /// token must not be checked. End it with [`App::end_signin`].
+    fn begin_signin(
+        &self,
+        account: throttle::Account,
+        known: bool,
+    ) -> Result<throttle::Ticket, throttle::Locked> {
+        self.signins()
+            .begin(account, known, tokio::time::Instant::now())
+    }
+
+    /// Ends a sign-in [`App::begin_signin`] let through.
+    fn end_signin(&self, ticket: throttle::Ticket, outcome: throttle::Outcome) {
+        self.signins()
+            .end(ticket, outcome, tokio::time::Instant::now())
+    }
+
+    fn signins(&self) -> MutexGuard<'_, throttle::SignIns> {
+        self.shared
+            .signins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     fn hub(&self) -> MutexGuard<'_, hub::Hub> {

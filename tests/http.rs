@@ -178,6 +178,41 @@ async fn supervisor_report_counts_a_round_and_refuses_strangers() {
     s.stop().await;
 }
 
+/// Wrong supervisor tokens spend the shop's budget of failed sign-ins (10
+/// a minute): the 11th request gets 429 with `Retry-After`, even with the
+/// right token; a made-up shop is throttled alike, another shop is not.
+#[tokio::test]
+async fn wrong_supervisor_tokens_run_into_429() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _store) = spawn(dir.path()).await;
+    let addr = s.addr();
+    let path = "/api/report?shop=s1&last=1d";
+    for shop in ["s1", "zz"] {
+        let path = format!("/api/report?shop={shop}&last=1d");
+        for i in 0..10 {
+            let (status, _, body) = get(addr, &path, Some(&format!("guess{i}"))).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{shop} guess {i}: {body}");
+        }
+        let (parts, body) = fetch(addr, &path, Some("boss")).await;
+        assert_eq!(
+            parts.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{shop}: {body}"
+        );
+        let wait: u64 = header(&parts, "retry-after").parse().unwrap();
+        assert!((1..=6).contains(&wait), "{shop}: Retry-After {wait}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["retry_after"], wait, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("too many"), "{v}");
+    }
+    // No token is no guess: still 401, not 429.
+    assert_eq!(get(addr, path, None).await.0, StatusCode::UNAUTHORIZED);
+    // s2's supervisor is not held up by s1's lockout.
+    let (status, _, body) = get(addr, "/api/report?shop=s2&last=1d", Some("other")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    s.stop().await;
+}
+
 /// Buyer messages logged without a stage (imported chat logs) are ranked
 /// for `by=stage` as `kefu report --phrases` ranks them (the API put them
 /// under `unknown`); a window that ends before it starts is refused, as the

@@ -160,6 +160,7 @@ const kefu = (() => {
     agent_offline: "这位同事当前不在线，请选择在线的同事",
     self_transfer: "不能转接给自己，请选择其他同事",
     bad_token: "店铺 ID、客服工号或令牌不正确，请核对后重新登录",
+    too_many_attempts: "亲，这个账号登录失败的次数太多啦，为保护您的账号已暂停登录，请您稍后再试",
     unknown_shop: "没有找到这个店铺，请核对店铺 ID",
     bad_id: "买家 ID 需为 1-64 个字符，不能含控制字符或不可见字符",
     buyer_taken: "这个买家 ID 正在另一个窗口咨询中，请回到原窗口，或换一个买家 ID",
@@ -179,6 +180,14 @@ const kefu = (() => {
     wrong_role: "当前身份不能进行这个操作",
   };
 
+  /** A wait in seconds as Chinese text: "6 秒", "2 分钟", "1 分 30 秒". */
+  function waitText(secs) {
+    if (secs < 60) return `${secs} 秒`;
+    const min = Math.floor(secs / 60);
+    const s = secs % 60;
+    return s ? `${min} 分 ${s} 秒` : `${min} 分钟`;
+  }
+
   /**
    * "中文说明（code）" for an error frame; the server's English message when
    * the code is unknown. `text_too_long` names the numbers of the server's
@@ -190,6 +199,9 @@ const kefu = (() => {
     if (code === "text_too_long") {
       const n = /has (\d+) characters; the limit is (\d+)/.exec((m && m.message) || "");
       if (n) text = `内容有 ${n[1]} 字，超过 ${n[2]} 字的上限，请精简后再发`;
+    }
+    if (code === "too_many_attempts" && Number.isInteger(m.retry_after) && m.retry_after > 0) {
+      text = `亲，这个账号登录失败的次数太多啦，为保护您的账号已暂停登录，请您 ${waitText(m.retry_after)}后再试`;
     }
     if (!text) text = (m && m.message) || "出错了";
     return code ? `${text}（${code}）` : text;
@@ -239,5 +251,5 @@ const kefu = (() => {
     s.textContent = text;
   }
 
-  return { el, setStatus, wsUrl, clockTime, pad2, load, save, connect, stageLabel, RATINGS, errorText, chatText, visibleText };
+  return { el, setStatus, wsUrl, clockTime, pad2, load, save, connect, stageLabel, RATINGS, errorText, waitText, chatText, visibleText };
 })();

@@ -120,6 +120,10 @@
     }
     if (!res.ok) {
       const why = (json && (json.message || json.error)) || body.slice(0, 200) || res.statusText;
+      if (res.status === 429 && json && Number.isInteger(json.retry_after) && json.retry_after > 0) {
+        const wait = kefu.waitText(json.retry_after);
+        throw Object.assign(new Error(`亲，登录失败的次数太多啦，为保护账号已暂停查询，请您 ${wait}后再试（HTTP 429）`), { status: 429 });
+      }
       throw Object.assign(new Error(explain(res.status, why)), { status: res.status });
     }
     if (!json || typeof json.total !== "object") throw Object.assign(new Error("报表格式不对：缺少 total"), { status: res.status });
@@ -142,6 +146,7 @@
       [/keeps no event log/, "服务器没有保存事件记录，无法生成报表"],
       [/wrong supervisor token|unknown shop/, "店铺 ID 或主管令牌不正确"],
       [/Authorization: Bearer/, "缺少主管令牌，请重新登录"],
+      [/too many failed sign-ins/, "登录失败的次数太多啦，为保护账号已暂停查询，请您稍后再试"],
     ];
     let text = (known.find(([re]) => re.test(why)) || [])[1];
     if (!text) {
@@ -171,7 +176,9 @@
       $("csv").disabled = false;
     } catch (e) {
       if (seq !== querySeq) return;
-      if (e.status === 401 || e.status === 403) {
+      // 429: too many wrong tokens for this shop lately; back to the form,
+      // which says how long to wait.
+      if (e.status === 401 || e.status === 403 || e.status === 429) {
         save(SESSION_KEY, { shop: session.shop });
         showSignin(`无法查看报表：${e.message}`);
         return;

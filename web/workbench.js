@@ -15,7 +15,7 @@
   const MAX_TEXT_CHARS = 2000;
   // Error codes that close the connection or belong to the hello: they do
   // not answer a `reply` or `lint` of ours.
-  const SESSION_ERRORS = ["bad_token", "unknown_shop", "bad_id", "buyer_taken", "hello_timeout", "replaced"];
+  const SESSION_ERRORS = ["bad_token", "too_many_attempts", "unknown_shop", "bad_id", "buyer_taken", "hello_timeout", "replaced"];
 
   /** @type {Map<string, object>} conversation id -> state */
   const convs = new Map();
@@ -490,6 +490,14 @@
     const text = errorText(m);
     if (["bad_token", "unknown_shop", "bad_id"].includes(m.code) && !welcomed) {
       refuse(`登录被拒绝：${text}`);
+      return;
+    }
+    // Too many failed sign-ins for this account: the server refuses it
+    // without looking at the token until `retry_after` has passed. Back
+    // to the sign-in form (reconnecting on our own schedule would only be
+    // refused again), saying how long to wait.
+    if (m.code === "too_many_attempts") {
+      refuse(`登录暂不可用：${text}`);
       return;
     }
     if (m.code === "replaced") {

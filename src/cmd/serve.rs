@@ -247,7 +247,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if !weak.is_empty() {
         tracing::warn!(
             who = %weak.join(", "),
-            "tokens shorter than {} characters: sign-ins are not throttled, so use long random tokens",
+            "tokens shorter than {} characters: failed sign-ins are throttled per account, which slows a guesser down but does not stop one, so use long random tokens",
             kefu::config::WEAK_TOKEN_CHARS
         );
     }

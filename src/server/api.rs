@@ -7,28 +7,36 @@
 //! shop named in the query and the report is filtered to it. The answer is
 //! the JSON of `kefu report --format json` plus the chart fields
 //! (`response_histogram`, `rounds_by_hour`) the reports page draws.
+//!
+//! Wrong tokens spend the shop's budget of failed sign-ins (see
+//! [`super::throttle`]; a made-up shop id has one too): while it is spent
+//! the answer is 429 with `Retry-After`, whatever the token.
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{
+    HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use hyper::{Request, Response, StatusCode};
 
 use super::http::Body;
+use super::throttle::{Account, Locked, Outcome};
 use super::App;
 use crate::report::{self, GroupBy, ReportOptions};
 
 /// Answers one `/api/report` request.
 pub(crate) async fn report<B>(req: Request<B>, app: App) -> Response<Body> {
     match answer(&req, &app).await {
+        Err(Refused::Locked(locked)) => too_many_attempts(locked.retry_after),
         Ok(json) => {
             let mut r = json_response(StatusCode::OK, json);
             r.headers_mut()
                 .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
             r
         }
-        Err((status, message)) => {
+        Err(Refused::Failure((status, message))) => {
             let body = serde_json::json!({ "error": message }).to_string();
             let mut r = json_response(status, body);
             if status == StatusCode::UNAUTHORIZED {
@@ -38,6 +46,21 @@ pub(crate) async fn report<B>(req: Request<B>, app: App) -> Response<Body> {
             r
         }
     }
+}
+
+/// The answer while the shop's budget of failed sign-ins is spent.
+fn too_many_attempts(retry_after: u64) -> Response<Body> {
+    let body = serde_json::json!({
+        "error": format!(
+            "too many failed sign-ins for this shop's reports; try again in {retry_after} s"
+        ),
+        "retry_after": retry_after,
+    })
+    .to_string();
+    let mut r = json_response(StatusCode::TOO_MANY_REQUESTS, body);
+    r.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(retry_after));
+    r
 }
 
 fn json_response(status: StatusCode, body: String) -> Response<Body> {
@@ -52,11 +75,31 @@ fn json_response(status: StatusCode, body: String) -> Response<Body> {
 
 type Failure = (StatusCode, String);
 
+/// Why there is no report.
+enum Refused {
+    /// The shop's budget of failed sign-ins is spent.
+    Locked(Locked),
+    Failure(Failure),
+}
+
+impl From<Failure> for Refused {
+    fn from(f: Failure) -> Refused {
+        Refused::Failure(f)
+    }
+}
+
 fn bad(message: impl Into<String>) -> Failure {
     (StatusCode::BAD_REQUEST, message.into())
 }
 
-async fn answer<B>(req: &Request<B>, app: &App) -> Result<String, Failure> {
+async fn answer<B>(req: &Request<B>, app: &App) -> Result<String, Refused> {
+    let (shop, query) = authorize(req, app)?;
+    Ok(build(shop, query, app).await?)
+}
+
+/// The shop asked for, once the supervisor token is checked (against the
+/// shop's budget of failed sign-ins first), and the query.
+fn authorize<B>(req: &Request<B>, app: &App) -> Result<(String, HashMap<String, String>), Refused> {
     let query: HashMap<String, String> =
         form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
             .into_owned()
@@ -77,19 +120,40 @@ async fn answer<B>(req: &Request<B>, app: &App) -> Result<String, Failure> {
             "send the supervisor token as `Authorization: Bearer <token>`".to_string(),
         ))?;
     let config = app.config();
-    let allowed = config.shops.get(shop.as_str()).is_some_and(|s| {
+    let known = config.shops.get(shop.as_str());
+    // A made-up shop id is throttled as a real one is: the answers do not
+    // tell which shops exist.
+    let ticket = app
+        .begin_signin(Account::Reports(shop.clone()), known.is_some())
+        .map_err(Refused::Locked)?;
+    let allowed = known.is_some_and(|s| {
         s.supervisors
             .iter()
             .any(|t| super::hub::ct_eq(t.as_bytes(), token.as_bytes()))
     });
+    app.end_signin(
+        ticket,
+        if allowed {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        },
+    );
     if !allowed {
         // Same answer for an unknown shop and a wrong token: nothing to
         // learn about which shops exist.
-        return Err((
+        return Err(Refused::Failure((
             StatusCode::FORBIDDEN,
             "unknown shop or wrong supervisor token".to_string(),
-        ));
+        )));
     }
+    Ok((shop.clone(), query))
+}
+
+/// The report of `shop` asked for by `query`.
+async fn build(shop: String, query: HashMap<String, String>, app: &App) -> Result<String, Failure> {
+    let shop = &shop;
+    let config = app.config();
     let Some(reader) = app.reports().cloned() else {
         return Err((
             StatusCode::SERVICE_UNAVAILABLE,

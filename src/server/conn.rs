@@ -27,6 +27,7 @@ use tracing::{debug, info};
 use super::hub::{
     capture, AgentSession, BuyerSession, CloseOrder, Ctx, Effects, Hub, Outbox, Queued,
 };
+use super::throttle::{Account, Outcome};
 use super::{App, SUGGESTIONS};
 use crate::config::Limits;
 use crate::events::Kind;
@@ -722,8 +723,13 @@ fn dispatch(
         Err(r) if is_fatal(r.code) => {
             // Busy refusals come by the thousand at a peak: a busy shop's
             // are logged by the hub once a minute, a buyer on a staff
-            // place is told by the places free (`App::free_places`).
-            if matches!(r.code, ErrorCode::ShopBusy | ErrorCode::ServerBusy) {
+            // place is told by the places free (`App::free_places`). A
+            // guesser's refusals during a lockout as many: the lockout is
+            // logged once, as it starts (`throttle`).
+            if matches!(
+                r.code,
+                ErrorCode::ShopBusy | ErrorCode::ServerBusy | ErrorCode::TooManyAttempts
+            ) {
                 debug!(
                     conn = out.conn,
                     code = r.code.as_str(),
@@ -751,6 +757,7 @@ fn is_fatal(code: ErrorCode) -> bool {
     matches!(
         code,
         ErrorCode::BadToken
+            | ErrorCode::TooManyAttempts
             | ErrorCode::UnknownShop
             | ErrorCode::BuyerTaken
             | ErrorCode::ShopBusy
@@ -833,9 +840,28 @@ fn hello(app: &App, h: Hello, out: &Outbox, staff_only: bool) -> Result<Session,
                     "an agent hello needs `agent` (the agent id) and `token`",
                 ));
             };
-            app.hub()
-                .agent_hello(&ctx, &h.shop, &agent, h.token.as_deref(), out, now, &mut fx)
-                .map(Session::Agent)
+            // The budget first: while it is spent the token is not looked
+            // at. Made-up ids are throttled alike (in a table of their
+            // own), so the answers do not tell which ids exist.
+            let known = app
+                .config()
+                .shops
+                .get(&h.shop)
+                .is_some_and(|s| s.agents.contains_key(&agent));
+            let ticket = app
+                .begin_signin(Account::Agent(h.shop.clone(), agent.clone()), known)
+                .map_err(|l| Refusal::too_many_attempts(l.retry_after))?;
+            // The hub's guard is a temporary of this statement: released
+            // before the throttle's lock is taken again.
+            let result =
+                app.hub()
+                    .agent_hello(&ctx, &h.shop, &agent, h.token.as_deref(), out, now, &mut fx);
+            let outcome = match &result {
+                Err(r) if r.code == ErrorCode::BadToken => Outcome::Failure,
+                _ => Outcome::Success,
+            };
+            app.end_signin(ticket, outcome);
+            result.map(Session::Agent)
         }
     };
     app.apply(fx);

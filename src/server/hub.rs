@@ -135,6 +135,9 @@ impl CloseOrder {
         // 1013 "try again later" (RFC 6455 7.4.1) for the refusals that are
         // about the server's load, not the client's request: a shop at its
         // cap of open conversations, a buyer on a place kept for staff.
+        // Not for `too_many_attempts`: that is about the account, its
+        // wait is the frame's `retry_after`, and clients reconnect on 1013
+        // on their own schedule; it closes with 1008 as `bad_token` does.
         let code = match r.code {
             ErrorCode::ShopBusy | ErrorCode::ServerBusy => CloseCode::Again,
             _ => CloseCode::Policy,

@@ -1,5 +1,6 @@
 // End-to-end checks of the pages' edge states, with their own `kefu serve`:
-// leaving stops for good (no "reconnecting" badge), 换个买家 keeps the shop,
+// leaving stops for good (no "reconnecting" badge), a sign-in locked after
+// too many wrong tokens says how long to wait, 换个买家 keeps the shop,
 // bidi control characters in buyer text are shown and not obeyed, a text
 // selection in the chat survives frames, long ids wrap in the event log, the
 // reports page runs custom dates and explains a start after the end, and
@@ -94,6 +95,41 @@ test("退出 and a refused sign-in stop for good: the badge says 未连接, noth
   await p.waitForTimeout(1500);
   assert.equal(await p.textContent("#status"), "未连接");
   assert.equal(await p.locator("#events li", { hasText: "正在重连" }).count(), 0);
+  await p.close();
+});
+
+test("too many wrong tokens: the workbench says how long to wait and does not retry", async () => {
+  const p = await context.newPage();
+  watch(p, "agent (locked)");
+  await p.goto(`${server.url}/`);
+  // Ten wrong tokens for agent a7, straight over WebSocket (an id the shop
+  // does not have is throttled as a real one is; a1 stays usable for the
+  // other tests).
+  const codes = await p.evaluate(async () => {
+    const out = [];
+    for (let i = 0; i < 10; i++) {
+      out.push(
+        await new Promise((resolve) => {
+          const ws = new WebSocket(kefu.wsUrl());
+          ws.onopen = () => ws.send(JSON.stringify({ type: "hello", role: "agent", shop: "s1", agent: "a7", token: `guess${i}` }));
+          ws.onmessage = (ev) => resolve(JSON.parse(ev.data).code);
+          ws.onclose = () => resolve("closed");
+        }),
+      );
+    }
+    return out;
+  });
+  assert.deepEqual(codes, Array(10).fill("bad_token"));
+  await p.fill("#in-shop", SHOP);
+  await p.fill("#in-agent", "a7");
+  await p.fill("#in-token", "the-right-one-or-not");
+  await p.click("#signin button[type=submit]");
+  await p.locator("#signin-error", { hasText: "登录暂不可用" }).waitFor();
+  assert.match(await p.textContent("#signin-error"), /亲.*请您 \d+ 秒后再试（too_many_attempts）/);
+  await p.waitForTimeout(1500); // a reconnect would start within 0.5 s
+  assert.equal(await p.textContent("#status"), "未连接");
+  assert.equal(await p.isVisible("#signin"), true);
+  await shot(p, "workbench-too-many-attempts");
   await p.close();
 });
 

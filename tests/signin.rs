@@ -1,0 +1,137 @@
+//! Failed agent sign-ins are throttled per account (shop, agent id):
+//! past `limits.signin_failures` wrong tokens a hello for that account is
+//! refused with `too_many_attempts` without the token being checked, while
+//! other agents and agents already signed in carry on. Real sockets on
+//! 127.0.0.1:0; the default budget (10 per 60 s) unless a test says.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{close_code, spawn_app, spawn_app_with, test_config, Client, TestApp};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+/// An agent hello of shop `shop`; what came back before the close (or the
+/// welcome, with the client still open).
+async fn hello(t: &TestApp, shop: &str, agent: &str, token: &str) -> (Value, Option<Client>) {
+    let mut c = t.connect().await;
+    c.send(json!({"type":"hello","role":"agent","shop":shop,"agent":agent,"token":token}))
+        .await;
+    let first = c.recv().await;
+    if first["type"] == "welcome" {
+        return (first, Some(c));
+    }
+    let (rest, frame) = c.expect_close().await;
+    assert!(rest.is_empty(), "{first} then {rest:?}");
+    assert_eq!(close_code(&frame), Some(CloseCode::Policy), "{first}");
+    (first, None)
+}
+
+/// `n` wrong guesses at `shop:agent`'s token, each refused as `bad_token`.
+async fn guess(t: &TestApp, shop: &str, agent: &str, n: usize) {
+    for i in 0..n {
+        let (v, _) = hello(t, shop, agent, &format!("guess{i}")).await;
+        assert_eq!(v["code"], "bad_token", "guess {i} at {shop}:{agent}: {v}");
+    }
+}
+
+/// A `too_many_attempts` refusal with its wait in 1..=`most` seconds.
+fn assert_locked(v: &Value, most: u64) -> u64 {
+    assert_eq!(v["type"], "error", "{v}");
+    assert_eq!(v["code"], "too_many_attempts", "{v}");
+    let wait = v["retry_after"].as_u64().unwrap_or(0);
+    assert!((1..=most).contains(&wait), "retry_after: {v}");
+    let message = v["message"].as_str().unwrap();
+    assert!(
+        message.contains("亲") && message.contains("秒后再试"),
+        "{v}"
+    );
+    wait
+}
+
+/// The 11th guess is refused even with the right token, and so is the
+/// 11th at a made-up agent id: from outside, the two look the same.
+#[tokio::test]
+async fn the_eleventh_sign_in_is_refused_even_with_the_right_token() {
+    let t = spawn_app().await;
+    guess(&t, "s1", "a1", 10).await;
+    let (v, c) = hello(&t, "s1", "a1", "t1").await;
+    assert!(c.is_none(), "signed in during a lockout: {v}");
+    assert_locked(&v, 6);
+    // Refused attempts do not sign in later either, and stay refused.
+    let (v, _) = hello(&t, "s1", "a1", "t1").await;
+    assert_locked(&v, 6);
+
+    for (shop, agent) in [("s1", "nobody"), ("nowhere", "a1")] {
+        guess(&t, shop, agent, 10).await;
+        let (v, _) = hello(&t, shop, agent, "t1").await;
+        assert_locked(&v, 6);
+    }
+    t.stop().await;
+}
+
+/// One agent's lockout leaves the shop's other agents (and the same id in
+/// another shop) alone.
+#[tokio::test]
+async fn another_agent_of_the_shop_is_unaffected() {
+    let t = spawn_app().await;
+    guess(&t, "s1", "a1", 10).await;
+    assert_locked(&hello(&t, "s1", "a1", "t1").await.0, 6);
+    let (v, c) = hello(&t, "s1", "a2", "t2").await;
+    assert_eq!(v["type"], "welcome", "{v}");
+    // A wrong guess at a2 is still just a wrong token.
+    let (v, _) = hello(&t, "s1", "a2", "nope").await;
+    assert_eq!(v["code"], "bad_token", "{v}");
+    let (v, c2) = hello(&t, "s2", "b1", "u1").await;
+    assert_eq!(v["type"], "welcome", "{v}");
+    c.unwrap().close().await;
+    c2.unwrap().close().await;
+    t.stop().await;
+}
+
+/// An agent signed in before the guessing keeps their connection and
+/// their buyers while their account is locked.
+#[tokio::test]
+async fn an_agent_already_signed_in_stays_connected() {
+    let t = spawn_app().await;
+    let (mut agent, _) = t.agent("a1").await;
+    guess(&t, "s1", "a1", 10).await;
+    assert_locked(&hello(&t, "s1", "a1", "t1").await.0, 6);
+
+    let (mut buyer, welcome, _) = t.buyer("b1").await;
+    let conv = welcome["conversation"].as_str().unwrap().to_string();
+    buyer
+        .send(json!({"type":"message","text":"请问什么时候发货"}))
+        .await;
+    let m = agent.recv_until("buyer_message").await;
+    assert_eq!(m["conversation"], conv.as_str());
+    agent
+        .send(json!({"type":"reply","conversation":conv,"text":"亲，48小时内为您发出哦"}))
+        .await;
+    agent.recv_until("reply_sent").await;
+    assert_eq!(
+        buyer.recv_until("reply").await["text"],
+        "亲，48小时内为您发出哦"
+    );
+    agent.close().await;
+    buyer.close().await;
+    t.stop().await;
+}
+
+/// Once the wait the refusal named has passed, the right token signs in
+/// (a budget of 2 per 4 s: one attempt back every 2 s).
+#[tokio::test]
+async fn after_the_wait_the_right_token_signs_in() {
+    let mut config = test_config();
+    config.limits.signin_failures = 2;
+    config.limits.signin_window = Duration::from_secs(4);
+    let t = spawn_app_with(config).await;
+    guess(&t, "s1", "a1", 2).await;
+    let wait = assert_locked(&hello(&t, "s1", "a1", "t1").await.0, 2);
+    tokio::time::sleep(Duration::from_secs(wait) + Duration::from_millis(100)).await;
+    let (v, c) = hello(&t, "s1", "a1", "t1").await;
+    assert_eq!(v["type"], "welcome", "{v}");
+    c.unwrap().close().await;
+    t.stop().await;
+}
