@@ -159,6 +159,15 @@ async fn supervisor_report_counts_a_round_and_refuses_strangers() {
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    // An HTTP answer names the query parameter, not the CLI's flag.
+    let (status, _, body) = get(addr, "/api/report?shop=s1&last=0d", Some("boss")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        serde_json::from_str::<Value>(&body).unwrap()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("last=\"0d\"") && !e.contains("--last")),
+        "{body}"
+    );
 
     // The supervisor of s1 sees the round, answered by a1 with a suggestion.
     let (status, ctype, body) = get(addr, path, Some("boss")).await;

@@ -112,7 +112,7 @@ fn authorize<B>(req: &Request<B>, app: &App) -> Result<(String, HashMap<String, 
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(bearer)
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or((
@@ -166,7 +166,11 @@ async fn build(shop: String, query: HashMap<String, String>, app: &App) -> Resul
     let now = app.timebase().now_ms();
     let (from_ms, to_ms) = match (query.get("last"), query.get("from"), query.get("to")) {
         (Some(last), None, None) => {
-            let (f, t) = report::last_days(last, now, offset).map_err(|e| bad(e.to_string()))?;
+            let (f, t) = report::last_days(last, now, offset).map_err(|_| {
+                bad(format!(
+                    "last={last:?}: give a number of days such as 7d or 30d"
+                ))
+            })?;
             (Some(f), Some(t))
         }
         (None, from, to) => (
@@ -216,4 +220,31 @@ async fn build(shop: String, query: HashMap<String, String>, app: &App) -> Resul
             (StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
         })?;
     serde_json::to_string(&report).map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// The credentials of a `Bearer` authorization; the scheme's name is
+/// case-insensitive (RFC 9110 11.1: `bearer x` was refused, found by review).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(rest)
+}
+
+#[cfg(test)]
+mod tests {
+    /// (Authorization value, credentials): the scheme in any case.
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        let cases = [
+            ("Bearer boss", Some("boss")),
+            ("bearer boss", Some("boss")),
+            ("BEARER boss", Some("boss")),
+            ("Basic Ym9zcw==", None),
+            ("Bearerboss", None),
+            ("boss", None),
+            ("Bearer ", Some("")),
+        ];
+        for (value, want) in cases {
+            assert_eq!(super::bearer(value), want, "{value:?}");
+        }
+    }
 }
