@@ -167,7 +167,10 @@ fn main() {
             let took = t0.elapsed();
             assert_eq!(m["conversation"], convs[k].as_str());
             if i >= warmup {
-                hist.record(took.as_nanos().max(1) as u64).unwrap();
+                // Saturating: a stall past the histogram's top (60 ms; a
+                // loaded machine during `cargo test --all-targets`) is
+                // counted at the top, not a panic that fails the suite.
+                hist.saturating_record(took.as_nanos().max(1) as u64);
             }
             // End the round, as an agent would.
             let reply = m["suggestions"][0]["reply"]
