@@ -242,3 +242,32 @@ fn serve_fits_max_connections_to_the_open_files_limit() {
     let line = found.unwrap_or_else(|| panic!("no warning; stderr: {seen:?}"));
     assert!(line.contains("using 136"), "{line}");
 }
+
+/// Found by review: `kefu lint ... | head` panicked when the reader had
+/// gone. Each command that writes to standard output, with its read end
+/// closed before it writes: an error or a clean end, never a panic.
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    let phrases = shipped_phrases();
+    let p = phrases.to_str().unwrap();
+    let cases: &[&[&str]] = &[
+        &["lint", "不行，我不能，这不是我的问题", "--phrases", p],
+        &["lint", "不行", "--json", "--phrases", p],
+        &["check", p],
+    ];
+    for args in cases {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kefu"))
+            .args(*args)
+            .env_remove("KEFU_DATA")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Loading the libraries takes milliseconds: the pipe is closed first.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_ne!(out.status.code(), Some(101), "{args:?}: {err}");
+    }
+}

@@ -134,7 +134,8 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     match Library::load_dir(dir) {
         Ok(lib) => {
             let matcher = Matcher::new(&lib)?;
-            println!(
+            writeln!(
+                std::io::stdout(),
                 "{}: ok, {} intents, {} keywords, {} greeting, {} holding, {} offline and {} transfer templates, {} politeness rules",
                 dir.display(),
                 matcher.intent_count(),
@@ -144,7 +145,7 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
                 lib.templates.offline.len(),
                 lib.templates.transfer.len(),
                 lib.politeness.negative.len() + lib.politeness.curt.len()
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Err(errors) => {
@@ -223,24 +224,28 @@ pub fn suggest(args: SuggestArgs) -> anyhow::Result<ExitCode> {
 pub fn lint(args: LintArgs) -> anyhow::Result<ExitCode> {
     let lib = load(&args.phrases.dir)?;
     let result = Checker::new(&lib.politeness).check(&args.draft);
+    // `writeln!`, not `println!`: a closed pipe (`kefu lint ... | head`) is
+    // an error to report, not a panic (found by review).
+    let mut out = std::io::stdout().lock();
     if args.json {
-        println!("{}", serde_json::to_string(&result)?);
+        writeln!(out, "{}", serde_json::to_string(&result)?)?;
     } else if result.ok {
-        println!("ok: no negative or curt phrasing found");
+        writeln!(out, "ok: no negative or curt phrasing found")?;
     } else {
         for issue in &result.issues {
             let kind = match issue.kind {
                 kefu::politeness::IssueKind::Negative => "negative",
                 kefu::politeness::IssueKind::Curt => "curt",
             };
-            println!(
+            writeln!(
+                out,
                 "{kind} phrasing `{}` at characters {}-{}",
                 issue.phrase, issue.start, issue.end
-            );
+            )?;
             if let Some(reason) = &issue.reason {
-                println!("  why: {reason}");
+                writeln!(out, "  why: {reason}")?;
             }
-            println!("  try: {}", issue.rewrite);
+            writeln!(out, "  try: {}", issue.rewrite)?;
         }
     }
     Ok(if result.ok {
