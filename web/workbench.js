@@ -420,9 +420,11 @@
         c.online = false;
         c.waitingSince = null;
         takeRound(c, {});
-        // secret_lost: after a restart with a new resume key the buyer came
-        // back and was given a new conversation (it arrives next).
-        const why = m.reason === "secret_lost" ? "买家已重新进入，服务重启后原会话无法恢复，已转为新会话" : "买家已离开，会话结束";
+        // secret_lost: after a restart with a new resume key someone came
+        // back under this buyer id and was given a new conversation (it
+        // arrives next). Nobody could check it is the same person: the text
+        // must not say so (found by review).
+        const why = m.reason === "secret_lost" ? "服务重启后无法核验买家身份，原会话已结束；同一买家号的新会话随后到达，请重新核实订单等信息" : "买家已离开，会话结束";
         c.messages.push({ from: "system", text: why, at: serverNow() });
         break;
       }
