@@ -662,6 +662,21 @@ impl<'r> Computer<'r> {
                     });
                     open = true;
                 }
+                Kind::Buyer => {
+                    // A round begun outside the service hours and still
+                    // open starts again at the first buyer message inside
+                    // them: the buyer who wrote at 23:30 and again at 08:05
+                    // waited from 08:05 (found by review: that wait counted
+                    // nowhere).
+                    let hours = opts.service_window;
+                    let r = rounds.last_mut().expect("open round");
+                    if !hours.contains(self.minute_of_day(r.start))
+                        && hours.contains(self.minute_of_day(e.ts))
+                    {
+                        r.start = e.ts;
+                        r.first = i;
+                    }
+                }
                 Kind::Agent => {
                     if open {
                         let agent = self.name(e.agent).unwrap_or(UNASSIGNED);

@@ -1125,3 +1125,84 @@ fn cli_names_a_shop_with_no_events() {
         "{err}"
     );
 }
+
+/// A round begun outside the service hours and still open starts again at
+/// the first buyer message inside them (found by review: an overnight
+/// buyer's morning wait counted nowhere). Each case: the buyer messages'
+/// local times (+08:00, 11-20 then 11-21), the reply's, the service
+/// window; expected counted rounds and mean response (s).
+#[test]
+fn an_overnight_round_starts_again_when_the_hours_open() {
+    type Case<'a> = (&'a [&'a str], &'a str, &'a str, u64, Option<f64>);
+    let cases: &[Case] = &[
+        // 23:30, 08:05, answered 08:45: one round from 08:05, 2,400 s → 600.
+        (
+            &["20T23:30:00", "21T08:05:00"],
+            "21T08:45:00",
+            "08:00-23:00",
+            1,
+            Some(600.0),
+        ),
+        // Answered at 08:05:20: 20 s from the morning message.
+        (
+            &["20T23:30:00", "21T08:05:00"],
+            "21T08:05:20",
+            "08:00-23:00",
+            1,
+            Some(20.0),
+        ),
+        // Every message outside the hours: nothing counted, as before.
+        (
+            &["20T23:30:00", "21T07:50:00"],
+            "21T08:30:00",
+            "08:00-23:00",
+            0,
+            None,
+        ),
+        // Only the first message inside the hours restarts it.
+        (
+            &["20T23:30:00", "21T08:05:00", "21T08:06:00"],
+            "21T08:06:30",
+            "08:00-23:00",
+            1,
+            Some(90.0),
+        ),
+        // A round begun inside the hours keeps its start.
+        (
+            &["20T22:59:00", "20T23:00:30"],
+            "20T23:01:00",
+            "08:00-23:00",
+            1,
+            Some(120.0),
+        ),
+        // A window across midnight: 03:00 is outside 20:00-02:00, 20:10 inside.
+        (
+            &["21T03:00:00", "21T20:10:00"],
+            "21T20:10:15",
+            "20:00-02:00",
+            1,
+            Some(15.0),
+        ),
+    ];
+    for (i, &(buyer, reply, hours, rounds, avg)) in cases.iter().enumerate() {
+        let at = |t: &str| ts(&format!("2026-11-{t}+08:00"));
+        let c = format!("o{i}");
+        let mut evs: Vec<Event> = buyer
+            .iter()
+            .map(|t| Event::new(at(t), "s1", &c, "b", Kind::Buyer))
+            .collect();
+        let mut a = Event::new(at(reply), "s1", &c, "b", Kind::Agent);
+        a.agent = Some("a1".into());
+        evs.push(a);
+        let o = ReportOptions {
+            service_window: hours.parse().unwrap(),
+            ..opts(None)
+        };
+        let t = report::compute(&evs, &o).total;
+        assert_eq!(
+            (t.rounds, t.response_avg_s),
+            (rounds, avg),
+            "case {i}: {buyer:?} → {reply} in {hours}"
+        );
+    }
+}
