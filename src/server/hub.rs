@@ -2184,22 +2184,20 @@ fn parse_rating(score: &str) -> Option<Rating> {
     serde_json::from_value(serde_json::Value::String(score.to_string())).ok()
 }
 
-/// Buyer ids come from the platform (nicknames included): any printable
-/// text up to 64 characters.
+/// Buyer ids come from the platform (nicknames included): any text up to
+/// 64 characters that shows as it is on the agent's screen: nothing blank
+/// or invisible (see [`crate::config::has_hidden_chars`]), so `b1 `,
+/// `b1\u{3000}` or `b1\u{200b}` cannot be another buyer who looks exactly
+/// like `b1`.
 fn check_buyer_id(id: &str) -> Result<(), Refusal> {
-    // Control and invisible format characters (zero-width spaces,
-    // direction marks) and line separators: `b1\u{200b}` would be another
-    // buyer who looks exactly like `b1` on the agent's screen.
-    static HIDDEN: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
-        regex::Regex::new(r"[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]").expect("a valid class")
-    });
-    let ok = !id.trim().is_empty() && id.chars().count() <= 64 && !HIDDEN.is_match(id);
+    let ok = !id.is_empty() && id.chars().count() <= 64 && !crate::config::has_hidden_chars(id);
     if ok {
         Ok(())
     } else {
         Err(Refusal::new(
             ErrorCode::BadId,
-            "the buyer id must be 1-64 printable characters (no control or invisible characters)",
+            "the buyer id must be 1-64 characters with no spaces, control or invisible \
+             characters",
         ))
     }
 }
@@ -2761,22 +2759,65 @@ mod tests {
         assert_eq!(parse_rating("meh"), None);
     }
 
+    /// Ids that look like `b1` on the agent's screen are refused, so the
+    /// buyer holding `b1`'s conversation is the only `b1`; ordinary Chinese
+    /// and Latin ids (nicknames, emoji) stay accepted.
     #[test]
     fn buyer_ids() {
-        for (id, ok) in [
-            ("b1", true),
-            ("tb_小明 88", true),
-            ("", false),
-            ("  ", false),
-            ("a\nb", false),
-            ("b1\u{200b}", false),
-            ("\u{202e}b1", false),
-            ("b1\u{2028}x", false),
-            ("\u{feff}b1", false),
-            ("买家😀", true),
-        ] {
-            assert_eq!(check_buyer_id(id).is_ok(), ok, "{id:?}");
+        let cases: &[(&str, bool, &str)] = &[
+            ("b1", true, "plain"),
+            ("tb_小明2026", true, "Taobao nickname"),
+            ("张三", true, "Chinese name"),
+            ("jd-user_01", true, "Latin with - and _"),
+            ("买家😀", true, "emoji"),
+            ("❤小店", true, "emoji without a variation selector"),
+            (
+                "\u{2764}\u{fe0f}小店",
+                false,
+                "a variation selector is invisible wherever it is, after an emoji too",
+            ),
+            ("", false, "empty"),
+            ("  ", false, "spaces only"),
+            ("b1 ", false, "trailing space"),
+            (" b1", false, "leading space"),
+            (
+                "tb_小明 88",
+                false,
+                "inner space: `tb_小明  88` would look alike",
+            ),
+            ("b1\t", false, "tab"),
+            ("b1\u{a0}", false, "no-break space"),
+            ("b1\u{3000}", false, "ideographic space"),
+            ("b1\u{2003}", false, "em space"),
+            ("b1\u{1680}", false, "ogham space mark"),
+            ("b1\u{3164}", false, "Hangul filler"),
+            ("b1\u{115f}", false, "Hangul choseong filler"),
+            ("b1\u{1160}", false, "Hangul jungseong filler"),
+            ("b1\u{ffa0}", false, "halfwidth Hangul filler"),
+            ("b1\u{2800}", false, "braille blank"),
+            ("b1\u{16fe4}", false, "Khitan filler"),
+            ("b1\u{34f}", false, "combining grapheme joiner"),
+            ("b1\u{fe0f}", false, "variation selector 16"),
+            ("b1\u{fe00}", false, "variation selector 1"),
+            ("b1\u{e0100}", false, "variation selector 17"),
+            ("b1\u{e01ef}", false, "variation selector 256"),
+            ("b1\u{180b}", false, "Mongolian variation selector"),
+            ("b1\u{17b4}", false, "Khmer inherent vowel"),
+            ("b1\u{ad}", false, "soft hyphen"),
+            ("b1\u{200b}", false, "zero-width space"),
+            ("b1\u{200d}", false, "zero-width joiner"),
+            ("b1\u{2060}", false, "word joiner"),
+            ("\u{202e}b1", false, "right-to-left override"),
+            ("\u{feff}b1", false, "byte-order mark"),
+            ("b1\u{e0041}", false, "tag character"),
+            ("a\nb", false, "line feed"),
+            ("b1\u{2028}x", false, "line separator"),
+            ("b1\u{2029}x", false, "paragraph separator"),
+        ];
+        for &(id, ok, why) in cases {
+            assert_eq!(check_buyer_id(id).is_ok(), ok, "{why}: {id:?}");
         }
+        assert!(check_buyer_id(&"x".repeat(64)).is_ok());
         assert!(check_buyer_id(&"x".repeat(65)).is_err());
     }
 
