@@ -528,7 +528,28 @@ struct Conv {
     history: VecDeque<HLine>,
     history_bytes: usize,
     rated: Option<Rating>,
+    /// The buyer sent a message or an agent replied. A conversation
+    /// without either holds nothing for its buyer to resume but the
+    /// greeting, and closes [`EMPTY_CLOSE_AFTER`] after they leave.
+    chatted: bool,
 }
+
+/// How long a conversation nobody chatted in (the buyer sent no message,
+/// no agent replied: only the bot's greeting) stays open after its buyer
+/// leaves, instead of the whole resume window. There is nothing in it to
+/// resume but the greeting, and the 30 minutes let one client fill a
+/// shop's `limits.max_open_conversations` with hellos under made-up ids
+/// (one per connection, then close): a flood must now send messages, rate
+/// limited per connection and seen by agents, to hold places. Long enough
+/// for a reload or a dropped connection to resume the conversation; a
+/// buyer back later gets a new one, greeted again. Closed with the reason
+/// [`EMPTY`].
+pub(crate) const EMPTY_CLOSE_AFTER: Duration = Duration::from_secs(60);
+
+/// The `note` of the `close` event and the `reason` of the agent's
+/// `conversation_closed` for a conversation closed [`EMPTY_CLOSE_AFTER`]
+/// its buyer left without anyone chatting.
+pub(crate) const EMPTY: &str = "empty";
 
 impl Conv {
     fn event(&self, ts_ms: i64, kind: Kind) -> Event {
@@ -836,6 +857,10 @@ pub(crate) struct Hub {
     /// Conversations whose buyer left, in the order they left (entries of
     /// buyers who came back are skipped when they reach the front).
     away: VecDeque<(Instant, Arc<str>)>,
+    /// Of those, the ones nobody had chatted in when their buyer left: they
+    /// close [`EMPTY_CLOSE_AFTER`] later unless the buyer is back or an
+    /// agent wrote meanwhile.
+    away_empty: VecDeque<(Instant, Arc<str>)>,
     /// Agents whose socket dropped, in the order they left, with the time
     /// their conversations move on unless they are back (shop, agent).
     leaving: VecDeque<(Instant, Arc<str>, Arc<str>)>,
@@ -888,6 +913,7 @@ impl Hub {
             convs: HashMap::new(),
             clock: Clock::new(config.clock),
             away: VecDeque::new(),
+            away_empty: VecDeque::new(),
             leaving: VecDeque::new(),
             timer_wake: None,
             resume_key: ResumeKey::random(),
@@ -1094,6 +1120,7 @@ impl Hub {
             history: VecDeque::new(),
             history_bytes: 0,
             rated: None,
+            chatted: false,
         };
         fx.send(
             out,
@@ -1270,6 +1297,7 @@ impl Hub {
             },
             ctx.config.limits.history_bytes,
         );
+        conv.chatted = true;
         let started = clock.buyer_message(&conv.id, now);
         if started.new {
             if let Some(first) = clock.next_alarm() {
@@ -1341,6 +1369,7 @@ impl Hub {
             },
             ctx.config.limits.history_bytes,
         );
+        conv.chatted = true;
         if let Some(buyer_out) = &conv.buyer_out {
             fx.send(
                 buyer_out,
@@ -1542,6 +1571,7 @@ impl Hub {
             shops,
             convs,
             away,
+            away_empty,
             timer_wake,
             ..
         } = self;
@@ -1568,6 +1598,10 @@ impl Hub {
         }
         // The expiry of this conversation is a deadline like the clock's.
         Self::deadline_added(timer_wake, now + ctx.config.limits.resume_window, fx);
+        if !conv.chatted {
+            away_empty.push_back((now, conv.id.clone()));
+            Self::deadline_added(timer_wake, now + EMPTY_CLOSE_AFTER, fx);
+        }
     }
 
     pub(crate) fn agent_left(
@@ -1678,6 +1712,7 @@ impl Hub {
             }
             let shop_key = shop_key.clone();
             let secret_lost = new_key || o.secret_lost;
+            let empty = o.empty();
             let mut conv = Conv {
                 secret: self.resume_key.secret(&shop_key, &o.id).into_boxed_str(),
                 id: o.id,
@@ -1689,6 +1724,7 @@ impl Hub {
                 history: VecDeque::new(),
                 history_bytes: 0,
                 rated: o.rated,
+                chatted: !empty,
             };
             for l in o.lines {
                 let line = HLine {
@@ -1730,6 +1766,9 @@ impl Hub {
             }
             shop.buyers.insert(conv.buyer.clone(), conv.id.clone());
             self.away.push_back((now, conv.id.clone()));
+            if !conv.chatted {
+                self.away_empty.push_back((now, conv.id.clone()));
+            }
             let mut ev = conv.event(at, Kind::Restore);
             ev.agent = conv.agent.clone();
             if secret_lost {
@@ -1773,7 +1812,8 @@ impl Hub {
     // ---- time -------------------------------------------------------------------------------
 
     /// Fires every alarm due at `now` and closes conversations whose buyer
-    /// stayed away past the resume window. Returns when to run again.
+    /// stayed away past the resume window, or past [`EMPTY_CLOSE_AFTER`]
+    /// when nobody chatted in them. Returns when to run again.
     pub(crate) fn tick(&mut self, ctx: &Ctx, now: Instant, fx: &mut Effects) -> Option<Instant> {
         let tb = ctx.tb;
         {
@@ -1866,6 +1906,21 @@ impl Hub {
                 self.close_conversation(&cid, tb.ms(now), "expired", fx);
             }
         }
+        while let Some(&(since, _)) = self.away_empty.front() {
+            if since + EMPTY_CLOSE_AFTER > now {
+                break;
+            }
+            let (since, cid) = self.away_empty.pop_front().expect("front exists");
+            // Still away since then (not back, not gone and back again)
+            // and still nothing said by the buyer or an agent.
+            if self
+                .convs
+                .get(&cid)
+                .is_some_and(|c| c.away_since == Some(since) && !c.chatted)
+            {
+                self.close_conversation(&cid, tb.ms(now), EMPTY, fx);
+            }
+        }
         while let Some(&(until, _, _)) = self.leaving.front() {
             if until > now {
                 break;
@@ -1891,8 +1946,12 @@ impl Hub {
             }
         }
         let next_expiry = self.away.front().map(|&(since, _)| since + window);
+        let next_empty = self
+            .away_empty
+            .front()
+            .map(|&(since, _)| since + EMPTY_CLOSE_AFTER);
         let next_move = self.leaving.front().map(|&(until, _, _)| until);
-        let next = [self.clock.next_alarm(), next_expiry, next_move]
+        let next = [self.clock.next_alarm(), next_expiry, next_empty, next_move]
             .into_iter()
             .flatten()
             .min();
@@ -1901,8 +1960,9 @@ impl Hub {
     }
 
     /// Ends a conversation for good (`note`: why; `expired`, its buyer did
-    /// not come back, or `secret_lost`), and logs it: a restart brings back
-    /// only conversations not closed.
+    /// not come back, [`EMPTY`], they left without anyone chatting, or
+    /// `secret_lost`), and logs it: a restart brings back only
+    /// conversations not closed.
     fn close_conversation(
         &mut self,
         cid: &Arc<str>,
@@ -2415,6 +2475,7 @@ mod tests {
             history: VecDeque::new(),
             history_bytes: 0,
             rated: None,
+            chatted: false,
         };
         for (i, text) in lines.iter().enumerate() {
             let (author, text) = match text.strip_prefix("bot:") {
