@@ -36,20 +36,26 @@ const kefu = (() => {
     return `${pad2(d.getHours())}:${pad2(d.getMinutes())}:${pad2(d.getSeconds())}`;
   }
 
-  /** Reads a JSON value from sessionStorage; null when absent or broken. */
-  function load(key) {
+  /**
+   * Reads a JSON value from sessionStorage (the tab's), or localStorage
+   * (the browser's, kept after the tab closes) when `local`; null when
+   * absent or broken.
+   */
+  function load(key, local = false) {
     try {
-      const raw = sessionStorage.getItem(key);
+      const raw = (local ? localStorage : sessionStorage).getItem(key);
       return raw ? JSON.parse(raw) : null;
     } catch {
       return null;
     }
   }
 
-  function save(key, value) {
+  /** Stores a JSON value as `load` reads it; null or undefined removes it. */
+  function save(key, value, local = false) {
     try {
-      if (value === null || value === undefined) sessionStorage.removeItem(key);
-      else sessionStorage.setItem(key, JSON.stringify(value));
+      const store = local ? localStorage : sessionStorage;
+      if (value === null || value === undefined) store.removeItem(key);
+      else store.setItem(key, JSON.stringify(value));
     } catch {
       /* storage full or disabled: the page still works, it just forgets */
     }
