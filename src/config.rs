@@ -722,20 +722,46 @@ fn parse_listen(setting: &str, s: &str) -> Result<SocketAddr, ConfigError> {
 }
 
 /// Shop and agent ids: what reports and URLs can carry without escaping.
+/// The Hangul fillers count as letters (`Lo`) but show as blank space, so
+/// they are refused too ([`has_hidden_chars`]): `a1` and `a1\u{3164}` would
+/// be two agents who look the same.
 pub fn check_id(what: &str, id: &str) -> Result<(), ConfigError> {
     let ok = !id.is_empty()
         && id.len() <= 64
         && id
             .chars()
-            .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '@'));
+            .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '@'))
+        && !has_hidden_chars(id);
     if ok {
         Ok(())
     } else {
         Err(invalid(
             what,
-            format!("`{id}` must be 1-64 letters, digits, `_`, `-`, `.` or `@`"),
+            format!(
+                "`{id}` must be 1-64 letters, digits, `_`, `-`, `.` or `@` (no blank or \
+                 invisible characters)"
+            ),
         ))
     }
+}
+
+/// Whether `id` holds a character that shows as nothing, or as blank space,
+/// on an agent's screen, so that two ids that look alike would be different
+/// ids: control and format characters (zero-width spaces, direction marks),
+/// line and paragraph separators, any whitespace (ordinary, no-break,
+/// ideographic U+3000), Unicode's default-ignorable code points (Hangul
+/// fillers U+115F U+1160 U+3164 U+FFA0, the combining grapheme joiner
+/// U+034F, variation selectors U+FE00-FE0F and U+E0100-E01EF, Mongolian
+/// and Khmer ones, tags, soft hyphen), and the blank fillers outside that
+/// list: the braille blank U+2800 and the Khitan filler U+16FE4.
+pub fn has_hidden_chars(id: &str) -> bool {
+    static HIDDEN: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
+            r"[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{White_Space}\p{Default_Ignorable_Code_Point}\x{2800}\x{16FE4}]",
+        )
+        .expect("a valid class")
+    });
+    HIDDEN.is_match(id)
 }
 
 /// Keeps a token out of error messages.
@@ -754,6 +780,29 @@ mod tests {
         let mut o = Overrides::default();
         f(&mut o);
         o
+    }
+
+    /// Shop and agent ids: the Hangul fillers are letters to Rust
+    /// (`is_alphanumeric`) but blank on screen, so `a1\u{3164}` would be a
+    /// second agent who looks like `a1`.
+    #[test]
+    fn config_ids_refuse_blank_letters() {
+        for (id, ok) in [
+            ("a1", true),
+            ("小美", true),
+            ("tmall.shop-01@x_y", true),
+            ("a1\u{3164}", false),
+            ("a1\u{115f}", false),
+            ("a1\u{1160}", false),
+            ("a1\u{ffa0}", false),
+            ("a1 ", false),
+            ("a1\u{3000}", false),
+            ("a1\u{200b}", false),
+            ("a1\u{fe0f}", false),
+            ("", false),
+        ] {
+            assert_eq!(check_id("agent id", id).is_ok(), ok, "{id:?}");
+        }
     }
 
     #[test]

@@ -47,7 +47,8 @@ pub enum Kind {
     /// The round passed the target.
     Breach,
     /// The service closed the conversation for good (`note`: why:
-    /// `expired`, its buyer stayed away past the resume window, or
+    /// `expired`, its buyer stayed away past the resume window, `empty`,
+    /// its buyer left a conversation nobody chatted in a minute before, or
     /// `secret_lost`, its buyer came back after a restart that changed the
     /// resume key and got a new conversation). A restart brings back the
     /// conversations open when it stopped, and only this event tells a

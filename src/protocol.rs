@@ -493,9 +493,11 @@ pub enum ServerMsg<'a> {
     /// To an agent: the buyer left for good and the conversation is over.
     ConversationClosed {
         conversation: &'a str,
-        /// Why: `expired` (the buyer stayed away past the resume window)
-        /// or `secret_lost` (after a new resume key, the buyer came back
-        /// without a secret that could verify and got a new conversation).
+        /// Why: `expired` (the buyer stayed away past the resume window),
+        /// `empty` (the buyer left a conversation nobody chatted in and was
+        /// not back within a minute) or `secret_lost` (after a new resume
+        /// key, the buyer came back without a secret that could verify and
+        /// got a new conversation).
         reason: &'static str,
     },
     /// To an agent: the buyer connected or disconnected.

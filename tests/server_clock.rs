@@ -252,11 +252,15 @@ async fn abandoned_conversations_close_after_the_resume_window() {
     let mut c = config(None);
     c.limits.resume_window = Duration::from_secs(600);
     let mut t = spawn_local(c).await;
-    let (mut agent, buyer, conv) = pair(&t).await;
+    let (mut agent, mut buyer, conv) = pair(&t).await;
+    // A message: an empty conversation would close after a minute.
+    buyer.send(json!({"type":"message","text":"在吗"})).await;
+    agent.recv_type("buyer_message").await;
     buyer.close().await;
     agent.recv_type("presence").await;
     let t0 = Instant::now();
-    let closed = agent.recv_type("conversation_closed").await;
+    // Past its nudge and breach.
+    let closed = agent.recv_until("conversation_closed").await;
     assert_eq!(closed["conversation"], conv);
     assert_eq!(closed["reason"], "expired");
     assert_eq!(t0.elapsed().as_secs(), 600);
@@ -272,6 +276,122 @@ async fn abandoned_conversations_close_after_the_resume_window() {
     assert_eq!(w["resumed"], false);
     assert_ne!(w["conversation"], conv);
     assert_eq!(g["note"], "greeting");
+}
+
+/// A conversation nobody chatted in (only the greeting) closes a minute
+/// after its buyer leaves, not after the 30-minute resume window: one
+/// client can no longer hold a shop's `max_open_conversations` with empty
+/// hellos. Its agent is told as on an expiry, the `close` is logged with
+/// the reason `empty`, and its place is free for the next buyer.
+#[tokio::test(start_paused = true)]
+async fn an_empty_conversation_closes_a_minute_after_its_buyer_leaves() {
+    let mut c = config(None);
+    c.limits.max_open_conversations = 1;
+    let mut t = spawn_local(c).await;
+    assert_eq!(t.app.config().limits.resume_window.as_secs(), 1800);
+    let (mut agent, buyer, conv) = pair(&t).await;
+    buyer.close().await;
+    agent.recv_type("presence").await;
+    let t0 = Instant::now();
+
+    // Within the minute its place is still taken.
+    sleep(secs(59.0)).await;
+    let mut other = t.connect().await;
+    other
+        .send(json!({"type":"hello","role":"buyer","shop":"s1","buyer":"b2"}))
+        .await;
+    other.expect_error("shop_busy").await;
+
+    let closed = agent.recv_type("conversation_closed").await;
+    assert_eq!(closed["conversation"], conv);
+    assert_eq!(closed["reason"], "empty");
+    assert_eq!(t0.elapsed().as_secs(), 60);
+    assert_eq!(t.app.stats().conversations, 0);
+    let close = t.take_events().pop().expect("events");
+    assert_eq!(
+        (close.kind, &*close.conversation, close.note.as_deref()),
+        (Kind::Close, conv.as_str(), Some("empty"))
+    );
+    assert_eq!(close.agent.as_deref(), Some("a1"));
+    // The place is free: the next buyer gets in.
+    let (_b2, w, _) = t.buyer("b2").await;
+    assert_eq!(w["resumed"], false);
+}
+
+/// A buyer who sent a message keeps the conversation for the whole resume
+/// window (30 minutes by default), as before.
+#[tokio::test(start_paused = true)]
+async fn a_conversation_with_a_buyer_message_keeps_the_whole_resume_window() {
+    let t = spawn_local(config(None)).await;
+    let (mut agent, mut buyer, conv) = pair(&t).await;
+    buyer.send(json!({"type":"message","text":"在吗"})).await;
+    agent.recv_type("buyer_message").await;
+    buyer.close().await;
+    agent.recv_type("presence").await;
+    let t0 = Instant::now();
+    agent.recv_type("nudge").await;
+    agent.recv_type("breach").await;
+    tokio::time::sleep_until(t0 + secs(1790.0)).await;
+    assert_eq!(t.app.stats().conversations, 1);
+    let closed = agent.recv_type("conversation_closed").await;
+    assert_eq!(closed["conversation"], conv);
+    assert_eq!(closed["reason"], "expired");
+    assert_eq!(t0.elapsed().as_secs(), 1800);
+}
+
+/// An agent reply while the buyer is away makes the conversation worth
+/// resuming: it keeps the whole window.
+#[tokio::test(start_paused = true)]
+async fn an_agent_reply_while_the_buyer_is_away_keeps_the_whole_window() {
+    let t = spawn_local(config(None)).await;
+    let (mut agent, buyer, conv) = pair(&t).await;
+    buyer.close().await;
+    agent.recv_type("presence").await;
+    let t0 = Instant::now();
+    sleep(secs(10.0)).await;
+    agent
+        .send(json!({"type":"reply","conversation":conv,"text":"亲，在的"}))
+        .await;
+    agent.recv_type("reply_sent").await;
+    sleep(secs(1780.0)).await;
+    assert_eq!(t.app.stats().conversations, 1);
+    let closed = agent.recv_type("conversation_closed").await;
+    assert_eq!(closed["reason"], "expired");
+    assert_eq!(t0.elapsed().as_secs(), 1800);
+}
+
+/// A buyer back within the minute (a reload, a dropped connection)
+/// resumes the empty conversation as any other; leaving again starts a
+/// new minute.
+#[tokio::test(start_paused = true)]
+async fn a_buyer_back_within_the_minute_resumes_the_empty_conversation() {
+    let t = spawn_local(config(None)).await;
+    let (mut agent, _) = t.agent("a1").await;
+    let (buyer, w, _) = t.buyer("b1").await;
+    agent.recv_type("conversation_assigned").await;
+    let conv = w["conversation"].as_str().unwrap().to_string();
+    let secret = w["resume"].as_str().unwrap().to_string();
+    buyer.close().await;
+    agent.recv_type("presence").await;
+    let t0 = Instant::now();
+    sleep(secs(50.0)).await;
+    let mut back = t.connect().await;
+    back.send(json!({"type":"hello","role":"buyer","shop":"s1","buyer":"b1","resume":secret}))
+        .await;
+    let w = back.recv_type("welcome").await;
+    assert_eq!(w["resumed"], true, "{w}");
+    assert_eq!(w["conversation"], conv);
+    assert_eq!(w["history"][0]["note"], "greeting");
+    assert_eq!(agent.recv_type("presence").await["online"], true);
+    // Still there past the first minute.
+    agent.expect_silence(secs(30.0)).await;
+    back.close().await;
+    agent.recv_type("presence").await;
+    let left = Instant::now();
+    let closed = agent.recv_type("conversation_closed").await;
+    assert_eq!(closed["reason"], "empty");
+    assert_eq!(left.elapsed().as_secs(), 60);
+    assert_eq!(t0.elapsed().as_secs(), 140);
 }
 
 /// An agent whose socket drops keeps their conversations for the grace

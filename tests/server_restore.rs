@@ -657,3 +657,77 @@ async fn a_restart_keeps_the_transfer_notes_for_agents_only() {
         .collect();
     assert_eq!(groups, [("a3".to_string(), 1, 0)]);
 }
+
+/// A restart treats a conversation nobody chatted in as the hub did
+/// before it: its buyer is away, so it closes a minute after the start
+/// (`close`, `empty`, its agent told) unless its buyer is back; one with a
+/// buyer message, or whose beginning is before what the start read (it may
+/// have older chat), keeps the whole resume window.
+#[tokio::test(start_paused = true)]
+async fn a_restored_empty_conversation_closes_a_minute_after_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = ResumeKey::load_or_create(dir.path()).unwrap();
+    let t0 = now_ms();
+    let greeting = |s: i64, conv: &str| {
+        let mut e = ev(t0, s, conv, Kind::Bot);
+        e.text = Some("亲，欢迎光临测试旗舰店！".into());
+        e.note = Some("greeting".into());
+        e
+    };
+    let first = |s: i64, conv: &str| {
+        let mut e = ev(t0, s, conv, Kind::Assign);
+        e.note = Some("new".into());
+        e
+    };
+    let events = vec![
+        // c1: greeting and assignment only; c4 too, its buyer comes back.
+        greeting(-100, "c1"),
+        first(-100, "c1"),
+        greeting(-90, "c4"),
+        first(-90, "c4"),
+        // c2: a buyer message.
+        greeting(-80, "c2"),
+        first(-80, "c2"),
+        ev(t0, -70, "c2", Kind::Buyer),
+        // c3: moved to a1 within the window, begun before it.
+        {
+            let mut e = ev(t0, -60, "c3", Kind::Assign);
+            e.note = Some("reassigned".into());
+            e
+        },
+    ];
+    kefu::store::import(dir.path(), &events).unwrap();
+    let (app, store, restored) = app_on_data(clock_config(), dir.path());
+    assert_eq!(restored.conversations, 4);
+    let start = tokio::time::Instant::now();
+    let mut t = serve_local(app).await;
+    let (mut agent, welcome) = t.agent("a1").await;
+    assert_eq!(welcome["conversations"].as_array().unwrap().len(), 4);
+
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let mut buyer = t.connect().await;
+    buyer
+        .send(json!({"type":"hello","role":"buyer","shop":"s1","buyer":"b4","resume":key.secret("s1", "c4")}))
+        .await;
+    let w = buyer.recv_type("welcome").await;
+    assert_eq!(w["resumed"], true, "{w}");
+    assert_eq!(w["conversation"], "c4");
+
+    let closed = agent.recv_until("conversation_closed").await;
+    assert_eq!(closed["conversation"], "c1");
+    assert_eq!(closed["reason"], "empty");
+    assert_eq!(start.elapsed().as_secs(), 60);
+    // The others stay (c2's round fires its alarms meanwhile).
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(t.app.stats().conversations, 3);
+    let closes: Vec<(String, Option<String>)> = t
+        .take_events()
+        .into_iter()
+        .filter(|e| e.kind == Kind::Close)
+        .map(|e| (e.conversation.to_string(), e.note.map(|n| n.into_owned())))
+        .collect();
+    assert_eq!(closes, [("c1".to_string(), Some("empty".to_string()))]);
+    drop((agent, buyer));
+    t.stop().await;
+    store.close().unwrap();
+}

@@ -1,13 +1,23 @@
 // Buyer demo (/buyer): a second window to try the whole flow as a buyer:
 // greeting, chat with the agent, rating at the end. The resume secret of the
-// `welcome` is kept in sessionStorage so a reload rejoins the conversation.
+// `welcome` is kept in localStorage per shop and buyer, so a reload, and a
+// tab closed and opened again in the same browser, rejoin the conversation
+// (without it the server refuses the buyer id as taken until the
+// conversation closes). Which buyer this tab is stays in sessionStorage: a
+// reload goes straight back in, a new tab offers the last buyer who has a
+// conversation to rejoin.
 "use strict";
 
 (() => {
   const { el, setStatus, clockTime, load, save, connect, RATINGS, errorText, chatText } = kefu;
   const $ = (id) => document.getElementById(id);
   const SESSION_KEY = "kefu.buyer";
-  const resumeKey = (s) => `kefu.resume.${s.shop}.${s.buyer}`;
+  /** localStorage: the last buyer who entered in this browser, {shop, buyer}. */
+  const LAST_KEY = "kefu.buyer.last";
+  /** localStorage: the resume secret of a shop and buyer (both may hold dots). */
+  const resumeKey = (s) => `kefu.resume.${JSON.stringify([s.shop, s.buyer])}`;
+  const loadSecret = (s) => load(resumeKey(s), true);
+  const saveSecret = (s, secret) => save(resumeKey(s), secret, true);
 
   let me = null; // {shop, buyer}
   let conn = null;
@@ -24,7 +34,13 @@
     $("who").textContent = "";
     $("signin-error").textContent = error || "";
     setStatus("off", "未连接");
-    const s = load(SESSION_KEY);
+    // This tab's buyer; in a new tab, the browser's last buyer if their
+    // conversation can be rejoined (换个买家 leaves the shop alone here).
+    let s = load(SESSION_KEY);
+    if (!s) {
+      const last = load(LAST_KEY, true);
+      if (last && last.shop && last.buyer && loadSecret(last)) s = last;
+    }
     $("in-shop").value = (s && s.shop) || new URLSearchParams(location.search).get("shop") || "";
     $("in-buyer").value = (s && s.buyer) || `b${Math.floor(1000 + Math.random() * 9000)}`;
   }
@@ -44,7 +60,7 @@
     conn = connect({
       hello: () => {
         const h = { type: "hello", role: "buyer", shop: me.shop, buyer: me.buyer };
-        const secret = load(resumeKey(me));
+        const secret = loadSecret(me);
         if (secret) h.resume = secret;
         return h;
       },
@@ -67,7 +83,10 @@
     switch (m.type) {
       case "welcome":
         setStatus("on", "已连接");
-        if (m.resume) save(resumeKey(me), m.resume);
+        // A new conversation (the old one closed) brings a new secret in
+        // place of the old one.
+        if (m.resume) saveSecret(me, m.resume);
+        save(LAST_KEY, { shop: me.shop, buyer: me.buyer }, true);
         shopName = m.shop_name || m.shop || me.shop;
         $("shop-name").textContent = `${shopName} · 客服`;
         $("conv-id").textContent = m.conversation ? `会话 ${m.conversation}${m.resumed ? "（已恢复）" : ""}` : "";
@@ -89,10 +108,12 @@
         // our own every half second would only add to the crowd; the buyer
         // tries again from the entry form.
         if (["buyer_taken", "unknown_shop", "bad_id", "shop_busy"].includes(m.code)) {
-          if (m.code === "buyer_taken") save(resumeKey(me), null);
+          if (m.code === "buyer_taken") saveSecret(me, null);
           leave(errorText(m));
           return;
         }
+        // Another tab of this buyer took over with the same secret: this one
+        // stops for good (no reconnect, which would take it back in turn).
         if (m.code === "replaced") {
           leave("这个买家已在另一个窗口打开，这里已断开（replaced）");
           return;

@@ -36,20 +36,26 @@ const kefu = (() => {
     return `${pad2(d.getHours())}:${pad2(d.getMinutes())}:${pad2(d.getSeconds())}`;
   }
 
-  /** Reads a JSON value from sessionStorage; null when absent or broken. */
-  function load(key) {
+  /**
+   * Reads a JSON value from sessionStorage (the tab's), or localStorage
+   * (the browser's, kept after the tab closes) when `local`; null when
+   * absent or broken.
+   */
+  function load(key, local = false) {
     try {
-      const raw = sessionStorage.getItem(key);
+      const raw = (local ? localStorage : sessionStorage).getItem(key);
       return raw ? JSON.parse(raw) : null;
     } catch {
       return null;
     }
   }
 
-  function save(key, value) {
+  /** Stores a JSON value as `load` reads it; null or undefined removes it. */
+  function save(key, value, local = false) {
     try {
-      if (value === null || value === undefined) sessionStorage.removeItem(key);
-      else sessionStorage.setItem(key, JSON.stringify(value));
+      const store = local ? localStorage : sessionStorage;
+      if (value === null || value === undefined) store.removeItem(key);
+      else store.setItem(key, JSON.stringify(value));
     } catch {
       /* storage full or disabled: the page still works, it just forgets */
     }
@@ -162,7 +168,7 @@ const kefu = (() => {
     bad_token: "店铺 ID、客服工号或令牌不正确，请核对后重新登录",
     too_many_attempts: "亲，这个账号登录失败的次数太多啦，为保护您的账号已暂停登录，请您稍后再试",
     unknown_shop: "没有找到这个店铺，请核对店铺 ID",
-    bad_id: "买家 ID 需为 1-64 个字符，不能含控制字符或不可见字符",
+    bad_id: "买家 ID 需为 1-64 个字符，不能含空格、控制字符或不可见字符",
     buyer_taken: "这个买家 ID 正在另一个窗口咨询中，请回到原窗口，或换一个买家 ID",
     shop_busy: "亲，当前咨询人数较多，请您稍后再来",
     already_rated: "您已经评价过了，感谢您的反馈",

@@ -533,7 +533,28 @@ struct Conv {
     history: VecDeque<HLine>,
     history_bytes: usize,
     rated: Option<Rating>,
+    /// The buyer sent a message or an agent replied. A conversation
+    /// without either holds nothing for its buyer to resume but the
+    /// greeting, and closes [`EMPTY_CLOSE_AFTER`] after they leave.
+    chatted: bool,
 }
+
+/// How long a conversation nobody chatted in (the buyer sent no message,
+/// no agent replied: only the bot's greeting) stays open after its buyer
+/// leaves, instead of the whole resume window. There is nothing in it to
+/// resume but the greeting, and the 30 minutes let one client fill a
+/// shop's `limits.max_open_conversations` with hellos under made-up ids
+/// (one per connection, then close): a flood must now send messages, rate
+/// limited per connection and seen by agents, to hold places. Long enough
+/// for a reload or a dropped connection to resume the conversation; a
+/// buyer back later gets a new one, greeted again. Closed with the reason
+/// [`EMPTY`].
+pub(crate) const EMPTY_CLOSE_AFTER: Duration = Duration::from_secs(60);
+
+/// The `note` of the `close` event and the `reason` of the agent's
+/// `conversation_closed` for a conversation closed [`EMPTY_CLOSE_AFTER`]
+/// its buyer left without anyone chatting.
+pub(crate) const EMPTY: &str = "empty";
 
 impl Conv {
     fn event(&self, ts_ms: i64, kind: Kind) -> Event {
@@ -844,6 +865,10 @@ pub(crate) struct Hub {
     /// Conversations whose buyer left, in the order they left (entries of
     /// buyers who came back are skipped when they reach the front).
     away: VecDeque<(Instant, Arc<str>)>,
+    /// Of those, the ones nobody had chatted in when their buyer left: they
+    /// close [`EMPTY_CLOSE_AFTER`] later unless the buyer is back or an
+    /// agent wrote meanwhile.
+    away_empty: VecDeque<(Instant, Arc<str>)>,
     /// Agents whose socket dropped, in the order they left, with the time
     /// their conversations move on unless they are back (shop, agent).
     leaving: VecDeque<(Instant, Arc<str>, Arc<str>)>,
@@ -896,6 +921,7 @@ impl Hub {
             convs: HashMap::new(),
             clock: Clock::new(config.clock),
             away: VecDeque::new(),
+            away_empty: VecDeque::new(),
             leaving: VecDeque::new(),
             timer_wake: None,
             resume_key: ResumeKey::random(),
@@ -1102,6 +1128,7 @@ impl Hub {
             history: VecDeque::new(),
             history_bytes: 0,
             rated: None,
+            chatted: false,
         };
         fx.send(
             out,
@@ -1279,6 +1306,7 @@ impl Hub {
             },
             ctx.config.limits.history_bytes,
         );
+        conv.chatted = true;
         let started = clock.buyer_message(&conv.id, now);
         if started.new {
             if let Some(first) = clock.next_alarm() {
@@ -1351,6 +1379,7 @@ impl Hub {
             },
             ctx.config.limits.history_bytes,
         );
+        conv.chatted = true;
         if let Some(buyer_out) = &conv.buyer_out {
             fx.send(
                 buyer_out,
@@ -1570,6 +1599,7 @@ impl Hub {
             shops,
             convs,
             away,
+            away_empty,
             timer_wake,
             ..
         } = self;
@@ -1596,6 +1626,10 @@ impl Hub {
         }
         // The expiry of this conversation is a deadline like the clock's.
         Self::deadline_added(timer_wake, now + ctx.config.limits.resume_window, fx);
+        if !conv.chatted {
+            away_empty.push_back((now, conv.id.clone()));
+            Self::deadline_added(timer_wake, now + EMPTY_CLOSE_AFTER, fx);
+        }
     }
 
     pub(crate) fn agent_left(
@@ -1706,6 +1740,7 @@ impl Hub {
             }
             let shop_key = shop_key.clone();
             let secret_lost = new_key || o.secret_lost;
+            let empty = o.empty();
             let mut conv = Conv {
                 secret: self.resume_key.secret(&shop_key, &o.id).into_boxed_str(),
                 id: o.id,
@@ -1717,6 +1752,7 @@ impl Hub {
                 history: VecDeque::new(),
                 history_bytes: 0,
                 rated: o.rated,
+                chatted: !empty,
             };
             for l in o.lines {
                 let line = HLine {
@@ -1759,6 +1795,9 @@ impl Hub {
             }
             shop.buyers.insert(conv.buyer.clone(), conv.id.clone());
             self.away.push_back((now, conv.id.clone()));
+            if !conv.chatted {
+                self.away_empty.push_back((now, conv.id.clone()));
+            }
             let mut ev = conv.event(at, Kind::Restore);
             ev.agent = conv.agent.clone();
             if secret_lost {
@@ -1802,7 +1841,8 @@ impl Hub {
     // ---- time -------------------------------------------------------------------------------
 
     /// Fires every alarm due at `now` and closes conversations whose buyer
-    /// stayed away past the resume window. Returns when to run again.
+    /// stayed away past the resume window, or past [`EMPTY_CLOSE_AFTER`]
+    /// when nobody chatted in them. Returns when to run again.
     pub(crate) fn tick(&mut self, ctx: &Ctx, now: Instant, fx: &mut Effects) -> Option<Instant> {
         let tb = ctx.tb;
         {
@@ -1895,6 +1935,21 @@ impl Hub {
                 self.close_conversation(&cid, tb.ms(now), "expired", fx);
             }
         }
+        while let Some(&(since, _)) = self.away_empty.front() {
+            if since + EMPTY_CLOSE_AFTER > now {
+                break;
+            }
+            let (since, cid) = self.away_empty.pop_front().expect("front exists");
+            // Still away since then (not back, not gone and back again)
+            // and still nothing said by the buyer or an agent.
+            if self
+                .convs
+                .get(&cid)
+                .is_some_and(|c| c.away_since == Some(since) && !c.chatted)
+            {
+                self.close_conversation(&cid, tb.ms(now), EMPTY, fx);
+            }
+        }
         while let Some(&(until, _, _)) = self.leaving.front() {
             if until > now {
                 break;
@@ -1920,8 +1975,12 @@ impl Hub {
             }
         }
         let next_expiry = self.away.front().map(|&(since, _)| since + window);
+        let next_empty = self
+            .away_empty
+            .front()
+            .map(|&(since, _)| since + EMPTY_CLOSE_AFTER);
         let next_move = self.leaving.front().map(|&(until, _, _)| until);
-        let next = [self.clock.next_alarm(), next_expiry, next_move]
+        let next = [self.clock.next_alarm(), next_expiry, next_empty, next_move]
             .into_iter()
             .flatten()
             .min();
@@ -1930,8 +1989,9 @@ impl Hub {
     }
 
     /// Ends a conversation for good (`note`: why; `expired`, its buyer did
-    /// not come back, or `secret_lost`), and logs it: a restart brings back
-    /// only conversations not closed.
+    /// not come back, [`EMPTY`], they left without anyone chatting, or
+    /// `secret_lost`), and logs it: a restart brings back only
+    /// conversations not closed.
     fn close_conversation(
         &mut self,
         cid: &Arc<str>,
@@ -2214,22 +2274,20 @@ fn parse_rating(score: &str) -> Option<Rating> {
     serde_json::from_value(serde_json::Value::String(score.to_string())).ok()
 }
 
-/// Buyer ids come from the platform (nicknames included): any printable
-/// text up to 64 characters.
+/// Buyer ids come from the platform (nicknames included): any text up to
+/// 64 characters that shows as it is on the agent's screen: nothing blank
+/// or invisible (see [`crate::config::has_hidden_chars`]), so `b1 `,
+/// `b1\u{3000}` or `b1\u{200b}` cannot be another buyer who looks exactly
+/// like `b1`.
 fn check_buyer_id(id: &str) -> Result<(), Refusal> {
-    // Control and invisible format characters (zero-width spaces,
-    // direction marks) and line separators: `b1\u{200b}` would be another
-    // buyer who looks exactly like `b1` on the agent's screen.
-    static HIDDEN: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
-        regex::Regex::new(r"[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]").expect("a valid class")
-    });
-    let ok = !id.trim().is_empty() && id.chars().count() <= 64 && !HIDDEN.is_match(id);
+    let ok = !id.is_empty() && id.chars().count() <= 64 && !crate::config::has_hidden_chars(id);
     if ok {
         Ok(())
     } else {
         Err(Refusal::new(
             ErrorCode::BadId,
-            "the buyer id must be 1-64 printable characters (no control or invisible characters)",
+            "the buyer id must be 1-64 characters with no spaces, control or invisible \
+             characters",
         ))
     }
 }
@@ -2448,6 +2506,7 @@ mod tests {
             history: VecDeque::new(),
             history_bytes: 0,
             rated: None,
+            chatted: false,
         };
         for (i, text) in lines.iter().enumerate() {
             let (author, text) = match (text.strip_prefix("bot:"), text.strip_prefix("sys:")) {
@@ -2814,22 +2873,65 @@ mod tests {
         assert_eq!(parse_rating("meh"), None);
     }
 
+    /// Ids that look like `b1` on the agent's screen are refused, so the
+    /// buyer holding `b1`'s conversation is the only `b1`; ordinary Chinese
+    /// and Latin ids (nicknames, emoji) stay accepted.
     #[test]
     fn buyer_ids() {
-        for (id, ok) in [
-            ("b1", true),
-            ("tb_小明 88", true),
-            ("", false),
-            ("  ", false),
-            ("a\nb", false),
-            ("b1\u{200b}", false),
-            ("\u{202e}b1", false),
-            ("b1\u{2028}x", false),
-            ("\u{feff}b1", false),
-            ("买家😀", true),
-        ] {
-            assert_eq!(check_buyer_id(id).is_ok(), ok, "{id:?}");
+        let cases: &[(&str, bool, &str)] = &[
+            ("b1", true, "plain"),
+            ("tb_小明2026", true, "Taobao nickname"),
+            ("张三", true, "Chinese name"),
+            ("jd-user_01", true, "Latin with - and _"),
+            ("买家😀", true, "emoji"),
+            ("❤小店", true, "emoji without a variation selector"),
+            (
+                "\u{2764}\u{fe0f}小店",
+                false,
+                "a variation selector is invisible wherever it is, after an emoji too",
+            ),
+            ("", false, "empty"),
+            ("  ", false, "spaces only"),
+            ("b1 ", false, "trailing space"),
+            (" b1", false, "leading space"),
+            (
+                "tb_小明 88",
+                false,
+                "inner space: `tb_小明  88` would look alike",
+            ),
+            ("b1\t", false, "tab"),
+            ("b1\u{a0}", false, "no-break space"),
+            ("b1\u{3000}", false, "ideographic space"),
+            ("b1\u{2003}", false, "em space"),
+            ("b1\u{1680}", false, "ogham space mark"),
+            ("b1\u{3164}", false, "Hangul filler"),
+            ("b1\u{115f}", false, "Hangul choseong filler"),
+            ("b1\u{1160}", false, "Hangul jungseong filler"),
+            ("b1\u{ffa0}", false, "halfwidth Hangul filler"),
+            ("b1\u{2800}", false, "braille blank"),
+            ("b1\u{16fe4}", false, "Khitan filler"),
+            ("b1\u{34f}", false, "combining grapheme joiner"),
+            ("b1\u{fe0f}", false, "variation selector 16"),
+            ("b1\u{fe00}", false, "variation selector 1"),
+            ("b1\u{e0100}", false, "variation selector 17"),
+            ("b1\u{e01ef}", false, "variation selector 256"),
+            ("b1\u{180b}", false, "Mongolian variation selector"),
+            ("b1\u{17b4}", false, "Khmer inherent vowel"),
+            ("b1\u{ad}", false, "soft hyphen"),
+            ("b1\u{200b}", false, "zero-width space"),
+            ("b1\u{200d}", false, "zero-width joiner"),
+            ("b1\u{2060}", false, "word joiner"),
+            ("\u{202e}b1", false, "right-to-left override"),
+            ("\u{feff}b1", false, "byte-order mark"),
+            ("b1\u{e0041}", false, "tag character"),
+            ("a\nb", false, "line feed"),
+            ("b1\u{2028}x", false, "line separator"),
+            ("b1\u{2029}x", false, "paragraph separator"),
+        ];
+        for &(id, ok, why) in cases {
+            assert_eq!(check_buyer_id(id).is_ok(), ok, "{why}: {id:?}");
         }
+        assert!(check_buyer_id(&"x".repeat(64)).is_ok());
         assert!(check_buyer_id(&"x".repeat(65)).is_err());
     }
 

@@ -43,7 +43,9 @@
 //! them (`Hub::buyer_hello`).
 //!
 //! Each restored conversation is as after a disconnect of everyone: its
-//! buyer is away (the resume window counts again from the start), its
+//! buyer is away (the resume window counts again from the start, or
+//! `EMPTY_CLOSE_AFTER` for one whose beginning was read and nobody chatted
+//! in since, see [`OpenConv::empty`]), its
 //! agent is offline within a grace ([`RESTART_GRACE`] at least) and gets it
 //! back on signing in; conversations without an agent wait for the first
 //! one. An unanswered buyer message keeps its round open, started when it
@@ -128,6 +130,12 @@ pub(crate) struct OpenConv {
     pub secret_lost: bool,
     last_ms: i64,
     closed: bool,
+    /// A buyer message or an agent reply was read (lines the history cap
+    /// dropped included).
+    spoke: bool,
+    /// Its beginning was read: the greeting, or the first assignment
+    /// (`new`). Without it, lines before what was read may exist.
+    began: bool,
     /// An agent reply was read: the round before what was read is over.
     answered: bool,
     /// Alarms and holding replies read, rounds or not: an earlier span's
@@ -225,6 +233,8 @@ impl Builder {
                 secret_lost: false,
                 last_ms: e.ts_ms,
                 closed: false,
+                spoke: false,
+                began: false,
                 answered: false,
                 marks: Marks::default(),
             });
@@ -246,6 +256,7 @@ impl Builder {
         };
         match e.kind {
             Kind::Buyer => {
+                c.spoke = true;
                 c.push(line(Author::Buyer, None, None), self.history_bytes);
                 c.round.get_or_insert(PastRound {
                     started_ms: e.ts_ms,
@@ -261,6 +272,7 @@ impl Builder {
                 );
                 c.round = None;
                 c.answered = true;
+                c.spoke = true;
             }
             Kind::Bot => {
                 let note = match e.note.as_deref() {
@@ -270,6 +282,7 @@ impl Builder {
                     Some("transferred") => Some("transferred"),
                     _ => None,
                 };
+                c.began |= note == Some("greeting");
                 if matches!(note, Some("holding" | "offline")) {
                     c.marks.holding_sent = true;
                     if let Some(r) = &mut c.round {
@@ -279,6 +292,7 @@ impl Builder {
                 c.push(line(Author::Bot, None, note), self.history_bytes);
             }
             Kind::Assign => {
+                c.began |= e.note.as_deref() == Some("new");
                 // A transfer: the staff-only line the hub put in the
                 // history (`Hub::transfer`), from the sender (the agent of
                 // the assignment before) to the receiver, with the note.
@@ -388,7 +402,18 @@ impl OpenConv {
         self.secret_lost |= later.secret_lost;
         self.last_ms = self.last_ms.max(later.last_ms);
         self.closed |= later.closed;
+        self.spoke |= later.spoke;
+        self.began |= later.began;
         self
+    }
+
+    /// Nobody chatted in it: its beginning was read and no buyer message
+    /// or agent reply since. The hub closes it `EMPTY_CLOSE_AFTER` the
+    /// restart unless its buyer is back, as it would have after the
+    /// buyer left. One whose beginning was not read may have older chat
+    /// and keeps the whole resume window.
+    pub(crate) fn empty(&self) -> bool {
+        self.began && !self.spoke
     }
 
     /// The hub's rule (`Conv::push_line`): a line costs its text plus
@@ -806,8 +831,14 @@ mod tests {
             Box::new(|s| buyer(s, "c1", "在吗")),
             Box::new(|s| agent(s, "c1", "a1", "亲，在的")),
             Box::new(|s| bot(s, "c1", "holding")),
+            Box::new(|s| bot(s, "c1", "greeting")),
             Box::new(|s| ev(s, "c1", Kind::Nudge)),
             Box::new(|s| ev(s, "c1", Kind::Breach)),
+            Box::new(|s| {
+                let mut e = assign(s, "c1", "a2");
+                e.note = Some("new".into());
+                e
+            }),
             Box::new(|s| assign(s, "c1", "a2")),
             Box::new(|s| transfer(s, "c1", "a3", Some("买家要退款"))),
             Box::new(move |s| {
@@ -851,6 +882,71 @@ mod tests {
             }
         }
         assert!(checked > 10_000, "{checked}");
+    }
+
+    /// A conversation is empty (the hub closes it soon after the restart
+    /// unless its buyer is back) when its beginning was read and nobody
+    /// chatted since; one whose beginning was not read may have older chat.
+    #[test]
+    fn empty_conversations_are_those_begun_without_chat() {
+        let first = |s: i64, conv: &str| {
+            let mut e = assign(s, conv, "a1");
+            e.note = Some("new".into());
+            e
+        };
+        let moved = |s: i64, conv: &str| {
+            let mut e = assign(s, conv, "a1");
+            e.note = Some("waiting".into());
+            e
+        };
+        let cases: Vec<(&str, Vec<Event>, bool)> = vec![
+            ("greeting only", vec![bot(0, "c1", "greeting")], true),
+            ("first assignment only", vec![first(0, "c1")], true),
+            (
+                "greeting, assignment and a rating",
+                vec![
+                    bot(0, "c1", "greeting"),
+                    first(0, "c1"),
+                    rating(5, "c1", Rating::Satisfied),
+                ],
+                true,
+            ),
+            (
+                "a buyer message",
+                vec![bot(0, "c1", "greeting"), buyer(1, "c1", "在吗")],
+                false,
+            ),
+            (
+                "an agent reply",
+                vec![first(0, "c1"), agent(1, "c1", "a1", "亲，在的")],
+                false,
+            ),
+            (
+                "a buyer message the history cap dropped",
+                vec![
+                    bot(0, "c1", "greeting"),
+                    buyer(1, "c1", "在吗"),
+                    bot(2, "c1", "holding"),
+                    bot(3, "c1", "holding"),
+                ],
+                false,
+            ),
+            (
+                "beginning not read: a later assignment and the bot",
+                vec![moved(0, "c1"), bot(1, "c1", "offline")],
+                false,
+            ),
+        ];
+        for (name, events, want) in cases {
+            // 100 bytes: one line (and its cost) at a time.
+            let mut b = Builder::new(100);
+            for e in events {
+                b.add(e);
+            }
+            let (open, _) = b.finish();
+            assert_eq!(open.len(), 1, "{name}");
+            assert_eq!(open[0].empty(), want, "{name}");
+        }
     }
 
     /// A `restore` event is activity and nothing else, but for the lost

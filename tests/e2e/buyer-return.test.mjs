@@ -1,0 +1,132 @@
+// End-to-end checks of a buyer coming back in the same browser: a buyer who
+// closes the tab and opens the page again rejoins their conversation (the
+// resume secret is kept in localStorage, not the closed tab's
+// sessionStorage), with its history and no `buyer_taken`; and of two tabs
+// of one buyer: the newer takes over, the older says so and stays off (no
+// reconnect taking the conversation back).
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { mkdirSync } from "node:fs";
+import path from "node:path";
+import { startServer, launchBrowser, ARTIFACTS } from "./server.mjs";
+
+const SHOP = "s1";
+const BUYER = "tb_回头客01";
+const QUESTION = "这款什么时候发货";
+const ANSWER = "亲，今天下单明天就发货哦～";
+
+let server;
+let browser;
+let context;
+let agent;
+const pageErrors = [];
+/** Every frame the buyer pages received, as text. */
+const buyerFrames = [];
+
+function shot(page, name) {
+  return page.screenshot({ path: path.join(ARTIFACTS, `${name}.png`), fullPage: true });
+}
+
+function watch(page, name) {
+  page.on("pageerror", (e) => pageErrors.push(`${name}: ${e.message}`));
+  page.on("console", (m) => {
+    if (m.type() === "error") pageErrors.push(`${name} console: ${m.text()}`);
+  });
+}
+
+/** A new buyer tab of the shared browser context, its frames recorded. */
+async function buyerTab(name) {
+  const p = await context.newPage();
+  watch(p, name);
+  p.on("websocket", (ws) => ws.on("framereceived", (f) => buyerFrames.push(`${name}: ${f.payload}`)));
+  await p.goto(`${server.url}/buyer`);
+  return p;
+}
+
+before(async () => {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  server = await startServer({ flags: ["--agent-token", `${SHOP}:a1:token-a1`] });
+  browser = await launchBrowser();
+  context = await browser.newContext({ viewport: { width: 1280, height: 800 }, locale: "zh-CN", timezoneId: "Asia/Shanghai" });
+  context.setDefaultTimeout(10000);
+  agent = await context.newPage();
+  watch(agent, "agent");
+  await agent.goto(`${server.url}/`);
+  await agent.fill("#in-shop", SHOP);
+  await agent.fill("#in-agent", "a1");
+  await agent.fill("#in-token", "token-a1");
+  await agent.click("#signin button[type=submit]");
+  await agent.locator("#status.on").waitFor();
+});
+
+after(async () => {
+  if (browser) await browser.close();
+  if (server) await server.stop();
+});
+
+let conversation = "";
+
+test("a buyer who closes the tab and opens the page again rejoins the conversation", async () => {
+  const first = await buyerTab("buyer tab 1");
+  await first.fill("#in-shop", SHOP);
+  await first.fill("#in-buyer", BUYER);
+  await first.click("#signin button[type=submit]");
+  await first.locator(".msg[data-from=bot]").first().waitFor();
+  conversation = (await first.textContent("#conv-id")).replace(/^会话 /, "").trim();
+  assert.match(conversation, /^c[0-9a-f]{16}$/);
+  await first.fill("#text", QUESTION);
+  await first.press("#text", "Enter");
+  // The agent has it and answers: the conversation has a history worth
+  // coming back to.
+  await agent.locator(".msg[data-from=buyer] .bubble", { hasText: QUESTION }).waitFor();
+  await agent.fill("#reply", ANSWER);
+  await agent.press("#reply", "Enter");
+  await first.locator(".msg[data-from=agent] .bubble", { hasText: ANSWER }).waitFor();
+  await first.close();
+
+  // Same browser, a new tab: the page offers the buyer who has a
+  // conversation to rejoin, and entering rejoins it.
+  const again = await buyerTab("buyer tab 2");
+  assert.equal(await again.inputValue("#in-shop"), SHOP);
+  assert.equal(await again.inputValue("#in-buyer"), BUYER);
+  await again.click("#signin button[type=submit]");
+  await again.locator("#conv-id", { hasText: "已恢复" }).waitFor();
+  assert.equal(await again.textContent("#conv-id"), `会话 ${conversation}（已恢复）`);
+  await again.locator(".msg[data-from=buyer] .bubble", { hasText: QUESTION }).waitFor();
+  await again.locator(".msg[data-from=agent] .bubble", { hasText: ANSWER }).waitFor();
+  assert.equal(await again.isHidden("#signin"), true, "no refusal sent the page back to its form");
+  assert.equal(await again.textContent("#status"), "已连接");
+  await shot(again, "buyer-back-in-a-new-tab");
+  assert.deepEqual(
+    buyerFrames.filter((f) => f.includes("buyer_taken")),
+    [],
+    "no buyer_taken",
+  );
+  // The agent sees the same conversation come back online, not a new one.
+  assert.equal(await agent.locator("#convs .conv").count(), 1);
+  await again.close();
+});
+
+test("a second tab of the buyer takes over; the first says so and does not reconnect", async () => {
+  const a = await buyerTab("buyer tab A");
+  await a.click("#signin button[type=submit]"); // offered: the same buyer
+  await a.locator("#conv-id", { hasText: "已恢复" }).waitFor();
+  const b = await buyerTab("buyer tab B");
+  await b.click("#signin button[type=submit]");
+  await b.locator("#conv-id", { hasText: "已恢复" }).waitFor();
+  await a.locator("#signin-error", { hasText: "已在另一个窗口打开" }).waitFor();
+  const sockets = [];
+  a.on("websocket", (ws) => sockets.push(ws.url()));
+  // A reconnect would start within 0.5 s and take the conversation back.
+  await a.waitForTimeout(2000);
+  assert.deepEqual(sockets, [], "tab A opened no new socket");
+  assert.equal(await a.textContent("#status"), "未连接");
+  assert.equal(await b.textContent("#status"), "已连接");
+  assert.equal(await b.textContent("#conv-id"), `会话 ${conversation}（已恢复）`);
+  assert.equal(buyerFrames.filter((f) => f.startsWith("buyer tab B") && f.includes('"replaced"')).length, 0);
+  await shot(a, "buyer-replaced-by-another-tab");
+});
+
+test("no page had a script error", () => {
+  assert.deepEqual(pageErrors, []);
+});
