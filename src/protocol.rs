@@ -336,8 +336,13 @@ pub enum Author {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Line<'a> {
     pub from: Author,
+    /// The agent's id: in lines for agents only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent: Option<&'a str>,
+    /// The agent's display name: in lines for the buyer, when the shop
+    /// configured one (see [`ServerMsg::Reply`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_name: Option<&'a str>,
     /// The receiving agent of a transfer's `system` line.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub to: Option<&'a str>,
@@ -412,12 +417,15 @@ pub enum ServerMsg<'a> {
         colleagues: Vec<Colleague<'a>>,
         conversations: Vec<ConversationView<'a>>,
     },
-    /// To a buyer: a bot or agent message.
+    /// To a buyer: a bot or agent message. An agent's message carries the
+    /// agent's display name if the shop configured one, never the agent's
+    /// id: the id is half of the agent's sign-in, and a buyer who knows it
+    /// can spend the agent's sign-in budget (found by review).
     Reply {
         conversation: &'a str,
         from: Author,
         #[serde(skip_serializing_if = "Option::is_none")]
-        agent: Option<&'a str>,
+        agent_name: Option<&'a str>,
         text: &'a str,
         at: i64,
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -681,7 +689,7 @@ mod tests {
         let m = ServerMsg::Reply {
             conversation: "c1",
             from: Author::Bot,
-            agent: None,
+            agent_name: None,
             text: "亲",
             at: 5,
             note: Some("greeting"),

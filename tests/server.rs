@@ -105,7 +105,10 @@ async fn buyer_message_reaches_the_agent_with_suggestions_and_the_reply_comes_ba
         .await;
     let r = buyer.recv_type("reply").await;
     assert_eq!(r["from"], "agent");
-    assert_eq!(r["agent"], "a1");
+    // The buyer sees the agent's display name, never the agent's id (half
+    // of the agent's sign-in; found by review).
+    assert_eq!(r["agent_name"], "小美");
+    assert!(r.get("agent").is_none(), "{r}");
     assert_eq!(r["text"], s["reply"]);
     let ack = agent.recv_type("reply_sent").await;
     assert_eq!(ack["conversation"], conv);
@@ -200,7 +203,12 @@ async fn agent_disconnect_moves_conversations_with_their_clock() {
     )
     .await;
     let r = buyer.recv_type("reply").await;
-    assert_eq!(r["agent"], "a2");
+    assert_eq!(r["from"], "agent");
+    // a2 has no display name: the buyer gets none, and not the id.
+    assert!(
+        r.get("agent").is_none() && r.get("agent_name").is_none(),
+        "{r}"
+    );
     let assigns: Vec<_> = t
         .take_events()
         .into_iter()
@@ -331,6 +339,9 @@ async fn buyer_reconnects_only_with_the_resume_secret() {
         "亲，您的问题已经处理好啦～"
     );
     assert_eq!(history.last().unwrap()["from"], "agent");
+    // By display name, never by id, in the buyer's history too.
+    assert_eq!(history.last().unwrap()["agent_name"], "小美");
+    assert!(history.iter().all(|l| l.get("agent").is_none()), "{w}");
     assert_eq!(agent.recv_type("presence").await["online"], true);
     // And keeps chatting in it.
     c.send(json!({"type":"message","text":"谢谢"})).await;

@@ -91,14 +91,14 @@
         $("shop-name").textContent = `${shopName} · 客服`;
         $("conv-id").textContent = m.conversation ? `会话 ${m.conversation}${m.resumed ? "（已恢复）" : ""}` : "";
         if (Array.isArray(m.history)) {
-          messages = m.history.map((x) => ({ from: x.from, text: x.text, at: x.at, agent: x.agent, note: x.note }));
+          messages = m.history.map((x) => ({ from: x.from, text: x.text, at: x.at, agentName: x.agent_name, note: x.note }));
         }
         // A resumed conversation the buyer already rated says so: show the
         // rating given instead of offering it again. A new one starts unrated.
         rated = m.resumed && m.rated ? m.rated : null;
         break;
       case "reply":
-        messages.push({ from: m.from, text: m.text, at: m.at, agent: m.agent, note: m.note });
+        messages.push({ from: m.from, text: m.text, at: m.at, agentName: m.agent_name, note: m.note });
         break;
       case "rated":
         rated = m.score;
@@ -148,7 +148,7 @@
     const box = $("messages");
     box.replaceChildren(
       ...messages.map((x) => {
-        const who = x.from === "buyer" ? "我" : x.from === "bot" ? `${shopName || "店铺"} · 自动回复` : `客服 ${x.agent || ""}`;
+        const who = x.from === "buyer" ? "我" : x.from === "bot" ? `${shopName || "店铺"} · 自动回复` : `客服${x.agentName ? ` ${x.agentName}` : ""}`;
         // The buyer's own lines sit on the right, the shop's on the left.
         const side = x.from === "buyer" ? "mine" : x.from === "bot" ? "buyer bot-left" : "buyer agent-left";
         return el(

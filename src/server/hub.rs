@@ -584,8 +584,26 @@ impl Conv {
 
     /// The history as the buyer may see it: without the staff-only
     /// [`Author::System`] lines (a transfer's note is for colleagues).
-    fn buyer_lines(&self) -> Vec<Line<'_>> {
-        lines_of(self.history.iter().filter(|l| l.author != Author::System))
+    /// The history as the buyer sees it: no staff-only lines, and agents
+    /// by their display name (`agents`: the shop's), never by id.
+    fn buyer_lines<'a>(&'a self, agents: &'a BTreeMap<Arc<str>, Agent>) -> Vec<Line<'a>> {
+        self.history
+            .iter()
+            .filter(|l| l.author != Author::System)
+            .map(|l| Line {
+                from: l.author,
+                agent: None,
+                agent_name: l
+                    .agent
+                    .as_ref()
+                    .and_then(|a| agents.get(a))
+                    .and_then(|a| a.name.as_deref()),
+                to: None,
+                text: &l.text,
+                at: l.at,
+                note: l.note,
+            })
+            .collect()
     }
 
     fn last_buyer_text(&self) -> Option<&Arc<str>> {
@@ -702,6 +720,7 @@ fn lines_of<'a>(history: impl IntoIterator<Item = &'a HLine>) -> Vec<Line<'a>> {
         .map(|l| Line {
             from: l.author,
             agent: l.agent.as_deref(),
+            agent_name: None,
             to: l.to.as_deref(),
             text: &l.text,
             at: l.at,
@@ -1064,7 +1083,7 @@ impl Hub {
                     shop_name: &shop.name,
                     resume: &conv.secret,
                     resumed: true,
-                    history: conv.buyer_lines(),
+                    history: conv.buyer_lines(&shop.agents),
                     rated: conv.rated,
                 },
             );
@@ -1354,7 +1373,12 @@ impl Hub {
         now: Instant,
         fx: &mut Effects,
     ) -> Result<(), Refusal> {
-        let Hub { convs, clock, .. } = self;
+        let Hub {
+            convs,
+            clock,
+            shops,
+            ..
+        } = self;
         let conv = convs
             .get_mut(conversation)
             .filter(|c| c.shop == s.shop && c.agent.as_deref() == Some(&*s.agent))
@@ -1386,7 +1410,10 @@ impl Hub {
                 &ServerMsg::Reply {
                     conversation: &conv.id,
                     from: Author::Agent,
-                    agent: Some(&s.agent),
+                    agent_name: shops
+                        .get(&s.shop)
+                        .and_then(|shop| shop.agents.get(&s.agent))
+                        .and_then(|a| a.name.as_deref()),
                     text,
                     at,
                     note: None,
@@ -2226,7 +2253,7 @@ fn bot_say(
             &ServerMsg::Reply {
                 conversation: &conv.id,
                 from: Author::Bot,
-                agent: None,
+                agent_name: None,
                 text,
                 at,
                 note: Some(note),
