@@ -115,7 +115,7 @@ pub struct Library {
 impl Library {
     /// Loads and validates every file of `dir`.
     pub fn load_dir(dir: &Path) -> Result<Library, LoadErrors> {
-        Loader::default().load(dir)
+        LoadedDir::load(dir).map(|l| l.library)
     }
 
     pub fn intent(&self, id: &str) -> Option<&Intent> {
@@ -123,10 +123,117 @@ impl Library {
     }
 }
 
+/// One YAML file of a phrase directory that loaded: its name, what it
+/// held, and its exact bytes (so the service can keep a copy of the
+/// libraries it serves, see `kefu serve`'s last-good copy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadedFile {
+    /// The file name within the directory (`pre_sale.yaml`).
+    pub name: String,
+    /// The stage of a stage library; `None` for `templates.yaml` and
+    /// `politeness.yaml`.
+    pub stage: Option<Stage>,
+    /// Intents the file holds (0 for the special files).
+    pub intents: usize,
+    /// The file as read.
+    pub bytes: Vec<u8>,
+}
+
+/// A phrase directory that loaded: the library and the files it came from.
+#[derive(Debug, Clone)]
+pub struct LoadedDir {
+    pub library: Library,
+    /// Every YAML file read, by name.
+    pub files: Vec<LoadedFile>,
+}
+
+impl LoadedDir {
+    /// Loads and validates every file of `dir`, keeping what each file held.
+    pub fn load(dir: &Path) -> Result<LoadedDir, LoadErrors> {
+        Loader::default().load(dir)
+    }
+
+    /// What this load would lose of the libraries in force (`in_force`,
+    /// the files of the previous load): a stage library file of theirs that
+    /// is gone, or a stage that had intents and would have none. A hot
+    /// reload refuses such a change (a stray `rm`, a half-finished sync)
+    /// rather than let every suggestion of a stage stop without a word;
+    /// removing a library on purpose takes a restart. Empty when nothing is
+    /// lost. `dir` is the directory the problems name.
+    pub fn losses(&self, in_force: &[LoadedFile], dir: &Path) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut reported: Vec<Stage> = Vec::new();
+        for old in in_force {
+            let Some(stage) = old.stage.filter(|_| old.intents > 0) else {
+                continue;
+            };
+            if self.files.iter().any(|f| f.name == old.name) {
+                continue;
+            }
+            problems.push(Problem {
+                file: dir.join(&old.name),
+                line: 1,
+                column: 1,
+                kind: ProblemKind::LibraryFileGone {
+                    stage,
+                    intents: old.intents,
+                },
+            });
+            reported.push(stage);
+        }
+        for stage in Stage::ALL {
+            let had: usize = in_force
+                .iter()
+                .filter(|f| f.stage == Some(stage))
+                .map(|f| f.intents)
+                .sum();
+            let has = self
+                .library
+                .intents
+                .iter()
+                .filter(|i| i.stage == stage)
+                .count();
+            if had > 0 && has == 0 && !reported.contains(&stage) {
+                // Where the stage was: its first file in force.
+                let name = in_force
+                    .iter()
+                    .find(|f| f.stage == Some(stage) && f.intents > 0)
+                    .map_or("", |f| f.name.as_str());
+                problems.push(Problem {
+                    file: dir.join(name),
+                    line: 1,
+                    column: 1,
+                    kind: ProblemKind::StageEmptied {
+                        stage,
+                        intents: had,
+                    },
+                });
+            }
+        }
+        problems
+    }
+}
+
 /// What is wrong, without where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProblemKind {
     Io(String),
+    /// The file is not UTF-8; the problem's position is the first bad byte.
+    NotUtf8 {
+        /// The first byte that is not UTF-8.
+        byte: u8,
+    },
+    /// A hot reload would drop a stage library file of the libraries in
+    /// force (see [`LoadedDir::losses`]).
+    LibraryFileGone {
+        stage: Stage,
+        intents: usize,
+    },
+    /// A hot reload would leave a stage that had `intents` without any.
+    StageEmptied {
+        stage: Stage,
+        intents: usize,
+    },
     /// The phrase directory itself cannot be listed (missing, not a
     /// directory, no permission).
     DirUnreadable(String),
@@ -182,6 +289,24 @@ impl fmt::Display for ProblemKind {
         use ProblemKind::*;
         match self {
             Io(e) => write!(f, "cannot read file: {e}"),
+            NotUtf8 { byte } => write!(
+                f,
+                "the file is not valid UTF-8 here (byte 0x{byte:02X}); save it with UTF-8 encoding"
+            ),
+            LibraryFileGone { stage, intents } => write!(
+                f,
+                "this library file is gone but its {intents} intent(s) of stage {stage} ({}) are \
+                 in use: reload refused, the libraries in use stay; put the file back, or restart \
+                 kefu serve to remove it on purpose",
+                stage.label()
+            ),
+            StageEmptied { stage, intents } => write!(
+                f,
+                "stage {stage} ({}) would have no intents left (it has {intents} in use): reload \
+                 refused, the libraries in use stay; put its intents back, or restart kefu serve \
+                 to remove the stage on purpose",
+                stage.label()
+            ),
             DirUnreadable(e) => write!(
                 f,
                 "cannot read the phrase directory: {e}; check the path (--phrases DIR)"
@@ -333,7 +458,7 @@ struct Loader {
 }
 
 impl Loader {
-    fn load(mut self, dir: &Path) -> Result<Library, LoadErrors> {
+    fn load(mut self, dir: &Path) -> Result<LoadedDir, LoadErrors> {
         let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
             Ok(rd) => rd
                 .filter_map(|e| e.ok().map(|e| e.path()))
@@ -350,20 +475,38 @@ impl Loader {
         let mut first_seen: HashMap<String, String> = HashMap::new();
         let mut templates = None;
         let mut politeness = None;
+        let mut loaded = Vec::with_capacity(files.len());
         for path in &files {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            let text = match std::fs::read_to_string(path) {
-                Ok(t) => t,
+            let bytes = match std::fs::read(path) {
+                Ok(b) => b,
                 Err(e) => {
                     self.at(path, 1, 1, ProblemKind::Io(e.to_string()));
                     continue;
                 }
             };
+            let text = match std::str::from_utf8(&bytes) {
+                Ok(t) => t,
+                Err(e) => {
+                    let (line, column) = position_of(&bytes, e.valid_up_to());
+                    let byte = bytes[e.valid_up_to()];
+                    self.at(path, line, column, ProblemKind::NotUtf8 { byte });
+                    continue;
+                }
+            };
+            let before = intents.len();
+            let mut stage = None;
             match name {
-                TEMPLATES_FILE => templates = self.load_templates(path, &text),
-                POLITENESS_FILE => politeness = self.load_politeness(path, &text),
-                _ => self.load_library(path, &text, &mut intents, &mut first_seen),
+                TEMPLATES_FILE => templates = self.load_templates(path, text),
+                POLITENESS_FILE => politeness = self.load_politeness(path, text),
+                _ => stage = self.load_library(path, text, &mut intents, &mut first_seen),
             }
+            loaded.push(LoadedFile {
+                name: name.to_string(),
+                stage,
+                intents: intents.len() - before,
+                bytes,
+            });
         }
         if templates.is_none() && !self.has_problem_in(dir, TEMPLATES_FILE) {
             self.at(
@@ -387,10 +530,13 @@ impl Loader {
         if !self.problems.is_empty() {
             return Err(LoadErrors(self.problems));
         }
-        Ok(Library {
-            intents,
-            templates: templates.unwrap_or_default(),
-            politeness: politeness.unwrap_or_default(),
+        Ok(LoadedDir {
+            library: Library {
+                intents,
+                templates: templates.unwrap_or_default(),
+                politeness: politeness.unwrap_or_default(),
+            },
+            files: loaded,
         })
     }
 
@@ -495,16 +641,14 @@ impl Loader {
         text: &str,
         intents: &mut Vec<Intent>,
         first_seen: &mut HashMap<String, String>,
-    ) {
-        let Some(raw) = self.parse::<RawLibrary>(path, text) else {
-            return;
-        };
+    ) -> Option<Stage> {
+        let raw = self.parse::<RawLibrary>(path, text)?;
         let loc = Locator::new(text);
         let mut seen_here: HashMap<String, usize> = HashMap::new();
         let Some(stage) = Stage::parse(&raw.stage) else {
             let (line, column) = loc.find_key("stage").unwrap_or((1, 1));
             self.at(path, line, column, ProblemKind::UnknownStage(raw.stage));
-            return;
+            return None;
         };
         for ri in raw.intents {
             // The n-th intent with this id in this file sits on the n-th
@@ -713,6 +857,7 @@ impl Loader {
                 priority: ri.priority.unwrap_or(1.0),
             });
         }
+        Some(stage)
     }
 
     /// Reports unknown or unclosed `{placeholders}` in a reply text.
@@ -729,6 +874,15 @@ impl Loader {
             self.at(path, line, column, kind);
         }
     }
+}
+
+/// The 1-based line and column (in characters, as every other position
+/// here) of byte `offset` of `bytes`, whose bytes before it are UTF-8.
+fn position_of(bytes: &[u8], offset: usize) -> (usize, usize) {
+    let before = std::str::from_utf8(&bytes[..offset]).unwrap_or("");
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = before.matches('\n').count() + 1;
+    (line, before[line_start..].chars().count() + 1)
 }
 
 /// Checks that every `{...}` in `text` names a known placeholder.

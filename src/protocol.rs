@@ -385,6 +385,36 @@ pub struct ClockView {
     pub nudge_ms: u64,
 }
 
+/// Where the phrase libraries in use were loaded from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PhraseSource {
+    /// The phrase directory (`--phrases`).
+    #[default]
+    Directory,
+    /// The copy of the last libraries that loaded, in the data directory:
+    /// the directory did not load when the service started.
+    LastGood,
+}
+
+/// The phrase libraries in use and the state of the files on disk, in an
+/// agent's `welcome` (`phrases`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct PhraseStatus {
+    /// Whether the files on disk are what is in use; `false` when they have
+    /// problems (a broken edit, a removed library) and older libraries serve.
+    pub ok: bool,
+    pub source: PhraseSource,
+    /// When the libraries in use went into use (unix ms).
+    pub since: i64,
+    /// Their files, by name.
+    pub files: Vec<String>,
+    pub intents: usize,
+    /// What is wrong with the files on disk (`file:line:column: message`);
+    /// empty when `ok`.
+    pub problems: Vec<String>,
+}
+
 /// A message from the server.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -416,6 +446,8 @@ pub enum ServerMsg<'a> {
         /// The shop's other agents: whom a conversation can be handed to.
         colleagues: Vec<Colleague<'a>>,
         conversations: Vec<ConversationView<'a>>,
+        /// The phrase libraries in use and any problem with the files on disk.
+        phrases: &'a PhraseStatus,
     },
     /// To a buyer: a bot or agent message. An agent's message carries the
     /// agent's display name if the shop configured one, never the agent's

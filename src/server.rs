@@ -12,6 +12,8 @@
 //! - [`timer`](self::timer): the one task that fires the clock's alarms and
 //!   expires abandoned conversations;
 //! - [`reload`](self::reload): hot reload of the phrase directory;
+//! - [`last_good`](self::last_good): the copy of the last phrase libraries
+//!   that loaded, which a start serves when the directory does not load;
 //! - [`busy`](self::busy): at the connection limit, the places kept for
 //!   staff and the 503 for everyone else;
 //! - [`restore`](self::restore): at start, the conversations open when the
@@ -33,16 +35,19 @@ mod busy;
 mod conn;
 mod http;
 mod hub;
+mod last_good;
 mod reload;
 mod restore;
 mod secret;
 mod throttle;
 mod timer;
 
+pub use last_good::LAST_GOOD_DIR;
 pub use restore::{Restored, RESTART_GRACE};
 pub use secret::{KeyError, ResumeKey, KEY_FILE};
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 
@@ -51,14 +56,15 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::clock::Timebase;
 use crate::config::Config;
 use crate::events::Event;
 use crate::matcher::{BuildError, Matcher};
-use crate::phrases::{Library, LoadErrors, Templates};
+use crate::phrases::{Library, LoadErrors, LoadedDir, LoadedFile, Templates};
 use crate::politeness::Checker;
+use crate::protocol::{PhraseSource, PhraseStatus};
 use crate::store::StoreHandle;
 
 /// Bytes of frames a connection gathers before writing them out (it
@@ -79,6 +85,13 @@ pub const SUGGESTIONS: usize = 3;
 pub enum ServerError {
     #[error("cannot load the phrase libraries in {dir}: {errors}\n(run `kefu check {dir}` for the list)")]
     Phrases { dir: String, errors: LoadErrors },
+    #[error("cannot load the phrase libraries in {dir}: {errors}\nnor their last good copy in {copy}: {copy_errors}\n(run `kefu check {dir}` for the list; fix the files, or move the copy aside to see only the directory's problems)")]
+    PhrasesAndLastGood {
+        dir: String,
+        errors: LoadErrors,
+        copy: String,
+        copy_errors: LoadErrors,
+    },
     #[error("cannot build the matcher: {0}")]
     Matcher(#[from] BuildError),
     #[error("network error: {0}")]
@@ -140,6 +153,15 @@ struct Shared {
     staff_places: Arc<Semaphore>,
     /// The phrase directory as it was loaded, for the reload watcher.
     loaded_fingerprint: Mutex<Option<reload::Fingerprint>>,
+    /// The libraries in use and the state of the files on disk, for
+    /// agents' welcomes and `/healthz`.
+    library: RwLock<Arc<PhraseStatus>>,
+    /// The files of the libraries in use (without their bytes), for the
+    /// reload's check that nothing in use is lost.
+    in_force: Mutex<Vec<LoadedFile>>,
+    /// The data directory that keeps the last-good copy of the libraries
+    /// ([`last_good`]); `None` keeps none.
+    last_good: Option<PathBuf>,
     /// Reads the event log for the supervisors' reports (`/api/report`).
     reports: OnceLock<crate::store::Reader>,
     /// Failed staff sign-ins per account. Its own lock, never held with
@@ -149,16 +171,64 @@ struct Shared {
 
 impl App {
     /// Loads the phrase libraries of `config.phrases` and builds the state.
-    /// Events go to `store`.
+    /// Events go to `store`. Keeps no last-good copy (see [`App::open`]).
     pub fn new(config: Config, store: StoreHandle) -> Result<App, ServerError> {
+        App::start(config, store, None)
+    }
+
+    /// [`App::new`] as `kefu serve` starts: the libraries that load (at
+    /// start and at every good reload) are copied to data directory `data`
+    /// ([`LAST_GOOD_DIR`]), and when `config.phrases` does not load, the
+    /// service starts from that copy, logs the problems and reports them
+    /// (agents' `welcome`, `/healthz`) until a fixed edit reloads. Without
+    /// a copy (a first start) it refuses, as [`App::new`] does.
+    pub fn open(config: Config, store: StoreHandle, data: &Path) -> Result<App, ServerError> {
+        App::start(config, store, Some(data))
+    }
+
+    fn start(config: Config, store: StoreHandle, data: Option<&Path>) -> Result<App, ServerError> {
         // Taken before loading: an edit racing the load shows up as a change.
         let fingerprint = reload::fingerprint(&config.phrases);
-        let lib = Library::load_dir(&config.phrases).map_err(|errors| ServerError::Phrases {
-            dir: config.phrases.display().to_string(),
-            errors,
-        })?;
-        let phrases = Phrases::from_library(&lib)?;
-        let app = App::with_phrases(config, phrases, store);
+        let (loaded, source, problems) = match LoadedDir::load(&config.phrases) {
+            Ok(loaded) => (loaded, PhraseSource::Directory, Vec::new()),
+            Err(errors) => {
+                let dir = config.phrases.display().to_string();
+                let Some(copy) = data.and_then(last_good::find) else {
+                    return Err(ServerError::Phrases { dir, errors });
+                };
+                let loaded = LoadedDir::load(&copy).map_err(|copy_errors| {
+                    ServerError::PhrasesAndLastGood {
+                        dir: dir.clone(),
+                        errors: errors.clone(),
+                        copy: copy.display().to_string(),
+                        copy_errors,
+                    }
+                })?;
+                for p in &errors.0 {
+                    error!(dir = %dir, "phrase library problem: {p}");
+                }
+                error!(
+                    dir = %dir,
+                    copy = %copy.display(),
+                    problems = errors.0.len(),
+                    "the phrase libraries do not load: serving their last good copy; fix the files \
+                     (run `kefu check {dir}`) and they reload as usual"
+                );
+                let problems = errors.0.iter().map(ToString::to_string).collect();
+                (loaded, PhraseSource::LastGood, problems)
+            }
+        };
+        let phrases = Phrases::from_library(&loaded.library)?;
+        if let (Some(data), PhraseSource::Directory) = (data, source) {
+            if let Err(e) = last_good::save(data, &loaded.files) {
+                warn!(data = %data.display(), "cannot keep a copy of the phrase libraries: {e}");
+            }
+        }
+        let app = App::assemble(config, phrases, store, data.map(Path::to_path_buf));
+        app.libraries_in_use(loaded.files, source);
+        if !problems.is_empty() {
+            app.phrase_problems(problems);
+        }
         *app.shared
             .loaded_fingerprint
             .lock()
@@ -168,6 +238,15 @@ impl App {
 
     /// Builds the state around already compiled phrases.
     pub fn with_phrases(config: Config, phrases: Phrases, store: StoreHandle) -> App {
+        App::assemble(config, phrases, store, None)
+    }
+
+    fn assemble(
+        config: Config,
+        phrases: Phrases,
+        store: StoreHandle,
+        last_good: Option<PathBuf>,
+    ) -> App {
         let l = &config.limits;
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(l.read_buffer_bytes)
@@ -192,13 +271,22 @@ impl App {
         let connections = Arc::new(Semaphore::new(l.max_connections - reserve));
         let staff_places = Arc::new(Semaphore::new(reserve));
         let (shutdown, _) = watch::channel(false);
+        let timebase = Timebase::new();
+        let library = PhraseStatus {
+            ok: true,
+            source: PhraseSource::Directory,
+            since: timebase.now_ms(),
+            files: Vec::new(),
+            intents: phrases.matcher.intent_count(),
+            problems: Vec::new(),
+        };
         App {
             shared: Arc::new(Shared {
                 hub: Mutex::new(hub),
                 phrases: RwLock::new(Arc::new(phrases)),
                 store,
                 tap: OnceLock::new(),
-                timebase: Timebase::new(),
+                timebase,
                 timer: Notify::new(),
                 shutdown,
                 stopping: AtomicBool::new(false),
@@ -207,6 +295,9 @@ impl App {
                 connections,
                 staff_places,
                 loaded_fingerprint: Mutex::new(None),
+                library: RwLock::new(Arc::new(library)),
+                in_force: Mutex::new(Vec::new()),
+                last_good,
                 reports: OnceLock::new(),
                 signins: Mutex::new(throttle::SignIns::new(&config.limits)),
                 config,
@@ -315,6 +406,7 @@ impl App {
             config: self.config(),
             tb: self.timebase(),
             phrases,
+            library: &self.shared.library,
         }
     }
 
@@ -390,6 +482,63 @@ impl App {
             .phrases
             .write()
             .unwrap_or_else(|e| e.into_inner()) = Arc::new(phrases);
+    }
+
+    /// The phrase libraries in use and any problem with the files on disk
+    /// (what agents' `welcome` and `/healthz` report).
+    pub fn phrase_status(&self) -> Arc<PhraseStatus> {
+        self.shared
+            .library
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records that the libraries of `files` (from `source`) went into use
+    /// now, with no problem on disk. Call after [`App::set_phrases`].
+    fn libraries_in_use(&self, mut files: Vec<LoadedFile>, source: PhraseSource) {
+        let status = PhraseStatus {
+            ok: true,
+            source,
+            since: self.timebase().now_ms(),
+            files: files.iter().map(|f| f.name.clone()).collect(),
+            intents: self.phrases().matcher.intent_count(),
+            problems: Vec::new(),
+        };
+        for f in &mut files {
+            f.bytes = Vec::new();
+        }
+        *self
+            .shared
+            .in_force
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = files;
+        *self
+            .shared
+            .library
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(status);
+    }
+
+    /// Records what is wrong with the files on disk; the libraries in use stay.
+    fn phrase_problems(&self, problems: Vec<String>) {
+        let mut status = (*self.phrase_status()).clone();
+        status.ok = false;
+        status.problems = problems;
+        *self
+            .shared
+            .library
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(status);
+    }
+
+    /// The files of the libraries in use, without their bytes.
+    fn files_in_force(&self) -> Vec<LoadedFile> {
+        self.shared
+            .in_force
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 

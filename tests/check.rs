@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kefu::phrases::{Library, Problem, ProblemKind};
+use kefu::phrases::{Library, LoadedDir, Problem, ProblemKind, Stage};
 
 const TEMPLATES: &str = "greeting:\n  - \"亲，欢迎光临{shop}\"\nholding:\n  - \"亲，请您稍等\"\n";
 const POLITENESS: &str = "negative:\n  - phrase: 不行\n    rewrite: 我们一起想想办法\ncurt:\n  - phrase: 好的\n    rewrite: 好的呢亲，已为您记下啦\n";
@@ -364,6 +364,136 @@ fn blank_template_entries_are_reported_where_they_are() {
         assert_eq!((p.line, p.column), *at, "{key}: {p}");
     }
 }
+
+/// A file that is not UTF-8 is reported at its first bad byte, not at 1:1
+/// (columns count characters, as everywhere else). Each case: the file's
+/// bytes, the line and column, the byte named.
+#[test]
+fn invalid_utf8_is_reported_where_it_is() {
+    let gbk_greeting = [0xD4, 0xDA, 0xC2, 0xF0]; // 在吗 in GBK
+    let mut gbk = b"stage: pre_sale\nintents:\n  - id: pre_sale.a\n    keywords: [".to_vec();
+    gbk.extend(gbk_greeting);
+    gbk.extend(b"]\n    replies: [x, y]\n");
+    let mut after_chinese = "stage: pre_sale\n# 售前话术".as_bytes().to_vec();
+    after_chinese.push(0xFF);
+    let mut cut = "stage: pre_sale\n# 售".as_bytes().to_vec();
+    cut.extend(&"前".as_bytes()[..2]); // a character cut short at the end
+    let cases: [(&str, Vec<u8>, usize, usize, u8); 4] = [
+        ("first byte", b"\xFFstage: pre_sale\n".to_vec(), 1, 1, 0xFF),
+        ("a GBK keyword", gbk, 4, 16, 0xD4),
+        ("after Chinese text", after_chinese, 2, 7, 0xFF),
+        ("cut at the end", cut, 2, 4, 0xE5),
+    ];
+    for (what, bytes, line, column, byte) in cases {
+        let dir = dir_with(&[]);
+        std::fs::write(dir.path().join("pre_sale.yaml"), &bytes).unwrap();
+        let found = problems(dir.path());
+        let p = found
+            .iter()
+            .find(|p| p.file.ends_with("pre_sale.yaml"))
+            .unwrap_or_else(|| panic!("{what}: not reported in {found:?}"));
+        assert_eq!(p.kind, ProblemKind::NotUtf8 { byte }, "{what}");
+        assert_eq!((p.line, p.column), (line, column), "{what}: {p}");
+        assert!(p.to_string().contains("save it with UTF-8"), "{what}: {p}");
+    }
+}
+
+const IN_SALE: &str = r#"stage: in_sale
+intents:
+  - id: in_sale.ship
+    keywords: [发货]
+    replies: [x, y]
+"#;
+
+/// What a reload would lose of the libraries in force
+/// ([`LoadedDir::losses`]). Each case: the edit made to a directory of
+/// `pre_sale.yaml` (one intent) and `in_sale.yaml`, and the problems
+/// expected (file, kind); none for an edit that keeps every stage file.
+#[test]
+fn losses_of_a_reload() {
+    type Edit = fn(&Path);
+    type Want<'a> = Vec<(&'a str, ProblemKind)>;
+    let gone = |stage| ProblemKind::LibraryFileGone { stage, intents: 1 };
+    let cases: [(&str, Edit, Want); 7] = [
+        ("nothing changed", |_| {}, vec![]),
+        (
+            "an intent added",
+            |d| {
+                let more =
+                    format!("{GOOD}  - id: pre_sale.b\n    keywords: [b]\n    replies: [x, y]\n");
+                std::fs::write(d.join("pre_sale.yaml"), more).unwrap();
+            },
+            vec![],
+        ),
+        (
+            "a new stage file",
+            |d| {
+                std::fs::write(
+                    d.join("after_sale.yaml"),
+                    "stage: after_sale\nintents: []\n",
+                )
+                .unwrap()
+            },
+            vec![],
+        ),
+        (
+            "a stage file deleted",
+            |d| std::fs::remove_file(d.join("pre_sale.yaml")).unwrap(),
+            vec![("pre_sale.yaml", gone(Stage::PreSale))],
+        ),
+        (
+            "a stage file renamed (a restart removes or renames on purpose)",
+            |d| std::fs::rename(d.join("in_sale.yaml"), d.join("in_sale_2.yaml")).unwrap(),
+            vec![("in_sale.yaml", gone(Stage::InSale))],
+        ),
+        (
+            "a stage emptied in its file",
+            |d| std::fs::write(d.join("pre_sale.yaml"), "stage: pre_sale\nintents: []\n").unwrap(),
+            vec![(
+                "pre_sale.yaml",
+                ProblemKind::StageEmptied {
+                    stage: Stage::PreSale,
+                    intents: 1,
+                },
+            )],
+        ),
+        (
+            "both stage files deleted",
+            |d| {
+                std::fs::remove_file(d.join("pre_sale.yaml")).unwrap();
+                std::fs::remove_file(d.join("in_sale.yaml")).unwrap();
+                std::fs::write(d.join("after_sale.yaml"), AFTER_SALE).unwrap();
+            },
+            vec![
+                ("in_sale.yaml", gone(Stage::InSale)),
+                ("pre_sale.yaml", gone(Stage::PreSale)),
+            ],
+        ),
+    ];
+    for (what, edit, want) in cases {
+        let dir = dir_with(&[("pre_sale.yaml", GOOD), ("in_sale.yaml", IN_SALE)]);
+        let before = LoadedDir::load(dir.path()).expect("loads");
+        edit(dir.path());
+        let after = LoadedDir::load(dir.path()).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let got: Vec<(PathBuf, ProblemKind)> = after
+            .losses(&before.files, dir.path())
+            .into_iter()
+            .map(|p| (p.file, p.kind))
+            .collect();
+        let want: Vec<(PathBuf, ProblemKind)> = want
+            .into_iter()
+            .map(|(f, k)| (dir.path().join(f), k))
+            .collect();
+        assert_eq!(got, want, "{what}");
+    }
+}
+
+const AFTER_SALE: &str = r#"stage: after_sale
+intents:
+  - id: after_sale.refund
+    keywords: [退款]
+    replies: [x, y]
+"#;
 
 /// `kefu` without any `KEFU_*` variable of the test's environment.
 fn kefu() -> Command {

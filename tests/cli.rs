@@ -271,3 +271,88 @@ fn a_closed_stdout_is_not_a_panic() {
         assert_ne!(out.status.code(), Some(101), "{args:?}: {err}");
     }
 }
+
+/// `kefu serve` on a broken phrase directory: refused (exit 2, naming
+/// file, line and column) on a data directory without a last-good copy;
+/// with one (`phrases.last-good/`, which every good load leaves), it
+/// starts from the copy and logs each problem at error level. Before, it
+/// refused both times: a broken edit that hot reload survived became an
+/// outage at the next restart.
+#[test]
+fn serve_starts_from_the_last_good_copy_when_the_phrases_are_broken() {
+    use std::io::{BufRead, BufReader};
+    let phrases = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(shipped_phrases()).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|e| e == "yaml") {
+            std::fs::copy(&p, phrases.path().join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::write(
+        phrases.path().join("pre_sale.yaml"),
+        "stage: pre_sale\nintents:\n  - id: [oops\n",
+    )
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let args = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        data.path().to_str().unwrap(),
+        "--phrases",
+        phrases.path().to_str().unwrap(),
+        "--agent-token",
+        "s1:a1:k3J9vQ2mX7pL4wZ8rT6y",
+    ];
+    let (_, err, code) = kefu(&args, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("pre_sale.yaml:3:9: YAML error"), "{err}");
+
+    let copy = data.path().join(kefu::server::LAST_GOOD_DIR);
+    std::fs::create_dir(&copy).unwrap();
+    for e in std::fs::read_dir(shipped_phrases()).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|e| e == "yaml") {
+            std::fs::copy(&p, copy.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kefu"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("KEFU_")) {
+        cmd.env_remove(k);
+    }
+    let mut child = cmd
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let listening = loop {
+        match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(line) if line.contains("listening on") => break true,
+            Ok(line) => seen.push(line),
+            Err(_) => break false,
+        }
+    };
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    assert!(listening, "did not start ({status}); stderr: {seen:#?}");
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("ERROR") && l.contains("pre_sale.yaml:3:9: YAML error")),
+        "{seen:#?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("serving their last good copy")),
+        "{seen:#?}"
+    );
+}

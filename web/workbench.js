@@ -286,6 +286,7 @@
         checkUnconfirmed();
         // The "not connected" warning of a send during the outage is over.
         if ($("banner").dataset.tag === "offline") $("banner").hidden = true;
+        showPhraseStatus(m.phrases);
         logEvent("info", `已上线${m.conversations && m.conversations.length ? `，接手 ${m.conversations.length} 个会话` : "，等待买家消息"}`);
         break;
       }
@@ -598,7 +599,24 @@
       ? `话术库已重新加载${typeof m.intents === "number" ? `（${m.intents} 个意图）` : ""}，新的推荐回复已生效`
       : `话术库修改有误，仍在使用旧版本：${(m.errors || []).slice(0, 3).join("；")}${(m.errors || []).length > 3 ? " …" : ""}`;
     logEvent("reload", text);
-    showBanner(m.ok ? "info" : "warn", text);
+    showBanner(m.ok ? "info" : "warn", text, "phrases");
+  }
+
+  /**
+   * The phrase libraries' state in a `welcome`: while the files on disk
+   * have problems (a broken edit, a removed library) and older libraries
+   * serve, an amber banner; a good state takes it back.
+   */
+  function showPhraseStatus(p) {
+    if (!p || p.ok !== false) {
+      if ($("banner").dataset.tag === "phrases") $("banner").hidden = true;
+      return;
+    }
+    const errs = Array.isArray(p.problems) ? p.problems : [];
+    const used = p.source === "last_good" ? "上次成功加载的版本" : "修改前的版本";
+    const text = `话术库文件有误，推荐回复暂时使用${used}，请联系管理员修正：${errs.slice(0, 3).join("；")}${errs.length > 3 ? " …" : ""}`;
+    logEvent("reload", text);
+    showBanner("warn", text, "phrases");
   }
 
   let bannerTimer = null;

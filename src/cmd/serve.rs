@@ -31,7 +31,8 @@ pub struct ServeArgs {
     /// Phrase directory, reloaded on change [default: phrases].
     #[arg(long, env = "KEFU_PHRASES", value_name = "DIR")]
     pub phrases: Option<PathBuf>,
-    /// Directory of the event log [default: ./data].
+    /// Directory of the event log, the resume key and the last-good copy
+    /// of the phrase libraries [default: ./data].
     #[arg(long, env = "KEFU_DATA", value_name = "DIR")]
     pub data: Option<PathBuf>,
     /// Response-time target in seconds [default: 30].
@@ -257,7 +258,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot open the event log in {}", config.data.display()))?;
     let listen = config.listen;
     let data = config.data.clone();
-    let app = App::new(config, store.handle())?;
+    let app = App::open(config, store.handle(), &data)?;
     app.attach_reports(store.reader());
     app.set_resume_key(ResumeKey::load_or_create(&data)?);
     // Before the port opens: a buyer who reconnects at once must find

@@ -6,7 +6,7 @@
 //! | method | path       | answer                                 |
 //! |--------|------------|----------------------------------------|
 //! | GET    | `/ws`      | 101 and the chat protocol              |
-//! | GET    | `/healthz` | 200 `ok`                               |
+//! | GET    | `/healthz` | 200 `ok` (and the phrase libraries' state when stale, see [`health`]) |
 //! | other  | `/ws`, `/healthz` | 405                             |
 //! | GET, HEAD | `/`, `/buyer`, `/reports`, `/static/*` | the embedded pages ([`crate::web`]) |
 //! | GET    | `/api/report` | a supervisor's report (JSON, see [`super::api`]) |
@@ -130,7 +130,7 @@ fn route(req: Request<Incoming>, app: &App, peer: &str, guard: &ConnGuard) -> Re
     }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/ws") => upgrade(req, app, peer, guard),
-        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/healthz") => health(app),
         (_, "/ws" | "/healthz") => {
             let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
             r.headers_mut()
@@ -143,6 +143,41 @@ fn route(req: Request<Incoming>, app: &App, peer: &str, guard: &ConnGuard) -> Re
         },
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// `/healthz`: `ok` while the service serves. When the phrase files on
+/// disk have problems and older libraries serve (a broken edit, a start
+/// from the last-good copy), still 200 (the service works) with lines for
+/// monitors after the `ok`:
+///
+/// ```text
+/// ok
+/// phrases: stale
+/// phrase_problems: 2
+/// phrase_source: last_good
+/// ```
+///
+/// The problems themselves are in the log, agents' `welcome` and
+/// `kefu check`, not on this unauthenticated page.
+fn health(app: &App) -> Response<Body> {
+    let status = app.phrase_status();
+    if status.ok {
+        return text(StatusCode::OK, "ok\n");
+    }
+    let source = match status.source {
+        crate::protocol::PhraseSource::Directory => "directory",
+        crate::protocol::PhraseSource::LastGood => "last_good",
+    };
+    let body = format!(
+        "ok\nphrases: stale\nphrase_problems: {}\nphrase_source: {source}\n",
+        status.problems.len()
+    );
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
 }
 
 /// A page or file of the browser front-end, built into the binary.

@@ -22,7 +22,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 // Several look-ups per buyer message; see `clock` for the choice.
@@ -41,8 +41,8 @@ use crate::events::{Event, Kind, Rating};
 use crate::matcher::{Matcher, Suggestion};
 use crate::phrases::Fill;
 use crate::protocol::{
-    to_json, Author, ClockView, Colleague, ConversationView, ErrorCode, Line, Refusal, Role,
-    ServerMsg,
+    to_json, Author, ClockView, Colleague, ConversationView, ErrorCode, Line, PhraseStatus,
+    Refusal, Role, ServerMsg,
 };
 
 // ---- client queues -------------------------------------------------------------
@@ -441,6 +441,8 @@ pub(crate) struct Ctx<'a> {
     pub config: &'a Config,
     pub tb: Timebase,
     pub phrases: &'a Phrases,
+    /// The libraries' status, for an agent's `welcome`.
+    pub library: &'a RwLock<Arc<PhraseStatus>>,
 }
 
 // ---- state ------------------------------------------------------------------------
@@ -785,6 +787,7 @@ enum RenderKind {
         shop: Arc<str>,
         clock: ClockView,
         colleagues: Vec<ColleagueSnap>,
+        library: Arc<PhraseStatus>,
     },
     /// `conversation_assigned` for one conversation (with a transfer's
     /// sender and note), `conversations_assigned` for more.
@@ -849,6 +852,7 @@ impl Render {
                 shop,
                 clock,
                 colleagues,
+                library,
             } => to_json(&ServerMsg::AgentWelcome {
                 role: Role::Agent,
                 agent,
@@ -857,6 +861,7 @@ impl Render {
                 clock: *clock,
                 colleagues: colleagues.iter().map(ColleagueSnap::view).collect(),
                 conversations: views,
+                phrases: library,
             }),
             RenderKind::Assigned { reason, from, note } if views.len() == 1 => {
                 let view = views.pop().expect("one view");
@@ -1282,6 +1287,11 @@ impl Hub {
                 nudge_ms: s.nudge.as_millis() as u64,
             },
             colleagues,
+            library: ctx
+                .library
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         };
         fx.send_later(out, Render::new(ctx, &shop.name, agent, kind, mine));
         Ok(AgentSession {
@@ -2484,6 +2494,7 @@ mod tests {
             config,
             tb: Timebase::new(),
             phrases,
+            library: Box::leak(Box::default()),
         }
     }
 

@@ -11,15 +11,27 @@
 //! A reload that fails keeps the libraries in force, logs every problem
 //! with file, line and column, and tells the connected agents
 //! (`{"type":"reload","ok":false,"errors":[...]}`); a good one swaps them
-//! in at once and says `ok: true`.
+//! in at once and says `ok: true`. The problems also stay in the service's
+//! phrase status ([`App::phrase_status`]: later agents' `welcome`,
+//! `/healthz`) until a good reload clears them.
+//!
+//! A reload that would lose a stage library file of the libraries in
+//! force, or every intent of a stage, fails the same way
+//! ([`LoadedDir::losses`]): a stray `rm` or a half-finished sync must not
+//! silently stop a stage's suggestions. Removing a library on purpose takes
+//! a restart.
+//!
+//! A good reload also becomes the data directory's last-good copy
+//! ([`super::last_good`]) when the service keeps one.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use tracing::{error, info, warn};
 
-use super::{App, Phrases};
-use crate::protocol::{to_json, ServerMsg};
+use super::{last_good, App, Phrases};
+use crate::phrases::{LoadedDir, LoadedFile, Problem};
+use crate::protocol::{to_json, PhraseSource, ServerMsg};
 
 /// What a directory looked like: its YAML files' names, sizes and times.
 pub(crate) type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
@@ -102,13 +114,16 @@ pub(crate) async fn watch(app: App, every: Duration) {
 pub(crate) async fn reload(app: &App) {
     let dir = app.config().phrases.clone();
     let shown = dir.display().to_string();
-    let result = tokio::task::spawn_blocking(move || Phrases::load(&dir))
+    let in_force = app.files_in_force();
+    let keep = app.shared.last_good.clone();
+    let result = tokio::task::spawn_blocking(move || load(&dir, &in_force, keep.as_deref()))
         .await
         .unwrap_or_else(|e| Err(vec![format!("the reload task failed: {e}")]));
     let frame = match result {
-        Ok(phrases) => {
+        Ok((phrases, files)) => {
             let intents = phrases.matcher.intent_count();
             app.set_phrases(phrases);
+            app.libraries_in_use(files, PhraseSource::Directory);
             info!(dir = %shown, intents, "phrase libraries reloaded");
             to_json(&ServerMsg::Reload {
                 ok: true,
@@ -121,6 +136,7 @@ pub(crate) async fn reload(app: &App) {
                 error!(dir = %shown, "phrase library problem: {e}");
             }
             warn!(dir = %shown, problems = errors.len(), "reload failed: keeping the libraries in force");
+            app.phrase_problems(errors.clone());
             to_json(&ServerMsg::Reload {
                 ok: false,
                 intents: None,
@@ -132,6 +148,30 @@ pub(crate) async fn reload(app: &App) {
     for out in agents {
         out.push(frame.clone().into());
     }
+}
+
+/// Loads `dir` for a reload: refused when it has problems or would lose
+/// something of the libraries in force (`in_force`); when good, kept as
+/// the last-good copy of data directory `keep`, if any.
+fn load(
+    dir: &Path,
+    in_force: &[LoadedFile],
+    keep: Option<&Path>,
+) -> Result<(Phrases, Vec<LoadedFile>), Vec<String>> {
+    let strings = |problems: &[Problem]| problems.iter().map(ToString::to_string).collect();
+    let loaded = LoadedDir::load(dir).map_err(|e| strings(&e.0))?;
+    let lost = loaded.losses(in_force, dir);
+    if !lost.is_empty() {
+        return Err(strings(&lost));
+    }
+    let phrases = Phrases::from_library(&loaded.library)
+        .map_err(|e| vec![format!("{}: {e}", dir.display())])?;
+    if let Some(data) = keep {
+        if let Err(e) = last_good::save(data, &loaded.files) {
+            warn!(data = %data.display(), "cannot keep a copy of the phrase libraries: {e}");
+        }
+    }
+    Ok((phrases, loaded.files))
 }
 
 #[cfg(test)]

@@ -14,12 +14,12 @@ export const KEFU_BIN = process.env.KEFU_BIN || path.join(ROOT, "target/debug/ke
 /**
  * Runs target/debug/kefu serve on a loopback port the OS picks
  * (`--listen 127.0.0.1:0`; the address is read from the log), with a temp
- * data directory, the repo's phrase libraries and the given flags.
- * Resolves to {url, wsUrl, stop(), output()}.
+ * data directory, the repo's phrase libraries (or `phrases`) and the given
+ * flags. Resolves to {url, wsUrl, stop(), output()}.
  */
-export async function startServer({ flags = [], config = null } = {}) {
+export async function startServer({ flags = [], config = null, phrases = path.join(ROOT, "phrases") } = {}) {
   const dir = mkdtempSync(path.join(tmpdir(), "kefu-e2e-"));
-  const args = ["serve", "--listen", "127.0.0.1:0", "--data", path.join(dir, "data"), "--phrases", path.join(ROOT, "phrases")];
+  const args = ["serve", "--listen", "127.0.0.1:0", "--data", path.join(dir, "data"), "--phrases", phrases];
   if (config) {
     const file = path.join(dir, "kefu.yaml");
     writeFileSync(file, config);
