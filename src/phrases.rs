@@ -272,6 +272,9 @@ pub enum ProblemKind {
     /// Template list `key` (`greeting`, `holding`, ...) has a blank entry,
     /// which the bot would send as an empty line.
     EmptyTemplate(&'static str),
+    /// A greeting that does not name the shop (`{shop}`): a buyer who opens
+    /// a chat is greeted with the shop's name (found by review: passed).
+    GreetingWithoutShop,
     UnknownPlaceholder {
         placeholder: String,
     },
@@ -351,6 +354,10 @@ impl fmt::Display for ProblemKind {
             EmptyTemplate(key) => write!(
                 f,
                 "template list `{key}` has an entry without text (the bot would send a blank line): write the message or delete the entry"
+            ),
+            GreetingWithoutShop => write!(
+                f,
+                "this greeting does not name the shop: put {{shop}} in every greeting (亲，欢迎光临{{shop}}！…)"
             ),
             UnknownPlaceholder { placeholder } => write!(
                 f,
@@ -590,6 +597,18 @@ impl Loader {
                     .or_else(|| loc.find_key(key))
                     .unwrap_or((1, 1));
                 self.at(path, line, column, ProblemKind::EmptyTemplate(key));
+            }
+        }
+        for g in t.greeting.iter().filter(|g| !g.trim().is_empty()) {
+            if !g.contains("{shop}") {
+                // Where the entry is written: its first characters (a quoted
+                // entry is written as it reads), else the key.
+                let head: String = g.chars().take(8).collect();
+                let (line, column) = loc
+                    .find_after(0, &head)
+                    .or_else(|| loc.find_key("greeting"))
+                    .unwrap_or((1, 1));
+                self.at(path, line, column, ProblemKind::GreetingWithoutShop);
             }
         }
         for (key, list) in [("greeting", &t.greeting), ("holding", &t.holding)] {

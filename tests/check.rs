@@ -567,3 +567,28 @@ fn kefu_check_takes_phrases_and_kefu_phrases() {
         assert!(text.contains(says), "{args:?} {env:?}: {text}");
     }
 }
+
+/// Every greeting names the shop: `kefu check` passed one without
+/// `{shop}` (found by review), so a buyer would be greeted without it.
+#[test]
+fn a_greeting_without_the_shop_is_reported_where_it_is() {
+    let cases: &[(&str, Option<(usize, usize)>)] = &[
+        ("greeting: [\"亲，欢迎光临{shop}！\"]\nholding: [\"请稍等\"]\n", None),
+        (
+            "greeting:\n  - \"亲，欢迎光临{shop}！\"\n  - \"亲，您好！我是客服{agent}，请问有什么可以帮您的呢？\"\nholding: [\"请稍等\"]\n",
+            Some((3, 6)),
+        ),
+        ("greeting: [\"您好\"]\nholding: [\"请稍等\"]\n", Some((1, 13))),
+    ];
+    for (yaml, want) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pre_sale.yaml"), GOOD).unwrap();
+        std::fs::write(dir.path().join("templates.yaml"), yaml).unwrap();
+        let found = problems(dir.path());
+        let got = found
+            .iter()
+            .find(|p| p.kind == ProblemKind::GreetingWithoutShop)
+            .map(|p| (p.line, p.column));
+        assert_eq!(got, *want, "{yaml}: {found:?}");
+    }
+}

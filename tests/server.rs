@@ -1271,3 +1271,29 @@ async fn a_transfer_note_stays_in_the_history_for_agents_only() {
     assert_eq!(transfer_lines(&b1["history"]), both, "{moved}");
     t.stop().await;
 }
+
+/// `{buyer}` in a template or a reply is the buyer's id (the platform's
+/// nickname), as phrases/README.md promises: it was always dropped (found
+/// by review).
+#[tokio::test]
+async fn buyer_placeholder_is_the_buyers_id() {
+    let dir = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(common::fixture_phrases()).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+    }
+    let templates = std::fs::read_to_string(dir.path().join("templates.yaml"))
+        .unwrap()
+        .replace("亲，欢迎光临{shop}！", "{buyer}亲，欢迎光临{shop}！");
+    std::fs::write(dir.path().join("templates.yaml"), templates).unwrap();
+    let mut config = test_config();
+    config.phrases = dir.path().to_path_buf();
+    let t = spawn_app_with(config).await;
+    let (_agent, _) = t.agent("a1").await;
+    let (_buyer, _, greeting) = t.buyer("tb_小明").await;
+    assert_eq!(
+        greeting["text"],
+        "tb_小明亲，欢迎光临测试旗舰店！有什么可以帮您的吗？"
+    );
+    t.stop().await;
+}

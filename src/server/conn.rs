@@ -898,7 +898,7 @@ fn buyer_message(app: &App, s: &BuyerSession, text: String) -> Result<(), Refusa
     let fill = Fill {
         shop: &plan.shop_name,
         agent: plan.agent_name.as_deref().unwrap_or(""),
-        buyer: "",
+        buyer: &s.buyer,
     };
     let suggestions = phrases.matcher.suggest(&text, SUGGESTIONS, &fill);
     let frame = plan.agent.as_ref().map(|_| {

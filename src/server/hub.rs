@@ -827,7 +827,13 @@ impl Render {
             .convs
             .iter()
             .map(|c| match &c.ask {
-                Some(text) => self.matcher.suggest(text, SUGGESTIONS, &fill),
+                Some(text) => {
+                    let fill = Fill {
+                        buyer: &c.buyer,
+                        ..fill
+                    };
+                    self.matcher.suggest(text, SUGGESTIONS, &fill)
+                }
                 None => Vec::new(),
             })
             .collect();
@@ -1170,7 +1176,7 @@ impl Hub {
         let fill = Fill {
             shop: &shop.name,
             agent: agent_name.as_deref().unwrap_or(""),
-            buyer: "",
+            buyer: &buyer,
         };
         if let Some(t) = pick(&ctx.phrases.templates.greeting) {
             let text = fill.apply(t);
@@ -1362,7 +1368,7 @@ impl Hub {
             let fill = Fill {
                 shop: &shop.name,
                 agent: "",
-                buyer: "",
+                buyer: &conv.buyer,
             };
             if let Some(t) = offline_template(ctx) {
                 bot_say(conv, None, &fill.apply(t), "offline", at, ctx, fx);
@@ -1514,7 +1520,7 @@ impl Hub {
             Some(t) => Fill {
                 shop: &shop.name,
                 agent: receiver.name.as_deref().unwrap_or(""),
-                buyer: "",
+                buyer: &conv.buyer,
             }
             .apply(t),
             None => TRANSFER_LINE.to_string(),
@@ -1908,7 +1914,7 @@ impl Hub {
                         let fill = Fill {
                             shop: &shop.name,
                             agent: agent_name.as_deref().unwrap_or(""),
-                            buyer: "",
+                            buyer: &conv.buyer,
                         };
                         let (note, template) =
                             if agent_out.is_some() || holder_returning(shop, conv) {
