@@ -572,3 +572,34 @@ async fn a_transferred_conversation_keeps_its_clock() {
     assert_eq!(t0.elapsed().as_secs(), 30);
     a1.expect_silence(secs(60.0)).await;
 }
+
+/// A new buyer who arrives while the shop's only agent is away within the
+/// grace (a page refresh) is not told nobody is online: the conversation
+/// waits for that agent, who finds it at sign-in (found by review: a
+/// one-agent shop sent the offline reply on every F5); the holding reply
+/// comes as usual.
+#[tokio::test(start_paused = true)]
+async fn a_new_buyer_waits_for_an_agent_within_the_grace() {
+    let mut c = config(Some(15.0));
+    c.limits.agent_grace = secs(10.0);
+    let t = spawn_local(c).await;
+    let (a1, _) = t.agent("a1").await;
+    a1.close().await;
+    sleep(secs(0.1)).await;
+    let (mut buyer, welcome, _) = t.buyer("b1").await;
+    let conv = welcome["conversation"].clone();
+    buyer.send(json!({"type":"message","text":"在吗"})).await;
+    // No offline reply while a1 may come back.
+    buyer.expect_silence(secs(2.0)).await;
+    let (_a1, w) = t.agent("a1").await;
+    let mine = w["conversations"].as_array().unwrap();
+    assert_eq!(mine.len(), 1, "{w}");
+    assert_eq!(mine[0]["conversation"], conv);
+    assert_eq!(
+        mine[0]["history"].as_array().unwrap().last().unwrap()["text"],
+        "在吗"
+    );
+    // The round runs from the message: the holding reply at 15 s.
+    let h = buyer.recv_type("reply").await;
+    assert_eq!(h["note"], "holding", "{h}");
+}

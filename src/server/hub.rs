@@ -1145,7 +1145,7 @@ impl Hub {
         // event log it would be stored in goes to supervisors.
         let secret = resume_key.secret(&shop_key, &id);
         let buyer: Arc<str> = Arc::from(buyer);
-        let agent = pick_agent(shop);
+        let agent = pick_agent(shop).or_else(|| pick_returning(shop));
         let agent_name = agent.as_ref().and_then(|a| shop.agents[a].name.clone());
         let mut conv = Conv {
             id: id.clone(),
@@ -2124,6 +2124,19 @@ fn pick_agent(shop: &Shop) -> Option<Arc<str>> {
     shop.agents
         .iter()
         .filter(|(_, a)| a.online.is_some())
+        .min_by_key(|(_, a)| a.convs.len())
+        .map(|(id, _)| id.clone())
+}
+
+/// With nobody online, an agent away within the grace (a page refresh),
+/// fewest conversations first: a new buyer waits for them as their own
+/// buyers do, instead of being told at once that nobody is there (a shop
+/// with one agent said so on every F5; found by review). If they are not
+/// back, the conversation moves with theirs when the grace ends.
+fn pick_returning(shop: &Shop) -> Option<Arc<str>> {
+    shop.agents
+        .iter()
+        .filter(|(_, a)| a.online.is_none() && a.moves_at.is_some())
         .min_by_key(|(_, a)| a.convs.len())
         .map(|(id, _)| id.clone())
 }
