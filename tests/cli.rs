@@ -207,7 +207,6 @@ fn serve_refuses_a_log_filter_it_cannot_read() {
 /// fits the limit to what it may open, and says so.
 #[test]
 fn serve_fits_max_connections_to_the_open_files_limit() {
-    use std::io::{BufRead, BufReader};
     let data = tempfile::tempdir().unwrap();
     let script = format!(
         "ulimit -n 200 && exec {} serve --listen 127.0.0.1:0 --data {} --phrases {} --agent-token s1:a1:k3J9vQ2mX7pL4wZ8rT6y",
@@ -221,13 +220,7 @@ fn serve_fits_max_connections_to_the_open_files_limit() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = stderr_lines(&mut child);
     let mut seen = Vec::new();
     let found = loop {
         match rx.recv_timeout(std::time::Duration::from_secs(10)) {
@@ -280,7 +273,6 @@ fn a_closed_stdout_is_not_a_panic() {
 /// outage at the next restart.
 #[test]
 fn serve_starts_from_the_last_good_copy_when_the_phrases_are_broken() {
-    use std::io::{BufRead, BufReader};
     let phrases = tempfile::tempdir().unwrap();
     for e in std::fs::read_dir(shipped_phrases()).unwrap() {
         let p = e.unwrap().path();
@@ -327,13 +319,7 @@ fn serve_starts_from_the_last_good_copy_when_the_phrases_are_broken() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = stderr_lines(&mut child);
     let mut seen = Vec::new();
     let listening = loop {
         match rx.recv_timeout(std::time::Duration::from_secs(10)) {
@@ -355,4 +341,17 @@ fn serve_starts_from_the_last_good_copy_when_the_phrases_are_broken() {
             .any(|l| l.contains("serving their last good copy")),
         "{seen:#?}"
     );
+}
+
+/// The child's standard error, line by line, as it comes.
+fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::{BufRead, BufReader};
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
 }
