@@ -20,8 +20,9 @@
 //!   2. its first 不/没 is the middle of an A-不-A question (行不行, 可不可以,
 //!      支不支持, 可以不可以): a question, not a refusal;
 //!   3. it lies in a *reassurance*: a negator (不会, 不用, …) followed by one
-//!      or more bad outcomes (没货, 担心, 让您久等), as in 不会没货,
-//!      不用担心没货, 我不会让您久等: the match ends inside that span.
+//!      or more bad outcomes (没货, 担心, 让您久等) or negative phrases, as in
+//!      不会没货, 不用担心没货, 我不会让您久等, 不会不管您: the match ends
+//!      inside that span.
 //!
 //!   What is left is reported leftmost-longest, without overlaps.
 //! - **Curt**: the draft's content, once fillers are stripped (punctuation of
@@ -386,12 +387,16 @@ impl Checker {
                 .filter(move |s| self.pats[s.pat].0 == kind)
                 .copied()
         };
-        // Reassurances: a negator followed by a chain of outcomes.
+        // Reassurances: a negator followed by a chain of outcomes; a
+        // negative phrase is an outcome too (不会不管您, 不会不退: a double
+        // negation is a promise).
+        let outcome = |s: &Span| matches!(self.pats[s.pat].0, Pat::Outcome | Pat::Negative(_));
         let mut reassured: Vec<(usize, usize)> = Vec::new();
         for neg in of(Pat::Negator) {
             let mut end = neg.end;
-            while let Some(next) = of(Pat::Outcome)
-                .filter(|o| o.start == end)
+            while let Some(next) = spans
+                .iter()
+                .filter(|o| o.start == end && outcome(o))
                 .map(|o| o.end)
                 .max()
             {
