@@ -132,4 +132,53 @@ mod tests {
             }
         }
     }
+
+    /// The workbench maps the server's offsets back onto the raw draft by
+    /// replaying `normalize`'s white-space rule (`RUST_WS` in
+    /// web/workbench.js); JS's `\s` differs (U+FEFF, U+0085), so the page's
+    /// class must be exactly Rust's `char::is_whitespace`.
+    #[test]
+    fn the_workbench_white_space_is_rusts() {
+        let js = include_str!("../web/workbench.js");
+        let class = js
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("const RUST_WS = /^["))
+            .and_then(|l| l.strip_suffix("]$/;"))
+            .expect("web/workbench.js defines RUST_WS");
+        let mut chars = Vec::new();
+        let mut it = class.chars().peekable();
+        while let Some(c) = it.next() {
+            let c = if c == '\\' {
+                match it.next() {
+                    Some('t') => '\t',
+                    Some('n') => '\n',
+                    Some('v') => '\u{b}',
+                    Some('f') => '\u{c}',
+                    Some('r') => '\r',
+                    Some('u') => {
+                        let hex: String = it.by_ref().take(4).collect();
+                        char::from_u32(u32::from_str_radix(&hex, 16).unwrap()).unwrap()
+                    }
+                    other => panic!("unexpected escape {other:?} in RUST_WS"),
+                }
+            } else {
+                c
+            };
+            chars.push(c);
+        }
+        let mut set = std::collections::BTreeSet::new();
+        let mut i = 0;
+        while i < chars.len() {
+            if i + 2 < chars.len() && chars[i + 1] == '-' {
+                set.extend(chars[i]..=chars[i + 2]);
+                i += 3;
+            } else {
+                set.insert(chars[i]);
+                i += 1;
+            }
+        }
+        let rust: std::collections::BTreeSet<char> =
+            ('\0'..=char::MAX).filter(|c| c.is_whitespace()).collect();
+        assert_eq!(set, rust);
+    }
 }

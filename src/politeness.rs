@@ -1,9 +1,37 @@
 //! Politeness checker for agent drafts.
 //!
-//! Shops lose ratings on two habits: negative phrasing (我不能, 不行, 这不是我们的
+//! Shops lose ratings on two habits: negative phrasing (我不能, 不行, 这不是我的
 //! 问题) and curt one-word answers (好的, 有货). The rules live in
 //! `phrases/politeness.yaml` so a shop can add its own; every rule carries a
 //! friendlier rewrite the agent can take with one click.
+//!
+//! How a draft is read (documented for shops in `phrases/README.md`):
+//!
+//! - **Phrases with slots.** A phrase may name a slot, `{我}不能`, which
+//!   stands for every entry of that slot in `slots:` (我, 我们, 我这边, …), or
+//!   list alternatives inline, `{刚才|上面}说过了`. Allow entries and the
+//!   `reassure` lists are expanded the same way.
+//! - **Negative matches** are found wherever they occur, then dropped when
+//!   the text around them gives them another reading:
+//!   1. an *allow* entry covers the whole match and is longer (the more
+//!      specific reading: `不知道您` over `不知道`, `不退色` over `不退`). A
+//!      negative that starts before the allow entry or runs on past it
+//!      (`不知道您在说什么`) is not covered and is flagged;
+//!   2. its first 不/没 is the middle of an A-不-A question (行不行, 可不可以,
+//!      支不支持, 可以不可以): a question, not a refusal;
+//!   3. it lies in a *reassurance*: a negator (不会, 不用, …) followed by one
+//!      or more bad outcomes (没货, 担心, 让您久等) or negative phrases, as in
+//!      不会没货, 不用担心没货, 我不会让您久等, 不会不管您: the match ends
+//!      inside that span.
+//!
+//!   What is left is reported leftmost-longest, without overlaps.
+//! - **Curt**: the draft's content, once fillers are stripped (punctuation of
+//!   any width, emoji and other symbols, control and format characters,
+//!   white space, and the particles 的/哦/呢/呀/啊/啦/哈), is nothing but
+//!   curt phrases, alone or several (好的好的, 嗯嗯嗯, 好的😊, 「收到了」).
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use aho_corasick::{AhoCorasick, MatchKind};
 use serde::{Deserialize, Serialize};
@@ -20,21 +48,106 @@ pub struct Rule {
     pub reason: Option<String>,
 }
 
+/// Reassurance: a negator before a bad outcome is a promise, not a refusal
+/// (不会没货, 不用担心, 不会让您久等).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Reassure {
+    #[serde(default)]
+    pub negators: Vec<String>,
+    #[serde(default)]
+    pub outcomes: Vec<String>,
+}
+
 /// The rules of `politeness.yaml`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PolitenessRules {
-    /// Flagged wherever they appear in a draft.
+    /// Named word lists a phrase can use as `{name}`: `{我}不能` is 我不能,
+    /// 我们不能, 我这边不能, ….
+    #[serde(default)]
+    pub slots: BTreeMap<String, Vec<String>>,
+    /// Flagged wherever they appear in a draft, unless the text around gives
+    /// them another reading (see the module documentation).
     #[serde(default)]
     pub negative: Vec<Rule>,
-    /// Flagged when they are the whole draft (after punctuation and filler
-    /// such as 的/哦/呢 is stripped).
+    /// Flagged when the draft is nothing but these (after punctuation, emoji
+    /// and filler such as 的/哦/呢 are stripped), alone or several.
     #[serde(default)]
     pub curt: Vec<Rule>,
-    /// Phrases that make a flagged negative fine, e.g. 不行的话 ("if it doesn't
-    /// work") or 没问题 contain a negative phrase but are not negative.
+    /// More specific readings that make a negative phrase fine, e.g. 不行的话
+    /// ("if it doesn't work"), 没问题, 不退色: an entry hides a negative match
+    /// only when it covers all of it and is longer.
     #[serde(default)]
     pub allow: Vec<String>,
+    #[serde(default)]
+    pub reassure: Reassure,
+}
+
+impl PolitenessRules {
+    /// Every concrete string `phrase` stands for, normalised: slots and
+    /// inline alternatives expanded. Braces that name no slot and hold no
+    /// `|` are kept as written.
+    pub fn expand(&self, phrase: &str) -> Vec<String> {
+        let mut out = vec![String::new()];
+        let mut rest = phrase;
+        while !rest.is_empty() {
+            let Some(open) = rest.find('{') else {
+                out.iter_mut().for_each(|s| s.push_str(rest));
+                break;
+            };
+            let Some(close) = rest[open..].find('}').map(|c| open + c) else {
+                out.iter_mut().for_each(|s| s.push_str(rest));
+                break;
+            };
+            let head = &rest[..open];
+            let body = &rest[open + 1..close];
+            let alts: Vec<&str> = if let Some(list) = self.slots.get(body) {
+                list.iter().map(String::as_str).collect()
+            } else if body.contains('|') {
+                body.split('|')
+                    .flat_map(|a| match self.slots.get(a) {
+                        Some(list) => list.iter().map(String::as_str).collect(),
+                        None => vec![a],
+                    })
+                    .collect()
+            } else {
+                vec![&rest[open..=close]]
+            };
+            out = out
+                .iter()
+                .flat_map(|s| alts.iter().map(move |a| format!("{s}{head}{a}")))
+                .collect();
+            rest = &rest[close + 1..];
+        }
+        let mut out: Vec<String> = out.iter().map(|s| normalize(s)).collect();
+        out.sort();
+        out.dedup();
+        out.retain(|s| !s.is_empty());
+        out
+    }
+
+    /// `{name}` references in phrases, allow entries and reassure lists that
+    /// name no slot (a typo would otherwise be matched literally).
+    pub fn unknown_slots(&self) -> Vec<String> {
+        let phrases = self
+            .negative
+            .iter()
+            .chain(&self.curt)
+            .map(|r| r.phrase.as_str())
+            .chain(self.allow.iter().map(String::as_str))
+            .chain(self.reassure.negators.iter().map(String::as_str))
+            .chain(self.reassure.outcomes.iter().map(String::as_str));
+        let mut unknown = Vec::new();
+        for p in phrases {
+            for e in self.expand(p) {
+                if e.contains('{') || e.contains('}') {
+                    unknown.push(format!("{p}: {e}"));
+                }
+            }
+        }
+        unknown
+    }
 }
 
 /// Kind of a finding.
@@ -49,7 +162,9 @@ pub enum IssueKind {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Issue {
     pub kind: IssueKind,
-    /// The flagged phrase as written in the rule.
+    /// The flagged phrase: for a negative the rule's phrase with its slots
+    /// filled as found (`我们不能` for `{我}不能`), for a curt draft the rule's
+    /// phrase.
     pub phrase: String,
     /// Character offsets in the normalised draft, end exclusive.
     pub start: usize,
@@ -66,89 +181,269 @@ pub struct Lint {
     pub issues: Vec<Issue>,
 }
 
+/// What a pattern of the automaton stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pat {
+    /// Negative rule `n`.
+    Negative(usize),
+    Allow,
+    Negator,
+    Outcome,
+}
+
 /// The compiled checker; build once per rule set and share.
 #[derive(Debug, Clone)]
 pub struct Checker {
     rules: PolitenessRules,
-    /// Negative phrases and allow-list phrases in one automaton; pattern ids
-    /// below `negative_len` are negatives.
+    /// Every expanded negative, allow, negator and outcome phrase.
     ac: AhoCorasick,
-    negative_len: usize,
-    curt: Vec<String>,
+    /// What each pattern of `ac` is, and its text.
+    pats: Vec<(Pat, String)>,
+    /// Curt phrases with fillers stripped, with their rule, longest first.
+    curt: Vec<(Vec<char>, usize)>,
 }
 
-/// Characters that do not change whether a reply is curt.
-fn is_filler(c: char) -> bool {
-    c.is_ascii_punctuation()
-        || c.is_whitespace()
-        || "。，、！？～~…：；“”‘’（）【】《》的哦呢呀啊啦哈".contains(c)
+/// A match in character offsets.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    pat: usize,
+    start: usize,
+    end: usize,
 }
 
-fn core(text: &str) -> String {
+impl Span {
+    fn len(&self) -> usize {
+        self.end - self.start
+    }
+}
+
+/// Characters that do not change whether a reply is curt: white space,
+/// punctuation of any width, symbols (emoji, pictographs, dingbats, their
+/// skin tones), control and format characters (ZWJ, BOM), combining marks
+/// (emoji variation selectors, keycaps) and the particles 的/哦/呢/….
+pub fn is_filler(c: char) -> bool {
+    static CLASS: OnceLock<Vec<(char, char)>> = OnceLock::new();
+    if "的哦呢呀啊啦哈喔噢哟嘛".contains(c) {
+        return true;
+    }
+    let ranges = CLASS.get_or_init(|| {
+        use regex_syntax::hir::{Class, HirKind};
+        let hir =
+            regex_syntax::parse(r"[\p{P}\p{S}\p{C}\p{M}\p{Z}\s]").expect("a fixed Unicode class");
+        match hir.kind() {
+            HirKind::Class(Class::Unicode(class)) => class
+                .ranges()
+                .iter()
+                .map(|r| (r.start(), r.end()))
+                .collect(),
+            other => unreachable!("not a Unicode class: {other:?}"),
+        }
+    });
+    ranges
+        .binary_search_by(|&(lo, hi)| {
+            if hi < c {
+                std::cmp::Ordering::Less
+            } else if lo > c {
+                std::cmp::Ordering::Greater
+            } else {
+                std::cmp::Ordering::Equal
+            }
+        })
+        .is_ok()
+}
+
+fn core(text: &str) -> Vec<char> {
     text.chars().filter(|c| !is_filler(*c)).collect()
+}
+
+/// Whether the `不`/`没` at `p` is the middle of an A-不-A question: 行不行,
+/// 支不支持, 可以不可以, 有没有; not a repeated refusal (不行不行, where the
+/// first A has its own 不).
+fn a_not_a(chars: &[char], p: usize) -> bool {
+    (1..=2).any(|n| {
+        p >= n
+            && p + 1 + n <= chars.len()
+            && chars[p - n..p] == chars[p + 1..p + 1 + n]
+            && (p == n || chars[p - n - 1] != chars[p])
+    })
 }
 
 impl Checker {
     pub fn new(rules: &PolitenessRules) -> Checker {
-        let mut pats: Vec<String> = rules
-            .negative
-            .iter()
-            .map(|r| normalize(&r.phrase))
-            .collect();
-        pats.extend(rules.allow.iter().map(|a| normalize(a)));
+        let mut pats: Vec<(Pat, String)> = Vec::new();
+        for (i, r) in rules.negative.iter().enumerate() {
+            pats.extend(
+                rules
+                    .expand(&r.phrase)
+                    .into_iter()
+                    .map(|p| (Pat::Negative(i), p)),
+            );
+        }
+        for (kind, list) in [
+            (Pat::Allow, &rules.allow),
+            (Pat::Negator, &rules.reassure.negators),
+            (Pat::Outcome, &rules.reassure.outcomes),
+        ] {
+            for a in list {
+                pats.extend(rules.expand(a).into_iter().map(|p| (kind, p)));
+            }
+        }
         let ac = AhoCorasick::builder()
-            .match_kind(MatchKind::LeftmostLongest)
-            .build(&pats)
+            .match_kind(MatchKind::Standard)
+            .build(pats.iter().map(|(_, p)| p))
             .expect("politeness phrases are plain strings and always compile");
+        let mut curt: Vec<(Vec<char>, usize)> = rules
+            .curt
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (core(&normalize(&r.phrase)), i))
+            .filter(|(c, _)| !c.is_empty())
+            .collect();
+        // Longest first, then in the file's order (好的 before 好).
+        curt.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
         Checker {
-            curt: rules
-                .curt
-                .iter()
-                .map(|r| core(&normalize(&r.phrase)))
-                .collect(),
             rules: rules.clone(),
             ac,
-            negative_len: rules.negative.len(),
+            pats,
+            curt,
         }
+    }
+
+    /// The curt rule a draft's content consists of, if it is nothing but
+    /// curt phrases: the rule of the first one (longest first).
+    fn curt_rule(&self, text: &str) -> Option<usize> {
+        let c = core(text);
+        if c.is_empty() {
+            return None;
+        }
+        // ends[i]: whether c[i..] splits into curt phrases.
+        let mut ends = vec![false; c.len() + 1];
+        ends[c.len()] = true;
+        let fits = |i: usize, p: &[char]| c[i..].starts_with(p);
+        for i in (0..c.len()).rev() {
+            ends[i] = self
+                .curt
+                .iter()
+                .any(|(p, _)| fits(i, p) && ends[i + p.len()]);
+        }
+        if !ends[0] {
+            return None;
+        }
+        self.curt
+            .iter()
+            .find(|(p, _)| fits(0, p) && ends[p.len()])
+            .map(|(_, r)| *r)
     }
 
     /// Checks an agent's draft.
     pub fn check(&self, draft: &str) -> Lint {
         let text = normalize(draft);
-        let mut issues = Vec::new();
-        let c = core(&text);
-        if let Some(i) = self.curt.iter().position(|p| !p.is_empty() && *p == c) {
-            let r = &self.rules.curt[i];
-            issues.push(Issue {
-                kind: IssueKind::Curt,
-                phrase: r.phrase.clone(),
-                start: 0,
-                end: text.chars().count(),
-                rewrite: r.rewrite.clone(),
-                reason: r.reason.clone(),
-            });
-        }
-        for m in self.ac.find_iter(&text) {
-            let id = m.pattern().as_usize();
-            if id >= self.negative_len {
-                continue; // an allow-listed phrase swallowed this span
+        let mut issues = self.negatives(&text);
+        // A negative draft is reported for that: 不行不行 is not the curt
+        // 不 + 行 + 不 + 行.
+        if issues.is_empty() {
+            if let Some(i) = self.curt_rule(&text) {
+                let r = &self.rules.curt[i];
+                issues.push(Issue {
+                    kind: IssueKind::Curt,
+                    phrase: r.phrase.clone(),
+                    start: 0,
+                    end: text.chars().count(),
+                    rewrite: r.rewrite.clone(),
+                    reason: r.reason.clone(),
+                });
             }
-            let r = &self.rules.negative[id];
-            let start = text[..m.start()].chars().count();
-            let end = start + text[m.start()..m.end()].chars().count();
-            issues.push(Issue {
-                kind: IssueKind::Negative,
-                phrase: r.phrase.clone(),
-                start,
-                end,
-                rewrite: r.rewrite.clone(),
-                reason: r.reason.clone(),
-            });
         }
         Lint {
             ok: issues.is_empty(),
             issues,
         }
+    }
+
+    /// The negative findings in a normalised draft, in order.
+    fn negatives(&self, text: &str) -> Vec<Issue> {
+        let mut issues = Vec::new();
+        // Character offset of each byte offset that starts a character.
+        let mut char_at = vec![0usize; text.len() + 1];
+        let mut n = 0;
+        for (b, ch) in text.char_indices() {
+            char_at[b] = n;
+            n += 1;
+            char_at[b + ch.len_utf8()] = n;
+        }
+        let chars: Vec<char> = text.chars().collect();
+        let spans: Vec<Span> = self
+            .ac
+            .find_overlapping_iter(text)
+            .map(|m| Span {
+                pat: m.pattern().as_usize(),
+                start: char_at[m.start()],
+                end: char_at[m.end()],
+            })
+            .collect();
+        let of = |kind: Pat| {
+            spans
+                .iter()
+                .filter(move |s| self.pats[s.pat].0 == kind)
+                .copied()
+        };
+        // Reassurances: a negator followed by a chain of outcomes; a
+        // negative phrase is an outcome too (不会不管您, 不会不退: a double
+        // negation is a promise).
+        let outcome = |s: &Span| matches!(self.pats[s.pat].0, Pat::Outcome | Pat::Negative(_));
+        let mut reassured: Vec<(usize, usize)> = Vec::new();
+        for neg in of(Pat::Negator) {
+            let mut end = neg.end;
+            while let Some(next) = spans
+                .iter()
+                .filter(|o| o.start == end && outcome(o))
+                .map(|o| o.end)
+                .max()
+            {
+                end = next;
+            }
+            if end > neg.end {
+                reassured.push((neg.start, end));
+            }
+        }
+        let allows: Vec<Span> = of(Pat::Allow).collect();
+        let mut found: Vec<Span> = spans
+            .iter()
+            .filter(|s| matches!(self.pats[s.pat].0, Pat::Negative(_)))
+            .filter(|n| {
+                !allows
+                    .iter()
+                    .any(|a| a.start <= n.start && a.end >= n.end && a.len() > n.len())
+            })
+            .filter(|n| {
+                let first_not = (n.start..n.end).find(|&p| matches!(chars[p], '不' | '没'));
+                !first_not.is_some_and(|p| a_not_a(&chars, p))
+            })
+            .filter(|n| !reassured.iter().any(|&(s, e)| n.end > s && n.end <= e))
+            .copied()
+            .collect();
+        // Leftmost-longest, without overlaps.
+        found.sort_by(|a, b| a.start.cmp(&b.start).then(b.len().cmp(&a.len())));
+        let mut pos = 0;
+        for n in found {
+            if n.start < pos {
+                continue;
+            }
+            pos = n.end;
+            let Pat::Negative(i) = self.pats[n.pat].0 else {
+                unreachable!("only negatives are kept");
+            };
+            let r = &self.rules.negative[i];
+            issues.push(Issue {
+                kind: IssueKind::Negative,
+                phrase: self.pats[n.pat].1.clone(),
+                start: n.start,
+                end: n.end,
+                rewrite: r.rewrite.clone(),
+                reason: r.reason.clone(),
+            });
+        }
+        issues
     }
 }
 
@@ -166,6 +461,7 @@ mod tests {
             negative: vec![rule("我不能"), rule("不行"), rule("这不是我们的问题")],
             curt: vec![rule("好的"), rule("有货")],
             allow: vec!["不行的话".into()],
+            ..PolitenessRules::default()
         }
     }
 

@@ -445,6 +445,7 @@ fn replies_are_polite_and_use_known_placeholders() {
         ("greeting", &t.greeting),
         ("holding", &t.holding),
         ("offline", &t.offline),
+        ("transfer", &t.transfer),
     ] {
         for text in list {
             check(name, text);
@@ -513,4 +514,91 @@ fn shipped_politeness_rules_flag_the_usual_habits() {
             rule.rewrite
         );
     }
+}
+
+/// The reviewer's drafts and ordinary polite replies through the shipped
+/// politeness rules: the expected findings, in order, as (kind, phrase).
+/// Every case above the polite block failed with the rules and checker
+/// before slots, A-不-A, reassurance and the allow/negative overlap rule.
+#[test]
+fn politeness_table() {
+    use IssueKind::{Curt, Negative};
+    let (lib, _) = shipped();
+    let checker = Checker::new(&lib.politeness);
+    let cases: &[(&str, &[(IssueKind, &str)])] = &[
+        // Polite sentences the old rules flagged.
+        ("您看这样行不行呢？", &[]),
+        ("您看可不可以呢？", &[]),
+        ("亲，支不支持花呗都可以问我哦", &[]),
+        ("亲，这款面料不起球不退色哦", &[]),
+        ("亲，我已经跟快递说过了，会尽快给您派送", &[]),
+        ("亲，库存充足，不会没货的", &[]),
+        ("亲，不用担心没货哦", &[]),
+        ("亲，我不会让您久等的", &[]),
+        ("亲，如果有不清楚的可以随时问我哦", &[]),
+        ("不知道亲选好了吗？", &[]),
+        ("不行李箱", &[]),
+        ("亲，我不会不管您的，一定帮您处理好", &[]),
+        ("亲，质量问题不会不退的，您放心", &[]),
+        // Rude drafts the old rules passed.
+        ("我们不能给您退", &[(Negative, "我们不能")]),
+        ("我们不会给您换的", &[(Negative, "我们不会")]),
+        ("您看不懂吗", &[(Negative, "您看不懂吗")]),
+        ("您听不懂吗", &[(Negative, "您听不懂吗")]),
+        ("您自己去查", &[(Negative, "自己去查")]),
+        ("这个退不了", &[(Negative, "退不了")]),
+        ("我们这边处理不了", &[(Negative, "处理不了")]),
+        ("我真的不知道您在说什么", &[(Negative, "不知道您在说什么")]),
+        ("这不是我的问题", &[(Negative, "这不是我的问题")]),
+        ("我说过了，您再看看", &[(Negative, "我说过了")]),
+        ("好的😊", &[(Curt, "好的")]),
+        ("好的👌", &[(Curt, "好的")]),
+        ("好的——", &[(Curt, "好的")]),
+        ("「好的」", &[(Curt, "好的")]),
+        ("嗯嗯嗯", &[(Curt, "嗯嗯")]),
+        ("好的好的", &[(Curt, "好的")]),
+        ("收到了", &[(Curt, "收到了")]),
+        ("好的\u{7}", &[(Curt, "好的")]),
+        // Ordinary polite replies that must keep passing.
+        ("好的亲，已经为您备注好啦，今天就给您发出哦", &[]),
+        ("亲，收到了，我这就为您处理，有结果马上告诉您。", &[]),
+        ("亲，这款有现货的哦，现在拍下48小时内就为您发出~", &[]),
+        ("不好意思让您久等了，我马上为您查询", &[]),
+        ("不行的话您再联系我，我帮您换一个", &[]),
+        ("亲，这个不会影响使用的，请您放心", &[]),
+        ("亲，我们已经跟仓库说过了，今天一定为您发出", &[]),
+        ("亲，能不能退要看商品是否影响二次销售，我帮您看一下", &[]),
+        ("亲，不知道您是否方便提供一下订单号呢？", &[]),
+        ("不客气的亲，有问题随时找我哦", &[]),
+        // Still flagged as before.
+        ("我不能改地址", &[(Negative, "我不能")]),
+        ("不行不行", &[(Negative, "不行"), (Negative, "不行")]),
+        ("这个不行", &[(Negative, "不行")]),
+        ("这个特别不行", &[(Negative, "不行")]),
+        ("亲，会不会没货呢？", &[]),
+        ("亲，别担心没货，补货后第一时间通知您", &[]),
+        ("不能退", &[(Negative, "不能退")]),
+        ("好的", &[(Curt, "好的")]),
+    ];
+    let mut wrong = Vec::new();
+    for (draft, want) in cases {
+        let lint = checker.check(draft);
+        let got: Vec<(IssueKind, &str)> = lint
+            .issues
+            .iter()
+            .map(|i| (i.kind, i.phrase.as_str()))
+            .collect();
+        if got != *want || lint.ok != want.is_empty() {
+            wrong.push(format!("{draft:?}: got {got:?}, want {want:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// A `{name}` in the shipped politeness rules that names no slot would be
+/// matched literally, i.e. never.
+#[test]
+fn shipped_politeness_slots_are_known() {
+    let (lib, _) = shipped();
+    assert_eq!(lib.politeness.unknown_slots(), Vec::<String>::new());
 }

@@ -66,3 +66,23 @@ fn protocol_examples_are_valid() {
         "examples found: {client} client, {server} server"
     );
 }
+
+/// The `lint_result` example is what the server sends for its draft with the
+/// shipped rules (it once showed a phrase and rewrite no rule had).
+#[test]
+fn lint_result_example_is_real_output() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/PROTOCOL.md")).unwrap();
+    let lib = kefu::phrases::Library::load_dir(&root.join("phrases")).unwrap();
+    let text = "不能退";
+    let lint = kefu::politeness::Checker::new(&lib.politeness).check(text);
+    let sent = kefu::protocol::to_json(&kefu::protocol::ServerMsg::LintResult {
+        text,
+        ok: lint.ok,
+        issues: &lint.issues,
+    });
+    assert!(
+        doc.contains(&format!("```json\n{sent}\n```")),
+        "docs/PROTOCOL.md should show:\n{sent}"
+    );
+}

@@ -1151,14 +1151,22 @@
     $("reply").classList.remove("flagged");
   }
 
+  /**
+   * White space as Rust's `char::is_whitespace` (Unicode White_Space), which
+   * the server's `normalize` collapses. Not JS's `\s`: that also takes
+   * U+FEFF, which the server keeps as a character, and misses U+0085, which
+   * the server drops, so the marks would land off by one.
+   */
+  const RUST_WS = /^[\t\n\v\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]$/;
+
   /** Maps each character of the server-normalised draft back to the raw draft. */
   function normToRaw(raw) {
     const chars = Array.from(raw);
     const map = [];
     let pendingSpace = -1;
     for (let i = 0; i < chars.length; i++) {
-      const ch = chars[i] === "\u3000" ? " " : chars[i];
-      if (/\s/.test(ch)) {
+      const ch = chars[i];
+      if (RUST_WS.test(ch)) {
         if (map.length) pendingSpace = pendingSpace < 0 ? i : pendingSpace;
         continue;
       }

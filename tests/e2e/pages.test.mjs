@@ -261,6 +261,17 @@ test("the politeness check marks negative phrasing and applies the rewrite", asy
   await agent.fill("#reply", "");
 });
 
+test("the politeness mark lands on the phrase around U+FEFF and U+0085", async () => {
+  // The server keeps U+FEFF as a character and folds U+0085 into a space,
+  // unlike JS's \s: the page must map the offsets back the server's way.
+  await agent.fill("#reply", "\ufeff亲，\u0085这个不行");
+  const mark = agent.locator("#lint mark");
+  await mark.waitFor();
+  assert.equal(await mark.textContent(), "不行");
+  await agent.fill("#reply", "");
+  await agent.locator("#lint mark").waitFor({ state: "detached" });
+});
+
 test("the politeness check marks a curt draft and applies the rewrite", async () => {
   await agent.click("#reply");
   await agent.keyboard.type("好的");
