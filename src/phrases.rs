@@ -254,6 +254,11 @@ pub enum ProblemKind {
         id: String,
         what: &'static str,
     },
+    /// A politeness phrase names a slot (`{name}`) that `slots:` does not
+    /// define: it would be matched literally, braces and all, and never.
+    UnknownSlot {
+        phrase: String,
+    },
     /// Rule `rule` (1-based) of politeness list `list` has an empty phrase.
     EmptyRulePhrase {
         list: &'static str,
@@ -351,6 +356,11 @@ impl fmt::Display for ProblemKind {
                 "intent `{id}` has {count} reply variant(s); give at least two"
             ),
             EmptyReply(id) => write!(f, "intent `{id}` has a reply without text"),
+            UnknownSlot { phrase } => write!(
+                f,
+                "politeness phrase `{phrase}` names a slot that `slots:` does not define; \
+                 fix the name or add the slot"
+            ),
             EmptyTemplate(key) => write!(
                 f,
                 "template list `{key}` has an entry without text (the bot would send a blank line): write the message or delete the entry"
@@ -650,6 +660,12 @@ impl Loader {
                 }
                 self.check_template(path, &loc, 0, &rule.rewrite);
             }
+        }
+        for unknown in rules.unknown_slots() {
+            // `phrase: expansion`: report the phrase where it is written.
+            let phrase = unknown.split(": ").next().unwrap_or(&unknown).to_string();
+            let (line, column) = loc.find_after(0, &phrase).unwrap_or((1, 1));
+            self.at(path, line, column, ProblemKind::UnknownSlot { phrase });
         }
         Some(rules)
     }

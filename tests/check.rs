@@ -592,3 +592,29 @@ fn a_greeting_without_the_shop_is_reported_where_it_is() {
         assert_eq!(got, *want, "{yaml}: {found:?}");
     }
 }
+
+/// A politeness phrase that names a slot `slots:` does not define is
+/// reported where it is written: it would be matched literally, and never.
+#[test]
+fn an_unknown_politeness_slot_is_reported_where_it_is() {
+    let cases: &[(&str, Option<(&str, usize, usize)>)] = &[
+        (
+            "slots:\n  我: [我, 我们]\nnegative:\n  - phrase: \"{我}不能\"\n    rewrite: 我们一起想想办法\n",
+            None,
+        ),
+        (
+            "slots:\n  我: [我, 我们]\nnegative:\n  - phrase: \"{俺}不能\"\n    rewrite: 我们一起想想办法\n",
+            Some(("{俺}不能", 4, 14)),
+        ),
+    ];
+    for (yaml, want) in cases {
+        let dir = dir_with(&[("pre_sale.yaml", GOOD)]);
+        std::fs::write(dir.path().join("politeness.yaml"), yaml).unwrap();
+        let found = problems(dir.path());
+        let got = found.iter().find_map(|p| match &p.kind {
+            ProblemKind::UnknownSlot { phrase } => Some((phrase.as_str(), p.line, p.column)),
+            _ => None,
+        });
+        assert_eq!(got, *want, "{yaml}: {found:?}");
+    }
+}
