@@ -597,7 +597,9 @@ fn a_greeting_without_the_shop_is_reported_where_it_is() {
 /// reported where it is written: it would be matched literally, and never.
 #[test]
 fn an_unknown_politeness_slot_is_reported_where_it_is() {
-    let cases: &[(&str, Option<(&str, usize, usize)>)] = &[
+    /// politeness.yaml; the phrase reported, its line and column.
+    type Case<'a> = (&'a str, Option<(&'a str, usize, usize)>);
+    let cases: &[Case] = &[
         (
             "slots:\n  我: [我, 我们]\nnegative:\n  - phrase: \"{我}不能\"\n    rewrite: 我们一起想想办法\n",
             None,
