@@ -416,6 +416,9 @@ pub enum ServerMsg<'a> {
         /// The shop's other agents: whom a conversation can be handed to.
         colleagues: Vec<Colleague<'a>>,
         conversations: Vec<ConversationView<'a>>,
+        /// The server's clock (Unix ms) when the frame was sent: the page
+        /// learns its clock's offset from it before any stamped frame.
+        now: i64,
     },
     /// To a buyer: a bot or agent message. An agent's message carries the
     /// agent's display name if the shop configured one, never the agent's
@@ -481,6 +484,8 @@ pub enum ServerMsg<'a> {
         note: Option<&'a str>,
         #[serde(flatten)]
         view: ConversationView<'a>,
+        /// The server's clock (Unix ms) when the frame was sent.
+        now: i64,
     },
     /// To the agent who handed a conversation on: it is no longer theirs.
     ConversationTransferred {
