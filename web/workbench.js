@@ -1052,11 +1052,11 @@
     const chosen = c.suggestions.findIndex((s) => usedIntent && usedIntent === s.intent && $("reply").value === s.reply);
     // Rebuilt only when they changed, so a click is not lost to a frame
     // that arrives between the press and the release of the mouse.
-    const key = JSON.stringify([c.id, c.waitingSince == null, c.suggestions, chosen]);
+    const key = JSON.stringify([c.id, c.waitingSince == null, !!c.closed, c.suggestions, chosen]);
     if (key === renderSuggestions.key) return;
     renderSuggestions.key = key;
     if (!c.suggestions.length) {
-      const note = c.waitingSince == null ? "买家发来新消息时，这里会给出推荐回复" : "话术库里没有合适的推荐，请手动回复";
+      const note = c.closed ? "会话已结束" : c.waitingSince == null ? "买家发来新消息时，这里会给出推荐回复" : "话术库里没有合适的推荐，请手动回复";
       box.replaceChildren(el("div", { class: "none" }, note));
       return;
     }

@@ -289,6 +289,7 @@ test("an ended conversation cannot be answered, and gives way to the buyer's new
   const row = agent.locator(".conv", { hasText: "e1" });
   await row.locator(".muted", { hasText: /已离开|已结束/ }).waitFor();
   assert.equal(await agent.locator(".suggestion").count(), 0, "no suggestion for an ended conversation");
+  await agent.locator("#suggestions .none", { hasText: "会话已结束" }).waitFor();
   assert.equal(await row.locator(".muted").textContent(), "（已结束）");
   assert.equal(await row.evaluate((n) => n.classList.contains("closed")), true);
   assert.equal(await agent.isDisabled("#send"), true);
