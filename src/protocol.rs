@@ -448,6 +448,9 @@ pub enum ServerMsg<'a> {
         conversations: Vec<ConversationView<'a>>,
         /// The phrase libraries in use and any problem with the files on disk.
         phrases: &'a PhraseStatus,
+        /// The server's clock (Unix ms) when the frame was sent: the page
+        /// learns its clock's offset from it before any stamped frame.
+        now: i64,
     },
     /// To a buyer: a bot or agent message. An agent's message carries the
     /// agent's display name if the shop configured one, never the agent's
@@ -513,6 +516,8 @@ pub enum ServerMsg<'a> {
         note: Option<&'a str>,
         #[serde(flatten)]
         view: ConversationView<'a>,
+        /// The server's clock (Unix ms) when the frame was sent.
+        now: i64,
     },
     /// To the agent who handed a conversation on: it is no longer theirs.
     ConversationTransferred {

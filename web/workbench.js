@@ -7,6 +7,16 @@
   const { el, setStatus, clockTime, load, save, connect, stageLabel, errorText, chatText, visibleText } = kefu;
   const $ = (id) => document.getElementById(id);
   const SESSION_KEY = "kefu.agent";
+  const BASE_TITLE = document.title;
+  /**
+   * The desk kept across a reload (F5) in the tab's sessionStorage, like
+   * the sign-in: {shop, agent, selected, drafts: {id: {text, intent}},
+   * unread: {id: n}}. Restored after the first welcome, for the
+   * conversations it lists; the others' entries are dropped.
+   */
+  const DESK_KEY = "kefu.agent.desk";
+  /** Whether the stored desk was restored (nothing is stored before: the page would overwrite it empty). */
+  let deskRestored = false;
   const LINT_DELAY_MS = 250;
   // The server's default `limits.max_text_chars` (characters, i.e. Unicode
   // code points, as the server counts them). The agent `welcome` does not
@@ -142,6 +152,8 @@
     welcomed = false;
     const s = load(SESSION_KEY) || {};
     save(SESSION_KEY, { shop: s.shop, agent: s.agent }); // forget the token only
+    save(DESK_KEY, null);
+    deskRestored = false;
     convs.clear();
     colleagues.clear();
     transferredTo.clear();
@@ -186,9 +198,29 @@
         rating: null,
       };
       convs.set(id, c);
+      if (buyer) succeed(c);
     }
     if (buyer) c.buyer = buyer;
     return c;
+  }
+
+  /**
+   * A new conversation of a buyer whose earlier one has ended replaces it
+   * in the list, so there are no two rows to confuse: the ended one's
+   * unsent draft and the selection move to the new one.
+   */
+  function succeed(c) {
+    for (const [id, old] of [...convs]) {
+      if (id === c.id || !old.closed || old.buyer !== c.buyer) continue;
+      if (selected === id) {
+        saveDraft();
+        selected = c.id;
+      }
+      if (drafts.has(id) && !drafts.has(c.id)) drafts.set(c.id, drafts.get(id));
+      drafts.delete(id);
+      convs.delete(id);
+      if (selected === c.id) loadDraft();
+    }
   }
 
   /** Takes the round fields of a server frame (any of them may be absent). */
@@ -210,8 +242,15 @@
     }
   }
 
+  /**
+   * The list's order: buyers waiting for an answer first, the soonest
+   * deadline on top (the most urgent); then the others by last activity,
+   * newest first; ended conversations last.
+   */
   function ordered() {
-    return [...convs.values()].sort((a, b) => b.lastActivity - a.lastActivity);
+    const group = (c) => (c.closed ? 2 : c.waitingSince != null ? 0 : 1);
+    const due = (c) => (c.deadline != null ? c.deadline : c.waitingSince);
+    return [...convs.values()].sort((a, b) => group(a) - group(b) || (group(a) === 0 ? due(a) - due(b) : 0) || b.lastActivity - a.lastActivity);
   }
 
   /** Whether the latest round was ended by an agent's (confirmed) reply. */
@@ -250,7 +289,10 @@
   // ---------- server frames ----------
 
   function handle(m) {
+    // `now`: the server's clock on the agent welcome and
+    // conversation_assigned, so the clock is right from the sign-in on.
     if (typeof m.at === "number") learnSkew(m.at);
+    else if (typeof m.now === "number") learnSkew(m.now);
     switch (m.type) {
       case "welcome": {
         welcomed = true;
@@ -281,6 +323,7 @@
           if (prevBuyer) lostSelection = prevBuyer;
         }
         (m.conversations || []).forEach((v) => takeConversation(v, false));
+        if (!deskRestored) restoreDesk();
         colleagues.clear();
         for (const x of m.colleagues || []) colleagues.set(x.agent, { name: x.name || null, online: !!x.online });
         checkUnconfirmed();
@@ -391,7 +434,9 @@
         const c = conv(m.conversation, m.buyer);
         takeRound(c, m);
         c.nudged = true;
-        logEvent("nudge", `提醒：买家 ${c.buyer} 已等待 ${Math.round((m.at - m.waiting_since) / 1000)} 秒，请在 ${targetSecs(c)} 秒内回复`, c.id);
+        // How long is left, not the target again: "请在 30 秒内回复" read as 30 s more.
+        const left = c.deadline != null ? Math.max(0, Math.round((c.deadline - m.at) / 1000)) : null;
+        logEvent("nudge", `提醒：买家 ${c.buyer} 已等待 ${Math.round((m.at - m.waiting_since) / 1000)} 秒，${left != null ? `还剩 ${left} 秒，请尽快回复` : `请在 ${targetSecs(c)} 秒内回复`}`, c.id);
         break;
       }
       case "breach": {
@@ -420,6 +465,7 @@
         c.closed = true;
         c.online = false;
         c.waitingSince = null;
+        c.suggestions = [];
         takeRound(c, {});
         // secret_lost: after a restart with a new resume key someone came
         // back under this buyer id and was given a new conversation (it
@@ -578,17 +624,30 @@
   /**
    * After a reconnect: a reply sent on the old connection whose receipt
    * never came is in the new history if the server took it; if not, its
-   * text goes back into the draft.
+   * text goes back into the draft. The same text may well be in the
+   * history already (stock phrases such as 亲，在的 repeat all day), so it
+   * arrived only if the history holds more agent lines with that text than
+   * the chat held when it was sent (counting those still inside the
+   * history, which may have been cut to its newest lines), plus one for
+   * each earlier reply of this list with that text that arrived.
    */
   function checkUnconfirmed() {
     const list = unconfirmed;
     unconfirmed = [];
+    const taken = new Map(); // conversation id + text -> lines already claimed
     for (const entry of list) {
       const c = convs.get(entry.conv);
       if (c) {
         const i = c.messages.indexOf(entry.msg);
         if (i >= 0) c.messages.splice(i, 1);
-        if (c.messages.some((x) => x.from === "agent" && x.text === entry.text)) continue;
+        const floor = c.messages.length ? c.messages[0].at : Infinity;
+        const same = c.messages.filter((x) => x.from === "agent" && !x.pending && x.text === entry.text).length;
+        const key = `${entry.conv}\u0001${entry.text}`;
+        const known = (entry.before || []).filter((at) => at >= floor).length + (taken.get(key) || 0);
+        if (same > known) {
+          taken.set(key, (taken.get(key) || 0) + 1);
+          continue;
+        }
       }
       restoreDraft(entry, "连接中断，服务器没有收到这条回复");
     }
@@ -700,6 +759,32 @@
     updateComposer();
     renderTransfer();
     tick();
+    storeDesk();
+  }
+
+  /** Keeps drafts, unread markers and the selection for a reload (DESK_KEY). */
+  function storeDesk() {
+    if (!deskRestored || !me) return;
+    const d = {};
+    for (const [id, v] of drafts) if (convs.has(id) && v.text) d[id] = { text: v.text, intent: v.intent || null };
+    const u = {};
+    for (const c of convs.values()) if (c.unread) u[c.id] = c.unread;
+    save(DESK_KEY, { shop: me.shop, agent: me.agent, selected: convs.has(selected) ? selected : null, drafts: d, unread: u });
+  }
+
+  /** After the first welcome of this page: the desk as it was before the reload. */
+  function restoreDesk() {
+    deskRestored = true;
+    const st = load(DESK_KEY);
+    if (!st || st.shop !== me.shop || st.agent !== me.agent) return;
+    if (typeof st.selected === "string" && convs.has(st.selected)) selected = st.selected;
+    for (const [id, v] of Object.entries(st.drafts || {})) {
+      if (convs.has(id) && v && typeof v.text === "string" && v.text && !drafts.has(id)) drafts.set(id, { text: v.text, intent: v.intent || null });
+    }
+    for (const [id, n] of Object.entries(st.unread || {})) {
+      if (convs.has(id) && id !== selected && Number.isInteger(n) && n > 0) convs.get(id).unread = n;
+    }
+    loadDraft();
   }
 
   /** The list's last-line preview: the newest message (a refusal note is the page's, not the chat's). */
@@ -722,45 +807,134 @@
     return `${by} 转接给${to}${x.text ? `，备注：${x.text}` : ""}`;
   }
 
+  /** The list's rows by conversation id: kept and updated in place. */
+  const rows = new Map();
   /**
-   * The conversation list. Rebuilt only when what it shows changed (the
-   * clocks are kept current by tick()), so a click or a text selection in
-   * it is not lost to a frame about something else.
+   * The pointer over the list: whether it is over it, when it last moved
+   * there, and whether a button is pressed on it. While the agent aims at
+   * a row (the pointer moved over the list within LIST_HOLD_MS) or presses
+   * one, the rows keep their places: a buyer's message must not move
+   * another row under the click (found by review). The order catches up
+   * when the pointer leaves, is released, or rests.
+   */
+  const pointer = { over: false, moved: 0, down: false };
+  const LIST_HOLD_MS = 2000;
+  let listTimer = null;
+
+  function listHeld() {
+    return pointer.down || (pointer.over && Date.now() - pointer.moved < LIST_HOLD_MS);
+  }
+
+  function makeRow(id) {
+    const r = {
+      li: el("li", { class: "conv", dataset: { id }, onclick: () => select(id) }),
+      buyer: el("span", { class: "buyer" }),
+      clock: el("span", { class: "clock", dataset: { role: "clock" } }),
+      last: el("span", { class: "last" }),
+      keys: {},
+    };
+    r.li.append(r.buyer, r.clock, r.last);
+    return r;
+  }
+
+  /** Brings a row up to date, touching only the parts that changed. */
+  function updateRow(r, c, now) {
+    const cls = `conv${c.id === selected ? " selected" : ""}${c.closed ? " closed" : ""}`;
+    if (r.li.className !== cls) r.li.className = cls;
+    const who = JSON.stringify([c.buyer || c.id, c.online === false, !!c.closed, !!c.unread]);
+    if (r.keys.who !== who) {
+      r.keys.who = who;
+      const parts = [
+        c.buyer || c.id,
+        c.closed ? el("span", { class: "muted" }, "（已结束）") : c.online === false ? el("span", { class: "muted" }, "（离线）") : null,
+        c.unread ? el("span", { class: "unread", title: "未读" }) : null,
+      ];
+      r.buyer.replaceChildren(...parts.filter(Boolean));
+    }
+    const last = lastText(c);
+    if (r.keys.last !== last) {
+      r.keys.last = last;
+      r.last.replaceChildren(...chatText(last));
+    }
+    const clk = clockOf(c, now);
+    if (r.clock.textContent !== clk.text) r.clock.textContent = clk.text;
+    if (r.clock.className !== `clock ${clk.cls}`) r.clock.className = `clock ${clk.cls}`;
+  }
+
+  /**
+   * The conversation list. Rows are kept per conversation and updated in
+   * place (a click or a text selection in the list is not lost to a frame
+   * about something else); they change places only while the agent is not
+   * aiming at the list (listHeld).
    */
   function renderList() {
+    clearTimeout(listTimer);
     const ul = $("convs");
     const list = ordered();
     $("conv-count").textContent = list.length ? `(${list.length})` : "";
-    const sig = JSON.stringify([selected, list.map((c) => [c.id, c.buyer, c.online, !!c.closed, c.unread, lastText(c)])]);
-    if (sig === renderList.sig) return;
-    renderList.sig = sig;
+    for (const [id, r] of rows) {
+      if (convs.has(id)) continue;
+      r.li.remove();
+      rows.delete(id);
+    }
     if (!list.length) {
-      ul.replaceChildren(el("li", { class: "empty" }, "暂无会话"));
+      if (!ul.querySelector(".empty")) ul.replaceChildren(el("li", { class: "empty" }, "暂无会话"));
       return;
     }
+    const empty = ul.querySelector(".empty");
+    if (empty) empty.remove();
     const now = serverNow();
-    ul.replaceChildren(
-      ...list.map((c) => {
-        const clk = clockOf(c, now);
-        return el(
-          "li",
-          {
-            class: `conv${c.id === selected ? " selected" : ""}`,
-            dataset: { id: c.id },
-            onclick: () => select(c.id),
-          },
-          el(
-            "span",
-            { class: "buyer" },
-            c.buyer || c.id,
-            c.online === false ? el("span", { class: "muted" }, c.closed ? "（已离开）" : "（离线）") : null,
-            c.unread ? el("span", { class: "unread", title: "未读" }) : null,
-          ),
-          el("span", { class: `clock ${clk.cls}`, dataset: { role: "clock" } }, clk.text),
-          el("span", { class: "last" }, chatText(lastText(c))),
-        );
-      }),
-    );
+    for (const c of list) {
+      let r = rows.get(c.id);
+      if (!r) {
+        r = makeRow(c.id);
+        rows.set(c.id, r);
+      }
+      updateRow(r, c, now);
+    }
+    let want = list.map((c) => c.id);
+    if (listHeld()) {
+      // Rows keep their places; new ones join at the bottom, where they
+      // move nothing.
+      const shown = [...ul.children].map((li) => li.dataset.id).filter((id) => rows.has(id));
+      want = [...shown, ...want.filter((id) => !shown.includes(id))];
+      if (!pointer.down) listTimer = setTimeout(renderList, Math.max(0, pointer.moved + LIST_HOLD_MS - Date.now()) + 20);
+    }
+    want.forEach((id, i) => {
+      const li = rows.get(id).li;
+      if (ul.children[i] !== li) ul.insertBefore(li, ul.children[i] || null);
+    });
+  }
+
+  /** The conversation ids in the order the list shows them. */
+  function shownOrder() {
+    return [...$("convs").querySelectorAll(".conv")].map((li) => li.dataset.id).filter((id) => convs.has(id));
+  }
+
+  {
+    const ul = $("convs");
+    const aim = () => {
+      pointer.over = true;
+      pointer.moved = Date.now();
+    };
+    ul.addEventListener("pointerenter", aim);
+    ul.addEventListener("pointermove", aim);
+    ul.addEventListener("pointerleave", () => {
+      pointer.over = false;
+      if (!pointer.down) renderList();
+    });
+    ul.addEventListener("pointerdown", () => {
+      aim();
+      pointer.down = true;
+    });
+    const release = () => {
+      if (!pointer.down) return;
+      pointer.down = false;
+      // After the click this release makes has been handled.
+      setTimeout(renderList, 0);
+    };
+    document.addEventListener("pointerup", release);
+    document.addEventListener("pointercancel", release);
   }
 
   /** Refreshes only the clock badges (runs several times a second). */
@@ -786,6 +960,24 @@
     } else {
       head.hidden = true;
     }
+    updateTitle(now);
+  }
+
+  /**
+   * The tab's title counts the buyers waiting for an answer and says how
+   * soon the nearest one breaches, so an agent in another tab notices:
+   * "(3) 剩 12s · 客服工作台 · kefu", "(3) 超时 · …".
+   */
+  function updateTitle(now) {
+    const waiting = [...convs.values()].filter((c) => !c.closed && c.waitingSince != null);
+    let title = BASE_TITLE;
+    if (waiting.length) {
+      const due = Math.min(...waiting.map((c) => (c.deadline != null ? c.deadline : Infinity)));
+      const left = due - now;
+      const when = !Number.isFinite(due) ? "" : left <= 0 || waiting.some((c) => c.breached) ? "超时 · " : `剩 ${Math.ceil(left / 1000)}s · `;
+      title = `(${waiting.length}) ${when}${BASE_TITLE}`;
+    }
+    if (document.title !== title) document.title = title;
   }
 
   /** What a message looks like on screen; equal stamps need no redraw. */
@@ -878,11 +1070,11 @@
     const chosen = c.suggestions.findIndex((s) => usedIntent && usedIntent === s.intent && $("reply").value === s.reply);
     // Rebuilt only when they changed, so a click is not lost to a frame
     // that arrives between the press and the release of the mouse.
-    const key = JSON.stringify([c.id, c.waitingSince == null, c.suggestions, chosen]);
+    const key = JSON.stringify([c.id, c.waitingSince == null, !!c.closed, c.suggestions, chosen]);
     if (key === renderSuggestions.key) return;
     renderSuggestions.key = key;
     if (!c.suggestions.length) {
-      const note = c.waitingSince == null ? "买家发来新消息时，这里会给出推荐回复" : "话术库里没有合适的推荐，请手动回复";
+      const note = c.closed ? "会话已结束" : c.waitingSince == null ? "买家发来新消息时，这里会给出推荐回复" : "话术库里没有合适的推荐，请手动回复";
       box.replaceChildren(el("div", { class: "none" }, note));
       return;
     }
@@ -900,7 +1092,7 @@
           el(
             "span",
             { class: "tags" },
-            el("span", { class: "key" }, String(i + 1)),
+            el("span", { class: "key" }, `Alt+${i + 1}`),
             el("span", { class: `stage ${s.stage}` }, stageLabel(s.stage)),
             el("span", { class: "intent" }, s.intent),
           ),
@@ -916,9 +1108,17 @@
     // While this conversation's transfer is in flight a reply would reach a
     // conversation that is about to be the colleague's: not sent.
     const moving = c ? transferOf(c.id) : null;
+    const closed = !!c && !!c.closed;
     $("reply").disabled = !c;
-    $("send").disabled = !on || !!moving;
-    const hint = moving ? `正在转接给 ${colleagueName(moving.to)}，转接完成前不能回复；转接失败时可以继续回复` : "";
+    // An ended conversation cannot be answered; its box stays readable
+    // (and copyable), and a draft in it moves to the buyer's next one.
+    $("reply").readOnly = closed;
+    $("send").disabled = !on || !!moving || closed;
+    const hint = closed
+      ? "会话已结束，不能再回复；买家再次咨询时会出现新的会话"
+      : moving
+        ? `正在转接给 ${colleagueName(moving.to)}，转接完成前不能回复；转接失败时可以继续回复`
+        : "";
     if ($("send-hint").dataset.text !== hint) {
       $("send-hint").dataset.text = hint;
       $("send-hint").replaceChildren(...(hint ? chatText(hint) : []));
@@ -968,26 +1168,54 @@
     }
     convs.get(id).unread = 0;
     renderAll();
+    // The agent chose it: the cursor goes to its reply box, at the end of
+    // its draft, so typing answers this buyer (and a digit is text).
+    if (!auto) {
+      const box = $("reply");
+      box.focus();
+      box.setSelectionRange(box.value.length, box.value.length);
+    }
   }
 
+  /** Alt+↑/↓: the next conversation in the order the list shows. */
   function moveSelection(delta) {
-    const list = ordered();
+    const list = shownOrder();
     if (!list.length) return;
-    const i = list.findIndex((c) => c.id === selected);
+    const i = list.indexOf(selected);
     const next = list[(i + delta + list.length) % list.length];
-    select(next.id);
+    select(next);
+  }
+
+  /** Whether the box still holds the text of the suggestion whose intent is kept. */
+  function intentStillFits() {
+    const c = convs.get(selected);
+    const s = c && c.suggestions.find((x) => x.intent === usedIntent);
+    const text = $("reply").value;
+    // The suggestions of a round gone by are no longer listed: the text is
+    // then kept as long as the box is not empty.
+    return s ? text.includes(s.reply.trim()) : text.trim() !== "";
   }
 
   function pick(i) {
     const c = convs.get(selected);
     const s = c && c.suggestions[i];
-    if (!s) return;
+    if (!s || c.closed) return;
     const box = $("reply");
-    box.value = s.reply;
     usedIntent = s.intent;
+    // The suggestion replaces the draft as an edit of the box, so Ctrl+Z
+    // brings the draft back (a plain `value =` empties the undo history).
+    box.focus();
+    box.select();
+    let typed = false;
+    try {
+      typed = document.execCommand("insertText", false, s.reply) && box.value === s.reply;
+    } catch {
+      typed = false;
+    }
+    if (!typed) box.setRangeText(s.reply, 0, box.value.length, "end");
+    usedIntent = s.intent; // the input handler may have judged the half-done edit
     saveDraft();
     updateCount();
-    box.focus();
     box.setSelectionRange(box.value.length, box.value.length);
     renderSuggestions(c);
     updateComposer();
@@ -1005,14 +1233,18 @@
     const text = box.value.trim();
     if (!c || !text) return;
     if (transferOf(c.id)) return; // being transferred: the hint under the box says so
+    if (c.closed) return; // ended: the hint under the box says so
     const frame = { type: "reply", conversation: c.id, text, intent: usedIntent || null };
     if (!welcomed || !conn || !conn.send(frame)) {
       showBanner("error", "还没有连接到服务器，回复没有发出，内容仍在输入框里；连上后请再发送一次", "offline");
       return;
     }
+    // The same text already in the chat (its times): after a reconnect,
+    // checkUnconfirmed counts whether one more came.
+    const before = c.messages.filter((x) => x.from === "agent" && !x.pending && x.text === text).map((x) => x.at);
     const msg = { from: "agent", mine: true, pending: true, text, at: serverNow(), agent: me.agent };
     c.messages.push(msg);
-    inflight.push({ kind: "reply", conv: c.id, buyer: c.buyer, text, intent: usedIntent || null, msg });
+    inflight.push({ kind: "reply", conv: c.id, buyer: c.buyer, text, intent: usedIntent || null, msg, before });
     box.value = "";
     usedIntent = null;
     drafts.delete(c.id);
@@ -1273,8 +1505,9 @@
       send();
       return;
     }
+    // Only Alt+1-3 pick: a reply may well start with a digit (1号仓库发货).
     const d = digitOf(e);
-    if (d >= 0 && (e.altKey || (!e.ctrlKey && !e.metaKey && !e.shiftKey && e.target.value === ""))) {
+    if (d >= 0 && e.altKey && !e.ctrlKey && !e.metaKey) {
       const c = convs.get(selected);
       if (c && c.suggestions[d]) {
         e.preventDefault();
@@ -1285,7 +1518,12 @@
 
   $("reply").addEventListener("input", () => {
     lostSelection = null; // the agent is busy here now: do not move them
-    if (!$("reply").value) usedIntent = null;
+    queueMicrotask(storeDesk);
+    // The suggestion's intent stays with the reply while the text still
+    // holds the suggestion (the agent added to it); once the agent has
+    // rewritten or removed it, the reply is their own words, sent without
+    // an intent.
+    if (usedIntent && !intentStillFits()) usedIntent = null;
     saveDraft();
     updateCount();
     updateComposer();
@@ -1300,10 +1538,17 @@
       moveSelection(e.key === "ArrowUp" ? -1 : 1);
       return;
     }
+    if (e.key === "Escape" && !$("transfer").hidden) {
+      e.preventDefault();
+      closeTransfer();
+      $("transfer-open").focus();
+      return;
+    }
     const t = e.target;
     if (t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.tagName === "SELECT")) return;
+    // Alt+1-3 pick a suggestion wherever the focus is; a plain digit never does.
     const d = digitOf(e);
-    if (d >= 0 && !e.ctrlKey && !e.metaKey) {
+    if (d >= 0 && e.altKey && !e.ctrlKey && !e.metaKey) {
       e.preventDefault();
       pick(d);
     }

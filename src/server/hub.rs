@@ -761,6 +761,9 @@ pub(crate) struct Render {
     agent_name: Option<Arc<str>>,
     kind: RenderKind,
     convs: Vec<ConvSnap>,
+    /// The server's clock, read when the frame is rendered (just before it
+    /// is sent) for the frame's `now`.
+    tb: Timebase,
 }
 
 /// A colleague as a welcome lists them, taken under the lock.
@@ -813,6 +816,7 @@ impl Render {
             agent_name: agent.name.clone(),
             kind,
             convs,
+            tb: ctx.tb,
         }
     }
 
@@ -852,6 +856,7 @@ impl Render {
                 rated: c.rated,
             })
             .collect();
+        let now = self.tb.now_ms();
         let json = match &self.kind {
             RenderKind::Welcome {
                 agent,
@@ -868,6 +873,7 @@ impl Render {
                 colleagues: colleagues.iter().map(ColleagueSnap::view).collect(),
                 conversations: views,
                 phrases: library,
+                now,
             }),
             RenderKind::Assigned { reason, from, note } if views.len() == 1 => {
                 let view = views.pop().expect("one view");
@@ -876,6 +882,7 @@ impl Render {
                     from: from.as_deref(),
                     note: note.as_deref(),
                     view,
+                    now,
                 })
             }
             RenderKind::Assigned { reason, .. } => to_json(&ServerMsg::ConversationsAssigned {
@@ -3002,6 +3009,46 @@ mod tests {
                 Frame::Later(r) => serde_json::from_str(r.render().as_str()).unwrap(),
             })
             .collect()
+    }
+
+    /// The agent `welcome` and `conversation_assigned` carry the server's
+    /// clock (`now`, Unix ms, read when the frame is rendered): the page
+    /// learns its clock's offset before any stamped frame.
+    #[test]
+    fn welcome_and_assigned_carry_the_servers_clock() {
+        let (config, phrases) = setup(100);
+        let ctx = ctx(&config, &phrases);
+        let mut hub = Hub::new(&config);
+        let now = Instant::now();
+        let mut fx = Effects::default();
+        hub.agent_hello(&ctx, "s1", "a1", Some("t1"), &outbox(1), now, &mut fx)
+            .unwrap();
+        let before = ctx.tb.now_ms();
+        let welcome = sent_to(&fx, 1);
+        let after = ctx.tb.now_ms();
+        assert_eq!(welcome.len(), 1, "{welcome:?}");
+        assert_eq!(welcome[0]["type"], "welcome");
+        let at = welcome[0]["now"].as_i64().expect("now is a number");
+        assert!(
+            (before..=after).contains(&at),
+            "{before} <= {at} <= {after}"
+        );
+
+        let mut fx = Effects::default();
+        hub.buyer_hello(&ctx, "s1", "b1", None, &outbox(10), now, &mut fx)
+            .unwrap();
+        let before = ctx.tb.now_ms();
+        let assigned = sent_to(&fx, 1);
+        let after = ctx.tb.now_ms();
+        let m = assigned
+            .iter()
+            .find(|m| m["type"] == "conversation_assigned")
+            .unwrap_or_else(|| panic!("no conversation_assigned in {assigned:?}"));
+        let at = m["now"].as_i64().expect("now is a number");
+        assert!(
+            (before..=after).contains(&at),
+            "{before} <= {at} <= {after}"
+        );
     }
 
     /// A shop's own `transfer` template is what the buyer reads, filled

@@ -191,6 +191,8 @@ test("the countdown turns amber at the nudge and red after the target", async ()
   await clock.and(agent.locator(".ok, .nudge")).waitFor();
   await clock.and(agent.locator(".nudge")).waitFor({ timeout: (NUDGE_SECS + 3) * 1000 });
   await agent.locator("#events li.nudge").first().waitFor();
+  // The nudge says how long is left, not the whole target again.
+  assert.match(await agent.locator("#events li.nudge").first().textContent(), /已等待 \d+ 秒，还剩 \d+ 秒，请尽快回复/);
   await clock.and(agent.locator(".breach")).waitFor({ timeout: (TARGET_SECS + 3) * 1000 });
   assert.match(await clock.textContent(), /超时/);
   await agent.locator("#events li.breach").first().waitFor();
@@ -229,18 +231,15 @@ test("a reply the server refuses comes back to the box and the round keeps waiti
   assert.equal(await agent.textContent("#reply-count"), "");
 });
 
-test("keys 1-3 pick a suggestion when the reply box is empty", async () => {
+test("Alt+1-3 pick a suggestion; a plain digit is text, even in an empty box", async () => {
   const cards = agent.locator(".suggestion");
   await cards.first().waitFor();
   const first = (await cards.first().locator(".text").textContent()).trim();
   await agent.click("#reply");
   await agent.fill("#reply", "");
+  // A reply may start with a digit (1号仓库发货): typed, never a pick.
   await agent.keyboard.press("1");
-  assert.equal((await agent.inputValue("#reply")).trim(), first);
-  // With text in the box a plain digit is typed; Alt+digit still picks.
-  await agent.fill("#reply", "亲");
-  await agent.keyboard.press("1");
-  assert.equal(await agent.inputValue("#reply"), "亲1");
+  assert.equal(await agent.inputValue("#reply"), "1");
   await agent.keyboard.press("Alt+1");
   assert.equal((await agent.inputValue("#reply")).trim(), first);
   await agent.fill("#reply", "");
@@ -357,7 +356,7 @@ test("the reports page shows the rounds", { skip: roundsCounted ? false : `shop 
   await page.close();
 });
 
-test("a new buyer message moves its conversation to the top of the list", async () => {
+test("a waiting buyer goes above the answered ones, the longest-waiting on top", async () => {
   const b2 = await context.newPage();
   watch(b2, "buyer2");
   await b2.goto(`${server.url}/buyer`);
@@ -378,8 +377,12 @@ test("a new buyer message moves its conversation to the top of the list", async 
   assert.match(await firstBuyer(), /^b2/);
   await buyer.fill("#text", "对了，可以开发票吗");
   await buyer.press("#text", "Enter");
-  await agent.waitForFunction(() => document.querySelector(".conv .buyer")?.textContent.startsWith("b1"));
-  assert.match(await firstBuyer(), /^b1/);
+  // b1 waits now too, but b2 has waited longer: b2 stays on top.
+  await agent.locator(".conv", { hasText: "b1" }).locator(".last", { hasText: "可以开发票吗" }).waitFor();
+  await agent.mouse.move(700, 5); // off the list: nothing holds its order
+  await agent.waitForTimeout(100);
+  assert.match(await firstBuyer(), /^b2/);
+  assert.match(await agent.locator(".conv .buyer").nth(1).textContent(), /^b1/);
   assert.equal(await agent.locator(".conv").count(), 2);
   // The chat of the selected conversation shows its newest message.
   await agent.locator(".msg[data-from=buyer] .bubble", { hasText: "可以开发票吗" }).waitFor();

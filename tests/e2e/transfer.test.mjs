@@ -65,6 +65,12 @@ test("an agent transfers a conversation to a colleague, who sees it with the not
   await a.locator("#convs .conv", { hasText: "b1" }).waitFor();
   await a.locator("#messages .msg.buyer", { hasText: "退货运费谁出" }).waitFor();
 
+  // Escape closes the row (focus back on 转接); it opens again.
+  await a.click("#transfer-open");
+  await a.locator("#transfer").waitFor();
+  await a.keyboard.press("Escape");
+  await a.locator("#transfer").waitFor({ state: "hidden" });
+  assert.equal(await a.evaluate(() => document.activeElement.id), "transfer-open");
   await a.click("#transfer-open");
   // a2 came online after a1: a `colleague` frame put them in the list.
   await a.locator("#transfer-to option[value=a2]").waitFor({ state: "attached" });
