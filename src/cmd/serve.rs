@@ -135,41 +135,45 @@ impl ServeArgs {
 /// drop the bad directive and leave a service that logs nothing, not even
 /// the address it listens on.
 fn init_logging(filter: Option<&str>) -> anyhow::Result<()> {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let filter = log_filter(filter)?;
     // Another subcommand (or a test) may have set one up already.
-    let _ = tracing_subscriber::registry()
-        .with(log_filter(filter)?)
-        .with(quiet_transport())
-        .with(fmt)
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     Ok(())
 }
 
 /// The WebSocket library logs every frame it reads and writes at `trace`:
 /// agents' tokens in their `hello`, buyers' resume secrets, every chat
-/// line (found by review, with `--log trace`). A second filter, which every
-/// event must pass besides `--log`'s, caps it at `debug` whatever `--log`
-/// asks for.
-fn quiet_transport() -> tracing_subscriber::filter::Targets {
-    use tracing::Level;
-    tracing_subscriber::filter::Targets::new()
-        .with_default(Level::TRACE)
-        .with_target("tungstenite", Level::DEBUG)
-        .with_target("tokio_tungstenite", Level::DEBUG)
-}
+/// line (found by review, with `--log trace`). Where the filter lets
+/// anything through at `trace`, the library is capped at `debug` (which
+/// logs no payloads); otherwise the filter is left alone, so its level
+/// hint, which the `log` bridge and every disabled call site check first,
+/// stays what it was (a second filter layer raised it to `trace` and cost
+/// the hot path a filter call per frame: 36 µs per message instead of 30
+/// at the maximum, measured this session with `scripts/bench.sh`).
+const QUIET_TRANSPORT: [&str; 2] = ["tungstenite=debug", "tokio_tungstenite=debug"];
 
 fn log_filter(filter: Option<&str>) -> anyhow::Result<tracing_subscriber::EnvFilter> {
+    use tracing_subscriber::filter::LevelFilter;
     use tracing_subscriber::EnvFilter;
-    Ok(match filter {
+    let mut filter = match filter {
         Some(f) => EnvFilter::try_new(f).with_context(|| {
             format!("--log {f:?} is not a log filter; give e.g. `info`, `warn` or `kefu=debug`")
         })?,
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-    })
+    };
+    if filter
+        .max_level_hint()
+        .is_none_or(|l| l >= LevelFilter::TRACE)
+    {
+        for d in QUIET_TRANSPORT {
+            filter = filter.add_directive(d.parse().expect("a valid directive"));
+        }
+    }
+    Ok(filter)
 }
 
 /// File descriptors kept for the event log, phrase reloads, accepting,
@@ -310,11 +314,26 @@ mod tests {
             ("trace", "kefu::server", Level::TRACE, true),
             ("info", "tungstenite::protocol", Level::DEBUG, false),
             ("info", "kefu::server", Level::INFO, true),
+            // Trace for kefu alone: the library at debug (no payloads).
+            ("kefu=trace", "tungstenite::protocol", Level::TRACE, false),
+            ("kefu=trace", "kefu::server", Level::TRACE, true),
         ];
+        // Below trace the filter's level hint is untouched: it is what the
+        // hot path's disabled call sites and the `log` bridge check first.
+        for (filter, hint) in [
+            ("warn", Level::WARN),
+            ("info", Level::INFO),
+            ("debug", Level::DEBUG),
+        ] {
+            assert_eq!(
+                super::log_filter(Some(filter)).unwrap().max_level_hint(),
+                Some(tracing::level_filters::LevelFilter::from_level(hint)),
+                "{filter}"
+            );
+        }
         for &(filter, target, level, want) in cases {
-            let subscriber = tracing_subscriber::registry()
-                .with(super::log_filter(Some(filter)).unwrap())
-                .with(super::quiet_transport());
+            let subscriber =
+                tracing_subscriber::registry().with(super::log_filter(Some(filter)).unwrap());
             let got = tracing::subscriber::with_default(subscriber, || {
                 // `enabled!` needs a literal target; ask the filter directly.
                 tracing::dispatcher::get_default(|d| {
