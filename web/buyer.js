@@ -26,6 +26,12 @@
   let shopName = "";
   /** The buyer's latest message: the one a `text_too_long`/`rate_limited` refers to. */
   let lastSent = null;
+  /** What this page sent since the last welcome: see recoverUnsent. */
+  let sentSinceWelcome = [];
+  /** The next render scrolls to the bottom (the buyer's own message). */
+  let followNext = false;
+  /** The server's limit on a message, in characters (limits.max_text_chars). */
+  const MAX_CHARS = 2000;
 
   function showSignin(error) {
     $("signin").hidden = false;
@@ -93,6 +99,8 @@
         if (Array.isArray(m.history)) {
           messages = m.history.map((x) => ({ from: x.from, text: x.text, at: x.at, agentName: x.agent_name, note: x.note }));
         }
+        if (m.resumed) recoverUnsent();
+        sentSinceWelcome = [];
         // A resumed conversation the buyer already rated says so: show the
         // rating given instead of offering it again. A new one starts unrated.
         rated = m.resumed && m.rated ? m.rated : null;
@@ -135,6 +143,25 @@
     render();
   }
 
+  /**
+   * Messages sent since the last welcome may not have reached the server (it
+   * hung, the link dropped): nothing acknowledges a buyer's message. After a
+   * resume the history says: a message counts as delivered only if the
+   * history holds more buyer lines with its text than the chat had before it
+   * was sent (a repeated 在吗 is not taken for this one). One that is
+   * missing is shown as not sent and its text goes back into the box (found
+   * by review: it vanished when the history replaced the list).
+   */
+  function recoverUnsent() {
+    const inHistory = new Map();
+    for (const x of messages) if (x.from === "buyer") inHistory.set(x.text, (inHistory.get(x.text) || 0) + 1);
+    const lost = sentSinceWelcome.filter((x) => (inHistory.get(x.text) || 0) < x.before + 1);
+    if (!lost.length) return;
+    for (const x of lost) messages.push({ from: "buyer", text: x.text, at: x.at, failed: true });
+    if (!$("text").value) $("text").value = lost.map((x) => x.text).join(" ");
+    showBanner(`有 ${lost.length} 条消息未发出（连接中断），内容已放回输入框，请重新发送`);
+  }
+
   let bannerTimer = null;
   function showBanner(text) {
     const b = $("banner");
@@ -146,6 +173,9 @@
 
   function render() {
     const box = $("messages");
+    // Follow new lines only when the buyer is at the bottom already: one
+    // who scrolled up to reread an order number keeps their place.
+    const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
     box.replaceChildren(
       ...messages.map((x) => {
         const who = x.from === "buyer" ? "我" : x.from === "bot" ? `${shopName || "店铺"} · 自动回复` : `客服${x.agentName ? ` ${x.agentName}` : ""}`;
@@ -159,7 +189,8 @@
         );
       }),
     );
-    box.scrollTop = box.scrollHeight;
+    if (atBottom || followNext) box.scrollTop = box.scrollHeight;
+    followNext = false;
     renderRating();
   }
 
@@ -194,12 +225,22 @@
     const input = $("text");
     const text = input.value.trim();
     if (!text) return;
+    // The limit counts characters as the server does (an emoji is one), not
+    // UTF-16 units as `maxlength` would (it cut 1,500 emoji to 1,000).
+    const chars = [...text].length;
+    if (chars > MAX_CHARS) {
+      showBanner(`消息太长了（${chars} 字），请分几条发送，每条不超过 ${MAX_CHARS} 字`);
+      return;
+    }
     if (!conn || !conn.send({ type: "message", text })) {
       showBanner("未连接，消息没有发出，请稍后再试");
       return;
     }
+    const before = messages.filter((x) => x.from === "buyer" && !x.failed && x.text === text).length;
+    sentSinceWelcome.push({ text, at: Date.now(), before });
     lastSent = { from: "buyer", text, at: Date.now() };
     messages.push(lastSent);
+    followNext = true;
     input.value = "";
     render();
   });

@@ -127,6 +127,81 @@ test("a second tab of the buyer takes over; the first says so and does not recon
   await shot(a, "buyer-replaced-by-another-tab");
 });
 
+test("a message lost with a dropped connection comes back as not sent", async () => {
+  const p = await context.newPage();
+  watch(p, "buyer unsent");
+  // The first socket goes through the test, which drops one message and
+  // then the link; later ones pass straight through.
+  let link = null;
+  let dropped = 0;
+  await p.routeWebSocket(/\/ws$/, (ws) => {
+    if (link) return void ws.connectToServer();
+    const server = ws.connectToServer();
+    link = { ws, server };
+    ws.onMessage((m) => {
+      if (String(m).includes("丢失的消息")) dropped += 1;
+      else server.send(m);
+    });
+    server.onMessage((m) => ws.send(m));
+  });
+  await p.goto(`${server.url}/buyer`);
+  await p.fill("#in-shop", SHOP);
+  await p.fill("#in-buyer", "tb_断线01");
+  await p.click("#signin button[type=submit]");
+  await p.locator(".msg[data-from=bot]").first().waitFor();
+  await p.fill("#text", "在吗");
+  await p.press("#text", "Enter");
+  await agent.locator("#convs .conv", { hasText: "tb_断线01" }).waitFor();
+  await p.fill("#text", "丢失的消息");
+  await p.press("#text", "Enter");
+  assert.equal(await p.inputValue("#text"), "");
+  await p.waitForTimeout(200);
+  assert.equal(dropped, 1);
+  await link.server.close();
+  await link.ws.close({ code: 4000, reason: "test drop" });
+  // Back in (resumed): the history does not hold it, so the page says so.
+  await p.locator("#conv-id", { hasText: "已恢复" }).waitFor();
+  await p.locator(".msg[data-from=buyer]", { hasText: "丢失的消息" }).locator(".meta", { hasText: "未发出" }).waitFor();
+  assert.equal(await p.inputValue("#text"), "丢失的消息", "the text is back in the box");
+  assert.match(await p.textContent("#banner"), /1 条消息未发出/);
+  // The delivered one is not doubted.
+  assert.equal(await p.locator(".msg[data-from=buyer] .meta", { hasText: "未发出" }).count(), 1);
+  await shot(p, "buyer-unsent-after-drop");
+  await p.close();
+});
+
+test("the length limit counts characters; a buyer scrolled up keeps their place", async () => {
+  const p = await buyerTab("buyer long");
+  await p.fill("#in-shop", SHOP);
+  await p.fill("#in-buyer", "tb_表情01");
+  await p.click("#signin button[type=submit]");
+  await p.locator(".msg[data-from=bot]").first().waitFor();
+  // 1,500 emoji are 1,500 characters (3,000 UTF-16 units): they go out whole.
+  const emoji = "😀".repeat(1500);
+  await p.fill("#text", emoji);
+  assert.equal(await p.inputValue("#text"), emoji, "nothing cut at typing");
+  await p.press("#text", "Enter");
+  await agent.locator("#convs .conv", { hasText: "tb_表情01" }).click();
+  await agent.locator("#messages .msg.buyer .bubble", { hasText: "😀😀😀" }).waitFor();
+  assert.equal([...(await agent.locator("#messages .msg.buyer .bubble").last().textContent())].length, 1500);
+  // Over 2,000 characters: said at once, the text stays.
+  const long = "好".repeat(2001);
+  await p.fill("#text", long);
+  await p.press("#text", "Enter");
+  await p.locator("#banner", { hasText: "消息太长了（2001 字）" }).waitFor();
+  assert.equal(await p.inputValue("#text"), long);
+  await p.fill("#text", "");
+  // Scrolled up: an agent's reply does not pull the buyer down.
+  await p.setViewportSize({ width: 1280, height: 420 });
+  await p.evaluate(() => (document.getElementById("messages").scrollTop = 0));
+  await agent.fill("#reply", "亲，收到您的表情啦～");
+  await agent.press("#reply", "Enter");
+  await p.locator(".msg[data-from=agent] .bubble", { hasText: "收到您的表情" }).waitFor();
+  const top = await p.evaluate(() => document.getElementById("messages").scrollTop);
+  assert.ok(top < 10, `kept at the top, scrollTop ${top}`);
+  await p.close();
+});
+
 test("no page had a script error", () => {
   assert.deepEqual(pageErrors, []);
 });
