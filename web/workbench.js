@@ -1052,6 +1052,10 @@
     // Suggestions first: they change the height left for the messages.
     renderSuggestions(c);
     if (switched || (changed && stick)) box.scrollTop = box.scrollHeight;
+    // Read further up while new lines came in: say so instead of jumping
+    // (found by review: nothing showed a new buyer message then).
+    if (switched || stick) $("new-below").hidden = true;
+    else if (changed && same < stamps.length) $("new-below").hidden = false;
   }
 
   function metaNote(x) {
@@ -1554,6 +1558,16 @@
     }
   });
 
+  $("new-below").addEventListener("click", () => {
+    const box = $("messages");
+    box.scrollTop = box.scrollHeight;
+    $("new-below").hidden = true;
+    $("reply").focus();
+  });
+  $("messages").addEventListener("scroll", () => {
+    const box = $("messages");
+    if (box.scrollHeight - box.scrollTop - box.clientHeight < 40) $("new-below").hidden = true;
+  });
   $("send").addEventListener("click", send);
   $("transfer-open").addEventListener("click", () => ($("transfer").hidden ? openTransfer() : closeTransfer()));
   $("transfer-cancel").addEventListener("click", closeTransfer);

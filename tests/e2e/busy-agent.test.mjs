@@ -15,7 +15,7 @@ import path from "node:path";
 import { startServer, launchBrowser, ARTIFACTS } from "./server.mjs";
 
 const TOKEN = "agent-secret";
-const SHOPS = ["p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9"];
+const SHOPS = ["p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9", "p10"];
 
 let server;
 let browser;
@@ -327,6 +327,30 @@ test("at 1024×720 the politeness panel keeps to its height and the chat keeps r
   assert.ok(sizes.lint <= 170, `the panel is ${sizes.lint}px high (${sizes.scroll}px of content)`);
   assert.ok(sizes.chat >= 120, `the chat keeps ${sizes.chat}px`);
   await Promise.all([small.close(), b.close()]);
+});
+
+test("an agent reading further up is told of new lines below instead of being pulled down", async () => {
+  const agent = await agentOf("p10");
+  const b = await enterBuyer("p10", "m1");
+  for (let i = 1; i <= 12; i++) await say(b, `第 ${i} 个问题：这款衣服的尺码偏大还是偏小，洗了会不会缩水呢？`);
+  await agent.locator(".conv", { hasText: "m1" }).click();
+  await agent.locator("#messages .msg.buyer", { hasText: "第 12 个问题" }).waitFor();
+  await agent.evaluate(() => (document.getElementById("messages").scrollTop = 0));
+  assert.equal(await agent.locator("#new-below").isHidden(), true);
+  await say(b, "还有，今天能发货吗？");
+  await agent.locator("#messages .msg.buyer", { hasText: "今天能发货吗" }).waitFor({ state: "attached" });
+  await agent.locator("#new-below").waitFor();
+  assert.ok((await agent.evaluate(() => document.getElementById("messages").scrollTop)) < 10, "not pulled down");
+  await shot(agent, "busy-new-below");
+  await agent.click("#new-below");
+  await agent.locator("#new-below").waitFor({ state: "hidden" });
+  const gap = await agent.evaluate(() => {
+    const m = document.getElementById("messages");
+    return m.scrollHeight - m.scrollTop - m.clientHeight;
+  });
+  assert.ok(gap < 40, `at the bottom (${gap}px left)`);
+  assert.equal(await agent.evaluate(() => document.activeElement.id), "reply");
+  await b.close();
 });
 
 test("no page had a script error", () => {
