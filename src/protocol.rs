@@ -202,8 +202,8 @@ impl Refusal {
         Refusal {
             code: ErrorCode::TooManyAttempts,
             message: format!(
-                "亲，这个账号登录失败的次数太多啦，为保护您的账号已暂停登录，\
-                 请您 {retry_after} 秒后再试～ (too many failed sign-ins for this account; \
+                "这个账号登录失败的次数太多，为保护账号已暂停登录，\
+                 请 {retry_after} 秒后再试 (too many failed sign-ins for this account; \
                  try again in {retry_after} s)"
             ),
             retry_after: Some(retry_after),

@@ -178,13 +178,18 @@
     const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
     box.replaceChildren(
       ...messages.map((x) => {
-        const who = x.from === "buyer" ? "我" : x.from === "bot" ? `${shopName || "店铺"} · 自动回复` : `客服${x.agentName ? ` ${x.agentName}` : ""}`;
+        // Names come from the shop's configuration: shown through chatText
+        // like any message, in their own isolated run, so a direction
+        // control in one cannot turn the time beside it around (found by
+        // review).
+        const name = (text) => el("bdi", null, chatText(text));
+        const who = x.from === "buyer" ? ["我"] : x.from === "bot" ? [name(shopName || "店铺"), " · 自动回复"] : ["客服", ...(x.agentName ? [" ", name(x.agentName)] : [])];
         // The buyer's own lines sit on the right, the shop's on the left.
         const side = x.from === "buyer" ? "mine" : x.from === "bot" ? "buyer bot-left" : "buyer agent-left";
         return el(
           "div",
           { class: `msg ${side}`, dataset: { from: x.from } },
-          el("span", { class: "meta" }, `${who} · ${clockTime(x.at)}${x.failed ? " · 未发出" : ""}`),
+          el("span", { class: "meta" }, who, ` · ${clockTime(x.at)}${x.failed ? " · 未发出" : ""}`),
           el("div", { class: "bubble" }, chatText(x.text)),
         );
       }),

@@ -166,7 +166,7 @@ const kefu = (() => {
     agent_offline: "这位同事当前不在线，请选择在线的同事",
     self_transfer: "不能转接给自己，请选择其他同事",
     bad_token: "店铺 ID、客服工号或令牌不正确，请核对后重新登录",
-    too_many_attempts: "亲，这个账号登录失败的次数太多啦，为保护您的账号已暂停登录，请您稍后再试",
+    too_many_attempts: "这个账号登录失败的次数太多，为保护账号已暂停登录，请稍后再试",
     unknown_shop: "没有找到这个店铺，请核对店铺 ID",
     bad_id: "买家 ID 需为 1-64 个字符，不能含空格、控制字符或不可见字符",
     buyer_taken: "这个买家 ID 正在另一个窗口咨询中，请回到原窗口，或换一个买家 ID",
@@ -207,7 +207,7 @@ const kefu = (() => {
       if (n) text = `内容有 ${n[1]} 字，超过 ${n[2]} 字的上限，请精简后再发`;
     }
     if (code === "too_many_attempts" && Number.isInteger(m.retry_after) && m.retry_after > 0) {
-      text = `亲，这个账号登录失败的次数太多啦，为保护您的账号已暂停登录，请您 ${waitText(m.retry_after)}后再试`;
+      text = `这个账号登录失败的次数太多，为保护账号已暂停登录，请 ${waitText(m.retry_after)}后再试`;
     }
     if (!text) text = (m && m.message) || "出错了";
     return code ? `${text}（${code}）` : text;

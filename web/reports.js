@@ -122,7 +122,7 @@
       const why = (json && (json.message || json.error)) || body.slice(0, 200) || res.statusText;
       if (res.status === 429 && json && Number.isInteger(json.retry_after) && json.retry_after > 0) {
         const wait = kefu.waitText(json.retry_after);
-        throw Object.assign(new Error(`亲，登录失败的次数太多啦，为保护账号已暂停查询，请您 ${wait}后再试（HTTP 429）`), { status: 429 });
+        throw Object.assign(new Error(`登录失败的次数太多，为保护账号已暂停查询，请 ${wait}后再试（HTTP 429）`), { status: 429 });
       }
       throw Object.assign(new Error(explain(res.status, why)), { status: res.status });
     }
@@ -146,7 +146,7 @@
       [/keeps no event log/, "服务器没有保存事件记录，无法生成报表"],
       [/wrong supervisor token|unknown shop/, "店铺 ID 或主管令牌不正确"],
       [/Authorization: Bearer/, "缺少主管令牌，请重新登录"],
-      [/too many failed sign-ins/, "登录失败的次数太多啦，为保护账号已暂停查询，请您稍后再试"],
+      [/too many failed sign-ins/, "登录失败的次数太多，为保护账号已暂停查询，请稍后再试"],
     ];
     let text = (known.find(([re]) => re.test(why)) || [])[1];
     if (!text) {

@@ -653,10 +653,20 @@
     }
   }
 
+  /**
+   * A library problem as agents see it: the file's name, not the server's
+   * path to it (`/srv/kefu/phrases/after_sale.yaml:586:3: …` →
+   * `after_sale.yaml:586:3: …`); the log and `kefu check` keep the path.
+   */
+  function problemText(errors) {
+    const list = (errors || []).map((e) => String(e).replace(/^(?:[^\s:]*[\/\\])?([^\/\\\s:]+\.ya?ml:)/, "$1"));
+    return `${list.slice(0, 3).join("；")}${list.length > 3 ? " …" : ""}`;
+  }
+
   function showReload(m) {
     const text = m.ok
       ? `话术库已重新加载${typeof m.intents === "number" ? `（${m.intents} 个意图）` : ""}，新的推荐回复已生效`
-      : `话术库修改有误，仍在使用旧版本：${(m.errors || []).slice(0, 3).join("；")}${(m.errors || []).length > 3 ? " …" : ""}`;
+      : `话术库修改有误，仍在使用旧版本：${problemText(m.errors)}`;
     logEvent("reload", text);
     showBanner(m.ok ? "info" : "warn", text, "phrases");
   }
@@ -673,7 +683,7 @@
     }
     const errs = Array.isArray(p.problems) ? p.problems : [];
     const used = p.source === "last_good" ? "上次成功加载的版本" : "修改前的版本";
-    const text = `话术库文件有误，推荐回复暂时使用${used}，请联系管理员修正：${errs.slice(0, 3).join("；")}${errs.length > 3 ? " …" : ""}`;
+    const text = `话术库文件有误，推荐回复暂时使用${used}，请联系管理员修正：${problemText(errs)}`;
     logEvent("reload", text);
     showBanner("warn", text, "phrases");
   }
@@ -1537,6 +1547,10 @@
 
   document.addEventListener("keydown", (e) => {
     if ($("bench").hidden) return;
+    // Keys that belong to an input method's composition are not shortcuts:
+    // Alt+↓ mid-composition switched the conversation and left the pinyin
+    // in one draft and the committed text in the next (found by review).
+    if (e.isComposing || e.keyCode === 229) return;
     if (e.altKey && (e.key === "ArrowUp" || e.key === "ArrowDown")) {
       e.preventDefault();
       moveSelection(e.key === "ArrowUp" ? -1 : 1);

@@ -15,7 +15,7 @@ import path from "node:path";
 import { startServer, launchBrowser, ARTIFACTS } from "./server.mjs";
 
 const TOKEN = "agent-secret";
-const SHOPS = ["p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9", "p10"];
+const SHOPS = ["p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9", "p10", "p11"];
 
 let server;
 let browser;
@@ -351,6 +351,31 @@ test("an agent reading further up is told of new lines below instead of being pu
   assert.ok(gap < 40, `at the bottom (${gap}px left)`);
   assert.equal(await agent.evaluate(() => document.activeElement.id), "reply");
   await b.close();
+});
+
+test("Alt+↑/↓ while an input method composes does not switch the conversation", async () => {
+  const agent = await agentOf("p11");
+  const b1 = await enterBuyer("p11", "n1");
+  await say(b1, "在吗");
+  const b2 = await enterBuyer("p11", "n2");
+  await say(b2, "有货吗");
+  await agent.locator(".conv", { hasText: "n2" }).waitFor();
+  await agent.locator(".conv", { hasText: "n1" }).click();
+  const title = () => agent.textContent("#chat-title");
+  assert.equal(await title(), "买家 n1");
+  const altDown = (isComposing) =>
+    agent.evaluate((composing) => {
+      const box = document.getElementById("reply");
+      box.dispatchEvent(new KeyboardEvent("keydown", { key: "ArrowDown", altKey: true, isComposing: composing, bubbles: true, cancelable: true }));
+    }, isComposing);
+  await altDown(true);
+  await agent.waitForTimeout(200);
+  assert.equal(await title(), "买家 n1", "no switch mid-composition");
+  const other = await agent.evaluate(() => [...document.querySelectorAll("#convs .conv .buyer")].map((b) => b.firstChild.textContent));
+  await altDown(false);
+  await agent.waitForFunction((t) => document.getElementById("chat-title").textContent !== t, "买家 n1");
+  assert.ok(other.includes("n2"));
+  await Promise.all([b1.close(), b2.close()]);
 });
 
 test("no page had a script error", () => {

@@ -202,6 +202,23 @@ test("the length limit counts characters; a buyer scrolled up keeps their place"
   await p.close();
 });
 
+test("the buyer page fits a phone's width", async () => {
+  const p = await context.newPage();
+  watch(p, "buyer phone");
+  await p.setViewportSize({ width: 400, height: 720 });
+  await p.goto(`${server.url}/buyer`);
+  await p.fill("#in-shop", SHOP);
+  await p.fill("#in-buyer", "tb_手机01");
+  await p.click("#signin button[type=submit]");
+  await p.locator(".msg[data-from=bot]").first().waitFor();
+  const overflow = await p.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+  assert.ok(overflow <= 0, `the page scrolls sideways by ${overflow}px`);
+  const end = await p.locator("#end").boundingBox();
+  assert.ok(end && end.x + end.width <= 400, "结束并评价 is on the screen");
+  await shot(p, "buyer-phone-width");
+  await p.close();
+});
+
 test("no page had a script error", () => {
   assert.deepEqual(pageErrors, []);
 });

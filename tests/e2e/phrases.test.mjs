@@ -64,6 +64,8 @@ test("a broken phrase file is shown to agents who sign in later, until it is fix
   writeFileSync(file, 'stage: "<img src=x id=injected>"\nintents: []\n');
   // The agent online at the edit hears it from the `reload` frame.
   await a1.locator("#banner.warn", { hasText: "话术库修改有误" }).waitFor();
+  // Agents see the file's name, not the server's path to it.
+  assert.ok(!(await a1.textContent("#banner")).includes(phrases), "no server path in the banner");
 
   // An agent signing in later learns it from their `welcome`.
   const a2 = await agentPage("a2");
@@ -71,7 +73,8 @@ test("a broken phrase file is shown to agents who sign in later, until it is fix
   await banner.waitFor();
   const text = await banner.textContent();
   assert.match(text, /推荐回复暂时使用修改前的版本，请联系管理员修正/);
-  assert.match(text, /pre_sale\.yaml:1:\d+: unknown stage `<img src=x id=injected>`/);
+  assert.match(text, /修正：pre_sale\.yaml:1:\d+: unknown stage `<img src=x id=injected>`/);
+  assert.ok(!text.includes(phrases), "no server path in the banner");
   assert.equal(await a2.locator("#injected").count(), 0, "the problem is text, not markup");
   await a2.screenshot({ path: path.join(ARTIFACTS, "phrases-broken.png"), fullPage: true });
 

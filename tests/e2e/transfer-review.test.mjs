@@ -256,6 +256,16 @@ test("bidi controls in a transfer note and in colleague names are shown, not obe
   assert.ok(!(await log.textContent()).includes("\u202e"));
   await a2.screenshot({ path: path.join(ARTIFACTS, "transfer-bidi.png"), fullPage: true });
 
+  // The buyer sees a2 by display name, its control as a badge in an
+  // isolated run: the time beside it reads as it should.
+  await a2.fill("#reply", "亲，我来为您处理～");
+  await a2.press("#reply", "Enter");
+  const meta = buyer.locator(".msg[data-from=agent] .meta").last();
+  await meta.waitFor();
+  assert.equal(await meta.locator("bdi .ctl").textContent(), "U+202E");
+  assert.ok(!(await meta.textContent()).includes("\u202e"));
+  assert.match(await meta.textContent(), /^客服 小U\+202E王 · \d\d:\d\d:\d\d$/);
+
 });
 
 test("after a close with 1013 the page waits 5 s to 7.5 s", async () => {
