@@ -754,6 +754,13 @@ pub fn check_id(what: &str, id: &str) -> Result<(), ConfigError> {
 /// U+034F, variation selectors U+FE00-FE0F and U+E0100-E01EF, Mongolian
 /// and Khmer ones, tags, soft hyphen), and the blank fillers outside that
 /// list: the braille blank U+2800 and the Khitan filler U+16FE4.
+///
+/// Except inside an emoji: the emoji presentation selector U+FE0F right
+/// after an emoji (`❤️`, which phone keyboards insert) or in a keycap
+/// (`1️⃣`), and the zero-width joiner U+200D between two emoji (`👩‍💻`). Such
+/// nicknames are ordinary, and refusing them left their buyers without
+/// service (found by review). What remains: `❤小店` and `❤️小店` look alike
+/// and are two ids.
 pub fn has_hidden_chars(id: &str) -> bool {
     static HIDDEN: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
         regex::Regex::new(
@@ -761,7 +768,30 @@ pub fn has_hidden_chars(id: &str) -> bool {
         )
         .expect("a valid class")
     });
-    HIDDEN.is_match(id)
+    static EMOJI: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        // Skin tones (U+1F3FB-1F3FF) may stand before a joiner too.
+        regex::Regex::new(r"^[\p{Extended_Pictographic}\x{1F3FB}-\x{1F3FF}]$")
+            .expect("a valid class")
+    });
+    if !HIDDEN.is_match(id) {
+        return false;
+    }
+    let chars: Vec<char> = id.chars().collect();
+    let emoji = |c: Option<&char>| c.is_some_and(|c| EMOJI.is_match(c.encode_utf8(&mut [0; 4])));
+    chars.iter().enumerate().any(|(i, &c)| {
+        let prev = i.checked_sub(1).and_then(|p| chars.get(p));
+        let next = chars.get(i + 1);
+        let in_emoji = match c {
+            '\u{FE0F}' => {
+                emoji(prev)
+                    || (prev.is_some_and(|p| matches!(p, '0'..='9' | '#' | '*'))
+                        && next == Some(&'\u{20E3}'))
+            }
+            '\u{200D}' => (emoji(prev) || prev == Some(&'\u{FE0F}')) && emoji(next),
+            _ => false,
+        };
+        !in_emoji && HIDDEN.is_match(c.encode_utf8(&mut [0; 4]))
+    })
 }
 
 /// Keeps a token out of error messages.

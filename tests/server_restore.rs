@@ -731,3 +731,51 @@ async fn a_restored_empty_conversation_closes_a_minute_after_the_start() {
     t.stop().await;
     store.close().unwrap();
 }
+
+/// A conversation restored under a buyer id this build's rule refuses (it
+/// was accepted by the build that wrote the log: `tb_小明 88` with its
+/// space) can still be resumed with its secret; a new conversation under
+/// such an id is refused as before (found by review: the buyer was
+/// stranded outside a conversation the agent could see).
+#[tokio::test]
+async fn an_id_accepted_before_an_upgrade_can_resume_its_conversation() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = ResumeKey::load_or_create(dir.path()).unwrap();
+    let t0 = now_ms();
+    let old_id = "tb_小明 88";
+    let mut events = Vec::new();
+    for kind in [Kind::Assign, Kind::Buyer] {
+        let mut e = ev(t0, -60, "c1", kind);
+        e.buyer = old_id.into();
+        if kind == Kind::Assign {
+            e.note = Some("new".into());
+        }
+        events.push(e);
+    }
+    kefu::store::import(dir.path(), &events).unwrap();
+    let (t, store, restored) = spawn_app_on_data(test_config(), dir.path()).await;
+    assert_eq!(restored.conversations, 1);
+    let mut back = t.connect().await;
+    back.send(json!({"type":"hello","role":"buyer","shop":"s1","buyer":old_id,"resume":key.secret("s1", "c1")}))
+        .await;
+    let w = back.recv_type("welcome").await;
+    assert_eq!(
+        (w["conversation"].as_str(), w["resumed"].as_bool()),
+        (Some("c1"), Some(true)),
+        "{w}"
+    );
+    // Without the secret: taken, not a new conversation under the old id.
+    let mut other = t.connect().await;
+    other
+        .send(json!({"type":"hello","role":"buyer","shop":"s1","buyer":old_id}))
+        .await;
+    other.expect_error("buyer_taken").await;
+    // A new id of that form is refused.
+    let mut new = t.connect().await;
+    new.send(json!({"type":"hello","role":"buyer","shop":"s1","buyer":"tb_小红 99"}))
+        .await;
+    new.expect_error("bad_id").await;
+    drop((back, other, new));
+    t.stop().await;
+    store.close().unwrap();
+}

@@ -1054,7 +1054,17 @@ impl Hub {
         now: Instant,
         fx: &mut Effects,
     ) -> Result<BuyerSession, Refusal> {
-        check_buyer_id(buyer)?;
+        // An id with an open conversation was accepted when it opened: a
+        // rule made stricter since (an upgrade) must not strand its buyer
+        // outside a conversation the restart brought back (found by
+        // review). The secret still decides who gets in.
+        let open = self
+            .shops
+            .get(shop_id)
+            .is_some_and(|s| s.buyers.contains_key(buyer));
+        if !open {
+            check_buyer_id(buyer)?;
+        }
         let replacing = self.close_if_secret_lost(shop_id, buyer, resume, ctx.tb.ms(now), fx);
         let Hub {
             shops,
@@ -2951,9 +2961,30 @@ mod tests {
             ("❤小店", true, "emoji without a variation selector"),
             (
                 "\u{2764}\u{fe0f}小店",
-                false,
-                "a variation selector is invisible wherever it is, after an emoji too",
+                true,
+                "emoji presentation selector after an emoji",
             ),
+            ("1\u{fe0f}\u{20e3}号", true, "keycap"),
+            ("\u{1f469}\u{200d}\u{1f4bb}程序员", true, "joined emoji"),
+            (
+                "\u{1f469}\u{1f3fd}\u{200d}\u{1f4bb}",
+                true,
+                "joined emoji with a skin tone",
+            ),
+            (
+                "\u{2764}\u{fe0f}\u{200d}\u{1f525}",
+                true,
+                "joined after a presentation selector",
+            ),
+            ("b1\u{200d}", false, "joiner at the end"),
+            ("b\u{200d}1", false, "joiner between letters"),
+            ("\u{1f469}\u{200d}b", false, "joiner before a letter"),
+            (
+                "1\u{fe0f}",
+                false,
+                "presentation selector after a digit without keycap",
+            ),
+            ("\u{2764}\u{fe0f}\u{fe0f}", false, "a second selector"),
             ("", false, "empty"),
             ("  ", false, "spaces only"),
             ("b1 ", false, "trailing space"),
