@@ -33,8 +33,26 @@ use super::{last_good, App, Phrases};
 use crate::phrases::{LoadedDir, LoadedFile, Problem};
 use crate::protocol::{to_json, PhraseSource, ServerMsg};
 
-/// What a directory looked like: its YAML files' names, sizes and times.
-pub(crate) type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
+/// What a directory looked like: its YAML files' names, sizes, times and
+/// who may read them ([`Access`]).
+pub(crate) type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>, Access)>;
+
+/// A file's permission bits and status-change time (Unix; nothing
+/// elsewhere): a `chmod` or `chown` that makes an unreadable file readable
+/// changes neither its size nor its modification time, and the service
+/// stayed on its old libraries until some edit came (found by review).
+pub(crate) type Access = (u32, i64, i64);
+
+#[cfg(unix)]
+fn access(meta: &std::fs::Metadata) -> Access {
+    use std::os::unix::fs::MetadataExt;
+    (meta.mode(), meta.ctime(), meta.ctime_nsec())
+}
+
+#[cfg(not(unix))]
+fn access(_: &std::fs::Metadata) -> Access {
+    (0, 0, 0)
+}
 
 /// `None` when the directory cannot be read for a passing reason (out of
 /// file descriptors, say): that is no edit, and treating it as one sent
@@ -56,8 +74,9 @@ pub(crate) fn fingerprint(dir: &Path) -> Option<Fingerprint> {
         .map(|p| {
             let meta = std::fs::metadata(&p).ok();
             let len = meta.as_ref().map_or(0, |m| m.len());
+            let acc = meta.as_ref().map_or((0, 0, 0), access);
             let mtime = meta.and_then(|m| m.modified().ok());
-            (p, len, mtime)
+            (p, len, mtime, acc)
         })
         .collect();
     fp.sort();
@@ -187,5 +206,26 @@ mod tests {
         assert_eq!(fp.len(), 1);
         assert_eq!(fp[0].1, 1);
         assert_eq!(fingerprint(&dir.path().join("gone")), Some(Vec::new()));
+    }
+
+    /// A file made readable (`chmod`) is a change, though its size and
+    /// modification time are not.
+    #[cfg(unix)]
+    #[test]
+    fn a_permission_change_is_a_change() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.yaml");
+        std::fs::write(&file, "x").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o000)).unwrap();
+        let before = fingerprint(dir.path()).expect("readable");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let after = fingerprint(dir.path()).expect("readable");
+        assert_eq!(
+            (before[0].1, before[0].2),
+            (after[0].1, after[0].2),
+            "size and time alike"
+        );
+        assert_ne!(before, after);
     }
 }
