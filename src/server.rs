@@ -220,6 +220,19 @@ impl App {
         };
         let phrases = Phrases::from_library(&loaded.library)?;
         if let (Some(data), PhraseSource::Directory) = (data, source) {
+            // A reload refuses to lose a stage library; a start takes what the
+            // directory holds (that is how a library is removed on purpose),
+            // but says so loudly: a stray `rm` a reload caught would
+            // otherwise go unnoticed at the next deploy or crash (found by
+            // review).
+            if let Some(old) = last_good::find(data).and_then(|c| LoadedDir::load(&c).ok()) {
+                for p in loaded.losses(&old.files, &config.phrases) {
+                    error!(
+                        "started without a stage library the last good libraries had: {p} \
+                         (put the file back if that was not meant; the copy is replaced now)"
+                    );
+                }
+            }
             if let Err(e) = last_good::save(data, &loaded.files) {
                 warn!(data = %data.display(), "cannot keep a copy of the phrase libraries: {e}");
             }

@@ -309,6 +309,33 @@ fn serve_starts_from_the_last_good_copy_when_the_phrases_are_broken() {
             std::fs::copy(&p, copy.join(p.file_name().unwrap())).unwrap();
         }
     }
+    let seen = serve_until_listening(&args);
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("ERROR") && l.contains("pre_sale.yaml:3:9: YAML error")),
+        "{seen:#?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("serving their last good copy")),
+        "{seen:#?}"
+    );
+
+    // The broken file removed (a stray `rm` instead of a fix): the start
+    // takes the directory as it is, and says loudly what it lost.
+    std::fs::remove_file(phrases.path().join("pre_sale.yaml")).unwrap();
+    let seen = serve_until_listening(&args);
+    assert!(
+        seen.iter().any(|l| l.contains("ERROR")
+            && l.contains("started without a stage library")
+            && l.contains("pre_sale.yaml")),
+        "{seen:#?}"
+    );
+}
+
+/// Starts `kefu serve` with `args`, waits until it listens, stops it;
+/// returns what it wrote to standard error before listening.
+fn serve_until_listening(args: &[&str]) -> Vec<String> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kefu"));
     for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("KEFU_")) {
         cmd.env_remove(k);
@@ -331,16 +358,7 @@ fn serve_starts_from_the_last_good_copy_when_the_phrases_are_broken() {
     let _ = child.kill();
     let status = child.wait().unwrap();
     assert!(listening, "did not start ({status}); stderr: {seen:#?}");
-    assert!(
-        seen.iter()
-            .any(|l| l.contains("ERROR") && l.contains("pre_sale.yaml:3:9: YAML error")),
-        "{seen:#?}"
-    );
-    assert!(
-        seen.iter()
-            .any(|l| l.contains("serving their last good copy")),
-        "{seen:#?}"
-    );
+    seen
 }
 
 /// The child's standard error, line by line, as it comes.
