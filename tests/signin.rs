@@ -43,8 +43,9 @@ fn assert_locked(v: &Value, most: u64) -> u64 {
     let wait = v["retry_after"].as_u64().unwrap_or(0);
     assert!((1..=most).contains(&wait), "retry_after: {v}");
     let message = v["message"].as_str().unwrap();
+    // Staff are addressed as staff (no 亲), with the wait.
     assert!(
-        message.contains("亲") && message.contains("秒后再试"),
+        !message.contains("亲") && message.contains(&format!("请 {wait} 秒后再试")),
         "{v}"
     );
     wait

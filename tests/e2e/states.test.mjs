@@ -125,7 +125,7 @@ test("too many wrong tokens: the workbench says how long to wait and does not re
   await p.fill("#in-token", "the-right-one-or-not");
   await p.click("#signin button[type=submit]");
   await p.locator("#signin-error", { hasText: "登录暂不可用" }).waitFor();
-  assert.match(await p.textContent("#signin-error"), /亲.*请您 \d+ 秒后再试（too_many_attempts）/);
+  assert.match(await p.textContent("#signin-error"), /登录失败的次数太多.*请 \d+ 秒后再试（too_many_attempts）/);
   await p.waitForTimeout(1500); // a reconnect would start within 0.5 s
   assert.equal(await p.textContent("#status"), "未连接");
   assert.equal(await p.isVisible("#signin"), true);
