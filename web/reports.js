@@ -34,6 +34,10 @@
   let reportBy = null;
   /** Numbers the queries: an answer to an older one than the latest is dropped. */
   let querySeq = 0;
+  /** The shop's UTC offset in minutes (header of every answer; UTC+8 until one came). */
+  let shopOffsetMin = 480;
+  /** The CSV's file name, from the query the figures on the page answer. */
+  let reportFile = "";
 
   // ---------- formatting ----------
 
@@ -77,7 +81,25 @@
     if (s && s.shop) $("in-shop").value = s.shop;
   }
 
+  /**
+   * Forgets the figures on the page: a supervisor who signs out leaves
+   * nothing for the next one, whose shop's first query may fail and must
+   * not show the previous shop's figures as "the previous result" (found
+   * by review).
+   */
+  function clearReport() {
+    report = null;
+    reportBy = null;
+    reportFile = "";
+    for (const id of ["cards", "table"]) $(id).replaceChildren();
+    for (const id of ["chart-dist", "chart-agents", "chart-hours"]) $(id).querySelector(".body").replaceChildren();
+    $("range-note").textContent = "";
+    $("error").hidden = true;
+    $("csv").disabled = true;
+  }
+
   function signIn(s) {
+    clearReport();
     session = s;
     save(SESSION_KEY, s);
     $("signin").hidden = true;
@@ -111,6 +133,8 @@
     } catch (e) {
       throw Object.assign(new Error(`连不上服务器：${e.message}`), { status: 0 });
     }
+    const off = /^([+-])(\d\d):(\d\d)$/.exec(res.headers.get("x-kefu-utc-offset") || "");
+    if (off) shopOffsetMin = (off[1] === "-" ? -1 : 1) * (Number(off[2]) * 60 + Number(off[3]));
     const body = await res.text();
     let json = null;
     try {
@@ -169,6 +193,7 @@
       if (seq !== querySeq) return; // a newer query is under way
       report = main;
       reportBy = by;
+      reportFile = `kefu-report-${session.shop}-${by}-${last || `${$("from").value}_${$("to").value}`}.csv`;
       rangeNote.shown = rangeNote();
       $("range-note").textContent = rangeNote.shown;
       setStatus("on", `已更新 ${kefu.clockTime(Date.now())}`);
@@ -363,9 +388,11 @@
       const yy = T + i * row;
       const v = r.within_30s_rate;
       const color = v >= 0.9 ? "#4caf7a" : v >= 0.6 ? "#f0a830" : "#e57373";
-      g.append(s("text", { x: L - 6, y: yy + 14, "text-anchor": "end" }, keyName("agent", r.key)));
+      // Long names are cut with … (the whole one is in the bar's tooltip).
+      const label = [...keyName("agent", r.key)];
+      g.append(s("text", { x: L - 6, y: yy + 14, "text-anchor": "end" }, label.length > 6 ? `${label.slice(0, 5).join("")}…` : label.join("")));
       g.append(s("rect", { x: L, y: yy + 3, width: W - L - R, height: row - 8, fill: "#f1f2f4" }));
-      g.append(s("rect", { x: L, y: yy + 3, width: Math.max(1, x(v) - L), height: row - 8, fill: color, "data-agent": r.key }, s("title", {}, `${r.key}：${fmt(v, "rate")}（${r.rounds} 轮）`)));
+      g.append(s("rect", { x: L, y: yy + 3, width: Math.max(1, x(v) - L), height: row - 8, fill: color, "data-agent": r.key }, s("title", {}, `\u2068${r.key}\u2069：${fmt(v, "rate")}（${r.rounds} 轮）`)));
       g.append(s("text", { x: W - R + 4, y: yy + 14 }, `${fmt(v, "rate")}`));
     });
     const base = T + rows.length * row;
@@ -422,7 +449,7 @@
     if (!report) return;
     // A byte-order mark so spreadsheet programs read the UTF-8 as such.
     const blob = new Blob(["\ufeff", toCsv(report, reportBy)], { type: "text/csv;charset=utf-8" });
-    const a = el("a", { href: URL.createObjectURL(blob), download: `kefu-report-${session.shop}-${reportBy}-${last || `${$("from").value}_${$("to").value}`}.csv` });
+    const a = el("a", { href: URL.createObjectURL(blob), download: reportFile });
     document.body.append(a);
     a.click();
     a.remove();
@@ -438,11 +465,12 @@
       $("from-wrap").hidden = !!last;
       $("to-wrap").hidden = !!last;
       if (!last && !$("from").value) {
-        const day = (d) => `${d.getFullYear()}-${kefu.pad2(d.getMonth() + 1)}-${kefu.pad2(d.getDate())}`;
-        const d = new Date();
-        $("to").value = day(d);
-        d.setDate(d.getDate() - 6);
-        $("from").value = day(d);
+        // The shop's days (its UTC offset, from the last answer), not the
+        // computer's: 近 7 天 and these dates must cover the same days.
+        const day = (ms) => new Date(ms + shopOffsetMin * 60000).toISOString().slice(0, 10);
+        const now = Date.now();
+        $("to").value = day(now);
+        $("from").value = day(now - 6 * 86400000);
       }
       // 自定义 runs at once with the dates shown (the last 7 days the first
       // time); changing a date runs it again.
@@ -467,6 +495,8 @@
   $("signout").addEventListener("click", () => {
     save(SESSION_KEY, { shop: session && session.shop });
     session = null;
+    querySeq++; // an answer still on its way is for nobody now
+    clearReport();
     showSignin("");
   });
   $("signin").addEventListener("submit", (e) => {
@@ -474,6 +504,12 @@
     const shop = $("in-shop").value.trim();
     const token = $("in-token").value;
     if (!shop || !token) return;
+    // A header carries the token: only printable ASCII can go (a token in
+    // Chinese failed as "连不上服务器"; found by review).
+    if (!/^[\x21-\x7e]+$/.test(token)) {
+      showSignin("主管令牌只能包含英文字母、数字和符号，请检查后重新输入");
+      return;
+    }
     $("in-token").value = "";
     signIn({ shop, token });
   });

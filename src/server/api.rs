@@ -34,6 +34,11 @@ pub(crate) async fn report<B>(req: Request<B>, app: App) -> Response<Body> {
             let mut r = json_response(StatusCode::OK, json);
             r.headers_mut()
                 .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            // The shop's UTC offset, so the page picks dates in the shop's
+            // days, not the supervisor's computer's (found by review).
+            if let Ok(v) = HeaderValue::from_str(&utc_offset(app.config().reports.offset)) {
+                r.headers_mut().insert(UTC_OFFSET_HEADER, v);
+            }
             r
         }
         Err(Refused::Failure((status, message))) => {
@@ -46,6 +51,15 @@ pub(crate) async fn report<B>(req: Request<B>, app: App) -> Response<Body> {
             r
         }
     }
+}
+
+/// The header naming the offset reports use: `+08:00`.
+pub const UTC_OFFSET_HEADER: &str = "x-kefu-utc-offset";
+
+fn utc_offset(o: time::UtcOffset) -> String {
+    let m = o.whole_minutes();
+    let sign = if m < 0 { '-' } else { '+' };
+    format!("{sign}{:02}:{:02}", m.abs() / 60, m.abs() % 60)
 }
 
 /// The answer while the shop's budget of failed sign-ins is spent.
@@ -245,6 +259,19 @@ mod tests {
         ];
         for (value, want) in cases {
             assert_eq!(super::bearer(value), want, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn utc_offsets_are_written_as_the_page_reads_them() {
+        for (h, m, want) in [
+            (8, 0, "+08:00"),
+            (0, 0, "+00:00"),
+            (-5, -30, "-05:30"),
+            (14, 0, "+14:00"),
+        ] {
+            let o = time::UtcOffset::from_hms(h, m, 0).unwrap();
+            assert_eq!(super::utc_offset(o), want);
         }
     }
 }

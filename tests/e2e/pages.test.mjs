@@ -356,6 +356,34 @@ test("the reports page shows the rounds", { skip: roundsCounted ? false : `shop 
   await page.close();
 });
 
+test("reports: 自定义 picks the shop's days, a token the page cannot send is refused, signing out leaves no figures", async () => {
+  // A supervisor's computer far west of the shop (UTC-12): the default
+  // custom dates are still the shop's last seven days (UTC+8 here).
+  const west = await browser.newContext({ viewport: { width: 1280, height: 800 }, locale: "zh-CN", timezoneId: "Etc/GMT+12" });
+  const page = await west.newPage();
+  watch(page, "reports west");
+  await page.goto(`${server.url}/reports`);
+  await page.fill("#in-shop", SHOP);
+  await page.fill("#in-token", "主管令牌");
+  await page.click("#signin button[type=submit]");
+  await page.locator("#signin-error", { hasText: "只能包含英文字母" }).waitFor();
+  assert.equal(await page.isVisible("#signin"), true, "still on the form");
+  await page.fill("#in-token", BOSS_TOKEN);
+  await page.click("#signin button[type=submit]");
+  await page.locator("#cards .card").first().waitFor();
+  await page.locator("#period button[data-last='']").click();
+  const shopDay = (ms) => new Date(ms + 8 * 3600000).toISOString().slice(0, 10);
+  const now = Date.now();
+  assert.equal(await page.inputValue("#to"), shopDay(now), "today in the shop");
+  assert.equal(await page.inputValue("#from"), shopDay(now - 6 * 86400000));
+  // Signing out leaves nothing of this shop's figures in the page.
+  await page.click("#signout");
+  await page.locator("#signin").waitFor();
+  assert.equal(await page.locator("#cards .card").count(), 0);
+  assert.equal(await page.locator("#table tr").count(), 0);
+  await west.close();
+});
+
 test("a waiting buyer goes above the answered ones, the longest-waiting on top", async () => {
   const b2 = await context.newPage();
   watch(b2, "buyer2");
