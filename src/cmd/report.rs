@@ -211,25 +211,28 @@ fn read_bytes(path: &Path) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Parses an event file with `parse`, reporting every bad line on stderr
-/// with its number, and the count at the end.
+/// with its number; when `skipping` them, the count at the end. Returns
+/// what was parsed and how many lines were bad.
 fn parse_reporting<T>(
     path: &Path,
+    skipping: bool,
     parse: impl FnOnce(&mut dyn FnMut(events::BadLine)) -> T,
     count: impl Fn(&T) -> usize,
-) -> T {
+) -> (T, usize) {
     let name = path.display().to_string();
+    let what = if skipping { "skipped" } else { "bad line" };
     let mut bad = 0usize;
     let parsed = parse(&mut |b| {
         bad += 1;
-        eprintln!("{name}:{}: skipped: {}", b.line, b.error);
+        eprintln!("{name}:{}: {what}: {}", b.line, b.error);
     });
-    if bad > 0 {
+    if bad > 0 && skipping {
         eprintln!(
             "{name}: {bad} bad line(s) skipped, {} event(s) read",
             count(&parsed)
         );
     }
-    parsed
+    (parsed, bad)
 }
 
 pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
@@ -263,25 +266,19 @@ fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
 
 fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let bytes = read_bytes(&args.file)?;
-    let name = args.file.display().to_string();
-    let mut bad = 0usize;
-    let events = events::parse_jsonl_bytes(&bytes, Fields::All, |b| {
-        bad += 1;
-        let what = if args.skip_bad { "skipped" } else { "bad line" };
-        eprintln!("{name}:{}: {what}: {}", b.line, b.error);
-    });
+    let (events, bad) = parse_reporting(
+        &args.file,
+        args.skip_bad,
+        |bad| events::parse_jsonl_bytes(&bytes, Fields::All, bad),
+        Vec::len,
+    );
     if bad > 0 && !args.skip_bad {
         // All or nothing: a half-imported file cannot be fixed and imported
         // again without doubling what went in the first time.
         anyhow::bail!(
-            "{name}: {bad} bad line(s), nothing imported: fix them and import the file again, \
+            "{}: {bad} bad line(s), nothing imported: fix them and import the file again, \
              or pass --skip-bad to import its {} good event(s) only",
-            events.len()
-        );
-    }
-    if bad > 0 {
-        eprintln!(
-            "{name}: {bad} bad line(s) skipped, {} event(s) read",
+            args.file.display(),
             events.len()
         );
     }
@@ -313,7 +310,13 @@ pub fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
     let records = match &args.events {
         Some(file) => {
             bytes = read_bytes(file)?;
-            parse_reporting(file, |bad| Records::from_jsonl(&bytes, bad), Records::len)
+            parse_reporting(
+                file,
+                true,
+                |bad| Records::from_jsonl(&bytes, bad),
+                Records::len,
+            )
+            .0
         }
         None => {
             // A live log: rounds younger than the cap are not decided yet.

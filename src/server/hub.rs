@@ -497,6 +497,13 @@ struct Shop {
     busy: BusyLog,
 }
 
+impl Agent {
+    /// Away within the grace: their conversations are still theirs.
+    fn returning(&self) -> bool {
+        self.online.is_none() && self.moves_at.is_some()
+    }
+}
+
 struct Agent {
     token: String,
     name: Option<Arc<str>>,
@@ -593,7 +600,6 @@ impl Conv {
             .iter()
             .filter(|l| l.author != Author::System)
             .map(|l| Line {
-                from: l.author,
                 agent: None,
                 agent_name: l
                     .agent
@@ -601,9 +607,7 @@ impl Conv {
                     .and_then(|a| agents.get(a))
                     .and_then(|a| a.name.as_deref()),
                 to: None,
-                text: &l.text,
-                at: l.at,
-                note: l.note,
+                ..line_of(l)
             })
             .collect()
     }
@@ -717,18 +721,20 @@ fn cut_line(line: &HLine, max: usize) -> HLine {
 }
 
 fn lines_of<'a>(history: impl IntoIterator<Item = &'a HLine>) -> Vec<Line<'a>> {
-    history
-        .into_iter()
-        .map(|l| Line {
-            from: l.author,
-            agent: l.agent.as_deref(),
-            agent_name: None,
-            to: l.to.as_deref(),
-            text: &l.text,
-            at: l.at,
-            note: l.note,
-        })
-        .collect()
+    history.into_iter().map(line_of).collect()
+}
+
+/// A history line as agents see it.
+fn line_of(l: &HLine) -> Line<'_> {
+    Line {
+        from: l.author,
+        agent: l.agent.as_deref(),
+        agent_name: None,
+        to: l.to.as_deref(),
+        text: &l.text,
+        at: l.at,
+        note: l.note,
+    }
 }
 
 /// A conversation as [`Render`] takes it under the lock.
@@ -1412,15 +1418,12 @@ impl Hub {
             shops,
             ..
         } = self;
-        let conv = convs
-            .get_mut(conversation)
-            .filter(|c| c.shop == s.shop && c.agent.as_deref() == Some(&*s.agent))
-            .ok_or_else(|| {
-                Refusal::new(
-                    ErrorCode::UnknownConversation,
-                    "no open conversation with this id is assigned to you",
-                )
-            })?;
+        let conv = held(
+            convs,
+            s,
+            conversation,
+            "no open conversation with this id is assigned to you",
+        )?;
         let tb = ctx.tb;
         let at = tb.ms(now);
         let ended = clock.agent_reply(&conv.id);
@@ -1495,16 +1498,13 @@ impl Hub {
             clock,
             ..
         } = self;
-        let conv = convs
-            .get_mut(conversation)
-            .filter(|c| c.shop == s.shop && c.agent.as_deref() == Some(&*s.agent))
-            .ok_or_else(|| {
-                Refusal::new(
-                    ErrorCode::UnknownConversation,
-                    "no open conversation with this id is assigned to you; only your own \
-                     conversations can be transferred",
-                )
-            })?;
+        let conv = held(
+            convs,
+            s,
+            conversation,
+            "no open conversation with this id is assigned to you; only your own \
+             conversations can be transferred",
+        )?;
         if to == &*s.agent {
             return Err(Refusal::new(
                 ErrorCode::SelfTransfer,
@@ -2133,14 +2133,34 @@ fn holder_returning(shop: &Shop, conv: &Conv) -> bool {
     conv.agent
         .as_ref()
         .and_then(|a| shop.agents.get(a))
-        .is_some_and(|a| a.online.is_none() && a.moves_at.is_some())
+        .is_some_and(Agent::returning)
+}
+
+/// Conversation `id` if agent `s` holds it; else `unknown_conversation`
+/// with `message` (the same answer for another's and for none at all).
+fn held<'a>(
+    convs: &'a mut HashMap<Arc<str>, Conv>,
+    s: &AgentSession,
+    id: &str,
+    message: &'static str,
+) -> Result<&'a mut Conv, Refusal> {
+    convs
+        .get_mut(id)
+        .filter(|c| c.shop == s.shop && c.agent.as_deref() == Some(&*s.agent))
+        .ok_or_else(|| Refusal::new(ErrorCode::UnknownConversation, message))
 }
 
 /// The online agent with the fewest open conversations (ties: smallest id).
 fn pick_agent(shop: &Shop) -> Option<Arc<str>> {
+    fewest(shop, |a| a.online.is_some())
+}
+
+/// Of the agents `which` accepts, the one with the fewest open
+/// conversations (ties: smallest id).
+fn fewest(shop: &Shop, which: impl Fn(&Agent) -> bool) -> Option<Arc<str>> {
     shop.agents
         .iter()
-        .filter(|(_, a)| a.online.is_some())
+        .filter(|(_, a)| which(a))
         .min_by_key(|(_, a)| a.convs.len())
         .map(|(id, _)| id.clone())
 }
@@ -2151,11 +2171,7 @@ fn pick_agent(shop: &Shop) -> Option<Arc<str>> {
 /// with one agent said so on every F5; found by review). If they are not
 /// back, the conversation moves with theirs when the grace ends.
 fn pick_returning(shop: &Shop) -> Option<Arc<str>> {
-    shop.agents
-        .iter()
-        .filter(|(_, a)| a.online.is_none() && a.moves_at.is_some())
-        .min_by_key(|(_, a)| a.convs.len())
-        .map(|(id, _)| id.clone())
+    fewest(shop, Agent::returning)
 }
 
 /// Tells the other online agents of `shop` that `agent_id` came online or
