@@ -430,6 +430,11 @@ pub enum ServerMsg<'a> {
         resume: &'a str,
         resumed: bool,
         history: Vec<Line<'a>>,
+        /// Messages of the buyer the conversation has taken so far (refused
+        /// ones not counted): the messages a page sent since its previous
+        /// welcome that arrived are the first `received` − that welcome's
+        /// `received` of them.
+        received: u64,
         /// The buyer's rating, once given: a page reloaded after rating
         /// must not offer the rating again.
         #[serde(skip_serializing_if = "Option::is_none")]

@@ -349,6 +349,43 @@ async fn buyer_reconnects_only_with_the_resume_secret() {
     t.stop().await;
 }
 
+/// A page that lost its link learns from `received` which of its messages
+/// arrived: the history cannot say once it is cut to its newest lines and
+/// the buyer repeats a text (found by review).
+#[tokio::test]
+async fn a_resumed_welcome_counts_the_buyers_messages_taken() {
+    let mut config = common::test_config();
+    config.limits.history_bytes = 400;
+    let t = spawn_app_with(config).await;
+    let (mut agent, _) = t.agent("a1").await;
+    let (mut buyer, bw, _) = t.buyer("b1").await;
+    assert_eq!(bw["received"], 0, "{bw}");
+    agent.recv_type("conversation_assigned").await;
+    buyer.send(json!({"type":"message","text":"在吗"})).await;
+    // Refused: not counted.
+    buyer.send(json!({"type":"message","text":"   "})).await;
+    assert_eq!(buyer.recv_type("error").await["code"], "empty_text");
+    buyer
+        .send(json!({"type":"message","text":"好".repeat(150)}))
+        .await;
+    buyer.send(json!({"type":"message","text":"在吗"})).await;
+    for _ in 0..3 {
+        agent.recv_type("buyer_message").await;
+    }
+    buyer.close().await;
+    let mut c = t.connect().await;
+    c.send(json!({"type":"hello","role":"buyer","shop":"s1","buyer":"b1","resume":bw["resume"]}))
+        .await;
+    let w = c.recv_type("welcome").await;
+    assert_eq!(w["resumed"], true);
+    assert_eq!(w["received"], 3, "{w}");
+    // The history alone would say one 在吗 arrived, not two.
+    let history = w["history"].as_array().unwrap();
+    let asked = history.iter().filter(|l| l["text"] == "在吗").count();
+    assert_eq!(asked, 1, "{w}");
+    t.stop().await;
+}
+
 #[tokio::test]
 async fn a_second_tab_with_the_secret_replaces_the_first() {
     let t = spawn_app().await;

@@ -120,6 +120,8 @@ async fn a_restart_keeps_the_conversation_its_history_round_and_resume_secret() 
     assert_eq!(back["conversation"], conv);
     assert_eq!(back["resume"], secret);
     assert_eq!(texts(&back["history"]), history);
+    // The buyer's two messages, counted from the log.
+    assert_eq!(back["received"], 2, "{back}");
     let presence = agent.recv_type("presence").await;
     assert_eq!(presence["online"], true);
 

@@ -28,6 +28,8 @@
   let lastSent = null;
   /** What this page sent since the last welcome: see recoverUnsent. */
   let sentSinceWelcome = [];
+  /** The welcome's count of this buyer's messages the server had taken. */
+  let receivedAtWelcome = null;
   /** The next render scrolls to the bottom (the buyer's own message). */
   let followNext = false;
   /** The server's limit on a message, in characters (limits.max_text_chars). */
@@ -99,8 +101,9 @@
         if (Array.isArray(m.history)) {
           messages = m.history.map((x) => ({ from: x.from, text: x.text, at: x.at, agentName: x.agent_name, note: x.note }));
         }
-        if (m.resumed) recoverUnsent();
+        if (m.resumed) recoverUnsent(m.received);
         sentSinceWelcome = [];
+        receivedAtWelcome = typeof m.received === "number" ? m.received : null;
         // A resumed conversation the buyer already rated says so: show the
         // rating given instead of offering it again. A new one starts unrated.
         rated = m.resumed && m.rated ? m.rated : null;
@@ -131,6 +134,8 @@
           // The message did not go out: mark it and give the text back.
           if (lastSent) {
             lastSent.failed = true;
+            // Refused, so not a message to look for after a resume either.
+            sentSinceWelcome = sentSinceWelcome.filter((x) => x.line !== lastSent);
             if (!$("text").value) $("text").value = lastSent.text;
             lastSent = null;
           }
@@ -146,16 +151,26 @@
   /**
    * Messages sent since the last welcome may not have reached the server (it
    * hung, the link dropped): nothing acknowledges a buyer's message. After a
-   * resume the history says: a message counts as delivered only if the
-   * history holds more buyer lines with its text than the chat had before it
-   * was sent (a repeated 在吗 is not taken for this one). One that is
-   * missing is shown as not sent and its text goes back into the box (found
-   * by review: it vanished when the history replaced the list).
+   * resume the welcome says how many of the buyer's messages the server has
+   * taken in all (`received`); they arrive in order, so the first
+   * `received` − the previous welcome's count of those sent since arrived
+   * and the rest did not. One that is missing is shown as not sent and its
+   * text goes back into the box (found by review: it vanished when the
+   * history replaced the list). Counting texts in the history instead called
+   * a repeated text that arrived not sent once the server had cut the
+   * history to its newest lines (found by review); that is only the
+   * fallback, for a count that went back (a restart that did not read the
+   * conversation's beginning).
    */
-  function recoverUnsent() {
-    const inHistory = new Map();
-    for (const x of messages) if (x.from === "buyer") inHistory.set(x.text, (inHistory.get(x.text) || 0) + 1);
-    const lost = sentSinceWelcome.filter((x) => (inHistory.get(x.text) || 0) < x.before + 1);
+  function recoverUnsent(received) {
+    let lost;
+    if (typeof received === "number" && receivedAtWelcome !== null && received >= receivedAtWelcome) {
+      lost = sentSinceWelcome.slice(received - receivedAtWelcome);
+    } else {
+      const inHistory = new Map();
+      for (const x of messages) if (x.from === "buyer") inHistory.set(x.text, (inHistory.get(x.text) || 0) + 1);
+      lost = sentSinceWelcome.filter((x) => (inHistory.get(x.text) || 0) < x.before + 1);
+    }
     if (!lost.length) return;
     for (const x of lost) messages.push({ from: "buyer", text: x.text, at: x.at, failed: true });
     if (!$("text").value) $("text").value = lost.map((x) => x.text).join(" ");
@@ -242,8 +257,8 @@
       return;
     }
     const before = messages.filter((x) => x.from === "buyer" && !x.failed && x.text === text).length;
-    sentSinceWelcome.push({ text, at: Date.now(), before });
     lastSent = { from: "buyer", text, at: Date.now() };
+    sentSinceWelcome.push({ text, at: lastSent.at, before, line: lastSent });
     messages.push(lastSent);
     followNext = true;
     input.value = "";

@@ -546,6 +546,12 @@ struct Conv {
     /// without either holds nothing for its buyer to resume but the
     /// greeting, and closes [`EMPTY_CLOSE_AFTER`] after they leave.
     chatted: bool,
+    /// Buyer messages this conversation took, all told: the buyer's
+    /// `welcome` carries it (`received`) so a page that lost its link can
+    /// tell exactly which of the messages it sent since its last welcome
+    /// arrived (they arrive in order), which a count of texts in a history
+    /// cut to its newest lines cannot (found by review).
+    received: u64,
 }
 
 /// How long a conversation nobody chatted in (the buyer sent no message,
@@ -1118,6 +1124,7 @@ impl Hub {
                     resume: &conv.secret,
                     resumed: true,
                     history: conv.buyer_lines(&shop.agents),
+                    received: conv.received,
                     rated: conv.rated,
                 },
             );
@@ -1182,6 +1189,7 @@ impl Hub {
             history_bytes: 0,
             rated: None,
             chatted: false,
+            received: 0,
         };
         fx.send(
             out,
@@ -1193,6 +1201,7 @@ impl Hub {
                 resume: &conv.secret,
                 resumed: false,
                 history: Vec::new(),
+                received: 0,
                 rated: None,
             },
         );
@@ -1365,6 +1374,7 @@ impl Hub {
             ctx.config.limits.history_bytes,
         );
         conv.chatted = true;
+        conv.received += 1;
         let started = clock.buyer_message(&conv.id, now);
         if started.new {
             if let Some(first) = clock.next_alarm() {
@@ -1813,6 +1823,10 @@ impl Hub {
                 history_bytes: 0,
                 rated: o.rated,
                 chatted: !empty,
+                // What the log shows; lower than the buyer's page knew when
+                // the start did not read the conversation's beginning (the
+                // page then falls back on the texts).
+                received: o.lines.iter().filter(|l| l.author == Author::Buyer).count() as u64,
             };
             for l in o.lines {
                 let line = HLine {
@@ -2597,6 +2611,7 @@ mod tests {
             history_bytes: 0,
             rated: None,
             chatted: false,
+            received: 0,
         };
         for (i, text) in lines.iter().enumerate() {
             let (author, text) = match (text.strip_prefix("bot:"), text.strip_prefix("sys:")) {

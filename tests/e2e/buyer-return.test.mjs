@@ -170,6 +170,48 @@ test("a message lost with a dropped connection comes back as not sent", async ()
   await p.close();
 });
 
+test("a repeated text that arrived is not called not sent when the history was cut", async () => {
+  const p = await context.newPage();
+  watch(p, "buyer long chat");
+  let link = null;
+  await p.routeWebSocket(/\/ws$/, (ws) => {
+    if (link) return void ws.connectToServer();
+    const server = ws.connectToServer();
+    link = { ws, server };
+    ws.onMessage((m) => server.send(m));
+    server.onMessage((m) => ws.send(m));
+  });
+  await p.goto(`${server.url}/buyer`);
+  await p.fill("#in-shop", SHOP);
+  await p.fill("#in-buyer", "tb_长聊01");
+  await p.click("#signin button[type=submit]");
+  await p.locator(".msg[data-from=bot]").first().waitFor();
+  await p.fill("#text", "在吗");
+  await p.press("#text", "Enter");
+  // Three messages of 6,000 bytes each: over the 16 KiB the server keeps,
+  // so the first 在吗 leaves the history.
+  for (const ch of ["一", "二", "三"]) {
+    await p.fill("#text", ch.repeat(2000));
+    await p.press("#text", "Enter");
+  }
+  await p.fill("#text", "在吗");
+  await p.press("#text", "Enter");
+  await agent.locator("#convs .conv", { hasText: "tb_长聊01" }).click();
+  await agent.locator("#messages .msg.buyer .bubble", { hasText: "三三三" }).waitFor();
+  await agent.locator("#messages .msg.buyer .bubble", { hasText: /^在吗$/ }).last().waitFor();
+  await p.waitForTimeout(300);
+  await link.server.close();
+  await link.ws.close({ code: 4000, reason: "test drop" });
+  await p.locator("#conv-id", { hasText: "已恢复" }).waitFor();
+  // The history is cut: the first 在吗 is gone, the second is in it.
+  await p.locator(".msg[data-from=buyer] .bubble", { hasText: "三三三" }).waitFor();
+  await p.waitForTimeout(300);
+  assert.equal(await p.locator(".msg[data-from=buyer] .bubble", { hasText: /^在吗$/ }).count(), 1);
+  assert.equal(await p.locator(".msg .meta", { hasText: "未发出" }).count(), 0, "nothing called not sent");
+  assert.equal(await p.inputValue("#text"), "", "nothing put back in the box");
+  await p.close();
+});
+
 test("the length limit counts characters; a buyer scrolled up keeps their place", async () => {
   const p = await buyerTab("buyer long");
   await p.fill("#in-shop", SHOP);
