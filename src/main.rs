@@ -136,12 +136,20 @@ mod tests {
     #[test]
     fn negative_time_zones_are_values() {
         let west = time::UtcOffset::from_hms(-5, 0, 0).unwrap();
-        let cases: [&[&str]; 6] = [
+        let cases: [&[&str]; 7] = [
             &["report", "--tz", "-05:00", "--events", "e.jsonl"],
             &["report", "--events", "e.jsonl", "--tz", "-05:00"],
             &["report", "--tz=-05:00", "--events", "e.jsonl"],
             &["events", "export", "--tz", "-05:00"],
             &["events", "export", "--tz", "-5", "--shop", "s1"],
+            &[
+                "events",
+                "prune",
+                "--before",
+                "2026-01-01",
+                "--tz",
+                "-05:00",
+            ],
             &["serve", "--tz", "-05:00", "--agent-token", "s1:a1:t"],
         ];
         for args in cases {
@@ -152,7 +160,10 @@ mod tests {
                     super::cmd::report::EventsCommand::Export(x) => {
                         assert_eq!(x.window.tz, west, "{args:?}")
                     }
-                    _ => panic!("{args:?}: not export"),
+                    super::cmd::report::EventsCommand::Prune(x) => {
+                        assert_eq!(x.tz, west, "{args:?}")
+                    }
+                    _ => panic!("{args:?}: not export or prune"),
                 },
                 Command::Serve(a) => assert_eq!(a.timezone.as_deref(), Some("-05:00")),
                 _ => panic!("{args:?}: wrong command"),

@@ -943,6 +943,9 @@ impl Reader {
     /// Reads the report's rows on every core, each thread a range of row
     /// ids on its own connection: rows are only ever appended, so the
     /// ranges up to the largest id seen at the start are one consistent set.
+    /// ([`prune`] deletes, but only whole conversations with nothing from
+    /// its cutoff on: a report over a window from the cutoff on reads none
+    /// of them, and an earlier window changes with the prune anyway.)
     fn read_for_report<T: Send>(
         &self,
         q: &Query,
@@ -1054,6 +1057,167 @@ pub fn import(dir: &Path, events: &[Event]) -> Result<usize, StoreError> {
     insert_all(&conn, events).map_err(|e| sql_fail("cannot import into", &path, e))
 }
 
+/// How old the newest event of a conversation must be at least before
+/// [`prune`] may delete it: a conversation of the last day may still be
+/// open (the service restores the last 30 minutes at start), and a shop
+/// prunes old months, not today.
+pub const PRUNE_MIN_AGE: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// What [`prune`] deleted, or would delete with `dry_run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PruneOutcome {
+    /// Events deleted (or that would be).
+    pub events: u64,
+    /// Conversations (shop and conversation id) those events belonged to.
+    pub conversations: u64,
+    /// Events left in the log afterwards.
+    pub remaining: u64,
+}
+
+/// The events [`prune`] deletes: `?1` the cutoff, `?2` the shop (NULL for
+/// every shop). Both parts are found through the time index: the old
+/// events by `ts_ms < ?1`, the conversations to keep by `ts_ms >= ?1`.
+fn prune_filter(shop: bool) -> &'static str {
+    if shop {
+        "ts_ms < ?1 AND shop = ?2 AND (shop, conversation) NOT IN (
+         SELECT shop, conversation FROM events WHERE ts_ms >= ?1 AND shop = ?2)"
+    } else {
+        "ts_ms < ?1 AND ?2 IS NULL AND (shop, conversation) NOT IN (
+         SELECT shop, conversation FROM events WHERE ts_ms >= ?1)"
+    }
+}
+
+/// Deletes every event of each conversation whose newest event is before
+/// `before_ms` (Unix ms), of shop `shop` only when given, in one
+/// transaction; then folds the WAL back into the database. With `dry_run`,
+/// counts the same and changes nothing.
+///
+/// Why whole conversations by their newest event: a report over a window
+/// reads every event of every conversation with an event in it (rounds
+/// crossing the window's edges are judged on the whole conversation). A
+/// conversation with any event at or after the cutoff is kept whole, so a
+/// report over any window from the cutoff on gives exactly what it gave
+/// before; a conversation deleted had nothing from the cutoff on, so no
+/// such report read it. Reports over earlier windows need an export taken
+/// before (`kefu events export --to`).
+///
+/// Refused: a cutoff less than [`PRUNE_MIN_AGE`] ago (it could take open
+/// conversations), a directory without a log, and (unless `dry_run`, which
+/// only reads) a directory a running service holds: its writer shares the
+/// file and it keeps open conversations in memory. Deleted pages are reused
+/// by new events; [`vacuum`] gives them back to the disk.
+pub fn prune(
+    dir: &Path,
+    before_ms: i64,
+    shop: Option<&str>,
+    dry_run: bool,
+) -> Result<PruneOutcome, StoreError> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let latest = now_ms - PRUNE_MIN_AGE.as_millis() as i64;
+    if before_ms > latest {
+        return Err(StoreError(format!(
+            "will not prune up to {}: that is later than a day ago ({}), and conversations \
+             of the last day may still be open; give a cutoff at least a day back (prune old \
+             months)",
+            crate::events::format_ts(before_ms, time::UtcOffset::UTC),
+            crate::events::format_ts(latest, time::UtcOffset::UTC)
+        )));
+    }
+    let reader = Reader::open(dir)?;
+    let _lock = if dry_run {
+        None
+    } else {
+        Some(lock_dir(dir, |who| {
+            format!(
+                "cannot prune {}: a kefu serve is using it{who}; stop it, prune, then start it \
+                 again (at start it restores the conversations open in the last 30 minutes, so \
+                 nothing is lost)",
+                dir.display()
+            )
+        })?)
+    };
+    let path = reader.path;
+    let mut conn = connect(&path, false)?;
+    migrate(&mut conn, &path)?;
+    let fail = |e| sql_fail("cannot prune", &path, e);
+    // Immediate: the write lock from the start, so the counts below are of
+    // the rows the delete removes.
+    let behavior = if dry_run {
+        rusqlite::TransactionBehavior::Deferred
+    } else {
+        rusqlite::TransactionBehavior::Immediate
+    };
+    let tx = conn.transaction_with_behavior(behavior).map_err(fail)?;
+    let filter = prune_filter(shop.is_some());
+    let total: i64 = tx
+        .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+        .map_err(fail)?;
+    let (events, conversations): (i64, i64) = tx
+        .query_row(
+            &format!(
+                "SELECT coalesce(sum(n), 0), count(*) FROM (
+                 SELECT count(*) AS n FROM events WHERE {filter} GROUP BY shop, conversation)"
+            ),
+            params![before_ms, shop],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(fail)?;
+    let events = if dry_run {
+        drop(tx);
+        events
+    } else {
+        let deleted = tx
+            .execute(
+                &format!("DELETE FROM events WHERE {filter}"),
+                params![before_ms, shop],
+            )
+            .map_err(fail)?;
+        tx.commit().map_err(fail)?;
+        checkpoint(&conn, &path)
+            .map_err(|e| StoreError(format!("{deleted} event(s) deleted, but {}", e.0)))?;
+        deleted as i64
+    };
+    Ok(PruneOutcome {
+        events: events as u64,
+        conversations: conversations as u64,
+        remaining: (total - events) as u64,
+    })
+}
+
+/// Folds the WAL back into the database file and empties it.
+fn checkpoint(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .map_err(|e| sql_fail("cannot checkpoint", path, e))
+}
+
+/// Rewrites the log of `dir` (SQLite's `VACUUM`) so the pages [`prune`]
+/// freed go back to the disk; returns the file's size before and after,
+/// in bytes. Needs free disk about the size of the log and takes time (it
+/// copies every remaining event). Refuses a directory a running service
+/// holds, as [`prune`] does.
+pub fn vacuum(dir: &Path) -> Result<(u64, u64), StoreError> {
+    let reader = Reader::open(dir)?;
+    let _lock = lock_dir(dir, |who| {
+        format!(
+            "cannot vacuum {}: a kefu serve is using it{who}; stop it, vacuum, then start it \
+             again",
+            dir.display()
+        )
+    })?;
+    let path = reader.path;
+    let size = || std::fs::metadata(&path).map_or(0, |m| m.len());
+    let mut conn = connect(&path, false)?;
+    migrate(&mut conn, &path)?;
+    checkpoint(&conn, &path)?;
+    let before = size();
+    conn.execute_batch("VACUUM")
+        .map_err(|e| sql_fail("cannot vacuum", &path, e))?;
+    checkpoint(&conn, &path)?;
+    Ok((before, size()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1148,6 +1312,34 @@ mod tests {
             .collect();
         assert_eq!(read.len(), written.len());
         assert_eq!(read, written);
+    }
+
+    /// Both halves of the prune, the old events and the conversations to
+    /// keep, are found through the time index, with or without a shop.
+    #[test]
+    fn prune_uses_the_time_index() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn, Path::new(":memory:")).unwrap();
+        for shop in [false, true] {
+            let filter = prune_filter(shop);
+            for sql in [
+                format!("DELETE FROM events WHERE {filter}"),
+                format!("SELECT count(*) FROM events WHERE {filter} GROUP BY shop, conversation"),
+            ] {
+                let p = plan(&conn, &sql);
+                assert_eq!(
+                    p.matches("events_ts (ts_ms<?)").count(),
+                    1,
+                    "shop {shop}: {p}"
+                );
+                assert_eq!(
+                    p.matches("events_ts (ts_ms>?)").count(),
+                    1,
+                    "shop {shop}: {p}"
+                );
+                assert!(!p.contains("SCAN events"), "shop {shop}: {p}");
+            }
+        }
     }
 
     /// No index but the time index: each one costs every insert.

@@ -373,3 +373,150 @@ fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<St
     });
     rx
 }
+
+/// A log for `kefu events prune`, as JSON lines (shop time UTC+8): two
+/// conversations wholly before 2025-10-11 (one per shop), one crossing
+/// its midnight, one after it; 10 events.
+const PRUNE_LOG: &str = r#"{"ts":"2025-10-01T10:00:00+08:00","shop":"s1","conversation":"c-old","buyer":"b1","kind":"buyer","text":"在吗"}
+{"ts":"2025-10-01T10:00:20+08:00","shop":"s1","conversation":"c-old","buyer":"b1","kind":"agent","agent":"a1","text":"在的亲"}
+{"ts":"2025-10-02T10:00:00+08:00","shop":"s2","conversation":"c-old","buyer":"b2","kind":"buyer","text":"在吗"}
+{"ts":"2025-10-02T10:00:20+08:00","shop":"s2","conversation":"c-old","buyer":"b2","kind":"agent","agent":"a2","text":"在的亲"}
+{"ts":"2025-10-10T23:59:40+08:00","shop":"s1","conversation":"c-cross","buyer":"b3","kind":"buyer","text":"什么时候发货"}
+{"ts":"2025-10-10T23:59:50+08:00","shop":"s1","conversation":"c-cross","buyer":"b3","kind":"agent","agent":"a1","text":"今天发出"}
+{"ts":"2025-10-11T00:00:10+08:00","shop":"s1","conversation":"c-cross","buyer":"b3","kind":"rating","score":"satisfied"}
+{"ts":"2025-10-12T10:00:00+08:00","shop":"s2","conversation":"c-new","buyer":"b4","kind":"buyer","text":"在吗"}
+{"ts":"2025-10-12T10:00:20+08:00","shop":"s2","conversation":"c-new","buyer":"b4","kind":"agent","agent":"a2","text":"在的亲"}
+{"ts":"2025-10-12T10:01:00+08:00","shop":"s2","conversation":"c-new","buyer":"b4","kind":"rating","score":"satisfied"}
+"#;
+
+/// A data directory holding [`PRUNE_LOG`], filled by `kefu events import`.
+fn prune_data() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("log.jsonl");
+    std::fs::write(&file, PRUNE_LOG).unwrap();
+    let data = dir.path().join("data").to_str().unwrap().to_string();
+    let (_, err, code) = kefu(
+        &["events", "import", file.to_str().unwrap(), "--data", &data],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("10 event(s) imported"), "{err}");
+    (dir, data)
+}
+
+/// Events left in the log of `data`, as `kefu events export` counts them.
+fn events_in(data: &str) -> usize {
+    let (out, err, code) = kefu(&["events", "export", "--data", data], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    out.lines().count()
+}
+
+/// `kefu events prune --before 2025-10-11` on an imported log: what it
+/// says on stderr, its exit code, and what is left. The cutoff is the
+/// start of the day in the shop's time zone (`--tz`): at UTC it falls
+/// after the crossing conversation's last event.
+#[test]
+fn events_prune_deletes_old_conversations_and_says_how_many() {
+    let cases: [(&[&str], &[&str], usize); 5] = [
+        (
+            &["--dry-run"],
+            &["dry run: 4 event(s) of 2 conversation(s) with no event since \
+               2025-10-11T00:00:00.000+08:00 would be deleted, 6 event(s) would remain; \
+               nothing changed"],
+            10,
+        ),
+        (
+            &[],
+            &["4 event(s) of 2 conversation(s) with no event since 2025-10-11T00:00:00.000+08:00 \
+               deleted from", ", 6 event(s) remain"],
+            6,
+        ),
+        (
+            &["--shop", "s2"],
+            &["2 event(s) of 1 conversation(s) of shop `s2` with no event since", "8 event(s) remain"],
+            8,
+        ),
+        (
+            &["--tz", "+00:00"],
+            &["7 event(s) of 3 conversation(s) with no event since 2025-10-11T00:00:00.000+00:00", "3 event(s) remain"],
+            3,
+        ),
+        (
+            &["--vacuum"],
+            &["4 event(s) of 2 conversation(s)", "vacuumed: the log went from"],
+            6,
+        ),
+    ];
+    for (flags, says, left) in cases {
+        let (_dir, data) = prune_data();
+        let mut args = vec!["events", "prune", "--before", "2025-10-11", "--data", &data];
+        args.extend_from_slice(flags);
+        let (out, err, code) = kefu(&args, &[]);
+        assert_eq!(code, Some(0), "{flags:?}: {err}");
+        assert_eq!(out, "", "{flags:?}");
+        for s in says {
+            assert!(err.contains(s), "{flags:?}: {err}");
+        }
+        assert_eq!(events_in(&data), left, "{flags:?}");
+    }
+}
+
+/// What `kefu events prune` refuses, with exit code 2, the log untouched:
+/// a cutoff less than a day back (today, the future), a date that does not
+/// exist, a dry run asked to vacuum, a directory without a log, and one a
+/// running service holds.
+#[test]
+fn events_prune_refuses_recent_cutoffs_missing_logs_and_a_running_service() {
+    let (dir, data) = prune_data();
+    let today = time::OffsetDateTime::now_utc()
+        .to_offset(time::macros::offset!(+8))
+        .date()
+        .to_string();
+    let nowhere = dir.path().join("nowhere").to_str().unwrap().to_string();
+    let cases: [(&str, &str, &[&str], &str); 5] = [
+        (&today, &data, &[], "is later than a day ago"),
+        ("2999-01-01", &data, &[], "give a date at least a day back"),
+        (
+            "2025-10-32",
+            &data,
+            &[],
+            "the date 2025-10-32 does not exist",
+        ),
+        (
+            "2025-10-11",
+            &data,
+            &["--dry-run", "--vacuum"],
+            "cannot be used with",
+        ),
+        ("2025-10-11", &nowhere, &[], "no event log at"),
+    ];
+    for (before, data, flags, says) in cases {
+        let mut args = vec!["events", "prune", "--before", before, "--data", data];
+        args.extend_from_slice(flags);
+        let (_, err, code) = kefu(&args, &[]);
+        assert_eq!(code, Some(2), "{before} {flags:?}: {err}");
+        assert!(err.contains(says), "{before} {flags:?}: {err}");
+    }
+    assert!(
+        !Path::new(&nowhere).exists(),
+        "a missing directory was created"
+    );
+
+    let store = kefu::store::Store::open(Path::new(&data)).unwrap();
+    let args = ["events", "prune", "--before", "2025-10-11", "--data", &data];
+    let (_, err, code) = kefu(&args, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "a kefu serve is using it (process {}); stop it, prune, then start it again",
+            std::process::id()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("restores the conversations open in the last 30 minutes"),
+        "{err}"
+    );
+    store.close().unwrap();
+    assert_eq!(events_in(&data), 10);
+}

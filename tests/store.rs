@@ -610,3 +610,209 @@ fn import_is_all_or_nothing_and_not_beside_a_running_service() {
     assert!(err.contains("1 event(s) imported"), "{err}");
     assert_eq!(count(&data), 3);
 }
+
+const DAY_MS: i64 = 86_400_000;
+
+/// A conversation of `shop` starting at `at`: assignment, a round answered
+/// in 20 s, one answered in 40 s (a breach), a rating 200 s after `at`
+/// (its newest event).
+fn chat(shop: &str, conversation: &str, at: i64) -> Vec<Event> {
+    let buyer = format!("b-{conversation}");
+    let ev = |ms: i64, kind: Kind| Event::new(at + ms, shop, conversation, &buyer, kind);
+    let mut assign = ev(0, Kind::Assign);
+    assign.agent = Some("a1".into());
+    let mut out = vec![assign];
+    for (ask, reply) in [(1_000, 21_000), (60_000, 100_000)] {
+        let mut b = ev(ask, Kind::Buyer);
+        b.text = Some("什么时候发货".into());
+        b.stage = Some("in_sale".into());
+        let mut a = ev(reply, Kind::Agent);
+        a.agent = Some("a1".into());
+        a.text = Some("亲，今天发出哦".into());
+        out.extend([b, a]);
+    }
+    let mut r = ev(200_000, Kind::Rating);
+    r.score = Some(Rating::Satisfied);
+    out.push(r);
+    out
+}
+
+/// The log the prune tests start from, and the cutoff they mostly use:
+/// 2025-10-11 in UTC+8 (shop, conversation, start).
+fn prune_log() -> (Vec<Event>, i64) {
+    let day0 = report::parse_bound("2025-10-01", events::DEFAULT_OFFSET, false).unwrap();
+    let cutoff = day0 + 10 * DAY_MS;
+    let chats = [
+        ("s1", "c-old", day0 + 3_600_000),
+        // The same conversation id in two shops: two conversations.
+        ("s1", "c-same", day0 + 2 * DAY_MS),
+        ("s2", "c-same", day0 + 12 * DAY_MS),
+        ("s2", "c-old", day0 + DAY_MS),
+        // Its first round before the cutoff, the second after it.
+        ("s1", "c-cross", cutoff - 30_000),
+        ("s1", "c-new", day0 + 12 * DAY_MS),
+        // Newest event (the rating) at the cutoff exactly: kept.
+        ("s2", "c-edge", cutoff - 200_000),
+        // Newest event a millisecond before it: deleted.
+        ("s2", "c-just-before", cutoff - 200_001),
+    ];
+    let all = chats
+        .iter()
+        .flat_map(|&(shop, c, at)| chat(shop, c, at))
+        .collect();
+    (all, cutoff)
+}
+
+/// The JSON of reports over windows from `from` on, as a supervisor or
+/// `kefu report --format json` would get them.
+fn reports_from(reader: &Reader, from: i64, shop: Option<&str>) -> Vec<String> {
+    let mut out = Vec::new();
+    for to in [None, Some(from + 3 * DAY_MS)] {
+        for by in [
+            None,
+            Some(GroupBy::Agent),
+            Some(GroupBy::Day),
+            Some(GroupBy::Shop),
+        ] {
+            let o = ReportOptions {
+                from_ms: Some(from),
+                to_ms: to,
+                shop: shop.map(String::from),
+                by,
+                // The cutoff is at midnight: count the rounds around it.
+                service_window: report::ServiceWindow::ALL_DAY,
+                ..ReportOptions::default()
+            };
+            out.push(serde_json::to_string(&reader.report(&o).unwrap()).unwrap());
+        }
+    }
+    out
+}
+
+/// `store::prune` deletes exactly the conversations whose newest event is
+/// before the cutoff (of the shop given), each whole, and keeps every other
+/// conversation whole, including one crossing the cutoff and one whose
+/// newest event is at it; a dry run gives the same counts and changes
+/// nothing; reports over windows from the cutoff on give the same JSON
+/// after the prune as before it.
+#[test]
+fn prune_deletes_whole_conversations_older_than_the_cutoff() {
+    let (all, cutoff) = prune_log();
+    let start = all.iter().map(|e| e.ts_ms).min().unwrap();
+    let end = all.iter().map(|e| e.ts_ms).max().unwrap();
+    let old_everywhere: &[(&str, &str)] = &[
+        ("s1", "c-old"),
+        ("s1", "c-same"),
+        ("s2", "c-old"),
+        ("s2", "c-just-before"),
+    ];
+    type Case<'a> = (Option<&'a str>, i64, &'a [(&'a str, &'a str)]);
+    let cases: [Case; 6] = [
+        (None, cutoff, old_everywhere),
+        (Some("s1"), cutoff, &[("s1", "c-old"), ("s1", "c-same")]),
+        (
+            Some("s2"),
+            cutoff,
+            &[("s2", "c-old"), ("s2", "c-just-before")],
+        ),
+        (Some("s3"), cutoff, &[]),
+        (None, start, &[]),
+        (
+            None,
+            end + 1,
+            &[
+                ("s1", "c-old"),
+                ("s1", "c-same"),
+                ("s2", "c-same"),
+                ("s2", "c-old"),
+                ("s1", "c-cross"),
+                ("s1", "c-new"),
+                ("s2", "c-edge"),
+                ("s2", "c-just-before"),
+            ],
+        ),
+    ];
+    for (shop, before, gone) in cases {
+        let case = format!("shop {shop:?}, cutoff {before}");
+        let dir = tempfile::tempdir().unwrap();
+        store::import(dir.path(), &all).unwrap();
+        let reader = Reader::open(dir.path()).unwrap();
+        let logged = reader.events(&Query::default()).unwrap();
+        let reports = reports_from(&reader, before, shop);
+        let goes = |e: &Event| gone.contains(&(&*e.shop, &*e.conversation));
+        let kept: Vec<Event> = logged.iter().filter(|e| !goes(e)).cloned().collect();
+        let want = store::PruneOutcome {
+            events: (logged.len() - kept.len()) as u64,
+            conversations: gone.len() as u64,
+            remaining: kept.len() as u64,
+        };
+
+        let dry = store::prune(dir.path(), before, shop, true).unwrap();
+        assert_eq!(dry, want, "{case}: dry run");
+        assert_eq!(
+            reader.events(&Query::default()).unwrap(),
+            logged,
+            "{case}: the dry run changed the log"
+        );
+
+        let done = store::prune(dir.path(), before, shop, false).unwrap();
+        assert_eq!(done, want, "{case}");
+        assert_eq!(reader.events(&Query::default()).unwrap(), kept, "{case}");
+        assert_eq!(reports_from(&reader, before, shop), reports, "{case}");
+        // The WAL is folded back into the database.
+        let wal = dir.path().join(format!("{DB_FILE}-wal"));
+        assert_eq!(std::fs::metadata(&wal).map_or(0, |m| m.len()), 0, "{case}");
+    }
+    // The reports compared above are not empty: from the cutoff on they
+    // count c-cross's second round, c-same's and c-new's.
+    let dir = tempfile::tempdir().unwrap();
+    store::import(dir.path(), &all).unwrap();
+    let report = reports_from(&Reader::open(dir.path()).unwrap(), cutoff, None);
+    assert!(report[0].contains(r#""rounds":5,"#), "{}", report[0]);
+}
+
+/// A prune is refused beside a running service (naming it, saying how to
+/// go on) and changes nothing; a dry run, which only reads, is not. A
+/// cutoff later than a day ago is refused whatever the directory.
+#[test]
+fn prune_refuses_a_running_service_and_a_recent_cutoff() {
+    let (all, cutoff) = prune_log();
+    let dir = tempfile::tempdir().unwrap();
+    store::import(dir.path(), &all).unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let err = store::prune(dir.path(), cutoff, None, false)
+        .expect_err("pruned beside a running service")
+        .to_string();
+    assert!(err.contains("a kefu serve is using it"), "{err}");
+    assert!(
+        err.contains(&format!("process {}", std::process::id())),
+        "{err}"
+    );
+    assert!(err.contains("stop it, prune, then start it again"), "{err}");
+    let dry = store::prune(dir.path(), cutoff, None, true).unwrap();
+    assert_eq!((dry.events, dry.conversations), (24, 4));
+    assert_eq!(store.reader().count().unwrap(), all.len() as u64);
+    store.close().unwrap();
+    let done = store::prune(dir.path(), cutoff, None, false).unwrap();
+    assert_eq!(done, dry);
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let day_ago = now - store::PRUNE_MIN_AGE.as_millis() as i64;
+    for before in [now + DAY_MS, now, day_ago + 60_000] {
+        let err = store::prune(dir.path(), before, None, true)
+            .expect_err("a recent cutoff was taken")
+            .to_string();
+        assert!(err.contains("later than a day ago"), "{before}: {err}");
+    }
+    // A day ago and a minute is allowed.
+    let all_gone = store::prune(dir.path(), day_ago - 60_000, None, true).unwrap();
+    assert_eq!(all_gone.remaining, 0);
+
+    let err = store::prune(&dir.path().join("nowhere"), cutoff, None, false)
+        .expect_err("pruned a missing log")
+        .to_string();
+    assert!(err.contains("no event log at"), "{err}");
+}

@@ -88,6 +88,14 @@ pub enum EventsCommand {
     Export(ExportArgs),
     /// Append the events of a JSON-lines file to the log.
     Import(ImportArgs),
+    /// Delete the conversations whose newest event is before a date.
+    ///
+    /// Keeps the log, and the time live reports take, from growing forever.
+    /// A conversation with any event from that date on is kept whole, so
+    /// reports from the date on do not change. To keep what goes, export it
+    /// first (`kefu events export --to DATE > old.jsonl`) and report the old
+    /// months with `kefu report --events old.jsonl`.
+    Prune(PruneArgs),
 }
 
 #[derive(clap::Args)]
@@ -109,6 +117,33 @@ pub struct ImportArgs {
     pub skip_bad: bool,
     #[command(flatten)]
     pub data: DataDir,
+}
+
+#[derive(clap::Args)]
+pub struct PruneArgs {
+    /// Delete the conversations whose newest event is before the start of
+    /// this day (YYYY-MM-DD, shop time) or before an exact RFC 3339 time
+    /// with its offset; at least a day back.
+    #[arg(long, value_name = "DATE")]
+    pub before: String,
+    #[command(flatten)]
+    pub data: DataDir,
+    /// The shop's time zone as a UTC offset, e.g. +08:00 or -05:00.
+    #[arg(long, env = "KEFU_TZ", default_value = "+08:00", value_parser = parse_tz, allow_hyphen_values = true)]
+    pub tz: UtcOffset,
+    /// Only this shop's conversations.
+    #[arg(long)]
+    pub shop: Option<String>,
+    /// Count what would be deleted and change nothing (runs beside a
+    /// running kefu serve too).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Afterwards, rewrite the log (SQLite VACUUM) to give the freed space
+    /// back to the disk. Needs free disk about the size of the log and takes
+    /// time (it copies every remaining event). Without it, new events reuse
+    /// the freed space and the file does not shrink.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub vacuum: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -239,6 +274,7 @@ pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         EventsCommand::Export(a) => export(a),
         EventsCommand::Import(a) => import(a),
+        EventsCommand::Prune(a) => prune(a),
     }
 }
 
@@ -284,6 +320,49 @@ fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
     }
     let n = store::import(&args.data.dir, &events)?;
     eprintln!("{n} event(s) imported into {}", args.data.dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
+    let before = report::parse_bound(&args.before, args.tz, false)
+        .map_err(|e| anyhow::anyhow!("--before: {e}"))?;
+    let cutoff = events::format_ts(before, args.tz);
+    // `store::prune` refuses it too; here it is said in the shop's time.
+    let latest = now_ms() - store::PRUNE_MIN_AGE.as_millis() as i64;
+    anyhow::ensure!(
+        before <= latest,
+        "--before {}: the cutoff {cutoff} is later than a day ago ({}), and conversations of \
+         the last day may still be open; give a date at least a day back (prune old months, \
+         not today)",
+        args.before.trim(),
+        events::format_ts(latest, args.tz)
+    );
+    let dir = &args.data.dir;
+    let out = store::prune(dir, before, args.shop.as_deref(), args.dry_run)?;
+    let shop = match &args.shop {
+        Some(s) => format!(" of shop `{s}`"),
+        None => String::new(),
+    };
+    if args.dry_run {
+        eprintln!(
+            "dry run: {} event(s) of {} conversation(s){shop} with no event since {cutoff} \
+             would be deleted, {} event(s) would remain; nothing changed",
+            out.events, out.conversations, out.remaining
+        );
+    } else {
+        eprintln!(
+            "{} event(s) of {} conversation(s){shop} with no event since {cutoff} deleted \
+             from {}, {} event(s) remain",
+            out.events,
+            out.conversations,
+            dir.display(),
+            out.remaining
+        );
+    }
+    if args.vacuum {
+        let (from, to) = store::vacuum(dir)?;
+        eprintln!("vacuumed: the log went from {from} to {to} bytes");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
