@@ -449,6 +449,12 @@ impl App {
         self.shared.shutdown.subscribe()
     }
 
+    /// Events the log dropped since the start, and whether its commits
+    /// fail now (for `/healthz`).
+    pub fn event_log_health(&self) -> (u64, bool) {
+        (self.shared.store.dropped(), self.shared.store.failing())
+    }
+
     fn record(&self, event: Event) {
         if let Some(tap) = self.shared.tap.get() {
             let _ = tap.send(event.clone());

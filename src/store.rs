@@ -196,6 +196,9 @@ struct Shared {
     room: tokio::sync::Notify,
     waiting: AtomicBool,
     dropped: AtomicU64,
+    /// The last commit failed after its retries (a full disk, a read-only
+    /// file): set until a commit succeeds again.
+    failing: AtomicBool,
     /// Transactions committed.
     commits: AtomicU64,
     /// Milliseconds since `started` of the last drop warning.
@@ -296,6 +299,14 @@ impl StoreHandle {
         self.shared
             .as_ref()
             .map_or(0, |s| s.dropped.load(Ordering::Relaxed))
+    }
+
+    /// Whether the last commit failed after its retries (and none has
+    /// succeeded since): the log is losing what it is given.
+    pub fn failing(&self) -> bool {
+        self.shared
+            .as_ref()
+            .is_some_and(|s| s.failing.load(Ordering::Relaxed))
     }
 
     /// Transactions the writer has committed so far: with the events
@@ -496,6 +507,7 @@ impl Store {
             room: tokio::sync::Notify::new(),
             waiting: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
             commits: AtomicU64::new(0),
             last_warn_ms: AtomicI64::new(i64::MIN / 2),
             started: Instant::now(),
@@ -706,6 +718,7 @@ fn commit(inserts: &mut Inserts, batch: &mut Vec<Event>, shared: &Shared, path: 
         match inserts.write(batch) {
             Ok(_) => {
                 shared.commits.fetch_add(1, Ordering::Relaxed);
+                shared.failing.store(false, Ordering::Relaxed);
                 batch.clear();
                 return;
             }
@@ -718,6 +731,7 @@ fn commit(inserts: &mut Inserts, batch: &mut Vec<Event>, shared: &Shared, path: 
             }
         }
     }
+    shared.failing.store(true, Ordering::Relaxed);
     shared.note_dropped(batch.len() as u64, "a commit failed");
     batch.clear();
 }

@@ -20,6 +20,10 @@ async fn http_routes() {
         ("GET /healthz HTTP/1.1", "HTTP/1.1 200", Some("ok")),
         ("GET /nowhere HTTP/1.1", "HTTP/1.1 404", None),
         ("POST /ws HTTP/1.1", "HTTP/1.1 405", None),
+        // Load balancers' checks may use HEAD: the status, no body.
+        ("HEAD /healthz HTTP/1.1", "HTTP/1.1 200", Some("")),
+        ("POST /healthz HTTP/1.1", "HTTP/1.1 405", None),
+        ("POST /api/report HTTP/1.1", "HTTP/1.1 405", None),
         // A plain GET on /ws without the upgrade headers.
         ("GET /ws HTTP/1.1", "HTTP/1.1 426", None),
     ];
@@ -30,8 +34,10 @@ async fn http_routes() {
         let mut resp = String::new();
         s.read_to_string(&mut resp).await.unwrap();
         assert!(resp.starts_with(status), "{line}: {resp}");
-        if let Some(b) = body {
-            assert!(resp.ends_with(&format!("\r\n\r\n{b}\n")), "{line}: {resp}");
+        match body {
+            Some("") => assert!(resp.ends_with("\r\n\r\n"), "{line}: {resp}"),
+            Some(b) => assert!(resp.ends_with(&format!("\r\n\r\n{b}\n")), "{line}: {resp}"),
+            None => {}
         }
     }
     t.stop().await;

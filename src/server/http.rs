@@ -6,8 +6,8 @@
 //! | method | path       | answer                                 |
 //! |--------|------------|----------------------------------------|
 //! | GET    | `/ws`      | 101 and the chat protocol              |
-//! | GET    | `/healthz` | 200 `ok` (and the phrase libraries' state when stale, see [`health`]) |
-//! | other  | `/ws`, `/healthz` | 405                             |
+//! | GET, HEAD | `/healthz` | 200 `ok` or `degraded`, with lines on what needs the operator (see [`health`]) |
+//! | other  | `/ws`, `/healthz`, `/api/report` | 405                |
 //! | GET, HEAD | `/`, `/buyer`, `/reports`, `/static/*` | the embedded pages ([`crate::web`]) |
 //! | GET    | `/api/report` | a supervisor's report (JSON, see [`super::api`]) |
 //! | any    | anything else | 404                                 |
@@ -130,8 +130,9 @@ fn route(req: Request<Incoming>, app: &App, peer: &str, guard: &ConnGuard) -> Re
     }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/ws") => upgrade(req, app, peer, guard),
-        (&Method::GET, "/healthz") => health(app),
-        (_, "/ws" | "/healthz") => {
+        // HEAD too: some load balancers' checks use it (hyper sends no body).
+        (&Method::GET | &Method::HEAD, "/healthz") => health(app),
+        (_, "/ws" | "/healthz" | "/api/report") => {
             let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
             r.headers_mut()
                 .insert(ALLOW, HeaderValue::from_static("GET"));
@@ -145,33 +146,46 @@ fn route(req: Request<Incoming>, app: &App, peer: &str, guard: &ConnGuard) -> Re
     }
 }
 
-/// `/healthz`: `ok` while the service serves. When the phrase files on
-/// disk have problems and older libraries serve (a broken edit, a start
-/// from the last-good copy), still 200 (the service works) with lines for
-/// monitors after the `ok`:
+/// `/healthz`: `ok` while the service serves. Still 200 with lines for
+/// monitors after the first when something needs the operator but the
+/// chat goes on (a load balancer must not take the only instance out):
 ///
 /// ```text
-/// ok
+/// degraded
+/// event_log: failing
+/// events_dropped: 84
 /// phrases: stale
 /// phrase_problems: 2
 /// phrase_source: last_good
 /// ```
 ///
-/// The problems themselves are in the log, agents' `welcome` and
-/// `kefu check`, not on this unauthenticated page.
+/// The first line is `degraded` while the event log's commits fail (a
+/// full disk: reports and the restore after a restart lose what it drops;
+/// found by review, the page said `ok` throughout), `ok` otherwise.
+/// `events_dropped` counts every event lost since the start, so it stays
+/// after the disk is fixed. Stale phrase libraries keep `ok` (older
+/// libraries serve). The problems themselves are in the log, agents'
+/// `welcome` and `kefu check`, not on this unauthenticated page.
 fn health(app: &App) -> Response<Body> {
     let status = app.phrase_status();
-    if status.ok {
-        return text(StatusCode::OK, "ok\n");
+    let (dropped, failing) = app.event_log_health();
+    let mut body = String::from(if failing { "degraded\n" } else { "ok\n" });
+    if failing {
+        body.push_str("event_log: failing\n");
     }
-    let source = match status.source {
-        crate::protocol::PhraseSource::Directory => "directory",
-        crate::protocol::PhraseSource::LastGood => "last_good",
-    };
-    let body = format!(
-        "ok\nphrases: stale\nphrase_problems: {}\nphrase_source: {source}\n",
-        status.problems.len()
-    );
+    if dropped > 0 {
+        body.push_str(&format!("events_dropped: {dropped}\n"));
+    }
+    if !status.ok {
+        let source = match status.source {
+            crate::protocol::PhraseSource::Directory => "directory",
+            crate::protocol::PhraseSource::LastGood => "last_good",
+        };
+        body.push_str(&format!(
+            "phrases: stale\nphrase_problems: {}\nphrase_source: {source}\n",
+            status.problems.len()
+        ));
+    }
     let mut r = Response::new(Full::new(Bytes::from(body)));
     r.headers_mut().insert(
         CONTENT_TYPE,

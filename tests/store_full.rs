@@ -1,0 +1,215 @@
+//! Failure test: the event log's disk fills while `kefu serve` runs. The
+//! service keeps serving the chat, and `/healthz` says what monitors must
+//! see: `degraded` and `event_log: failing` while commits fail, the count
+//! of events lost (kept once the disk has room again), and `ok` again after
+//! the next commit that succeeds. Found by review: the page said `ok`
+//! throughout while the log dropped every event.
+//!
+//! A full disk is made for the service alone with `RLIMIT_FSIZE` (no file
+//! of the process may grow past the limit: writes fail with `EFBIG` as on
+//! a full file system) and given room again by raising the limit from
+//! outside with `prlimit`. Linux only; loopback, one buyer, bounded.
+
+#![cfg(target_os = "linux")]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+const CONFIG: &str = "
+reload:
+  poll_ms: 0
+limits:
+  rate_per_sec: 10000
+  rate_burst: 10000
+shops:
+  s1:
+    name: 测试旗舰店
+    agents:
+      a1:
+        token: t1
+";
+
+/// The largest file the service may write at first: room for the
+/// database, its WAL's first commits, the resume key and the last-good
+/// copy of the test libraries, not for 100 messages of 6 KB.
+const FSIZE: u64 = 256 * 1024;
+
+fn set_fsize(pid: Option<u32>, bytes: u64) -> std::io::Result<()> {
+    let lim = libc::rlimit64 {
+        rlim_cur: bytes,
+        rlim_max: libc::RLIM64_INFINITY,
+    };
+    let pid = pid.map_or(0, |p| p as libc::pid_t);
+    // SAFETY: prlimit64 only reads `lim`; a null old limit is allowed.
+    if unsafe { libc::prlimit64(pid, libc::RLIMIT_FSIZE, &lim, std::ptr::null_mut()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn serve(dir: &Path) -> (Child, String) {
+    std::fs::write(dir.join("kefu.yaml"), CONFIG).unwrap();
+    let phrases = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/phrases");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kefu"));
+    cmd.arg("serve")
+        .args(["--config", dir.join("kefu.yaml").to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--data", dir.join("data").to_str().unwrap()])
+        .args(["--phrases", phrases.to_str().unwrap()])
+        .args(["--log", "info"])
+        .env_remove("KEFU_DATA")
+        .env_remove("KEFU_AGENT_TOKENS")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null());
+    // SAFETY: between fork and exec only async-signal-safe calls: signal
+    // and prlimit64. A file over the limit then fails with EFBIG instead of
+    // killing the process with SIGXFSZ.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            set_fsize(None, FSIZE)
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(addr);
+                }
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("kefu serve did not say where it listens");
+    (child, addr)
+}
+
+/// `GET /healthz`: the status line and the body.
+fn healthz(addr: &str) -> (String, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: kefu\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+/// Polls `/healthz` until `want` holds of its body (at most 10 s).
+fn healthz_until(addr: &str, want: impl Fn(&str) -> bool) -> String {
+    let mut body = String::new();
+    for _ in 0..100 {
+        let (status, b) = healthz(addr);
+        assert_eq!(status, "HTTP/1.1 200 OK", "{b}");
+        body = b;
+        if want(&body) {
+            return body;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("/healthz never got there; last: {body:?}");
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn next_of(ws: &mut Ws, kind: &str) -> Value {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a frame")
+            .expect("open")
+            .unwrap();
+        if let Message::Text(t) = m {
+            let v: Value = serde_json::from_str(t.as_str()).unwrap();
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+}
+
+fn dropped(body: &str) -> u64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix("events_dropped: "))
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_shows_in_healthz_and_the_chat_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = serve(dir.path());
+    let (status, body) = healthz(&addr);
+    assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "ok\n"));
+
+    let (mut agent, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .unwrap();
+    agent
+        .send(Message::text(
+            json!({"type":"hello","role":"agent","shop":"s1","agent":"a1","token":"t1"})
+                .to_string(),
+        ))
+        .await
+        .unwrap();
+    next_of(&mut agent, "welcome").await;
+    let (mut buyer, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .unwrap();
+    buyer
+        .send(Message::text(
+            json!({"type":"hello","role":"buyer","shop":"s1","buyer":"b1"}).to_string(),
+        ))
+        .await
+        .unwrap();
+    next_of(&mut buyer, "welcome").await;
+
+    // 100 messages of 6 KB: far past what the files may grow by. The chat
+    // goes on: every one reaches the agent.
+    let text = "满".repeat(2000);
+    for _ in 0..100 {
+        buyer
+            .send(Message::text(
+                json!({"type":"message","text":text}).to_string(),
+            ))
+            .await
+            .unwrap();
+        next_of(&mut agent, "buyer_message").await;
+    }
+    let body = healthz_until(&addr, |b| b.starts_with("degraded\n"));
+    assert!(body.contains("\nevent_log: failing\n"), "{body}");
+    let lost = dropped(&body);
+    assert!(lost > 0, "{body}");
+
+    // Room again: the next commit succeeds and the page says `ok`, with
+    // what was lost meanwhile.
+    set_fsize(Some(child.id()), libc::RLIM64_INFINITY).unwrap();
+    buyer
+        .send(Message::text(
+            json!({"type":"message","text":"还在吗"}).to_string(),
+        ))
+        .await
+        .unwrap();
+    next_of(&mut agent, "buyer_message").await;
+    let body = healthz_until(&addr, |b| b.starts_with("ok\n"));
+    assert!(!body.contains("event_log:"), "{body}");
+    assert!(dropped(&body) >= lost, "{body}");
+
+    // SAFETY: kill only sends a signal.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let _ = child.wait();
+}
