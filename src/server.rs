@@ -449,6 +449,14 @@ impl App {
         self.shared.shutdown.subscribe()
     }
 
+    /// Reads the phrase directory again now, as the watcher does when the
+    /// files change: what SIGHUP asks of the service (`systemctl reload`),
+    /// and what a service with polling turned off (`reload.poll_ms: 0`)
+    /// has instead.
+    pub async fn reload_phrases(&self) {
+        reload::reload(self).await;
+    }
+
     /// Events the log dropped since the start, and whether its commits
     /// fail now (for `/healthz`).
     pub fn event_log_health(&self) -> (u64, bool) {

@@ -279,18 +279,61 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     let served: anyhow::Result<()> = runtime.block_on(async {
         let shutdown = server::shutdown_signal();
+        reload_on_hangup(&app);
         let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .with_context(|| format!("cannot listen on {listen} (in use? try --listen)"))?;
+            .map_err(|e| bind_error(listen, e))?;
         server::run(listener, app, shutdown).await?;
         Ok(())
     });
     drop(runtime);
     // Whatever happened, write out the events already queued.
     store.close().context("cannot close the event log")?;
+    tracing::info!("event log closed");
     served?;
     Ok(ExitCode::SUCCESS)
 }
+
+/// What failed when the port cannot be bound, and what to do about it.
+fn bind_error(listen: std::net::SocketAddr, e: std::io::Error) -> anyhow::Error {
+    use std::io::ErrorKind;
+    let hint = match e.kind() {
+        ErrorKind::AddrInUse => "another program (another kefu?) listens there: stop it or give --listen another port",
+        ErrorKind::AddrNotAvailable => "that is not an address of this machine: use 127.0.0.1 or one of its own addresses in --listen",
+        ErrorKind::PermissionDenied => "ports below 1024 need privileges: use a higher port (and a proxy in front)",
+        _ => "check --listen",
+    };
+    anyhow::anyhow!("cannot listen on {listen}: {e}; {hint}")
+}
+
+/// SIGHUP reloads the phrase libraries (`systemctl reload`, `kill -HUP`)
+/// instead of ending the service as its default action does: an SSH
+/// hang-up or a reload signal killed it without closing the event log
+/// (found by review). Settings are read only at start, so the log says a
+/// changed token or shop needs a restart. Registered before the port
+/// opens, as the shutdown signals are.
+#[cfg(unix)]
+fn reload_on_hangup(app: &kefu::server::App) {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::hangup()) {
+        Ok(mut hup) => {
+            let app = app.clone();
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::info!(
+                        "SIGHUP received: reloading the phrase libraries (settings such as \
+                         tokens, shops and limits are read only at start: restart to change them)"
+                    );
+                    app.reload_phrases().await;
+                }
+            });
+        }
+        Err(e) => tracing::warn!("cannot listen for SIGHUP, which will end the service: {e}"),
+    }
+}
+
+#[cfg(not(unix))]
+fn reload_on_hangup(_app: &kefu::server::App) {}
 
 #[cfg(test)]
 mod tests {

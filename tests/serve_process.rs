@@ -1,4 +1,6 @@
-//! Failure test: the event log's disk fills while `kefu serve` runs. The
+//! `kefu serve` as a process, as an operator runs it.
+//!
+//! The event log's disk fills while it runs: the
 //! service keeps serving the chat, and `/healthz` says what monitors must
 //! see: `degraded` and `event_log: failing` while commits fail, the count
 //! of events lost (kept once the disk has room again), and `ok` again after
@@ -8,7 +10,13 @@
 //! A full disk is made for the service alone with `RLIMIT_FSIZE` (no file
 //! of the process may grow past the limit: writes fail with `EFBIG` as on
 //! a full file system) and given room again by raising the limit from
-//! outside with `prlimit`. Linux only; loopback, one buyer, bounded.
+//! outside with `prlimit`.
+//!
+//! SIGHUP (an SSH hang-up, `systemctl reload`) reloads the phrase
+//! libraries and the service goes on; it used to end it without closing
+//! the event log.
+//!
+//! Linux only; loopback, one buyer, bounded.
 
 #![cfg(target_os = "linux")]
 
@@ -54,9 +62,10 @@ fn set_fsize(pid: Option<u32>, bytes: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-fn serve(dir: &Path) -> (Child, String) {
+/// Starts `kefu serve` on `phrases`, its files limited to `fsize` bytes
+/// when given.
+fn serve(dir: &Path, phrases: &Path, fsize: Option<u64>) -> (Child, String) {
     std::fs::write(dir.join("kefu.yaml"), CONFIG).unwrap();
-    let phrases = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/phrases");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kefu"));
     cmd.arg("serve")
         .args(["--config", dir.join("kefu.yaml").to_str().unwrap()])
@@ -71,11 +80,13 @@ fn serve(dir: &Path) -> (Child, String) {
     // SAFETY: between fork and exec only async-signal-safe calls: signal
     // and prlimit64. A file over the limit then fails with EFBIG instead of
     // killing the process with SIGXFSZ.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-            set_fsize(None, FSIZE)
-        });
+    if let Some(bytes) = fsize {
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                set_fsize(None, bytes)
+            });
+        }
     }
     let mut child = cmd.spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
@@ -143,19 +154,7 @@ async fn next_of(ws: &mut Ws, kind: &str) -> Value {
     }
 }
 
-fn dropped(body: &str) -> u64 {
-    body.lines()
-        .find_map(|l| l.strip_prefix("events_dropped: "))
-        .map_or(0, |n| n.parse().unwrap())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_shows_in_healthz_and_the_chat_goes_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr) = serve(dir.path());
-    let (status, body) = healthz(&addr);
-    assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "ok\n"));
-
+async fn agent(addr: &str) -> Ws {
     let (mut agent, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
         .await
         .unwrap();
@@ -167,6 +166,27 @@ async fn a_full_disk_shows_in_healthz_and_the_chat_goes_on() {
         .await
         .unwrap();
     next_of(&mut agent, "welcome").await;
+    agent
+}
+
+fn dropped(body: &str) -> u64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix("events_dropped: "))
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_shows_in_healthz_and_the_chat_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let phrases = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/phrases");
+    let (mut child, addr) = serve(dir.path(), &phrases, Some(FSIZE));
+    let (status, body) = healthz(&addr);
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 200 OK", "ok\n")
+    );
+
+    let mut agent = agent(&addr).await;
     let (mut buyer, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
         .await
         .unwrap();
@@ -178,10 +198,13 @@ async fn a_full_disk_shows_in_healthz_and_the_chat_goes_on() {
         .unwrap();
     next_of(&mut buyer, "welcome").await;
 
-    // 100 messages of 6 KB: far past what the files may grow by. The chat
-    // goes on: every one reaches the agent.
+    // Messages of 6 KB until the page says so: far past what the files
+    // may grow by. (A commit can still fit now and then, after a
+    // checkpoint starts the WAL over, so the page is read as they go.) The
+    // chat goes on: every one reaches the agent.
     let text = "满".repeat(2000);
-    for _ in 0..100 {
+    let mut body = String::new();
+    for _ in 0..300 {
         buyer
             .send(Message::text(
                 json!({"type":"message","text":text}).to_string(),
@@ -189,8 +212,13 @@ async fn a_full_disk_shows_in_healthz_and_the_chat_goes_on() {
             .await
             .unwrap();
         next_of(&mut agent, "buyer_message").await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        body = healthz(&addr).1;
+        if body.starts_with("degraded\n") {
+            break;
+        }
     }
-    let body = healthz_until(&addr, |b| b.starts_with("degraded\n"));
+    assert!(body.starts_with("degraded\n"), "{body}");
     assert!(body.contains("\nevent_log: failing\n"), "{body}");
     let lost = dropped(&body);
     assert!(lost > 0, "{body}");
@@ -212,4 +240,34 @@ async fn a_full_disk_shows_in_healthz_and_the_chat_goes_on() {
     // SAFETY: kill only sends a signal.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     let _ = child.wait();
+}
+
+/// SIGHUP reloads the libraries (polling is off here, so only the signal
+/// can) and the service goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_phrase_libraries_and_the_service_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let phrases = dir.path().join("phrases");
+    std::fs::create_dir(&phrases).unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/phrases");
+    for f in std::fs::read_dir(&fixtures).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, phrases.join(f.file_name().unwrap())).unwrap();
+    }
+    let (mut child, addr) = serve(dir.path(), &phrases, None);
+    let mut agent = agent(&addr).await;
+    // An edit nothing polls for.
+    let file = phrases.join("pre_sale.yaml");
+    let edited = std::fs::read_to_string(&file).unwrap() + "\n# edited\n";
+    std::fs::write(&file, edited).unwrap();
+    for _ in 0..2 {
+        // SAFETY: kill only sends a signal.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGHUP) };
+        let reload = next_of(&mut agent, "reload").await;
+        assert_eq!(reload["ok"], true, "{reload}");
+    }
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    assert_eq!(healthz(&addr).1, "ok\n");
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
 }
