@@ -383,6 +383,18 @@ impl Config {
         out
     }
 
+    /// Shops that have no agent: their buyers only ever get the offline
+    /// reply. Usually a typo: `--shop-name S1:…` or a supervisor token for
+    /// `s2` beside agents of `s1` makes a shop of its own (ids are
+    /// case-sensitive), and nothing said so (found by review).
+    pub fn shops_without_agents(&self) -> Vec<&str> {
+        self.shops
+            .iter()
+            .filter(|(_, s)| s.agents.is_empty())
+            .map(|(id, _)| id.as_str())
+            .collect()
+    }
+
     /// Reads `file` (if any) and applies `overrides` on top.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
         let mut config = Config::default();
@@ -810,6 +822,32 @@ mod tests {
         let mut o = Overrides::default();
         f(&mut o);
         o
+    }
+
+    /// A shop id mistyped in a name or supervisor flag makes a shop
+    /// without agents: named at start.
+    #[test]
+    fn shops_without_agents_are_named() {
+        let cases: &[(&[&str], &[&str], &[&str], &[&str])] = &[
+            // (agent tokens, supervisor tokens, shop names, shops without agents)
+            (&["s1:a1:t1"], &["s1:boss"], &["s1:小熊"], &[]),
+            (&["s1:a1:t1"], &[], &["S1:小熊"], &["S1"]),
+            (&["s1:a1:t1"], &["s2:boss"], &[], &["s2"]),
+            (&[], &[], &["s1:小熊"], &["s1"]),
+        ];
+        for &(agents, bosses, names, want) in cases {
+            let o = flags(|o| {
+                o.agent_tokens = agents.iter().map(|s| s.to_string()).collect();
+                o.supervisor_tokens = bosses.iter().map(|s| s.to_string()).collect();
+                o.shop_names = names.iter().map(|s| s.to_string()).collect();
+            });
+            let c = Config::load(None, &o).unwrap();
+            assert_eq!(
+                c.shops_without_agents(),
+                want,
+                "{agents:?} {bosses:?} {names:?}"
+            );
+        }
     }
 
     /// Shop and agent ids: the Hangul fillers are letters to Rust

@@ -374,7 +374,13 @@ pub fn migrate(conn: &mut Connection, path: &Path) -> Result<i64, StoreError> {
                     v + 1
                 ))
             })?;
-        tracing::info!(path = %path.display(), version = v + 1, "event log schema upgraded");
+    }
+    // One line, not one per step (found by review: a new log said
+    // "upgraded" three times).
+    if found == 0 {
+        tracing::info!(path = %path.display(), version = SCHEMA_VERSION, "event log created");
+    } else if found < SCHEMA_VERSION {
+        tracing::info!(path = %path.display(), from = found, to = SCHEMA_VERSION, "event log schema upgraded");
     }
     Ok(found)
 }

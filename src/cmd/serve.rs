@@ -211,12 +211,24 @@ fn fit_connections_to_open_files(config: &mut Config) {
     let fits = open_files.saturating_sub(SPARE_FILES) as usize;
     let wanted = config.limits.max_connections;
     if wanted > fits {
-        tracing::warn!(
-            wanted,
-            allowed = fits,
-            open_files,
-            "limits.max_connections is more than this process may open; using {fits} (raise `ulimit -n` for more)"
-        );
+        // The default asks for more than many hosts allow: saying so at
+        // every start of an untouched configuration is noise (found by
+        // review), a limit the operator set is worth a warning.
+        if wanted == kefu::config::Limits::default().max_connections {
+            tracing::info!(
+                wanted,
+                allowed = fits,
+                open_files,
+                "limits.max_connections (default) is more than this process may open; using {fits} (raise `ulimit -n` for more)"
+            );
+        } else {
+            tracing::warn!(
+                wanted,
+                allowed = fits,
+                open_files,
+                "limits.max_connections is more than this process may open; using {fits} (raise `ulimit -n` for more)"
+            );
+        }
         config.limits.max_connections = fits.max(1);
         let l = &mut config.limits;
         if l.staff_reserve >= l.max_connections {
@@ -248,6 +260,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let mut config = config;
     fit_connections_to_open_files(&mut config);
+    log_settings(&config, args.config.as_deref());
     let weak = config.weak_tokens();
     if !weak.is_empty() {
         tracing::warn!(
@@ -292,6 +305,36 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing::info!("event log closed");
     served?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the service runs with, so an operator reading the log can tell a
+/// setting that did not take (a config file not read, a shop id mistyped)
+/// from one that did. Never a token.
+fn log_settings(config: &Config, file: Option<&std::path::Path>) {
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %file.map_or_else(|| "(none: defaults, flags and KEFU_* variables)".to_string(), |p| p.display().to_string()),
+        phrases = %config.phrases.display(),
+        data = %config.data.display(),
+        "kefu serve starting"
+    );
+    for (id, shop) in &config.shops {
+        tracing::info!(
+            shop = %id,
+            name = shop.name.as_deref().unwrap_or(id),
+            agents = shop.agents.len(),
+            supervisors = shop.supervisors.len(),
+            "shop"
+        );
+    }
+    for id in config.shops_without_agents() {
+        tracing::warn!(
+            shop = %id,
+            "shop {id} has no agents: its buyers only get the offline reply; if it is another shop's \
+             id mistyped in --shop-name, --supervisor-token or the config file (ids are case-sensitive), \
+             fix it there"
+        );
+    }
 }
 
 /// What failed when the port cannot be bound, and what to do about it.
