@@ -895,7 +895,7 @@ pub fn last_days(spec: &str, now_ms: i64, offset: UtcOffset) -> Result<(i64, i64
         .filter(|n| (1..=3660).contains(n))
         .ok_or_else(|| {
             OptionError(format!(
-                "--last {spec:?}: give a number of days such as 7d or 30d"
+                "--last {spec:?}: give a number of days from 1d to 3660d, such as 7d or 30d"
             ))
         })?;
     let off = offset.whole_seconds() as i64 * 1000;

@@ -520,3 +520,37 @@ fn events_prune_refuses_recent_cutoffs_missing_logs_and_a_running_service() {
     store.close().unwrap();
     assert_eq!(events_in(&data), 10);
 }
+
+/// `kefu report` reads the response target as `kefu serve` does, so one
+/// KEFU_TARGET_SECS serves both (found by review: 7.5 was refused, 0 taken).
+#[test]
+fn report_takes_the_response_target_as_serve_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("e.jsonl");
+    std::fs::write(&events, "").unwrap();
+    let events = events.to_str().unwrap();
+    let cases: [(&[&str], &[(&str, &str)], Option<i32>, &str); 5] = [
+        (&["--target-secs", "7.5"], &[], Some(0), ""),
+        (&[], &[("KEFU_TARGET_SECS", "7.5")], Some(0), ""),
+        (&["--target-secs", "0"], &[], Some(2), "more than 0 seconds"),
+        (
+            &["--target-secs", "-5"],
+            &[],
+            Some(2),
+            "more than 0 seconds",
+        ),
+        (
+            &["--target-secs", "半分钟"],
+            &[],
+            Some(2),
+            "such as 30 or 7.5",
+        ),
+    ];
+    for (flags, env, code, says) in cases {
+        let mut args = vec!["report", "--events", events, "--format", "json"];
+        args.extend_from_slice(flags);
+        let (_, err, got) = kefu(&args, env);
+        assert_eq!(got, code, "{flags:?} {env:?}: {err}");
+        assert!(err.contains(says), "{flags:?} {env:?}: {err}");
+    }
+}

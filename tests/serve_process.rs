@@ -24,6 +24,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -63,8 +64,8 @@ fn set_fsize(pid: Option<u32>, bytes: u64) -> std::io::Result<()> {
 }
 
 /// Starts `kefu serve` on `phrases`, its files limited to `fsize` bytes
-/// when given.
-fn serve(dir: &Path, phrases: &Path, fsize: Option<u64>) -> (Child, String) {
+/// when given; returns it, its address and its log so far.
+fn serve(dir: &Path, phrases: &Path, fsize: Option<u64>) -> (Child, String, Log) {
     std::fs::write(dir.join("kefu.yaml"), CONFIG).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kefu"));
     cmd.arg("serve")
@@ -91,10 +92,13 @@ fn serve(dir: &Path, phrases: &Path, fsize: Option<u64>) -> (Child, String) {
     let mut child = cmd.spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let log = Log::default();
+    let lines = log.clone();
     std::thread::spawn(move || {
         let mut tx = Some(tx);
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
+            lines.0.lock().unwrap().push(line.clone());
             if let Some(rest) = line.split("listening on http://").nth(1) {
                 let addr = rest.split_whitespace().next().unwrap_or("").to_string();
                 if let Some(tx) = tx.take() {
@@ -106,7 +110,24 @@ fn serve(dir: &Path, phrases: &Path, fsize: Option<u64>) -> (Child, String) {
     let addr = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("kefu serve did not say where it listens");
-    (child, addr)
+    (child, addr, log)
+}
+
+/// The service's log lines, as they come.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<String>>>);
+
+impl Log {
+    /// Waits (at most 10 s) for a line with `needle`.
+    fn wait_for(&self, needle: &str) -> String {
+        for _ in 0..100 {
+            if let Some(l) = self.0.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("no log line with {needle:?}: {:?}", self.0.lock().unwrap());
+    }
 }
 
 /// `GET /healthz`: the status line and the body.
@@ -179,7 +200,7 @@ fn dropped(body: &str) -> u64 {
 async fn a_full_disk_shows_in_healthz_and_the_chat_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let phrases = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/phrases");
-    let (mut child, addr) = serve(dir.path(), &phrases, Some(FSIZE));
+    let (mut child, addr, _) = serve(dir.path(), &phrases, Some(FSIZE));
     let (status, body) = healthz(&addr);
     assert_eq!(
         (status.as_str(), body.as_str()),
@@ -254,7 +275,7 @@ async fn sighup_reloads_the_phrase_libraries_and_the_service_goes_on() {
         let f = f.unwrap().path();
         std::fs::copy(&f, phrases.join(f.file_name().unwrap())).unwrap();
     }
-    let (mut child, addr) = serve(dir.path(), &phrases, None);
+    let (mut child, addr, log) = serve(dir.path(), &phrases, None);
     let mut agent = agent(&addr).await;
     // An edit nothing polls for.
     let file = phrases.join("pre_sale.yaml");
@@ -268,6 +289,27 @@ async fn sighup_reloads_the_phrase_libraries_and_the_service_goes_on() {
     }
     assert!(child.try_wait().unwrap().is_none(), "still running");
     assert_eq!(healthz(&addr).1, "ok\n");
+    log.wait_for("SIGHUP received");
+
+    // A refused sign-in is logged with who it claimed to be, never the
+    // token (found by review: the line named neither shop nor agent).
+    let (mut stranger, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .unwrap();
+    stranger
+        .send(Message::text(
+            json!({"type":"hello","role":"agent","shop":"s1","agent":"a1","token":"wrong-token-x"})
+                .to_string(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(next_of(&mut stranger, "error").await["code"], "bad_token");
+    let line = log.wait_for("hello refused");
+    assert!(
+        line.contains("shop=\"s1\"") && line.contains("id=\"a1\""),
+        "{line}"
+    );
+    assert!(!line.contains("wrong-token-x"), "{line}");
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
 }

@@ -675,6 +675,19 @@ fn dispatch(
             return None;
         }
     };
+    // Who a refused hello claimed to be, for the log line: an agent who
+    // cannot sign in is traced by shop and id (found by review), never by
+    // token. Cut short: a refused id may be anything up to a frame long.
+    let claimed = match &msg {
+        ClientMsg::Hello(h) => {
+            let cut = |s: &str| s.chars().take(64).collect::<String>();
+            Some((
+                cut(&h.shop),
+                h.agent.as_deref().or(h.buyer.as_deref()).map(cut),
+            ))
+        }
+        _ => None,
+    };
     let result = match (&*session, msg) {
         (Session::Fresh, ClientMsg::Hello(h)) => hello(app, h, out, staff_only).map(|s| {
             if matches!(s, Session::Agent(_)) {
@@ -736,9 +749,12 @@ fn dispatch(
                     "hello refused: closing"
                 );
             } else {
+                let (shop, id) = claimed.unwrap_or_default();
                 info!(
                     conn = out.conn,
                     code = r.code.as_str(),
+                    shop = ?shop,
+                    id = ?id.unwrap_or_default(),
                     "hello refused: closing"
                 );
             }
