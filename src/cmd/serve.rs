@@ -258,9 +258,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             "listening beyond loopback: the service is reachable from the network"
         );
     }
+    log_settings(&config, args.config.as_deref());
     let mut config = config;
     fit_connections_to_open_files(&mut config);
-    log_settings(&config, args.config.as_deref());
     let weak = config.weak_tokens();
     if !weak.is_empty() {
         tracing::warn!(
