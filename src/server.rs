@@ -9,6 +9,8 @@
 //!   ping, close;
 //! - [`hub`](self::hub): shops, agents and conversations: routing, rounds,
 //!   the messages they produce;
+//! - [`ask`](self::ask): what a waiting buyer's suggestions answer: the
+//!   round's buyer lines together (a question split over several messages);
 //! - [`timer`](self::timer): the one task that fires the clock's alarms and
 //!   expires abandoned conversations;
 //! - [`reload`](self::reload): hot reload of the phrase directory;
@@ -31,6 +33,7 @@
 //! grows our memory or slows anyone else.
 
 mod api;
+mod ask;
 mod busy;
 mod conn;
 mod http;

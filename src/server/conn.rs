@@ -24,6 +24,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info};
 
+use super::ask;
 use super::hub::{
     capture, AgentSession, BuyerSession, CloseOrder, Ctx, Effects, Hub, Outbox, Queued,
 };
@@ -916,7 +917,9 @@ fn buyer_message(app: &App, s: &BuyerSession, text: String) -> Result<(), Refusa
         agent: plan.agent_name.as_deref().unwrap_or(""),
         buyer: &s.buyer,
     };
-    let suggestions = phrases.matcher.suggest(&text, SUGGESTIONS, &fill);
+    // The round's lines together (a question, then `？？？`); a round of
+    // one line is matched alone, as it always was.
+    let suggestions = ask::suggest(&phrases.matcher, &plan.earlier, &text, SUGGESTIONS, &fill);
     let frame = plan.agent.as_ref().map(|_| {
         protocol::to_json(&ServerMsg::BuyerMessage {
             conversation: &s.conv,
@@ -928,6 +931,9 @@ fn buyer_message(app: &App, s: &BuyerSession, text: String) -> Result<(), Refusa
             suggestions: &suggestions,
         })
     });
+    // The event keeps the message's own text; its intent and stage are
+    // those of the top suggestion the agent was shown (for a round of
+    // several lines, what the round's lines ranked, see `ask`).
     let mut ev = s.event(plan.at, Kind::Buyer);
     if let Some(top) = suggestions.first() {
         ev.intent = Some(top.intent.clone());

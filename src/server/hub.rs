@@ -34,6 +34,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::warn;
 
+use super::ask::{self, Earlier};
 use super::{Phrases, ResumeKey, Stats, SUGGESTIONS};
 use crate::clock::{Alarm, Clock, Round, Timebase};
 use crate::config::Config;
@@ -483,6 +484,9 @@ pub(crate) struct MessagePlan {
     pub at: i64,
     pub waiting_since: i64,
     pub deadline: i64,
+    /// The buyer's lines of the round before this message, oldest first
+    /// (empty in a round of one line): the suggestions match them with it.
+    pub earlier: Earlier,
 }
 
 struct Shop {
@@ -618,12 +622,17 @@ impl Conv {
             .collect()
     }
 
-    fn last_buyer_text(&self) -> Option<&Arc<str>> {
-        self.history
-            .iter()
-            .rev()
-            .find(|l| l.author == Author::Buyer)
-            .map(|l| &l.text)
+    /// What the suggestions of a waiting buyer answer (see
+    /// [`super::ask`]): the buyer's latest message and, before it, their
+    /// lines since the last agent reply. Shared texts only: the matching
+    /// happens outside the lock.
+    fn round_ask(&self) -> Option<RoundAsk> {
+        let mut rev = self.history.iter().rev();
+        let newest = rev.find(|l| l.author == Author::Buyer)?;
+        Some(RoundAsk {
+            newest: newest.text.clone(),
+            earlier: earlier_lines(rev),
+        })
     }
 
     /// What [`Render`] needs of this conversation: shared texts and ids,
@@ -656,7 +665,7 @@ impl Conv {
             deadline: round.map(|r| tb.ms(r.deadline)),
             history,
             rated: self.rated,
-            ask: round.and_then(|_| self.last_buyer_text().cloned()),
+            ask: round.and_then(|_| self.round_ask()),
         }
     }
 }
@@ -743,6 +752,29 @@ fn line_of(l: &HLine) -> Line<'_> {
     }
 }
 
+/// The buyer's lines of the open round before the newest one, taken from
+/// `rev` (the history newest first, past the newest buyer line): buyer
+/// lines up to the last agent reply (bot and staff-only lines do not end a
+/// round), at most [`ask::ROUND_LINES`] − 1, oldest first. A round of one
+/// line looks at the line before it and stops: nothing is allocated.
+fn earlier_lines<'a>(rev: impl Iterator<Item = &'a HLine>) -> Earlier {
+    let mut earlier: Earlier = rev
+        .take_while(|l| l.author != Author::Agent)
+        .filter(|l| l.author == Author::Buyer)
+        .take(ask::ROUND_LINES - 1)
+        .map(|l| l.text.clone())
+        .collect();
+    earlier.reverse();
+    earlier
+}
+
+/// The buyer lines a waiting buyer's suggestions answer.
+struct RoundAsk {
+    newest: Arc<str>,
+    /// The round's lines before it, oldest first.
+    earlier: Earlier,
+}
+
 /// A conversation as [`Render`] takes it under the lock.
 struct ConvSnap {
     id: Arc<str>,
@@ -752,9 +784,9 @@ struct ConvSnap {
     deadline: Option<i64>,
     history: Vec<HLine>,
     rated: Option<Rating>,
-    /// The latest buyer message while the buyer waits: what the
+    /// While the buyer waits, the round's buyer lines: what the
     /// suggestions answer.
-    ask: Option<Arc<str>>,
+    ask: Option<RoundAsk>,
 }
 
 /// The content of a frame that carries many conversations (an agent's
@@ -843,12 +875,12 @@ impl Render {
             .convs
             .iter()
             .map(|c| match &c.ask {
-                Some(text) => {
+                Some(a) => {
                     let fill = Fill {
                         buyer: &c.buyer,
                         ..fill
                     };
-                    self.matcher.suggest(text, SUGGESTIONS, &fill)
+                    ask::suggest(&self.matcher, &a.earlier, &a.newest, SUGGESTIONS, &fill)
                 }
                 None => Vec::new(),
             })
@@ -1393,6 +1425,8 @@ impl Hub {
             at,
             waiting_since: tb.ms(started.round.started),
             deadline: tb.ms(started.round.deadline),
+            // Past the line just pushed (the newest always stays).
+            earlier: earlier_lines(conv.history.iter().rev().skip(1)),
         };
         // Nobody to answer: say so at once, once per round. Not while the
         // conversation's agent is away within the grace (a page refresh):
@@ -2597,7 +2631,7 @@ mod tests {
 
     /// A conversation of shop s1 whose history is `lines`: buyer messages,
     /// or bot lines when they start with `bot:`, a transfer's staff-only
-    /// line (a1 to a2) with `sys:`.
+    /// line (a1 to a2) with `sys:`, a reply of agent a1 with `agent:`.
     fn conv_with(lines: &[&str]) -> Conv {
         let mut c = Conv {
             id: "c1".into(),
@@ -2617,12 +2651,15 @@ mod tests {
             let (author, text) = match (text.strip_prefix("bot:"), text.strip_prefix("sys:")) {
                 (Some(t), _) => (Author::Bot, t),
                 (_, Some(t)) => (Author::System, t),
-                _ => (Author::Buyer, *text),
+                _ => match text.strip_prefix("agent:") {
+                    Some(t) => (Author::Agent, t),
+                    None => (Author::Buyer, *text),
+                },
             };
             let system = author == Author::System;
             let line = HLine {
                 author,
-                agent: system.then(|| Arc::from("a1")),
+                agent: (system || author == Author::Agent).then(|| Arc::from("a1")),
                 to: system.then(|| Arc::from("a2")),
                 text: Arc::from(text),
                 at: i as i64,
@@ -2631,6 +2668,44 @@ mod tests {
             c.push_line(line, usize::MAX);
         }
         c
+    }
+
+    /// The suggestions of a waiting buyer answer their newest line and,
+    /// before it, their lines since the last agent reply: bot and
+    /// staff-only lines do not end the round, an agent reply does, and at
+    /// most `ask::ROUND_LINES` lines in all (the newest ones).
+    #[test]
+    fn the_round_ask_is_the_buyer_lines_since_the_last_agent_reply() {
+        /// (history, the newest buyer line and the earlier ones).
+        type Case<'a> = (&'a [&'a str], Option<(&'a str, &'a [&'a str])>);
+        let cases: &[Case] = &[
+            (&["bot:欢迎光临"], None),
+            (&["bot:欢迎光临", "在吗"], Some(("在吗", &[]))),
+            (&["几号发货", "agent:今天发", "谢谢"], Some(("谢谢", &[]))),
+            (
+                &["几号发货", "bot:客服不在", "sys:", "？"],
+                Some(("？", &["几号发货"])),
+            ),
+            (
+                &["早", "agent:您好", "一", "二", "bot:请稍等", "三", "四"],
+                Some(("四", &["二", "三"])),
+            ),
+            // The newest buyer line even after a reply (the round is
+            // closed then, and the snapshot does not ask).
+            (&["几号发货", "agent:今天发"], Some(("几号发货", &[]))),
+        ];
+        for (lines, want) in cases {
+            let got = conv_with(lines).round_ask();
+            let got = got.as_ref().map(|a| {
+                let earlier: Vec<&str> = a.earlier.iter().map(|t| &**t).collect();
+                (&*a.newest, earlier)
+            });
+            let want = want.map(|(n, e)| (n, e.to_vec()));
+            assert_eq!(got, want, "{lines:?}");
+            assert!(!conv_with(lines)
+                .round_ask()
+                .is_some_and(|a| a.earlier.spilled()));
+        }
     }
 
     /// Past 1,024 conversations a large frame's histories share
