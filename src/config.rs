@@ -828,7 +828,8 @@ mod tests {
     /// without agents: named at start.
     #[test]
     fn shops_without_agents_are_named() {
-        let cases: &[(&[&str], &[&str], &[&str], &[&str])] = &[
+        type Case<'a> = (&'a [&'a str], &'a [&'a str], &'a [&'a str], &'a [&'a str]);
+        let cases: &[Case] = &[
             // (agent tokens, supervisor tokens, shop names, shops without agents)
             (&["s1:a1:t1"], &["s1:boss"], &["s1:小熊"], &[]),
             (&["s1:a1:t1"], &[], &["S1:小熊"], &["S1"]),

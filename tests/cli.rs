@@ -529,7 +529,13 @@ fn report_takes_the_response_target_as_serve_does() {
     let events = dir.path().join("e.jsonl");
     std::fs::write(&events, "").unwrap();
     let events = events.to_str().unwrap();
-    let cases: [(&[&str], &[(&str, &str)], Option<i32>, &str); 5] = [
+    type Case<'a> = (
+        &'a [&'a str],
+        &'a [(&'a str, &'a str)],
+        Option<i32>,
+        &'a str,
+    );
+    let cases: [Case; 5] = [
         (&["--target-secs", "7.5"], &[], Some(0), ""),
         (&[], &[("KEFU_TARGET_SECS", "7.5")], Some(0), ""),
         (&["--target-secs", "0"], &[], Some(2), "more than 0 seconds"),
