@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::{serve_tcp, test_config, Client, TestApp};
 use kefu::config::Config;
+use kefu::protocol::PhraseSource;
 use kefu::server::{App, ServerError, LAST_GOOD_DIR};
 use kefu::store::StoreHandle;
 use serde_json::{json, Value};
@@ -257,6 +258,62 @@ async fn deleting_a_stage_file_is_refused_and_the_old_library_still_matches() {
     let r = a.recv_until("reload").await;
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(r["intents"], 5);
+    assert_eq!(healthz(&t).await, "ok\n");
+    t.stop().await;
+}
+
+/// Other tools' hidden files beside the libraries are not libraries: a
+/// macOS AppleDouble `._pre_sale.yaml` (binary, not UTF-8) and emacs'
+/// lock `.#pre_sale.yaml` (a dangling symlink while the file is edited)
+/// neither stop a start from loading the directory nor fail a reload, and
+/// the last-good copy holds only the libraries. Before, each made every
+/// reload fail (`not valid UTF-8`, `cannot read file`) and a start fall
+/// back to the copy.
+#[tokio::test]
+async fn hidden_files_in_the_phrase_directory_are_not_libraries() {
+    let phrases = phrase_dir();
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(
+        phrases.path().join("._pre_sale.yaml"),
+        b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        \xff\xfe",
+    )
+    .unwrap();
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(
+        "tester@host.1234:1795400000",
+        phrases.path().join(".#pre_sale.yaml"),
+    )
+    .unwrap();
+    let app = App::open(
+        config_on(phrases.path(), true),
+        StoreHandle::default(),
+        data.path(),
+    )
+    .expect("the directory loads");
+    let status = app.phrase_status();
+    assert!(status.ok, "{:?}", status.problems);
+    assert_eq!(
+        status.source,
+        PhraseSource::Directory,
+        "not the last-good copy"
+    );
+    let mut copied: Vec<String> = std::fs::read_dir(data.path().join(LAST_GOOD_DIR))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    copied.sort();
+    assert!(copied.iter().all(|n| !n.starts_with('.')), "{copied:?}");
+    assert!(copied.contains(&"pre_sale.yaml".to_string()), "{copied:?}");
+
+    let t = serve_tcp(app).await;
+    let (mut a, welcome) = t.agent("a1").await;
+    assert_eq!(welcome["phrases"]["ok"], true, "{welcome}");
+    // An edit while the hidden files are there reloads.
+    let path = phrases.path().join("pre_sale.yaml");
+    let good = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, good.replace("有货, ", "有货, 囤货, ")).unwrap();
+    let r = a.recv_until("reload").await;
+    assert_eq!(r["ok"], true, "{r}");
     assert_eq!(healthz(&t).await, "ok\n");
     t.stop().await;
 }
