@@ -781,3 +781,46 @@ async fn an_id_accepted_before_an_upgrade_can_resume_its_conversation() {
     t.stop().await;
     store.close().unwrap();
 }
+
+/// A conversation longer than the resume window whose `assign` event is
+/// older than it goes back to the agent of its replies in the window,
+/// after the restart grace like any other: the first agent back does not
+/// get it. Before, only `assign` events counted, and the long after-sale
+/// dispute went to whoever signed in first (found by review).
+#[tokio::test]
+async fn a_conversation_longer_than_the_window_keeps_the_agent_who_replied() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = now_ms();
+    use Kind::*;
+    let to_a2 = |mut e: Event| {
+        e.agent = Some("a2".into());
+        e
+    };
+    let mut reply = to_a2(ev(t0, -1440, "c1", Agent));
+    reply.text = Some("亲，退货运费我们承担".into());
+    let events = vec![
+        // 40 minutes ago, outside the 30-minute window.
+        to_a2(ev(t0, -2400, "c1", Assign)),
+        ev(t0, -2400, "c1", Buyer),
+        // Inside: a2's reply, and the buyer waiting now.
+        reply,
+        ev(t0, -60, "c1", Buyer),
+    ];
+    kefu::store::import(dir.path(), &events).unwrap();
+
+    let (t, store, restored) = spawn_app_on_data(clock_config(), dir.path()).await;
+    assert_eq!((restored.conversations, restored.waiting), (1, 1));
+    let (_a1, welcome) = t.agent("a1").await;
+    assert_eq!(
+        welcome["conversations"],
+        json!([]),
+        "a2's conversation waits for a2"
+    );
+    let (_a2, welcome) = t.agent("a2").await;
+    let list = welcome["conversations"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{welcome}");
+    assert_eq!(list[0]["conversation"], "c1");
+    assert_eq!(list[0]["waiting_since"], t0 - 60_000);
+    t.stop().await;
+    store.close().unwrap();
+}

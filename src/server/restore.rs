@@ -17,9 +17,20 @@
 //!
 //! Only that window is read, through the time index, so the start costs
 //! the same whatever the size of the log. What a conversation had before
-//! the window is not seen: its older lines, and an assignment or rating
-//! logged before it (such a conversation waits for the next agent, as a new
-//! one does).
+//! the window is not seen: its older lines, its `assign` event, its rating.
+//! Its agent is the one named by the latest event read that names the
+//! conversation's holder: an `assign` (a transfer included), an `agent`
+//! reply (only the holder replies), a `nudge` or `breach` (logged with the
+//! holder), a `restore` (the agent an earlier start gave it back to). So a
+//! conversation longer than the window whose agent replied, was alarmed
+//! or was restored within it goes back to that agent after the restart
+//! grace, not to the first agent back (found by review: the long
+//! after-sale disputes went to whoever signed in first). One with no such
+//! event in what was read waits for the next agent, as a new one does. A
+//! rating logged before what was read is lost: the log keeps it once, in
+//! its `rating` event, and has no index by conversation to find it without
+//! reading back through everything older (`restore` events do not carry
+//! it).
 //!
 //! A start logs a `restore` event for each conversation it brings back:
 //! its buyer's resume window counts again from the start, so the next start
@@ -118,7 +129,8 @@ pub(crate) struct OpenConv {
     pub shop: Arc<str>,
     pub buyer: Arc<str>,
     pub id: Arc<str>,
-    /// The latest assignment.
+    /// The agent of the latest event that names the holder: an
+    /// assignment or transfer, a reply, an alarm, a restart's `restore`.
     pub agent: Option<Arc<str>>,
     /// Oldest first, capped as the hub caps them.
     pub lines: std::collections::VecDeque<PastLine>,
@@ -266,6 +278,9 @@ impl Builder {
                 });
             }
             Kind::Agent => {
+                // Only the holder replies: an assignment older than what
+                // was read still comes back (found by review).
+                c.agent = e.agent.clone().or(c.agent.take());
                 c.push(
                     line(Author::Agent, e.agent.clone(), None),
                     self.history_bytes,
@@ -310,21 +325,25 @@ impl Builder {
             }
             Kind::Rating => c.rated = e.score.or(c.rated),
             Kind::Nudge => {
+                c.agent = e.agent.clone().or(c.agent.take());
                 c.marks.nudged = true;
                 if let Some(r) = &mut c.round {
                     r.nudged = true;
                 }
             }
             Kind::Breach => {
+                c.agent = e.agent.clone().or(c.agent.take());
                 c.marks.breached = true;
                 if let Some(r) = &mut c.round {
                     r.breached = true;
                 }
             }
             Kind::Close => c.closed = true,
-            // Activity (`last_ms` above) and nothing else but the lost
-            // secret: the lines and the rest are in the events before it.
+            // Activity (`last_ms` above), the lost secret and the agent
+            // the start gave it back to: the lines and the rest are in the
+            // events before it.
             Kind::Restore => {
+                c.agent = e.agent.clone().or(c.agent.take());
                 c.secret_lost |= e.note.as_deref() == Some(SECRET_LOST);
                 let first = self.first_restore_ms.get_or_insert(e.ts_ms);
                 *first = (*first).min(e.ts_ms);
@@ -369,8 +388,9 @@ impl OpenConv {
         // the lines `later` dropped would go here too.
         let mut first_transfer = true;
         for mut line in later.lines {
-            // The first transfer `later` read before any assignment did not
-            // know its sender: the holder as of the end of this span.
+            // The first transfer `later` read before any event naming the
+            // holder did not know its sender: the holder as of the end of
+            // this span.
             if line.author == Author::System
                 && std::mem::take(&mut first_transfer)
                 && line.agent.is_none()
@@ -780,7 +800,8 @@ mod tests {
                 800,
                 vec![(
                     "c1".into(),
-                    None,
+                    // The agent of the replies.
+                    Some("a1".into()),
                     // 300+64 + 3+64 + 3+64 + 600+64 = 1162 > 800: the
                     // first goes (798 left, within the cap).
                     lines(&[
@@ -949,9 +970,68 @@ mod tests {
         }
     }
 
+    /// The agent comes from the latest event read that names the holder,
+    /// not only from `assign` events: a conversation whose assignment is
+    /// older than the window goes back to the agent of its replies, alarms
+    /// or earlier restore (found by review: it went to the first agent to
+    /// sign in). A transfer still moves it, and a later reply of the
+    /// receiver keeps it there.
+    #[test]
+    fn the_agent_comes_from_the_latest_event_naming_the_holder() {
+        let alarm = |s: i64, conv: &str, kind: Kind, who: &str| {
+            let mut e = ev(s, conv, kind);
+            e.agent = Some(who.into());
+            e
+        };
+        let mut b = Builder::new(16_384);
+        for e in [
+            // c1: only replies of a2 within the window.
+            buyer(0, "c1", "退货运费谁出"),
+            agent(5, "c1", "a2", "亲，我们承担"),
+            buyer(9, "c1", "那快递呢"),
+            // c2: only an alarm naming a3.
+            buyer(0, "c2", "在吗"),
+            alarm(20, "c2", Kind::Nudge, "a3"),
+            alarm(30, "c2", Kind::Breach, "a3"),
+            // c3: a reply of a1, then a transfer to a2.
+            agent(0, "c3", "a1", "亲，在的"),
+            transfer(3, "c3", "a2", Some("买家要换货")),
+            // c4: a restore naming a1, then nothing.
+            alarm(1, "c4", Kind::Restore, "a1"),
+            // c5: nothing naming anyone.
+            buyer(1, "c5", "你好"),
+        ] {
+            b.add(e);
+        }
+        let (open, _) = b.finish();
+        let mut got: Vec<_> = open
+            .iter()
+            .map(|c| (c.id.to_string(), c.agent.as_deref().map(str::to_string)))
+            .collect();
+        got.sort();
+        let want: Vec<(String, Option<String>)> = [
+            ("c1", Some("a2")),
+            ("c2", Some("a3")),
+            ("c3", Some("a2")),
+            ("c4", Some("a1")),
+            ("c5", None),
+        ]
+        .iter()
+        .map(|(c, a)| (c.to_string(), a.map(str::to_string)))
+        .collect();
+        assert_eq!(got, want);
+        // The transfer line names the sender known from the reply.
+        let c3 = open.iter().find(|c| &*c.id == "c3").unwrap();
+        let line = c3.lines.back().unwrap();
+        assert_eq!(
+            (line.agent.as_deref(), line.to.as_deref()),
+            (Some("a1"), Some("a2"))
+        );
+    }
+
     /// A `restore` event is activity and nothing else, but for the lost
-    /// secret it may note; the earliest one says where the start before
-    /// began to read.
+    /// secret it may note and the agent it names; the earliest one says
+    /// where the start before began to read.
     #[test]
     fn restore_events_keep_a_conversation_and_its_lost_secret() {
         let restored = |s: i64, conv: &str, lost: bool| {
@@ -974,7 +1054,8 @@ mod tests {
             .iter()
             .map(|c| (&*c.id, c.agent.clone(), c.lines.len(), c.secret_lost))
             .collect();
-        assert_eq!(seen, [("c1", None, 0, false), ("c2", None, 0, true)]);
+        let a1 = Some(Arc::from("a1"));
+        assert_eq!(seen, [("c1", a1.clone(), 0, false), ("c2", a1, 0, true)]);
     }
 
     /// An imported log may name the buyer only where it must: the buyer
