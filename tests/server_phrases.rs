@@ -317,3 +317,104 @@ async fn hidden_files_in_the_phrase_directory_are_not_libraries() {
     assert_eq!(healthz(&t).await, "ok\n");
     t.stop().await;
 }
+
+/// A stage library removed (a stray `rm`, or on purpose) and then a
+/// restart: the start serves without it, as a removal on purpose needs,
+/// but says what happened where agents and monitors look (the `welcome`'s
+/// `phrases`, `/healthz`), and keeps the copy before it as
+/// `phrases.last-good.old` to copy the file back from. Before, everything
+/// said `ok`, the copy was replaced without the file, and the one log line
+/// said a reload was refused. The next start without the file takes the
+/// removal as meant.
+#[tokio::test]
+async fn a_start_without_a_stage_library_says_so_and_keeps_the_copy_before() {
+    let phrases = phrase_dir();
+    let data = tempfile::tempdir().unwrap();
+    let open = |reload| {
+        App::open(
+            config_on(phrases.path(), reload),
+            StoreHandle::default(),
+            data.path(),
+        )
+        .unwrap()
+    };
+    assert!(open(false).phrase_status().ok);
+    let path = phrases.path().join("pre_sale.yaml");
+    let good = std::fs::read(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+
+    let t = serve_tcp(open(false)).await;
+    let (_a, welcome) = t.agent("a1").await;
+    let status = &welcome["phrases"];
+    assert_eq!(status["ok"], false, "{welcome}");
+    assert_eq!(status["source"], "directory");
+    let problem = status["problems"][0].as_str().unwrap();
+    assert!(
+        problem
+            .contains("pre_sale.yaml: started without pre_sale.yaml, which the last good copy has"),
+        "{problem}"
+    );
+    assert!(
+        problem.contains("pre-sale messages get no suggestions; restore the file"),
+        "{problem}"
+    );
+    assert!(!problem.contains("reload refused"), "{problem}");
+    let health = healthz(&t).await;
+    assert!(
+        health.contains("phrases: stale\nphrase_problems: 1\n"),
+        "{health}"
+    );
+    let old = data.path().join(format!("{LAST_GOOD_DIR}.old"));
+    assert!(problem.contains(&old.display().to_string()), "{problem}");
+    assert_eq!(std::fs::read(old.join("pre_sale.yaml")).unwrap(), good);
+    assert!(!data
+        .path()
+        .join(LAST_GOOD_DIR)
+        .join("pre_sale.yaml")
+        .exists());
+    t.stop().await;
+
+    // A second start without it: removed on purpose, nothing to say.
+    let t = serve_tcp(open(true)).await;
+    let (mut a, welcome) = t.agent("a1").await;
+    assert_eq!(welcome["phrases"]["ok"], true, "{welcome}");
+    assert_eq!(healthz(&t).await, "ok\n");
+    // Copied back from the kept copy, it reloads.
+    std::fs::copy(old.join("pre_sale.yaml"), &path).unwrap();
+    let r = a.recv_until("reload").await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["intents"], 5);
+    t.stop().await;
+}
+
+/// A damaged `phrases.last-good` (emptied by hand) beside an intact
+/// `phrases.last-good.old`: a start whose directory does not load serves
+/// the `.old` copy. Before, it refused (exit 2): only the first copy that
+/// existed was tried.
+#[tokio::test]
+async fn a_damaged_last_good_copy_falls_back_on_the_old_one() {
+    let phrases = phrase_dir();
+    let data = tempfile::tempdir().unwrap();
+    drop(
+        App::open(
+            config_on(phrases.path(), false),
+            StoreHandle::default(),
+            data.path(),
+        )
+        .unwrap(),
+    );
+    let copy = data.path().join(LAST_GOOD_DIR);
+    std::fs::rename(&copy, data.path().join(format!("{LAST_GOOD_DIR}.old"))).unwrap();
+    std::fs::create_dir(&copy).unwrap();
+    std::fs::write(phrases.path().join("pre_sale.yaml"), BROKEN).unwrap();
+    let app = App::open(
+        config_on(phrases.path(), false),
+        StoreHandle::default(),
+        data.path(),
+    )
+    .expect("serves the .old copy");
+    let status = app.phrase_status();
+    assert_eq!(status.source, PhraseSource::LastGood);
+    assert_eq!(status.intents, 5);
+    assert!(!status.ok);
+}
