@@ -83,7 +83,8 @@ async fn a_restart_keeps_the_conversation_its_history_round_and_resume_secret() 
         Restored {
             conversations: 1,
             waiting: 1,
-            skipped: 0
+            skipped: 0,
+            ..Restored::default()
         }
     );
     let (mut agent, welcome) = t.agent("a1").await;
@@ -220,7 +221,8 @@ async fn alarms_due_during_a_restart_fire_once_and_agents_get_a_grace() {
         Restored {
             conversations: 3,
             waiting: 3,
-            skipped: 0
+            skipped: 0,
+            ..Restored::default()
         }
     );
     let mut t = serve_local(app).await;
@@ -822,5 +824,71 @@ async fn a_conversation_longer_than_the_window_keeps_the_agent_who_replied() {
     assert_eq!(list[0]["conversation"], "c1");
     assert_eq!(list[0]["waiting_since"], t0 - 60_000);
     t.stop().await;
+    store.close().unwrap();
+}
+
+/// A stop longer than the resume window brings nothing back, but the
+/// start counts (and logs) the conversations open at the stop that it
+/// leaves behind, and how many had a buyer waiting: those with an event
+/// within the window before the log's last one, no `close`, and chat in
+/// them. After a short stop only those whose last event fell out of the
+/// window during the stop. Before, nothing said any buyer was dropped.
+#[tokio::test]
+async fn a_start_counts_the_open_conversations_it_leaves_behind() {
+    use Kind::*;
+    let t0 = now_ms();
+    let mut greeting = ev(t0, -1900, "c4", Bot);
+    greeting.note = Some("greeting".into());
+    let mut reply = ev(t0, -1890, "c2", Agent);
+    reply.agent = Some("a1".into());
+    reply.text = Some("亲，在的".into());
+    // Down for about half an hour: the last event 1,890 s ago, the window
+    // 1,800 s.
+    let long_stop = vec![
+        // c1: a buyer waiting since 2,000 s ago.
+        ev(t0, -2000, "c1", Assign),
+        ev(t0, -2000, "c1", Buyer),
+        // c2: answered, still open.
+        ev(t0, -1950, "c2", Buyer),
+        reply,
+        // c3: closed; c4: only a greeting; c5: older than the window
+        // before the stop.
+        ev(t0, -1950, "c3", Buyer),
+        ev(t0, -1900, "c3", Close),
+        greeting,
+        ev(t0, -4000, "c5", Buyer),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    kefu::store::import(dir.path(), &long_stop).unwrap();
+    let (_app, store, restored) = app_on_data(clock_config(), dir.path());
+    assert_eq!(
+        restored,
+        Restored {
+            given_up: 2,
+            given_up_waiting: 1,
+            ..Restored::default()
+        }
+    );
+    store.close().unwrap();
+
+    // Down for 10 s: c6's last event fell out of the window meanwhile.
+    let short_stop = vec![
+        ev(t0, -1805, "c6", Buyer),
+        ev(t0, -2000, "c7", Buyer),
+        ev(t0, -10, "c8", Buyer),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    kefu::store::import(dir.path(), &short_stop).unwrap();
+    let (_app, store, restored) = app_on_data(clock_config(), dir.path());
+    assert_eq!(
+        restored,
+        Restored {
+            conversations: 1,
+            waiting: 1,
+            given_up: 1,
+            given_up_waiting: 1,
+            ..Restored::default()
+        }
+    );
     store.close().unwrap();
 }

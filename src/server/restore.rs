@@ -46,6 +46,22 @@
 //! window is not brought back and gets no `close` (as one whose buyer sat
 //! silent longer than the window).
 //!
+//! Conversations left behind are counted, not brought back. A stop longer
+//! than the window leaves every open conversation behind (found by review:
+//! every waiting buyer was dropped without a word): each buyer gets a new
+//! conversation when back (`resumed: false`, a new greeting), no `close` is
+//! logged for the old one, and its unanswered buyer message stays an
+//! unanswered round, counted in the reports as 600 s against the agent it
+//! was last assigned to (docs/REPORTS.md). The start reads the window
+//! before the log's last event (found through the time index; what a start
+//! at the stop would have read), for the conversations not found in its own
+//! window, from the time index too and in the same pass as the span above:
+//! those open there (no `close`, someone chatted) are counted in
+//! [`Restored::given_up`] and logged at warn level with how many had an
+//! unanswered buyer message. After a short stop that span is as short as
+//! the stop; after a long one it is one window, and the start's own window
+//! is empty. The whole log is never read.
+//!
 //! A resume key made at this start (see `secret`) verifies no secret a
 //! buyer holds: the conversations brought back are marked as having lost
 //! their secret, and their `restore` events say so (`secret_lost`), so that
@@ -71,7 +87,7 @@ use std::time::Duration;
 
 use foldhash::{HashMap, HashMapExt};
 use tokio::time::Instant;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::hub::{Effects, LINE_COST};
 use super::App;
@@ -100,6 +116,13 @@ pub struct Restored {
     /// Open in the log but not brought back: shop no longer configured, or
     /// a second open conversation of the same buyer and shop (the older).
     pub skipped: usize,
+    /// Open at the last stop (within the resume window before the log's
+    /// last event, no `close`, someone chatted) but not brought back: their
+    /// last event is older than the window before this start (a stop
+    /// longer than the window, or a buyer quiet nearly as long before it).
+    pub given_up: usize,
+    /// Of which with an unanswered buyer message.
+    pub given_up_waiting: usize,
 }
 
 /// A chat line as the log has it.
@@ -172,8 +195,13 @@ pub(crate) struct Builder {
     /// Only these conversations are read (a span before the window, read
     /// for the conversations found in it).
     only: Option<foldhash::HashSet<(Arc<str>, Arc<str>)>>,
+    /// These conversations are not read (a span before the window, read
+    /// for the conversations not found in it).
+    except: Option<foldhash::HashSet<(Arc<str>, Arc<str>)>>,
     /// The earliest `restore` event read.
     first_restore_ms: Option<i64>,
+    /// The latest time of an event read.
+    last_ms: Option<i64>,
 }
 
 impl Builder {
@@ -185,8 +213,38 @@ impl Builder {
             index: HashMap::new(),
             convs: Vec::new(),
             only: None,
+            except: None,
             first_restore_ms: None,
+            last_ms: None,
         }
+    }
+
+    /// The time of the latest event read.
+    pub(crate) fn last_ms(&self) -> Option<i64> {
+        self.last_ms
+    }
+
+    /// A builder for the events before the ones this one read, keeping
+    /// only the conversations this one did not find: those the start
+    /// leaves behind ([`Builder::given_up`]).
+    pub(crate) fn others(&self) -> Builder {
+        Builder {
+            except: Some(self.index.keys().cloned().collect()),
+            ..Builder::new(self.history_bytes)
+        }
+    }
+
+    /// The conversations read that were open and not empty
+    /// ([`OpenConv::empty`]), and of those how many with an unanswered
+    /// buyer message.
+    pub(crate) fn given_up(&self) -> (usize, usize) {
+        let open = self
+            .convs
+            .iter()
+            .filter(|c| !c.closed && !c.buyer.is_empty() && !c.empty());
+        open.fold((0, 0), |(n, w), c| {
+            (n + 1, w + usize::from(c.round.is_some()))
+        })
     }
 
     /// When the earliest `restore` event read was logged: a start then
@@ -227,9 +285,12 @@ impl Builder {
 
     pub(crate) fn add(&mut self, e: Event) {
         let key = (e.shop.clone(), e.conversation.clone());
-        if self.only.as_ref().is_some_and(|only| !only.contains(&key)) {
+        if self.only.as_ref().is_some_and(|only| !only.contains(&key))
+            || self.except.as_ref().is_some_and(|e| e.contains(&key))
+        {
             return;
         }
+        self.last_ms = Some(self.last_ms.map_or(e.ts_ms, |l| l.max(e.ts_ms)));
         let n = self.convs.len();
         let i = *self.index.entry(key).or_insert(n);
         if i == n {
@@ -472,24 +533,48 @@ impl App {
             builder.add(e);
             Ok(())
         })?;
-        // A start within the window read the window before it: read that
-        // too, for the conversations found here, so they come back as that
-        // start had them (see the module docs).
-        if let Some(first) = builder.first_restore_ms() {
-            if first - window < from {
-                let mut earlier = builder.earlier();
-                let q = Query {
-                    from_ms: Some(first - window),
-                    to_ms: Some(from),
-                    ..Query::default()
-                };
-                read += reader.for_each(&q, |e| {
-                    earlier.add(e);
-                    Ok(())
-                })?;
-                builder.prepend(earlier);
-            }
+        // Two spans before the window, read at once. A start within the
+        // window read the window before it: read that too, for the
+        // conversations found here, so they come back as that start had
+        // them. And the window before the log's last event (what a start
+        // at the stop would have brought back), for the other
+        // conversations: those this start leaves behind, to count them
+        // (see the module docs).
+        let earlier_from = builder
+            .first_restore_ms()
+            .map(|first| first - window)
+            .filter(|&s| s < from);
+        let last = match builder.last_ms() {
+            Some(last) => Some(last),
+            None => reader.last_ms()?,
+        };
+        let others_from = last.map(|last| last - window).filter(|&s| s < from);
+        let mut earlier = earlier_from.map(|_| builder.earlier());
+        let mut others = others_from.map(|_| builder.others());
+        if let Some(start) = earlier_from.into_iter().chain(others_from).min() {
+            let q = Query {
+                from_ms: Some(start),
+                to_ms: Some(from),
+                ..Query::default()
+            };
+            read += reader.for_each(&q, |e| {
+                if let (Some(b), Some(s)) = (&mut earlier, earlier_from) {
+                    if e.ts_ms >= s {
+                        b.add(e.clone());
+                    }
+                }
+                if let (Some(b), Some(s)) = (&mut others, others_from) {
+                    if e.ts_ms >= s {
+                        b.add(e);
+                    }
+                }
+                Ok(())
+            })?;
         }
+        if let Some(earlier) = earlier {
+            builder.prepend(earlier);
+        }
+        let (given_up, given_up_waiting) = others.as_ref().map_or((0, 0), Builder::given_up);
         let (open, duplicates) = builder.finish();
         let phrases = self.phrases();
         let ctx = self.ctx(&phrases);
@@ -510,6 +595,21 @@ impl App {
             })?;
         }
         restored.skipped += duplicates;
+        restored.given_up = given_up;
+        restored.given_up_waiting = given_up_waiting;
+        if given_up > 0 {
+            warn!(
+                conversations = given_up,
+                waiting = given_up_waiting,
+                resume_window_secs = window / 1000,
+                "conversations open at the last stop were not brought back: nothing happened in \
+                 them within the resume window before this start (a stop longer than the window, \
+                 or a buyer quiet nearly as long before it). Each buyer gets a new conversation \
+                 when back; an unanswered message stays an unanswered round in the reports \
+                 (600 s, docs/REPORTS.md). A longer limits.resume_window_secs keeps them across \
+                 longer stops"
+            );
+        }
         info!(
             conversations = restored.conversations,
             waiting = restored.waiting,
