@@ -180,7 +180,7 @@ mod tests {
         std::fs::rename(&copy, sibling(data.path(), OLD_SUFFIX)).unwrap();
         assert_eq!(candidates(data.path()), [sibling(data.path(), OLD_SUFFIX)]);
         save(data.path(), &[file("a.yaml", "4")]).unwrap();
-        assert_eq!(candidates(data.path()), [copy.clone()]);
+        assert_eq!(candidates(data.path()), std::slice::from_ref(&copy));
         assert_eq!(std::fs::read_to_string(copy.join("a.yaml")).unwrap(), "4");
         assert!(!sibling(data.path(), OLD_SUFFIX).exists());
     }
