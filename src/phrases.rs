@@ -469,6 +469,21 @@ enum RawKeyword {
 const TEMPLATES_FILE: &str = "templates.yaml";
 const POLITENESS_FILE: &str = "politeness.yaml";
 
+/// Whether `path`, an entry of a phrase directory, is one of its YAML
+/// files: named `*.yaml` or `*.yml`, and not hidden (a name starting with
+/// `.`). Hidden names are other tools' files, never libraries: macOS
+/// copies (tar, rsync, a USB stick) leave an AppleDouble `._pre_sale.yaml`
+/// of binary metadata beside each file, and emacs keeps `.#pre_sale.yaml`
+/// (a dangling symlink) while the file is being edited; read as libraries,
+/// either made every reload fail and a start fall back to the last-good
+/// copy (found by review).
+pub(crate) fn is_library_file(path: &Path) -> bool {
+    let hidden = path
+        .file_name()
+        .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."));
+    !hidden && path.extension().is_some_and(|e| e == "yaml" || e == "yml")
+}
+
 #[derive(Default)]
 struct Loader {
     problems: Vec<Problem>,
@@ -479,7 +494,7 @@ impl Loader {
         let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
             Ok(rd) => rd
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+                .filter(|p| is_library_file(p))
                 .collect(),
             Err(e) => {
                 self.at(dir, 1, 1, ProblemKind::DirUnreadable(e.to_string()));

@@ -65,7 +65,7 @@ use crate::clock::Timebase;
 use crate::config::Config;
 use crate::events::Event;
 use crate::matcher::{BuildError, Matcher};
-use crate::phrases::{Library, LoadErrors, LoadedDir, LoadedFile, Templates};
+use crate::phrases::{Library, LoadErrors, LoadedDir, LoadedFile, ProblemKind, Templates};
 use crate::politeness::Checker;
 use crate::protocol::{PhraseSource, PhraseStatus};
 use crate::store::StoreHandle;
@@ -196,17 +196,16 @@ impl App {
             Ok(loaded) => (loaded, PhraseSource::Directory, Vec::new()),
             Err(errors) => {
                 let dir = config.phrases.display().to_string();
-                let Some(copy) = data.and_then(last_good::find) else {
+                let Some(found) = data.and_then(last_good::load) else {
                     return Err(ServerError::Phrases { dir, errors });
                 };
-                let loaded = LoadedDir::load(&copy).map_err(|copy_errors| {
-                    ServerError::PhrasesAndLastGood {
+                let (copy, loaded) =
+                    found.map_err(|(copy, copy_errors)| ServerError::PhrasesAndLastGood {
                         dir: dir.clone(),
                         errors: errors.clone(),
                         copy: copy.display().to_string(),
                         copy_errors,
-                    }
-                })?;
+                    })?;
                 for p in &errors.0 {
                     error!(dir = %dir, "phrase library problem: {p}");
                 }
@@ -222,23 +221,9 @@ impl App {
             }
         };
         let phrases = Phrases::from_library(&loaded.library)?;
+        let mut problems = problems;
         if let (Some(data), PhraseSource::Directory) = (data, source) {
-            // A reload refuses to lose a stage library; a start takes what the
-            // directory holds (that is how a library is removed on purpose),
-            // but says so loudly: a stray `rm` a reload caught would
-            // otherwise go unnoticed at the next deploy or crash (found by
-            // review).
-            if let Some(old) = last_good::find(data).and_then(|c| LoadedDir::load(&c).ok()) {
-                for p in loaded.losses(&old.files, &config.phrases) {
-                    error!(
-                        "started without a stage library the last good libraries had: {p} \
-                         (put the file back if that was not meant; the copy is replaced now)"
-                    );
-                }
-            }
-            if let Err(e) = last_good::save(data, &loaded.files) {
-                warn!(data = %data.display(), "cannot keep a copy of the phrase libraries: {e}");
-            }
+            problems = Self::keep_copy(data, &loaded, &config.phrases);
         }
         let app = App::assemble(config, phrases, store, data.map(Path::to_path_buf));
         app.libraries_in_use(loaded.files, source);
@@ -250,6 +235,73 @@ impl App {
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = fingerprint;
         Ok(app)
+    }
+
+    /// Makes `loaded`, the phrase directory `dir` as a start loaded it, the
+    /// last-good copy of data directory `data`. Returns the problems to
+    /// report when it lacks a stage library the copy has.
+    ///
+    /// A reload refuses to lose a stage library; a start takes what the
+    /// directory holds (that is how a library is removed on purpose). But a
+    /// stray `rm` that a reload refused must not go unnoticed at the next
+    /// deploy or crash (found by review: the start served without the
+    /// stage, said `ok` everywhere, replaced the copy, and logged a line
+    /// saying the reload was refused). So each loss is logged at error
+    /// level saying what the start did, the copy before is kept as
+    /// `phrases.last-good.old` to copy the file back from, and the loss is
+    /// in the phrase status (agents' `welcome`, `/healthz`: `phrases:
+    /// stale`) until a good reload or the next start: agents whose stage
+    /// gets no suggestions, and whoever watches `/healthz`, hear of it
+    /// where the log is read by nobody; after a removal on purpose the
+    /// notice lasts this run only (the next start's copy lacks the file
+    /// too).
+    fn keep_copy(data: &Path, loaded: &LoadedDir, dir: &Path) -> Vec<String> {
+        let lost = match last_good::load(data) {
+            Some(Ok((_, copy))) => loaded.losses(&copy.files, dir),
+            _ => Vec::new(),
+        };
+        let saved = if lost.is_empty() {
+            last_good::save(data, &loaded.files).map(|()| None)
+        } else {
+            last_good::save_keeping_previous(data, &loaded.files)
+        };
+        let kept = match saved {
+            Ok(kept) => kept,
+            Err(e) => {
+                warn!(data = %data.display(), "cannot keep a copy of the phrase libraries: {e}");
+                None
+            }
+        };
+        let mut problems = Vec::new();
+        for p in &lost {
+            let (stage, intents, what) = match &p.kind {
+                ProblemKind::LibraryFileGone { stage, intents } => {
+                    let name = p.file.file_name().unwrap_or_default().to_string_lossy();
+                    (*stage, *intents, format!("started without {name}"))
+                }
+                ProblemKind::StageEmptied { stage, intents } => (
+                    *stage,
+                    *intents,
+                    format!("started with no intent of stage {stage}"),
+                ),
+                _ => continue,
+            };
+            let from = match &kept {
+                Some(old) => format!(" (the copy before this start is in {})", old.display()),
+                None => String::new(),
+            };
+            let text = format!(
+                "{}: {what}, which the last good copy has ({intents} intent(s) of stage {stage}, \
+                 {}): {} messages get no suggestions; restore the file{from} or, if it was \
+                 removed on purpose, ignore this",
+                p.file.display(),
+                stage.label(),
+                stage.as_str().replace('_', "-"),
+            );
+            error!("{text}");
+            problems.push(text);
+        }
+        problems
     }
 
     /// Builds the state around already compiled phrases.

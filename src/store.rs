@@ -1039,6 +1039,14 @@ impl Reader {
             .map_err(|e| sql_fail("cannot count the events of", &self.path, e))
             .map(|n| n.unwrap_or(0))
     }
+
+    /// The time of the log's latest event (`None`: an empty log), from the
+    /// time index: one step, whatever the size of the log.
+    pub fn last_ms(&self) -> Result<Option<i64>, StoreError> {
+        let conn = self.connect()?;
+        conn.query_row("SELECT max(ts_ms) FROM events", [], |r| r.get(0))
+            .map_err(|e| sql_fail("cannot read", &self.path, e))
+    }
 }
 
 fn create_data_dir(dir: &Path) -> Result<(), StoreError> {

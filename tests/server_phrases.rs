@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::{serve_tcp, test_config, Client, TestApp};
 use kefu::config::Config;
+use kefu::protocol::PhraseSource;
 use kefu::server::{App, ServerError, LAST_GOOD_DIR};
 use kefu::store::StoreHandle;
 use serde_json::{json, Value};
@@ -259,4 +260,161 @@ async fn deleting_a_stage_file_is_refused_and_the_old_library_still_matches() {
     assert_eq!(r["intents"], 5);
     assert_eq!(healthz(&t).await, "ok\n");
     t.stop().await;
+}
+
+/// Other tools' hidden files beside the libraries are not libraries: a
+/// macOS AppleDouble `._pre_sale.yaml` (binary, not UTF-8) and emacs'
+/// lock `.#pre_sale.yaml` (a dangling symlink while the file is edited)
+/// neither stop a start from loading the directory nor fail a reload, and
+/// the last-good copy holds only the libraries. Before, each made every
+/// reload fail (`not valid UTF-8`, `cannot read file`) and a start fall
+/// back to the copy.
+#[tokio::test]
+async fn hidden_files_in_the_phrase_directory_are_not_libraries() {
+    let phrases = phrase_dir();
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(
+        phrases.path().join("._pre_sale.yaml"),
+        b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        \xff\xfe",
+    )
+    .unwrap();
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(
+        "tester@host.1234:1795400000",
+        phrases.path().join(".#pre_sale.yaml"),
+    )
+    .unwrap();
+    let app = App::open(
+        config_on(phrases.path(), true),
+        StoreHandle::default(),
+        data.path(),
+    )
+    .expect("the directory loads");
+    let status = app.phrase_status();
+    assert!(status.ok, "{:?}", status.problems);
+    assert_eq!(
+        status.source,
+        PhraseSource::Directory,
+        "not the last-good copy"
+    );
+    let mut copied: Vec<String> = std::fs::read_dir(data.path().join(LAST_GOOD_DIR))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    copied.sort();
+    assert!(copied.iter().all(|n| !n.starts_with('.')), "{copied:?}");
+    assert!(copied.contains(&"pre_sale.yaml".to_string()), "{copied:?}");
+
+    let t = serve_tcp(app).await;
+    let (mut a, welcome) = t.agent("a1").await;
+    assert_eq!(welcome["phrases"]["ok"], true, "{welcome}");
+    // An edit while the hidden files are there reloads.
+    let path = phrases.path().join("pre_sale.yaml");
+    let good = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, good.replace("有货, ", "有货, 囤货, ")).unwrap();
+    let r = a.recv_until("reload").await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(healthz(&t).await, "ok\n");
+    t.stop().await;
+}
+
+/// A stage library removed (a stray `rm`, or on purpose) and then a
+/// restart: the start serves without it, as a removal on purpose needs,
+/// but says what happened where agents and monitors look (the `welcome`'s
+/// `phrases`, `/healthz`), and keeps the copy before it as
+/// `phrases.last-good.old` to copy the file back from. Before, everything
+/// said `ok`, the copy was replaced without the file, and the one log line
+/// said a reload was refused. The next start without the file takes the
+/// removal as meant.
+#[tokio::test]
+async fn a_start_without_a_stage_library_says_so_and_keeps_the_copy_before() {
+    let phrases = phrase_dir();
+    let data = tempfile::tempdir().unwrap();
+    let open = |reload| {
+        App::open(
+            config_on(phrases.path(), reload),
+            StoreHandle::default(),
+            data.path(),
+        )
+        .unwrap()
+    };
+    assert!(open(false).phrase_status().ok);
+    let path = phrases.path().join("pre_sale.yaml");
+    let good = std::fs::read(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+
+    let t = serve_tcp(open(false)).await;
+    let (_a, welcome) = t.agent("a1").await;
+    let status = &welcome["phrases"];
+    assert_eq!(status["ok"], false, "{welcome}");
+    assert_eq!(status["source"], "directory");
+    let problem = status["problems"][0].as_str().unwrap();
+    assert!(
+        problem
+            .contains("pre_sale.yaml: started without pre_sale.yaml, which the last good copy has"),
+        "{problem}"
+    );
+    assert!(
+        problem.contains("pre-sale messages get no suggestions; restore the file"),
+        "{problem}"
+    );
+    assert!(!problem.contains("reload refused"), "{problem}");
+    let health = healthz(&t).await;
+    assert!(
+        health.contains("phrases: stale\nphrase_problems: 1\n"),
+        "{health}"
+    );
+    let old = data.path().join(format!("{LAST_GOOD_DIR}.old"));
+    assert!(problem.contains(&old.display().to_string()), "{problem}");
+    assert_eq!(std::fs::read(old.join("pre_sale.yaml")).unwrap(), good);
+    assert!(!data
+        .path()
+        .join(LAST_GOOD_DIR)
+        .join("pre_sale.yaml")
+        .exists());
+    t.stop().await;
+
+    // A second start without it: removed on purpose, nothing to say.
+    let t = serve_tcp(open(true)).await;
+    let (mut a, welcome) = t.agent("a1").await;
+    assert_eq!(welcome["phrases"]["ok"], true, "{welcome}");
+    assert_eq!(healthz(&t).await, "ok\n");
+    // Copied back from the kept copy, it reloads.
+    std::fs::copy(old.join("pre_sale.yaml"), &path).unwrap();
+    let r = a.recv_until("reload").await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["intents"], 5);
+    t.stop().await;
+}
+
+/// A damaged `phrases.last-good` (emptied by hand) beside an intact
+/// `phrases.last-good.old`: a start whose directory does not load serves
+/// the `.old` copy. Before, it refused (exit 2): only the first copy that
+/// existed was tried.
+#[tokio::test]
+async fn a_damaged_last_good_copy_falls_back_on_the_old_one() {
+    let phrases = phrase_dir();
+    let data = tempfile::tempdir().unwrap();
+    drop(
+        App::open(
+            config_on(phrases.path(), false),
+            StoreHandle::default(),
+            data.path(),
+        )
+        .unwrap(),
+    );
+    let copy = data.path().join(LAST_GOOD_DIR);
+    std::fs::rename(&copy, data.path().join(format!("{LAST_GOOD_DIR}.old"))).unwrap();
+    std::fs::create_dir(&copy).unwrap();
+    std::fs::write(phrases.path().join("pre_sale.yaml"), BROKEN).unwrap();
+    let app = App::open(
+        config_on(phrases.path(), false),
+        StoreHandle::default(),
+        data.path(),
+    )
+    .expect("serves the .old copy");
+    let status = app.phrase_status();
+    assert_eq!(status.source, PhraseSource::LastGood);
+    assert_eq!(status.intents, 5);
+    assert!(!status.ok);
 }

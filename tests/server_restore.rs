@@ -83,7 +83,8 @@ async fn a_restart_keeps_the_conversation_its_history_round_and_resume_secret() 
         Restored {
             conversations: 1,
             waiting: 1,
-            skipped: 0
+            skipped: 0,
+            ..Restored::default()
         }
     );
     let (mut agent, welcome) = t.agent("a1").await;
@@ -220,7 +221,8 @@ async fn alarms_due_during_a_restart_fire_once_and_agents_get_a_grace() {
         Restored {
             conversations: 3,
             waiting: 3,
-            skipped: 0
+            skipped: 0,
+            ..Restored::default()
         }
     );
     let mut t = serve_local(app).await;
@@ -779,5 +781,114 @@ async fn an_id_accepted_before_an_upgrade_can_resume_its_conversation() {
     new.expect_error("bad_id").await;
     drop((back, other, new));
     t.stop().await;
+    store.close().unwrap();
+}
+
+/// A conversation longer than the resume window whose `assign` event is
+/// older than it goes back to the agent of its replies in the window,
+/// after the restart grace like any other: the first agent back does not
+/// get it. Before, only `assign` events counted, and the long after-sale
+/// dispute went to whoever signed in first (found by review).
+#[tokio::test]
+async fn a_conversation_longer_than_the_window_keeps_the_agent_who_replied() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = now_ms();
+    use Kind::*;
+    let to_a2 = |mut e: Event| {
+        e.agent = Some("a2".into());
+        e
+    };
+    let mut reply = to_a2(ev(t0, -1440, "c1", Agent));
+    reply.text = Some("亲，退货运费我们承担".into());
+    let events = vec![
+        // 40 minutes ago, outside the 30-minute window.
+        to_a2(ev(t0, -2400, "c1", Assign)),
+        ev(t0, -2400, "c1", Buyer),
+        // Inside: a2's reply, and the buyer waiting now.
+        reply,
+        ev(t0, -60, "c1", Buyer),
+    ];
+    kefu::store::import(dir.path(), &events).unwrap();
+
+    let (t, store, restored) = spawn_app_on_data(clock_config(), dir.path()).await;
+    assert_eq!((restored.conversations, restored.waiting), (1, 1));
+    let (_a1, welcome) = t.agent("a1").await;
+    assert_eq!(
+        welcome["conversations"],
+        json!([]),
+        "a2's conversation waits for a2"
+    );
+    let (_a2, welcome) = t.agent("a2").await;
+    let list = welcome["conversations"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{welcome}");
+    assert_eq!(list[0]["conversation"], "c1");
+    assert_eq!(list[0]["waiting_since"], t0 - 60_000);
+    t.stop().await;
+    store.close().unwrap();
+}
+
+/// A stop longer than the resume window brings nothing back, but the
+/// start counts (and logs) the conversations open at the stop that it
+/// leaves behind, and how many had a buyer waiting: those with an event
+/// within the window before the log's last one, no `close`, and chat in
+/// them. After a short stop only those whose last event fell out of the
+/// window during the stop. Before, nothing said any buyer was dropped.
+#[tokio::test]
+async fn a_start_counts_the_open_conversations_it_leaves_behind() {
+    use Kind::*;
+    let t0 = now_ms();
+    let mut greeting = ev(t0, -1900, "c4", Bot);
+    greeting.note = Some("greeting".into());
+    let mut reply = ev(t0, -1890, "c2", Agent);
+    reply.agent = Some("a1".into());
+    reply.text = Some("亲，在的".into());
+    // Down for about half an hour: the last event 1,890 s ago, the window
+    // 1,800 s.
+    let long_stop = vec![
+        // c1: a buyer waiting since 2,000 s ago.
+        ev(t0, -2000, "c1", Assign),
+        ev(t0, -2000, "c1", Buyer),
+        // c2: answered, still open.
+        ev(t0, -1950, "c2", Buyer),
+        reply,
+        // c3: closed; c4: only a greeting; c5: older than the window
+        // before the stop.
+        ev(t0, -1950, "c3", Buyer),
+        ev(t0, -1900, "c3", Close),
+        greeting,
+        ev(t0, -4000, "c5", Buyer),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    kefu::store::import(dir.path(), &long_stop).unwrap();
+    let (_app, store, restored) = app_on_data(clock_config(), dir.path());
+    assert_eq!(
+        restored,
+        Restored {
+            given_up: 2,
+            given_up_waiting: 1,
+            ..Restored::default()
+        }
+    );
+    store.close().unwrap();
+
+    // Down for 10 s: c6's last event fell out of the window meanwhile.
+    let short_stop = vec![
+        ev(t0, -1805, "c6", Buyer),
+        ev(t0, -2000, "c7", Buyer),
+        ev(t0, -10, "c8", Buyer),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    kefu::store::import(dir.path(), &short_stop).unwrap();
+    let (_app, store, restored) = app_on_data(clock_config(), dir.path());
+    assert_eq!(
+        restored,
+        Restored {
+            conversations: 1,
+            waiting: 1,
+            given_up: 1,
+            given_up_waiting: 1,
+            ..Restored::default()
+        }
+    );
     store.close().unwrap();
 }

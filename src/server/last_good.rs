@@ -10,13 +10,25 @@
 //! `phrases.last-good.tmp`, the old copy is renamed to
 //! `phrases.last-good.old`, the new one renamed into place and the old one
 //! removed. At every moment one of `phrases.last-good` and
-//! `phrases.last-good.old` is a complete copy, and [`find`] takes the
-//! first that exists.
+//! `phrases.last-good.old` is a complete copy, and [`candidates`] lists
+//! both, in that order: a start serves the first that loads, so a damaged
+//! `phrases.last-good` (emptied or edited by hand) falls back on an intact
+//! `phrases.last-good.old` (found by review: only the first that existed
+//! was tried, and the start refused).
+//!
+//! A start whose directory lacks a stage library the copy has (removed on
+//! purpose, or a stray `rm` that a reload refused, then a restart) replaces
+//! the copy but keeps the one before as `phrases.last-good.old`
+//! ([`save_keeping_previous`]), so the missing file can be copied back from
+//! it; the next save that changes the copy (a good reload of an edit)
+//! removes it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::phrases::LoadedFile;
+use tracing::warn;
+
+use crate::phrases::{LoadErrors, LoadedDir, LoadedFile};
 
 /// The copy's directory, in the data directory.
 pub const LAST_GOOD_DIR: &str = "phrases.last-good";
@@ -27,11 +39,42 @@ fn sibling(data: &Path, suffix: &str) -> PathBuf {
     data.join(format!("{LAST_GOOD_DIR}{suffix}"))
 }
 
-/// The last-good copy of data directory `data`, if it has one.
-pub(crate) fn find(data: &Path) -> Option<PathBuf> {
+/// The last-good copies of data directory `data` that exist, the one to
+/// serve first: `phrases.last-good`, then `phrases.last-good.old`.
+pub(crate) fn candidates(data: &Path) -> Vec<PathBuf> {
     [data.join(LAST_GOOD_DIR), sibling(data, OLD_SUFFIX)]
         .into_iter()
-        .find(|d| d.is_dir())
+        .filter(|d| d.is_dir())
+        .collect()
+}
+
+/// The first of the [`candidates`] that loads, with where it is; when
+/// none loads, the first one's problems; `None` without a copy. A
+/// `phrases.last-good` that does not load while the `.old` copy does is
+/// logged.
+pub(crate) fn load(data: &Path) -> Option<Result<(PathBuf, LoadedDir), (PathBuf, LoadErrors)>> {
+    let mut first: Option<(PathBuf, LoadErrors)> = None;
+    for copy in candidates(data) {
+        match LoadedDir::load(&copy) {
+            Ok(loaded) => {
+                if let Some((bad, errors)) = &first {
+                    warn!(
+                        copy = %bad.display(),
+                        problems = errors.0.len(),
+                        "the last good copy of the phrase libraries does not load ({}): using the \
+                         copy before it, {}",
+                        errors.0.first().map(ToString::to_string).unwrap_or_default(),
+                        copy.display()
+                    );
+                }
+                return Some(Ok((copy, loaded)));
+            }
+            Err(errors) => {
+                first.get_or_insert((copy, errors));
+            }
+        }
+    }
+    first.map(Err)
 }
 
 /// Whether the copy at `dir` holds exactly `files` (nothing to write).
@@ -48,9 +91,23 @@ fn holds(dir: &Path, files: &[LoadedFile]) -> bool {
 
 /// Makes `files` the last-good copy of data directory `data`.
 pub(crate) fn save(data: &Path, files: &[LoadedFile]) -> std::io::Result<()> {
+    replace(data, files, false).map(drop)
+}
+
+/// [`save`], keeping the copy it replaces as `phrases.last-good.old`
+/// (until the next save that changes the copy). Returns where the kept
+/// copy is, or `None` when there was nothing to replace.
+pub(crate) fn save_keeping_previous(
+    data: &Path,
+    files: &[LoadedFile],
+) -> std::io::Result<Option<PathBuf>> {
+    replace(data, files, true)
+}
+
+fn replace(data: &Path, files: &[LoadedFile], keep: bool) -> std::io::Result<Option<PathBuf>> {
     let dest = data.join(LAST_GOOD_DIR);
     if dest.is_dir() && holds(&dest, files) {
-        return Ok(());
+        return Ok(None);
     }
     let tmp = sibling(data, TMP_SUFFIX);
     let old = sibling(data, OLD_SUFFIX);
@@ -63,14 +120,18 @@ pub(crate) fn save(data: &Path, files: &[LoadedFile]) -> std::io::Result<()> {
         out.sync_all()?;
     }
     sync_dir(&tmp);
-    if dest.is_dir() {
+    let replaced = dest.is_dir();
+    if replaced {
         remove_dir_if_any(&old)?;
         std::fs::rename(&dest, &old)?;
     }
     std::fs::rename(&tmp, &dest)?;
     sync_dir(data);
+    if keep && replaced {
+        return Ok(Some(old));
+    }
     remove_dir_if_any(&old)?;
-    Ok(())
+    Ok(None)
 }
 
 fn remove_dir_if_any(dir: &Path) -> std::io::Result<()> {
@@ -103,9 +164,9 @@ mod tests {
     #[test]
     fn a_save_replaces_the_copy_whole_and_an_old_copy_is_found() {
         let data = tempfile::tempdir().unwrap();
-        assert_eq!(find(data.path()), None);
+        assert_eq!(candidates(data.path()), Vec::<PathBuf>::new());
         save(data.path(), &[file("a.yaml", "1"), file("b.yaml", "2")]).unwrap();
-        let copy = find(data.path()).expect("saved");
+        let copy = candidates(data.path()).remove(0);
         assert_eq!(copy, data.path().join(LAST_GOOD_DIR));
         save(data.path(), &[file("a.yaml", "3")]).unwrap();
         assert_eq!(std::fs::read_to_string(copy.join("a.yaml")).unwrap(), "3");
@@ -117,10 +178,64 @@ mod tests {
         assert!(!sibling(data.path(), TMP_SUFFIX).exists());
         // A crash between the two renames leaves only the old copy.
         std::fs::rename(&copy, sibling(data.path(), OLD_SUFFIX)).unwrap();
-        assert_eq!(find(data.path()), Some(sibling(data.path(), OLD_SUFFIX)));
+        assert_eq!(candidates(data.path()), [sibling(data.path(), OLD_SUFFIX)]);
         save(data.path(), &[file("a.yaml", "4")]).unwrap();
-        assert_eq!(find(data.path()), Some(copy.clone()));
+        assert_eq!(candidates(data.path()), std::slice::from_ref(&copy));
         assert_eq!(std::fs::read_to_string(copy.join("a.yaml")).unwrap(), "4");
         assert!(!sibling(data.path(), OLD_SUFFIX).exists());
+    }
+
+    /// A damaged `phrases.last-good` (emptied by hand) beside an intact
+    /// `.old` copy: the `.old` one loads. Before, only the first copy that
+    /// existed was tried and the start refused (found by review).
+    #[test]
+    fn a_damaged_copy_falls_back_on_the_old_one() {
+        let data = tempfile::tempdir().unwrap();
+        let old = sibling(data.path(), OLD_SUFFIX);
+        assert!(load(data.path()).is_none(), "no copy");
+        std::fs::create_dir(data.path().join(LAST_GOOD_DIR)).unwrap();
+        match load(data.path()) {
+            Some(Err((copy, _))) => assert_eq!(copy, data.path().join(LAST_GOOD_DIR)),
+            _ => panic!("an empty copy does not load"),
+        }
+        std::fs::create_dir(&old).unwrap();
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/phrases");
+        for e in std::fs::read_dir(fixture).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, old.join(p.file_name().unwrap())).unwrap();
+        }
+        match load(data.path()) {
+            Some(Ok((copy, loaded))) => {
+                assert_eq!(copy, old);
+                assert!(!loaded.library.intents.is_empty());
+            }
+            Some(Err((_, e))) => panic!("the old copy does not load: {e}"),
+            None => panic!("no copy found"),
+        }
+    }
+
+    /// A save that keeps the previous copy leaves it as the `.old` copy,
+    /// listed after the new one; the next save that changes the copy
+    /// removes it, one that changes nothing keeps it.
+    #[test]
+    fn a_save_keeping_the_previous_copy_lists_both() {
+        let data = tempfile::tempdir().unwrap();
+        let old = sibling(data.path(), OLD_SUFFIX);
+        assert_eq!(
+            save_keeping_previous(data.path(), &[file("a.yaml", "1")]).unwrap(),
+            None,
+            "nothing to keep"
+        );
+        let kept = save_keeping_previous(data.path(), &[file("b.yaml", "2")]).unwrap();
+        assert_eq!(kept, Some(old.clone()));
+        assert_eq!(std::fs::read_to_string(old.join("a.yaml")).unwrap(), "1");
+        assert_eq!(
+            candidates(data.path()),
+            [data.path().join(LAST_GOOD_DIR), old.clone()]
+        );
+        save(data.path(), &[file("b.yaml", "2")]).unwrap();
+        assert!(old.is_dir(), "an unchanged copy keeps it");
+        save(data.path(), &[file("b.yaml", "3")]).unwrap();
+        assert!(!old.exists());
     }
 }

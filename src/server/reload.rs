@@ -1,7 +1,8 @@
 //! Hot reload of the phrase directory.
 //!
 //! The directory is polled (every second by default): the names, sizes and
-//! modification times of its `*.yaml` files form a fingerprint, and a
+//! modification times of its `*.yaml` files (hidden ones, named `.…`, left
+//! out as the load leaves them out) form a fingerprint, and a
 //! changed fingerprint that stays the same for one more poll triggers a
 //! reload, so an editor's save-in-several-writes is read once, whole.
 //! Polling rather than inotify: it works the same on every file system
@@ -70,7 +71,7 @@ pub(crate) fn fingerprint(dir: &Path) -> Option<Fingerprint> {
     let mut fp: Fingerprint = rd
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .filter(|p| crate::phrases::is_library_file(p))
         .map(|p| {
             let meta = std::fs::metadata(&p).ok();
             let len = meta.as_ref().map_or(0, |m| m.len());
@@ -206,6 +207,18 @@ mod tests {
         assert_eq!(fp.len(), 1);
         assert_eq!(fp[0].1, 1);
         assert_eq!(fingerprint(&dir.path().join("gone")), Some(Vec::new()));
+    }
+
+    /// Hidden files (`._a.yaml` from macOS, `.#a.yaml` from emacs) are
+    /// not libraries: not in the fingerprint, so they trigger no reload.
+    #[test]
+    fn hidden_files_are_not_in_the_fingerprint() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), "x").unwrap();
+        let before = fingerprint(dir.path()).expect("readable");
+        std::fs::write(dir.path().join("._a.yaml"), b"\x00\x05\x16\x07").unwrap();
+        std::fs::write(dir.path().join(".#a.yaml"), "x").unwrap();
+        assert_eq!(fingerprint(dir.path()), Some(before));
     }
 
     /// A file made readable (`chmod`) is a change, though its size and

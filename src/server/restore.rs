@@ -17,9 +17,20 @@
 //!
 //! Only that window is read, through the time index, so the start costs
 //! the same whatever the size of the log. What a conversation had before
-//! the window is not seen: its older lines, and an assignment or rating
-//! logged before it (such a conversation waits for the next agent, as a new
-//! one does).
+//! the window is not seen: its older lines, its `assign` event, its rating.
+//! Its agent is the one named by the latest event read that names the
+//! conversation's holder: an `assign` (a transfer included), an `agent`
+//! reply (only the holder replies), a `nudge` or `breach` (logged with the
+//! holder), a `restore` (the agent an earlier start gave it back to). So a
+//! conversation longer than the window whose agent replied, was alarmed
+//! or was restored within it goes back to that agent after the restart
+//! grace, not to the first agent back (found by review: the long
+//! after-sale disputes went to whoever signed in first). One with no such
+//! event in what was read waits for the next agent, as a new one does. A
+//! rating logged before what was read is lost: the log keeps it once, in
+//! its `rating` event, and has no index by conversation to find it without
+//! reading back through everything older (`restore` events do not carry
+//! it).
 //!
 //! A start logs a `restore` event for each conversation it brings back:
 //! its buyer's resume window counts again from the start, so the next start
@@ -34,6 +45,22 @@
 //! before the second's window is not seen. A conversation past the renewed
 //! window is not brought back and gets no `close` (as one whose buyer sat
 //! silent longer than the window).
+//!
+//! Conversations left behind are counted, not brought back. A stop longer
+//! than the window leaves every open conversation behind (found by review:
+//! every waiting buyer was dropped without a word): each buyer gets a new
+//! conversation when back (`resumed: false`, a new greeting), no `close` is
+//! logged for the old one, and its unanswered buyer message stays an
+//! unanswered round, counted in the reports as 600 s against the agent it
+//! was last assigned to (docs/REPORTS.md). The start reads the window
+//! before the log's last event (found through the time index; what a start
+//! at the stop would have read), for the conversations not found in its own
+//! window, from the time index too and in the same pass as the span above:
+//! those open there (no `close`, someone chatted) are counted in
+//! [`Restored::given_up`] and logged at warn level with how many had an
+//! unanswered buyer message. After a short stop that span is as short as
+//! the stop; after a long one it is one window, and the start's own window
+//! is empty. The whole log is never read.
 //!
 //! A resume key made at this start (see `secret`) verifies no secret a
 //! buyer holds: the conversations brought back are marked as having lost
@@ -60,7 +87,7 @@ use std::time::Duration;
 
 use foldhash::{HashMap, HashMapExt};
 use tokio::time::Instant;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::hub::{Effects, LINE_COST};
 use super::App;
@@ -89,6 +116,13 @@ pub struct Restored {
     /// Open in the log but not brought back: shop no longer configured, or
     /// a second open conversation of the same buyer and shop (the older).
     pub skipped: usize,
+    /// Open at the last stop (within the resume window before the log's
+    /// last event, no `close`, someone chatted) but not brought back: their
+    /// last event is older than the window before this start (a stop
+    /// longer than the window, or a buyer quiet nearly as long before it).
+    pub given_up: usize,
+    /// Of which with an unanswered buyer message.
+    pub given_up_waiting: usize,
 }
 
 /// A chat line as the log has it.
@@ -118,7 +152,8 @@ pub(crate) struct OpenConv {
     pub shop: Arc<str>,
     pub buyer: Arc<str>,
     pub id: Arc<str>,
-    /// The latest assignment.
+    /// The agent of the latest event that names the holder: an
+    /// assignment or transfer, a reply, an alarm, a restart's `restore`.
     pub agent: Option<Arc<str>>,
     /// Oldest first, capped as the hub caps them.
     pub lines: std::collections::VecDeque<PastLine>,
@@ -160,8 +195,13 @@ pub(crate) struct Builder {
     /// Only these conversations are read (a span before the window, read
     /// for the conversations found in it).
     only: Option<foldhash::HashSet<(Arc<str>, Arc<str>)>>,
+    /// These conversations are not read (a span before the window, read
+    /// for the conversations not found in it).
+    except: Option<foldhash::HashSet<(Arc<str>, Arc<str>)>>,
     /// The earliest `restore` event read.
     first_restore_ms: Option<i64>,
+    /// The latest time of an event read.
+    last_ms: Option<i64>,
 }
 
 impl Builder {
@@ -173,8 +213,38 @@ impl Builder {
             index: HashMap::new(),
             convs: Vec::new(),
             only: None,
+            except: None,
             first_restore_ms: None,
+            last_ms: None,
         }
+    }
+
+    /// The time of the latest event read.
+    pub(crate) fn last_ms(&self) -> Option<i64> {
+        self.last_ms
+    }
+
+    /// A builder for the events before the ones this one read, keeping
+    /// only the conversations this one did not find: those the start
+    /// leaves behind ([`Builder::given_up`]).
+    pub(crate) fn others(&self) -> Builder {
+        Builder {
+            except: Some(self.index.keys().cloned().collect()),
+            ..Builder::new(self.history_bytes)
+        }
+    }
+
+    /// The conversations read that were open and not empty
+    /// ([`OpenConv::empty`]), and of those how many with an unanswered
+    /// buyer message.
+    pub(crate) fn given_up(&self) -> (usize, usize) {
+        let open = self
+            .convs
+            .iter()
+            .filter(|c| !c.closed && !c.buyer.is_empty() && !c.empty());
+        open.fold((0, 0), |(n, w), c| {
+            (n + 1, w + usize::from(c.round.is_some()))
+        })
     }
 
     /// When the earliest `restore` event read was logged: a start then
@@ -215,9 +285,12 @@ impl Builder {
 
     pub(crate) fn add(&mut self, e: Event) {
         let key = (e.shop.clone(), e.conversation.clone());
-        if self.only.as_ref().is_some_and(|only| !only.contains(&key)) {
+        if self.only.as_ref().is_some_and(|only| !only.contains(&key))
+            || self.except.as_ref().is_some_and(|e| e.contains(&key))
+        {
             return;
         }
+        self.last_ms = Some(self.last_ms.map_or(e.ts_ms, |l| l.max(e.ts_ms)));
         let n = self.convs.len();
         let i = *self.index.entry(key).or_insert(n);
         if i == n {
@@ -266,6 +339,9 @@ impl Builder {
                 });
             }
             Kind::Agent => {
+                // Only the holder replies: an assignment older than what
+                // was read still comes back (found by review).
+                c.agent = e.agent.clone().or(c.agent.take());
                 c.push(
                     line(Author::Agent, e.agent.clone(), None),
                     self.history_bytes,
@@ -310,21 +386,25 @@ impl Builder {
             }
             Kind::Rating => c.rated = e.score.or(c.rated),
             Kind::Nudge => {
+                c.agent = e.agent.clone().or(c.agent.take());
                 c.marks.nudged = true;
                 if let Some(r) = &mut c.round {
                     r.nudged = true;
                 }
             }
             Kind::Breach => {
+                c.agent = e.agent.clone().or(c.agent.take());
                 c.marks.breached = true;
                 if let Some(r) = &mut c.round {
                     r.breached = true;
                 }
             }
             Kind::Close => c.closed = true,
-            // Activity (`last_ms` above) and nothing else but the lost
-            // secret: the lines and the rest are in the events before it.
+            // Activity (`last_ms` above), the lost secret and the agent
+            // the start gave it back to: the lines and the rest are in the
+            // events before it.
             Kind::Restore => {
+                c.agent = e.agent.clone().or(c.agent.take());
                 c.secret_lost |= e.note.as_deref() == Some(SECRET_LOST);
                 let first = self.first_restore_ms.get_or_insert(e.ts_ms);
                 *first = (*first).min(e.ts_ms);
@@ -369,8 +449,9 @@ impl OpenConv {
         // the lines `later` dropped would go here too.
         let mut first_transfer = true;
         for mut line in later.lines {
-            // The first transfer `later` read before any assignment did not
-            // know its sender: the holder as of the end of this span.
+            // The first transfer `later` read before any event naming the
+            // holder did not know its sender: the holder as of the end of
+            // this span.
             if line.author == Author::System
                 && std::mem::take(&mut first_transfer)
                 && line.agent.is_none()
@@ -452,24 +533,48 @@ impl App {
             builder.add(e);
             Ok(())
         })?;
-        // A start within the window read the window before it: read that
-        // too, for the conversations found here, so they come back as that
-        // start had them (see the module docs).
-        if let Some(first) = builder.first_restore_ms() {
-            if first - window < from {
-                let mut earlier = builder.earlier();
-                let q = Query {
-                    from_ms: Some(first - window),
-                    to_ms: Some(from),
-                    ..Query::default()
-                };
-                read += reader.for_each(&q, |e| {
-                    earlier.add(e);
-                    Ok(())
-                })?;
-                builder.prepend(earlier);
-            }
+        // Two spans before the window, read at once. A start within the
+        // window read the window before it: read that too, for the
+        // conversations found here, so they come back as that start had
+        // them. And the window before the log's last event (what a start
+        // at the stop would have brought back), for the other
+        // conversations: those this start leaves behind, to count them
+        // (see the module docs).
+        let earlier_from = builder
+            .first_restore_ms()
+            .map(|first| first - window)
+            .filter(|&s| s < from);
+        let last = match builder.last_ms() {
+            Some(last) => Some(last),
+            None => reader.last_ms()?,
+        };
+        let others_from = last.map(|last| last - window).filter(|&s| s < from);
+        let mut earlier = earlier_from.map(|_| builder.earlier());
+        let mut others = others_from.map(|_| builder.others());
+        if let Some(start) = earlier_from.into_iter().chain(others_from).min() {
+            let q = Query {
+                from_ms: Some(start),
+                to_ms: Some(from),
+                ..Query::default()
+            };
+            read += reader.for_each(&q, |e| {
+                if let (Some(b), Some(s)) = (&mut earlier, earlier_from) {
+                    if e.ts_ms >= s {
+                        b.add(e.clone());
+                    }
+                }
+                if let (Some(b), Some(s)) = (&mut others, others_from) {
+                    if e.ts_ms >= s {
+                        b.add(e);
+                    }
+                }
+                Ok(())
+            })?;
         }
+        if let Some(earlier) = earlier {
+            builder.prepend(earlier);
+        }
+        let (given_up, given_up_waiting) = others.as_ref().map_or((0, 0), Builder::given_up);
         let (open, duplicates) = builder.finish();
         let phrases = self.phrases();
         let ctx = self.ctx(&phrases);
@@ -490,6 +595,21 @@ impl App {
             })?;
         }
         restored.skipped += duplicates;
+        restored.given_up = given_up;
+        restored.given_up_waiting = given_up_waiting;
+        if given_up > 0 {
+            warn!(
+                conversations = given_up,
+                waiting = given_up_waiting,
+                resume_window_secs = window / 1000,
+                "conversations open at the last stop were not brought back: nothing happened in \
+                 them within the resume window before this start (a stop longer than the window, \
+                 or a buyer quiet nearly as long before it). Each buyer gets a new conversation \
+                 when back; an unanswered message stays an unanswered round in the reports \
+                 (600 s, docs/REPORTS.md). A longer limits.resume_window_secs keeps them across \
+                 longer stops"
+            );
+        }
         info!(
             conversations = restored.conversations,
             waiting = restored.waiting,
@@ -780,7 +900,8 @@ mod tests {
                 800,
                 vec![(
                     "c1".into(),
-                    None,
+                    // The agent of the replies.
+                    Some("a1".into()),
                     // 300+64 + 3+64 + 3+64 + 600+64 = 1162 > 800: the
                     // first goes (798 left, within the cap).
                     lines(&[
@@ -949,9 +1070,68 @@ mod tests {
         }
     }
 
+    /// The agent comes from the latest event read that names the holder,
+    /// not only from `assign` events: a conversation whose assignment is
+    /// older than the window goes back to the agent of its replies, alarms
+    /// or earlier restore (found by review: it went to the first agent to
+    /// sign in). A transfer still moves it, and a later reply of the
+    /// receiver keeps it there.
+    #[test]
+    fn the_agent_comes_from_the_latest_event_naming_the_holder() {
+        let alarm = |s: i64, conv: &str, kind: Kind, who: &str| {
+            let mut e = ev(s, conv, kind);
+            e.agent = Some(who.into());
+            e
+        };
+        let mut b = Builder::new(16_384);
+        for e in [
+            // c1: only replies of a2 within the window.
+            buyer(0, "c1", "退货运费谁出"),
+            agent(5, "c1", "a2", "亲，我们承担"),
+            buyer(9, "c1", "那快递呢"),
+            // c2: only an alarm naming a3.
+            buyer(0, "c2", "在吗"),
+            alarm(20, "c2", Kind::Nudge, "a3"),
+            alarm(30, "c2", Kind::Breach, "a3"),
+            // c3: a reply of a1, then a transfer to a2.
+            agent(0, "c3", "a1", "亲，在的"),
+            transfer(3, "c3", "a2", Some("买家要换货")),
+            // c4: a restore naming a1, then nothing.
+            alarm(1, "c4", Kind::Restore, "a1"),
+            // c5: nothing naming anyone.
+            buyer(1, "c5", "你好"),
+        ] {
+            b.add(e);
+        }
+        let (open, _) = b.finish();
+        let mut got: Vec<_> = open
+            .iter()
+            .map(|c| (c.id.to_string(), c.agent.as_deref().map(str::to_string)))
+            .collect();
+        got.sort();
+        let want: Vec<(String, Option<String>)> = [
+            ("c1", Some("a2")),
+            ("c2", Some("a3")),
+            ("c3", Some("a2")),
+            ("c4", Some("a1")),
+            ("c5", None),
+        ]
+        .iter()
+        .map(|(c, a)| (c.to_string(), a.map(str::to_string)))
+        .collect();
+        assert_eq!(got, want);
+        // The transfer line names the sender known from the reply.
+        let c3 = open.iter().find(|c| &*c.id == "c3").unwrap();
+        let line = c3.lines.back().unwrap();
+        assert_eq!(
+            (line.agent.as_deref(), line.to.as_deref()),
+            (Some("a1"), Some("a2"))
+        );
+    }
+
     /// A `restore` event is activity and nothing else, but for the lost
-    /// secret it may note; the earliest one says where the start before
-    /// began to read.
+    /// secret it may note and the agent it names; the earliest one says
+    /// where the start before began to read.
     #[test]
     fn restore_events_keep_a_conversation_and_its_lost_secret() {
         let restored = |s: i64, conv: &str, lost: bool| {
@@ -974,7 +1154,8 @@ mod tests {
             .iter()
             .map(|c| (&*c.id, c.agent.clone(), c.lines.len(), c.secret_lost))
             .collect();
-        assert_eq!(seen, [("c1", None, 0, false), ("c2", None, 0, true)]);
+        let a1 = Some(Arc::from("a1"));
+        assert_eq!(seen, [("c1", a1.clone(), 0, false), ("c2", a1, 0, true)]);
     }
 
     /// An imported log may name the buyer only where it must: the buyer
