@@ -18,17 +18,25 @@
 //!      negative that starts before the allow entry or runs on past it
 //!      (`不知道您在说什么`) is not covered and is flagged;
 //!   2. its first 不/没 is the middle of an A-不-A question (行不行, 可不可以,
-//!      支不支持, 可以不可以): a question, not a refusal;
+//!      支不支持, 可以不可以): a question, not a refusal. 爱A不A (爱买不买,
+//!      爱要不要) is not a question but "take it or leave it";
 //!   3. it lies in a *reassurance*: a negator (不会, 不用, …) followed by one
 //!      or more bad outcomes (没货, 担心, 让您久等) or negative phrases, as in
 //!      不会没货, 不用担心没货, 我不会让您久等, 不会不管您: the match ends
-//!      inside that span.
+//!      inside that span;
+//!   4. its rule is `excusable` (a refusal: 不能退, 不支持) and the draft
+//!      apologises, gives a reason or offers another way somewhere outside
+//!      the negatives (an `excuses` phrase: 抱歉, 请您谅解, 因为, 您可以):
+//!      a refusal with an apology, a reason or an alternative is the polite
+//!      form the rewrites ask for.
 //!
 //!   What is left is reported leftmost-longest, without overlaps.
 //! - **Curt**: the draft's content, once fillers are stripped (punctuation of
 //!   any width, emoji and other symbols, control and format characters,
-//!   white space, and the particles 的/哦/呢/呀/啊/啦/哈), is nothing but
-//!   curt phrases, alone or several (好的好的, 嗯嗯嗯, 好的😊, 「收到了」).
+//!   white space, and the particles 的/哦/呢/呀/啊/啦/哈/哒/滴/吧), is nothing
+//!   but curt phrases, alone or several (好的好的, 嗯嗯嗯, 好的😊, 「收到了」,
+//!   好哒, 行吧). A draft of particles only (哦, 哦哦~) is curt when a curt
+//!   rule names that particle.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -46,6 +54,13 @@ pub struct Rule {
     pub rewrite: String,
     #[serde(default)]
     pub reason: Option<String>,
+    /// A refusal that is fine once the draft apologises, gives a reason or
+    /// offers another way (an `excuses` phrase outside the refusal):
+    /// 非常抱歉，定制商品不能退 is what the rewrite asks for, a bare 不能退 is
+    /// not. Rudeness (不可能, 爱买不买, blaming the buyer) stays rude however
+    /// it is wrapped.
+    #[serde(default)]
+    pub excusable: bool,
 }
 
 /// Reassurance: a negator before a bad outcome is a promise, not a refusal
@@ -82,6 +97,11 @@ pub struct PolitenessRules {
     pub allow: Vec<String>,
     #[serde(default)]
     pub reassure: Reassure,
+    /// Apologies, reasons and offers of another way (抱歉, 请您谅解, 因为,
+    /// 您可以, 我帮您) that make an `excusable` refusal in the same draft
+    /// polite.
+    #[serde(default)]
+    pub excuses: Vec<String>,
 }
 
 impl PolitenessRules {
@@ -137,7 +157,8 @@ impl PolitenessRules {
             .map(|r| r.phrase.as_str())
             .chain(self.allow.iter().map(String::as_str))
             .chain(self.reassure.negators.iter().map(String::as_str))
-            .chain(self.reassure.outcomes.iter().map(String::as_str));
+            .chain(self.reassure.outcomes.iter().map(String::as_str))
+            .chain(self.excuses.iter().map(String::as_str));
         let mut unknown = Vec::new();
         for p in phrases {
             for e in self.expand(p) {
@@ -189,6 +210,7 @@ enum Pat {
     Allow,
     Negator,
     Outcome,
+    Excuse,
 }
 
 /// The compiled checker; build once per rule set and share.
@@ -201,6 +223,9 @@ pub struct Checker {
     pats: Vec<(Pat, String)>,
     /// Curt phrases with fillers stripped, with their rule, longest first.
     curt: Vec<(Vec<char>, usize)>,
+    /// Curt phrases made only of particles (哦), kept as written, for drafts
+    /// that hold nothing else.
+    curt_particles: Vec<(Vec<char>, usize)>,
 }
 
 /// A match in character offsets.
@@ -222,10 +247,21 @@ impl Span {
 /// skin tones), control and format characters (ZWJ, BOM), combining marks
 /// (emoji variation selectors, keycaps) and the particles 的/哦/呢/….
 pub fn is_filler(c: char) -> bool {
+    is_particle(c) || is_mark(c)
+}
+
+/// The sentence-final particles a curt reply hides behind: 好的呢, 好哒 and
+/// 好滴 (cute spellings of 好的), 行吧. On its own a particle is not content,
+/// but a draft made of nothing else (哦, 哦哦) is itself curt when a curt rule
+/// names it.
+fn is_particle(c: char) -> bool {
+    "的哦呢呀啊啦哈喔噢哟嘛哒滴吧".contains(c)
+}
+
+/// Punctuation, symbols, control, format and combining characters, white
+/// space: never words.
+fn is_mark(c: char) -> bool {
     static CLASS: OnceLock<Vec<(char, char)>> = OnceLock::new();
-    if "的哦呢呀啊啦哈喔噢哟嘛".contains(c) {
-        return true;
-    }
     let ranges = CLASS.get_or_init(|| {
         use regex_syntax::hir::{Class, HirKind};
         let hir =
@@ -256,15 +292,21 @@ fn core(text: &str) -> Vec<char> {
     text.chars().filter(|c| !is_filler(*c)).collect()
 }
 
+/// The particles of a text that has no other content (哦哦~ is 哦哦).
+fn particles(text: &str) -> Vec<char> {
+    text.chars().filter(|c| !is_mark(*c)).collect()
+}
+
 /// Whether the `不`/`没` at `p` is the middle of an A-不-A question: 行不行,
 /// 支不支持, 可以不可以, 有没有; not a repeated refusal (不行不行, where the
-/// first A has its own 不).
+/// first A has its own 不), nor the dismissive 爱A不A idiom (爱买不买, 爱要不要:
+/// "take it or leave it"), which asks nothing.
 fn a_not_a(chars: &[char], p: usize) -> bool {
     (1..=2).any(|n| {
         p >= n
             && p + 1 + n <= chars.len()
             && chars[p - n..p] == chars[p + 1..p + 1 + n]
-            && (p == n || chars[p - n - 1] != chars[p])
+            && (p == n || !matches!(chars[p - n - 1], c if c == chars[p] || c == '爱'))
     })
 }
 
@@ -283,6 +325,7 @@ impl Checker {
             (Pat::Allow, &rules.allow),
             (Pat::Negator, &rules.reassure.negators),
             (Pat::Outcome, &rules.reassure.outcomes),
+            (Pat::Excuse, &rules.excuses),
         ] {
             for a in list {
                 pats.extend(rules.expand(a).into_iter().map(|p| (kind, p)));
@@ -292,27 +335,41 @@ impl Checker {
             .match_kind(MatchKind::Standard)
             .build(pats.iter().map(|(_, p)| p))
             .expect("politeness phrases are plain strings and always compile");
-        let mut curt: Vec<(Vec<char>, usize)> = rules
-            .curt
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (core(&normalize(&r.phrase)), i))
-            .filter(|(c, _)| !c.is_empty())
-            .collect();
+        let mut curt = Vec::new();
+        let mut curt_particles = Vec::new();
+        for (i, r) in rules.curt.iter().enumerate() {
+            let phrase = normalize(&r.phrase);
+            let c = core(&phrase);
+            if !c.is_empty() {
+                curt.push((c, i));
+            } else {
+                let p = particles(&phrase);
+                if !p.is_empty() {
+                    curt_particles.push((p, i));
+                }
+            }
+        }
         // Longest first, then in the file's order (好的 before 好).
-        curt.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
+        for list in [&mut curt, &mut curt_particles] {
+            list.sort_by(|a: &(Vec<char>, usize), b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
+        }
         Checker {
             rules: rules.clone(),
             ac,
             pats,
             curt,
+            curt_particles,
         }
     }
 
     /// The curt rule a draft's content consists of, if it is nothing but
-    /// curt phrases: the rule of the first one (longest first).
+    /// curt phrases: the rule of the first one (longest first). A draft
+    /// with no content but particles (哦, 哦哦~) is read by its particles.
     fn curt_rule(&self, text: &str) -> Option<usize> {
-        let c = core(text);
+        let (c, list) = match core(text) {
+            c if c.is_empty() => (particles(text), &self.curt_particles),
+            c => (c, &self.curt),
+        };
         if c.is_empty() {
             return None;
         }
@@ -321,16 +378,12 @@ impl Checker {
         ends[c.len()] = true;
         let fits = |i: usize, p: &[char]| c[i..].starts_with(p);
         for i in (0..c.len()).rev() {
-            ends[i] = self
-                .curt
-                .iter()
-                .any(|(p, _)| fits(i, p) && ends[i + p.len()]);
+            ends[i] = list.iter().any(|(p, _)| fits(i, p) && ends[i + p.len()]);
         }
         if !ends[0] {
             return None;
         }
-        self.curt
-            .iter()
+        list.iter()
             .find(|(p, _)| fits(0, p) && ends[p.len()])
             .map(|(_, r)| *r)
     }
@@ -407,6 +460,13 @@ impl Checker {
             }
         }
         let allows: Vec<Span> = of(Pat::Allow).collect();
+        // An excuse counts only outside every negative match: the 帮您 of
+        // 没法帮您 is the refusal itself, not an offer of help.
+        let excused = of(Pat::Excuse).any(|e| {
+            !spans.iter().any(|n| {
+                matches!(self.pats[n.pat].0, Pat::Negative(_)) && n.start < e.end && e.start < n.end
+            })
+        });
         let mut found: Vec<Span> = spans
             .iter()
             .filter(|s| matches!(self.pats[s.pat].0, Pat::Negative(_)))
@@ -420,6 +480,10 @@ impl Checker {
                 !first_not.is_some_and(|p| a_not_a(&chars, p))
             })
             .filter(|n| !reassured.iter().any(|&(s, e)| n.end > s && n.end <= e))
+            .filter(|n| {
+                !(excused
+                    && matches!(self.pats[n.pat].0, Pat::Negative(i) if self.rules.negative[i].excusable))
+            })
             .copied()
             .collect();
         // Leftmost-longest, without overlaps.
@@ -456,6 +520,7 @@ mod tests {
             phrase: p.into(),
             rewrite: format!("instead of {p}"),
             reason: None,
+            excusable: false,
         };
         PolitenessRules {
             negative: vec![rule("我不能"), rule("不行"), rule("这不是我们的问题")],
@@ -489,6 +554,53 @@ mod tests {
             let kinds: Vec<IssueKind> = lint.issues.iter().map(|i| i.kind).collect();
             assert_eq!(&kinds, want, "draft {draft:?}");
             assert_eq!(lint.ok, want.is_empty());
+        }
+    }
+
+    /// The checker's own readings, independent of the shipped rules: an
+    /// apology excuses an excusable refusal only; 爱A不A is no question; a
+    /// draft of particles only is curt when a curt rule names the particle;
+    /// 哒/滴/吧 hide nothing (好哒 is 好的).
+    #[test]
+    fn excuses_particles_and_ai_a_bu_a() {
+        let rule = |p: &str, excusable: bool| Rule {
+            phrase: p.into(),
+            rewrite: format!("instead of {p}"),
+            reason: None,
+            excusable,
+        };
+        let rules = PolitenessRules {
+            negative: vec![
+                rule("不能退", true),
+                rule("爱买不买", false),
+                rule("没法帮", true),
+            ],
+            curt: vec![rule("好的", false), rule("哦", false), rule("行", false)],
+            excuses: vec!["抱歉".into(), "帮您".into()],
+            ..PolitenessRules::default()
+        };
+        let checker = Checker::new(&rules);
+        let cases: &[(&str, &[&str])] = &[
+            ("不能退", &["不能退"]),
+            ("非常抱歉，定制商品不能退", &[]),
+            ("爱买不买", &["爱买不买"]),
+            ("抱歉，爱买不买", &["爱买不买"]),
+            // An excuse inside the refusal itself excuses nothing.
+            ("没法帮您", &["没法帮"]),
+            ("没法帮您改，我帮您问问", &[]),
+            ("哦", &["哦"]),
+            ("哦哦~", &["哦"]),
+            ("呢", &[]),
+            ("~", &[]),
+            ("好哒", &["好的"]),
+            ("好滴！", &["好的"]),
+            ("行吧", &["行"]),
+            ("哦，好的亲，马上为您处理", &[]),
+        ];
+        for (draft, want) in cases {
+            let lint = checker.check(draft);
+            let got: Vec<&str> = lint.issues.iter().map(|i| i.phrase.as_str()).collect();
+            assert_eq!(&got, want, "draft {draft:?}");
         }
     }
 

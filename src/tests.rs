@@ -602,3 +602,159 @@ fn shipped_politeness_slots_are_known() {
     let (lib, _) = shipped();
     assert_eq!(lib.politeness.unknown_slots(), Vec::<String>::new());
 }
+
+/// Review finding 9: the refusals, blame, impatience and curt answers agents
+/// actually write, each flagged by the rule meant for it (as (kind, phrase
+/// found)), and polite drafts with the same characters passing. Every
+/// flagged case passed unflagged before these rules.
+#[test]
+fn politeness_refusals_and_curt_answers() {
+    use IssueKind::{Curt, Negative};
+    let (lib, _) = shipped();
+    let checker = Checker::new(&lib.politeness);
+    let cases: &[(&str, &[(IssueKind, &str)])] = &[
+        // Refusals.
+        ("不能", &[(Curt, "不能")]),
+        ("不能的哦~", &[(Curt, "不能")]),
+        ("这个不能改", &[(Negative, "这个不能")]),
+        ("我们这里不能", &[(Negative, "我们这里不能")]),
+        ("咱们不能给您换", &[(Negative, "咱们不能")]),
+        ("没法退", &[(Negative, "没法退")]),
+        ("无法退款", &[(Negative, "无法退款")]),
+        ("亲，这个订单无法修改的", &[(Negative, "无法修改")]),
+        ("办不到", &[(Negative, "办不到")]),
+        ("没有办法", &[(Negative, "没有办法")]),
+        ("没有办法取消的", &[(Negative, "没有办法取消")]),
+        ("不可能", &[(Negative, "不可能")]),
+        ("这不可能，肯定是您弄坏的", &[(Negative, "不可能")]),
+        ("不给退", &[(Negative, "不给退")]),
+        ("拒绝退款", &[(Negative, "拒绝退款")]),
+        ("不接受退货", &[(Negative, "不接受")]),
+        ("不议价", &[(Negative, "不议价")]),
+        ("卖完了", &[(Negative, "卖完")]),
+        // Blaming the buyer, pushing them away.
+        ("管不了", &[(Negative, "管不了")]),
+        ("你去找平台", &[(Negative, "你去找平台")]),
+        ("您自己找快递", &[(Negative, "您自己找快递")]),
+        // Impatience and contempt.
+        ("别问了", &[(Negative, "别问了")]),
+        ("不要再催了", &[(Negative, "不要再催了")]),
+        ("别烦我", &[(Negative, "别烦我")]),
+        ("说了多少遍了", &[(Negative, "说了多少遍")]),
+        ("随便你差评", &[(Negative, "随便你差评")]),
+        ("您随便投诉", &[(Negative, "您随便投诉")]),
+        ("爱要不要", &[(Negative, "爱要不要")]),
+        ("爱买不买", &[(Negative, "爱买不买")]),
+        // A bare apology does not excuse rudeness.
+        ("抱歉，爱买不买", &[(Negative, "爱买不买")]),
+        ("不好意思，别问了", &[(Negative, "别问了")]),
+        // Curt answers behind a particle.
+        ("好哒", &[(Curt, "好的")]),
+        ("好滴", &[(Curt, "好的")]),
+        ("行吧", &[(Curt, "行")]),
+        ("哦", &[(Curt, "哦")]),
+        ("哦哦~", &[(Curt, "哦")]),
+        ("不是", &[(Curt, "不是")]),
+        // Polite drafts with the same characters.
+        ("亲，不能及时回复您非常抱歉", &[]),
+        ("不能退的情况是这样的：定制商品拆封后会影响二次销售", &[]),
+        ("您看这样可以吗", &[]),
+        ("没有问题的亲", &[]),
+        ("亲，不用担心", &[]),
+        ("无法联系到快递的话我们来处理", &[]),
+        ("哦亲，这个我马上帮您查", &[]),
+        ("好哒亲，我这就为您备注", &[]),
+        ("亲，我去找快递核实一下，稍后回复您", &[]),
+        ("亲，我已经跟快递说了好几次了，今天会优先派送", &[]),
+        ("亲，我们不可能卖假货的，请您放心", &[]),
+        ("亲，这种情况不可能出现的，您放心", &[]),
+        ("如果无法申请退款，您把订单号发我，我帮您处理", &[]),
+        ("亲，无法退款的话我帮您申请换货", &[]),
+        ("亲，有没有办法我帮您问问", &[]),
+        ("亲，库存很充足，不会卖完的", &[]),
+        (
+            "亲，非常抱歉，定制商品拆封后不能退，您看换一个尺码可以吗？",
+            &[],
+        ),
+        (
+            "亲，因为订单已经发出，地址暂时无法修改，您看让快递改派可以吗？",
+            &[],
+        ),
+        ("亲，不好意思，这款已经卖完了，补货后我第一时间通知您", &[]),
+        ("亲，这边无法修改地址，您可以联系快递员改派", &[]),
+        ("亲，这个暂时不支持，建议您先申请退款再重新下单", &[]),
+        // The 帮您 of 没法帮您 is the refusal, not an offer of help; 只能
+        // after a refusal is a shrug.
+        ("这边没法帮您联系", &[(Negative, "没法帮")]),
+        ("没办法，只能这样了", &[(Negative, "没办法")]),
+        (
+            "亲，这个订单不能改，这个是不能保证的",
+            &[(Negative, "不能改")],
+        ),
+        ("亲，这个不能保证今天一定送到，我帮您催一下", &[]),
+        ("亲，如果开不了机，请您先充电半小时再试试", &[]),
+        ("亲，这款无法开机的话请联系我们，我帮您换新", &[]),
+    ];
+    let mut wrong = Vec::new();
+    for (draft, want) in cases {
+        let lint = checker.check(draft);
+        let got: Vec<(IssueKind, &str)> = lint
+            .issues
+            .iter()
+            .map(|i| (i.kind, i.phrase.as_str()))
+            .collect();
+        if got != *want || lint.ok != want.is_empty() {
+            wrong.push(format!("{draft:?}: got {got:?}, want {want:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// A rewrite is sent with one click, so it must be complete and true
+/// whatever the agent was answering: no "……" to fill in, and no fact the
+/// agent's words did not state (a stock level, a delivery time, a tracking
+/// number, a product category, a platform rule). Found by review: 有 became
+/// "颜色和尺码都有现货", 没有 "这款暂时没有了", 不能退 "属于特殊类目".
+#[test]
+fn politeness_rewrites_invent_nothing() {
+    let (lib, _) = shipped();
+    let invented = [
+        "……",
+        "...",
+        "颜色和尺码",
+        "暂时没有了",
+        "特殊类目",
+        "平台规则",
+        "无法为您办理",
+        "48小时",
+        "3-5天",
+        "单号是",
+        "第三张图",
+        "两款",
+        "相似的这款",
+        "还在完善中",
+        "另一种方式",
+        "另一种处理方式",
+        "换一种方式",
+        "联系快递核实",
+    ];
+    // 找快递去 is about the courier, so its rewrite may name the courier.
+    let courier_ok = ["找快递去"];
+    let mut wrong = Vec::new();
+    for (list, rules) in [
+        ("negative", &lib.politeness.negative),
+        ("curt", &lib.politeness.curt),
+    ] {
+        for r in rules {
+            for bad in invented {
+                if bad == "联系快递核实" && courier_ok.contains(&r.phrase.as_str()) {
+                    continue;
+                }
+                if r.rewrite.contains(bad) {
+                    wrong.push(format!("{list} `{}`: {bad:?} in {:?}", r.phrase, r.rewrite));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
