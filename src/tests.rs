@@ -540,6 +540,9 @@ fn politeness_table() {
         ("不行李箱", &[]),
         ("亲，我不会不管您的，一定帮您处理好", &[]),
         ("亲，质量问题不会不退的，您放心", &[]),
+        // Promises about what a buyer fears (found at review).
+        ("亲，您放心，我们不会泄露您的信息", &[]),
+        ("亲，我们不会收取任何额外费用的", &[]),
         // Rude drafts the old rules passed.
         ("我们不能给您退", &[(Negative, "我们不能")]),
         ("我们不会给您换的", &[(Negative, "我们不会")]),
