@@ -428,3 +428,38 @@ fn a_lost_log_is_warned_about_at_start() {
         "{log}"
     );
 }
+
+/// Starting on a full disk (here: no file of the process may grow past 1
+/// byte) says what to check besides SQLite's "disk I/O error" (found by
+/// review), and refuses.
+#[test]
+fn a_start_on_a_full_disk_says_what_to_check() {
+    let phrases = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/phrases");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("kefu.yaml"), CONFIG).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kefu"));
+    cmd.arg("serve")
+        .args(["--config", dir.path().join("kefu.yaml").to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--data", dir.path().join("data").to_str().unwrap()])
+        .args(["--phrases", phrases.to_str().unwrap()])
+        .env_remove("KEFU_DATA")
+        .env_remove("KEFU_AGENT_TOKENS");
+    // SAFETY: between fork and exec only async-signal-safe calls (see
+    // `serve_logged`).
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            set_fsize(None, 1)
+        });
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cannot open the event log")
+            && stderr.contains("free disk space")
+            && stderr.contains("events.db-wal"),
+        "{stderr}"
+    );
+}
