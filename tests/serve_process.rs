@@ -16,6 +16,12 @@
 //! libraries and the service goes on; it used to end it without closing
 //! the event log.
 //!
+//! The event log damaged at the header or in the pages of the last events:
+//! the start moves it aside, says so at ERROR with what to do, serves on a
+//! new log and `/healthz` says `degraded` until the next restart. A start
+//! on a full disk says what to check; a log emptied in a used directory is
+//! warned about.
+//!
 //! Linux only; loopback, one buyer, bounded.
 
 #![cfg(target_os = "linux")]
