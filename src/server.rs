@@ -512,10 +512,16 @@ impl App {
         reload::reload(self).await;
     }
 
-    /// Events the log dropped since the start, and whether its commits
-    /// fail now (for `/healthz`).
-    pub fn event_log_health(&self) -> (u64, bool) {
-        (self.shared.store.dropped(), self.shared.store.failing())
+    /// Events the log dropped since the start, whether its commits fail
+    /// now, and where a log found damaged at this start was moved aside
+    /// (for `/healthz`).
+    pub fn event_log_health(&self) -> (u64, bool, Option<&Path>) {
+        let store = &self.shared.store;
+        (
+            store.dropped(),
+            store.failing(),
+            store.damaged_log_set_aside(),
+        )
     }
 
     fn record(&self, event: Event) {

@@ -23,7 +23,17 @@
 //! and logged with `tracing::warn!` (the first, then at most once a second
 //! with the running count). The same happens to events recorded after
 //! `close()`. A commit that fails is retried twice, 100 ms apart; if it
-//! still fails its events are counted as dropped and logged as an error.
+//! still fails its events are counted as dropped and logged as an error,
+//! and the next [`StoreHandle::flush`] fails with
+//! [`StoreError::NotCommitted`].
+//!
+//! Errors are typed ([`StoreError`]): a damaged file (SQLite's
+//! `SQLITE_CORRUPT`, `SQLITE_NOTADB`) is [`StoreError::Damaged`], which
+//! `kefu serve` answers by moving the file aside and starting on a new log
+//! ([`Store::open_or_set_aside`]); a file SQLite cannot reach or write
+//! (full disk, permissions) is [`StoreError::Storage`], whose message says
+//! what to check. The log is created 0600 and a data directory 0700 (Unix;
+//! existing ones keep their mode).
 //!
 //! Durability: `journal_mode=WAL`, `synchronous=NORMAL`: a commit survives
 //! the process being killed; a power cut may lose the last commits (the
@@ -112,13 +122,91 @@ impl Default for StoreOptions {
     }
 }
 
-/// Error opening, reading or closing the store.
+/// What to do about a damaged log, for readers (reports, export): the
+/// service itself sets a log found damaged at start aside
+/// ([`Store::open_or_set_aside`]).
+const DAMAGED_HELP: &str = "the event log file is damaged: reports and exports that read the \
+    damaged part fail (a running service still records new events). To get back what can be \
+    read, stop kefu serve and follow \"A damaged event log\" in docs/REPORTS.md (move events.db, \
+    events.db-wal and events.db-shm aside together, salvage them with sqlite3 into a new data \
+    directory, then report from it or import its export)";
+
+/// What to check when SQLite cannot read or write the files at all.
+const STORAGE_HELP: &str = "check the data directory: free disk space (`df -h`), that kefu may \
+    write the directory and its events.db, events.db-wal and events.db-shm (owner, mode, a \
+    read-only mount), and the disk itself (`dmesg`)";
+
+/// Error opening, reading, writing or closing the store: what failed and
+/// what to do.
 #[derive(Debug, thiserror::Error)]
-#[error("event store: {0}")]
-pub struct StoreError(pub String);
+pub enum StoreError {
+    /// Anything without a kind of its own, in words.
+    #[error("event store: {0}")]
+    Failed(String),
+    /// SQLite says the database file is damaged (`SQLITE_CORRUPT`,
+    /// `SQLITE_NOTADB`): a disk fault, a truncated or overwritten file.
+    #[error("event store: {what} {}: {detail}; {DAMAGED_HELP}", path.display())]
+    Damaged {
+        what: String,
+        path: PathBuf,
+        detail: String,
+    },
+    /// SQLite cannot read or write the files (`SQLITE_FULL`,
+    /// `SQLITE_IOERR`, `SQLITE_CANTOPEN`, `SQLITE_READONLY`): a full disk,
+    /// permissions, a read-only mount, a failing disk.
+    #[error("event store: {what} {}: {detail}; {STORAGE_HELP}", path.display())]
+    Storage {
+        what: String,
+        path: PathBuf,
+        detail: String,
+    },
+    /// Events recorded before a [`StoreHandle::flush`] were not committed:
+    /// their commit failed after its retries and they were dropped.
+    #[error(
+        "event store: {events} event(s) recorded before the flush were not committed and are \
+         lost ({detail}); {STORAGE_HELP}"
+    )]
+    NotCommitted { events: u64, detail: String },
+    /// The store is closed: nothing more is written.
+    #[error("event store: the store is closed")]
+    Closed,
+}
+
+impl StoreError {
+    /// Whether SQLite found the database file damaged (see
+    /// [`StoreError::Damaged`]).
+    pub fn is_damaged(&self) -> bool {
+        matches!(self, StoreError::Damaged { .. })
+    }
+
+    /// The message without its `event store: ` prefix, to put inside
+    /// another one.
+    pub fn detail(&self) -> String {
+        let s = self.to_string();
+        match s.strip_prefix("event store: ") {
+            Some(rest) => rest.to_string(),
+            None => s,
+        }
+    }
+}
+
+/// The kind of `e`: damaged, storage, or neither.
+fn sql_kind(e: &rusqlite::Error) -> Option<bool> {
+    use rusqlite::ErrorCode as C;
+    match e.sqlite_error_code()? {
+        C::DatabaseCorrupt | C::NotADatabase => Some(true),
+        C::DiskFull | C::SystemIoFailure | C::CannotOpen | C::ReadOnly => Some(false),
+        _ => None,
+    }
+}
 
 fn sql_fail(what: &str, path: &Path, e: rusqlite::Error) -> StoreError {
-    StoreError(format!("{what} {}: {e}", path.display()))
+    let (what, path, detail) = (what.to_string(), path.to_path_buf(), e.to_string());
+    match sql_kind(&e) {
+        Some(true) => StoreError::Damaged { what, path, detail },
+        Some(false) => StoreError::Storage { what, path, detail },
+        None => StoreError::Failed(format!("{what} {}: {detail}", path.display())),
+    }
 }
 
 /// The open store; owns the writer thread.
@@ -126,8 +214,13 @@ pub struct Store {
     handle: StoreHandle,
     path: PathBuf,
     writer: Option<JoinHandle<Result<(), StoreError>>>,
-    /// Held (locked) while the store is open: see [`lock_dir`].
-    _lock: std::fs::File,
+    options: StoreOptions,
+    /// The log was new: SQLite found no schema (a first start, or a file
+    /// removed or emptied since the last).
+    created: bool,
+    /// Held (locked) while the store is open: see [`lock_dir`]. `None`
+    /// only while [`Store::set_aside_and_reopen`] hands it on.
+    lock: Option<std::fs::File>,
 }
 
 /// The lock file in the data directory.
@@ -145,7 +238,7 @@ fn lock_dir(dir: &Path, refused: impl FnOnce(&str) -> String) -> Result<std::fs:
     use std::io::{Read, Seek, Write};
     let path = dir.join(LOCK_FILE);
     let fail = |what: &str, e: std::io::Error| {
-        StoreError(format!("cannot {what} {}: {e}", path.display()))
+        StoreError::Failed(format!("cannot {what} {}: {e}", path.display()))
     };
     let mut file = std::fs::OpenOptions::new()
         .read(true)
@@ -165,7 +258,7 @@ fn lock_dir(dir: &Path, refused: impl FnOnce(&str) -> String) -> Result<std::fs:
             } else {
                 format!(" (process {holder})")
             };
-            return Err(StoreError(refused(&who)));
+            return Err(StoreError::Failed(refused(&who)));
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(fail("lock", e)),
     }
@@ -181,8 +274,9 @@ fn lock_dir(dir: &Path, refused: impl FnOnce(&str) -> String) -> Result<std::fs:
 #[allow(clippy::large_enum_variant)]
 enum Msg {
     Event(Instant, Event),
-    /// Commit what is queued, then answer.
-    Flush(SyncSender<()>),
+    /// Commit what is queued, then answer: an error when events recorded
+    /// before it were dropped by a failed commit.
+    Flush(SyncSender<Result<(), StoreError>>),
     Shutdown,
 }
 
@@ -199,6 +293,9 @@ struct Shared {
     /// The last commit failed after its retries (a full disk, a read-only
     /// file): set until a commit succeeds again.
     failing: AtomicBool,
+    /// Where the damaged log found at start was moved
+    /// ([`Store::open_or_set_aside`]): the log holds nothing from before.
+    set_aside: Option<PathBuf>,
     /// Transactions committed.
     commits: AtomicU64,
     /// Milliseconds since `started` of the last drop warning.
@@ -309,6 +406,12 @@ impl StoreHandle {
             .is_some_and(|s| s.failing.load(Ordering::Relaxed))
     }
 
+    /// Where the log found damaged at this start was moved aside (see
+    /// [`Store::open_or_set_aside`]); `None` when it was not.
+    pub fn damaged_log_set_aside(&self) -> Option<&Path> {
+        self.shared.as_ref().and_then(|s| s.set_aside.as_deref())
+    }
+
     /// Transactions the writer has committed so far: with the events
     /// written, how well commits are batched.
     pub fn commits(&self) -> u64 {
@@ -319,14 +422,24 @@ impl StoreHandle {
 
     /// Blocks until everything recorded before the call is committed. Not
     /// for async code: call it from `spawn_blocking`.
+    ///
+    /// Fails with [`StoreError::NotCommitted`] when a commit of events
+    /// recorded before the call (and after the previous flush) failed after
+    /// its retries, so they were dropped: "committed" must not be said of
+    /// events that are not in the log (found by review: a start on a full
+    /// disk said it restored 30 conversations and logged none of their
+    /// `restore` events). Events the full queue dropped at `record` are not
+    /// counted here (see [`StoreHandle::dropped`]).
     pub fn flush(&self) -> Result<(), StoreError> {
         let Some(shared) = &self.shared else {
             return Ok(());
         };
         let (ack, done) = mpsc::sync_channel(1);
-        let closed = || StoreError("the store is closed".into());
-        shared.tx.send(Msg::Flush(ack)).map_err(|_| closed())?;
-        done.recv().map_err(|_| closed())
+        shared
+            .tx
+            .send(Msg::Flush(ack))
+            .map_err(|_| StoreError::Closed)?;
+        done.recv().map_err(|_| StoreError::Closed)?
     }
 }
 
@@ -355,7 +468,7 @@ pub fn migrate(conn: &mut Connection, path: &Path) -> Result<i64, StoreError> {
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(|e| sql_fail("cannot read the schema version of", path, e))?;
     if found > SCHEMA_VERSION {
-        return Err(StoreError(format!(
+        return Err(StoreError::Failed(format!(
             "{} has schema version {found}, newer than this kefu's {SCHEMA_VERSION}: upgrade kefu",
             path.display()
         )));
@@ -368,11 +481,8 @@ pub fn migrate(conn: &mut Connection, path: &Path) -> Result<i64, StoreError> {
             .and_then(|()| tx.pragma_update(None, "user_version", v as i64 + 1))
             .and_then(|()| tx.commit())
             .map_err(|e| {
-                StoreError(format!(
-                    "cannot upgrade {} from schema version {v} to {}: {e}",
-                    path.display(),
-                    v + 1
-                ))
+                let what = format!("cannot upgrade the schema (version {v} to {}) of", v + 1);
+                sql_fail(&what, path, e)
             })?;
     }
     // One line, not one per step (found by review: a new log said
@@ -494,17 +604,69 @@ impl Store {
 
     /// [`Store::open`] with another batching policy (tests, tuning).
     pub fn open_with(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
+        let lock = Store::lock(dir)?;
+        Store::start(open_db(dir)?, options, lock, None)
+    }
+
+    /// [`Store::open`] as `kefu serve` opens the log: when SQLite finds the
+    /// file damaged ([`StoreError::Damaged`]: truncated, overwritten, a
+    /// disk fault), it is moved aside with its `-wal` and `-shm` files to
+    /// `events.db.damaged-<UTC time>` (never deleted), an error says what
+    /// happened and how to salvage it, and a new, empty log is opened:
+    /// the shop's chat must come up first (found by review: a damaged file
+    /// stopped every chat until someone guessed to move it).
+    /// [`StoreHandle::damaged_log_set_aside`] says so until the next start.
+    /// Every other error (permissions, a full disk, a newer schema, another
+    /// service) refuses, as [`Store::open`] does.
+    pub fn open_or_set_aside(dir: &Path) -> Result<Store, StoreError> {
+        let lock = Store::lock(dir)?;
+        let options = StoreOptions::default();
+        match open_db(dir) {
+            Ok(db) => Store::start(db, options, lock, None),
+            Err(e) if e.is_damaged() => {
+                let aside = set_aside(dir, &e)?;
+                Store::start(open_db(dir)?, options, lock, Some(aside))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// What [`Store::open_or_set_aside`] does, for a log found damaged
+    /// after it opened (by `cause`, an error reading it: the restore at
+    /// start reads the last conversations). Stops the writer (nothing must
+    /// have been recorded), moves the files aside and opens a new log,
+    /// keeping the directory locked throughout.
+    pub fn set_aside_and_reopen(mut self, cause: &StoreError) -> Result<Store, StoreError> {
+        let lock = self.lock.take().expect("held while the store is open");
+        if let Err(e) = self.shutdown() {
+            tracing::warn!("closing the damaged event log: {e}");
+        }
+        let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let aside = set_aside(&dir, cause)?;
+        Store::start(open_db(&dir)?, self.options, lock, Some(aside))
+    }
+
+    /// Creates `dir` if needed and takes it for this process.
+    fn lock(dir: &Path) -> Result<std::fs::File, StoreError> {
         create_data_dir(dir)?;
         // Before the database: a second service must not even migrate it.
-        let lock = lock_dir(dir, |who| {
+        lock_dir(dir, |who| {
             format!(
                 "another kefu serve is using the data directory {}{who}: stop it first, \
                  or give this one another --data (two services on one log would both \
                  restore and time the same conversations)",
                 dir.display()
             )
-        })?;
-        let (path, conn) = open_db(dir)?;
+        })
+    }
+
+    /// Starts the writer on the database `open_db` opened.
+    fn start(
+        (path, conn, found): (PathBuf, Connection, i64),
+        options: StoreOptions,
+        lock: std::fs::File,
+        set_aside: Option<PathBuf>,
+    ) -> Result<Store, StoreError> {
         let (tx, rx) = mpsc::sync_channel(options.queue_capacity.max(1));
         let shared = Arc::new(Shared {
             tx,
@@ -514,6 +676,7 @@ impl Store {
             waiting: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             failing: AtomicBool::new(false),
+            set_aside,
             commits: AtomicU64::new(0),
             last_warn_ms: AtomicI64::new(i64::MIN / 2),
             started: Instant::now(),
@@ -523,15 +686,23 @@ impl Store {
         let writer = std::thread::Builder::new()
             .name("kefu-event-log".into())
             .spawn(move || write_loop(conn, rx, &writer_shared, &writer_path, options))
-            .map_err(|e| StoreError(format!("cannot start the writer thread: {e}")))?;
+            .map_err(|e| StoreError::Failed(format!("cannot start the writer thread: {e}")))?;
         Ok(Store {
             handle: StoreHandle {
                 shared: Some(shared),
             },
             path,
             writer: Some(writer),
-            _lock: lock,
+            options,
+            created: found == 0,
+            lock: Some(lock),
         })
+    }
+
+    /// Whether the log was new at this open: no schema in it (a first
+    /// start, a log set aside, or one removed or emptied since the last).
+    pub fn created(&self) -> bool {
+        self.created
     }
 
     pub fn handle(&self) -> StoreHandle {
@@ -566,7 +737,7 @@ impl Store {
         }
         let result = writer
             .join()
-            .map_err(|_| StoreError("the writer thread panicked".into()))?;
+            .map_err(|_| StoreError::Failed("the writer thread panicked".into()))?;
         let dropped = self.handle.dropped();
         if dropped > 0 {
             tracing::error!(
@@ -593,7 +764,11 @@ struct Pending {
     batch: Vec<Event>,
     /// Events taken off the queue since the last [`Shared::took`].
     taken: usize,
-    acks: Vec<SyncSender<()>>,
+    acks: Vec<SyncSender<Result<(), StoreError>>>,
+    /// Events dropped by failed commits since the last acks were sent, and
+    /// the last failure: what those acks must report.
+    lost: u64,
+    lost_why: String,
     /// When the oldest event of `batch` was recorded.
     oldest: Option<Instant>,
 }
@@ -701,9 +876,22 @@ fn write_loop(
             }
             shared.took(std::mem::take(&mut p.taken));
         }
-        commit(&mut inserts, &mut p.batch, shared, path);
-        for ack in p.acks.drain(..) {
-            let _ = ack.send(());
+        if let Some(why) = commit(&mut inserts, &mut p.batch, shared, path) {
+            p.lost += why.0;
+            p.lost_why = why.1;
+        }
+        if !p.acks.is_empty() {
+            for ack in p.acks.drain(..) {
+                let _ = ack.send(if p.lost == 0 {
+                    Ok(())
+                } else {
+                    Err(StoreError::NotCommitted {
+                        events: p.lost,
+                        detail: format!("the commit failed: {}", p.lost_why),
+                    })
+                });
+            }
+            p.lost = 0;
         }
     }
     drop(inserts);
@@ -712,34 +900,49 @@ fn write_loop(
         tracing::warn!(path = %path.display(), "checkpoint on close failed: {e}");
     }
     conn.close()
-        .map_err(|(_, e)| StoreError(format!("cannot close {}: {e}", path.display())))
+        .map_err(|(_, e)| StoreError::Failed(format!("cannot close {}: {e}", path.display())))
 }
 
-/// Commits `batch` (emptying it), retrying twice before giving up.
-fn commit(inserts: &mut Inserts, batch: &mut Vec<Event>, shared: &Shared, path: &Path) {
+/// Commits `batch` (emptying it), retrying twice before giving up; when
+/// it gives up, returns how many events were dropped and why.
+fn commit(
+    inserts: &mut Inserts,
+    batch: &mut Vec<Event>,
+    shared: &Shared,
+    path: &Path,
+) -> Option<(u64, String)> {
     if batch.is_empty() {
-        return;
+        return None;
     }
+    let mut why = String::new();
     for attempt in 1..=3 {
         match inserts.write(batch) {
             Ok(_) => {
                 shared.commits.fetch_add(1, Ordering::Relaxed);
                 shared.failing.store(false, Ordering::Relaxed);
                 batch.clear();
-                return;
+                return None;
             }
             Err(e) if attempt < 3 => {
                 tracing::warn!(path = %path.display(), attempt, "event log commit failed, retrying: {e}");
                 std::thread::sleep(Duration::from_millis(100));
             }
             Err(e) => {
-                tracing::error!(path = %path.display(), events = batch.len(), "event log commit failed, events lost: {e}");
+                let hint = match sql_kind(&e) {
+                    Some(true) => format!("; {DAMAGED_HELP}"),
+                    Some(false) => format!("; {STORAGE_HELP}"),
+                    None => String::new(),
+                };
+                tracing::error!(path = %path.display(), events = batch.len(), "event log commit failed, events lost: {e}{hint}");
+                why = e.to_string();
             }
         }
     }
+    let n = batch.len() as u64;
     shared.failing.store(true, Ordering::Relaxed);
-    shared.note_dropped(batch.len() as u64, "a commit failed");
+    shared.note_dropped(n, "a commit failed");
     batch.clear();
+    Some((n, why))
 }
 
 /// Which events to read.
@@ -846,7 +1049,7 @@ impl Reader {
     pub fn open(dir: &Path) -> Result<Reader, StoreError> {
         let path = dir.join(DB_FILE);
         if !path.is_file() {
-            return Err(StoreError(format!(
+            return Err(StoreError::Failed(format!(
                 "no event log at {}: `kefu serve --data {}` creates one, `kefu events import` fills one",
                 path.display(),
                 dir.display()
@@ -896,7 +1099,7 @@ impl Reader {
         {
             let ev =
                 row_event(row).map_err(|e| sql_fail("cannot read an event of", &self.path, e))?;
-            f(ev).map_err(|e| StoreError(format!("cannot write an event out: {e}")))?;
+            f(ev).map_err(|e| StoreError::Failed(format!("cannot write an event out: {e}")))?;
             n += 1;
         }
         Ok(n)
@@ -1014,8 +1217,9 @@ impl Reader {
             handles
                 .into_iter()
                 .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(StoreError("a reader thread panicked".into())))
+                    h.join().unwrap_or_else(|_| {
+                        Err(StoreError::Failed("a reader thread panicked".into()))
+                    })
                 })
                 .collect()
         })
@@ -1049,22 +1253,143 @@ impl Reader {
     }
 }
 
-fn create_data_dir(dir: &Path) -> Result<(), StoreError> {
-    std::fs::create_dir_all(dir).map_err(|e| {
-        StoreError(format!(
-            "cannot create the data directory {}: {e}",
+/// Creates the data directory `dir` and its missing parents, readable by
+/// this user alone on Unix (0700: the log holds every buyer's messages).
+/// A directory that exists keeps its mode: an operator may have chosen it.
+pub fn create_data_dir(dir: &Path) -> Result<(), StoreError> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AlreadyExists {
+            // `create` says so of a file, or a symbolic link to nowhere.
+            "something that is not a directory (a file, or a symbolic link to a \
+             missing directory) has that name: remove it or give another --data"
+        } else {
+            "check the permissions of its parent directory"
+        };
+        StoreError::Failed(format!(
+            "cannot create the data directory {}: {e}; {hint}",
             dir.display()
         ))
     })
 }
 
+/// Creates the log file `path` empty, readable by this user alone on Unix
+/// (0600), unless it exists (whose mode is left alone). SQLite gives the
+/// `-wal` and `-shm` files it creates the database file's mode, so they
+/// follow; left to SQLite, the file would be 0644 under the usual umask,
+/// every buyer's messages readable by every user of the machine.
+fn create_private_db(path: &Path) -> Result<(), StoreError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Failed(format!(
+            "cannot create {}: {e}; {STORAGE_HELP}",
+            path.display()
+        ))),
+    }
+}
+
 /// Opens the log of the data directory `dir` (which exists) for writing
-/// and brings the schema up to date.
-fn open_db(dir: &Path) -> Result<(PathBuf, Connection), StoreError> {
+/// and brings the schema up to date; with the path, the connection and
+/// the schema version found (0: a new log).
+fn open_db(dir: &Path) -> Result<(PathBuf, Connection, i64), StoreError> {
     let path = dir.join(DB_FILE);
+    create_private_db(&path)?;
     let mut conn = connect(&path, true)?;
-    migrate(&mut conn, &path)?;
-    Ok((path, conn))
+    let found = migrate(&mut conn, &path)?;
+    Ok((path, conn, found))
+}
+
+/// The name a damaged log is moved to: `events.db.damaged-<UTC time>`,
+/// with a `-2`, `-3`… when that is taken. SQLite finds the `-wal` beside
+/// it under that name plus `-wal`, so tools reading the moved file see the
+/// events its WAL held too.
+fn aside_name(dir: &Path) -> PathBuf {
+    let stamp = time::OffsetDateTime::now_utc()
+        .format(time::macros::format_description!(
+            "[year][month][day]T[hour][minute][second]Z"
+        ))
+        .unwrap_or_else(|_| "unknown-time".to_string());
+    let base = format!("{DB_FILE}.damaged-{stamp}");
+    let taken = |name: &str| {
+        ["", "-wal", "-shm"]
+            .iter()
+            .any(|s| dir.join(format!("{name}{s}")).symlink_metadata().is_ok())
+    };
+    let mut name = base.clone();
+    let mut n = 1;
+    while taken(&name) {
+        n += 1;
+        name = format!("{base}-{n}");
+    }
+    dir.join(name)
+}
+
+/// Moves the damaged log of `dir` and its `-wal` and `-shm` files aside
+/// (renamed, never deleted; see [`Store::open_or_set_aside`]) and says so
+/// at ERROR, with what to do; returns where the database file went. The
+/// caller holds the directory's lock and has no connection to the files.
+fn set_aside(dir: &Path, cause: &StoreError) -> Result<PathBuf, StoreError> {
+    let path = dir.join(DB_FILE);
+    let aside = aside_name(dir);
+    for suffix in ["", "-wal", "-shm"] {
+        let from = PathBuf::from(format!("{}{suffix}", path.display()));
+        let to = PathBuf::from(format!("{}{suffix}", aside.display()));
+        match std::fs::rename(&from, &to) {
+            Ok(()) => {}
+            Err(e) if !suffix.is_empty() && e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(StoreError::Failed(format!(
+                    "the event log {} is damaged ({}), and moving it aside failed: cannot \
+                     rename {} to {}: {e}; move events.db, events.db-wal and events.db-shm \
+                     out of {} yourself (together, keeping them) and start again",
+                    path.display(),
+                    damage(cause),
+                    from.display(),
+                    to.display(),
+                    dir.display()
+                )))
+            }
+        }
+    }
+    let aside_s = aside.display();
+    tracing::error!(
+        damaged = %path.display(),
+        moved_to = %aside.display(),
+        "the event log is damaged ({}): it was moved aside to {aside_s} with its -wal and -shm \
+         files (nothing was deleted) and the service starts with a new, empty log, so the \
+         conversations open before the stop are not restored and reports over earlier days \
+         read nothing until the old events are put back. /healthz says `degraded` until the \
+         next restart. To salvage what can be read (see \"A damaged event log\" in \
+         docs/REPORTS.md): `mkdir recovered && sqlite3 {aside_s} .recover | sqlite3 \
+         recovered/events.db` where sqlite3 has .recover (Debian's and Ubuntu's sqlite3 \
+         packages lack it: there `sqlite3 {aside_s} .dump | sed '$s/^ROLLBACK; -- due to \
+         errors$/COMMIT;/' | sqlite3 recovered/events.db && sqlite3 recovered/events.db \
+         'PRAGMA user_version={SCHEMA_VERSION}'`); then `kefu report --data recovered`, or, \
+         with kefu serve stopped, `kefu events export --data recovered > old.jsonl` and \
+         `kefu events import old.jsonl --data {}` to put them back",
+        damage(cause),
+        dir.display()
+    );
+    Ok(aside)
+}
+
+/// SQLite's words for the damage `cause` found, and where.
+fn damage(cause: &StoreError) -> String {
+    match cause {
+        StoreError::Damaged { what, detail, .. } => format!(
+            "SQLite: {detail}, found trying to {}",
+            what.trim_start_matches("cannot ")
+        ),
+        other => other.detail(),
+    }
 }
 
 /// Appends `events` to the log in `dir` in one transaction (for `kefu
@@ -1081,7 +1406,7 @@ pub fn import(dir: &Path, events: &[Event]) -> Result<usize, StoreError> {
             dir.display()
         )
     })?;
-    let (path, conn) = open_db(dir)?;
+    let (path, conn, _) = open_db(dir)?;
     insert_all(&conn, events).map_err(|e| sql_fail("cannot import into", &path, e))
 }
 
@@ -1145,7 +1470,7 @@ pub fn prune(
         .map_or(0, |d| d.as_millis() as i64);
     let latest = now_ms - PRUNE_MIN_AGE.as_millis() as i64;
     if before_ms > latest {
-        return Err(StoreError(format!(
+        return Err(StoreError::Failed(format!(
             "will not prune up to {}: that is later than a day ago ({}), and conversations \
              of the last day may still be open; give a cutoff at least a day back (prune old \
              months)",
@@ -1203,8 +1528,9 @@ pub fn prune(
             )
             .map_err(fail)?;
         tx.commit().map_err(fail)?;
-        checkpoint(&conn, &path)
-            .map_err(|e| StoreError(format!("{deleted} event(s) deleted, but {}", e.0)))?;
+        checkpoint(&conn, &path).map_err(|e| {
+            StoreError::Failed(format!("{deleted} event(s) deleted, but {}", e.detail()))
+        })?;
         deleted as i64
     };
     Ok(PruneOutcome {

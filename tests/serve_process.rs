@@ -16,6 +16,12 @@
 //! libraries and the service goes on; it used to end it without closing
 //! the event log.
 //!
+//! The event log damaged at the header or in the pages of the last events:
+//! the start moves it aside, says so at ERROR with what to do, serves on a
+//! new log and `/healthz` says `degraded` until the next restart. A start
+//! on a full disk says what to check; a log emptied in a used directory is
+//! warned about.
+//!
 //! Linux only; loopback, one buyer, bounded.
 
 #![cfg(target_os = "linux")]
@@ -312,4 +318,183 @@ async fn sighup_reloads_the_phrase_libraries_and_the_service_goes_on() {
     assert!(!line.contains("wrong-token-x"), "{line}");
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
+}
+
+/// Stops `child` with SIGTERM and waits for it.
+fn stop(mut child: Child) {
+    // SAFETY: kill only sends a signal.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}
+
+/// A real log made by the store: `n` buyer messages of 20 conversations,
+/// 10 ms apart and ending now (all within the resume window, so the
+/// restore at start reads every page), with texts long enough to fill
+/// many pages.
+fn make_log(data: &Path, n: usize) -> std::path::PathBuf {
+    use kefu::events::{Event, Kind};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let store = kefu::store::Store::open(data).unwrap();
+    let h = store.handle();
+    for i in 0..n {
+        let c = i % 20;
+        let mut e = Event::new(
+            now - (n - i) as i64 * 10,
+            "s1",
+            &format!("c{c}"),
+            &format!("b{c}"),
+            Kind::Buyer,
+        );
+        e.text = Some(format!("第{i}条：什么时候发货？{}", "亲".repeat(60)).into());
+        h.record(e);
+    }
+    store.close().unwrap();
+    data.join(kefu::store::DB_FILE)
+}
+
+/// Writes `pages` pages of bytes that are no SQLite page over `path` from
+/// page `at` on (0 is the header).
+fn garble(path: &Path, at: u64, pages: usize) {
+    use std::io::{Seek, SeekFrom};
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.seek(SeekFrom::Start(at * 4096)).unwrap();
+    let junk: Vec<u8> = (0..pages * 4096)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3])
+        .collect();
+    f.write_all(&junk).unwrap();
+}
+
+/// A damaged log, found at open (garbage over the header) or by the
+/// restore (garbage over the pages of the last events), no longer stops
+/// the service (found by review: exit 2, "database disk image is
+/// malformed", nothing said what to do): the start moves it aside, says so
+/// at ERROR with what to do, serves the chat on a new log, and `/healthz`
+/// says `degraded` until the next restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_log_is_moved_aside_and_the_chat_starts() {
+    let phrases = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/phrases");
+    for header in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let path = make_log(&data, 3000);
+        let pages = std::fs::metadata(&path).unwrap().len() / 4096;
+        if header {
+            garble(&path, 0, 2);
+        } else {
+            garble(&path, pages / 2, 20);
+        }
+        let damaged = std::fs::read(&path).unwrap();
+        let (child, addr, logged) = serve(dir.path(), &phrases, None);
+        let body = healthz(&addr).1;
+        let aside: Vec<String> = std::fs::read_dir(&data)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| {
+                n.starts_with("events.db.damaged-") && !n.ends_with("-wal") && !n.ends_with("-shm")
+            })
+            .collect();
+        assert_eq!(aside.len(), 1, "header {header}: {aside:?}");
+        assert_eq!(
+            body,
+            format!(
+                "degraded\nevent_log: damaged_log_moved_aside\ndamaged_log: {}\n",
+                aside[0]
+            ),
+            "header {header}"
+        );
+        assert_eq!(std::fs::read(data.join(&aside[0])).unwrap(), damaged);
+        let log = logged.0.lock().unwrap().join("\n");
+        let error = log
+            .lines()
+            .find(|l| l.contains("ERROR") && l.contains("the event log is damaged"))
+            .unwrap_or_else(|| panic!("header {header}: no ERROR line in\n{log}"));
+        // Found at open, or by the restore's read.
+        let found = if header {
+            "trying to switch to WAL mode"
+        } else {
+            "trying to read"
+        };
+        for want in [
+            aside[0].as_str(),
+            found,
+            "docs/REPORTS.md",
+            ".dump",
+            "kefu events import",
+            "not restored",
+        ] {
+            assert!(
+                error.contains(want),
+                "header {header}: {want:?} not in {error}"
+            );
+        }
+        // The chat works on the new log.
+        let _agent = agent(&addr).await;
+        stop(child);
+        // The next start has an undamaged log: `ok`.
+        let (child, addr, _) = serve(dir.path(), &phrases, None);
+        assert_eq!(healthz(&addr).1, "ok\n");
+        stop(child);
+    }
+}
+
+/// A log emptied (or removed) in a directory a service used before is
+/// said at start: it starts as new, which used to be silent.
+#[test]
+fn a_lost_log_is_warned_about_at_start() {
+    let phrases = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/phrases");
+    let dir = tempfile::tempdir().unwrap();
+    let warning = "the event log is new but this data directory was used before";
+    let (child, _, logged) = serve(dir.path(), &phrases, None);
+    stop(child);
+    assert!(
+        !logged.0.lock().unwrap().iter().any(|l| l.contains(warning)),
+        "not at a first start"
+    );
+    std::fs::write(dir.path().join("data/events.db"), b"").unwrap();
+    let (child, _, logged) = serve(dir.path(), &phrases, None);
+    stop(child);
+    let log = logged.0.lock().unwrap().join("\n");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains(warning) && l.contains("backup")),
+        "{log}"
+    );
+}
+
+/// Starting on a full disk (here: no file of the process may grow past 1
+/// byte) says what to check besides SQLite's "disk I/O error" (found by
+/// review), and refuses.
+#[test]
+fn a_start_on_a_full_disk_says_what_to_check() {
+    let phrases = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/phrases");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("kefu.yaml"), CONFIG).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kefu"));
+    cmd.arg("serve")
+        .args(["--config", dir.path().join("kefu.yaml").to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--data", dir.path().join("data").to_str().unwrap()])
+        .args(["--phrases", phrases.to_str().unwrap()])
+        .env_remove("KEFU_DATA")
+        .env_remove("KEFU_AGENT_TOKENS");
+    // SAFETY: between fork and exec only async-signal-safe calls (see
+    // `serve`).
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            set_fsize(None, 1)
+        });
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cannot open the event log")
+            && stderr.contains("free disk space")
+            && stderr.contains("events.db-wal"),
+        "{stderr}"
+    );
 }

@@ -261,7 +261,12 @@ fn a_failing_commit_counts_its_events_as_dropped_and_the_writer_goes_on() {
     for i in 1..=40 {
         h.record(event(i));
     }
-    h.flush().unwrap();
+    // The flush says they were not committed (it used to confirm).
+    let err = h.flush().unwrap_err();
+    assert!(
+        matches!(err, store::StoreError::NotCommitted { events: 40, .. }),
+        "{err}"
+    );
     assert_eq!(h.dropped(), 40);
     other.execute_batch(&schema).unwrap();
     for i in 41..=45 {

@@ -269,23 +269,39 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             kefu::config::WEAK_TOKEN_CHARS
         );
     }
-    std::fs::create_dir_all(&config.data)
-        .with_context(|| format!("cannot create the data directory {}", config.data.display()))?;
-    let store = Store::open(&config.data)
+    let store = Store::open_or_set_aside(&config.data)
         .with_context(|| format!("cannot open the event log in {}", config.data.display()))?;
     let listen = config.listen;
     let data = config.data.clone();
-    let app = App::open(config, store.handle(), &data)?;
-    app.attach_reports(store.reader());
-    app.set_resume_key(ResumeKey::load_or_create(&data)?);
+    warn_if_log_lost(&store, &data);
+    let app = open_app(config.clone(), &store, &data)?;
     // Before the port opens: a buyer who reconnects at once must find
     // their conversation.
-    app.restore(&store.reader()).with_context(|| {
+    let failed = || {
         format!(
-            "cannot read the open conversations back from the event log in {}",
+            "cannot restore the open conversations from the event log in {}",
             data.display()
         )
-    })?;
+    };
+    let (store, app) = match app.restore(&store.reader()) {
+        // Damage the open did not see (in the pages of the last events):
+        // set aside as at open, and the service starts on a new log. The
+        // restore changed nothing before it failed reading, and nothing
+        // was recorded yet.
+        Err(e) if e.is_damaged() && store.handle().damaged_log_set_aside().is_none() => {
+            drop(app);
+            let store = store
+                .set_aside_and_reopen(&e)
+                .with_context(|| format!("cannot open a new event log in {}", data.display()))?;
+            let app = open_app(config, &store, &data)?;
+            app.restore(&store.reader()).with_context(failed)?;
+            (store, app)
+        }
+        restored => {
+            restored.with_context(failed)?;
+            (store, app)
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -305,6 +321,36 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing::info!("event log closed");
     served?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The service's state over `store`, its reports and resume key read from
+/// data directory `data`.
+fn open_app(config: Config, store: &Store, data: &std::path::Path) -> anyhow::Result<App> {
+    let app = App::open(config, store.handle(), data)?;
+    app.attach_reports(store.reader());
+    app.set_resume_key(ResumeKey::load_or_create(data)?);
+    Ok(app)
+}
+
+/// A new log in a directory a service used before (it holds the resume key
+/// the service writes at its first start) means the log was removed or
+/// emptied: said at start, since it then starts as if for the first time
+/// and nothing else would tell (found by review). Not after a damaged log
+/// was set aside, which has its own error.
+fn warn_if_log_lost(store: &Store, data: &std::path::Path) {
+    if store.created()
+        && store.handle().damaged_log_set_aside().is_none()
+        && data.join(kefu::server::KEY_FILE).exists()
+    {
+        tracing::warn!(
+            path = %store.path().display(),
+            "the event log is new but this data directory was used before ({} exists): was \
+             events.db removed or emptied? Reports before now and open conversations are gone \
+             unless you restore it from a backup (stop kefu serve, put back events.db with its \
+             events.db-wal and events.db-shm as they were backed up, start again)",
+            kefu::server::KEY_FILE
+        );
+    }
 }
 
 /// What the service runs with, so an operator reading the log can tell a

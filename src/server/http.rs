@@ -161,17 +161,33 @@ fn route(req: Request<Incoming>, app: &App, peer: &str, guard: &ConnGuard) -> Re
 ///
 /// The first line is `degraded` while the event log's commits fail (a
 /// full disk: reports and the restore after a restart lose what it drops;
-/// found by review, the page said `ok` throughout), `ok` otherwise.
+/// found by review, the page said `ok` throughout), and from the start to
+/// the next restart when the start found the log damaged and moved it
+/// aside (`event_log: damaged_log_moved_aside`, `damaged_log:` the name it
+/// was given; the log holds nothing from before); `ok` otherwise.
 /// `events_dropped` counts every event lost since the start, so it stays
 /// after the disk is fixed. Stale phrase libraries keep `ok` (older
 /// libraries serve). The problems themselves are in the log, agents'
 /// `welcome` and `kefu check`, not on this unauthenticated page.
 fn health(app: &App) -> Response<Body> {
     let status = app.phrase_status();
-    let (dropped, failing) = app.event_log_health();
-    let mut body = String::from(if failing { "degraded\n" } else { "ok\n" });
+    let (dropped, failing, set_aside) = app.event_log_health();
+    let degraded = failing || set_aside.is_some();
+    let mut body = String::from(if degraded { "degraded\n" } else { "ok\n" });
     if failing {
         body.push_str("event_log: failing\n");
+    }
+    // Until the next restart: the log holds nothing from before this
+    // start, and someone must salvage the old one (the start's ERROR line
+    // says how).
+    if let Some(aside) = set_aside {
+        let name = aside.file_name().map_or_else(
+            || aside.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        body.push_str(&format!(
+            "event_log: damaged_log_moved_aside\ndamaged_log: {name}\n"
+        ));
     }
     if dropped > 0 {
         body.push_str(&format!("events_dropped: {dropped}\n"));

@@ -585,12 +585,16 @@ impl App {
         // The `restore` events committed before anyone connects: a crash
         // in the writer's next 50 ms would lose them, and with them the
         // conversations at a second restart and the lost secrets' notes.
+        // A flush fails when they were not committed (a full disk): the
+        // start stops then, rather than serve conversations the next start
+        // would not find.
         if restored.conversations > 0 {
             self.shared.store.flush().map_err(|e| {
-                StoreError(format!(
-                    "cannot commit the restored conversations' `restore` events ({}); \
-                     check the data directory's disk",
-                    e.0
+                StoreError::Failed(format!(
+                    "cannot record the `restore` events of the {} conversation(s) brought back, \
+                     so a later restart would lose them; not starting: {}",
+                    restored.conversations,
+                    e.detail()
                 ))
             })?;
         }
