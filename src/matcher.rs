@@ -625,19 +625,21 @@ impl Matcher {
             })
             .collect();
         gates.place(&slots, texts.len());
+        // From the keywords that start with a negator (不满意) to the
+        // keyword they negate (满意), and to its forms with a degree word
+        // (很满意: 不是很满意 -> 不满意). Few keywords start with one, so this
+        // looks up a handful of strings, not every keyword times every
+        // negator.
         let mut negated_forms = HashMap::new();
-        for (p, text) in texts[..keywords].iter().enumerate() {
-            // A keyword that starts with a degree word (很满意) negates to
-            // the plain form's negation (不是很满意 -> 不满意).
-            let plain = text
-                .strip_prefix(['很', '太'])
-                .filter(|rest| !rest.is_empty());
+        for (q, text) in texts[..keywords].iter().enumerate() {
             for (n, neg) in NEGATORS.iter().enumerate() {
-                let form = index
-                    .get(&format!("{neg}{text}"))
-                    .or_else(|| plain.and_then(|rest| index.get(&format!("{neg}{rest}"))));
-                if let Some(&q) = form {
-                    negated_forms.insert((p as u32, n as u8), q as u32);
+                let Some(rest) = text.strip_prefix(neg).filter(|r| !r.is_empty()) else {
+                    continue;
+                };
+                let plain = index.get(rest).copied();
+                let degree = ['很', '太'].map(|d| index.get(&format!("{d}{rest}")).copied());
+                for p in std::iter::once(plain).chain(degree).flatten() {
+                    negated_forms.entry((p as u32, n as u8)).or_insert(q as u32);
                 }
             }
         }
