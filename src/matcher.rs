@@ -22,15 +22,38 @@
 //!   it counts as one character and no keyword inside it counts, so
 //!   `[地址x]` is an address, not the word 地址;
 //! - **patterns** add evidence and cover the text they matched,
-//!   **exclusions** veto the intent, and the intent's **priority** scales
-//!   the result.
+//!   **exclusions** veto the intent's hits they touch (see below), and the
+//!   intent's **priority** scales the result.
 //!
 //! `score = priority × evidence × (COVERAGE_FLOOR + (1 - COVERAGE_FLOOR) × coverage)`
 //!
 //! A keyword hit lying strictly inside a longer keyword hit is dropped
 //! (`退货` inside `七天无理由退货`, `发货` inside `什么时候发货`: the longer,
-//! more specific keyword speaks for that text), while an exclusion vetoes
-//! wherever it appears. An intent whose score stays under [`MIN_SCORE`] is
+//! more specific keyword speaks for that text). Two more rules read the
+//! words around a hit, on the hits already found (no extra scan):
+//!
+//! - **exclusions are local**: an exclusion drops the hits of its intent
+//!   (keywords and patterns) that it overlaps or that lie within
+//!   [`EXCLUDE_REACH`] characters of it, because it names another reading
+//!   of *that* text (`退款到账` is not a return, `会不会坏` is not a broken
+//!   item). A word elsewhere in the message says nothing about it: in
+//!   `用了优惠券买的，收到是坏的` the coupon does not veto the broken item.
+//!   An exclusion that ends the message (a final `吗` or `?`) sets the
+//!   mood of the whole message and vetoes every hit of its intent. An
+//!   exclusion ending in `了` names a finished state (`到账了`); followed by a
+//!   question (`到账了吗`) it asks about that state and does not veto;
+//! - **negation**: a keyword hit directly preceded by a negator
+//!   ([`NEGATORS`], with a degree word of [`NEGATION_FILLERS`] between,
+//!   itself maybe after 是: `不是很满意`, `不太满意`, `不要退货`, `没有问题`) does not count, since the
+//!   buyer says the opposite of the keyword. It does count for an intent
+//!   that has the negated form itself as a keyword (`不满意` is a complaint,
+//!   so `不太满意` is one too), and the negation is not one when it is a
+//!   question (`退不退`, `要不要`, `满不满意`: the same character on both
+//!   sides of the negator) or asks why something has not happened yet
+//!   (`还没`, `怎么不`, `为什么没` before the negator: the buyer still wants
+//!   it).
+//!
+//! An intent whose score stays under [`MIN_SCORE`] is
 //! not suggested: an agent is better served by no suggestion than by a
 //! wrong one.
 //!
@@ -70,6 +93,37 @@ pub const COVERAGE_FLOOR: f32 = 0.55;
 pub const PATTERN_WEIGHT: f32 = 0.8;
 /// Longest bracketed token (characters between `[` and `]`) taken as data.
 pub const TOKEN_MAX_CHARS: usize = 12;
+/// Characters between an exclusion and a hit of its intent at which the
+/// exclusion still vetoes the hit: it touches it (`钱什么时候到`, `券坏了`)
+/// but not a word further away (`钱都付了，快递到哪了`).
+pub const EXCLUDE_REACH: usize = 2;
+/// Words that negate the keyword right after them, longest first (the
+/// first that ends where a hit starts is the negator). 不会 is not one:
+/// `不会用` asks for help.
+pub const NEGATORS: [&str; 9] = [
+    "不需要",
+    "不用",
+    "不要",
+    "不想",
+    "没有",
+    "不",
+    "没",
+    "别",
+    "无",
+];
+/// Degree words that may stand between a negator and the keyword it
+/// negates (`不太满意`, `不怎么好`), optionally after 是 (`不是很满意`).
+pub const NEGATION_FILLERS: [&str; 5] = ["怎么", "太", "很", "大", "有"];
+/// Words before a negator that make it ask why something has not
+/// happened: `还没发货`, `怎么不发货`, `为什么没到账`. The buyer still wants it.
+const PENDING: [&str; 7] = ["还", "都", "咋", "怎么", "为什么", "为啥", "怎"];
+/// Characters before 别 that make it part of a word (特别, 区别, 识别),
+/// not a negator.
+const BIE_WORDS: &str = "特区分告级类个识性差离辨鉴道派";
+/// Question words after an exclusion ending in 了 (`到账了吗`).
+const QUESTION_AFTER: [&str; 10] = [
+    "吗", "么", "嘛", "没", "?", "不", "吧", "是吗", "对吗", "对吧",
+];
 
 /// Default weight of a keyword of `chars` characters.
 pub fn default_weight(chars: usize) -> f32 {
@@ -90,8 +144,9 @@ pub struct Suggestion {
     pub score: f32,
     /// Shared with the library unless a placeholder was filled in.
     pub reply: Arc<str>,
-    /// The keywords as the library spells them (shared with the matcher,
-    /// not copied per message).
+    /// Why it ranked: the keywords as the library spells them (shared
+    /// with the matcher, not copied per message), then the text a regex
+    /// pattern of the intent matched, if one did (as normalised).
     pub matched: Vec<Arc<str>>,
 }
 
@@ -110,7 +165,9 @@ pub struct Ranked {
     pub score: f32,
     /// Indices of the keywords (automaton patterns) that matched.
     pub matched: Hits,
-    pub pattern_hit: bool,
+    /// Byte range, in the normalised message, of the first of the
+    /// intent's regex patterns that matched, if any.
+    pub pattern: Option<(u32, u32)>,
 }
 
 #[derive(Debug)]
@@ -186,6 +243,10 @@ pub struct Matcher {
     regex_list: Vec<Regex>,
     regex_owner: Vec<u32>,
     gates: Gates,
+    /// (keyword pattern, index into [`NEGATORS`]) -> the pattern of the
+    /// keyword that is the negator followed by it (`满意`, `不` -> `不满意`),
+    /// for the negated forms the libraries list.
+    negated_forms: HashMap<(u32, u8), u32>,
 }
 
 /// Which patterns are worth running on a message.
@@ -564,6 +625,24 @@ impl Matcher {
             })
             .collect();
         gates.place(&slots, texts.len());
+        // From the keywords that start with a negator (不满意) to the
+        // keyword they negate (满意), and to its forms with a degree word
+        // (很满意: 不是很满意 -> 不满意). Few keywords start with one, so this
+        // looks up a handful of strings, not every keyword times every
+        // negator.
+        let mut negated_forms = HashMap::new();
+        for (q, text) in texts[..keywords].iter().enumerate() {
+            for (n, neg) in NEGATORS.iter().enumerate() {
+                let Some(rest) = text.strip_prefix(neg).filter(|r| !r.is_empty()) else {
+                    continue;
+                };
+                let plain = index.get(rest).copied();
+                let degree = ['很', '太'].map(|d| index.get(&format!("{d}{rest}")).copied());
+                for p in std::iter::once(plain).chain(degree).flatten() {
+                    negated_forms.entry((p as u32, n as u8)).or_insert(q as u32);
+                }
+            }
+        }
         let ac = Automaton::new(&texts)?;
         let regex_list = regex_src
             .iter()
@@ -577,6 +656,7 @@ impl Matcher {
             regex_list,
             regex_owner,
             gates,
+            negated_forms,
         })
     }
 
@@ -652,24 +732,63 @@ impl Matcher {
             })
             .collect();
 
-        // Per intent: evidence so far, hit spans, vetoed?
+        // Exclusion hits as (intent, start, end); an exclusion that ends
+        // the message vetoes its intent outright.
+        let end = content_end(norm);
+        let mut vetoes: SmallVec<[(u32, u32, u32); 4]> = SmallVec::new();
         let mut acc: Vec<Acc> = Vec::with_capacity(8);
-        for (&(s, e, p), &inside) in hits.iter().zip(&swallowed) {
+        for &(s, e, p) in &hits {
             for entry in &self.patterns[p as usize].1 {
-                // Exclusions always veto, even inside a longer keyword.
-                if inside && !entry.exclude {
+                if !entry.exclude || asks_about_finished(norm, s as usize, e as usize) {
                     continue;
                 }
-                let a = Acc::of(&mut acc, entry.intent);
-                if entry.exclude {
-                    a.vetoed = true;
+                if e as usize >= end {
+                    Acc::of(&mut acc, entry.intent).vetoed = true;
+                } else {
+                    vetoes.push((entry.intent, s, e));
+                }
+            }
+        }
+        let touched = |intent: u32, s: u32, e: u32| {
+            vetoes
+                .iter()
+                .any(|&(i, vs, ve)| i == intent && near(norm, (vs, ve), (s, e)))
+        };
+        // Per intent: evidence so far, hit spans.
+        let credit = |acc: &mut Vec<Acc>, p: u32, s: u32, e: u32| {
+            for entry in &self.patterns[p as usize].1 {
+                if entry.exclude || (!vetoes.is_empty() && touched(entry.intent, s, e)) {
                     continue;
                 }
+                let a = Acc::of(acc, entry.intent);
                 if !a.matched.contains(&p) {
                     a.matched.push(p);
                     a.miss *= 1.0 - entry.weight;
                 }
                 a.spans.push((s, e));
+            }
+        };
+        for (&(s, e, p), &inside) in hits.iter().zip(&swallowed) {
+            if inside || !is_keyword(p) {
+                continue;
+            }
+            match negation(norm, s as usize, e as usize) {
+                None => credit(&mut acc, p, s, e),
+                // `不太满意` counts as the keyword `不满意`; `不满意` itself
+                // is a hit of its own that swallowed `满意`.
+                Some((start, n)) => {
+                    let canonical = NEGATORS
+                        .iter()
+                        .position(|neg| neg.len() == 3 && norm[start..].starts_with(neg))
+                        .map(|c| c as u8);
+                    let form = self
+                        .negated_forms
+                        .get(&(p, n))
+                        .or_else(|| canonical.and_then(|c| self.negated_forms.get(&(p, c))));
+                    if let Some(&q) = form {
+                        credit(&mut acc, q, start as u32, e);
+                    }
+                }
             }
         }
         if !self.regex_list.is_empty() {
@@ -677,12 +796,17 @@ impl Matcher {
                 let Some(m) = self.regex_list[i as usize].find(norm) else {
                     continue;
                 };
-                let a = Acc::of(&mut acc, self.regex_owner[i as usize]);
-                if !a.pattern_hit {
-                    a.pattern_hit = true;
+                let owner = self.regex_owner[i as usize];
+                let (s, e) = (m.start() as u32, m.end() as u32);
+                if !vetoes.is_empty() && touched(owner, s, e) {
+                    continue;
+                }
+                let a = Acc::of(&mut acc, owner);
+                if a.pattern.is_none() {
+                    a.pattern = Some((s, e));
                     a.miss *= 1.0 - PATTERN_WEIGHT;
                 }
-                a.spans.push((m.start() as u32, m.end() as u32));
+                a.spans.push((s, e));
             }
         }
 
@@ -701,7 +825,7 @@ impl Matcher {
                     intent: a.intent as usize,
                     score: (score.min(1.0) * 1000.0).round() / 1000.0,
                     matched: a.matched,
-                    pattern_hit: a.pattern_hit,
+                    pattern: a.pattern,
                 })
             })
             .collect();
@@ -731,15 +855,135 @@ impl Matcher {
                     intent: intent.id.clone(),
                     score: (r.score * 100.0).round() / 100.0,
                     reply,
-                    matched: r
-                        .matched
-                        .iter()
-                        .map(|&p| self.patterns[p as usize].0.clone())
-                        .collect(),
+                    matched: self.matched_texts(&norm, &r),
                 }
             })
             .collect()
     }
+}
+
+impl Matcher {
+    /// What made `r` rank, for the agent to see: its keywords as the
+    /// library spells them, then the text its pattern matched (as
+    /// normalised), which no keyword names.
+    fn matched_texts(&self, norm: &str, r: &Ranked) -> Vec<Arc<str>> {
+        let mut out: Vec<Arc<str>> = Vec::with_capacity(r.matched.len() + 1);
+        out.extend(
+            r.matched
+                .iter()
+                .map(|&p| self.patterns[p as usize].0.clone()),
+        );
+        if let Some((s, e)) = r.pattern {
+            let text = norm[s as usize..e as usize].trim();
+            if !out.iter().any(|k| &**k == text) {
+                out.push(Arc::from(text));
+            }
+        }
+        out
+    }
+}
+
+/// Byte offset where the content of `norm` ends: after its last
+/// character that is not punctuation or white space.
+fn content_end(norm: &str) -> usize {
+    norm.trim_end_matches(|c: char| !is_content(c)).len()
+}
+
+/// Whether the exclusion at `s..e` is a finished state asked about:
+/// it ends in 了 and a question follows (`到账了吗`, `收到货了没`).
+fn asks_about_finished(norm: &str, s: usize, e: usize) -> bool {
+    norm[s..e].ends_with('了') && {
+        let rest = norm[e..].trim_start();
+        QUESTION_AFTER.iter().any(|q| rest.starts_with(q))
+    }
+}
+
+/// Whether spans `a` and `b` (byte ranges) overlap or lie at most
+/// [`EXCLUDE_REACH`] characters apart.
+fn near(norm: &str, a: (u32, u32), b: (u32, u32)) -> bool {
+    let (first, second) = if a.0 <= b.0 { (a, b) } else { (b, a) };
+    first.1 >= second.0
+        || norm[first.1 as usize..second.0 as usize]
+            .chars()
+            .nth(EXCLUDE_REACH)
+            .is_none()
+}
+
+/// The negator of a keyword hit starting at byte `s`, as (its byte start,
+/// its index in [`NEGATORS`]), or `None` when the hit is not negated (see
+/// the module documentation).
+fn negation(norm: &str, s: usize, e: usize) -> Option<(usize, u8)> {
+    let mut head = &norm[..s];
+    // Most hits follow no negator or filler: answer those from the one
+    // character before them (this runs for every keyword hit).
+    if !matches!(
+        head.chars().next_back(),
+        Some(
+            '要' | '用'
+                | '想'
+                | '有'
+                | '不'
+                | '没'
+                | '别'
+                | '无'
+                | '么'
+                | '太'
+                | '很'
+                | '大'
+                | '是'
+        )
+    ) {
+        return None;
+    }
+    // A degree word (不太满意, 不怎么好), then 是 before a degree word
+    // (不是很满意; 不是很好 where the keyword is 很好). 是 alone is no
+    // filler: 不是纯棉 is still about cotton.
+    let mut degree = norm[s..].starts_with(['很', '太']);
+    if let Some(f) = NEGATION_FILLERS.iter().find(|f| head.ends_with(*f)) {
+        head = &head[..head.len() - f.len()];
+        degree = true;
+    }
+    if degree && head.ends_with('是') {
+        head = &head[..head.len() - '是'.len_utf8()];
+    }
+    let (n, neg) = NEGATORS
+        .iter()
+        .enumerate()
+        .find(|(_, neg)| head.ends_with(*neg))?;
+    let start = head.len() - neg.len();
+    let before = &norm[..start];
+    let prev = before.chars().next_back();
+    // 退不退, 要不要, 有没有: the same character both sides is a question,
+    // and so is 有没 (有没货, 有没备件), short for 有没有.
+    let next = norm[start..].chars().nth(1);
+    if prev.is_some() && prev == next || prev == Some('有') && neg.starts_with('没') {
+        return None;
+    }
+    if neg.starts_with('别') && prev.is_some_and(|c| BIE_WORDS.contains(c)) {
+        return None;
+    }
+    if PENDING.iter().any(|p| before.ends_with(p)) {
+        return None;
+    }
+    // 不防水吗, 不加厚会不会薄: asking about the negated form is a
+    // question about the keyword, so the keyword still counts.
+    let clause = norm[e..]
+        .split(|c: char| c != '?' && !is_content(c))
+        .next()
+        .unwrap_or("");
+    if clause.contains(['吗', '么', '嘛', '?']) || has_a_not_a(clause) {
+        return None;
+    }
+    Some((start, n as u8))
+}
+
+/// Whether `s` holds an A-不-A or A-没-A question (`会不会`, `有没有`).
+fn has_a_not_a(s: &str) -> bool {
+    let mut last = ['\0'; 3];
+    s.chars().any(|c| {
+        last = [last[1], last[2], c];
+        (last[1] == '不' || last[1] == '没') && last[0] == last[2]
+    })
 }
 
 struct Acc {
@@ -749,7 +993,8 @@ struct Acc {
     matched: Hits,
     spans: SmallVec<[(u32, u32); 4]>,
     vetoed: bool,
-    pattern_hit: bool,
+    /// See [`Ranked::pattern`].
+    pattern: Option<(u32, u32)>,
 }
 
 impl Acc {
@@ -765,7 +1010,7 @@ impl Acc {
                     matched: Hits::new(),
                     spans: SmallVec::new(),
                     vetoed: false,
-                    pattern_hit: false,
+                    pattern: None,
                 });
                 acc.last_mut().expect("just pushed")
             }
@@ -975,7 +1220,7 @@ mod tests {
     }
 
     #[test]
-    fn exclusions_veto_everywhere_and_hide_no_keyword() {
+    fn exclusions_veto_the_hits_they_touch_and_hide_no_keyword() {
         let m = matcher(&[
             (
                 "after_sale.return_exchange",
@@ -985,18 +1230,77 @@ mod tests {
             ),
             ("after_sale.warranty_repair", &["售后"], &[], &["售后退货"]),
             ("pre_sale.greeting", &["亲"], &[], &["退货"]),
+            ("after_sale.quality_issue", &["坏了"], &[r"是坏的"], &["券"]),
         ]);
+        let ids = |text: &str| -> Vec<String> {
+            scores(&m, text).into_iter().map(|(id, _)| id).collect()
+        };
         // The exclusion 售后退货 vetoes the repair intent but does not
         // swallow the keyword 退货 of the return intent.
-        let got = scores(&m, "售后退货");
-        let ids: Vec<&str> = got.iter().map(|(id, _)| id.as_str()).collect();
-        assert_eq!(ids, ["after_sale.return_exchange"]);
-        // 退货 lies inside the longer keyword 七天无理由退货, and still vetoes.
-        let got = scores(&m, "亲 七天无理由退货");
-        assert!(
-            got.iter().all(|(id, _)| id != "pre_sale.greeting"),
-            "{got:?}"
+        assert_eq!(ids("售后退货"), ["after_sale.return_exchange"]);
+        // 退货 lies inside the longer keyword 七天无理由退货 and ends the
+        // message: it vetoes the greeting everywhere.
+        let got = ids("亲 七天无理由退货");
+        assert!(!got.iter().any(|id| id == "pre_sale.greeting"), "{got:?}");
+        // Touching (within EXCLUDE_REACH characters) vetoes keywords and
+        // patterns alike; further away it does not.
+        assert!(ids("券坏了呀").is_empty());
+        assert!(ids("券呢是坏的呀").is_empty());
+        assert_eq!(
+            ids("用了一张券买的，收到坏了"),
+            ["after_sale.quality_issue"]
         );
+    }
+
+    #[test]
+    fn a_finished_state_asked_about_does_not_veto() {
+        let m = matcher(&[("after_sale.refund", &["到账"], &[], &["到账了"])]);
+        assert!(scores(&m, "钱到账了").is_empty());
+        assert!(scores(&m, "钱到账了，谢谢").is_empty());
+        for asked in ["钱到账了吗", "到账了没", "到账了是吗?"] {
+            assert_eq!(scores(&m, asked).len(), 1, "{asked}");
+        }
+    }
+
+    #[test]
+    fn a_negated_keyword_counts_only_as_its_negated_form() {
+        let m = matcher(&[
+            ("pre_sale.closing", &["满意", "很好"], &[], &[]),
+            ("after_sale.complaint", &["不满意"], &[], &[]),
+            ("after_sale.return_exchange", &["退货"], &[], &[]),
+            ("in_sale.shipping_time", &["发货"], &[], &[]),
+            ("pre_sale.product_info", &["纯棉"], &[], &[]),
+        ]);
+        let top = |text: &str| scores(&m, text).first().map(|(id, _)| id.clone());
+        let cases: &[(&str, Option<&str>)] = &[
+            ("满意", Some("pre_sale.closing")),
+            ("不是很满意", Some("after_sale.complaint")),
+            ("不太满意", Some("after_sale.complaint")),
+            ("不怎么满意", Some("after_sale.complaint")),
+            ("不是很好", None),
+            ("不要退货", None),
+            ("不用退货", None),
+            ("别退货", None),
+            // questions and pending things keep the keyword
+            ("退不退货", Some("after_sale.return_exchange")),
+            ("不退货吗", Some("after_sale.return_exchange")),
+            ("还不发货", Some("in_sale.shipping_time")),
+            ("怎么没发货", Some("in_sale.shipping_time")),
+            // 是 alone is no filler; 别 inside a word is no negator
+            ("不是纯棉", Some("pre_sale.product_info")),
+            ("特别满意", Some("pre_sale.closing")),
+        ];
+        for &(text, want) in cases {
+            assert_eq!(top(text).as_deref(), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn matched_shows_the_text_a_pattern_matched() {
+        let m = matcher(&[("pre_sale.size_advice", &["尺码"], &[r"\d{2}码"], &[])]);
+        let got = m.suggest("尺码，42码可以吗", 3, &Fill::default());
+        let matched: Vec<&str> = got[0].matched.iter().map(|t| &**t).collect();
+        assert_eq!(matched, ["尺码", "42码"]);
     }
 
     #[test]

@@ -40,6 +40,11 @@ pub fn normalize(text: &str) -> String {
         // `fast2s` costs three hash look-ups per 3-byte character; most
         // messages are in simplified characters already and skip it.
         fast2s::replace(&mut out);
+        // 甚麼 is a traditional spelling of 什么 that fast2s leaves as 甚么
+        // (甚 is also simplified); same length, so offsets stay.
+        if out.contains("甚么") {
+            out = out.replace("甚么", "什么");
+        }
     }
     out
 }
@@ -109,6 +114,7 @@ mod tests {
             ("企畫書", "企划书"),
             ("乾隆", "乾隆"),
             ("看著", "看着"),
+            ("甚麼時候到", "什么时候到"),
         ];
         for (input, want) in cases {
             assert_eq!(normalize(input), *want, "normalize({input:?})");

@@ -341,6 +341,203 @@ fn data_and_context_only_messages_get_no_suggestion() {
     assert!(noisy.is_empty(), "should be silent:\n{}", noisy.join("\n"));
 }
 
+/// Checks `cases` of (message, the intent that must come first if any,
+/// intents that must not be in the top three) and reports every failure
+/// at once.
+fn check_table(name: &str, cases: &[(&str, Option<&str>, &[&str])]) {
+    let failures: Vec<String> = cases
+        .iter()
+        .filter_map(|&(text, want, never)| {
+            let ids = ranked_ids(text);
+            let top_ok = want.is_none_or(|w| ids.first().is_some_and(|id| id == w));
+            let bad: Vec<&String> = ids
+                .iter()
+                .take(3)
+                .filter(|id| never.contains(&id.as_str()))
+                .collect();
+            (!top_ok || !bad.is_empty())
+                .then(|| format!("{text:?}: want {want:?}, never {never:?}, got {ids:?}"))
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{name}: {} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+const CLOSING: &str = "pre_sale.closing";
+const RETURN: &str = "after_sale.return_exchange";
+const QUALITY: &str = "after_sale.quality_issue";
+const COMPLAINT: &str = "after_sale.complaint";
+const BARGAIN: &str = "pre_sale.price_bargain";
+
+/// A negated keyword says the opposite (see "Negation" in phrases/README.md);
+/// a finished state is no request still pending.
+const NEGATED: &[(&str, Option<&str>, &[&str])] = &[
+    // not a goodbye: the buyer is unhappy
+    ("东西不是很满意", Some(COMPLAINT), &[CLOSING]),
+    ("说实话不太满意", Some(COMPLAINT), &[CLOSING]),
+    ("这个质量不是很好", Some(QUALITY), &[CLOSING]),
+    ("这样我可不给好评", None, &[CLOSING]),
+    // declining is not asking
+    ("算了不要退货了", None, &[RETURN]),
+    ("不用换货了", None, &[RETURN]),
+    ("我想了想还是不退了", None, &[RETURN]),
+    ("不需要发票", None, &["in_sale.invoice"]),
+    ("我们不会投诉的", None, &[COMPLAINT]),
+    ("没有问题吧，我放心了", None, &[QUALITY]),
+    ("发之前看看，不要有瑕疵", None, &[QUALITY]),
+    // finished states
+    ("退款已经到账了", None, &["after_sale.refund"]),
+    ("我刚刚收到货了", None, &["in_sale.logistics"]),
+    ("我这边已经付款了", None, &["in_sale.payment"]),
+    ("发票收到了", None, &["in_sale.invoice"]),
+    // still negation-proof: questions, pending things, negated keywords
+    ("退不退的", Some(RETURN), &[]),
+    ("不可以退货吗", Some(RETURN), &[]),
+    ("怎么还不发货", Some("in_sale.shipping_time"), &[]),
+    ("为什么没有物流信息", Some("in_sale.logistics"), &[]),
+    ("钱到账了吗", Some("after_sale.refund"), &[]),
+    ("这个不是纯棉的吗", Some("pre_sale.product_info"), &[]),
+    ("这款不防水吗", Some("pre_sale.product_info"), &[]),
+];
+
+#[test]
+fn negated_and_finished_forms_do_not_rank_the_request() {
+    check_table("negation", NEGATED);
+}
+
+/// An exclusion vetoes only the hits it touches: each existing exclusion
+/// still does its job next to the keyword, and a word elsewhere in the
+/// message no longer hides the main ask.
+const SCOPED_EXCLUSIONS: &[(&str, Option<&str>, &[&str])] = &[
+    // far from the hit: the main ask wins
+    ("领了店铺的券才买的，打开一看是坏的", Some(QUALITY), &[]),
+    (
+        "钱早就付过了，我的快递到哪了",
+        Some("in_sale.logistics"),
+        &[],
+    ),
+    (
+        "花了好多钱呢，快递怎么还没到",
+        Some("in_sale.logistics"),
+        &[],
+    ),
+    ("你们问会不会坏，我收到的就是坏的", Some(QUALITY), &[]),
+    // next to the hit: the existing exclusions still veto
+    ("会不会坏", None, &[QUALITY]),
+    ("优惠券用不了", None, &[QUALITY, "after_sale.usage_help"]),
+    (
+        "钱什么时候到",
+        Some("after_sale.refund"),
+        &["in_sale.logistics"],
+    ),
+    ("退款什么时候到账", Some("after_sale.refund"), &[RETURN]),
+    ("能少点吗", Some(BARGAIN), &["after_sale.missing_item"]),
+    ("家里的垃圾桶坏了", None, &[COMPLAINT]),
+    ("绑定的手机号怎么改", None, &["in_sale.address_change"]),
+    ("收货地址不变", None, &["in_sale.address_change"]),
+    ("退货的运费怎么算", None, &[BARGAIN]),
+    ("色差太大了", Some(QUALITY), &[RETURN]),
+    // an exclusion ending the message vetoes its intent everywhere
+    (
+        "谢谢，那什么时候能到？",
+        Some("in_sale.logistics"),
+        &[CLOSING],
+    ),
+];
+
+#[test]
+fn exclusions_veto_only_the_hits_they_touch() {
+    check_table("scoped exclusions", SCOPED_EXCLUSIONS);
+}
+
+/// General words for angry buyers, defects, and colloquial forms.
+const COVERAGE: &[(&str, Option<&str>, &[&str])] = &[
+    ("你们这家店真是太坑了", Some(COMPLAINT), &[]),
+    ("我要申请平台介入处理", Some(COMPLAINT), &[]),
+    ("再不解决就找小二介入", Some(COMPLAINT), &[]),
+    ("我要去法院起诉", Some(COMPLAINT), &[]),
+    ("骗钱的黑心商家", Some(COMPLAINT), &[]),
+    ("这服务态度真行", Some(COMPLAINT), &[]),
+    (
+        "明明卖假货还不承认",
+        Some(COMPLAINT),
+        &["pre_sale.authenticity"],
+    ),
+    ("你们怎么回事啊", Some(COMPLAINT), &[]),
+    ("能给点补偿吗", Some(COMPLAINT), &["after_sale.refund"]),
+    ("裤子上有个破洞", Some(QUALITY), &[]),
+    ("皮鞋穿两次就开胶", Some(QUALITY), &[]),
+    ("锅底生锈了", Some(QUALITY), &[]),
+    ("插上就漏电", Some(QUALITY), &[]),
+    ("孩子用了皮肤过敏", Some(QUALITY), &[]),
+    ("显示器有个坏点", Some(QUALITY), &[]),
+    ("袖口全是线头", Some(QUALITY), &[]),
+    (
+        "我要的是黑色的你们发的灰色",
+        Some("after_sale.wrong_item"),
+        &[],
+    ),
+    ("运费怎么算的", Some(BARGAIN), &["after_sale.refund"]),
+    (
+        "最近会降价吗",
+        Some("pre_sale.promotion"),
+        &["after_sale.refund"],
+    ),
+    ("返修要多久", Some("after_sale.warranty_repair"), &[RETURN]),
+    ("享受三包吗", Some("after_sale.warranty_repair"), &[]),
+    ("买三包送什么", None, &["after_sale.warranty_repair"]),
+    ("假发的头发会掉吗", None, &[QUALITY]),
+    ("帮我转5号客服", Some("pre_sale.human_agent"), &[CLOSING]),
+    ("我取消吧", Some("in_sale.order_change"), &[]),
+    ("能发快点吗", Some("in_sale.shipping_time"), &[]),
+    ("几时到货", Some("in_sale.logistics"), &[]),
+    ("甚麼時候能到", Some("in_sale.logistics"), &[]),
+    ("有卷可以领吗", Some("pre_sale.promotion"), &[]),
+    ("蓝的还有没", Some("pre_sale.stock"), &[]),
+    ("白的有没得货", Some("pre_sale.stock"), &[]),
+    ("能换别的快递吗", Some("in_sale.courier"), &[]),
+    ("支持蚂蚁花呗吗", Some("in_sale.payment"), &[]),
+    ("这个成份安全吗", Some("pre_sale.product_info"), &[]),
+    ("开什么票", Some("in_sale.invoice"), &[]),
+    ("平时穿39码可以吗", Some("pre_sale.size_advice"), &[BARGAIN]),
+    (
+        "手机号13900001111改一下",
+        Some("in_sale.address_change"),
+        &[],
+    ),
+];
+
+#[test]
+fn general_words_for_disputes_defects_and_colloquial_forms() {
+    check_table("coverage", COVERAGE);
+}
+
+/// A number is a price only with a unit, alone, or after a price word.
+const BARGAIN_NUMBERS: &[(&str, Option<&str>, &[&str])] = &[
+    (
+        "手机号换成13900001111可以吗",
+        Some("in_sale.address_change"),
+        &[BARGAIN],
+    ),
+    ("改到18号送，18可以吗", None, &[BARGAIN]),
+    ("星期6可以吗", None, &[BARGAIN]),
+    ("我要3可以吗", None, &[BARGAIN]),
+    ("单号是20240101吧", None, &[BARGAIN]),
+    ("50吧", Some(BARGAIN), &[]),
+    ("60块行不行", Some(BARGAIN), &[]),
+    ("就45吧", Some(BARGAIN), &[]),
+];
+
+#[test]
+fn only_a_price_looks_like_a_price() {
+    check_table("bargaining numbers", BARGAIN_NUMBERS);
+}
+
 #[test]
 fn every_required_intent_is_in_the_libraries() {
     let (lib, _) = shipped();
