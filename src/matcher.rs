@@ -46,6 +46,13 @@
 //! contiguous NFA the cold median went 3.6-4.7 -> 2.6-2.9 µs per message
 //! (hot 1.2-1.6 -> 0.9-1.1). The automaton takes 607 KiB for the full
 //! libraries; `aho-corasick`'s DFA took 4.9 MiB and was no faster in place.
+//!
+//! Ranking never looks at replies. For each suggested intent, `suggest`
+//! then shows the reply written for what the message asks (a reply's
+//! `when:` cue words, see `CompiledIntent::reply`), else one of the
+//! intent's general replies: an intent such as a return covers several
+//! questions (退货, 换货, the address, the postage), and a reply answering
+//! another one than the buyer's is a wrong suggestion too.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -60,7 +67,7 @@ use serde::Serialize;
 use smallvec::SmallVec;
 
 use crate::normalize::normalize;
-use crate::phrases::{Fill, Library, Stage};
+use crate::phrases::{Fill, Library, Reply, Stage};
 
 /// Below this score an intent is not suggested.
 pub const MIN_SCORE: f32 = 0.30;
@@ -118,7 +125,160 @@ struct CompiledIntent {
     id: Arc<str>,
     stage: Stage,
     replies: Vec<Arc<str>>,
+    /// How the replies written for a sub-question are chosen.
+    cues: Cues,
+    /// Indices into `replies` of the general replies (no cues).
+    general: Vec<usize>,
     priority: f32,
+}
+
+impl CompiledIntent {
+    /// The reply for a message (`norm`, normalised; `seed`, its hash): the
+    /// cued reply whose cues cover the most of the message (most cue
+    /// characters, then most cues, then the first written), else a general
+    /// one picked by `seed`, so wording varies between messages but the
+    /// same message always gets the same reply. As for keywords, a cue
+    /// inside a bracketed token (`tokens`: `[姓名x]`, `[图片]`) is data, not
+    /// words.
+    fn reply(&self, norm: &str, tokens: &[(u32, u32)], seed: u64) -> Option<&Arc<str>> {
+        let index = match self.cues.best(norm, tokens) {
+            Some(r) => r,
+            None if !self.general.is_empty() => {
+                self.general[(seed % self.general.len() as u64) as usize]
+            }
+            // A library built in code without general replies: any reply.
+            None => (seed % self.replies.len().max(1) as u64) as usize,
+        };
+        self.replies.get(index)
+    }
+}
+
+/// The `when:` cue words of one intent's replies, normalised and
+/// deduplicated into slots: the plain words in one small automaton (one
+/// scan of the message finds them all; a substring search per cue cost
+/// 2 µs a message), the few with `#` (any digit) searched one by one, and
+/// only in a message that has a digit.
+#[derive(Debug)]
+struct Cues {
+    /// Plain cue words; the automaton's value is the slot.
+    ac: Automaton,
+    /// Cue words with `#`: (text, slot).
+    digit: Vec<(Box<str>, u32)>,
+    /// Per slot: its length in characters, the measure of how much it says.
+    chars: Vec<u32>,
+    /// Per cued reply: its index in the intent's replies and its slots.
+    replies: Vec<(usize, Vec<u32>)>,
+}
+
+/// Slots a message has found, inline for any intent of the shipped size.
+type Found = SmallVec<[bool; 128]>;
+
+impl Cues {
+    fn new(replies: &[Reply]) -> Result<Cues, BuildError> {
+        let mut slot_of: HashMap<String, u32> = HashMap::new();
+        let mut plain: Vec<String> = Vec::new();
+        let mut words: Vec<(String, bool)> = Vec::new();
+        let mut cued = Vec::new();
+        for (n, r) in replies.iter().enumerate().filter(|(_, r)| !r.is_general()) {
+            let mut slots = Vec::new();
+            for w in &r.when {
+                let text = normalize(w);
+                if text.is_empty() {
+                    continue;
+                }
+                let slot = *slot_of.entry(text.clone()).or_insert_with(|| {
+                    words.push((text.clone(), text.contains('#')));
+                    (words.len() - 1) as u32
+                });
+                if !slots.contains(&slot) {
+                    slots.push(slot);
+                }
+            }
+            cued.push((n, slots));
+        }
+        // The automaton numbers its patterns in order: plain words first,
+        // so their automaton index is their slot; renumber accordingly.
+        let mut renumber = vec![0u32; words.len()];
+        let mut digit = Vec::new();
+        let mut chars = vec![0u32; words.len()];
+        for (old, (text, _)) in words.iter().enumerate().filter(|(_, (_, d))| !d) {
+            renumber[old] = plain.len() as u32;
+            plain.push(text.clone());
+        }
+        for (old, (text, _)) in words.iter().enumerate().filter(|(_, (_, d))| *d) {
+            let slot = (plain.len() + digit.len()) as u32;
+            renumber[old] = slot;
+            digit.push((text.clone().into_boxed_str(), slot));
+        }
+        for (old, (text, _)) in words.iter().enumerate() {
+            chars[renumber[old] as usize] = text.chars().count() as u32;
+        }
+        for (_, slots) in &mut cued {
+            for s in slots.iter_mut() {
+                *s = renumber[*s as usize];
+            }
+        }
+        Ok(Cues {
+            ac: Automaton::new(&plain)?,
+            digit,
+            chars,
+            replies: cued,
+        })
+    }
+
+    /// The index of the best cued reply for `norm`, if any cue is found.
+    fn best(&self, norm: &str, tokens: &[(u32, u32)]) -> Option<usize> {
+        if self.replies.is_empty() {
+            return None;
+        }
+        let outside = |s: usize, e: usize| {
+            !tokens
+                .iter()
+                .any(|&(ts, te)| (s as u32) < te && ts < e as u32)
+        };
+        let mut found: Found = smallvec::smallvec![false; self.chars.len()];
+        let mut any = false;
+        for (s, e, slot) in self.ac.hits(norm) {
+            if outside(s as usize, e as usize) {
+                found[slot as usize] = true;
+                any = true;
+            }
+        }
+        if !self.digit.is_empty() && norm.bytes().any(|b| b.is_ascii_digit()) {
+            let hay = norm.as_bytes();
+            for (text, slot) in &self.digit {
+                let cue = text.as_bytes();
+                // Byte-wise is exact: `#` and digits are ASCII, and no byte
+                // of a multi-byte UTF-8 character is.
+                let hit = hay.len() >= cue.len()
+                    && hay.windows(cue.len()).enumerate().any(|(s, w)| {
+                        w.iter()
+                            .zip(cue)
+                            .all(|(&h, &c)| h == c || (c == b'#' && h.is_ascii_digit()))
+                            && outside(s, s + cue.len())
+                    });
+                if hit {
+                    found[*slot as usize] = true;
+                    any = true;
+                }
+            }
+        }
+        if !any {
+            return None;
+        }
+        let mut best: Option<(usize, (u32, usize))> = None;
+        for (r, slots) in &self.replies {
+            let (mut chars, mut hits) = (0, 0);
+            for &s in slots.iter().filter(|&&s| found[s as usize]) {
+                chars += self.chars[s as usize];
+                hits += 1;
+            }
+            if hits > 0 && best.is_none_or(|(_, b)| (chars, hits) > b) {
+                best = Some((*r, (chars, hits)));
+            }
+        }
+        best.map(|(r, _)| r)
+    }
 }
 
 /// What one automaton pattern means for one intent.
@@ -541,7 +701,15 @@ impl Matcher {
                 replies: intent
                     .replies
                     .iter()
-                    .map(|r| Arc::from(r.as_str()))
+                    .map(|r| Arc::from(r.text.as_str()))
+                    .collect(),
+                cues: Cues::new(&intent.replies)?,
+                general: intent
+                    .replies
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.is_general())
+                    .map(|(n, _)| n)
                     .collect(),
                 priority: intent.priority,
             });
@@ -713,17 +881,15 @@ impl Matcher {
     pub fn suggest(&self, text: &str, top: usize, fill: &Fill) -> Vec<Suggestion> {
         let norm = normalize(text);
         let seed = fnv1a(norm.as_bytes());
+        // Empty, so no allocation, unless the message holds a token.
+        let tokens = bracket_tokens(&norm);
         self.rank_normalized(&norm)
             .into_iter()
             .take(top)
             .map(|r| {
                 let intent = &self.intents[r.intent];
-                // Vary the wording between messages, but deterministically,
-                // so the same message always gets the same reply.
-                let variant = (seed % intent.replies.len().max(1) as u64) as usize;
                 let reply = intent
-                    .replies
-                    .get(variant)
+                    .reply(&norm, &tokens, seed)
                     .map(|t| fill.apply_shared(t))
                     .unwrap_or_else(|| Arc::from(""));
                 Suggestion {
@@ -899,7 +1065,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::phrases::{Intent, Keyword, Templates};
+    use crate::phrases::{Fill, Intent, Keyword, Reply, Templates};
     use crate::politeness::PolitenessRules;
 
     /// (id, keywords, patterns, exclusions)
@@ -1076,6 +1242,99 @@ mod tests {
         ("(好|行)[嗯哦 ]*$", "我觉得还行", true),
         ("(好|行)[嗯哦 ]*$", "行不行呢", false),
     ];
+
+    /// A matcher of one intent (keyword 退货) with `replies`.
+    fn with_replies(replies: Vec<Reply>) -> Matcher {
+        let lib = Library {
+            intents: vec![Intent {
+                id: "after_sale.return".into(),
+                stage: Stage::AfterSale,
+                keywords: vec![Keyword {
+                    text: "退货".into(),
+                    weight: Some(0.9),
+                }],
+                patterns: Vec::new(),
+                exclude: Vec::new(),
+                replies,
+                priority: 1.0,
+            }],
+            templates: Templates::default(),
+            politeness: PolitenessRules::default(),
+        };
+        Matcher::new(&lib).expect("test library compiles")
+    }
+
+    fn cued(text: &str, when: &[&str]) -> Reply {
+        Reply {
+            text: text.into(),
+            when: when.iter().map(|w| w.to_string()).collect(),
+        }
+    }
+
+    fn reply_to(m: &Matcher, text: &str) -> String {
+        let s = m.suggest(text, 1, &Fill::default());
+        s.first().map(|s| s.reply.to_string()).unwrap_or_default()
+    }
+
+    /// The reply whose cues cover most of the message wins (most cue
+    /// characters, then most cues, then the first written); a message that
+    /// names no cue gets a general reply, the same one every time.
+    #[test]
+    fn the_reply_is_chosen_by_the_cues_in_the_message() {
+        let m = with_replies(vec![
+            "general A".into(),
+            cued("address", &["地址", "寄到哪"]),
+            cued("fee", &["运费"]),
+            cued("insurance", &["运费险"]),
+            cued("height", &["身高#", "#kg"]),
+            "general B".into(),
+            cued("fee again", &["邮费"]),
+            cued("postage", &["邮费"]),
+        ]);
+        let cases = [
+            ("退货地址是哪里", "address"),
+            // 寄到哪 (3) + 地址 (2) beat 运费 (2).
+            ("退货运费 地址寄到哪", "address"),
+            ("退货运费谁出", "fee"),
+            // The longer cue says more.
+            ("退货有运费险吗", "insurance"),
+            ("運費險退货", "insurance"),
+            // `#` is any digit; full-width digits are normalised first.
+            ("身高170退货", "height"),
+            ("退货 65KG", "height"),
+            ("退货 ６５ｋｇ", "height"),
+            ("退货 kg", "general"),
+            ("身高多少退货", "general"),
+            // A tie goes to the first written.
+            ("退货邮费", "fee again"),
+            // Inside a bracketed token a cue is data, not words.
+            ("退货 [地址x]", "general"),
+            ("[地址x] 退货地址", "address"),
+        ];
+        for (text, want) in cases {
+            let got = reply_to(&m, text);
+            assert!(got.starts_with(want), "{text}: want {want}, got {got}");
+        }
+        // General: deterministic, and both general variants are used.
+        let mut seen = HashSet::new();
+        for n in 0..40 {
+            let text = format!("我要退货{n}次");
+            let got = reply_to(&m, &text);
+            assert!(got.starts_with("general"), "{text}: {got}");
+            assert_eq!(got, reply_to(&m, &text), "{text}: not deterministic");
+            seen.insert(got);
+        }
+        assert_eq!(seen.len(), 2, "{seen:?}");
+    }
+
+    /// A library built in code with cued replies only still answers (the
+    /// loader refuses it, but a `Matcher` must not panic on it).
+    #[test]
+    fn without_a_general_reply_any_reply_is_used() {
+        let m = with_replies(vec![cued("fee", &["运费"]), cued("address", &["地址"])]);
+        assert_eq!(reply_to(&m, "退货运费"), "fee");
+        assert!(!reply_to(&m, "我要退货").is_empty());
+    }
 
     /// The character-by-character count `content_units` replaced: the
     /// reference it must agree with.
