@@ -137,11 +137,18 @@ impl CompiledIntent {
     /// cued reply whose cues cover the most of the message (most cue
     /// characters, then most cues, then the first written), else a general
     /// one picked by `seed`, so wording varies between messages but the
-    /// same message always gets the same reply. As for keywords, a cue
-    /// inside a bracketed token (`tokens`: `[姓名x]`, `[图片]`) is data, not
-    /// words.
-    fn reply(&self, norm: &str, tokens: &[(u32, u32)], seed: u64) -> Option<&Arc<str>> {
-        let index = match self.cues.best(norm, tokens) {
+    /// same message always gets the same reply. `found`: the plain cue
+    /// words in the message. As for keywords, a cue inside a bracketed
+    /// token (`tokens`: `[姓名x]`, `[图片]`) is data, not words.
+    fn reply(
+        &self,
+        words: &CueWords,
+        found: &[u32],
+        norm: &str,
+        tokens: &[(u32, u32)],
+        seed: u64,
+    ) -> Option<&Arc<str>> {
+        let index = match self.cues.best(words, found, norm, tokens) {
             Some(r) => r,
             None if !self.general.is_empty() => {
                 self.general[(seed % self.general.len() as u64) as usize]
@@ -153,125 +160,114 @@ impl CompiledIntent {
     }
 }
 
-/// The `when:` cue words of one intent's replies, normalised and
-/// deduplicated into slots: the plain words in one small automaton (one
-/// scan of the message finds them all; a substring search per cue cost
-/// 2 µs a message), the few with `#` (any digit) searched one by one, and
-/// only in a message that has a digit.
-#[derive(Debug)]
-struct Cues {
-    /// Plain cue words; the automaton's value is the slot.
-    ac: Automaton,
-    /// Cue words with `#`: (text, slot).
-    digit: Vec<(Box<str>, u32)>,
-    /// Per slot: its length in characters, the measure of how much it says.
-    chars: Vec<u32>,
-    /// Per cued reply: its index in the intent's replies and its slots.
-    replies: Vec<(usize, Vec<u32>)>,
+/// Whether `s..e` lies outside every bracketed token of `tokens`.
+fn outside(tokens: &[(u32, u32)], s: usize, e: usize) -> bool {
+    !tokens
+        .iter()
+        .any(|&(ts, te)| (s as u32) < te && ts < e as u32)
 }
 
-/// Slots a message has found, inline for any intent of the shipped size.
-type Found = SmallVec<[bool; 128]>;
+/// The plain `when:` cue words of every intent (those without `#`),
+/// normalised and deduplicated into one automaton: one scan of a message
+/// finds the cue words of all its suggested intents (a substring search
+/// per cue cost 2 µs a message, a scan per intent 0.1-0.2 µs).
+#[derive(Debug)]
+struct CueWords {
+    ac: Automaton,
+    /// Per word: its length in characters, the measure of how much it says.
+    chars: Vec<u32>,
+}
+
+/// Cue words found in one message (their ids), inline: a message holds a
+/// handful.
+type Found = SmallVec<[u32; 8]>;
+
+/// How one intent's cued replies are chosen.
+#[derive(Debug, Default)]
+struct Cues {
+    /// Cue words with `#` (any digit), searched one by one and only in a
+    /// message that has a digit: (text, length in characters).
+    digit: Vec<(Box<str>, u32)>,
+    /// Per cued reply: its index in the intent's replies, its plain words
+    /// (ids in [`CueWords`]) and its `#` words (indices into `digit`).
+    replies: Vec<(usize, Vec<u32>, Vec<u32>)>,
+}
 
 impl Cues {
-    fn new(replies: &[Reply]) -> Result<Cues, BuildError> {
-        let mut slot_of: HashMap<String, u32> = HashMap::new();
-        let mut plain: Vec<String> = Vec::new();
-        let mut words: Vec<(String, bool)> = Vec::new();
-        let mut cued = Vec::new();
+    /// The cues of `replies`; plain words are added to `words` (their
+    /// ids: positions there, found through `index`).
+    fn new(replies: &[Reply], index: &mut HashMap<String, u32>, words: &mut Vec<String>) -> Cues {
+        let mut cues = Cues::default();
         for (n, r) in replies.iter().enumerate().filter(|(_, r)| !r.is_general()) {
-            let mut slots = Vec::new();
+            let (mut plain, mut digit) = (Vec::new(), Vec::new());
             for w in &r.when {
                 let text = normalize(w);
                 if text.is_empty() {
                     continue;
                 }
-                let slot = *slot_of.entry(text.clone()).or_insert_with(|| {
-                    words.push((text.clone(), text.contains('#')));
-                    (words.len() - 1) as u32
-                });
-                if !slots.contains(&slot) {
-                    slots.push(slot);
+                if text.contains('#') {
+                    let at = match cues.digit.iter().position(|(t, _)| **t == *text) {
+                        Some(at) => at,
+                        None => {
+                            let chars = text.chars().count() as u32;
+                            cues.digit.push((text.into_boxed_str(), chars));
+                            cues.digit.len() - 1
+                        }
+                    } as u32;
+                    if !digit.contains(&at) {
+                        digit.push(at);
+                    }
+                } else {
+                    let id = *index.entry(text.clone()).or_insert_with(|| {
+                        words.push(text);
+                        (words.len() - 1) as u32
+                    });
+                    if !plain.contains(&id) {
+                        plain.push(id);
+                    }
                 }
             }
-            cued.push((n, slots));
+            cues.replies.push((n, plain, digit));
         }
-        // The automaton numbers its patterns in order: plain words first,
-        // so their automaton index is their slot; renumber accordingly.
-        let mut renumber = vec![0u32; words.len()];
-        let mut digit = Vec::new();
-        let mut chars = vec![0u32; words.len()];
-        for (old, (text, _)) in words.iter().enumerate().filter(|(_, (_, d))| !d) {
-            renumber[old] = plain.len() as u32;
-            plain.push(text.clone());
-        }
-        for (old, (text, _)) in words.iter().enumerate().filter(|(_, (_, d))| *d) {
-            let slot = (plain.len() + digit.len()) as u32;
-            renumber[old] = slot;
-            digit.push((text.clone().into_boxed_str(), slot));
-        }
-        for (old, (text, _)) in words.iter().enumerate() {
-            chars[renumber[old] as usize] = text.chars().count() as u32;
-        }
-        for (_, slots) in &mut cued {
-            for s in slots.iter_mut() {
-                *s = renumber[*s as usize];
-            }
-        }
-        Ok(Cues {
-            ac: Automaton::new(&plain)?,
-            digit,
-            chars,
-            replies: cued,
-        })
+        cues
     }
 
-    /// The index of the best cued reply for `norm`, if any cue is found.
-    fn best(&self, norm: &str, tokens: &[(u32, u32)]) -> Option<usize> {
+    fn is_empty(&self) -> bool {
+        self.replies.is_empty()
+    }
+
+    /// The index of the best cued reply for `norm`, given the plain cue
+    /// words `found` in it, if any of its cues is there.
+    fn best(
+        &self,
+        words: &CueWords,
+        found: &[u32],
+        norm: &str,
+        tokens: &[(u32, u32)],
+    ) -> Option<usize> {
         if self.replies.is_empty() {
             return None;
         }
-        let outside = |s: usize, e: usize| {
-            !tokens
-                .iter()
-                .any(|&(ts, te)| (s as u32) < te && ts < e as u32)
-        };
-        let mut found: Found = smallvec::smallvec![false; self.chars.len()];
-        let mut any = false;
-        for (s, e, slot) in self.ac.hits(norm) {
-            if outside(s as usize, e as usize) {
-                found[slot as usize] = true;
-                any = true;
-            }
-        }
-        if !self.digit.is_empty() && norm.bytes().any(|b| b.is_ascii_digit()) {
-            let hay = norm.as_bytes();
-            for (text, slot) in &self.digit {
-                let cue = text.as_bytes();
-                // Byte-wise is exact: `#` and digits are ASCII, and no byte
-                // of a multi-byte UTF-8 character is.
-                let hit = hay.len() >= cue.len()
-                    && hay.windows(cue.len()).enumerate().any(|(s, w)| {
-                        w.iter()
-                            .zip(cue)
-                            .all(|(&h, &c)| h == c || (c == b'#' && h.is_ascii_digit()))
-                            && outside(s, s + cue.len())
-                    });
-                if hit {
-                    found[*slot as usize] = true;
-                    any = true;
-                }
-            }
-        }
-        if !any {
+        let digits = !self.digit.is_empty() && norm.bytes().any(|b| b.is_ascii_digit());
+        // The common case: no cue word in the message.
+        if !digits && found.is_empty() {
             return None;
         }
         let mut best: Option<(usize, (u32, usize))> = None;
-        for (r, slots) in &self.replies {
+        for (r, plain, digit) in &self.replies {
             let (mut chars, mut hits) = (0, 0);
-            for &s in slots.iter().filter(|&&s| found[s as usize]) {
-                chars += self.chars[s as usize];
+            for &w in plain.iter().filter(|w| found.contains(w)) {
+                chars += words.chars[w as usize];
                 hits += 1;
+            }
+            if digits {
+                for &d in digit {
+                    let (text, n) = &self.digit[d as usize];
+                    if digit_cue_in(text, norm, tokens) {
+                        chars += n;
+                        hits += 1;
+                    }
+                }
             }
             if hits > 0 && best.is_none_or(|(_, b)| (chars, hits) > b) {
                 best = Some((*r, (chars, hits)));
@@ -279,6 +275,20 @@ impl Cues {
         }
         best.map(|(r, _)| r)
     }
+}
+
+/// Whether the cue `text`, whose `#` stands for any ASCII digit, occurs in
+/// `norm` outside the bracketed `tokens`. Byte-wise is exact: `#` and
+/// digits are ASCII, and no byte of a multi-byte UTF-8 character is.
+fn digit_cue_in(text: &str, norm: &str, tokens: &[(u32, u32)]) -> bool {
+    let (hay, cue) = (norm.as_bytes(), text.as_bytes());
+    hay.len() >= cue.len()
+        && hay.windows(cue.len()).enumerate().any(|(s, w)| {
+            w.iter()
+                .zip(cue)
+                .all(|(&h, &c)| h == c || (c == b'#' && h.is_ascii_digit()))
+                && outside(tokens, s, s + cue.len())
+        })
 }
 
 /// What one automaton pattern means for one intent.
@@ -332,6 +342,8 @@ impl std::fmt::Debug for Automaton {
 /// per message.
 #[derive(Debug)]
 pub struct Matcher {
+    /// The plain `when:` cue words of every intent's replies.
+    cue_words: CueWords,
     /// Every keyword and exclusion, and the gates' literals (see [`Gates`]):
     /// one scan of the message finds both.
     ac: Automaton,
@@ -656,6 +668,8 @@ impl Matcher {
         let mut intents = Vec::with_capacity(lib.intents.len());
         let mut regex_src = Vec::new();
         let mut regex_owner = Vec::new();
+        let mut cue_index: HashMap<String, u32> = HashMap::new();
+        let mut cue_texts: Vec<String> = Vec::new();
 
         for (i, intent) in lib.intents.iter().enumerate() {
             let mut add = |text: &str, weight: f32, exclude: bool| {
@@ -703,7 +717,7 @@ impl Matcher {
                     .iter()
                     .map(|r| Arc::from(r.text.as_str()))
                     .collect(),
-                cues: Cues::new(&intent.replies)?,
+                cues: Cues::new(&intent.replies, &mut cue_index, &mut cue_texts),
                 general: intent
                     .replies
                     .iter()
@@ -737,8 +751,13 @@ impl Matcher {
             .iter()
             .map(|p| Regex::new(p))
             .collect::<Result<Vec<_>, _>>()?;
+        let cue_words = CueWords {
+            chars: cue_texts.iter().map(|t| t.chars().count() as u32).collect(),
+            ac: Automaton::new(&cue_texts)?,
+        };
         Ok(Matcher {
             ac,
+            cue_words,
             patterns,
             keywords,
             intents,
@@ -881,15 +900,28 @@ impl Matcher {
     pub fn suggest(&self, text: &str, top: usize, fill: &Fill) -> Vec<Suggestion> {
         let norm = normalize(text);
         let seed = fnv1a(norm.as_bytes());
+        let mut ranked = self.rank_normalized(&norm);
+        ranked.truncate(top);
         // Empty, so no allocation, unless the message holds a token.
         let tokens = bracket_tokens(&norm);
-        self.rank_normalized(&norm)
+        // One scan for the cue words, when a suggested intent has any.
+        let mut found = Found::new();
+        if ranked
+            .iter()
+            .any(|r| !self.intents[r.intent].cues.is_empty())
+        {
+            for (s, e, w) in self.cue_words.ac.hits(&norm) {
+                if outside(&tokens, s as usize, e as usize) && !found.contains(&w) {
+                    found.push(w);
+                }
+            }
+        }
+        ranked
             .into_iter()
-            .take(top)
             .map(|r| {
                 let intent = &self.intents[r.intent];
                 let reply = intent
-                    .reply(&norm, &tokens, seed)
+                    .reply(&self.cue_words, &found, &norm, &tokens, seed)
                     .map(|t| fill.apply_shared(t))
                     .unwrap_or_else(|| Arc::from(""));
                 Suggestion {
