@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use crate::normalize::normalize;
 use crate::politeness::PolitenessRules;
 use crate::yaml;
 
@@ -73,6 +74,41 @@ pub struct Keyword {
     pub weight: Option<f32>,
 }
 
+/// One reply variant of an intent.
+///
+/// An intent covers several sub-questions (退货 or 换货, 包邮 or 讲价), and a
+/// reply that answers one of them is wrong for the others; `when` says which
+/// messages a reply is written for, so the matcher shows the one that
+/// answers what was asked (see `Matcher::suggest`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub text: String,
+    /// Cue words: the reply fits a message holding one of them (normalised
+    /// like keywords; `#` stands for any digit, so `#kg` finds `70kg`).
+    /// Empty for a general reply, one that fits any message of the intent.
+    pub when: Vec<String>,
+}
+
+impl Reply {
+    /// A reply without cues, for any message of its intent.
+    pub fn general(text: impl Into<String>) -> Reply {
+        Reply {
+            text: text.into(),
+            when: Vec::new(),
+        }
+    }
+
+    pub fn is_general(&self) -> bool {
+        self.when.is_empty()
+    }
+}
+
+impl From<&str> for Reply {
+    fn from(text: &str) -> Reply {
+        Reply::general(text)
+    }
+}
+
 /// One intent of one stage, as loaded and validated.
 #[derive(Debug, Clone)]
 pub struct Intent {
@@ -81,7 +117,7 @@ pub struct Intent {
     pub keywords: Vec<Keyword>,
     pub patterns: Vec<String>,
     pub exclude: Vec<String>,
-    pub replies: Vec<String>,
+    pub replies: Vec<Reply>,
     /// Multiplies the intent's score; below 1 for "filler" intents such as a
     /// greeting, which should lose to a real request in the same message.
     pub priority: f32,
@@ -274,6 +310,11 @@ pub enum ProblemKind {
         count: usize,
     },
     EmptyReply(String),
+    /// Every reply of the intent has `when:` cues, so a message naming none
+    /// of them would get no fitting reply.
+    NoGeneralReply(String),
+    /// A reply has `when:` without any cue word (`when: []`).
+    NoCues(String),
     /// Template list `key` (`greeting`, `holding`, ...) has a blank entry,
     /// which the bot would send as an empty line.
     EmptyTemplate(&'static str),
@@ -356,6 +397,16 @@ impl fmt::Display for ProblemKind {
                 "intent `{id}` has {count} reply variant(s); give at least two"
             ),
             EmptyReply(id) => write!(f, "intent `{id}` has a reply without text"),
+            NoGeneralReply(id) => write!(
+                f,
+                "intent `{id}` has no general reply (one without `when:`); add one that fits any \
+                 message of the intent, for buyers who name none of the cues"
+            ),
+            NoCues(id) => write!(
+                f,
+                "intent `{id}` has a reply with an empty `when:`; list its cue words, or write \
+                 the reply as plain text to make it general"
+            ),
             UnknownSlot { phrase } => write!(
                 f,
                 "politeness phrase `{phrase}` names a slot that `slots:` does not define; \
@@ -449,9 +500,29 @@ struct RawIntent {
     #[serde(default)]
     exclude: Vec<String>,
     #[serde(default)]
-    replies: Vec<String>,
+    replies: Vec<RawReply>,
     #[serde(default)]
     priority: Option<f32>,
+}
+
+#[derive(Deserialize)]
+#[serde(
+    untagged,
+    expecting = "expected a reply: text (亲，…) or {text: 亲，…, when: [包邮, 运费]}"
+)]
+enum RawReply {
+    Plain(String),
+    Cued(RawCuedReply),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCuedReply {
+    text: String,
+    /// `None` when not written (a general reply written long-hand);
+    /// `Some(empty)` is a mistake the loader reports.
+    #[serde(default)]
+    when: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -873,17 +944,31 @@ impl Loader {
                     );
                 }
             }
-            let non_empty = ri.replies.iter().filter(|r| !r.trim().is_empty()).count();
-            if ri.replies.len() != non_empty {
-                let (line, column) = loc
-                    .find_key_after(start, "replies")
-                    .unwrap_or((id_line, id_col));
+            let replies_at = loc
+                .find_key_after(start, "replies")
+                .unwrap_or((id_line, id_col));
+            let replies: Vec<(Reply, bool)> = ri
+                .replies
+                .into_iter()
+                .map(|r| match r {
+                    RawReply::Plain(text) => (Reply::general(text), false),
+                    RawReply::Cued(c) => {
+                        let written = c.when.is_some();
+                        let when = c.when.unwrap_or_default();
+                        (Reply { text: c.text, when }, written)
+                    }
+                })
+                .collect();
+            let non_empty = replies
+                .iter()
+                .filter(|(r, _)| !r.text.trim().is_empty())
+                .count();
+            if replies.len() != non_empty {
+                let (line, column) = replies_at;
                 self.at(path, line, column, ProblemKind::EmptyReply(ri.id.clone()));
             }
             if non_empty < 2 {
-                let (line, column) = loc
-                    .find_key_after(start, "replies")
-                    .unwrap_or((id_line, id_col));
+                let (line, column) = replies_at;
                 self.at(
                     path,
                     line,
@@ -894,16 +979,58 @@ impl Loader {
                     },
                 );
             }
-            for r in &ri.replies {
-                self.check_template(path, &loc, start, r);
+            if !replies.is_empty() && replies.iter().all(|(r, _)| !r.is_general()) {
+                let (line, column) = replies_at;
+                self.at(
+                    path,
+                    line,
+                    column,
+                    ProblemKind::NoGeneralReply(ri.id.clone()),
+                );
             }
+            // The n-th `when:` written under `replies:` is the n-th reply
+            // that wrote one.
+            let replies_section = section("replies").map(|(lines, _)| lines);
+            let whens = replies_section
+                .clone()
+                .map(|lines| loc.values_of_key(lines, "when"))
+                .unwrap_or_default();
+            for (n, (r, _)) in replies.iter().filter(|(_, written)| *written).enumerate() {
+                let when_at = whens.get(n).copied().unwrap_or(replies_at);
+                if r.when.is_empty() {
+                    let (line, column) = when_at;
+                    self.at(path, line, column, ProblemKind::NoCues(ri.id.clone()));
+                }
+                if r.when.iter().any(|w| normalize(w).is_empty()) {
+                    // The first blank scalar from this `when:` on.
+                    let end = replies_section.clone().map_or(when_at.0, |l| l.end);
+                    let (line, column) = loc
+                        .empty_scalars(when_at.0 - 1..end)
+                        .first()
+                        .copied()
+                        .unwrap_or(when_at);
+                    self.at(
+                        path,
+                        line,
+                        column,
+                        ProblemKind::EmptyKeyword {
+                            id: ri.id.clone(),
+                            what: "reply cue (when)",
+                        },
+                    );
+                }
+            }
+            for (r, _) in &replies {
+                self.check_template(path, &loc, start, &r.text);
+            }
+            let replies: Vec<Reply> = replies.into_iter().map(|(r, _)| r).collect();
             intents.push(Intent {
                 id: ri.id,
                 stage,
                 keywords,
                 patterns: ri.patterns,
                 exclude: ri.exclude,
-                replies: ri.replies,
+                replies,
                 priority: ri.priority.unwrap_or(1.0),
             });
         }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use crate::matcher::Matcher;
-use crate::phrases::{check_placeholders, Library};
+use crate::phrases::{check_placeholders, Fill, Library};
 use crate::politeness::{Checker, IssueKind};
 
 /// The intent ids every library must cover (spec/intents.md of the shared
@@ -634,7 +634,7 @@ fn replies_are_polite_and_use_known_placeholders() {
     for intent in &lib.intents {
         assert!(intent.replies.len() >= 2, "{} has < 2 replies", intent.id);
         for reply in &intent.replies {
-            check(&intent.id, reply);
+            check(&intent.id, &reply.text);
         }
     }
     let t = &lib.templates;
@@ -649,6 +649,386 @@ fn replies_are_polite_and_use_known_placeholders() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// What a buyer asks within an intent, and the reply that answers it: an
+/// invented message, its intent, and a distinctive piece of the reply it
+/// must get (`None`: one of the intent's general replies, the message names
+/// no sub-question). An intent's replies cover different sub-questions
+/// (退货 or 换货, 包邮 or 讲价, 补货 or 有货), and the reply shown used to be
+/// picked by a hash of the message, so `帮我取消订单` could get "发货前会再帮您
+/// 核对" (review finding 1).
+type ReplyCase = (&'static str, &'static str, Option<&'static str>);
+
+const REPLY_CASES: &[ReplyCase] = &[
+    (
+        "这件衣服是什么面料的",
+        "pre_sale.product_info",
+        Some("具体材质"),
+    ),
+    (
+        "黑色和白色两款有啥区别",
+        "pre_sale.product_info",
+        Some("逐项对比"),
+    ),
+    (
+        "这个能兼容苹果手机吗",
+        "pre_sale.product_info",
+        Some("是否支持"),
+    ),
+    (
+        "盒子里包含哪些配件",
+        "pre_sale.product_info",
+        Some("随附的配件"),
+    ),
+    (
+        "怎么验证是不是正品",
+        "pre_sale.authenticity",
+        Some("防伪码"),
+    ),
+    (
+        "身高168体重55公斤穿什么码",
+        "pre_sale.size_advice",
+        Some("已经看到了"),
+    ),
+    (
+        "我一米六五，一百斤，选哪个码",
+        "pre_sale.size_advice",
+        Some("已经看到了"),
+    ),
+    (
+        "160cm 50kg选多大的码",
+        "pre_sale.size_advice",
+        Some("已经看到了"),
+    ),
+    ("这款鞋偏小吗", "pre_sale.size_advice", Some("偏大还是偏小")),
+    ("白色M码卖完了吗", "pre_sale.stock", Some("补货时间")),
+    ("粉色什么时候补货啊", "pre_sale.stock", Some("补货时间")),
+    ("请问包邮不", "pre_sale.price_bargain", Some("是否包邮")),
+    (
+        "寄到新疆运费多少",
+        "pre_sale.price_bargain",
+        Some("是否包邮"),
+    ),
+    (
+        "买三件能便宜点吗",
+        "pre_sale.price_bargain",
+        Some("多件优惠"),
+    ),
+    (
+        "有没有优惠券可以领",
+        "pre_sale.promotion",
+        Some("可领的优惠券"),
+    ),
+    ("满多少减多少啊", "pre_sale.promotion", Some("凑单")),
+    ("买了送什么赠品", "pre_sale.promotion", Some("有没有赠品")),
+    ("买了以后降价能保价吗", "pre_sale.promotion", Some("价保")),
+    ("双十一有什么活动", "pre_sale.promotion", Some("活动价")),
+    (
+        "想买一个送女朋友，推荐哪款",
+        "pre_sale.recommend",
+        Some("对方的年龄"),
+    ),
+    (
+        "哪款卖得最好，推荐一下",
+        "pre_sale.recommend",
+        Some("按销量排序"),
+    ),
+    ("要买三件怎么下单", "pre_sale.how_to_buy", Some("买多件")),
+    ("应该拍哪个选项", "pre_sale.how_to_buy", Some("拍哪个链接")),
+    ("好的谢谢你", "pre_sale.closing", Some("不客气")),
+    ("那就这样拜拜了", "pre_sale.closing", Some("再次为您服务")),
+    ("怎么没人回复我啊", "pre_sale.human_agent", Some("久等")),
+    (
+        "付款一直失败怎么办",
+        "in_sale.payment",
+        Some("换一种支付方式"),
+    ),
+    ("能分期付款吗", "in_sale.payment", Some("选择期数")),
+    ("两个订单能合并付款吗", "in_sale.payment", Some("合并付款")),
+    ("预售的尾款什么时候付", "in_sale.payment", Some("尾款")),
+    ("我已经付款了", "in_sale.payment", Some("付款状态")),
+    ("我想取消订单", "in_sale.order_change", Some("取消订单")),
+    (
+        "尺码拍错了，帮我改成XL",
+        "in_sale.order_change",
+        Some("核对能否修改"),
+    ),
+    (
+        "麻烦备注一下晚点发货",
+        "in_sale.order_change",
+        Some("备注到订单上"),
+    ),
+    (
+        "收货人电话写错了，帮我改一下",
+        "in_sale.address_change",
+        Some("收货人姓名和电话"),
+    ),
+    (
+        "已经发货了还能改地址吗",
+        "in_sale.address_change",
+        Some("申请改派"),
+    ),
+    (
+        "能催一下尽快发货吗",
+        "in_sale.shipping_time",
+        Some("优先发出"),
+    ),
+    (
+        "今天下单今天能发货吗",
+        "in_sale.shipping_time",
+        Some("当天的安排"),
+    ),
+    (
+        "预售的什么时候发货",
+        "in_sale.shipping_time",
+        Some("预售和定制商品按"),
+    ),
+    ("你们发什么快递", "in_sale.courier", Some("默认快递")),
+    ("可以指定发顺丰吗", "in_sale.courier", Some("指定快递")),
+    ("请问是从哪里发货", "in_sale.courier", Some("发货地")),
+    (
+        "物流三天都没更新了",
+        "in_sale.logistics",
+        Some("更新会延迟"),
+    ),
+    ("快递几天能到", "in_sale.logistics", Some("预计哪天能到")),
+    (
+        "物流显示已签收可是我没收到",
+        "in_sale.delivery_issue",
+        Some("代收"),
+    ),
+    (
+        "快递员电话一直打不通",
+        "in_sale.delivery_issue",
+        Some("派送员"),
+    ),
+    (
+        "包裹放到驿站了吗，没收到取件码",
+        "in_sale.delivery_issue",
+        Some("取件码"),
+    ),
+    (
+        "发票开公司的，税号怎么给",
+        "in_sale.invoice",
+        Some("纳税人识别号"),
+    ),
+    (
+        "发票抬头开错了能重开吗",
+        "in_sale.invoice",
+        Some("重开申请"),
+    ),
+    (
+        "上门安装要收费吗",
+        "in_sale.installation",
+        Some("安装是否收费"),
+    ),
+    (
+        "安装师傅什么时候上门",
+        "in_sale.installation",
+        Some("预约安装"),
+    ),
+    (
+        "尺码不合适想换个大一码的",
+        "after_sale.return_exchange",
+        Some("想换的颜色或尺码"),
+    ),
+    (
+        "七天无理由退货可以吗",
+        "after_sale.return_exchange",
+        Some("7天无理由退货"),
+    ),
+    (
+        "退货地址发我一下",
+        "after_sale.return_exchange",
+        Some("退货地址会在"),
+    ),
+    (
+        "退货运费谁出",
+        "after_sale.return_exchange",
+        Some("运费险规则"),
+    ),
+    ("退款多久能到账", "after_sale.refund", Some("1-3个工作日")),
+    ("退款退到哪个账户", "after_sale.refund", Some("原路退回")),
+    ("退货的运费能退给我吗", "after_sale.refund", Some("运费险")),
+    (
+        "买完就降价了，能退差价吗",
+        "after_sale.refund",
+        Some("价保"),
+    ),
+    (
+        "收到的杯子碎了",
+        "after_sale.quality_issue",
+        Some("破损部位"),
+    ),
+    (
+        "用了一周就坏了，开不了机",
+        "after_sale.quality_issue",
+        Some("排查"),
+    ),
+    (
+        "发来的颜色不对啊",
+        "after_sale.wrong_item",
+        Some("订单上的颜色"),
+    ),
+    (
+        "尺码发错了，我买的是L",
+        "after_sale.wrong_item",
+        Some("尺码、型号那一面"),
+    ),
+    (
+        "说好的赠品没有收到",
+        "after_sale.missing_item",
+        Some("赠品或配件"),
+    ),
+    (
+        "我要去12315投诉你们",
+        "after_sale.complaint",
+        Some("如实反馈"),
+    ),
+    (
+        "再这样我就给差评了",
+        "after_sale.complaint",
+        Some("一次机会"),
+    ),
+    (
+        "保修期是多久",
+        "after_sale.warranty_repair",
+        Some("保修卡上的说明"),
+    ),
+    (
+        "坏了能维修吗",
+        "after_sale.warranty_repair",
+        Some("寄修方式"),
+    ),
+    (
+        "售后电话是多少",
+        "after_sale.warranty_repair",
+        Some("售后联系方式"),
+    ),
+    ("怎么连接蓝牙", "after_sale.usage_help", Some("配对步骤")),
+    ("有没有使用教程", "after_sale.usage_help", Some("使用步骤")),
+    (
+        "这是我的订单号 556677889900",
+        "in_sale.order_status",
+        Some("订单信息收到"),
+    ),
+    ("发票已经收到了", "in_sale.invoice", Some("发票收到就好")),
+    // The examples of spec/intents.md (and near forms) that got a reply
+    // answering another sub-question.
+    ("帮我取消订单", "in_sale.order_change", Some("取消订单")),
+    ("包邮吗", "pre_sale.price_bargain", Some("是否包邮")),
+    ("有没有包邮", "pre_sale.price_bargain", Some("是否包邮")),
+    ("运费多少", "pre_sale.price_bargain", Some("是否包邮")),
+    ("我要退货", "after_sale.return_exchange", None),
+    (
+        "七天无理由",
+        "after_sale.return_exchange",
+        Some("7天无理由退货"),
+    ),
+    (
+        "退货地址是什么",
+        "after_sale.return_exchange",
+        Some("退货地址会在"),
+    ),
+    ("運費險", "after_sale.return_exchange", Some("运费险规则")),
+    ("什么时候补货", "pre_sale.stock", Some("补货时间")),
+    ("卖完了吗", "pre_sale.stock", Some("补货时间")),
+    ("钱退到哪里", "after_sale.refund", Some("原路退回")),
+    ("运费给我", "after_sale.refund", Some("运费险")),
+    ("怎么付款", "in_sale.payment", None),
+    ("分期", "in_sale.payment", Some("选择期数")),
+    (
+        "保修多久",
+        "after_sale.warranty_repair",
+        Some("保修卡上的说明"),
+    ),
+    ("发什么快递", "in_sale.courier", Some("默认快递")),
+    ("快递员不接电话", "in_sale.delivery_issue", Some("派送员")),
+    ("送赠品吗", "pre_sale.promotion", Some("有没有赠品")),
+    ("拍错了颜色", "in_sale.order_change", Some("核对能否修改")),
+    (
+        "175 70kg穿多大码",
+        "pre_sale.size_advice",
+        Some("已经看到了"),
+    ),
+    ("几天发货", "in_sale.shipping_time", Some("48小时内")),
+    // No cue: a general reply, which fits any message of the intent.
+    ("还有货吗", "pre_sale.stock", None),
+    ("能再便宜一点不", "pre_sale.price_bargain", None),
+    ("我要退款", "after_sale.refund", None),
+    ("东西有质量问题", "after_sale.quality_issue", None),
+];
+
+#[test]
+fn the_reply_shown_answers_what_was_asked() {
+    let (lib, m) = shipped();
+    let fill = Fill::default();
+    let mut failures = Vec::new();
+    for &(text, intent, want) in REPLY_CASES {
+        let suggestions = m.suggest(text, 3, &fill);
+        let Some(s) = suggestions.iter().find(|s| &*s.intent == intent) else {
+            let got: Vec<&str> = suggestions.iter().map(|s| &*s.intent).collect();
+            failures.push(format!("{text:?}: {intent} not suggested, got {got:?}"));
+            continue;
+        };
+        let ok = match want {
+            Some(piece) => s.reply.contains(piece),
+            None => lib
+                .intent(intent)
+                .expect("a shipped intent")
+                .replies
+                .iter()
+                .any(|r| r.is_general() && fill.apply(&r.text) == *s.reply),
+        };
+        if !ok {
+            failures.push(format!(
+                "{text:?} ({intent}): want {}, got {:?}",
+                want.map_or("a general reply".to_string(), |p| format!("{p:?}")),
+                s.reply
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        REPLY_CASES.len(),
+        failures.join("\n")
+    );
+}
+
+/// Every intent with several sub-questions names them: an intent whose
+/// replies all fit any message cannot answer a specific one.
+#[test]
+fn intents_with_sub_questions_have_cued_replies_and_a_general_one() {
+    let (lib, _) = shipped();
+    let mut cued: BTreeSet<&str> = BTreeSet::new();
+    for intent in &lib.intents {
+        assert!(
+            intent.replies.iter().any(|r| r.is_general()),
+            "{} has no general reply",
+            intent.id
+        );
+        if intent.replies.iter().any(|r| !r.is_general()) {
+            cued.insert(&intent.id);
+        }
+    }
+    for (_, intent, want) in REPLY_CASES {
+        if want.is_some() {
+            assert!(
+                cued.contains(intent),
+                "{intent} has a case but no cued reply"
+            );
+        }
+    }
+    // Each intent with cued replies has a case here.
+    for id in &cued {
+        assert!(
+            REPLY_CASES.iter().any(|(_, i, w)| i == id && w.is_some()),
+            "{id} has cued replies but no case in REPLY_CASES"
+        );
+    }
 }
 
 #[test]

@@ -44,6 +44,21 @@ fn a_good_directory_loads() {
     assert_eq!(lib.templates.greeting.len(), 1);
 }
 
+/// A reply may name the messages it fits (`when:`); cue words are kept as
+/// written, and a plain reply is general.
+#[test]
+fn replies_with_cues_load() {
+    let text = "stage: pre_sale\nintents:\n  - id: pre_sale.a\n    keywords: [包邮]\n    replies:\n      - 亲，您好\n      - text: 亲，包邮的\n        when: [包邮, \"#kg\"]\n      - {text: 亲，运费, when: [運費]}\n";
+    let dir = dir_with(&[("pre_sale.yaml", text)]);
+    let lib = Library::load_dir(dir.path()).expect("cued replies load");
+    let replies = &lib.intents[0].replies;
+    assert_eq!(replies.len(), 3);
+    assert!(replies[0].is_general());
+    assert_eq!(replies[1].when, ["包邮", "#kg"]);
+    assert_eq!(replies[2].text, "亲，运费");
+    assert_eq!(replies[2].when, ["運費"]);
+}
+
 /// Each case: a library text, the expected problem (matched by a predicate
 /// on its kind), its line and column.
 #[test]
@@ -193,6 +208,36 @@ fn every_error_kind_has_file_line_and_column() {
             |k| matches!(k, ProblemKind::BadWeight { keyword, .. } if keyword == "发货"),
             5,
             29,
+        ),
+        (
+            "every reply has cues: no general reply",
+            "stage: pre_sale\nintents:\n  - id: pre_sale.a\n    keywords: [包邮]\n    replies:\n      - {text: x, when: [包邮]}\n      - {text: y, when: [运费]}\n",
+            |k| matches!(k, ProblemKind::NoGeneralReply(id) if id == "pre_sale.a"),
+            5,
+            5,
+        ),
+        (
+            "a reply with an empty when",
+            "stage: pre_sale\nintents:\n  - id: pre_sale.a\n    keywords: [包邮]\n    replies:\n      - x\n      - text: y\n        when: [包邮]\n      - text: z\n        when: []\n",
+            |k| matches!(k, ProblemKind::NoCues(id) if id == "pre_sale.a"),
+            10,
+            15,
+        ),
+        (
+            "a blank cue word",
+            "stage: pre_sale\nintents:\n  - id: pre_sale.a\n    keywords: [包邮]\n    replies:\n      - x\n      - text: y\n        when: [包邮]\n      - text: z\n        when: [运费, \"  \"]\n",
+            |k| matches!(k, ProblemKind::EmptyKeyword { what, .. } if what.contains("when")),
+            10,
+            20,
+        ),
+        (
+            // The parser points at the list of replies, and the message
+            // says what a reply looks like.
+            "a misspelt key in a reply",
+            "stage: pre_sale\nintents:\n  - id: pre_sale.a\n    keywords: [包邮]\n    replies:\n      - x\n      - {text: y, wen: [包邮]}\n",
+            |k| matches!(k, ProblemKind::Syntax(m) if m.contains("replies: expected a reply: text (亲，…) or {text: 亲，…, when: [包邮, 运费]}")),
+            6,
+            7,
         ),
     ];
     for (what, text, pred, line, column) in cases {
