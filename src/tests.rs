@@ -393,7 +393,9 @@ const NEGATED: &[(&str, Option<&str>, &[&str])] = &[
     // finished states
     ("退款已经到账了", None, &["after_sale.refund"]),
     ("我刚刚收到货了", None, &["in_sale.logistics"]),
-    ("我这边已经付款了", None, &["in_sale.payment"]),
+    // Paid already: answered with the payment status (the reply's cue), not
+    // the how-to-pay reply.
+    ("我这边已经付款了", Some("in_sale.payment"), &[]),
     ("发票收到了", None, &["in_sale.invoice"]),
     // still negation-proof: questions, pending things, negated keywords
     ("退不退的", Some(RETURN), &[]),
