@@ -1162,6 +1162,12 @@ fn politeness_table() {
         ("不能退", &[(Negative, "不能退")]),
         ("好的", &[(Curt, "好的")]),
     ];
+    assert_lints(&checker, cases);
+}
+
+/// Checks each draft of `cases` gets exactly the issues listed (kind and
+/// phrase found), and is `ok` when none are; reports every mismatch at once.
+fn assert_lints(checker: &Checker, cases: &[(&str, &[(IssueKind, &str)])]) {
     let mut wrong = Vec::new();
     for (draft, want) in cases {
         let lint = checker.check(draft);
@@ -1277,19 +1283,7 @@ fn politeness_refusals_and_curt_answers() {
         ("亲，如果开不了机，请您先充电半小时再试试", &[]),
         ("亲，这款无法开机的话请联系我们，我帮您换新", &[]),
     ];
-    let mut wrong = Vec::new();
-    for (draft, want) in cases {
-        let lint = checker.check(draft);
-        let got: Vec<(IssueKind, &str)> = lint
-            .issues
-            .iter()
-            .map(|i| (i.kind, i.phrase.as_str()))
-            .collect();
-        if got != *want || lint.ok != want.is_empty() {
-            wrong.push(format!("{draft:?}: got {got:?}, want {want:?}"));
-        }
-    }
-    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert_lints(&checker, cases);
 }
 
 /// A rewrite is sent with one click, so it must be complete and true

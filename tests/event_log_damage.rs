@@ -7,10 +7,9 @@
 
 mod common;
 
-use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use common::test_config;
+use common::{garble, test_config};
 use kefu::events::{Event, Kind};
 use kefu::report::ReportOptions;
 use kefu::server::{App, ResumeKey};
@@ -51,17 +50,6 @@ fn make_log(dir: &Path, n: usize, ts_ms: i64) -> PathBuf {
     let path = dir.join(DB_FILE);
     assert!(std::fs::metadata(&path).unwrap().len() > 100 * 4096);
     path
-}
-
-/// Writes `pages` pages of garbage over `path` from page `at` on (0 is the
-/// header).
-fn garble(path: &Path, at: u64, pages: usize) {
-    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    f.seek(SeekFrom::Start(at * 4096)).unwrap();
-    let junk: Vec<u8> = (0..pages * 4096)
-        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3])
-        .collect();
-    f.write_all(&junk).unwrap();
 }
 
 /// The files of `dir` whose name starts with `prefix`.

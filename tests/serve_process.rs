@@ -26,11 +26,15 @@
 
 #![cfg(target_os = "linux")]
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
+
+use common::garble;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -353,18 +357,6 @@ fn make_log(data: &Path, n: usize) -> std::path::PathBuf {
     }
     store.close().unwrap();
     data.join(kefu::store::DB_FILE)
-}
-
-/// Writes `pages` pages of bytes that are no SQLite page over `path` from
-/// page `at` on (0 is the header).
-fn garble(path: &Path, at: u64, pages: usize) {
-    use std::io::{Seek, SeekFrom};
-    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    f.seek(SeekFrom::Start(at * 4096)).unwrap();
-    let junk: Vec<u8> = (0..pages * 4096)
-        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3])
-        .collect();
-    f.write_all(&junk).unwrap();
 }
 
 /// A damaged log, found at open (garbage over the header) or by the

@@ -397,3 +397,15 @@ impl Client {
 pub fn close_code(frame: &Option<CloseFrame>) -> Option<CloseCode> {
     frame.as_ref().map(|f| f.code)
 }
+
+/// Writes `pages` pages of bytes that are no SQLite page over `path` from
+/// page `at` on (0 is the header): a damaged event log.
+pub fn garble(path: &Path, at: u64, pages: usize) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.seek(SeekFrom::Start(at * 4096)).unwrap();
+    let junk: Vec<u8> = (0..pages * 4096)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3])
+        .collect();
+    f.write_all(&junk).unwrap();
+}
