@@ -75,7 +75,7 @@ fn set_fsize(pid: Option<u32>, bytes: u64) -> std::io::Result<()> {
 
 /// Starts `kefu serve` on `phrases`, its files limited to `fsize` bytes
 /// when given; returns it, its address and its log so far.
-fn serve(dir: &Path, phrases: &Path, fsize: Option<u64>) -> (Child, String, Log) {
+fn serve(dir: &Path, phrases: &Path, fsize: Option<u64>) -> (Kefu, String, Log) {
     std::fs::write(dir.join("kefu.yaml"), CONFIG).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kefu"));
     cmd.arg("serve")
@@ -120,7 +120,33 @@ fn serve(dir: &Path, phrases: &Path, fsize: Option<u64>) -> (Child, String, Log)
     let addr = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("kefu serve did not say where it listens");
-    (child, addr, log)
+    (Kefu(child), addr, log)
+}
+
+/// A `kefu serve` this test started: killed when the test ends, however it
+/// ends (a failed assertion left services running).
+struct Kefu(Child);
+
+impl std::ops::Deref for Kefu {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Kefu {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Kefu {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// The service's log lines, as they come.
@@ -325,7 +351,7 @@ async fn sighup_reloads_the_phrase_libraries_and_the_service_goes_on() {
 }
 
 /// Stops `child` with SIGTERM and waits for it.
-fn stop(mut child: Child) {
+fn stop(mut child: Kefu) {
     // SAFETY: kill only sends a signal.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
