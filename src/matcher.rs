@@ -872,7 +872,7 @@ impl Matcher {
     /// [`MIN_SCORE`].
     pub fn rank(&self, text: &str) -> Vec<Ranked> {
         let norm = normalize(text);
-        self.rank_normalized(&norm)
+        self.rank_normalized(&norm, &bracket_tokens(&norm))
     }
 
     /// One overlapping scan of `norm`: the keyword and exclusion hits
@@ -898,14 +898,15 @@ impl Matcher {
         (hits, literals)
     }
 
-    fn rank_normalized(&self, norm: &str) -> Vec<Ranked> {
-        let tokens = bracket_tokens(norm);
-        let content = content_units(norm, 0, norm.len(), &tokens);
+    /// [`Matcher::rank`] of a normalised text whose bracketed tokens are
+    /// `tokens` (found once by the caller: `suggest` needs them again).
+    fn rank_normalized(&self, norm: &str, tokens: &[(u32, u32)]) -> Vec<Ranked> {
+        let content = content_units(norm, 0, norm.len(), tokens);
         if content == 0 {
             return Vec::new();
         }
         // Overlapping search reports every keyword at every position.
-        let (hits, literals) = self.scan(norm, &tokens);
+        let (hits, literals) = self.scan(norm, tokens);
         // A keyword hit strictly inside a longer keyword hit is swallowed by
         // it. Only keywords swallow: an exclusion such as `售后退货` must not
         // hide the keyword `退货` from the intents it does not exclude.
@@ -1003,7 +1004,7 @@ impl Matcher {
             .filter_map(|mut a| {
                 let intent = &self.intents[a.intent as usize];
                 let evidence = 1.0 - a.miss;
-                let covered = covered_units(norm, &mut a.spans, &tokens);
+                let covered = covered_units(norm, &mut a.spans, tokens);
                 let coverage = (covered as f32 / content as f32).min(1.0);
                 let score = intent.priority
                     * evidence
@@ -1024,10 +1025,10 @@ impl Matcher {
     pub fn suggest(&self, text: &str, top: usize, fill: &Fill) -> Vec<Suggestion> {
         let norm = normalize(text);
         let seed = fnv1a(norm.as_bytes());
-        let mut ranked = self.rank_normalized(&norm);
-        ranked.truncate(top);
         // Empty, so no allocation, unless the message holds a token.
         let tokens = bracket_tokens(&norm);
+        let mut ranked = self.rank_normalized(&norm, &tokens);
+        ranked.truncate(top);
         // One scan for the cue words, when a suggested intent has any.
         let mut found = Found::new();
         if ranked
