@@ -22,6 +22,8 @@
 //! on a full disk says what to check; a log emptied in a used directory is
 //! warned about.
 //!
+//! The service turns transparent huge pages off for itself.
+//!
 //! Linux only; loopback, one buyer, bounded.
 
 #![cfg(target_os = "linux")]
@@ -348,6 +350,25 @@ async fn sighup_reloads_the_phrase_libraries_and_the_service_goes_on() {
     assert!(!line.contains("wrong-token-x"), "{line}");
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
+}
+
+/// The service runs without transparent huge pages (a fault on one
+/// stalled a worker for milliseconds under load; see
+/// `no_transparent_huge_pages` in src/cmd/serve.rs). The kernel says so in
+/// `THP_enabled` (Linux 5.0 and later; older kernels skip the check).
+#[test]
+fn the_service_runs_without_transparent_huge_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/phrases");
+    let (child, _addr, _log) = serve(dir.path(), &fixtures, None);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) else {
+        eprintln!("this kernel does not report THP_enabled: skipped");
+        stop(child);
+        return;
+    };
+    assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+    stop(child);
 }
 
 /// Stops `child` with SIGTERM and waits for it.

@@ -806,6 +806,13 @@ fn lat_line(h: &Histogram<u64>) -> String {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    // No transparent huge pages, as the servers it measures: a stall in
+    // the generator's own memory would be charged to the server.
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = args.threads {
         rt.worker_threads(n.max(1));

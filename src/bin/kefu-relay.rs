@@ -160,6 +160,13 @@ impl State {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // No transparent huge pages, as `kefu serve` (see `no_transparent_huge_pages`
+    // in src/cmd/serve.rs): the same memory settings on both sides.
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
     let mut state = State::default();
     for spec in &args.agent_tokens {
         let mut parts = spec.splitn(3, ':');

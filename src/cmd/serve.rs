@@ -248,7 +248,36 @@ fn fit_connections_to_open_files(config: &mut Config) {
 #[cfg(not(unix))]
 fn fit_connections_to_open_files(_config: &mut Config) {}
 
+/// Keeps the kernel from backing the service's memory with transparent
+/// huge pages, as Redis does (`disable-thp`).
+///
+/// mimalloc asks for huge pages on its arenas (`madvise(MADV_HUGEPAGE)`,
+/// its `allow_thp` option), and the service's memory grows with every
+/// conversation it holds. Where the host compacts memory to serve such a
+/// fault (THP defrag `madvise`, a common default), or splits a huge page
+/// the allocator hands back, the worker that touched it stalls for
+/// milliseconds and the buyers behind it wait: at 16,700 buyer messages a
+/// second on the 2-core bench machine the p99 was 2.9-3.2 ms with huge
+/// pages and 0.8-1.0 ms without (BENCHMARKS.md, fourteenth session).
+/// Small pages cost a little more TLB work, which this service, mostly
+/// small objects touched once, does not notice.
+#[cfg(target_os = "linux")]
+fn no_transparent_huge_pages() {
+    // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory.
+    if unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } != 0 {
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            "cannot turn transparent huge pages off; memory may stall under load"
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn no_transparent_huge_pages() {}
+
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    // Before the phrase libraries and the hub take their memory.
+    no_transparent_huge_pages();
     init_logging(args.log.as_deref())?;
     let config = Config::load(args.config.as_deref(), &args.overrides())
         .context("invalid settings for kefu serve")?;
