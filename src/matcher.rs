@@ -1036,7 +1036,12 @@ impl Matcher {
             .any(|r| !self.intents[r.intent].cues.is_empty())
         {
             for (s, e, w) in self.cue_words.ac.hits(&norm) {
-                if outside(&tokens, s as usize, e as usize) && !found.contains(&w) {
+                let (s, e) = (s as usize, e as usize);
+                // A negated cue names what the buyer does not want (不要换货，
+                // 直接退款): as for keywords, it does not count (a cue that
+                // is the negated form itself, 不合适, is its own hit).
+                if outside(&tokens, s, e) && !found.contains(&w) && negation(&norm, s, e).is_none()
+                {
                     found.push(w);
                 }
             }
@@ -1647,6 +1652,16 @@ mod tests {
             // Inside a bracketed token a cue is data, not words.
             ("退货 [地址x]", "general"),
             ("[地址x] 退货地址", "address"),
+            // A negated cue names what the buyer does not want, as a
+            // negated keyword does (the negator list and its exceptions
+            // are the keywords').
+            ("退货不要运费险", "general"),
+            ("退货，不用寄到哪", "general"),
+            ("退货不要运费险，地址发我", "address"),
+            // Still asked: a question about the negated form, a thing
+            // that has not happened yet.
+            ("退货没有运费险吗", "insurance"),
+            ("退货为什么没地址", "address"),
         ];
         for (text, want) in cases {
             let got = reply_to(&m, text);

@@ -959,6 +959,13 @@ const REPLY_CASES: &[ReplyCase] = &[
     ("还有货吗", "pre_sale.stock", None),
     ("能再便宜一点不", "pre_sale.price_bargain", None),
     ("我要退款", "after_sale.refund", None),
+    // A negated sub-question is not the one asked (不想换货: a return).
+    ("不想换货了，我要退货", "after_sale.return_exchange", None),
+    (
+        "不要换货，退货地址发我",
+        "after_sale.return_exchange",
+        Some("退货地址会在"),
+    ),
     ("东西有质量问题", "after_sale.quality_issue", None),
 ];
 
