@@ -220,7 +220,15 @@ pub struct Store {
     created: bool,
     /// Held (locked) while the store is open: see [`lock_dir`]. `None`
     /// only while [`Store::set_aside_and_reopen`] hands it on.
-    lock: Option<std::fs::File>,
+    lock: Option<DirLock>,
+}
+
+/// The locks that keep a data directory to one process: on `kefu.lock`
+/// and on the directory itself. Dropped, both are released.
+#[derive(Debug)]
+pub(crate) struct DirLock {
+    _file: std::fs::File,
+    _dir: Option<std::fs::File>,
 }
 
 /// The lock file in the data directory.
@@ -234,7 +242,13 @@ pub const LOCK_FILE: &str = "kefu.lock";
 /// even by `kill -9`; readers (reports, export) do not take it, `kefu events
 /// import` does. `refused` words the refusal, given who holds the lock
 /// (` (process N)`, or nothing when the file does not say).
-fn lock_dir(dir: &Path, refused: impl FnOnce(&str) -> String) -> Result<std::fs::File, StoreError> {
+///
+/// Both `kefu.lock` and the directory itself are locked: `kefu.lock` alone
+/// let a second service in once someone deleted the file (a new file, a
+/// new lock), and a directory holding the log cannot be deleted under it.
+/// `kefu.lock` stays for the holder's process id and for older builds,
+/// which lock only it.
+fn lock_dir(dir: &Path, refused: impl FnOnce(&str) -> String) -> Result<DirLock, StoreError> {
     use std::io::{Read, Seek, Write};
     let path = dir.join(LOCK_FILE);
     let fail = |what: &str, e: std::io::Error| {
@@ -247,27 +261,36 @@ fn lock_dir(dir: &Path, refused: impl FnOnce(&str) -> String) -> Result<std::fs:
         .truncate(false)
         .open(&path)
         .map_err(|e| fail("open", e))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            let holder = holder.trim();
-            let who = if holder.is_empty() {
-                String::new()
-            } else {
-                format!(" (process {holder})")
-            };
-            return Err(StoreError::Failed(refused(&who)));
-        }
-        Err(std::fs::TryLockError::Error(e)) => return Err(fail("lock", e)),
+    // Where directories can be opened and locked (Linux, the BSDs, macOS);
+    // elsewhere `kefu.lock` alone.
+    let dir_file = std::fs::File::open(dir).ok();
+    let taken = |f: &std::fs::File| match f.try_lock() {
+        Ok(()) => Ok(true),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    };
+    let free = taken(&file).map_err(|e| fail("lock", e))?
+        && dir_file.as_ref().is_none_or(|d| taken(d).unwrap_or(true));
+    if !free {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        let holder = holder.trim();
+        let who = if holder.is_empty() {
+            String::new()
+        } else {
+            format!(" (process {holder})")
+        };
+        return Err(StoreError::Failed(refused(&who)));
     }
-    // Who holds it, for the message above; the lock is what counts.
+    // Who holds it, for the message above; the locks are what count.
     let _ = file
         .set_len(0)
         .and_then(|()| file.rewind())
         .and_then(|()| writeln!(file, "{}", std::process::id()));
-    Ok(file)
+    Ok(DirLock {
+        _file: file,
+        _dir: dir_file,
+    })
 }
 
 // Nearly every message is an event: boxing it would cost an allocation each.
@@ -647,7 +670,7 @@ impl Store {
     }
 
     /// Creates `dir` if needed and takes it for this process.
-    fn lock(dir: &Path) -> Result<std::fs::File, StoreError> {
+    fn lock(dir: &Path) -> Result<DirLock, StoreError> {
         create_data_dir(dir)?;
         // Before the database: a second service must not even migrate it.
         lock_dir(dir, |who| {
@@ -664,7 +687,7 @@ impl Store {
     fn start(
         (path, conn, found): (PathBuf, Connection, i64),
         options: StoreOptions,
-        lock: std::fs::File,
+        lock: DirLock,
         set_aside: Option<PathBuf>,
     ) -> Result<Store, StoreError> {
         let (tx, rx) = mpsc::sync_channel(options.queue_capacity.max(1));

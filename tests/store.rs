@@ -541,8 +541,8 @@ fn the_parallel_report_read_returns_every_event_once() {
 }
 
 /// One service per data directory: a second store on it is refused with a
-/// message naming the holder, and the directory is free again once the
-/// first store is closed.
+/// message naming the holder, also once `kefu.lock` was deleted, and the
+/// directory is free again once the first store is closed.
 #[test]
 fn a_data_directory_serves_one_store_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
@@ -558,6 +558,13 @@ fn a_data_directory_serves_one_store_at_a_time() {
     );
     // Readers (reports, export) do not need the lock.
     assert_eq!(first.reader().count().unwrap(), 0);
+    // Deleting kefu.lock does not let a second store in: the directory
+    // itself is locked too (it used to: a new file, a new lock).
+    std::fs::remove_file(dir.path().join(store::LOCK_FILE)).unwrap();
+    let err = Store::open(dir.path())
+        .err()
+        .expect("a second store opened once kefu.lock was deleted");
+    assert!(err.to_string().contains("another kefu serve"), "{err}");
     first.close().unwrap();
     Store::open(dir.path()).unwrap().close().unwrap();
 }
