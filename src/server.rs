@@ -54,6 +54,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 
+pub use hub::StaffChanges;
+
 use futures_util::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -170,6 +172,19 @@ struct Shared {
     /// Failed staff sign-ins per account. Its own lock, never held with
     /// the hub's nor across `.await`.
     signins: Mutex<throttle::SignIns>,
+    /// Each shop's supervisor tokens, by shop id (every shop of the
+    /// settings, with or without supervisors): `/api/report` checks them
+    /// here, and a settings reload replaces them.
+    supervisors: RwLock<std::collections::BTreeMap<String, Vec<String>>>,
+}
+
+/// The supervisor tokens of every shop of `config`.
+fn supervisors_of(config: &Config) -> std::collections::BTreeMap<String, Vec<String>> {
+    config
+        .shops
+        .iter()
+        .map(|(id, s)| (id.clone(), s.supervisors.clone()))
+        .collect()
 }
 
 impl App {
@@ -368,6 +383,7 @@ impl App {
                 last_good,
                 reports: OnceLock::new(),
                 signins: Mutex::new(throttle::SignIns::new(&config.limits)),
+                supervisors: RwLock::new(supervisors_of(&config)),
                 config,
             }),
         }
@@ -502,6 +518,47 @@ impl App {
 
     fn shutdown_rx(&self) -> watch::Receiver<bool> {
         self.shared.shutdown.subscribe()
+    }
+
+    /// Takes the staff of `config` (SIGHUP, after the settings file was
+    /// read again): agents added, tokens changed, agents removed (signed
+    /// out if online), supervisors' tokens; see [`Hub::reload_staff`].
+    /// Everything else in `config` is ignored: the rest of the settings
+    /// are read only at start.
+    pub fn reload_staff(&self, config: &Config) -> StaffChanges {
+        let mut fx = hub::Effects::default();
+        let changes = self.hub().reload_staff(config, &mut fx);
+        *self
+            .shared
+            .supervisors
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = supervisors_of(config);
+        self.apply(fx);
+        changes
+    }
+
+    /// Whether `shop` is a shop of the settings.
+    pub(crate) fn shop_known(&self, shop: &str) -> bool {
+        self.shared
+            .supervisors
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(shop)
+    }
+
+    /// Whether `token` is one of `shop`'s supervisors' (compared in
+    /// constant time).
+    pub(crate) fn supervisor_token(&self, shop: &str, token: &str) -> bool {
+        self.shared
+            .supervisors
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(shop)
+            .is_some_and(|tokens| {
+                tokens
+                    .iter()
+                    .any(|t| hub::ct_eq(t.as_bytes(), token.as_bytes()))
+            })
     }
 
     /// Reads the phrase directory again now, as the watcher does when the

@@ -330,3 +330,20 @@ async fn oversized_heads_and_http10_upgrades_are_refused() {
     assert_eq!(get(s.addr(), "/", None).await.0, StatusCode::OK);
     s.stop().await;
 }
+
+/// A settings reload replaces the supervisors' tokens: the old one is
+/// refused at once, the new one lets its holder in.
+#[tokio::test]
+async fn a_settings_reload_replaces_supervisor_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _store) = spawn(dir.path()).await;
+    let addr = s.addr();
+    let path = "/api/report?shop=s1&last=1d";
+    assert_eq!(get(addr, path, Some("boss")).await.0, StatusCode::OK);
+    let mut config = test_config();
+    config.shops.get_mut("s1").unwrap().supervisors = vec!["boss-2026".into()];
+    config.shops.get_mut("s2").unwrap().supervisors = vec!["other".into()];
+    s.app.reload_staff(&config);
+    assert_eq!(get(addr, path, Some("boss")).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(get(addr, path, Some("boss-2026")).await.0, StatusCode::OK);
+}

@@ -371,6 +371,62 @@ fn the_service_runs_without_transparent_huge_pages() {
     stop(child);
 }
 
+/// SIGHUP also reads the settings again: an agent added to the file signs
+/// in, one whose token changed is signed out, and a file that does not
+/// load keeps the running staff (the error names the file and line).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_staff_from_the_settings_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/phrases");
+    let (child, addr, log) = serve(dir.path(), &fixtures, None);
+    let mut a1 = agent(&addr).await;
+    // SAFETY: kill only sends a signal.
+    let hup = || unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGHUP) };
+    let hello = |agent: &'static str, token: &'static str| {
+        let addr = addr.clone();
+        async move {
+            let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+                .await
+                .unwrap();
+            ws.send(Message::text(
+                json!({"type":"hello","role":"agent","shop":"s1","agent":agent,"token":token})
+                    .to_string(),
+            ))
+            .await
+            .unwrap();
+            let first = ws.next().await.unwrap().unwrap();
+            let v: Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
+            v
+        }
+    };
+    assert_eq!(
+        hello("a2", "t2-long-enough-token").await["code"],
+        "bad_token"
+    );
+
+    let file = dir.path().join("kefu.yaml");
+    let edited = CONFIG.replace(
+        "        token: t1\n",
+        "        token: t1-rotated\n      a2:\n        token: t2-long-enough-token\n",
+    );
+    assert_ne!(edited, CONFIG);
+    std::fs::write(&file, &edited).unwrap();
+    hup();
+    let line = log.wait_for("staff reloaded");
+    assert!(line.contains("s1:a2") && line.contains("s1:a1"), "{line}");
+    assert_eq!(next_of(&mut a1, "error").await["code"], "bad_token");
+    assert_eq!(hello("a2", "t2-long-enough-token").await["type"], "welcome");
+    assert_eq!(hello("a1", "t1-rotated").await["type"], "welcome");
+
+    // Broken YAML: the staff in force stay, the log says where.
+    std::fs::write(&file, "shops: [\n").unwrap();
+    hup();
+    let line = log.wait_for("settings not reloaded");
+    assert!(line.contains("kefu.yaml"), "{line}");
+    assert_eq!(hello("a2", "t2-long-enough-token").await["type"], "welcome");
+    stop(child);
+}
+
 /// Stops `child` with SIGTERM and waits for it.
 fn stop(mut child: Kefu) {
     // SAFETY: kill only sends a signal.

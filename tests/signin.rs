@@ -136,3 +136,62 @@ async fn after_the_wait_the_right_token_signs_in() {
     c.unwrap().close().await;
     t.stop().await;
 }
+
+/// A settings reload (SIGHUP) takes the staff of the file: a new agent
+/// signs in, a changed token replaces the old one and signs its holder
+/// out, a removed agent is signed out and cannot sign in again; agents
+/// not touched keep their sessions. Shops added or removed wait for a
+/// restart and are only reported.
+#[tokio::test]
+async fn a_settings_reload_adds_changes_and_removes_agents() {
+    let t = spawn_app().await;
+    let (_, a1) = hello(&t, "s1", "a1", "t1").await;
+    let (_, a2) = hello(&t, "s1", "a2", "t2").await;
+    let (_, a3) = hello(&t, "s1", "a3", "t3").await;
+    let (mut a1, mut a2, mut a3) = (a1.unwrap(), a2.unwrap(), a3.unwrap());
+
+    let mut config = test_config();
+    let s1 = config.shops.get_mut("s1").unwrap();
+    s1.agents.get_mut("a1").unwrap().token = "t1-new".into();
+    s1.agents.remove("a2");
+    s1.agents.insert(
+        "a4".into(),
+        kefu::config::AgentConfig {
+            token: "t4".into(),
+            name: Some("小新".into()),
+        },
+    );
+    config.shops.remove("s2");
+    let changes = t.app.reload_staff(&config);
+    assert_eq!(changes.added, ["s1:a4"]);
+    assert_eq!(changes.changed, ["s1:a1"]);
+    assert_eq!(changes.removed, ["s1:a2"]);
+    assert_eq!(changes.shops_removed, ["s2"]);
+    assert!(changes.shops_added.is_empty());
+
+    // Signed out, told why, 1008.
+    for c in [&mut a1, &mut a2] {
+        let (frames, close) = c.expect_close().await;
+        assert_eq!(frames.last().unwrap()["code"], "bad_token", "{frames:?}");
+        assert_eq!(close_code(&close), Some(CloseCode::Policy));
+    }
+    assert_eq!(hello(&t, "s1", "a1", "t1").await.0["code"], "bad_token");
+    assert_eq!(hello(&t, "s1", "a1", "t1-new").await.0["type"], "welcome");
+    assert_eq!(hello(&t, "s1", "a2", "t2").await.0["code"], "bad_token");
+    let (w, _a4) = hello(&t, "s1", "a4", "t4").await;
+    assert_eq!(w["type"], "welcome", "{w}");
+    // a3 was not touched: still signed in (a draft check is answered).
+    a3.send(json!({"type":"lint","text":"亲，马上为您查询"}))
+        .await;
+    a3.recv_until("lint_result").await;
+    // The shop removed from the file keeps serving until a restart.
+    assert_eq!(hello(&t, "s2", "b1", "u1").await.0["type"], "welcome");
+
+    // A second reload of the same file changes nothing; putting a2 back
+    // lets them in again.
+    assert_eq!(t.app.reload_staff(&config).added.len(), 0);
+    let back = test_config();
+    let changes = t.app.reload_staff(&back);
+    assert_eq!(changes.added, ["s1:a2"]);
+    assert_eq!(hello(&t, "s1", "a2", "t2").await.0["type"], "welcome");
+}

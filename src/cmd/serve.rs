@@ -337,7 +337,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     let served: anyhow::Result<()> = runtime.block_on(async {
         let shutdown = server::shutdown_signal();
-        reload_on_hangup(&app);
+        reload_on_hangup(&app, args.config.clone(), args.overrides());
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| bind_error(listen, e))?;
@@ -424,25 +424,38 @@ fn bind_error(listen: std::net::SocketAddr, e: std::io::Error) -> anyhow::Error 
     anyhow::anyhow!("cannot listen on {listen}: {e}; {hint}")
 }
 
-/// SIGHUP reloads the phrase libraries (`systemctl reload`, `kill -HUP`)
-/// instead of ending the service as its default action does: an SSH
-/// hang-up or a reload signal killed it without closing the event log
-/// (found by review). Settings are read only at start, so the log says a
-/// changed token or shop needs a restart. Registered before the port
-/// opens, as the shutdown signals are.
+/// SIGHUP reloads the phrase libraries and the staff (`systemctl reload`,
+/// `kill -HUP`) instead of ending the service as its default action does:
+/// an SSH hang-up or a reload signal killed it without closing the event
+/// log (found by review). The settings are read again as at start (file,
+/// environment, flags); of them the agents and their tokens and the
+/// supervisors' tokens take effect (a shop manager adds an agent or
+/// revokes a leaked token without dropping every chat), the rest (shops
+/// added or removed, limits, the clock, the port) is named in the log as
+/// needing a restart. Settings that do not load are reported with their
+/// position and the running ones kept. Registered before the port opens,
+/// as the shutdown signals are.
 #[cfg(unix)]
-fn reload_on_hangup(app: &kefu::server::App) {
+fn reload_on_hangup(
+    app: &kefu::server::App,
+    file: Option<std::path::PathBuf>,
+    overrides: Overrides,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::hangup()) {
         Ok(mut hup) => {
             let app = app.clone();
             tokio::spawn(async move {
                 while hup.recv().await.is_some() {
-                    tracing::info!(
-                        "SIGHUP received: reloading the phrase libraries (settings such as \
-                         tokens, shops and limits are read only at start: restart to change them)"
-                    );
+                    tracing::info!("SIGHUP received: reloading the phrase libraries and the staff");
                     app.reload_phrases().await;
+                    match Config::load(file.as_deref(), &overrides) {
+                        Ok(config) => reload_staff(&app, &config),
+                        Err(e) => tracing::error!(
+                            "settings not reloaded, the running ones stay: {:#}",
+                            anyhow::Error::from(e)
+                        ),
+                    }
                 }
             });
         }
@@ -451,7 +464,59 @@ fn reload_on_hangup(app: &kefu::server::App) {
 }
 
 #[cfg(not(unix))]
-fn reload_on_hangup(_app: &kefu::server::App) {}
+fn reload_on_hangup(
+    _app: &kefu::server::App,
+    _file: Option<std::path::PathBuf>,
+    _overrides: Overrides,
+) {
+}
+
+/// Applies the staff of `config` and logs what changed and what waits for
+/// a restart.
+fn reload_staff(app: &kefu::server::App, config: &Config) {
+    let c = app.reload_staff(config);
+    tracing::info!(
+        added = %c.added.join(", "),
+        token_changed = %c.changed.join(", "),
+        removed = %c.removed.join(", "),
+        "staff reloaded (agents whose token changed or who were removed are signed out)"
+    );
+    let weak = config.weak_tokens();
+    if !weak.is_empty() {
+        tracing::warn!(
+            who = %weak.join(", "),
+            "tokens shorter than {} characters: use long random tokens",
+            kefu::config::WEAK_TOKEN_CHARS
+        );
+    }
+    let old = app.config();
+    let mut restart: Vec<String> = Vec::new();
+    if !c.shops_added.is_empty() {
+        restart.push(format!("shops added ({})", c.shops_added.join(", ")));
+    }
+    if !c.shops_removed.is_empty() {
+        restart.push(format!("shops removed ({})", c.shops_removed.join(", ")));
+    }
+    for (name, same) in [
+        ("listen", old.listen == config.listen),
+        ("phrases", old.phrases == config.phrases),
+        ("data", old.data == config.data),
+        ("clock", old.clock == config.clock),
+        ("reload", old.reload_poll == config.reload_poll),
+        ("limits", old.limits == config.limits),
+        ("reports", old.reports == config.reports),
+    ] {
+        if !same {
+            restart.push(name.to_string());
+        }
+    }
+    if !restart.is_empty() {
+        tracing::warn!(
+            changed = %restart.join(", "),
+            "these settings changed but take effect only at a restart"
+        );
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -860,11 +860,8 @@ fn hello(app: &App, h: Hello, out: &Outbox, staff_only: bool) -> Result<Session,
             // The budget first: while it is spent the token is not looked
             // at. Made-up ids are throttled alike (in a table of their
             // own), so the answers do not tell which ids exist.
-            let known = app
-                .config()
-                .shops
-                .get(&h.shop)
-                .is_some_and(|s| s.agents.contains_key(&agent));
+            // (The hub's guard is released at the end of the statement.)
+            let known = app.hub().agent_known(&h.shop, &agent);
             let ticket = app
                 .begin_signin(Account::Agent(h.shop.clone(), agent.clone()), known)
                 .map_err(|l| Refusal::too_many_attempts(l.retry_after))?;

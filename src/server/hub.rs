@@ -119,6 +119,21 @@ impl Control {
     }
 }
 
+/// What a settings reload changed among the staff (`shop:agent` ids).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StaffChanges {
+    pub added: Vec<String>,
+    /// Agents whose token changed.
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+    /// Shops in the file the running service does not have (a restart
+    /// adds them).
+    pub shops_added: Vec<String>,
+    /// Shops the running service has that the file no longer lists (kept
+    /// until a restart).
+    pub shops_removed: Vec<String>,
+}
+
 /// How a connection should end.
 #[derive(Debug, Clone)]
 pub(crate) struct CloseOrder {
@@ -1048,6 +1063,94 @@ impl Hub {
             *timer_wake = Some(at);
             fx.wake_timer = true;
         }
+    }
+
+    /// Whether `agent` of `shop` may sign in (configured, not removed by
+    /// a reload): the sign-in throttle keeps real accounts apart.
+    pub(crate) fn agent_known(&self, shop: &str, agent: &str) -> bool {
+        self.shops
+            .get(shop)
+            .and_then(|s| s.agents.get(agent))
+            .is_some_and(|a| !a.token.is_empty())
+    }
+
+    // ---- settings reload ------------------------------------------------------------
+
+    /// Takes the agents of `config` (SIGHUP): a new agent may sign in, a
+    /// changed token replaces the old one, a removed agent can no longer
+    /// sign in (its token is emptied, which no hello matches). An agent
+    /// whose token changed or who was removed and is online is signed
+    /// out (`bad_token`, 1008): a leaked token must not keep its session.
+    /// Their conversations then move as after any disconnect. Shop names
+    /// follow the file; a shop added or removed needs a restart (its
+    /// conversations and routing are built at start) and is only reported.
+    pub(crate) fn reload_staff(&mut self, config: &Config, fx: &mut Effects) -> StaffChanges {
+        let mut changes = StaffChanges::default();
+        let signed_out = || {
+            CloseOrder::refused(Refusal::new(
+                ErrorCode::BadToken,
+                "your token was changed or revoked: sign in again with the new one",
+            ))
+        };
+        for (shop_id, shop) in &mut self.shops {
+            let Some(sc) = config.shops.get(&**shop_id) else {
+                changes.shops_removed.push(shop_id.to_string());
+                continue;
+            };
+            let name = config.shop_name(shop_id);
+            if *shop.name != *name {
+                shop.name = Arc::from(name);
+            }
+            for (aid, ac) in &sc.agents {
+                let who = format!("{shop_id}:{aid}");
+                match shop.agents.get_mut(aid.as_str()) {
+                    Some(a) => {
+                        a.name = ac.name.as_deref().map(Arc::from);
+                        if a.token != ac.token {
+                            if a.token.is_empty() {
+                                changes.added.push(who);
+                            } else {
+                                changes.changed.push(who);
+                                if let Some(out) = &a.online {
+                                    fx.closes.push((out.clone(), signed_out()));
+                                }
+                            }
+                            a.token = ac.token.clone();
+                        }
+                    }
+                    None => {
+                        shop.agents.insert(
+                            Arc::from(aid.as_str()),
+                            Agent {
+                                token: ac.token.clone(),
+                                name: ac.name.as_deref().map(Arc::from),
+                                online: None,
+                                convs: BTreeSet::new(),
+                                moves_at: None,
+                            },
+                        );
+                        changes.added.push(who);
+                    }
+                }
+            }
+            for (aid, a) in &mut shop.agents {
+                if sc.agents.contains_key(&**aid) || a.token.is_empty() {
+                    continue;
+                }
+                a.token.clear();
+                changes.removed.push(format!("{shop_id}:{aid}"));
+                if let Some(out) = &a.online {
+                    fx.closes.push((out.clone(), signed_out()));
+                }
+            }
+        }
+        changes.shops_added = config
+            .shops
+            .keys()
+            .filter(|id| !self.shops.contains_key(id.as_str()))
+            .cloned()
+            .collect();
+        changes
     }
 
     // ---- hello ----------------------------------------------------------------------
