@@ -290,14 +290,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     log_settings(&config, args.config.as_deref());
     let mut config = config;
     fit_connections_to_open_files(&mut config);
-    let weak = config.weak_tokens();
-    if !weak.is_empty() {
-        tracing::warn!(
-            who = %weak.join(", "),
-            "tokens shorter than {} characters: failed sign-ins are throttled per account, which slows a guesser down but does not stop one, so use long random tokens",
-            kefu::config::WEAK_TOKEN_CHARS
-        );
-    }
+    warn_weak_tokens(&config);
     let store = Store::open_or_set_aside(&config.data)
         .with_context(|| format!("cannot open the event log in {}", config.data.display()))?;
     let listen = config.listen;
@@ -471,6 +464,19 @@ fn reload_on_hangup(
 ) {
 }
 
+/// Warns about the tokens of `config` too short to resist guessing, at
+/// start and at each reload.
+fn warn_weak_tokens(config: &Config) {
+    let weak = config.weak_tokens();
+    if !weak.is_empty() {
+        tracing::warn!(
+            who = %weak.join(", "),
+            "tokens shorter than {} characters: failed sign-ins are throttled per account, which slows a guesser down but does not stop one, so use long random tokens",
+            kefu::config::WEAK_TOKEN_CHARS
+        );
+    }
+}
+
 /// Applies the staff of `config` and logs what changed and what waits for
 /// a restart.
 fn reload_staff(app: &kefu::server::App, config: &Config) {
@@ -481,14 +487,7 @@ fn reload_staff(app: &kefu::server::App, config: &Config) {
         removed = %c.removed.join(", "),
         "staff reloaded (agents whose token changed or who were removed are signed out)"
     );
-    let weak = config.weak_tokens();
-    if !weak.is_empty() {
-        tracing::warn!(
-            who = %weak.join(", "),
-            "tokens shorter than {} characters: use long random tokens",
-            kefu::config::WEAK_TOKEN_CHARS
-        );
-    }
+    warn_weak_tokens(config);
     let old = app.config();
     let mut restart: Vec<String> = Vec::new();
     if !c.shops_added.is_empty() {

@@ -37,7 +37,7 @@ use tracing::warn;
 use super::ask::{self, Earlier};
 use super::{Phrases, ResumeKey, Stats, SUGGESTIONS};
 use crate::clock::{Alarm, Clock, Round, Timebase};
-use crate::config::Config;
+use crate::config::{AgentConfig, Config};
 use crate::events::{Event, Kind, Rating};
 use crate::matcher::{Matcher, Suggestion};
 use crate::phrases::Fill;
@@ -517,6 +517,17 @@ struct Shop {
 }
 
 impl Agent {
+    /// A configured agent, offline.
+    fn new(a: &AgentConfig) -> Agent {
+        Agent {
+            token: a.token.clone(),
+            name: a.name.as_deref().map(Arc::from),
+            online: None,
+            convs: BTreeSet::new(),
+            moves_at: None,
+        }
+    }
+
     /// Away within the grace: their conversations are still theirs.
     fn returning(&self) -> bool {
         self.online.is_none() && self.moves_at.is_some()
@@ -987,18 +998,7 @@ impl Hub {
                 let agents = s
                     .agents
                     .iter()
-                    .map(|(aid, a)| {
-                        (
-                            Arc::from(aid.as_str()),
-                            Agent {
-                                token: a.token.clone(),
-                                name: a.name.as_deref().map(Arc::from),
-                                online: None,
-                                convs: BTreeSet::new(),
-                                moves_at: None,
-                            },
-                        )
-                    })
+                    .map(|(aid, a)| (Arc::from(aid.as_str()), Agent::new(a)))
                     .collect();
                 (
                     Arc::from(id.as_str()),
@@ -1119,16 +1119,7 @@ impl Hub {
                         }
                     }
                     None => {
-                        shop.agents.insert(
-                            Arc::from(aid.as_str()),
-                            Agent {
-                                token: ac.token.clone(),
-                                name: ac.name.as_deref().map(Arc::from),
-                                online: None,
-                                convs: BTreeSet::new(),
-                                moves_at: None,
-                            },
-                        );
+                        shop.agents.insert(Arc::from(aid.as_str()), Agent::new(ac));
                         changes.added.push(who);
                     }
                 }
