@@ -541,6 +541,13 @@
       refuse(`登录被拒绝：${text}`);
       return;
     }
+    // Signed in, then signed out by the server: the shop changed or
+    // revoked this token (a settings reload). Back to the sign-in form at
+    // once; reconnecting with the old token would only be refused.
+    if (m.code === "bad_token") {
+      refuse("已下线：你的令牌已被更换或撤销，请向店铺管理员要新令牌后重新登录（bad_token）");
+      return;
+    }
     // Too many failed sign-ins for this account: the server refuses it
     // without looking at the token until `retry_after` has passed. Back
     // to the sign-in form (reconnecting on our own schedule would only be

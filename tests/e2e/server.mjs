@@ -61,6 +61,8 @@ export async function startServer({ flags = [], config = null, phrases = path.jo
     url: `http://${addr}`,
     dir,
     output: () => log,
+    /** Sends SIGHUP: the service reloads its phrases and its staff. */
+    reload: () => child.kill("SIGHUP"),
     async stop() {
       if (child.exitCode === null && child.signalCode === null) {
         child.kill("SIGTERM");
