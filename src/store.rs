@@ -245,9 +245,8 @@ pub const LOCK_FILE: &str = "kefu.lock";
 ///
 /// Both `kefu.lock` and the directory itself are locked: `kefu.lock` alone
 /// let a second service in once someone deleted the file (a new file, a
-/// new lock), and a directory holding the log cannot be deleted under it.
-/// `kefu.lock` stays for the holder's process id and for older builds,
-/// which lock only it.
+/// new lock), while the directory is what holds the log. `kefu.lock` stays
+/// for the holder's process id and for older builds, which lock only it.
 fn lock_dir(dir: &Path, refused: impl FnOnce(&str) -> String) -> Result<DirLock, StoreError> {
     use std::io::{Read, Seek, Write};
     let path = dir.join(LOCK_FILE);

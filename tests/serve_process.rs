@@ -417,6 +417,16 @@ async fn sighup_reloads_the_staff_from_the_settings_file() {
     assert_eq!(next_of(&mut a1, "error").await["code"], "bad_token");
     assert_eq!(hello("a2", "t2-long-enough-token").await["type"], "welcome");
     assert_eq!(hello("a1", "t1-rotated").await["type"], "welcome");
+    // Only the staff changed: nothing is said to wait for a restart.
+    assert!(
+        !log.0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("only at a restart")),
+        "{:?}",
+        log.0.lock().unwrap()
+    );
 
     // Broken YAML: the staff in force stay, the log says where.
     std::fs::write(&file, "shops: [\n").unwrap();
@@ -424,6 +434,16 @@ async fn sighup_reloads_the_staff_from_the_settings_file() {
     let line = log.wait_for("settings not reloaded");
     assert!(line.contains("kefu.yaml"), "{line}");
     assert_eq!(hello("a2", "t2-long-enough-token").await["type"], "welcome");
+
+    // A limit changed: named as waiting for a restart.
+    std::fs::write(
+        &file,
+        edited.replace("rate_per_sec: 10000", "rate_per_sec: 9000"),
+    )
+    .unwrap();
+    hup();
+    let line = log.wait_for("only at a restart");
+    assert!(line.contains("limits"), "{line}");
     stop(child);
 }
 

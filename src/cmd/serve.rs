@@ -496,13 +496,18 @@ fn reload_staff(app: &kefu::server::App, config: &Config) {
     if !c.shops_removed.is_empty() {
         restart.push(format!("shops removed ({})", c.shops_removed.join(", ")));
     }
+    // The running limits had `max_connections` fitted to the open-files
+    // limit at start; the file's value is fitted the same way before the
+    // comparison, or every reload on such a host would report a change.
+    let mut limits = config.limits.clone();
+    limits.max_connections = limits.max_connections.min(old.limits.max_connections);
     for (name, same) in [
         ("listen", old.listen == config.listen),
         ("phrases", old.phrases == config.phrases),
         ("data", old.data == config.data),
         ("clock", old.clock == config.clock),
         ("reload", old.reload_poll == config.reload_poll),
-        ("limits", old.limits == config.limits),
+        ("limits", old.limits == limits),
         ("reports", old.reports == config.reports),
     ] {
         if !same {
