@@ -12,7 +12,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 import path from "node:path";
-import { startServer, launchBrowser, ARTIFACTS } from "./server.mjs";
+import { startServer, launchBrowser, deskContext, ARTIFACTS } from "./server.mjs";
 
 const TOKEN = "agent-secret";
 const SHOPS = ["p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9", "p10", "p11"];
@@ -73,8 +73,7 @@ before(async () => {
     config: "limits:\n  resume_window_secs: 1\n",
   });
   browser = await launchBrowser();
-  context = await browser.newContext({ viewport: { width: 1280, height: 800 }, locale: "zh-CN", timezoneId: "Asia/Shanghai" });
-  context.setDefaultTimeout(10000);
+  context = await deskContext(browser);
 });
 
 after(async () => {

@@ -8,7 +8,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 import path from "node:path";
-import { startServer, launchBrowser, ARTIFACTS } from "./server.mjs";
+import { startServer, launchBrowser, deskContext, ARTIFACTS } from "./server.mjs";
 
 const SHOP = "s1";
 const BUYER = "tb_回头客01";
@@ -47,8 +47,7 @@ before(async () => {
   mkdirSync(ARTIFACTS, { recursive: true });
   server = await startServer({ flags: ["--agent-token", `${SHOP}:a1:token-a1`] });
   browser = await launchBrowser();
-  context = await browser.newContext({ viewport: { width: 1280, height: 800 }, locale: "zh-CN", timezoneId: "Asia/Shanghai" });
-  context.setDefaultTimeout(10000);
+  context = await deskContext(browser);
   agent = await context.newPage();
   watch(agent, "agent");
   await agent.goto(`${server.url}/`);

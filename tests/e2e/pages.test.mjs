@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 import path from "node:path";
 import { execFileSync } from "node:child_process";
-import { startServer, launchBrowser, ARTIFACTS, KEFU_BIN } from "./server.mjs";
+import { startServer, launchBrowser, deskContext, ARTIFACTS, KEFU_BIN } from "./server.mjs";
 
 const SHOP = "s1";
 const SHOP_NAME = "小熊旗舰店";
@@ -73,8 +73,7 @@ before(async () => {
     throw new Error(`kefu serve answers GET / with HTTP ${home.status}: the HTTP router does not serve kefu::web::asset yet`);
   }
   browser = await launchBrowser();
-  context = await browser.newContext({ viewport: { width: 1280, height: 800 }, locale: "zh-CN", timezoneId: "Asia/Shanghai" });
-  context.setDefaultTimeout(10000);
+  context = await deskContext(browser);
 });
 
 after(async () => {

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { startServer, launchBrowser, ARTIFACTS, ROOT } from "./server.mjs";
+import { startServer, launchBrowser, deskContext, ARTIFACTS, ROOT } from "./server.mjs";
 
 const SHOP = "s1";
 
@@ -46,8 +46,7 @@ before(async () => {
     phrases,
   });
   browser = await launchBrowser();
-  context = await browser.newContext({ viewport: { width: 1280, height: 800 }, locale: "zh-CN", timezoneId: "Asia/Shanghai" });
-  context.setDefaultTimeout(10000);
+  context = await deskContext(browser);
 });
 
 after(async () => {

@@ -86,3 +86,10 @@ export function launchBrowser() {
     args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run", "--disable-sync"],
   });
 }
+
+/** A browser context as an agent's desk: 1280x800, zh-CN, Shanghai time, 10 s waits. */
+export async function deskContext(browser) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, locale: "zh-CN", timezoneId: "Asia/Shanghai" });
+  context.setDefaultTimeout(10000);
+  return context;
+}

@@ -6,7 +6,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { startServer, launchBrowser, ARTIFACTS } from "./server.mjs";
+import { startServer, launchBrowser, deskContext, ARTIFACTS } from "./server.mjs";
 
 const SHOP = "s1";
 const settings = (token) => `shops:\n  ${SHOP}:\n    name: 测试旗舰店\n    agents:\n      a1:\n        token: ${token}\n`;
@@ -20,8 +20,7 @@ before(async () => {
   mkdirSync(ARTIFACTS, { recursive: true });
   server = await startServer({ config: settings("token-a1-before-rotation") });
   browser = await launchBrowser();
-  context = await browser.newContext({ viewport: { width: 1280, height: 800 }, locale: "zh-CN", timezoneId: "Asia/Shanghai" });
-  context.setDefaultTimeout(10000);
+  context = await deskContext(browser);
 });
 
 after(async () => {

@@ -12,7 +12,7 @@ import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { startServer, launchBrowser, ARTIFACTS, KEFU_BIN, ROOT } from "./server.mjs";
+import { startServer, launchBrowser, deskContext, ARTIFACTS, KEFU_BIN, ROOT } from "./server.mjs";
 
 const SHOP = "s1";
 const AGENT_TOKEN = "agent-secret";
@@ -71,8 +71,7 @@ before(async () => {
     config: "limits:\n  resume_window_secs: 1\n",
   });
   browser = await launchBrowser();
-  context = await browser.newContext({ viewport: { width: 1280, height: 800 }, locale: "zh-CN", timezoneId: "Asia/Shanghai" });
-  context.setDefaultTimeout(10000);
+  context = await deskContext(browser);
 });
 
 after(async () => {
