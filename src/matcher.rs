@@ -118,6 +118,9 @@ pub const NEGATORS: [&str; 9] = [
     "别",
     "无",
 ];
+/// The negators of a wish (indices into [`NEGATORS`]: 不需要, 不用, 不要,
+/// 不想, 别): a reply cue after one of them is not what the buyer asks about.
+const WISH_NEGATORS: [u8; 5] = [0, 1, 2, 3, 7];
 /// Degree words that may stand between a negator and the keyword it
 /// negates (`不太满意`, `不怎么好`), optionally after 是 (`不是很满意`).
 pub const NEGATION_FILLERS: [&str; 5] = ["怎么", "太", "很", "大", "有"];
@@ -1037,11 +1040,15 @@ impl Matcher {
         {
             for (s, e, w) in self.cue_words.ac.hits(&norm) {
                 let (s, e) = (s as usize, e as usize);
-                // A negated cue names what the buyer does not want (不要换货，
-                // 直接退款): as for keywords, it does not count (a cue that
-                // is the negated form itself, 不合适, is its own hit).
-                if outside(&tokens, s, e) && !found.contains(&w) && negation(&norm, s, e).is_none()
-                {
+                // A cue after a negator of wish (不要, 不想, 不用, 不需要, 别)
+                // names what the buyer does not want (不要换货，直接退款): it
+                // does not count. After 没/没有/不/无 it reports a state the
+                // reply is about (没有赠品, 没有签收) and counts, as does a
+                // cue that is the negated form itself (不合适). The keywords'
+                // exceptions (questions, 还没) apply as well.
+                let unwanted =
+                    negation(&norm, s, e).is_some_and(|(_, n)| WISH_NEGATORS.contains(&n));
+                if outside(&tokens, s, e) && !found.contains(&w) && !unwanted {
                     found.push(w);
                 }
             }
@@ -1659,9 +1666,12 @@ mod tests {
             ("退货，不用寄到哪", "general"),
             ("退货不要运费险，地址发我", "address"),
             // Still asked: a question about the negated form, a thing
-            // that has not happened yet.
+            // that has not happened yet, a state reported (没有运费险: the
+            // reply about the insurance is the one that answers).
             ("退货没有运费险吗", "insurance"),
             ("退货为什么没地址", "address"),
+            ("退货没有运费险", "insurance"),
+            ("退货别寄到哪", "general"),
         ];
         for (text, want) in cases {
             let got = reply_to(&m, text);

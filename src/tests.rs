@@ -1144,6 +1144,19 @@ const REPLY_CASES: &[ReplyCase] = &[
     ("还有货吗", "pre_sale.stock", None),
     ("能再便宜一点不", "pre_sale.price_bargain", None),
     ("我要退款", "after_sale.refund", None),
+    // A state reported after 没有 is what the reply answers (found by
+    // review: the first negation rule dropped these cues).
+    (
+        "收到了，但是没有赠品",
+        "after_sale.missing_item",
+        Some("少了的赠品"),
+    ),
+    ("我没有签收", "in_sale.delivery_issue", Some("签收情况")),
+    (
+        "退货没有运费险",
+        "after_sale.return_exchange",
+        Some("运费险规则"),
+    ),
     // A negated sub-question is not the one asked (不想换货: a return).
     ("不想换货了，我要退货", "after_sale.return_exchange", None),
     (

@@ -195,3 +195,30 @@ async fn a_settings_reload_adds_changes_and_removes_agents() {
     assert_eq!(changes.added, ["s1:a2"]);
     assert_eq!(hello(&t, "s1", "a2", "t2").await.0["type"], "welcome");
 }
+
+/// A removed agent is not coming back: their conversations move at once
+/// to a colleague, not after the grace a page refresh gets (found by
+/// review: they waited out the grace).
+#[tokio::test]
+async fn a_removed_agents_conversations_move_at_once() {
+    let mut config = test_config();
+    config.limits.agent_grace = Duration::from_secs(30);
+    let t = spawn_app_with(config.clone()).await;
+    let (_, a1) = hello(&t, "s1", "a1", "t1").await;
+    let mut a1 = a1.unwrap();
+    let (_buyer, welcome, _) = t.buyer("b1").await;
+    let assigned = a1.recv_until("conversation_assigned").await;
+    assert_eq!(assigned["conversation"], welcome["conversation"]);
+    let (_, a2) = hello(&t, "s1", "a2", "t2").await;
+    let mut a2 = a2.unwrap();
+
+    config.shops.get_mut("s1").unwrap().agents.remove("a1");
+    assert_eq!(t.app.reload_staff(&config).removed, ["s1:a1"]);
+    let moved = tokio::time::timeout(
+        Duration::from_secs(5),
+        a2.recv_until("conversation_assigned"),
+    )
+    .await
+    .expect("moved before the 30 s grace");
+    assert_eq!(moved["conversation"], welcome["conversation"]);
+}

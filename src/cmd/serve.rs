@@ -420,8 +420,10 @@ fn bind_error(listen: std::net::SocketAddr, e: std::io::Error) -> anyhow::Error 
 /// SIGHUP reloads the phrase libraries and the staff (`systemctl reload`,
 /// `kill -HUP`) instead of ending the service as its default action does:
 /// an SSH hang-up or a reload signal killed it without closing the event
-/// log (found by review). The settings are read again as at start (file,
-/// environment, flags); of them the agents and their tokens and the
+/// log (found by review). The settings file is read again, with the
+/// flags and environment of the start laid over it as then (so an agent
+/// given by `--agent-token` keeps its token: said in the log); of them the
+/// agents and their tokens and the
 /// supervisors' tokens take effect (a shop manager adds an agent or
 /// revokes a leaked token without dropping every chat), the rest (shops
 /// added or removed, limits, the clock, the port) is named in the log as
@@ -443,7 +445,17 @@ fn reload_on_hangup(
                     tracing::info!("SIGHUP received: reloading the phrase libraries and the staff");
                     app.reload_phrases().await;
                     match Config::load(file.as_deref(), &overrides) {
-                        Ok(config) => reload_staff(&app, &config),
+                        Ok(config) => {
+                            reload_staff(&app, &config);
+                            if !overrides.agent_tokens.is_empty() {
+                                tracing::warn!(
+                                    "agents given with --agent-token or KEFU_AGENT_TOKENS keep the \
+                                     tokens they had at start (flags and environment are read only \
+                                     then, and override the file): to revoke one, remove it there \
+                                     and restart"
+                                );
+                            }
+                        }
                         Err(e) => tracing::error!(
                             "settings not reloaded, the running ones stay: {:#}",
                             anyhow::Error::from(e)

@@ -530,7 +530,12 @@ impl Agent {
 
     /// Away within the grace: their conversations are still theirs.
     fn returning(&self) -> bool {
-        self.online.is_none() && self.moves_at.is_some()
+        self.online.is_none() && self.moves_at.is_some() && !self.removed()
+    }
+
+    /// Removed by a settings reload (its token emptied): never returns.
+    fn removed(&self) -> bool {
+        self.token.is_empty()
     }
 }
 
@@ -1854,7 +1859,8 @@ impl Hub {
         }
         agent.online = None;
         let grace = ctx.config.limits.agent_grace;
-        if grace.is_zero() {
+        // A removed agent is not coming back: no grace.
+        if grace.is_zero() || agent.removed() {
             Self::move_conversations(shop, &s.agent, convs, clock, ctx, now, fx);
         } else {
             // A page refresh or a network blip comes back within seconds:
