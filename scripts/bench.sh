@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # kefu serve side by side with the bare relay (kefu-relay), on loopback only.
 #
-#   scripts/bench.sh                 # about 2 minutes on 2 cores
+#   scripts/bench.sh                 # about 5 minutes on 2 cores
 #   SOAK=1 scripts/bench.sh          # + 10,000 idle connections held 5 minutes
 #   TIMERS=1 scripts/bench.sh        # + 100,000 running clocks: nudge/breach lateness
 #   OVERLOAD=1 scripts/bench.sh      # + kefu offered 1.4 x its maximum: what a peak does
@@ -10,7 +10,9 @@
 # the same load (BUYERS buyers, AGENTS agents answering every message):
 #   1. maximum throughput: closed loop, INFLIGHT messages in flight (each
 #      delivery to an agent makes the next buyer send one);
-#   2. latency, open loop, at half of kefu's maximum and at LIGHT_RATE;
+#   2. latency, open loop, at half of kefu's maximum and at LIGHT_RATE, and
+#      at the fractions SWEEP of kefu's maximum (default 0.25 0.33 0.4): where
+#      each server's p99 crosses 1 ms, and how busy it is there;
 #   3. resident memory per idle connection: IDLE greeted buyers from
 #      127.0.0.1-4;
 #   CPU per message (server utime+stime over the measured window / messages)
@@ -21,7 +23,7 @@
 # Results: $OUT/*.json (one JSON line per run) and $OUT/results.md (tables for
 # BENCHMARKS.md). Every process started here is stopped on exit.
 #
-# Knobs (environment): BUYERS AGENTS DURATION INFLIGHT MAX_REPS LIGHT_RATE IDLE HOLD
+# Knobs (environment): BUYERS AGENTS DURATION INFLIGHT MAX_REPS LIGHT_RATE SWEEP IDLE HOLD
 # SOAK SOAK_SECS TIMERS CLOCKS CLOCK_NUDGE CLOCK_TARGET OVERLOAD OVERLOAD_X REPLY_DELAY_MS
 # PIN (1: servers on CPU 0, generator on CPU 1) OUT BIN (prebuilt binaries)
 # MESSAGES (a file of buyer texts; default ../shared/corpus/jddc_buyer_messages.txt
@@ -39,6 +41,7 @@ AGENTS=${AGENTS:-8}
 DURATION=${DURATION:-10}
 INFLIGHT=${INFLIGHT:-64}
 LIGHT_RATE=${LIGHT_RATE:-1000}
+SWEEP=${SWEEP-0.25 0.33 0.4}
 IDLE=${IDLE:-10000}
 HOLD=${HOLD:-15}
 SOAK=${SOAK:-0}
@@ -205,6 +208,15 @@ RATE=$(awk -v m="$KEFU_MAX" 'BEGIN { r = int(m / 2 / 100) * 100; if (r < 100) r 
 pair half --rate "$RATE" --buyers "$BUYERS" --duration "$DURATION" --reply-delay-ms "$REPLY_DELAY_MS"
 pair light --rate "$LIGHT_RATE" --buyers "$BUYERS" --duration "$DURATION" \
   --reply-delay-ms "$REPLY_DELAY_MS"
+# The p99 at an open-loop rate follows how busy the server's share of the
+# cores is, for kefu and the relay alike; the sweep shows where it crosses.
+SWEEP_RATES=()
+for f in $SWEEP; do
+  rate=$(awk -v m="$KEFU_MAX" -v f="$f" 'BEGIN { r = int(m * f / 100) * 100; if (r < 100) r = 100; print r }')
+  SWEEP_RATES+=("$rate")
+  pair "sweep$rate" --rate "$rate" --buyers "$BUYERS" --duration "$DURATION" \
+    --reply-delay-ms "$REPLY_DELAY_MS"
+done
 
 # 3. Memory per idle connection.
 pair idle --idle-connections "$IDLE" --source-ips 4 --hold "$HOLD" --sample-secs 5 --agents 1
@@ -276,6 +288,17 @@ cpu_model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
     done
     echo
   done
+  if [ "${#SWEEP_RATES[@]}" -gt 0 ]; then
+    echo "Latency against load, open loop, from send, µs (server CPU: % of one core; the half-maximum and light runs above included):"
+    echo
+    echo "| msg/s | share of kefu's maximum | relay p50 | relay p99 | relay CPU % | kefu p50 | kefu p99 | kefu CPU % |"
+    echo "|---:|---:|---:|---:|---:|---:|---:|---:|"
+    for run in light "${SWEEP_RATES[@]/#/sweep}" half; do
+      r=$(j "kefu-$run" .rate_offered)
+      echo "| $(fmt "$r" 0) | $(ratio "$r" "$KEFU_MAX") | $(fmt "$(j "relay-$run" .latency_from_send.p50_us)" 0) | $(fmt "$(j "relay-$run" .latency_from_send.p99_us)" 0) | $(fmt "$(j "relay-$run" .server_cpu_pct)" 0) | $(fmt "$(j "kefu-$run" .latency_from_send.p50_us)" 0) | $(fmt "$(j "kefu-$run" .latency_from_send.p99_us)" 0) | $(fmt "$(j "kefu-$run" .server_cpu_pct)" 0) |"
+    done
+    echo
+  fi
   echo "Idle connections: greeted buyers from 4 source addresses (127.0.0.1-4), 1 agent, held ${HOLD} s:"
   echo
   echo "| Server | open | RSS before, KiB | RSS with them, KiB | bytes per connection | RSS min / max over the hold, KiB |"
