@@ -246,6 +246,42 @@ pub enum ConfigError {
     Invalid { setting: String, message: String },
 }
 
+/// The parser quotes a value of the wrong type (`invalid type: string
+/// "…", expected struct AgentConfig`); under `shops` that value is most
+/// likely a token written where a map or list belongs (`a1: tok-…`), and
+/// the message goes to the terminal and, on a reload, to the log. The
+/// place (`shops.s1.agents.a1`, file, line, column) is enough to find it.
+fn hide_quoted_strings_under_shops(message: String) -> String {
+    const QUOTED: &str = "string \"";
+    if !message.starts_with("shops") || !message.contains(QUOTED) {
+        return message;
+    }
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message.as_str();
+    while let Some(i) = rest.find(QUOTED) {
+        out.push_str(&rest[..i]);
+        out.push_str("a string (not shown: it may be a token)");
+        let after = &rest[i + QUOTED.len()..];
+        // The parser writes the value as a Rust string literal: a quote
+        // inside it is escaped, so the first unescaped one closes it.
+        let mut end = after.len();
+        let mut escaped = false;
+        for (j, c) in after.char_indices() {
+            match c {
+                '\\' if !escaped => escaped = true,
+                '"' if !escaped => {
+                    end = j + 1;
+                    break;
+                }
+                _ => escaped = false,
+            }
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 fn invalid(setting: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         setting: setting.into(),
@@ -419,7 +455,7 @@ impl Config {
                 path: path.to_path_buf(),
                 line: e.line,
                 column: e.column,
-                message: e.message,
+                message: hide_quoted_strings_under_shops(e.message),
             })?
         };
         if let Some(l) = f.listen {
@@ -1019,6 +1055,51 @@ mod tests {
             .to_string();
         assert!(err.starts_with("kefu.yaml:2:"), "{err}");
         assert!(err.contains("clok"), "{err}");
+    }
+
+    /// A token written where the file wants a map or a list must not be
+    /// printed back (the message reaches the log on a reload); the place
+    /// is. Other settings keep the value, which helps to spot the typo.
+    #[test]
+    fn yaml_errors_under_shops_do_not_quote_tokens() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "shops:\n  s1:\n    agents:\n      a1: secret-token-abc\n",
+                "kefu.yaml:4:11: shops.s1.agents.a1: invalid type: a string (not shown: it may be a token), expected struct AgentConfig",
+                "secret-token-abc",
+            ),
+            (
+                "shops:\n  s1:\n    supervisors: sup-secret-xyz\n",
+                "kefu.yaml:3:18: shops.s1.supervisors: invalid type: a string (not shown: it may be a token), expected a sequence",
+                "sup-secret-xyz",
+            ),
+            (
+                "shops:\n  s1:\n    supervisors: 'q\"uo\\te\" tail'\n",
+                "kefu.yaml:3:18: shops.s1.supervisors: invalid type: a string (not shown: it may be a token), expected a sequence",
+                "tail",
+            ),
+        ];
+        for &(yaml, want, secret) in cases {
+            let err = Config::default()
+                .apply_file_text(Path::new("kefu.yaml"), yaml)
+                .unwrap_err()
+                .to_string();
+            assert_eq!(err, want, "{yaml}");
+            assert!(!err.contains(secret), "{err}");
+        }
+        let err = Config::default()
+            .apply_file_text(
+                Path::new("kefu.yaml"),
+                "listen: [nope]\nclock:\n  target_secs: soon\n",
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sequence"), "{err}");
+        let err = Config::default()
+            .apply_file_text(Path::new("kefu.yaml"), "clock:\n  target_secs: soon\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"soon\""), "{err}");
     }
 
     /// The cap on a shop's open conversations comes from the YAML file
