@@ -376,6 +376,10 @@ pub struct Colleague<'a> {
     /// The display name, `null` when the shop set none.
     pub name: Option<&'a str>,
     pub online: bool,
+    /// Taken off the shop's staff (a settings reload): drop them from the
+    /// list. Sent only when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub removed: bool,
 }
 
 /// Clock settings an agent's page needs for its countdown.

@@ -527,7 +527,10 @@ impl App {
     /// are read only at start.
     pub fn reload_staff(&self, config: &Config) -> StaffChanges {
         let mut fx = hub::Effects::default();
-        let changes = self.hub().reload_staff(config, &mut fx);
+        let phrases = self.phrases();
+        let ctx = self.ctx(&phrases);
+        let now = tokio::time::Instant::now();
+        let changes = self.hub().reload_staff(config, &ctx, now, &mut fx);
         *self
             .shared
             .supervisors

@@ -140,8 +140,8 @@ async fn after_the_wait_the_right_token_signs_in() {
 /// A settings reload (SIGHUP) takes the staff of the file: a new agent
 /// signs in, a changed token replaces the old one and signs its holder
 /// out, a removed agent is signed out and cannot sign in again; agents
-/// not touched keep their sessions. Shops added or removed wait for a
-/// restart and are only reported.
+/// not touched keep their sessions. A shop removed loses its agents and
+/// refuses new buyers (as after a restart); put back, it serves again.
 #[tokio::test]
 async fn a_settings_reload_adds_changes_and_removes_agents() {
     let t = spawn_app().await;
@@ -165,7 +165,7 @@ async fn a_settings_reload_adds_changes_and_removes_agents() {
     let changes = t.app.reload_staff(&config);
     assert_eq!(changes.added, ["s1:a4"]);
     assert_eq!(changes.changed, ["s1:a1"]);
-    assert_eq!(changes.removed, ["s1:a2"]);
+    assert_eq!(changes.removed, ["s1:a2", "s2:b1"]);
     assert_eq!(changes.shops_removed, ["s2"]);
     assert!(changes.shops_added.is_empty());
 
@@ -184,16 +184,95 @@ async fn a_settings_reload_adds_changes_and_removes_agents() {
     a3.send(json!({"type":"lint","text":"亲，马上为您查询"}))
         .await;
     a3.recv_until("lint_result").await;
-    // The shop removed from the file keeps serving until a restart.
-    assert_eq!(hello(&t, "s2", "b1", "u1").await.0["type"], "welcome");
+    // The shop removed from the file: its agents' tokens no longer sign
+    // in (found by review: they did until a restart), new buyers are
+    // refused as a restart would refuse them.
+    assert_eq!(hello(&t, "s2", "b1", "u1").await.0["code"], "bad_token");
+    let mut buyer = t.connect().await;
+    buyer
+        .send(json!({"type":"hello","role":"buyer","shop":"s2","buyer":"x1"}))
+        .await;
+    buyer.expect_error("unknown_shop").await;
 
-    // A second reload of the same file changes nothing; putting a2 back
-    // lets them in again.
-    assert_eq!(t.app.reload_staff(&config).added.len(), 0);
+    // A second reload of the same file changes nothing; putting a2 and
+    // the shop back lets them in again.
+    let again = t.app.reload_staff(&config);
+    assert!(
+        again.added.is_empty() && again.removed.is_empty(),
+        "{again:?}"
+    );
+    assert!(again.shops_removed.is_empty(), "{again:?}");
     let back = test_config();
     let changes = t.app.reload_staff(&back);
-    assert_eq!(changes.added, ["s1:a2"]);
+    assert_eq!(changes.added, ["s1:a2", "s2:b1"]);
+    assert_eq!(changes.shops_back, ["s2"]);
     assert_eq!(hello(&t, "s1", "a2", "t2").await.0["type"], "welcome");
+    assert_eq!(hello(&t, "s2", "b1", "u1").await.0["type"], "welcome");
+    let (_b, welcome, _) = t.buyer_of("s2", "x2").await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+}
+
+/// A removed agent leaves the colleagues' transfer lists: the pages
+/// online are told (`removed: true`, and no `online: false` after it that
+/// would put them back), and a welcome no longer lists them (found by
+/// review: removed agents stayed listed as offline until a restart).
+#[tokio::test]
+async fn a_removed_agent_leaves_the_colleague_lists() {
+    let mut config = test_config();
+    let t = spawn_app_with(config.clone()).await;
+    let (_, a1) = hello(&t, "s1", "a1", "t1").await;
+    let mut a1 = a1.unwrap();
+    a1.keep_colleague_frames();
+    let (_, a2) = hello(&t, "s1", "a2", "t2").await;
+    let mut a2 = a2.unwrap();
+    assert_eq!(a1.recv_type("colleague").await["online"], true);
+
+    config.shops.get_mut("s1").unwrap().agents.remove("a2");
+    t.app.reload_staff(&config);
+    let told = a1.recv_type("colleague").await;
+    assert_eq!(
+        told,
+        json!({"type":"colleague","agent":"a2","name":null,"online":false,"removed":true})
+    );
+    a2.expect_close().await;
+    a1.expect_silence(Duration::from_millis(300)).await;
+
+    let (w, _a3) = hello(&t, "s1", "a3", "t3").await;
+    let listed: Vec<&str> = w["colleagues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["agent"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ["a1"], "{w}");
+}
+
+/// An agent away within the grace (a page refresh) and then removed is
+/// not coming back either: their conversations move at once.
+#[tokio::test]
+async fn a_removed_agent_away_within_the_grace_hands_over_at_once() {
+    let mut config = test_config();
+    config.limits.agent_grace = Duration::from_secs(30);
+    let t = spawn_app_with(config.clone()).await;
+    let (_, a1) = hello(&t, "s1", "a1", "t1").await;
+    let mut a1 = a1.unwrap();
+    let (_buyer, welcome, _) = t.buyer("b1").await;
+    a1.recv_until("conversation_assigned").await;
+    let (_, a2) = hello(&t, "s1", "a2", "t2").await;
+    let mut a2 = a2.unwrap();
+    a1.close().await;
+    // Away within the grace: the conversation is still a1's.
+    a2.expect_silence(Duration::from_millis(300)).await;
+
+    config.shops.get_mut("s1").unwrap().agents.remove("a1");
+    assert_eq!(t.app.reload_staff(&config).removed, ["s1:a1"]);
+    let moved = tokio::time::timeout(
+        Duration::from_secs(5),
+        a2.recv_until("conversation_assigned"),
+    )
+    .await
+    .expect("moved before the 30 s grace");
+    assert_eq!(moved["conversation"], welcome["conversation"]);
 }
 
 /// A removed agent is not coming back: their conversations move at once

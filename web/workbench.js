@@ -62,13 +62,13 @@
   let welcomed = false;
   /** Browser clock minus server clock, learned from the `at` of frames. */
   let skew = 0;
-  /** The shop's other agents: id -> {name, online}, from the welcome and `colleague` frames. */
+  /** The shop's other agents: id -> {name, online, removed}, from the welcome and `colleague` frames. */
   const colleagues = new Map();
   /**
    * The colleague the agent picked in the open 转接 row (null: none yet).
    * Only the agent changes it: colleagues going off- and online, or our own
    * welcome refilling the list, never do, so a transfer only ever goes to
-   * whom the agent chose.
+   * whom the agent chose. (A colleague removed from the shop is unchosen.)
    */
   let transferChoice = null;
   /** Conversations this page transferred: id -> colleague id, to explain a late refusal. */
@@ -381,7 +381,11 @@
         break;
       }
       case "colleague": {
-        colleagues.set(m.agent, { name: m.name || null, online: !!m.online });
+        // A colleague removed from the shop (settings reload) is not coming
+        // back: off the 转接 list, and no longer the choice. Their name stays
+        // known for the history's lines.
+        colleagues.set(m.agent, { name: m.name || null, online: !!m.online && !m.removed, removed: !!m.removed });
+        if (m.removed && transferChoice === m.agent) transferChoice = null;
         break;
       }
       case "buyer_message": {

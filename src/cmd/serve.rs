@@ -499,14 +499,24 @@ fn reload_staff(app: &kefu::server::App, config: &Config) {
         removed = %c.removed.join(", "),
         "staff reloaded (agents whose token changed or who were removed are signed out)"
     );
+    if !c.shops_removed.is_empty() {
+        tracing::warn!(
+            shops = %c.shops_removed.join(", "),
+            "shops no longer in the settings file: their agents are signed out and new buyers \
+             refused (buyers connected now stay until they leave)"
+        );
+    }
+    if !c.shops_back.is_empty() {
+        tracing::info!(
+            shops = %c.shops_back.join(", "),
+            "shops in the settings file again: their buyers and agents are served"
+        );
+    }
     warn_weak_tokens(config);
     let old = app.config();
     let mut restart: Vec<String> = Vec::new();
     if !c.shops_added.is_empty() {
         restart.push(format!("shops added ({})", c.shops_added.join(", ")));
-    }
-    if !c.shops_removed.is_empty() {
-        restart.push(format!("shops removed ({})", c.shops_removed.join(", ")));
     }
     // The running limits had `max_connections` fitted to the open-files
     // limit at start; the file's value is fitted the same way before the

@@ -129,9 +129,11 @@ pub struct StaffChanges {
     /// Shops in the file the running service does not have (a restart
     /// adds them).
     pub shops_added: Vec<String>,
-    /// Shops the running service has that the file no longer lists (kept
-    /// until a restart).
+    /// Shops the running service has that the file no longer lists: their
+    /// agents are signed out (and in `removed`), new buyers refused.
     pub shops_removed: Vec<String>,
+    /// Shops removed by an earlier reload that the file lists again.
+    pub shops_back: Vec<String>,
 }
 
 /// How a connection should end.
@@ -514,6 +516,10 @@ struct Shop {
     unassigned: Vec<Arc<str>>,
     /// New buyers refused at `limits.max_open_conversations`.
     busy: BusyLog,
+    /// No longer in the settings file (a reload): its agents are signed
+    /// out and buyer hellos refused (a resume too), as after a restart;
+    /// buyers connected at the reload keep their connection.
+    removed: bool,
 }
 
 impl Agent {
@@ -854,6 +860,7 @@ impl ColleagueSnap {
             agent: &self.agent,
             name: self.name.as_deref(),
             online: self.online,
+            removed: false,
         }
     }
 }
@@ -1013,6 +1020,7 @@ impl Hub {
                         buyers: HashMap::new(),
                         unassigned: Vec::new(),
                         busy: BusyLog::default(),
+                        removed: false,
                     },
                 )
             })
@@ -1086,22 +1094,53 @@ impl Hub {
     /// sign in (its token is emptied, which no hello matches). An agent
     /// whose token changed or who was removed and is online is signed
     /// out (`bad_token`, 1008): a leaked token must not keep its session.
-    /// Their conversations then move as after any disconnect. Shop names
-    /// follow the file; a shop added or removed needs a restart (its
-    /// conversations and routing are built at start) and is only reported.
-    pub(crate) fn reload_staff(&mut self, config: &Config, fx: &mut Effects) -> StaffChanges {
+    /// A removed agent's conversations move to a colleague at once, also
+    /// those of one away within the grace (they are not coming back), and
+    /// the colleagues' pages drop them from their lists. Shop names follow
+    /// the file. A shop the file no longer lists loses its agents (a shop
+    /// taken off the service must not keep its staff's tokens working
+    /// until a restart) and refuses new buyers; a shop added needs a
+    /// restart (its routing is built at start) and is only reported.
+    pub(crate) fn reload_staff(
+        &mut self,
+        config: &Config,
+        ctx: &Ctx,
+        now: Instant,
+        fx: &mut Effects,
+    ) -> StaffChanges {
         let mut changes = StaffChanges::default();
-        let signed_out = || {
-            CloseOrder::refused(Refusal::new(
-                ErrorCode::BadToken,
-                "your token was changed or revoked: sign in again with the new one",
-            ))
-        };
-        for (shop_id, shop) in &mut self.shops {
+        let Hub {
+            shops,
+            convs,
+            clock,
+            ..
+        } = self;
+        for (shop_id, shop) in shops.iter_mut() {
             let Some(sc) = config.shops.get(&**shop_id) else {
-                changes.shops_removed.push(shop_id.to_string());
+                if !shop.removed {
+                    shop.removed = true;
+                    changes.shops_removed.push(shop_id.to_string());
+                }
+                let all: Vec<Arc<str>> = shop.agents.keys().cloned().collect();
+                for aid in all {
+                    Self::remove_agent(
+                        shop,
+                        shop_id,
+                        &aid,
+                        convs,
+                        clock,
+                        ctx,
+                        now,
+                        fx,
+                        &mut changes,
+                    );
+                }
                 continue;
             };
+            if shop.removed {
+                shop.removed = false;
+                changes.shops_back.push(shop_id.to_string());
+            }
             let name = config.shop_name(shop_id);
             if *shop.name != *name {
                 shop.name = Arc::from(name);
@@ -1129,15 +1168,24 @@ impl Hub {
                     }
                 }
             }
-            for (aid, a) in &mut shop.agents {
-                if sc.agents.contains_key(&**aid) || a.token.is_empty() {
-                    continue;
-                }
-                a.token.clear();
-                changes.removed.push(format!("{shop_id}:{aid}"));
-                if let Some(out) = &a.online {
-                    fx.closes.push((out.clone(), signed_out()));
-                }
+            let gone: Vec<Arc<str>> = shop
+                .agents
+                .keys()
+                .filter(|aid| !sc.agents.contains_key(&***aid))
+                .cloned()
+                .collect();
+            for aid in gone {
+                Self::remove_agent(
+                    shop,
+                    shop_id,
+                    &aid,
+                    convs,
+                    clock,
+                    ctx,
+                    now,
+                    fx,
+                    &mut changes,
+                );
             }
         }
         changes.shops_added = config
@@ -1146,7 +1194,51 @@ impl Hub {
             .filter(|id| !self.shops.contains_key(id.as_str()))
             .cloned()
             .collect();
+        // The shops are a hash map: a stable order for the log and tests.
+        for list in [
+            &mut changes.added,
+            &mut changes.changed,
+            &mut changes.removed,
+            &mut changes.shops_removed,
+            &mut changes.shops_back,
+        ] {
+            list.sort();
+        }
         changes
+    }
+
+    /// Empties the token of `aid` (no hello matches it any more), signs
+    /// them out if online (their conversations then move as they leave),
+    /// moves at once the conversations of one away within the grace, and
+    /// tells the colleagues online to drop them from their lists.
+    #[allow(clippy::too_many_arguments)]
+    fn remove_agent(
+        shop: &mut Shop,
+        shop_id: &str,
+        aid: &Arc<str>,
+        convs: &mut HashMap<Arc<str>, Conv>,
+        clock: &Clock<Arc<str>>,
+        ctx: &Ctx,
+        now: Instant,
+        fx: &mut Effects,
+        changes: &mut StaffChanges,
+    ) {
+        let Some(a) = shop.agents.get_mut(aid) else {
+            return;
+        };
+        if a.removed() {
+            return;
+        }
+        a.token.clear();
+        changes.removed.push(format!("{shop_id}:{aid}"));
+        match &a.online {
+            Some(out) => fx.closes.push((out.clone(), signed_out())),
+            None if !a.convs.is_empty() => {
+                Self::move_conversations(shop, aid, convs, clock, ctx, now, fx)
+            }
+            None => {}
+        }
+        tell_colleagues(shop, aid, Presence::Removed, fx);
     }
 
     // ---- hello ----------------------------------------------------------------------
@@ -1226,6 +1318,12 @@ impl Hub {
             ));
         };
         let shop = shops.get_mut(shop_id).expect("just found");
+        if shop.removed {
+            return Err(Refusal::new(
+                ErrorCode::UnknownShop,
+                format!("shop `{shop_key}` is not served here any more"),
+            ));
+        }
         let tb = ctx.tb;
         let at = tb.ms(now);
 
@@ -1403,7 +1501,7 @@ impl Hub {
         agent.moves_at = None;
         match agent.online.replace(out.clone()) {
             Some(old) => fx.closes.push((old, replaced())),
-            None => tell_colleagues(shop, &agent_key, true, fx),
+            None => tell_colleagues(shop, &agent_key, Presence::Online, fx),
         }
         let tb = ctx.tb;
         let at = tb.ms(now);
@@ -1440,7 +1538,7 @@ impl Hub {
         let colleagues = shop
             .agents
             .iter()
-            .filter(|(id, _)| **id != agent_key)
+            .filter(|(id, a)| **id != agent_key && !a.removed())
             .map(|(id, a)| ColleagueSnap {
                 agent: id.clone(),
                 name: a.name.clone(),
@@ -1859,8 +1957,9 @@ impl Hub {
         }
         agent.online = None;
         let grace = ctx.config.limits.agent_grace;
+        let removed = agent.removed();
         // A removed agent is not coming back: no grace.
-        if grace.is_zero() || agent.removed() {
+        if grace.is_zero() || removed {
             Self::move_conversations(shop, &s.agent, convs, clock, ctx, now, fx);
         } else {
             // A page refresh or a network blip comes back within seconds:
@@ -1870,7 +1969,11 @@ impl Hub {
             leave_at(&mut self.leaving, (now + grace, shop_id, agent_id));
             Self::deadline_added(&mut self.timer_wake, now + grace, fx);
         }
-        tell_colleagues(shop, &s.agent, false, fx);
+        // The colleagues were told of a removal when it happened; an
+        // `online: false` now would put the agent back on their lists.
+        if !removed {
+            tell_colleagues(shop, &s.agent, Presence::Offline, fx);
+        }
     }
 
     /// Moves the conversations of `agent_id`, who went offline, to the other
@@ -2300,7 +2403,8 @@ fn held<'a>(
 
 /// The online agent with the fewest open conversations (ties: smallest id).
 fn pick_agent(shop: &Shop) -> Option<Arc<str>> {
-    fewest(shop, |a| a.online.is_some())
+    // A removed agent is online until their sign-out is carried out.
+    fewest(shop, |a| a.online.is_some() && !a.removed())
 }
 
 /// Of the agents `which` accepts, the one with the fewest open
@@ -2322,20 +2426,40 @@ fn pick_returning(shop: &Shop) -> Option<Arc<str>> {
     fewest(shop, Agent::returning)
 }
 
-/// Tells the other online agents of `shop` that `agent_id` came online or
-/// left, for their transfer control: one small frame each.
-fn tell_colleagues(shop: &Shop, agent_id: &Arc<str>, online: bool, fx: &mut Effects) {
+/// What [`tell_colleagues`] reports of an agent.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Presence {
+    Online,
+    Offline,
+    /// Taken off the shop's staff by a settings reload.
+    Removed,
+}
+
+/// The sign-out a reload gives an agent whose token changed or who was
+/// removed: a leaked token must not keep its session.
+fn signed_out() -> CloseOrder {
+    CloseOrder::refused(Refusal::new(
+        ErrorCode::BadToken,
+        "your token was changed or revoked: sign in again with the new one",
+    ))
+}
+
+/// Tells the other online agents of `shop` that `agent_id` came online,
+/// left or was removed, for their transfer control: one small frame each.
+fn tell_colleagues(shop: &Shop, agent_id: &Arc<str>, presence: Presence, fx: &mut Effects) {
     let Some(name) = shop.agents.get(agent_id).map(|a| a.name.clone()) else {
         return;
     };
     let frame: Utf8Bytes = to_json(&ServerMsg::Colleague(Colleague {
         agent: agent_id,
         name: name.as_deref(),
-        online,
+        online: presence == Presence::Online,
+        removed: presence == Presence::Removed,
     }))
     .into();
     for (id, a) in &shop.agents {
-        if let Some(out) = a.online.as_ref().filter(|_| id != agent_id) {
+        // Not to removed agents either: they are being signed out.
+        if let Some(out) = a.online.as_ref().filter(|_| id != agent_id && !a.removed()) {
             fx.sends
                 .push((out.clone(), Frame::Text(frame.clone()), false));
         }

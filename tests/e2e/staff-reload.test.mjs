@@ -1,7 +1,8 @@
 // End-to-end: an agent whose token the shop changes while they work
 // (settings edited, then SIGHUP) is signed out at once: the workbench goes
 // back to the sign-in form saying why, without reconnecting on the old
-// token; the new token signs them in again.
+// token; the new token signs them in again. A colleague removed leaves the
+// transfer (转接) list of the agents still working.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync, writeFileSync } from "node:fs";
@@ -56,3 +57,59 @@ test("an agent whose token is changed by a reload is signed out and told why", a
   assert.deepEqual(pageErrors, []);
   await p.close();
 });
+
+test("a colleague removed by a reload leaves the transfer list and is no longer the choice", async () => {
+  const two = `shops:\n  ${SHOP}:\n    name: 测试旗舰店\n    agents:\n      a1:\n        token: token-a1-after-rotation\n      a2:\n        token: token-a2-to-remove\n`;
+  writeFileSync(path.join(server.dir, "kefu.yaml"), two);
+  server.reload();
+  await waitForOutput(/added=s1:a2/);
+
+  const a = await context.newPage();
+  a.on("pageerror", (e) => pageErrors.push(e.message));
+  await a.goto(`${server.url}/`);
+  await signIn(a, "token-a1-after-rotation");
+  await a.locator("#status.on").waitFor();
+  const b = await context.newPage();
+  b.on("pageerror", (e) => pageErrors.push(e.message));
+  await b.goto(`${server.url}/`);
+  await b.fill("#in-shop", SHOP);
+  await b.fill("#in-agent", "a2");
+  await b.fill("#in-token", "token-a2-to-remove");
+  await b.click("#signin button[type=submit]");
+  await b.locator("#status.on").waitFor();
+
+  // A buyer for a1 (fewer conversations... equal: the smaller id), so 转接 opens.
+  const buyer = await context.newPage();
+  buyer.on("pageerror", (e) => pageErrors.push(e.message));
+  await buyer.goto(`${server.url}/buyer`);
+  await buyer.fill("#in-shop", SHOP);
+  await buyer.fill("#in-buyer", "b-removed");
+  await buyer.click("#signin button[type=submit]");
+  await buyer.locator(".msg[data-from=bot]").first().waitFor();
+  await buyer.fill("#text", "在吗？");
+  await buyer.press("#text", "Enter");
+  await a.locator("#convs .conv", { hasText: "b-removed" }).waitFor();
+  await a.locator("#convs .conv", { hasText: "b-removed" }).click();
+  await a.click("#transfer-open");
+  await a.locator("#transfer-to option[value=a2]").waitFor({ state: "attached" });
+  await a.selectOption("#transfer-to", "a2");
+
+  writeFileSync(path.join(server.dir, "kefu.yaml"), settings("token-a1-after-rotation"));
+  server.reload();
+  await b.locator("#signin-error", { hasText: "令牌已被更换或撤销" }).waitFor();
+  await a.locator("#transfer-to option[value=a2]").waitFor({ state: "detached" });
+  assert.equal(await a.inputValue("#transfer-to"), "");
+  assert.equal(await a.isDisabled("#transfer-send"), true);
+  assert.doesNotMatch(await a.textContent("#transfer-hint"), /离线/);
+  await a.screenshot({ path: path.join(ARTIFACTS, "workbench-colleague-removed.png") });
+  assert.deepEqual(pageErrors, []);
+});
+
+/** Waits (up to 5 s) until the service's output matches `re`. */
+async function waitForOutput(re) {
+  for (let i = 0; i < 50; i++) {
+    if (re.test(server.output())) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.match(server.output(), re);
+}
