@@ -248,7 +248,9 @@ async fn a_removed_agent_leaves_the_colleague_lists() {
 }
 
 /// An agent away within the grace (a page refresh) and then removed is
-/// not coming back either: their conversations move at once.
+/// not coming back either: their conversations move at once, and not to
+/// a colleague the same reload removes (a2, who would get it first: the
+/// smallest id of equal load).
 #[tokio::test]
 async fn a_removed_agent_away_within_the_grace_hands_over_at_once() {
     let mut config = test_config();
@@ -259,20 +261,28 @@ async fn a_removed_agent_away_within_the_grace_hands_over_at_once() {
     let (_buyer, welcome, _) = t.buyer("b1").await;
     a1.recv_until("conversation_assigned").await;
     let (_, a2) = hello(&t, "s1", "a2", "t2").await;
-    let mut a2 = a2.unwrap();
+    let (_, a3) = hello(&t, "s1", "a3", "t3").await;
+    let (mut a2, mut a3) = (a2.unwrap(), a3.unwrap());
     a1.close().await;
     // Away within the grace: the conversation is still a1's.
-    a2.expect_silence(Duration::from_millis(300)).await;
+    a3.expect_silence(Duration::from_millis(300)).await;
 
-    config.shops.get_mut("s1").unwrap().agents.remove("a1");
-    assert_eq!(t.app.reload_staff(&config).removed, ["s1:a1"]);
+    let s1 = config.shops.get_mut("s1").unwrap();
+    s1.agents.remove("a1");
+    s1.agents.remove("a2");
+    assert_eq!(t.app.reload_staff(&config).removed, ["s1:a1", "s1:a2"]);
     let moved = tokio::time::timeout(
         Duration::from_secs(5),
-        a2.recv_until("conversation_assigned"),
+        a3.recv_until("conversation_assigned"),
     )
     .await
     .expect("moved before the 30 s grace");
     assert_eq!(moved["conversation"], welcome["conversation"]);
+    let (before_close, _) = a2.expect_close().await;
+    assert!(
+        before_close.iter().all(|f| f["type"] != "conversation_assigned"),
+        "{before_close:?}"
+    );
 }
 
 /// A removed agent is not coming back: their conversations move at once

@@ -1122,19 +1122,17 @@ impl Hub {
                     changes.shops_removed.push(shop_id.to_string());
                 }
                 let all: Vec<Arc<str>> = shop.agents.keys().cloned().collect();
-                for aid in all {
-                    Self::remove_agent(
-                        shop,
-                        shop_id,
-                        &aid,
-                        convs,
-                        clock,
-                        ctx,
-                        now,
-                        fx,
-                        &mut changes,
-                    );
-                }
+                Self::remove_agents(
+                    shop,
+                    shop_id,
+                    &all,
+                    convs,
+                    clock,
+                    ctx,
+                    now,
+                    fx,
+                    &mut changes,
+                );
                 continue;
             };
             if shop.removed {
@@ -1174,19 +1172,17 @@ impl Hub {
                 .filter(|aid| !sc.agents.contains_key(&***aid))
                 .cloned()
                 .collect();
-            for aid in gone {
-                Self::remove_agent(
-                    shop,
-                    shop_id,
-                    &aid,
-                    convs,
-                    clock,
-                    ctx,
-                    now,
-                    fx,
-                    &mut changes,
-                );
-            }
+            Self::remove_agents(
+                shop,
+                shop_id,
+                &gone,
+                convs,
+                clock,
+                ctx,
+                now,
+                fx,
+                &mut changes,
+            );
         }
         changes.shops_added = config
             .shops
@@ -1207,15 +1203,17 @@ impl Hub {
         changes
     }
 
-    /// Empties the token of `aid` (no hello matches it any more), signs
-    /// them out if online (their conversations then move as they leave),
-    /// moves at once the conversations of one away within the grace, and
-    /// tells the colleagues online to drop them from their lists.
+    /// Empties the tokens of `ids` (no hello matches them any more), signs
+    /// the online ones out (their conversations then move as they leave),
+    /// moves at once the conversations of those away within the grace, and
+    /// tells the colleagues online to drop them from their lists. All the
+    /// tokens go first, so no conversation moves to an agent removed by
+    /// the same reload.
     #[allow(clippy::too_many_arguments)]
-    fn remove_agent(
+    fn remove_agents(
         shop: &mut Shop,
         shop_id: &str,
-        aid: &Arc<str>,
+        ids: &[Arc<str>],
         convs: &mut HashMap<Arc<str>, Conv>,
         clock: &Clock<Arc<str>>,
         ctx: &Ctx,
@@ -1223,22 +1221,27 @@ impl Hub {
         fx: &mut Effects,
         changes: &mut StaffChanges,
     ) {
-        let Some(a) = shop.agents.get_mut(aid) else {
-            return;
-        };
-        if a.removed() {
-            return;
-        }
-        a.token.clear();
-        changes.removed.push(format!("{shop_id}:{aid}"));
-        match &a.online {
-            Some(out) => fx.closes.push((out.clone(), signed_out())),
-            None if !a.convs.is_empty() => {
-                Self::move_conversations(shop, aid, convs, clock, ctx, now, fx)
+        let mut removed: Vec<&Arc<str>> = Vec::new();
+        for aid in ids {
+            if let Some(a) = shop.agents.get_mut(aid).filter(|a| !a.removed()) {
+                a.token.clear();
+                changes.removed.push(format!("{shop_id}:{aid}"));
+                removed.push(aid);
             }
-            None => {}
         }
-        tell_colleagues(shop, aid, Presence::Removed, fx);
+        for aid in removed {
+            let Some(a) = shop.agents.get(aid) else {
+                continue;
+            };
+            match &a.online {
+                Some(out) => fx.closes.push((out.clone(), signed_out())),
+                None if !a.convs.is_empty() => {
+                    Self::move_conversations(shop, aid, convs, clock, ctx, now, fx)
+                }
+                None => {}
+            }
+            tell_colleagues(shop, aid, Presence::Removed, fx);
+        }
     }
 
     // ---- hello ----------------------------------------------------------------------
