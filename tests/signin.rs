@@ -280,7 +280,9 @@ async fn a_removed_agent_away_within_the_grace_hands_over_at_once() {
     assert_eq!(moved["conversation"], welcome["conversation"]);
     let (before_close, _) = a2.expect_close().await;
     assert!(
-        before_close.iter().all(|f| f["type"] != "conversation_assigned"),
+        before_close
+            .iter()
+            .all(|f| f["type"] != "conversation_assigned"),
         "{before_close:?}"
     );
 }
