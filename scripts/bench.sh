@@ -14,7 +14,9 @@
 #      at the fractions SWEEP of kefu's maximum (default 0.25 0.33 0.4): where
 #      each server's p99 crosses 1 ms, and how busy it is there;
 #   3. resident memory per idle connection: IDLE greeted buyers from
-#      127.0.0.1-4;
+#      127.0.0.1-4; and memory after a peak (PEAK=1, the default):
+#      PEAK_BUYERS buyers at the half-maximum rate, conversations closing
+#      5 s after their buyer leaves, RSS PEAK_WAIT s after the load;
 #   CPU per message (server utime+stime over the measured window / messages)
 #   comes with every run. SOAK and TIMERS add the soak and the clock runs;
 #   OVERLOAD an open-loop run of kefu at OVERLOAD_X times its maximum:
@@ -24,6 +26,7 @@
 # BENCHMARKS.md). Every process started here is stopped on exit.
 #
 # Knobs (environment): BUYERS AGENTS DURATION INFLIGHT MAX_REPS LIGHT_RATE SWEEP IDLE HOLD
+# PEAK PEAK_BUYERS PEAK_WAIT
 # SOAK SOAK_SECS TIMERS CLOCKS CLOCK_NUDGE CLOCK_TARGET OVERLOAD OVERLOAD_X REPLY_DELAY_MS
 # PIN (1: servers on CPU 0, generator on CPU 1) OUT BIN (prebuilt binaries)
 # MESSAGES (a file of buyer texts; default ../shared/corpus/jddc_buyer_messages.txt
@@ -44,6 +47,9 @@ LIGHT_RATE=${LIGHT_RATE:-1000}
 SWEEP=${SWEEP-0.25 0.33 0.4}
 IDLE=${IDLE:-10000}
 HOLD=${HOLD:-15}
+PEAK=${PEAK:-1}
+PEAK_BUYERS=${PEAK_BUYERS:-15000}
+PEAK_WAIT=${PEAK_WAIT:-30}
 SOAK=${SOAK:-0}
 SOAK_SECS=${SOAK_SECS:-300}
 TIMERS=${TIMERS:-0}
@@ -128,8 +134,12 @@ limits:
   # The idle and clock runs open 10,000-100,000 conversations in one shop.
   max_open_conversations: 1000000
 YAML
+# The peak run's: conversations close 5 s after their buyer leaves (30
+# minutes by default), so what stays resident afterwards is not theirs.
+{ cat "$DATA/kefu-bench.yaml"; echo "  resume_window_secs: 5"; } >"$DATA/kefu-peak.yaml"
 
-# start_server relay|kefu [extra kefu flags]: sets SERVER_PID
+# start_server relay|kefu [extra kefu flags]: sets SERVER_PID (KEFU_CONFIG:
+# another settings file for kefu)
 start_server() {
   local which=$1
   shift
@@ -144,7 +154,7 @@ start_server() {
     # A private copy of the phrases: an edit in the tree must not reload mid-run.
     rm -rf "$DATA/phrases" && cp -r phrases "$DATA/phrases"
     "${SERVER_CPU[@]}" "$BIN/kefu" serve --listen "127.0.0.1:$KEFU_PORT" --log warn \
-      --config "$DATA/kefu-bench.yaml" --data "$DATA/kefu" --phrases "$DATA/phrases" "${TOKENS[@]}" "$@" \
+      --config "${KEFU_CONFIG:-$DATA/kefu-bench.yaml}" --data "$DATA/kefu" --phrases "$DATA/phrases" "${TOKENS[@]}" "$@" \
       >>"$OUT/kefu.log" 2>&1 &
     SERVER_PID=$!
     PIDS+=("$SERVER_PID")
@@ -220,6 +230,17 @@ done
 
 # 3. Memory per idle connection.
 pair idle --idle-connections "$IDLE" --source-ips 4 --hold "$HOLD" --sample-secs 5 --agents 1
+
+rss_of() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
+if [ "$PEAK" = 1 ]; then
+  KEFU_CONFIG="$DATA/kefu-peak.yaml" start_server kefu
+  PEAK_RSS_BEFORE=$(rss_of "$SERVER_PID")
+  load kefu-peak kefu --rate "$RATE" --buyers "$PEAK_BUYERS" --duration "$DURATION" \
+    --reply-delay-ms "$REPLY_DELAY_MS"
+  sleep "$PEAK_WAIT"
+  PEAK_RSS_AFTER=$(rss_of "$SERVER_PID")
+  stop_server
+fi
 
 if [ "$SOAK" = 1 ]; then
   start_server kefu
@@ -306,6 +327,10 @@ cpu_model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
   for which in relay kefu; do
     echo "| $which | $(j "$which-idle" .alive_at_end)/$(j "$which-idle" .connections) | $(j "$which-idle" .rss_before_kib) | $(j "$which-idle" .rss_open_kib) | $(fmt "$(j "$which-idle" .bytes_per_conn)" 0) | $(j "$which-idle" .rss_min_kib) / $(j "$which-idle" .rss_max_kib) |"
   done
+  if [ "$PEAK" = 1 ]; then
+    echo
+    echo "Memory after a peak: kefu with $PEAK_BUYERS buyers at $(fmt "$(j kefu-peak .rate_offered)" 0) msg/s for ${DURATION} s ($(j kefu-peak .delivered) messages delivered), conversations closing 5 s after their buyer left: RSS $PEAK_RSS_BEFORE KiB before, $(j kefu-peak .server_rss_kib) KiB at the end of the load, **$PEAK_RSS_AFTER KiB** ${PEAK_WAIT} s later."
+  fi
   if [ "$SOAK" = 1 ]; then
     echo
     echo "Soak: kefu holding $(j kefu-soak .connected) idle connections for ${SOAK_SECS} s, RSS sampled every 10 s: $(j kefu-soak .rss_open_kib) KiB after opening, min $(j kefu-soak .rss_min_kib) / max $(j kefu-soak .rss_max_kib) KiB during the hold, $(j kefu-soak .rss_end_kib) KiB at the end; $(j kefu-soak .alive_at_end) connections still open. Samples (KiB): $(j kefu-soak '.rss_samples_kib | map(tostring) | join(", ")')."

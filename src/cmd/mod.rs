@@ -1,5 +1,6 @@
 //! Subcommands. Each parses nothing itself (clap did) and calls the library.
 
+mod memory;
 pub mod report;
 pub mod serve;
 

@@ -326,6 +326,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_park(super::memory::collect_when_idle)
         .build()
         .context("cannot start the async runtime")?;
     let served: anyhow::Result<()> = runtime.block_on(async {
