@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # kefu serve side by side with the bare relay (kefu-relay), on loopback only.
 #
-#   scripts/bench.sh                 # about 5 minutes on 2 cores
+#   scripts/bench.sh                 # about 6 minutes on 2 cores
 #   SOAK=1 scripts/bench.sh          # + 10,000 idle connections held 5 minutes
 #   TIMERS=1 scripts/bench.sh        # + 100,000 running clocks: nudge/breach lateness
 #   OVERLOAD=1 scripts/bench.sh      # + kefu offered 1.4 x its maximum: what a peak does
