@@ -512,6 +512,44 @@ const COVERAGE: &[(&str, Option<&str>, &[&str])] = &[
         Some("in_sale.address_change"),
         &[],
     ),
+    // price protection and presale deposits are refunds, not returns
+    ("我想问下能不能退差价", Some("after_sale.refund"), &[RETURN]),
+    ("差价可以退吗", Some("after_sale.refund"), &[]),
+    ("这个能给补差吗", Some("after_sale.refund"), &[]),
+    ("预售的定金能退吗", Some("after_sale.refund"), &[]),
+    ("可以退订金吗", Some("after_sale.refund"), &[]),
+    ("换货差价怎么算", Some(RETURN), &[]),
+    // insults
+    ("你这纯属扯淡", Some(COMPLAINT), &[]),
+    ("别瞎扯了", Some(COMPLAINT), &[]),
+    // the buyer cannot go and collect the parcel
+    ("白天上班没法去取", Some("in_sale.delivery_issue"), &[]),
+    ("我不方便下楼拿快递", Some("in_sale.delivery_issue"), &[]),
+    ("快递点在哪里", Some("in_sale.delivery_issue"), &[]),
+    (
+        "现在不能取消订单吗",
+        Some("in_sale.order_change"),
+        &["in_sale.delivery_issue"],
+    ),
+    // the courier says the number left is wrong
+    (
+        "快递员说电话号码不存在",
+        Some("in_sale.address_change"),
+        &[],
+    ),
+    // not released yet
+    ("新款什么时候上市", Some("pre_sale.stock"), &[]),
+    ("要等多久才能上市", Some("pre_sale.stock"), &[]),
+    ("还没发售吗", Some("pre_sale.stock"), &[]),
+    ("这款是什么时候上市的", None, &["pre_sale.stock"]),
+    // a bare acknowledgement; a question is none
+    ("这样啊", Some(CLOSING), &[]),
+    ("哦哦，原来是这样", Some(CLOSING), &[]),
+    ("这样啊？", None, &[CLOSING]),
+    ("好的，等过几天我再来看看", Some(CLOSING), &[]),
+    // a fault described by its symptom
+    ("打印机开机就报警", Some(QUALITY), &[]),
+    ("插电后就滴滴地响", Some(QUALITY), &[]),
 ];
 
 #[test]
@@ -1043,6 +1081,8 @@ const REPLY_CASES: &[ReplyCase] = &[
         "after_sale.refund",
         Some("价保"),
     ),
+    ("新款什么时候上市", "pre_sale.stock", Some("上市时间")),
+    ("我没空去拿快递", "in_sale.delivery_issue", Some("约好时间")),
     (
         "收到的杯子碎了",
         "after_sale.quality_issue",
