@@ -106,15 +106,32 @@ pub fn asset(path: &str) -> Option<Asset> {
     }
     let page = match path {
         "/" | "/index.html" => "/",
-        _ => {
-            let p = path.strip_suffix('/').unwrap_or(path);
-            match p.strip_suffix(".html").unwrap_or(p) {
-                "/" => return None, // "//" and "/.html"
-                p => p,
-            }
-        }
+        // `/buyer/`: the pages link their files relative to themselves (so
+        // they work under a proxy's sub-path), which from `/buyer/` would
+        // be `/buyer/static/…`; the router redirects it ([`slash_redirect`]).
+        p if p.ends_with('/') => return None,
+        p => match p.strip_suffix(".html").unwrap_or(p) {
+            "/" => return None, // "/.html"
+            p => p,
+        },
     };
     find(PAGES, page)
+}
+
+/// Where a page asked for with a trailing slash (`/buyer/`) lives, as a
+/// `Location` relative to the request (`../buyer`, with the query), so the
+/// redirect also stays under a proxy's sub-path (`/kefu/buyer/` →
+/// `/kefu/buyer`). `None` for every other path.
+pub fn slash_redirect(path: &str, query: Option<&str>) -> Option<String> {
+    let trimmed = path.strip_suffix('/').filter(|p| !p.is_empty())?;
+    if trimmed.ends_with('/') || trimmed.starts_with("/static/") || asset(trimmed).is_none() {
+        return None;
+    }
+    let name = trimmed.rsplit('/').next().unwrap_or(trimmed);
+    Some(match query {
+        Some(q) => format!("../{name}?{q}"),
+        None => format!("../{name}"),
+    })
 }
 
 fn find(table: &[(&str, Asset)], key: &str) -> Option<Asset> {
@@ -140,7 +157,6 @@ mod tests {
             ("/", HTML, "客服工作台"),
             ("/index.html", HTML, "客服工作台"),
             ("/buyer", HTML, "买家演示"),
-            ("/buyer/", HTML, "买家演示"),
             ("/buyer.html", HTML, "买家演示"),
             ("/reports", HTML, "客服数据报表"),
             ("/reports?x=1", HTML, "客服数据报表"),
@@ -172,8 +188,35 @@ mod tests {
             "/ws",
             "/api/report",
             "//",
+            "/buyer/",
+            "/reports.html/",
         ] {
             assert!(asset(path).is_none(), "{path:?} should not be served");
+        }
+    }
+
+    /// A page with a trailing slash is redirected beside itself, relative,
+    /// so a proxy's sub-path is kept; nothing else is.
+    #[test]
+    fn trailing_slashes_redirect_relative() {
+        let cases: &[(&str, Option<&str>, Option<&str>)] = &[
+            ("/buyer/", None, Some("../buyer")),
+            ("/buyer/", Some("shop=s1"), Some("../buyer?shop=s1")),
+            ("/reports/", None, Some("../reports")),
+            ("/reports.html/", None, Some("../reports.html")),
+            ("/", None, None),
+            ("//", None, None),
+            ("/buyer//", None, None),
+            ("/nope/", None, None),
+            ("/static/kefu.css/", None, None),
+            ("/buyer", None, None),
+        ];
+        for &(path, query, want) in cases {
+            assert_eq!(
+                slash_redirect(path, query).as_deref(),
+                want,
+                "{path} {query:?}"
+            );
         }
     }
 
@@ -187,12 +230,14 @@ mod tests {
             let mut n = 0;
             for cap in link.captures_iter(html) {
                 let url = &cap[1];
+                // Relative to the page, so a proxy may serve kefu under a
+                // sub-path (`/kefu/`): no leading `/`, no scheme or host.
                 assert!(
-                    url.starts_with('/') && !url.starts_with("//"),
+                    url.starts_with("static/") && !url.contains(".."),
                     "{page} links to {url}"
                 );
                 assert!(
-                    asset(url).is_some(),
+                    asset(&format!("/{url}")).is_some(),
                     "{page} links to {url}, which is not embedded"
                 );
                 n += 1;

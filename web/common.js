@@ -21,9 +21,16 @@ const kefu = (() => {
   }
 
   /** The page's WebSocket address: same host, ws or wss to match http or https. */
+  /**
+   * The service's WebSocket, beside the page: `/ws` at the root, or
+   * `/kefu/ws` when a proxy serves kefu under `/kefu/` (docs/DEPLOY.md).
+   */
   function wsUrl() {
-    const proto = location.protocol === "https:" ? "wss:" : "ws:";
-    return `${proto}//${location.host}/ws`;
+    const u = new URL("ws", location.href);
+    u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
+    u.search = "";
+    u.hash = "";
+    return u.href;
   }
 
   function pad2(n) {

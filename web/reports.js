@@ -126,7 +126,8 @@
   async function fetchReport(by) {
     let res;
     try {
-      res = await fetch(`/api/report?${params(by)}`, {
+      // Relative: beside the page, also under a proxy's sub-path.
+      res = await fetch(`api/report?${params(by)}`, {
         headers: { Authorization: `Bearer ${session.token}`, Accept: "application/json" },
         cache: "no-store",
       });

@@ -140,7 +140,10 @@ fn route(req: Request<Incoming>, app: &App, peer: &str, guard: &ConnGuard) -> Re
         }
         (&Method::GET | &Method::HEAD, path) => match crate::web::asset(path) {
             Some(asset) => page(asset, req.method() == Method::HEAD),
-            None => text(StatusCode::NOT_FOUND, "not found\n"),
+            None => match crate::web::slash_redirect(path, req.uri().query()) {
+                Some(to) => redirect(&to),
+                None => text(StatusCode::NOT_FOUND, "not found\n"),
+            },
         },
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
@@ -255,6 +258,15 @@ fn page(asset: crate::web::Asset, head: bool) -> Response<Body> {
 /// The pages' content security policy (see [`page`]).
 pub(crate) const CSP: &str = "default-src 'self'; connect-src 'self'; img-src 'self' data:; \
     object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+/// A permanent redirect to `to`, a relative reference.
+fn redirect(to: &str) -> Response<Body> {
+    let mut r = text(StatusCode::PERMANENT_REDIRECT, "moved\n");
+    if let Ok(v) = HeaderValue::from_str(to) {
+        r.headers_mut().insert(hyper::header::LOCATION, v);
+    }
+    r
+}
 
 pub(crate) fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
