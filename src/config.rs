@@ -246,39 +246,42 @@ pub enum ConfigError {
     Invalid { setting: String, message: String },
 }
 
-/// The parser quotes a value of the wrong type (`invalid type: string
-/// "…", expected struct AgentConfig`); under `shops` that value is most
-/// likely a token written where a map or list belongs (`a1: tok-…`), and
-/// the message goes to the terminal and, on a reload, to the log. The
-/// place (`shops.s1.agents.a1`, file, line, column) is enough to find it.
-fn hide_quoted_strings_under_shops(message: String) -> String {
-    const QUOTED: &str = "string \"";
-    if !message.starts_with("shops") || !message.contains(QUOTED) {
+/// The parser quotes the value it could not use (`invalid type: string
+/// "…", expected struct AgentConfig`, ``integer `…` ``, ``unknown field
+/// `…` ``); under `shops` that value is most likely a token written where a
+/// map, a list or a key belongs (`a1: tok-…`, `a1: 1234…`), and the message
+/// goes to the terminal and, on a reload, to the log. Every quoted part
+/// before ", expected" is hidden; the place (`shops.s1.agents.a1`, file,
+/// line, column) and what was expected are enough to fix it.
+fn hide_values_under_shops(message: String) -> String {
+    if !message.starts_with("shops") {
         return message;
     }
+    let (head, tail) = match message.find(", expected") {
+        Some(i) => message.split_at(i),
+        None => (message.as_str(), ""),
+    };
     let mut out = String::with_capacity(message.len());
-    let mut rest = message.as_str();
-    while let Some(i) = rest.find(QUOTED) {
-        out.push_str(&rest[..i]);
-        out.push_str("a string (not shown: it may be a token)");
-        let after = &rest[i + QUOTED.len()..];
-        // The parser writes the value as a Rust string literal: a quote
-        // inside it is escaped, so the first unescaped one closes it.
-        let mut end = after.len();
-        let mut escaped = false;
-        for (j, c) in after.char_indices() {
-            match c {
-                '\\' if !escaped => escaped = true,
-                '"' if !escaped => {
-                    end = j + 1;
-                    break;
+    let mut chars = head.char_indices().peekable();
+    while let Some((_, c)) = chars.next() {
+        match c {
+            // A Rust string literal (a quote inside is escaped) or a
+            // backquoted value (serde never escapes those).
+            '"' | '`' => {
+                let mut escaped = false;
+                for (_, d) in chars.by_ref() {
+                    match d {
+                        '\\' if c == '"' && !escaped => escaped = true,
+                        d if d == c && !escaped => break,
+                        _ => escaped = false,
+                    }
                 }
-                _ => escaped = false,
+                out.push_str("(not shown: it may be a token)");
             }
+            c => out.push(c),
         }
-        rest = &after[end..];
     }
-    out.push_str(rest);
+    out.push_str(tail);
     out
 }
 
@@ -455,7 +458,7 @@ impl Config {
                 path: path.to_path_buf(),
                 line: e.line,
                 column: e.column,
-                message: hide_quoted_strings_under_shops(e.message),
+                message: hide_values_under_shops(e.message),
             })?
         };
         if let Some(l) = f.listen {
@@ -584,26 +587,40 @@ impl Config {
         if let Some(v) = o.holding_secs {
             self.clock.holding = holding("--holding-secs", v)?;
         }
-        for spec in &o.agent_tokens {
+        let n = o.agent_tokens.len();
+        for (i, spec) in o.agent_tokens.iter().enumerate() {
             let mut parts = spec.splitn(3, ':');
             let (Some(shop), Some(agent), Some(token)) = (parts.next(), parts.next(), parts.next())
             else {
                 return Err(invalid(
                     "--agent-token",
-                    format!("`{}` is not SHOP:AGENT:TOKEN", redact(spec)),
+                    format!("entry {} of {n} is not SHOP:AGENT:TOKEN{NOT_SHOWN}", i + 1),
                 ));
             };
+            if check_id("shop id", shop).is_err() || check_id("agent id", agent).is_err() {
+                return Err(invalid(
+                    "--agent-token",
+                    format!("entry {} of {n}: {BAD_IDS}{NOT_SHOWN}", i + 1),
+                ));
+            }
             let entry = self.shops.entry(shop.to_string()).or_default();
             let agent = entry.agents.entry(agent.to_string()).or_default();
             agent.token = token.to_string();
         }
-        for spec in &o.supervisor_tokens {
+        let n = o.supervisor_tokens.len();
+        for (i, spec) in o.supervisor_tokens.iter().enumerate() {
             let Some((shop, token)) = spec.split_once(':') else {
                 return Err(invalid(
                     "--supervisor-token",
-                    format!("`{}` is not SHOP:TOKEN", redact(spec)),
+                    format!("entry {} of {n} is not SHOP:TOKEN{NOT_SHOWN}", i + 1),
                 ));
             };
+            if check_id("shop id", shop).is_err() {
+                return Err(invalid(
+                    "--supervisor-token",
+                    format!("entry {} of {n}: {BAD_IDS}{NOT_SHOWN}", i + 1),
+                ));
+            }
             let entry = self.shops.entry(shop.to_string()).or_default();
             if !entry.supervisors.iter().any(|t| t == token) {
                 entry.supervisors.push(token.to_string());
@@ -842,13 +859,13 @@ pub fn has_hidden_chars(id: &str) -> bool {
     })
 }
 
-/// Keeps a token out of error messages.
-fn redact(spec: &str) -> String {
-    match spec.split_once(':') {
-        Some((shop, _)) => format!("{shop}:…"),
-        None => "…".to_string(),
-    }
-}
+/// A token flag's or variable's entry is never quoted in an error: it
+/// holds a token, and a piece of one when a token held a comma (the
+/// variables separate entries with commas).
+const NOT_SHOWN: &str = " (not shown: it holds a token; in KEFU_AGENT_TOKENS and \
+    KEFU_SUPERVISOR_TOKENS commas separate entries, so a token there cannot hold one)";
+
+const BAD_IDS: &str = "the shop or agent id is not 1-64 letters, digits, `_`, `-`, `.` or `@`";
 
 #[cfg(test)]
 mod tests {
@@ -999,7 +1016,7 @@ mod tests {
             (
                 "bad shop id",
                 flags(|o| o.agent_tokens = vec!["s 1:a1:t".into()]),
-                "must be 1-64 letters",
+                "entry 1 of 1: the shop or agent id is not 1-64 letters",
             ),
             (
                 "empty token",
@@ -1062,44 +1079,72 @@ mod tests {
     /// is. Other settings keep the value, which helps to spot the typo.
     #[test]
     fn yaml_errors_under_shops_do_not_quote_tokens() {
+        const HIDDEN: &str = "(not shown: it may be a token)";
         let cases: &[(&str, &str, &str)] = &[
             (
                 "shops:\n  s1:\n    agents:\n      a1: secret-token-abc\n",
-                "kefu.yaml:4:11: shops.s1.agents.a1: invalid type: a string (not shown: it may be a token), expected struct AgentConfig",
+                "kefu.yaml:4:11: shops.s1.agents.a1: invalid type: string (not shown: it may be a token), expected struct AgentConfig",
                 "secret-token-abc",
             ),
             (
                 "shops:\n  s1:\n    supervisors: sup-secret-xyz\n",
-                "kefu.yaml:3:18: shops.s1.supervisors: invalid type: a string (not shown: it may be a token), expected a sequence",
+                "kefu.yaml:3:18: shops.s1.supervisors: invalid type: string (not shown: it may be a token), expected a sequence",
                 "sup-secret-xyz",
             ),
             (
                 "shops:\n  s1:\n    supervisors: 'q\"uo\\te\" tail'\n",
-                "kefu.yaml:3:18: shops.s1.supervisors: invalid type: a string (not shown: it may be a token), expected a sequence",
+                "kefu.yaml:3:18: shops.s1.supervisors: invalid type: string (not shown: it may be a token), expected a sequence",
                 "tail",
             ),
+            // An all-digit token, also in hex (shown in decimal), a bool,
+            // a number too large for any integer type.
+            ("shops:\n  s1:\n    agents:\n      a1: 1234567890123456\n", HIDDEN, "1234567890123456"),
+            ("shops:\n  s1:\n    agents:\n      a1: 0x1234abcdef\n", HIDDEN, "78193085935"),
+            ("shops:\n  s1:\n    agents:\n      a1: true\n", HIDDEN, "true`"),
+            ("shops:\n  s1:\n    supervisors: 98765432109876543210\n", HIDDEN, "98765432109876543210"),
+            // A token written as a key.
+            ("shops:\n  s1:\n    agents:\n      a1:\n        tok-secret-abc:\n", HIDDEN, "tok-secret-abc"),
+            ("shops:\n  s1:\n    agents:\n      a1: {token: x, tok-secret-def}\n", HIDDEN, "tok-secret-def"),
         ];
         for &(yaml, want, secret) in cases {
             let err = Config::default()
                 .apply_file_text(Path::new("kefu.yaml"), yaml)
                 .unwrap_err()
                 .to_string();
-            assert_eq!(err, want, "{yaml}");
+            assert!(err.contains(want), "{yaml}: {err}");
             assert!(!err.contains(secret), "{err}");
+            assert!(err.contains("shops.s1"), "the place stays: {err}");
         }
-        let err = Config::default()
-            .apply_file_text(
-                Path::new("kefu.yaml"),
-                "listen: [nope]\nclock:\n  target_secs: soon\n",
-            )
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("sequence"), "{err}");
+        // Outside `shops` the value stays: it helps to spot the typo.
         let err = Config::default()
             .apply_file_text(Path::new("kefu.yaml"), "clock:\n  target_secs: soon\n")
             .unwrap_err()
             .to_string();
         assert!(err.contains("\"soon\""), "{err}");
+    }
+
+    /// A token with a comma in KEFU_AGENT_TOKENS splits into entries whose
+    /// pieces must not be printed either (as a shop id, say).
+    #[test]
+    fn flag_entries_with_bad_ids_are_not_quoted() {
+        for (agents, bosses, secret) in [
+            (vec!["s1:a1:abc", "def:ghi"], vec![], "def"),
+            (vec!["s1:a1:abc", "de/f:gh:ij"], vec![], "de/f"),
+            (vec!["s1:a1:abc", "s1:b a:xyz"], vec![], "b a"),
+            (vec![], vec!["bo ss:tok"], "bo ss"),
+        ] {
+            let o = flags(|o| {
+                o.agent_tokens = agents.iter().map(|s| s.to_string()).collect();
+                o.supervisor_tokens = bosses.iter().map(|s| s.to_string()).collect();
+            });
+            let mut c = Config::default();
+            let err = c
+                .apply_overrides(&o)
+                .and_then(|_| c.validate())
+                .unwrap_err()
+                .to_string();
+            assert!(!err.contains(secret), "{err}");
+        }
     }
 
     /// The cap on a shop's open conversations comes from the YAML file
