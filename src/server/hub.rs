@@ -531,6 +531,7 @@ impl Agent {
             online: None,
             convs: BTreeSet::new(),
             moves_at: None,
+            signing_out: false,
         }
     }
 
@@ -554,6 +555,9 @@ struct Agent {
     /// conversations are still theirs until then (no `offline` reply to
     /// their buyers), and only the latest disconnect's move counts.
     moves_at: Option<Instant>,
+    /// Signed out by a settings reload (token changed or removed) but still
+    /// connected until the close is carried out: nothing new goes to them.
+    signing_out: bool,
 }
 
 /// What a history line costs besides its text, about the JSON around it
@@ -1155,6 +1159,7 @@ impl Hub {
                                 changes.changed.push(who);
                                 if let Some(out) = &a.online {
                                     fx.closes.push((out.clone(), signed_out()));
+                                    a.signing_out = true;
                                 }
                             }
                             a.token = ac.token.clone();
@@ -1225,6 +1230,7 @@ impl Hub {
         for aid in ids {
             if let Some(a) = shop.agents.get_mut(aid).filter(|a| !a.removed()) {
                 a.token.clear();
+                a.signing_out = a.online.is_some();
                 changes.removed.push(format!("{shop_id}:{aid}"));
                 removed.push(aid);
             }
@@ -1303,6 +1309,11 @@ impl Hub {
         if !open {
             check_buyer_id(buyer)?;
         }
+        // A shop a reload removed is refused as after a restart without it,
+        // before anything is done to its conversations.
+        if self.shops.get(shop_id).is_some_and(|s| s.removed) {
+            return Err(unknown_shop(shop_id));
+        }
         let replacing = self.close_if_secret_lost(shop_id, buyer, resume, ctx.tb.ms(now), fx);
         let Hub {
             shops,
@@ -1312,21 +1323,9 @@ impl Hub {
             ..
         } = self;
         let Some(shop_key) = shops.get_key_value(shop_id).map(|(k, _)| k.clone()) else {
-            return Err(Refusal::new(
-                ErrorCode::UnknownShop,
-                format!(
-                    "shop `{}` is not served here",
-                    shop_id.chars().take(64).collect::<String>()
-                ),
-            ));
+            return Err(unknown_shop(shop_id));
         };
         let shop = shops.get_mut(shop_id).expect("just found");
-        if shop.removed {
-            return Err(Refusal::new(
-                ErrorCode::UnknownShop,
-                format!("shop `{shop_key}` is not served here any more"),
-            ));
-        }
         let tb = ctx.tb;
         let at = tb.ms(now);
 
@@ -1502,6 +1501,7 @@ impl Hub {
             return Err(refuse());
         }
         agent.moves_at = None;
+        agent.signing_out = false;
         match agent.online.replace(out.clone()) {
             Some(old) => fx.closes.push((old, replaced())),
             None => tell_colleagues(shop, &agent_key, Presence::Online, fx),
@@ -1758,7 +1758,10 @@ impl Hub {
         let shop = shops
             .get_mut(&s.shop)
             .expect("sessions belong to known shops");
-        let Some((to_key, receiver)) = shop.agents.get_key_value(to) else {
+        // A colleague removed by a settings reload is no agent of the shop
+        // any more, though their page may not have closed yet.
+        let Some((to_key, receiver)) = shop.agents.get_key_value(to).filter(|(_, a)| !a.removed())
+        else {
             return Err(Refusal::new(
                 ErrorCode::UnknownAgent,
                 format!(
@@ -1767,7 +1770,7 @@ impl Hub {
                 ),
             ));
         };
-        let Some(to_out) = receiver.online.clone() else {
+        let Some(to_out) = receiver.online.clone().filter(|_| !receiver.signing_out) else {
             return Err(Refusal::new(
                 ErrorCode::AgentOffline,
                 format!("agent `{to}` is not online; pick a colleague who is online"),
@@ -1959,6 +1962,7 @@ impl Hub {
             return; // replaced by a newer connection of the same agent
         }
         agent.online = None;
+        agent.signing_out = false;
         let grace = ctx.config.limits.agent_grace;
         let removed = agent.removed();
         // A removed agent is not coming back: no grace.
@@ -2406,8 +2410,11 @@ fn held<'a>(
 
 /// The online agent with the fewest open conversations (ties: smallest id).
 fn pick_agent(shop: &Shop) -> Option<Arc<str>> {
-    // A removed agent is online until their sign-out is carried out.
-    fewest(shop, |a| a.online.is_some() && !a.removed())
+    // An agent signed out by a reload is online until the close is
+    // carried out.
+    fewest(shop, |a| {
+        a.online.is_some() && !a.signing_out && !a.removed()
+    })
 }
 
 /// Of the agents `which` accepts, the one with the fewest open
@@ -2427,6 +2434,18 @@ fn fewest(shop: &Shop, which: impl Fn(&Agent) -> bool) -> Option<Arc<str>> {
 /// back, the conversation moves with theirs when the grace ends.
 fn pick_returning(shop: &Shop) -> Option<Arc<str>> {
     fewest(shop, Agent::returning)
+}
+
+/// A buyer's hello for a shop not served here (never configured, or
+/// removed by a reload: the same words, as a restart would give).
+fn unknown_shop(shop_id: &str) -> Refusal {
+    Refusal::new(
+        ErrorCode::UnknownShop,
+        format!(
+            "shop `{}` is not served here",
+            shop_id.chars().take(64).collect::<String>()
+        ),
+    )
 }
 
 /// What [`tell_colleagues`] reports of an agent.
@@ -2790,6 +2809,63 @@ mod tests {
     /// Shop s1 (agents a1 小美 and a2, tokens t1 and t2; at most `cap`
     /// open conversations) and s2 (agent b1), the repository's phrases, no
     /// grace for agents who leave.
+    /// An agent a settings reload signs out (removed, or their token
+    /// changed) stays connected until the close is carried out: no
+    /// transfer and no new buyer may go to them meanwhile (found by
+    /// review: both did, and moved again at the close).
+    #[test]
+    fn agents_a_reload_signs_out_get_nothing_new() {
+        type Change = fn(&mut Config);
+        let cases: [(&str, Change, ErrorCode); 2] = [
+            (
+                "removed",
+                |c| {
+                    c.shops.get_mut("s1").unwrap().agents.remove("a2");
+                },
+                ErrorCode::UnknownAgent,
+            ),
+            (
+                "token changed",
+                |c| {
+                    let s1 = c.shops.get_mut("s1").unwrap();
+                    s1.agents.get_mut("a2").unwrap().token = "t2-new".into();
+                },
+                ErrorCode::AgentOffline,
+            ),
+        ];
+        for (name, change, want) in cases {
+            let (config, phrases) = setup(100);
+            let ctx = ctx(&config, &phrases);
+            let mut hub = Hub::new(&config);
+            let now = Instant::now();
+            let mut fx = Effects::default();
+            let a1 = hub
+                .agent_hello(&ctx, "s1", "a1", Some("t1"), &outbox(1), now, &mut fx)
+                .unwrap();
+            hub.agent_hello(&ctx, "s1", "a2", Some("t2"), &outbox(2), now, &mut fx)
+                .unwrap();
+            let buyer = hub
+                .buyer_hello(&ctx, "s1", "b1", None, &outbox(10), now, &mut fx)
+                .unwrap();
+            let cid = buyer.conv.clone();
+            assert_eq!(hub.convs[&cid].agent.as_deref(), Some("a1"), "{name}");
+
+            let mut reloaded = config.clone();
+            change(&mut reloaded);
+            let mut fx = Effects::default();
+            hub.reload_staff(&reloaded, &ctx, now, &mut fx);
+            assert_eq!(fx.closes.len(), 1, "{name}: a2 is signed out");
+
+            let got = hub.transfer(&ctx, &a1, &outbox(1), &cid, "a2", None, now, &mut fx);
+            assert_eq!(got.err().map(|r| r.code), Some(want), "{name}");
+            // a2 holds fewer conversations, but is on the way out.
+            let next = hub
+                .buyer_hello(&ctx, "s1", "b2", None, &outbox(11), now, &mut fx)
+                .unwrap();
+            assert_eq!(hub.convs[&next.conv].agent.as_deref(), Some("a1"), "{name}");
+        }
+    }
+
     fn setup(cap: usize) -> (Config, Phrases) {
         use crate::config::{AgentConfig, ShopConfig};
         let mut config = Config {
