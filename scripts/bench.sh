@@ -138,7 +138,7 @@ YAML
 # minutes by default), so what stays resident afterwards is not theirs.
 { cat "$DATA/kefu-bench.yaml"; echo "  resume_window_secs: 5"; } >"$DATA/kefu-peak.yaml"
 
-# start_server relay|kefu [extra kefu flags]: sets SERVER_PID (KEFU_CONFIG:
+# start_server relay|kefu [extra kefu flags]: sets SERVER_PID (BENCH_KEFU_CONFIG:
 # another settings file for kefu)
 start_server() {
   local which=$1
@@ -154,7 +154,7 @@ start_server() {
     # A private copy of the phrases: an edit in the tree must not reload mid-run.
     rm -rf "$DATA/phrases" && cp -r phrases "$DATA/phrases"
     "${SERVER_CPU[@]}" "$BIN/kefu" serve --listen "127.0.0.1:$KEFU_PORT" --log warn \
-      --config "${KEFU_CONFIG:-$DATA/kefu-bench.yaml}" --data "$DATA/kefu" --phrases "$DATA/phrases" "${TOKENS[@]}" "$@" \
+      --config "${BENCH_KEFU_CONFIG:-$DATA/kefu-bench.yaml}" --data "$DATA/kefu" --phrases "$DATA/phrases" "${TOKENS[@]}" "$@" \
       >>"$OUT/kefu.log" 2>&1 &
     SERVER_PID=$!
     PIDS+=("$SERVER_PID")
@@ -233,7 +233,7 @@ pair idle --idle-connections "$IDLE" --source-ips 4 --hold "$HOLD" --sample-secs
 
 rss_of() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
 if [ "$PEAK" = 1 ]; then
-  KEFU_CONFIG="$DATA/kefu-peak.yaml" start_server kefu
+  BENCH_KEFU_CONFIG="$DATA/kefu-peak.yaml" start_server kefu
   PEAK_RSS_BEFORE=$(rss_of "$SERVER_PID")
   load kefu-peak kefu --rate "$RATE" --buyers "$PEAK_BUYERS" --duration "$DURATION" \
     --reply-delay-ms "$REPLY_DELAY_MS"

@@ -93,7 +93,8 @@ const STATIC: &[(&str, Asset)] = &[
 ];
 
 /// The embedded file served at `path` (the URL path without query string),
-/// if any: `/`, `/buyer`, `/reports` (a trailing slash or `.html` is fine)
+/// if any: `/`, `/buyer`, `/reports` (or with `.html`; a trailing slash is
+/// redirected, see [`slash_redirect`])
 /// and `/static/<file>`. Lookup is an exact match against a fixed table, so
 /// no path can reach anything but these files.
 pub fn asset(path: &str) -> Option<Asset> {

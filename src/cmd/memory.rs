@@ -5,39 +5,62 @@
 //! the log writer dropped, a frame another connection sent) waits on its
 //! owner's list until then. After a peak the workers go quiet and keep it
 //! all: measured (`BENCHMARKS.md`, "Memory after a peak"), 15,000 buyers
-//! at 23,000 messages/s for 5 s left 261 MB resident 30 s after every
-//! conversation had closed, against 33 MB before (glibc's allocator kept as
-//! much until `malloc_trim`). So a worker about to park collects its heap,
-//! at most once every [`EVERY`]: under load that is a few microseconds
-//! every ten seconds (no change in CPU per message, three pairs), and after
-//! the peak it gives back what the closed conversations held: 53 MB. The
-//! collect that does so took 10-18 ms, on a worker with nothing else to do.
+//! at 23,000 messages/s for 5 s still held 261,456 KiB 30 s after the load
+//! ended (their conversations closed 5 s after it), against 32,508 KiB
+//! before; glibc's allocator kept as much until `malloc_trim`. So a worker
+//! collects its heap (`mi_collect`) as it parks, when it has been quiet:
+//! its previous park lasted [`QUIET`] or more, or it has not collected for
+//! [`AT_LEAST_EVERY`] (a load that falls from a peak to a steady trickle
+//! may never leave a worker quiet that long). After that peak: 53,152 KiB.
+//!
+//! The collect that gives a peak back takes 10-18 ms, and tokio runs this
+//! hook while the worker still holds its place (its queue waits, nothing
+//! else is told to take it): hence only when quiet, where a stall meets
+//! few messages; the fallback's collects under a steady load find little
+//! to free and take microseconds (CPU per message unchanged, three pairs).
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
-/// How often at most a worker collects.
-const EVERY: Duration = Duration::from_secs(10);
+/// A park this long says the worker has been quiet.
+const QUIET: Duration = Duration::from_secs(1);
+/// A worker collects at least this often, quiet or not.
+const AT_LEAST_EVERY: Duration = Duration::from_secs(60);
 
 thread_local! {
-    static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
+    static LAST_COLLECT: Cell<Option<Instant>> = const { Cell::new(None) };
+    static PARKED_AT: Cell<Option<Instant>> = const { Cell::new(None) };
+    static LAST_PARK: Cell<Duration> = const { Cell::new(Duration::ZERO) };
 }
 
 /// For tokio's `on_thread_park`: runs on the worker that is about to
 /// park, which is the thread whose heap `mi_collect` collects.
-pub fn collect_when_idle() {
+pub fn collect_when_quiet() {
     let now = Instant::now();
-    let due = LAST.with(|last| match last.get() {
-        Some(t) if now.duration_since(t) < EVERY => false,
-        _ => {
+    PARKED_AT.with(|p| p.set(Some(now)));
+    let due = LAST_COLLECT.with(|last| {
+        let quiet = LAST_PARK.with(Cell::get) >= QUIET;
+        let overdue = last
+            .get()
+            .is_none_or(|t| now.duration_since(t) >= AT_LEAST_EVERY);
+        let due = quiet || overdue;
+        if due {
             last.set(Some(now));
-            true
         }
+        due
     });
     if due {
-        // SAFETY: mi_collect takes no pointers and may be called on any
-        // thread at any time; `false` frees what is already free (no
-        // forced release of the thread's caches).
+        // SAFETY: mi_collect takes no pointers and collects the calling
+        // thread's heap; it must not run inside the allocator or a signal
+        // handler, and tokio calls this hook from neither. `false` frees
+        // what is already free (no forced release of the thread's caches).
         unsafe { libmimalloc_sys::mi_collect(false) };
+    }
+}
+
+/// For tokio's `on_thread_unpark`: how long the park lasted.
+pub fn note_unpark() {
+    if let Some(at) = PARKED_AT.with(Cell::take) {
+        LAST_PARK.with(|l| l.set(at.elapsed()));
     }
 }

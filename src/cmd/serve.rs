@@ -326,7 +326,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .on_thread_park(super::memory::collect_when_idle)
+        .on_thread_park(super::memory::collect_when_quiet)
+        .on_thread_unpark(super::memory::note_unpark)
         .build()
         .context("cannot start the async runtime")?;
     let served: anyhow::Result<()> = runtime.block_on(async {
