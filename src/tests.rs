@@ -550,6 +550,16 @@ const COVERAGE: &[(&str, Option<&str>, &[&str])] = &[
     // a fault described by its symptom
     ("打印机开机就报警", Some(QUALITY), &[]),
     ("插电后就滴滴地响", Some(QUALITY), &[]),
+    // and what those rules must not catch (found by review)
+    ("这个开机时会响吗", None, &[QUALITY]),
+    ("通电后多久能关机", None, &[QUALITY]),
+    ("我用滴滴叫的车", None, &[QUALITY]),
+    ("订单号码不存在", None, &["in_sale.address_change"]),
+    ("运单号码不存在", None, &["in_sale.address_change"]),
+    ("这个价格不能拿了吗", None, &["in_sale.delivery_issue"]),
+    ("现在不能拿货了", None, &["in_sale.delivery_issue"]),
+    ("我拍的少了要补差吗", None, &["after_sale.refund"]),
+    ("你再来看看我的订单", None, &[CLOSING]),
 ];
 
 #[test]
