@@ -253,13 +253,7 @@ async fn a_removed_agent_leaves_the_colleague_lists() {
 /// smallest id of equal load).
 #[tokio::test]
 async fn a_removed_agent_away_within_the_grace_hands_over_at_once() {
-    let mut config = test_config();
-    config.limits.agent_grace = Duration::from_secs(30);
-    let t = spawn_app_with(config.clone()).await;
-    let (_, a1) = hello(&t, "s1", "a1", "t1").await;
-    let mut a1 = a1.unwrap();
-    let (_buyer, welcome, _) = t.buyer("b1").await;
-    a1.recv_until("conversation_assigned").await;
+    let (mut config, t, a1, _buyer, welcome) = a1_holds_b1().await;
     let (_, a2) = hello(&t, "s1", "a2", "t2").await;
     let (_, a3) = hello(&t, "s1", "a3", "t3").await;
     let (mut a2, mut a3) = (a2.unwrap(), a3.unwrap());
@@ -271,12 +265,7 @@ async fn a_removed_agent_away_within_the_grace_hands_over_at_once() {
     s1.agents.remove("a1");
     s1.agents.remove("a2");
     assert_eq!(t.app.reload_staff(&config).removed, ["s1:a1", "s1:a2"]);
-    let moved = tokio::time::timeout(
-        Duration::from_secs(5),
-        a3.recv_until("conversation_assigned"),
-    )
-    .await
-    .expect("moved before the 30 s grace");
+    let moved = moved_before_the_grace(&mut a3).await;
     assert_eq!(moved["conversation"], welcome["conversation"]);
     let (before_close, _) = a2.expect_close().await;
     assert!(
@@ -292,24 +281,37 @@ async fn a_removed_agent_away_within_the_grace_hands_over_at_once() {
 /// review: they waited out the grace).
 #[tokio::test]
 async fn a_removed_agents_conversations_move_at_once() {
-    let mut config = test_config();
-    config.limits.agent_grace = Duration::from_secs(30);
-    let t = spawn_app_with(config.clone()).await;
-    let (_, a1) = hello(&t, "s1", "a1", "t1").await;
-    let mut a1 = a1.unwrap();
-    let (_buyer, welcome, _) = t.buyer("b1").await;
-    let assigned = a1.recv_until("conversation_assigned").await;
-    assert_eq!(assigned["conversation"], welcome["conversation"]);
+    let (mut config, t, _a1, _buyer, welcome) = a1_holds_b1().await;
     let (_, a2) = hello(&t, "s1", "a2", "t2").await;
     let mut a2 = a2.unwrap();
 
     config.shops.get_mut("s1").unwrap().agents.remove("a1");
     assert_eq!(t.app.reload_staff(&config).removed, ["s1:a1"]);
-    let moved = tokio::time::timeout(
+    let moved = moved_before_the_grace(&mut a2).await;
+    assert_eq!(moved["conversation"], welcome["conversation"]);
+}
+
+/// A service with a 30 s grace for agents who leave, a1 signed in and
+/// holding buyer b1's conversation: (settings, service, a1, b1, b1's
+/// welcome).
+async fn a1_holds_b1() -> (kefu::config::Config, TestApp, Client, Client, Value) {
+    let mut config = test_config();
+    config.limits.agent_grace = Duration::from_secs(30);
+    let t = spawn_app_with(config.clone()).await;
+    let (_, a1) = hello(&t, "s1", "a1", "t1").await;
+    let mut a1 = a1.unwrap();
+    let (buyer, welcome, _) = t.buyer("b1").await;
+    let assigned = a1.recv_until("conversation_assigned").await;
+    assert_eq!(assigned["conversation"], welcome["conversation"]);
+    (config, t, a1, buyer, welcome)
+}
+
+/// The next `conversation_assigned` of `agent`, well before the 30 s grace.
+async fn moved_before_the_grace(agent: &mut Client) -> Value {
+    tokio::time::timeout(
         Duration::from_secs(5),
-        a2.recv_until("conversation_assigned"),
+        agent.recv_until("conversation_assigned"),
     )
     .await
-    .expect("moved before the 30 s grace");
-    assert_eq!(moved["conversation"], welcome["conversation"]);
+    .expect("moved before the 30 s grace")
 }

@@ -93,3 +93,22 @@ export async function deskContext(browser) {
   context.setDefaultTimeout(10000);
   return context;
 }
+
+/** Signs `page` in at the workbench under `base` as `agent` of `shop`; resolves once connected. */
+export async function signInAgent(page, base, shop, agent, token) {
+  await page.goto(`${base}/`);
+  await page.fill("#in-shop", shop);
+  await page.fill("#in-agent", agent);
+  await page.fill("#in-token", token);
+  await page.click("#signin button[type=submit]");
+  await page.locator("#status.on").waitFor();
+}
+
+/** Opens the buyer page at `url` as `buyer` of `shop`; resolves once the bot has greeted them. */
+export async function signInBuyer(page, url, shop, buyer) {
+  await page.goto(url);
+  await page.fill("#in-shop", shop);
+  await page.fill("#in-buyer", buyer);
+  await page.click("#signin button[type=submit]");
+  await page.locator(".msg[data-from=bot]").first().waitFor();
+}

@@ -7,7 +7,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { startServer, launchBrowser, deskContext, ARTIFACTS } from "./server.mjs";
+import { startServer, launchBrowser, deskContext, signInAgent, signInBuyer, ARTIFACTS } from "./server.mjs";
 
 const SHOP = "s1";
 const settings = (token) => `shops:\n  ${SHOP}:\n    name: 测试旗舰店\n    agents:\n      a1:\n        token: ${token}\n`;
@@ -71,21 +71,12 @@ test("a colleague removed by a reload leaves the transfer list and is no longer 
   await a.locator("#status.on").waitFor();
   const b = await context.newPage();
   b.on("pageerror", (e) => pageErrors.push(e.message));
-  await b.goto(`${server.url}/`);
-  await b.fill("#in-shop", SHOP);
-  await b.fill("#in-agent", "a2");
-  await b.fill("#in-token", "token-a2-to-remove");
-  await b.click("#signin button[type=submit]");
-  await b.locator("#status.on").waitFor();
+  await signInAgent(b, server.url, SHOP, "a2", "token-a2-to-remove");
 
-  // A buyer for a1 (fewer conversations... equal: the smaller id), so 转接 opens.
+  // A buyer for a1 (equal load: the smaller id), so 转接 opens.
   const buyer = await context.newPage();
   buyer.on("pageerror", (e) => pageErrors.push(e.message));
-  await buyer.goto(`${server.url}/buyer`);
-  await buyer.fill("#in-shop", SHOP);
-  await buyer.fill("#in-buyer", "b-removed");
-  await buyer.click("#signin button[type=submit]");
-  await buyer.locator(".msg[data-from=bot]").first().waitFor();
+  await signInBuyer(buyer, `${server.url}/buyer`, SHOP, "b-removed");
   await buyer.fill("#text", "在吗？");
   await buyer.press("#text", "Enter");
   await a.locator("#convs .conv", { hasText: "b-removed" }).waitFor();

@@ -11,7 +11,7 @@ import { mkdirSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
 import path from "node:path";
-import { startServer, launchBrowser, deskContext, ARTIFACTS } from "./server.mjs";
+import { startServer, launchBrowser, deskContext, signInAgent, signInBuyer, ARTIFACTS } from "./server.mjs";
 
 const SHOP = "s1";
 const PREFIX = "/kefu";
@@ -89,22 +89,13 @@ function watch(page, name) {
 test("the workbench, the buyer page and the reports work under a proxy's sub-path", async () => {
   const agent = await context.newPage();
   watch(agent, "agent");
-  await agent.goto(`${base}/`);
-  await agent.fill("#in-shop", SHOP);
-  await agent.fill("#in-agent", "a1");
-  await agent.fill("#in-token", "token-a1");
-  await agent.click("#signin button[type=submit]");
-  await agent.locator("#status.on").waitFor();
+  await signInAgent(agent, base, SHOP, "a1", "token-a1");
 
   // The trailing slash redirects beside itself, still under the prefix.
   const buyer = await context.newPage();
   watch(buyer, "buyer");
-  await buyer.goto(`${base}/buyer/`);
+  await signInBuyer(buyer, `${base}/buyer/`, SHOP, "b-subpath");
   assert.equal(new URL(buyer.url()).pathname, `${PREFIX}/buyer`);
-  await buyer.fill("#in-shop", SHOP);
-  await buyer.fill("#in-buyer", "b-subpath");
-  await buyer.click("#signin button[type=submit]");
-  await buyer.locator(".msg[data-from=bot]").first().waitFor();
   await buyer.fill("#text", "什么时候发货？");
   await buyer.press("#text", "Enter");
   await agent.locator("#convs .conv", { hasText: "b-subpath" }).waitFor();
