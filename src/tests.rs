@@ -559,6 +559,7 @@ const COVERAGE: &[(&str, Option<&str>, &[&str])] = &[
     ("这个价格不能拿了吗", None, &["in_sale.delivery_issue"]),
     ("现在不能拿货了", None, &["in_sale.delivery_issue"]),
     ("我拍的少了要补差吗", None, &["after_sale.refund"]),
+    ("这单我要补差价", Some("after_sale.refund"), &[]),
     ("你再来看看我的订单", None, &[CLOSING]),
 ];
 
