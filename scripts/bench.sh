@@ -223,6 +223,8 @@ pair light --rate "$LIGHT_RATE" --buyers "$BUYERS" --duration "$DURATION" \
 SWEEP_RATES=()
 for f in $SWEEP; do
   rate=$(awk -v m="$KEFU_MAX" -v f="$f" 'BEGIN { r = int(m * f / 100) * 100; if (r < 100) r = 100; print r }')
+  # Two fractions that round to one rate (a small maximum) run once.
+  case " ${SWEEP_RATES[*]:-} " in *" $rate "*) continue ;; esac
   SWEEP_RATES+=("$rate")
   pair "sweep$rate" --rate "$rate" --buyers "$BUYERS" --duration "$DURATION" \
     --reply-delay-ms "$REPLY_DELAY_MS"
