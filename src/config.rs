@@ -262,14 +262,14 @@ fn hide_values_under_shops(message: String) -> String {
         None => (message.as_str(), ""),
     };
     let mut out = String::with_capacity(message.len());
-    let mut chars = head.char_indices().peekable();
-    while let Some((_, c)) = chars.next() {
+    let mut chars = head.chars();
+    while let Some(c) = chars.next() {
         match c {
             // A Rust string literal (a quote inside is escaped) or a
             // backquoted value (serde never escapes those).
             '"' | '`' => {
                 let mut escaped = false;
-                for (_, d) in chars.by_ref() {
+                for d in chars.by_ref() {
                     match d {
                         '\\' if c == '"' && !escaped => escaped = true,
                         d if d == c && !escaped => break,
