@@ -11,6 +11,34 @@ use kefu::report::{self, GroupBy, ReportOptions};
 use kefu::store::{self, Query, Reader, Store, StoreHandle, StoreOptions, DB_FILE, SCHEMA_VERSION};
 use rusqlite::Connection;
 
+/// A child process gets a copy of every descriptor this test process has
+/// open at the fork, the data directories' locks included (they are
+/// closed only at its exec). A test that closes a store and locks the
+/// directory again (a reopen, a prune) could meet the copy held by another
+/// test's child for that moment and be refused as "beside a running
+/// service" (seen once in CI). So children are started only while no such
+/// test runs: those hold [`no_children`], [`kefu_cli`] takes the write side.
+static CHILDREN: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn no_children() -> std::sync::RwLockReadGuard<'static, ()> {
+    CHILDREN.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs the `kefu` binary with `args` (never the caller's KEFU_DATA).
+fn kefu_cli(args: &[&str]) -> std::process::Output {
+    let child = {
+        let _started = CHILDREN.write().unwrap_or_else(|e| e.into_inner());
+        Command::new(env!("CARGO_BIN_EXE_kefu"))
+            .args(args)
+            .env_remove("KEFU_DATA")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    child.wait_with_output().unwrap()
+}
+
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
@@ -61,6 +89,7 @@ fn event(i: usize) -> Event {
 
 #[test]
 fn everything_recorded_is_read_back_after_close() {
+    let _no_children = no_children();
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     // Four recorders at once, as the service's connections would.
@@ -91,6 +120,7 @@ fn everything_recorded_is_read_back_after_close() {
 
 #[test]
 fn reopening_appends_and_queries_filter_by_time_and_shop() {
+    let _no_children = no_children();
     let dir = tempfile::tempdir().unwrap();
     for round in 0..2 {
         let store = Store::open(dir.path()).unwrap();
@@ -114,6 +144,7 @@ fn reopening_appends_and_queries_filter_by_time_and_shop() {
 
 #[test]
 fn flush_makes_events_visible_while_the_store_runs() {
+    let _no_children = no_children();
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let h = store.handle();
@@ -140,6 +171,7 @@ fn a_handle_without_a_store_discards_quietly() {
 /// lost without being counted.
 #[test]
 fn a_full_queue_drops_and_counts_instead_of_blocking() {
+    let _no_children = no_children();
     let dir = tempfile::tempdir().unwrap();
     let opts = StoreOptions {
         queue_capacity: 4,
@@ -244,6 +276,7 @@ async fn a_buyer_waits_for_room_while_the_writer_is_behind() {
 /// table is back, later events are stored.
 #[test]
 fn a_failing_commit_counts_its_events_as_dropped_and_the_writer_goes_on() {
+    let _no_children = no_children();
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let h = store.handle();
@@ -284,6 +317,7 @@ fn a_failing_commit_counts_its_events_as_dropped_and_the_writer_goes_on() {
 /// per transaction would only put it further behind.
 #[test]
 fn a_backlog_is_committed_in_batches_not_one_by_one() {
+    let _no_children = no_children();
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let h = store.handle();
@@ -321,6 +355,7 @@ const V1: &str = "CREATE TABLE events (
 
 #[test]
 fn an_old_schema_is_upgraded_on_open_and_keeps_its_events() {
+    let _no_children = no_children();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(DB_FILE);
     Connection::open(&path).unwrap().execute_batch(V1).unwrap();
@@ -354,6 +389,7 @@ fn an_old_schema_is_upgraded_on_open_and_keeps_its_events() {
 
 #[test]
 fn a_newer_schema_is_refused_untouched() {
+    let _no_children = no_children();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(DB_FILE);
     let conn = Connection::open(&path).unwrap();
@@ -380,11 +416,7 @@ fn a_missing_log_is_a_clear_error() {
 }
 
 fn kefu(args: &[&str]) -> (String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kefu"))
-        .args(args)
-        .env_remove("KEFU_DATA")
-        .output()
-        .unwrap();
+    let out = kefu_cli(args);
     let (o, e) = (
         String::from_utf8(out.stdout).unwrap(),
         String::from_utf8(out.stderr).unwrap(),
@@ -485,6 +517,7 @@ fn export_then_report_from_the_file_equals_report_from_the_log() {
 /// for the whole log and for a window (whole conversations).
 #[test]
 fn the_parallel_report_read_returns_every_event_once() {
+    let _no_children = no_children();
     let dir = tempfile::tempdir().unwrap();
     let all: Vec<Event> = (0..150_000).map(event).collect();
     store::import(dir.path(), &all).unwrap();
@@ -545,6 +578,7 @@ fn the_parallel_report_read_returns_every_event_once() {
 /// directory is free again once the first store is closed.
 #[test]
 fn a_data_directory_serves_one_store_at_a_time() {
+    let _no_children = no_children();
     let dir = tempfile::tempdir().unwrap();
     let first = Store::open(dir.path()).unwrap();
     let err = Store::open(dir.path())
@@ -590,13 +624,7 @@ fn import_is_all_or_nothing_and_not_beside_a_running_service() {
     let count =
         |d: &Path| store::Reader::open(d).map_or(0, |r| r.events(&Query::default()).unwrap().len());
 
-    let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_kefu"))
-            .args(args)
-            .env_remove("KEFU_DATA")
-            .output()
-            .unwrap()
-    };
+    let run = kefu_cli;
     let out = run(&["events", "import", f, "--data", d]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
@@ -709,6 +737,7 @@ fn reports_from(reader: &Reader, from: i64, shop: Option<&str>) -> Vec<String> {
 /// after the prune as before it.
 #[test]
 fn prune_deletes_whole_conversations_older_than_the_cutoff() {
+    let _no_children = no_children();
     let (all, cutoff) = prune_log();
     let start = all.iter().map(|e| e.ts_ms).min().unwrap();
     let end = all.iter().map(|e| e.ts_ms).max().unwrap();
@@ -788,6 +817,7 @@ fn prune_deletes_whole_conversations_older_than_the_cutoff() {
 /// cutoff later than a day ago is refused whatever the directory.
 #[test]
 fn prune_refuses_a_running_service_and_a_recent_cutoff() {
+    let _no_children = no_children();
     let (all, cutoff) = prune_log();
     let dir = tempfile::tempdir().unwrap();
     store::import(dir.path(), &all).unwrap();
