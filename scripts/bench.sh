@@ -5,6 +5,7 @@
 #   SOAK=1 scripts/bench.sh          # + 10,000 idle connections held 5 minutes
 #   TIMERS=1 scripts/bench.sh        # + 100,000 running clocks: nudge/breach lateness
 #   OVERLOAD=1 scripts/bench.sh      # + kefu offered 1.4 x its maximum: what a peak does
+#   FALL=1 scripts/bench.sh          # + a light load right after a peak (about 3 minutes)
 #
 # Steps, each bounded in time, each on a freshly started relay and kefu with
 # the same load (BUYERS buyers, AGENTS agents answering every message):
@@ -21,12 +22,16 @@
 #   comes with every run. SOAK and TIMERS add the soak and the clock runs;
 #   OVERLOAD an open-loop run of kefu at OVERLOAD_X times its maximum:
 #   whether every message still arrives, who is disconnected, and how many
-#   events the log dropped (from the server's log).
+#   events the log dropped (from the server's log). FALL: a fresh kefu takes
+#   a peak like the PEAK step's, then at once a second shop's light load
+#   (FALL_RATE msg/s from 200 buyers for FALL_SECS s), and the same light
+#   load on a fresh kefu without the peak: what giving the peak's memory
+#   back (src/cmd/memory.rs) costs the buyers who are still there.
 # Results: $OUT/*.json (one JSON line per run) and $OUT/results.md (tables for
 # BENCHMARKS.md). Every process started here is stopped on exit.
 #
 # Knobs (environment): BUYERS AGENTS DURATION INFLIGHT MAX_REPS LIGHT_RATE SWEEP IDLE HOLD
-# PEAK PEAK_BUYERS PEAK_WAIT
+# PEAK PEAK_BUYERS PEAK_WAIT FALL FALL_RATE FALL_SECS
 # SOAK SOAK_SECS TIMERS CLOCKS CLOCK_NUDGE CLOCK_TARGET OVERLOAD OVERLOAD_X REPLY_DELAY_MS
 # PIN (1: servers on CPU 0, generator on CPU 1) OUT BIN (prebuilt binaries)
 # MESSAGES (a file of buyer texts; default ../shared/corpus/jddc_buyer_messages.txt
@@ -50,6 +55,9 @@ HOLD=${HOLD:-15}
 PEAK=${PEAK:-1}
 PEAK_BUYERS=${PEAK_BUYERS:-15000}
 PEAK_WAIT=${PEAK_WAIT:-30}
+FALL=${FALL:-0}
+FALL_RATE=${FALL_RATE:-100}
+FALL_SECS=${FALL_SECS:-75}
 SOAK=${SOAK:-0}
 SOAK_SECS=${SOAK_SECS:-300}
 TIMERS=${TIMERS:-0}
@@ -244,6 +252,23 @@ if [ "$PEAK" = 1 ]; then
   stop_server
 fi
 
+# A falling load: the light load's agents are a second shop's, so their
+# welcome does not carry the peak's thousands of open conversations.
+if [ "$FALL" = 1 ]; then
+  FALL_TOKENS=()
+  for i in $(seq 1 "$AGENTS"); do FALL_TOKENS+=(--agent-token "s2:a$i:ftok-$i"); done
+  for before in peak none; do
+    BENCH_KEFU_CONFIG="$DATA/kefu-peak.yaml" start_server kefu "${FALL_TOKENS[@]}"
+    if [ "$before" = peak ]; then
+      load kefu-fall-peak kefu --rate "$RATE" --buyers "$PEAK_BUYERS" --duration "$DURATION" \
+        --reply-delay-ms "$REPLY_DELAY_MS"
+    fi
+    load "kefu-fall-after-$before" kefu --shop s2 --token-prefix ftok- --rate "$FALL_RATE" \
+      --buyers 200 --duration "$FALL_SECS" --reply-delay-ms "$REPLY_DELAY_MS"
+    stop_server
+  done
+fi
+
 if [ "$SOAK" = 1 ]; then
   start_server kefu
   load kefu-soak kefu --idle-connections "$IDLE" --source-ips 4 --hold "$SOAK_SECS" \
@@ -269,10 +294,15 @@ if [ "$OVERLOAD" = 1 ]; then
   start_server kefu
   load kefu-overload kefu --rate "$OVER_RATE" --buyers "$BUYERS" --duration "$DURATION" --drain 20 \
     --reply-delay-ms "$REPLY_DELAY_MS"
+  # The generator stops reading its agents as it exits, and the server may
+  # drop one for that in its last milliseconds: slow readers count up to a
+  # second before the run ended (the log's UTC times compare as text).
+  over_cut=$(date -u -d "@$(($(date -u +%s) - 1))" +%Y-%m-%dT%H:%M:%S)
   stop_server
   # The server reports the events its log dropped when it closes.
   OVER_DROPPED=$(tail -n "+$log_from" "$OUT/kefu.log" | { grep -o 'dropped=[0-9]*' || true; } | tail -1 | cut -d= -f2)
-  OVER_KICKED=$(tail -n "+$log_from" "$OUT/kefu.log" | { grep -c 'does not read its messages' || true; })
+  OVER_KICKED=$(tail -n "+$log_from" "$OUT/kefu.log" |
+    awk -v cut="$over_cut" '/does not read its messages/ && $1 < cut { n++ } END { print n + 0 }')
 fi
 
 # Tables.
@@ -333,6 +363,17 @@ cpu_model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
     echo
     echo "Memory after a peak: kefu with $PEAK_BUYERS buyers at $(fmt "$(j kefu-peak .rate_offered)" 0) msg/s for ${DURATION} s ($(j kefu-peak .delivered) messages delivered), conversations closing 5 s after their buyer left: RSS $PEAK_RSS_BEFORE KiB before, $(j kefu-peak .server_rss_kib) KiB at the end of the load, **$PEAK_RSS_AFTER KiB** ${PEAK_WAIT} s later."
   fi
+  if [ "$FALL" = 1 ]; then
+    echo
+    echo "A falling load: a fresh kefu takes a peak ($(fmt "$(j kefu-fall-peak .rate_offered)" 0) msg/s from $PEAK_BUYERS buyers for ${DURATION} s, RSS $(j kefu-fall-peak .server_rss_kib) KiB at its end), then at once a second shop's $FALL_RATE msg/s from 200 buyers for ${FALL_SECS} s; the same light load on a fresh kefu without the peak. Latency of the light load from send, µs:"
+    echo
+    echo "| Before the light load | p50 | p99 | p99.9 | max | over 40 ms | RSS at its end, KiB |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
+    for before in peak none; do
+      f="kefu-fall-after-$before"
+      echo "| $( [ "$before" = peak ] && echo "the peak" || echo "no peak") | $(fmt "$(j "$f" .latency_from_send.p50_us)" 0) | $(fmt "$(j "$f" .latency_from_send.p99_us)" 0) | $(fmt "$(j "$f" .latency_from_send.p999_us)" 0) | $(fmt "$(j "$f" .latency_from_send.max_us)" 0) | $(j "$f" .latency_from_send.n_ge_40ms) | $(j "$f" .server_rss_kib) |"
+    done
+  fi
   if [ "$SOAK" = 1 ]; then
     echo
     echo "Soak: kefu holding $(j kefu-soak .connected) idle connections for ${SOAK_SECS} s, RSS sampled every 10 s: $(j kefu-soak .rss_open_kib) KiB after opening, min $(j kefu-soak .rss_min_kib) / max $(j kefu-soak .rss_max_kib) KiB during the hold, $(j kefu-soak .rss_end_kib) KiB at the end; $(j kefu-soak .alive_at_end) connections still open. Samples (KiB): $(j kefu-soak '.rss_samples_kib | map(tostring) | join(", ")')."
@@ -359,7 +400,7 @@ cpu_model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
   fi
   if [ "$OVERLOAD" = 1 ]; then
     echo
-    echo "Beyond the maximum: kefu offered $OVER_RATE msg/s (${OVERLOAD_X} x its maximum) for ${DURATION} s, open loop, then 20 s to drain: $(j kefu-overload .delivered) of $(j kefu-overload .sent) buyer messages reached an agent, $(fmt "$(j kefu-overload .throughput_mps)" 0) msg/s delivered in the measured window; $(j kefu-overload .disconnects) agent disconnects seen by the generator, ${OVER_KICKED} connections dropped as slow readers by the server, ${OVER_DROPPED:-0} events dropped by the event log; latency from the schedule p50 $(fmt "$(j kefu-overload .latency_from_due.p50_us)" 0) µs, p99 $(fmt "$(j kefu-overload .latency_from_due.p99_us)" 0) µs (the backlog a peak builds); server RSS $(j kefu-overload .server_rss_kib) KiB at the end."
+    echo "Beyond the maximum: kefu offered $OVER_RATE msg/s (${OVERLOAD_X} x its maximum) for ${DURATION} s, open loop, then 20 s to drain: $(j kefu-overload .delivered) of $(j kefu-overload .sent) buyer messages reached an agent, $(fmt "$(j kefu-overload .throughput_mps)" 0) msg/s delivered in the measured window; $(j kefu-overload .disconnects) agent disconnects seen by the generator, ${OVER_KICKED} connections dropped as slow readers by the server during the run, ${OVER_DROPPED:-0} events dropped by the event log; latency from the schedule p50 $(fmt "$(j kefu-overload .latency_from_due.p50_us)" 0) µs, p99 $(fmt "$(j kefu-overload .latency_from_due.p99_us)" 0) µs (the backlog a peak builds); server RSS $(j kefu-overload .server_rss_kib) KiB at the end."
   fi
 } | tee "$OUT/results.md"
 echo "bench.sh: JSON per run in $OUT/*.json, tables in $OUT/results.md" >&2

@@ -6,7 +6,7 @@ mod cmd;
 /// dozen short-lived allocations (frames, JSON, the event) on two worker
 /// threads. At 6,000 messages/s this took the server's CPU per message
 /// from 161-169 µs to 145-155 µs, and its p50 latency from 200-310 µs to
-/// 130-180 µs (BENCHMARKS.md). The relay and the load generator use it too,
+/// 130-180 µs (docs/benchmarks-history.md, "What changed"). The relay and the load generator use it too,
 /// so the comparison stays like for like.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -95,7 +95,7 @@ pub const MIGRATIONS: &[&str] = &[
     // 3: no index by conversation. Conversation ids are random, so every
     // event went to a random leaf of it: with 4,000 open conversations that
     // cost 20 µs of CPU and 50 µs of disk wait per event, eight times the
-    // insert itself (`examples`-style measurement in BENCHMARKS.md), and
+    // insert itself (docs/benchmarks-history.md, "What changed"), and
     // reports do not need it (they scan row-id ranges, see
     // `Reader::read_for_report`).
     "DROP INDEX IF EXISTS events_conversation;",

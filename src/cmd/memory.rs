@@ -4,20 +4,24 @@
 //! next allocates or frees, and a block freed by another thread (an event
 //! the log writer dropped, a frame another connection sent) waits on its
 //! owner's list until then. After a peak the workers go quiet and keep it
-//! all: measured (`BENCHMARKS.md`, "Memory after a peak"), 15,000 buyers
-//! at 23,000 messages/s for 5 s still held 261,456 KiB 30 s after the load
-//! ended (their conversations closed 5 s after it), against 32,508 KiB
-//! before; glibc's allocator kept as much until `malloc_trim`. So a worker
-//! collects its heap (`mi_collect`) as it parks, when it has been quiet:
-//! its previous park lasted [`QUIET`] or more, or it has not collected for
-//! [`AT_LEAST_EVERY`] (a load that falls from a peak to a steady trickle
-//! may never leave a worker quiet that long). After that peak: 53,152 KiB.
+//! all: measured (docs/benchmarks-history.md, "Memory after a peak"),
+//! 15,000 buyers at 23,000 messages/s for 5 s still held 261,456 KiB 30 s
+//! after the load ended (their conversations closed 5 s after it), against
+//! 32,508 KiB before; glibc's allocator kept as much until `malloc_trim`.
+//! So a worker collects its heap (`mi_collect`) as it parks, when it has
+//! been quiet: its previous park lasted [`QUIET`] or more, or it has not
+//! collected for [`AT_LEAST_EVERY`] (a load that falls from a peak to a
+//! steady trickle may never leave a worker quiet that long). After that
+//! peak: 53,152 KiB.
 //!
 //! The collect that gives a peak back takes 10-18 ms, and tokio runs this
 //! hook while the worker still holds its place (its queue waits, nothing
 //! else is told to take it): hence only when quiet, where a stall meets
 //! few messages; the fallback's collects under a steady load find little
 //! to free and take microseconds (CPU per message unchanged, three pairs).
+//! A light load that follows a peak meets the big collect as one slowest
+//! message of 7-14 ms, its p99 unchanged (`FALL=1 scripts/bench.sh`,
+//! BENCHMARKS.md "A falling load after a peak").
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};

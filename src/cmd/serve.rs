@@ -258,7 +258,8 @@ fn fit_connections_to_open_files(_config: &mut Config) {}
 /// the allocator hands back, the worker that touched it stalls for
 /// milliseconds and the buyers behind it wait: at 16,700 buyer messages a
 /// second on the 2-core bench machine the p99 was 2.9-3.4 ms with huge
-/// pages and 0.7-1.3 ms without (BENCHMARKS.md, fourteenth session).
+/// pages and 0.7-1.3 ms without (docs/benchmarks-history.md, fourteenth
+/// session).
 /// Small pages cost a little more TLB work, which this service, mostly
 /// small objects touched once, does not notice.
 #[cfg(target_os = "linux")]
