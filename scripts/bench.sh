@@ -294,9 +294,10 @@ if [ "$OVERLOAD" = 1 ]; then
   start_server kefu
   load kefu-overload kefu --rate "$OVER_RATE" --buyers "$BUYERS" --duration "$DURATION" --drain 20 \
     --reply-delay-ms "$REPLY_DELAY_MS"
-  # The generator stops reading its agents as it exits, and the server may
-  # drop one for that in its last milliseconds: slow readers count up to a
-  # second before the run ended (the log's UTC times compare as text).
+  # The generator stops reading its agents as it shuts down, and the server
+  # may drop one for that in its last milliseconds: slow readers count until
+  # the whole second before the one the run ended in (1-2 s before its end;
+  # the log's UTC times compare as text).
   over_cut=$(date -u -d "@$(($(date -u +%s) - 1))" +%Y-%m-%dT%H:%M:%S)
   stop_server
   # The server reports the events its log dropped when it closes.
