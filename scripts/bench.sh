@@ -20,10 +20,11 @@
 #      5 s after their buyer leaves, RSS PEAK_WAIT s after the load;
 #   CPU per message (server utime+stime over the measured window / messages)
 #   comes with every run, and the results count the messages over 40 ms (the
-#   Nagle target) over every latency run but the overload's. SOAK and TIMERS add the soak and the clock runs;
-#   OVERLOAD an open-loop run of kefu at OVERLOAD_X times its maximum:
-#   whether every message still arrives, who is disconnected, and how many
-#   events the log dropped (from the server's log). FALL: a fresh kefu takes
+#   Nagle target) over every latency run but the overload's. SOAK and TIMERS
+#   add the soak and the clock runs; OVERLOAD an open-loop run of kefu at
+#   OVERLOAD_X times its maximum: whether every message still arrives, who
+#   is disconnected, and how many events the log dropped (from the server's
+#   log). FALL: a fresh kefu takes
 #   a peak like the PEAK step's, then at once a second shop's light load
 #   (FALL_RATE msg/s from 200 buyers for FALL_SECS s), and the same light
 #   load on a fresh kefu without the peak: what giving the peak's memory
