@@ -24,11 +24,11 @@
 #   add the soak and the clock runs; OVERLOAD an open-loop run of kefu at
 #   OVERLOAD_X times its maximum: whether every message still arrives, who
 #   is disconnected, and how many events the log dropped (from the server's
-#   log). FALL: a fresh kefu takes
-#   a peak like the PEAK step's, then at once a second shop's light load
-#   (FALL_RATE msg/s from 200 buyers for FALL_SECS s), and the same light
-#   load on a fresh kefu without the peak: what giving the peak's memory
-#   back (src/cmd/memory.rs) costs the buyers who are still there.
+#   log). FALL: a fresh kefu takes a peak like the PEAK step's, then at once
+#   a second shop's light load (FALL_RATE msg/s from 200 buyers for
+#   FALL_SECS s), and the same light load on a fresh kefu without the peak:
+#   what giving the peak's memory back (src/cmd/memory.rs) costs the buyers
+#   who are still there.
 # Results: $OUT/*.json (one JSON line per run) and $OUT/results.md (tables for
 # BENCHMARKS.md). Every process started here is stopped on exit.
 #
