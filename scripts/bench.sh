@@ -13,7 +13,9 @@
 #      delivery to an agent makes the next buyer send one);
 #   2. latency, open loop, at half of kefu's maximum and at LIGHT_RATE, and
 #      at the fractions SWEEP of kefu's maximum (default 0.25 0.33 0.4): where
-#      each server's p99 crosses 1 ms, and how busy it is there;
+#      each server's p99 crosses 1 ms, and how busy it is there; and the
+#      relay alone at half of its own maximum: the latency target applied to
+#      the bare transport on the same host;
 #   3. resident memory per idle connection: IDLE greeted buyers from
 #      127.0.0.1-4; and memory after a peak (PEAK=1, the default):
 #      PEAK_BUYERS buyers at the half-maximum rate, conversations closing
@@ -240,6 +242,14 @@ for f in $SWEEP; do
     --reply-delay-ms "$REPLY_DELAY_MS"
 done
 
+# The latency target (p99 under 1 ms at half the maximum) applied to the
+# bare transport: the relay at half of its own maximum.
+RELAY_RATE=$(awk -v m="$(j relay-max .throughput_mps)" 'BEGIN { r = int(m / 2 / 100) * 100; if (r < 100) r = 100; print r }')
+start_server relay
+load relay-ownhalf relay --rate "$RELAY_RATE" --buyers "$BUYERS" --duration "$DURATION" \
+  --reply-delay-ms "$REPLY_DELAY_MS"
+stop_server
+
 # 3. Memory per idle connection.
 pair idle --idle-connections "$IDLE" --source-ips 4 --hold "$HOLD" --sample-secs 5 --agents 1
 
@@ -355,6 +365,9 @@ cpu_model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
     done
     echo
   fi
+  f=.latency_from_send
+  echo "The relay at half of its own maximum ($(fmt "$(j relay-ownhalf .rate_offered)" 0) msg/s, the same target applied to the transport alone), from send, µs: p50 $(fmt "$(j relay-ownhalf "$f.p50_us")" 0), p99 **$(fmt "$(j relay-ownhalf "$f.p99_us")" 0)**, p99.9 $(fmt "$(j relay-ownhalf "$f.p999_us")" 0), max $(fmt "$(j relay-ownhalf "$f.max_us")" 0); relay CPU $(fmt "$(j relay-ownhalf .server_cpu_pct)" 0) %, generator $(fmt "$(j relay-ownhalf .generator_cpu_pct)" 0) % of one core (kefu at half of its maximum: generator $(fmt "$(j kefu-half .generator_cpu_pct)" 0) %)."
+  echo
   # The Nagle target: no message over 40 ms. Every run of this script that
   # measured latency counts, but the overload's, whose backlog is seconds.
   LAT_RUNS=()
@@ -374,7 +387,7 @@ cpu_model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
     done
     echo "$which $over in $n runs (largest $(fmt "$(awk -v w="$worst" 'BEGIN { print w / 1000 }')") ms)"
   }
-  echo "Messages over 40 ms from send (the Nagle target), every latency run of this script but the overload: $(over40 relay "${LAT_RUNS[@]}"); $(over40 kefu "${LAT_RUNS[@]}" "${KEFU_ONLY[@]}")."
+  echo "Messages over 40 ms from send (the Nagle target), every latency run of this script but the overload: $(over40 relay "${LAT_RUNS[@]}" ownhalf); $(over40 kefu "${LAT_RUNS[@]}" "${KEFU_ONLY[@]}")."
   echo
   echo "Idle connections: greeted buyers from 4 source addresses (127.0.0.1-4), 1 agent, held ${HOLD} s:"
   echo

@@ -60,6 +60,8 @@ use tokio_tungstenite::WebSocketStream;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 type Ws = WebSocketStream<TcpStream>;
+type BuyerSink = futures_util::stream::SplitSink<Ws, Message>;
+type BuyerStream = futures_util::stream::SplitStream<Ws>;
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
 enum Target {
@@ -305,6 +307,23 @@ impl Shared {
         if buyers[next].send(Cmd { seq, due_ns: None }).is_err() {
             self.c.unsent.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts one buyer send that went out (`ok`) or failed; false when the
+    /// buyer's connection is gone.
+    fn count_send(&self, ok: bool, due_ns: u64) -> bool {
+        if !ok {
+            if !self.stopping.load(Ordering::Relaxed) {
+                self.c.disconnects.fetch_add(1, Ordering::Relaxed);
+                self.error("buyer_send_failed");
+            }
+            return false;
+        }
+        self.c.sent.fetch_add(1, Ordering::Relaxed);
+        if self.in_window(due_ns) {
+            self.c.sent_window.fetch_add(1, Ordering::Relaxed);
+        }
+        true
     }
 
     fn in_window(&self, due_ns: u64) -> bool {
@@ -687,60 +706,102 @@ async fn buyer_task(
     mut rx: mpsc::UnboundedReceiver<Cmd>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let base = index.wrapping_mul(7919);
     loop {
         tokio::select! {
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { break };
                 let sent = shared.now_ns();
-                let due = cmd.due_ns.unwrap_or(sent);
-                let texts = &shared.texts;
-                let body = &texts[(base + cmd.seq as usize) % texts.len()];
-                let text = format!("{body} #k{index}.{}.{due}.{sent}", cmd.seq);
-                let frame = json!({"type": "message", "text": text}).to_string();
-                if ws.send(Message::text(frame)).await.is_err() {
-                    if !shared.stopping.load(Ordering::Relaxed) {
-                        shared.c.disconnects.fetch_add(1, Ordering::Relaxed);
-                        shared.error("buyer_send_failed");
-                    }
+                let frame = buyer_frame(&shared, index, &cmd, sent);
+                let ok = ws.send(frame).await.is_ok();
+                if !shared.count_send(ok, cmd.due_ns.unwrap_or(sent)) {
                     break;
                 }
-                shared.c.sent.fetch_add(1, Ordering::Relaxed);
-                if shared.in_window(due) {
-                    shared.c.sent_window.fetch_add(1, Ordering::Relaxed);
-                }
             }
-            msg = ws.next() => {
-                let text = match msg {
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                        if !shared.stopping.load(Ordering::Relaxed) {
-                            shared.c.disconnects.fetch_add(1, Ordering::Relaxed);
-                            shared.error("buyer_disconnected");
-                        }
-                        break;
-                    }
-                    Some(Ok(_)) => continue,
-                };
-                match serde_json::from_str::<Frame>(&text) {
-                    Ok(f) if f.kind == "reply" => {
-                        if f.from.as_deref() == Some("agent") {
-                            shared.c.agent_replies.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            shared.c.bot_replies.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    Ok(f) if f.kind == "error" => {
-                        shared.error(&format!("buyer_error:{}", f.code.as_deref().unwrap_or("?")));
-                    }
-                    Ok(_) => {}
-                    Err(_) => shared.error("unparsable_frame"),
-                }
-            }
+            msg = ws.next() => if !on_buyer_frame(&shared, msg) { break },
             _ = shutdown.changed() => break,
         }
     }
     let _ = ws.close(None).await;
+}
+
+/// An open-loop buyer's connection: the scheduler thread holds its sending
+/// half and writes itself; this task only reads.
+async fn buyer_reader(
+    mut stream: BuyerStream,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            msg = stream.next() => if !on_buyer_frame(&shared, msg) { break },
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+/// Counts what the server sent a buyer; false when the connection is over.
+fn on_buyer_frame(
+    shared: &Shared,
+    msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+) -> bool {
+    let text = match msg {
+        Some(Ok(Message::Text(t))) => t,
+        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+            if !shared.stopping.load(Ordering::Relaxed) {
+                shared.c.disconnects.fetch_add(1, Ordering::Relaxed);
+                shared.error("buyer_disconnected");
+            }
+            return false;
+        }
+        Some(Ok(_)) => return true,
+    };
+    match serde_json::from_str::<Frame>(&text) {
+        Ok(f) if f.kind == "reply" => {
+            if f.from.as_deref() == Some("agent") {
+                shared.c.agent_replies.fetch_add(1, Ordering::Relaxed);
+            } else {
+                shared.c.bot_replies.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(f) if f.kind == "error" => {
+            shared.error(&format!("buyer_error:{}", f.code.as_deref().unwrap_or("?")));
+        }
+        Ok(_) => {}
+        Err(_) => shared.error("unparsable_frame"),
+    }
+    true
+}
+
+/// Buyer `index`'s message for `cmd`: a corpus text with the marker the
+/// agents read the send and due times back from.
+fn buyer_frame(shared: &Shared, index: usize, cmd: &Cmd, sent: u64) -> Message {
+    let due = cmd.due_ns.unwrap_or(sent);
+    let texts = &shared.texts;
+    let body = &texts[(index.wrapping_mul(7919) + cmd.seq as usize) % texts.len()];
+    let text = format!("{body} #k{index}.{}.{due}.{sent}", cmd.seq);
+    Message::text(json!({"type": "message", "text": text}).to_string())
+}
+
+/// Polls `fut` to completion on this (non-runtime) thread. The sockets it
+/// writes to stay registered with the runtime's reactor, which wakes the
+/// thread when a full socket can take more.
+fn block_on<F: std::future::Future>(fut: F, waker: &std::task::Waker) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = std::task::Context::from_waker(waker);
+    loop {
+        if let std::task::Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park();
+    }
+}
+
+struct ThreadWaker(std::thread::Thread);
+
+impl std::task::Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
 }
 
 fn agent_token(args: &Args, i: usize) -> String {
@@ -844,6 +905,9 @@ struct Conns {
     agents: Vec<tokio::task::JoinHandle<AgentOutcome>>,
     buyers: Vec<tokio::task::JoinHandle<()>>,
     buyer_txs: Vec<mpsc::UnboundedSender<Cmd>>,
+    /// With `Sends::Scheduler`: each buyer's sending half (`None`: it
+    /// failed to connect).
+    sinks: Vec<Option<BuyerSink>>,
 }
 
 async fn open_connections(
@@ -852,6 +916,7 @@ async fn open_connections(
     shared: &Arc<Shared>,
     (agent_count, buyers): (usize, usize),
     shutdown: &watch::Receiver<bool>,
+    scheduler_sends: bool,
 ) -> anyhow::Result<Conns> {
     let mut agents = Vec::new();
     for i in 1..=agent_count {
@@ -910,24 +975,35 @@ async fn open_connections(
     }
     let mut buyer_tasks = Vec::with_capacity(buyers);
     let mut buyer_txs = Vec::with_capacity(buyers);
+    let mut sinks = Vec::new();
     for (i, p) in pending.into_iter().enumerate() {
         let (tx, rx) = mpsc::unbounded_channel();
-        if let Ok(Some(ws)) = p.await {
-            buyer_tasks.push(tokio::spawn(buyer_task(
-                ws,
-                i,
-                shared.clone(),
-                rx,
-                shutdown.clone(),
-            )));
+        let mut held = None;
+        match p.await {
+            Ok(Some(ws)) if scheduler_sends => {
+                let (sink, stream) = ws.split();
+                held = Some(sink);
+                let task = buyer_reader(stream, shared.clone(), shutdown.clone());
+                buyer_tasks.push(tokio::spawn(task));
+            }
+            Ok(Some(ws)) => {
+                let task = buyer_task(ws, i, shared.clone(), rx, shutdown.clone());
+                buyer_tasks.push(tokio::spawn(task));
+            }
+            _ => {}
         }
-        // A buyer that failed keeps a closed channel: its messages count as unsent.
+        // A buyer that failed keeps a closed channel (and no sink): its
+        // messages count as unsent.
         buyer_txs.push(tx);
+        if scheduler_sends {
+            sinks.push(held);
+        }
     }
     Ok(Conns {
         agents,
         buyers: buyer_tasks,
         buyer_txs,
+        sinks,
     })
 }
 
@@ -1001,12 +1077,13 @@ async fn run(args: Args) -> anyhow::Result<(String, String)> {
     }
 
     let setup = Instant::now();
-    let conns = open_connections(
+    let mut conns = open_connections(
         &args,
         &target,
         &shared,
         (args.agents, args.buyers),
         &shutdown_rx,
+        !args.max,
     )
     .await?;
     let setup_s = setup.elapsed().as_secs_f64();
@@ -1034,12 +1111,18 @@ async fn run(args: Args) -> anyhow::Result<(String, String)> {
     } else {
         // A plain thread: std::thread::sleep has µs resolution where tokio's
         // timer has 1 ms, and a late tick would be charged to the server.
+        // It writes each message itself rather than waking the buyer's
+        // task: a hand-over through a channel costs the generator a worker
+        // wake-up per message (more context switches on the two cores the
+        // server under test shares), and the send time is taken just
+        // before the write either way.
         let shared = shared.clone();
-        let txs = conns.buyer_txs.clone();
+        let mut sinks = std::mem::take(&mut conns.sinks);
         let rate = args.rate;
         Some(std::thread::spawn(move || {
+            let waker = std::task::Waker::from(Arc::new(ThreadWaker(std::thread::current())));
             let interval = 1e9 / rate;
-            let n = txs.len();
+            let n = sinks.len();
             for i in 0u64.. {
                 let due = start_ns + (i as f64 * interval) as u64;
                 if due >= until_ns {
@@ -1049,16 +1132,23 @@ async fn run(args: Args) -> anyhow::Result<(String, String)> {
                 if due > now {
                     std::thread::sleep(Duration::from_nanos(due - now));
                 }
-                if txs[i as usize % n]
-                    .send(Cmd {
-                        seq: i,
-                        due_ns: Some(due),
-                    })
-                    .is_err()
-                {
+                let index = i as usize % n;
+                let Some(sink) = &mut sinks[index] else {
                     shared.c.unsent.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                let cmd = Cmd {
+                    seq: i,
+                    due_ns: Some(due),
+                };
+                let sent = shared.now_ns();
+                let frame = buyer_frame(&shared, index, &cmd, sent);
+                let ok = block_on(sink.send(frame), &waker).is_ok();
+                if !shared.count_send(ok, due) {
+                    sinks[index] = None;
                 }
             }
+            sinks
         }))
     };
 
@@ -1077,8 +1167,11 @@ async fn run(args: Args) -> anyhow::Result<(String, String)> {
     if args.max {
         shared.stopping.store(true, Ordering::Relaxed);
     }
+    let mut sinks = Vec::new();
     if let Some(s) = scheduler {
-        let _ = tokio::task::spawn_blocking(move || s.join()).await;
+        if let Ok(Ok(back)) = tokio::task::spawn_blocking(move || s.join()).await {
+            sinks = back;
+        }
     }
 
     // Drain: wait for the deliveries still in flight.
@@ -1092,6 +1185,14 @@ async fn run(args: Args) -> anyhow::Result<(String, String)> {
     tokio::time::sleep(Duration::from_millis(100 + args.reply_delay_ms)).await;
     shared.stopping.store(true, Ordering::Relaxed);
     let _ = shutdown_tx.send(true);
+    // The scheduler's sending halves: close them as the buyer tasks close
+    // their own.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        for sink in sinks.iter_mut().flatten() {
+            let _ = sink.close().await;
+        }
+    })
+    .await;
 
     let mut from_send = new_hist();
     let mut from_due = new_hist();
@@ -1254,12 +1355,13 @@ async fn idle(
     server: &dyn Fn(&str) -> Option<ProcSample>,
 ) -> anyhow::Result<(String, String)> {
     // Agents first (if any), then the baseline, then the idle buyers.
-    let agents = open_connections(args, target, shared, (args.agents, 0), shutdown_rx).await?;
+    let agents =
+        open_connections(args, target, shared, (args.agents, 0), shutdown_rx, false).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = server("before");
 
     let setup = Instant::now();
-    let conns = open_connections(args, target, shared, (0, n), shutdown_rx).await?;
+    let conns = open_connections(args, target, shared, (0, n), shutdown_rx, false).await?;
     let setup_s = setup.elapsed().as_secs_f64();
     let connected = conns.buyers.len();
     // Let greetings flush and allocator caches settle.
@@ -1386,7 +1488,8 @@ async fn clocks(
     }
     shared.record_from_ns.store(0, Ordering::Relaxed);
     shared.record_until_ns.store(u64::MAX, Ordering::Relaxed);
-    let agents = open_connections(args, target, shared, (args.agents, 0), shutdown_rx).await?;
+    let agents =
+        open_connections(args, target, shared, (args.agents, 0), shutdown_rx, false).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = server("before");
     let prefix = args.buyer_prefix.clone().unwrap_or_else(|| {
