@@ -20,8 +20,8 @@
 //! few messages; the fallback's collects under a steady load find little
 //! to free and take microseconds (CPU per message unchanged, three pairs).
 //! A light load that follows a peak meets the big collect as one slowest
-//! message of 6.8-14 ms, its p99 unchanged (`FALL=1 scripts/bench.sh`,
-//! BENCHMARKS.md "A falling load after a peak").
+//! message of 5.0-14 ms, its p99 unchanged (`FALL=1 scripts/bench.sh`;
+//! docs/benchmarks-history.md "A falling load after a peak").
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};
