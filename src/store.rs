@@ -67,6 +67,15 @@ pub const QUEUE_CAPACITY: usize = 65_536;
 /// While gathering a commit, the writer looks at the queue this often (so
 /// a full batch, a flush or a shutdown waits at most this long).
 const GATHER_STEP: Duration = Duration::from_millis(5);
+/// How often the checkpointer folds the WAL back into the database.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// WAL pages (4 KiB each) past which the writer checkpoints itself, as
+/// SQLite does by default at 1,000: the fallback for when the checkpointer
+/// gets no CPU for seconds (a sustained peak).
+const WRITER_CHECKPOINT_PAGES: i64 = 10_000;
+/// Size the WAL file is cut back to after a checkpoint that emptied it
+/// (SQLite's `journal_size_limit`), so a peak's WAL does not keep its disk.
+const WAL_SIZE_LIMIT: i64 = 64 << 20;
 
 /// Schema migrations: `MIGRATIONS[n]` takes a database from version `n` to
 /// `n + 1` (SQLite's `user_version`; 0 is an empty file). Never edit a
@@ -110,6 +119,8 @@ pub struct StoreOptions {
     pub commit_window: Duration,
     pub commit_batch: usize,
     pub queue_capacity: usize,
+    /// How often the checkpointer thread runs ([`CHECKPOINT_EVERY`]).
+    pub checkpoint_every: Duration,
 }
 
 impl Default for StoreOptions {
@@ -118,6 +129,7 @@ impl Default for StoreOptions {
             commit_window: COMMIT_WINDOW,
             commit_batch: COMMIT_BATCH,
             queue_capacity: QUEUE_CAPACITY,
+            checkpoint_every: CHECKPOINT_EVERY,
         }
     }
 }
@@ -842,6 +854,97 @@ fn lower_priority() {
 #[cfg(not(target_os = "linux"))]
 fn lower_priority() {}
 
+/// Folds the WAL back into the database from a thread and connection of
+/// its own, at the lowest priority there is (`SCHED_IDLE` on Linux).
+///
+/// Why: left to SQLite, the writer checkpoints itself every 1,000 WAL pages,
+/// several times a second under load; a checkpoint copies those pages into
+/// the database and syncs it, and it ran on the writer's thread for
+/// milliseconds at a time, a core taken from the message path. On this
+/// 2-core machine that was about a third of the buyer-message p99 at half
+/// the maximum throughput (BENCHMARKS.md, "What limits each figure"). Here
+/// it runs only on cycles nothing else wants; a `PASSIVE` checkpoint never
+/// blocks the writer or a reader. When it gets no CPU at all for long (a
+/// sustained peak), the writer's own checkpoint at
+/// [`WRITER_CHECKPOINT_PAGES`] takes over. Durability is unchanged: it
+/// rests on the WAL, written at every commit.
+struct Checkpointer {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    /// A checkpointer for the database at `path`; `None` (logged) when its
+    /// thread cannot start, and the writer checkpoints alone.
+    fn start(path: &Path, every: Duration) -> Option<Checkpointer> {
+        let (stop, stopped) = mpsc::channel();
+        let path = path.to_path_buf();
+        let thread = std::thread::Builder::new()
+            .name("kefu-checkpoint".into())
+            .spawn(move || checkpoint_loop(&path, &stopped, every));
+        match thread {
+            Ok(thread) => Some(Checkpointer {
+                stop: Some(stop),
+                thread: Some(thread),
+            }),
+            Err(e) => {
+                tracing::warn!(
+                    "no checkpointer thread ({e}): the event log writer checkpoints itself"
+                );
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        // A closed channel is the signal; a checkpoint in progress ends first.
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn checkpoint_loop(path: &Path, stopped: &Receiver<()>, every: Duration) {
+    idle_priority();
+    let conn = match connect(path, false) {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::warn!("no checkpointer ({e}): the event log writer checkpoints itself");
+            return;
+        }
+    };
+    let mut failing = false;
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            Ok(()) => failing = false,
+            // Once per failing spell: the writer's own checkpoint covers it.
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(path = %path.display(), "background checkpoint failed: {e}");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn idle_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param; pid 0 is the calling thread.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+        tracing::debug!(
+            "checkpointer keeps the writer's priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn idle_priority() {}
+
 fn write_loop(
     conn: Connection,
     rx: Receiver<Msg>,
@@ -850,6 +953,15 @@ fn write_loop(
     options: StoreOptions,
 ) -> Result<(), StoreError> {
     lower_priority();
+    for (pragma, value) in [
+        ("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES),
+        ("journal_size_limit", WAL_SIZE_LIMIT),
+    ] {
+        if let Err(e) = conn.pragma_update(None, pragma, value) {
+            tracing::warn!(path = %path.display(), "cannot set {pragma}: {e}");
+        }
+    }
+    let checkpointer = Checkpointer::start(path, options.checkpoint_every);
     let mut p = Pending {
         batch: Vec::with_capacity(options.commit_batch),
         ..Pending::default()
@@ -917,6 +1029,7 @@ fn write_loop(
         }
     }
     drop(inserts);
+    drop(checkpointer);
     // Fold the WAL back into the database so the directory is one file.
     if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
         tracing::warn!(path = %path.display(), "checkpoint on close failed: {e}");

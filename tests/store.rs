@@ -177,6 +177,7 @@ fn a_full_queue_drops_and_counts_instead_of_blocking() {
         queue_capacity: 4,
         commit_batch: 1,
         commit_window: Duration::from_millis(1),
+        ..StoreOptions::default()
     };
     let store = Store::open_with(dir.path(), opts).unwrap();
     let h = store.handle();
@@ -214,6 +215,7 @@ async fn a_buyer_waits_for_room_while_the_writer_is_behind() {
         queue_capacity: 8,
         commit_batch: 1,
         commit_window: Duration::from_millis(1),
+        ..StoreOptions::default()
     };
     let store = Store::open_with(dir.path(), opts).unwrap();
     let h = store.handle();
@@ -857,4 +859,54 @@ fn prune_refuses_a_running_service_and_a_recent_cutoff() {
         .expect_err("pruned a missing log")
         .to_string();
     assert!(err.contains("no event log at"), "{err}");
+}
+
+/// The WAL is folded back into the database by the checkpointer thread
+/// while the store runs, not by the writer (whose own checkpoint waits for
+/// 10,000 WAL pages): with a checkpointer that never comes round, the
+/// events stay in the WAL and the database file does not grow. Either way
+/// nothing is lost, and `close()` folds everything in.
+#[test]
+fn the_checkpointer_folds_the_wal_back_while_the_store_runs() {
+    let _no_children = no_children();
+    for (every, folds) in [
+        (Duration::from_millis(20), true),
+        (Duration::from_secs(3600), false),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = StoreOptions {
+            checkpoint_every: every,
+            ..StoreOptions::default()
+        };
+        let store = Store::open_with(dir.path(), opts).unwrap();
+        let db = dir.path().join(DB_FILE);
+        let size = || std::fs::metadata(&db).unwrap().len();
+        let before = size();
+        let h = store.handle();
+        for i in 0..2000 {
+            h.record(event(i));
+        }
+        h.flush().unwrap();
+        // 2,000 events are well over 64 KiB of pages.
+        let grown = || size() > before + 64 * 1024;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let wait = if folds {
+            deadline
+        } else {
+            std::time::Instant::now() + Duration::from_millis(500)
+        };
+        while !grown() && std::time::Instant::now() < wait {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            grown(),
+            folds,
+            "checkpoint every {every:?}: {} → {} bytes",
+            before,
+            size()
+        );
+        store.close().unwrap();
+        assert!(grown(), "close() folds the WAL in");
+        assert_eq!(Reader::open(dir.path()).unwrap().count().unwrap(), 2000);
+    }
 }
