@@ -37,7 +37,9 @@
 //!
 //! Durability: `journal_mode=WAL`, `synchronous=NORMAL`: a commit survives
 //! the process being killed; a power cut may lose the last commits (the
-//! database stays consistent). The schema is versioned with SQLite's
+//! database stays consistent). The WAL is folded back into the database
+//! by a second thread at the lowest priority (`Checkpointer`), not by the
+//! writer, whose checkpoints took a core from the message path. The schema is versioned with SQLite's
 //! `user_version` and upgraded on open (see [`MIGRATIONS`]).
 
 use std::borrow::Cow;
