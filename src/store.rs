@@ -39,7 +39,7 @@
 //! the process being killed; a power cut may lose the last commits (the
 //! database stays consistent). The WAL is folded back into the database
 //! by a second thread at the lowest priority (`Checkpointer`), not by the
-//! writer, whose checkpoints took a core from the message path. The schema is versioned with SQLite's
+//! writer, whose checkpoints delayed buyer messages under load. The schema is versioned with SQLite's
 //! `user_version` and upgraded on open (see [`MIGRATIONS`]).
 
 use std::borrow::Cow;
@@ -71,12 +71,17 @@ pub const QUEUE_CAPACITY: usize = 65_536;
 const GATHER_STEP: Duration = Duration::from_millis(5);
 /// How often the checkpointer folds the WAL back into the database.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
-/// WAL pages (4 KiB each) past which the writer checkpoints itself, as
-/// SQLite does by default at 1,000: the fallback for when the checkpointer
-/// gets no CPU for seconds (a sustained peak).
-const WRITER_CHECKPOINT_PAGES: i64 = 10_000;
+/// WAL pages (4 KiB each) past which the writer checkpoints itself while
+/// the checkpointer runs: the fallback for when it gets too little CPU (a
+/// sustained peak). It bounds the WAL at about 40 MB plus what commits add
+/// while a starved checkpointer pass holds SQLite's checkpoint lock (the
+/// writer's attempt is then skipped until the next commit).
+pub const WRITER_CHECKPOINT_PAGES: i64 = 10_000;
+/// The writer's threshold without a checkpointer (SQLite's default).
+const SQLITE_CHECKPOINT_PAGES: i64 = 1_000;
 /// Size the WAL file is cut back to after a checkpoint that emptied it
-/// (SQLite's `journal_size_limit`), so a peak's WAL does not keep its disk.
+/// (SQLite's `journal_size_limit`). Above the usual high-water mark (17-44
+/// MB measured), so it only trims what an unusually long peak left.
 const WAL_SIZE_LIMIT: i64 = 64 << 20;
 
 /// Schema migrations: `MIGRATIONS[n]` takes a database from version `n` to
@@ -123,6 +128,9 @@ pub struct StoreOptions {
     pub queue_capacity: usize,
     /// How often the checkpointer thread runs ([`CHECKPOINT_EVERY`]).
     pub checkpoint_every: Duration,
+    /// WAL pages past which the writer checkpoints itself
+    /// ([`WRITER_CHECKPOINT_PAGES`]).
+    pub writer_checkpoint_pages: i64,
 }
 
 impl Default for StoreOptions {
@@ -132,6 +140,7 @@ impl Default for StoreOptions {
             commit_batch: COMMIT_BATCH,
             queue_capacity: QUEUE_CAPACITY,
             checkpoint_every: CHECKPOINT_EVERY,
+            writer_checkpoint_pages: WRITER_CHECKPOINT_PAGES,
         }
     }
 }
@@ -859,65 +868,90 @@ fn lower_priority() {}
 /// Folds the WAL back into the database from a thread and connection of
 /// its own, at the lowest priority there is (`SCHED_IDLE` on Linux).
 ///
-/// Why: left to SQLite, the writer checkpoints itself every 1,000 WAL pages,
-/// several times a second under load; a checkpoint copies those pages into
-/// the database and syncs it, and it ran on the writer's thread for
-/// milliseconds at a time, a core taken from the message path. On this
-/// 2-core machine that was about a third of the buyer-message p99 at half
-/// the maximum throughput (BENCHMARKS.md, "What limits each figure"). Here
-/// it runs only on cycles nothing else wants; a `PASSIVE` checkpoint never
-/// blocks the writer or a reader. When it gets no CPU at all for long (a
-/// sustained peak), the writer's own checkpoint at
-/// [`WRITER_CHECKPOINT_PAGES`] takes over. Durability is unchanged: it
-/// rests on the WAL, written at every commit.
+/// Why: left to SQLite, the writer checkpoints itself every 1,000 WAL pages
+/// (about once a second at 22,000 buyer messages a second), copying them
+/// into the database and syncing it on the writer's thread, at the
+/// workers' expense on a small machine. With no checkpoint at all during a
+/// 10 s run the buyer-message p99 at half the maximum throughput was lower
+/// by about a quarter (BENCHMARKS.md, "What limits each figure"). Here a
+/// `PASSIVE` checkpoint, which never waits for the writer or a reader,
+/// runs on what CPU the rest leaves; while it runs, the writer's own
+/// checkpoint is skipped and the WAL cannot start over. The writer's own
+/// checkpoint, at [`WRITER_CHECKPOINT_PAGES`], is the fallback when the
+/// checkpointer gets too little CPU, and SQLite's default when there is no
+/// checkpointer.
+///
+/// Durability: a commit is in the WAL when it returns, so a killed process
+/// loses nothing committed. With `synchronous=NORMAL` the WAL is synced at
+/// checkpoints, so what a power cut may lose is bounded by the fallback
+/// threshold instead of SQLite's 1,000 pages while the checkpointer lags.
 struct Checkpointer {
     stop: Option<mpsc::Sender<()>>,
+    /// Stops a pass in progress, so a close does not wait for a starved one.
+    interrupt: rusqlite::InterruptHandle,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Checkpointer {
-    /// A checkpointer for the database at `path`; `None` (logged) when its
-    /// thread cannot start, and the writer checkpoints alone.
+    /// A running checkpointer for the database at `path`, or `None` (logged)
+    /// when its thread or connection cannot start: the writer then
+    /// checkpoints alone, at SQLite's default.
     fn start(path: &Path, every: Duration) -> Option<Checkpointer> {
         let (stop, stopped) = mpsc::channel();
+        let (ready, started) = mpsc::channel();
         let path = path.to_path_buf();
         let thread = std::thread::Builder::new()
             .name("kefu-checkpoint".into())
-            .spawn(move || checkpoint_loop(&path, &stopped, every));
-        match thread {
-            Ok(thread) => Some(Checkpointer {
-                stop: Some(stop),
-                thread: Some(thread),
-            }),
+            .spawn(move || {
+                idle_priority();
+                let conn = match connect(&path, false) {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        tracing::warn!(
+                            "no checkpointer thread ({e}): the event log writer checkpoints itself"
+                        );
+                        return;
+                    }
+                };
+                if ready.send(conn.get_interrupt_handle()).is_ok() {
+                    checkpoint_loop(&conn, &path, &stopped, every);
+                }
+            });
+        let thread = match thread {
+            Ok(thread) => thread,
             Err(e) => {
                 tracing::warn!(
                     "no checkpointer thread ({e}): the event log writer checkpoints itself"
                 );
-                None
+                return None;
             }
-        }
+        };
+        // The connection opens at once, or the thread has ended (and said why).
+        let Ok(interrupt) = started.recv() else {
+            let _ = thread.join();
+            return None;
+        };
+        Some(Checkpointer {
+            stop: Some(stop),
+            interrupt,
+            thread: Some(thread),
+        })
     }
 }
 
 impl Drop for Checkpointer {
     fn drop(&mut self) {
-        // A closed channel is the signal; a checkpoint in progress ends first.
+        // A closed channel ends the loop; an interrupt ends a pass in progress
+        // (SQLite keeps what it copied; the close's checkpoint does the rest).
         drop(self.stop.take());
+        self.interrupt.interrupt();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
 }
 
-fn checkpoint_loop(path: &Path, stopped: &Receiver<()>, every: Duration) {
-    idle_priority();
-    let conn = match connect(path, false) {
-        Ok(conn) => conn,
-        Err(e) => {
-            tracing::warn!("no checkpointer ({e}): the event log writer checkpoints itself");
-            return;
-        }
-    };
+fn checkpoint_loop(conn: &Connection, path: &Path, stopped: &Receiver<()>, every: Duration) {
     let mut failing = false;
     while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
         match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
@@ -937,8 +971,8 @@ fn idle_priority() {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: `param` is a valid sched_param; pid 0 is the calling thread.
     if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
-        tracing::debug!(
-            "checkpointer keeps the writer's priority: {}",
+        tracing::warn!(
+            "event log checkpointer keeps the writer's priority (its checkpoints may then delay messages): {}",
             std::io::Error::last_os_error()
         );
     }
@@ -955,15 +989,19 @@ fn write_loop(
     options: StoreOptions,
 ) -> Result<(), StoreError> {
     lower_priority();
+    let checkpointer = Checkpointer::start(path, options.checkpoint_every);
+    let writer_pages = match checkpointer {
+        Some(_) => options.writer_checkpoint_pages,
+        None => SQLITE_CHECKPOINT_PAGES,
+    };
     for (pragma, value) in [
-        ("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES),
+        ("wal_autocheckpoint", writer_pages),
         ("journal_size_limit", WAL_SIZE_LIMIT),
     ] {
         if let Err(e) = conn.pragma_update(None, pragma, value) {
             tracing::warn!(path = %path.display(), "cannot set {pragma}: {e}");
         }
     }
-    let checkpointer = Checkpointer::start(path, options.checkpoint_every);
     let mut p = Pending {
         batch: Vec::with_capacity(options.commit_batch),
         ..Pending::default()
