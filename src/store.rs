@@ -903,7 +903,7 @@ impl Checkpointer {
         let thread = std::thread::Builder::new()
             .name("kefu-checkpoint".into())
             .spawn(move || {
-                idle_priority();
+                // Opened at the writer's priority: the writer waits for it.
                 let conn = match connect(&path, false) {
                     Ok(conn) => conn,
                     Err(e) => {
@@ -914,6 +914,7 @@ impl Checkpointer {
                     }
                 };
                 if ready.send(conn.get_interrupt_handle()).is_ok() {
+                    idle_priority();
                     checkpoint_loop(&conn, &path, &stopped, every);
                 }
             });
@@ -956,6 +957,8 @@ fn checkpoint_loop(conn: &Connection, path: &Path, stopped: &Receiver<()>, every
     while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
         match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             Ok(()) => failing = false,
+            // Interrupted by a close: nothing failed.
+            Err(_) if matches!(stopped.try_recv(), Err(TryRecvError::Disconnected)) => return,
             // Once per failing spell: the writer's own checkpoint covers it.
             Err(e) if !failing => {
                 failing = true;
