@@ -77,6 +77,10 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// while a starved checkpointer pass holds SQLite's checkpoint lock (the
 /// writer's attempt is then skipped until the next commit).
 pub const WRITER_CHECKPOINT_PAGES: i64 = 10_000;
+/// A checkpointer pass running longer than this is starved (the cores are
+/// busy): the writer interrupts it, so that its own checkpoint, which a
+/// pass in progress makes SQLite skip, can run and start the WAL over.
+const CHECKPOINT_STARVED: Duration = Duration::from_secs(1);
 /// The writer's threshold without a checkpointer (SQLite's default).
 const SQLITE_CHECKPOINT_PAGES: i64 = 1_000;
 /// Size the WAL file is cut back to after a checkpoint that emptied it
@@ -887,8 +891,11 @@ fn lower_priority() {}
 /// threshold instead of SQLite's 1,000 pages while the checkpointer lags.
 struct Checkpointer {
     stop: Option<mpsc::Sender<()>>,
-    /// Stops a pass in progress, so a close does not wait for a starved one.
+    /// Stops a pass in progress: a starved one, or at close.
     interrupt: rusqlite::InterruptHandle,
+    /// When the pass in progress began, in ms since `epoch`; 0: none.
+    pass_began: Arc<AtomicU64>,
+    epoch: Instant,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -900,6 +907,9 @@ impl Checkpointer {
         let (stop, stopped) = mpsc::channel();
         let (ready, started) = mpsc::channel();
         let path = path.to_path_buf();
+        let pass_began = Arc::new(AtomicU64::new(0));
+        let epoch = Instant::now();
+        let began = pass_began.clone();
         let thread = std::thread::Builder::new()
             .name("kefu-checkpoint".into())
             .spawn(move || {
@@ -915,7 +925,7 @@ impl Checkpointer {
                 };
                 if ready.send(conn.get_interrupt_handle()).is_ok() {
                     idle_priority();
-                    checkpoint_loop(&conn, &path, &stopped, every);
+                    checkpoint_loop(&conn, &path, &stopped, every, (&began, epoch));
                 }
             });
         let thread = match thread {
@@ -935,8 +945,20 @@ impl Checkpointer {
         Some(Checkpointer {
             stop: Some(stop),
             interrupt,
+            pass_began,
+            epoch,
             thread: Some(thread),
         })
+    }
+
+    /// Interrupts a pass that has run for [`CHECKPOINT_STARVED`]; the
+    /// writer calls it after each commit.
+    fn unstick(&self) {
+        let began = self.pass_began.load(Ordering::Relaxed);
+        let now = self.epoch.elapsed().as_millis() as u64;
+        if began != 0 && now.saturating_sub(began) >= CHECKPOINT_STARVED.as_millis() as u64 {
+            self.interrupt.interrupt();
+        }
     }
 }
 
@@ -952,13 +974,27 @@ impl Drop for Checkpointer {
     }
 }
 
-fn checkpoint_loop(conn: &Connection, path: &Path, stopped: &Receiver<()>, every: Duration) {
+fn checkpoint_loop(
+    conn: &Connection,
+    path: &Path,
+    stopped: &Receiver<()>,
+    every: Duration,
+    (began, epoch): (&AtomicU64, Instant),
+) {
     let mut failing = false;
     while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
-        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        // Never 0 while a pass runs (0 says none does).
+        let now = (epoch.elapsed().as_millis() as u64).max(1);
+        began.store(now, Ordering::Relaxed);
+        let pass = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        began.store(0, Ordering::Relaxed);
+        match pass {
             Ok(()) => failing = false,
             // Interrupted by a close: nothing failed.
             Err(_) if matches!(stopped.try_recv(), Err(TryRecvError::Disconnected)) => return,
+            // Interrupted by the writer, starved: its own checkpoint runs.
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::OperationInterrupted => {}
             // Once per failing spell: the writer's own checkpoint covers it.
             Err(e) if !failing => {
                 failing = true;
@@ -1056,6 +1092,9 @@ fn write_loop(
         if let Some(why) = commit(&mut inserts, &mut p.batch, shared, path) {
             p.lost += why.0;
             p.lost_why = why.1;
+        }
+        if let Some(checkpointer) = &checkpointer {
+            checkpointer.unstick();
         }
         if !p.acks.is_empty() {
             for ack in p.acks.drain(..) {
