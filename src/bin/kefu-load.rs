@@ -788,28 +788,6 @@ fn buyer_frame(shared: &Shared, index: usize, cmd: &Cmd, sent: u64) -> Message {
     Message::text(json!({"type": "message", "text": text}).to_string())
 }
 
-/// Polls `fut` to completion on this (non-runtime) thread. The sockets it
-/// writes to stay registered with the runtime's reactor, which wakes the
-/// thread when a full socket can take more.
-fn block_on<F: std::future::Future>(fut: F, waker: &std::task::Waker) -> F::Output {
-    let mut fut = std::pin::pin!(fut);
-    let mut cx = std::task::Context::from_waker(waker);
-    loop {
-        if let std::task::Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
-            return out;
-        }
-        std::thread::park();
-    }
-}
-
-struct ThreadWaker(std::thread::Thread);
-
-impl std::task::Wake for ThreadWaker {
-    fn wake(self: Arc<Self>) {
-        self.0.unpark();
-    }
-}
-
 fn agent_token(args: &Args, i: usize) -> String {
     let name = format!("a{i}");
     for spec in &args.agent_tokens {
@@ -1126,7 +1104,6 @@ async fn run(args: Args) -> anyhow::Result<(String, String)> {
         let mut sinks = std::mem::take(&mut conns.sinks);
         let rate = args.rate;
         Some(std::thread::spawn(move || {
-            let waker = std::task::Waker::from(Arc::new(ThreadWaker(std::thread::current())));
             let interval = 1e9 / rate;
             let n = sinks.len();
             for i in 0u64.. {
@@ -1149,7 +1126,9 @@ async fn run(args: Args) -> anyhow::Result<(String, String)> {
                 };
                 let sent = shared.now_ns();
                 let frame = buyer_frame(&shared, index, &cmd, sent);
-                let ok = block_on(sink.send(frame), &waker).is_ok();
+                // The socket stays registered with the runtime's reactor,
+                // which wakes this thread when a full socket can take more.
+                let ok = futures_executor::block_on(sink.send(frame)).is_ok();
                 if !shared.count_send(ok, due) {
                     sinks[index] = None;
                 }
