@@ -584,6 +584,13 @@ impl App {
         )
     }
 
+    /// Bytes of the event log's WAL not yet in its database while its
+    /// checkpoints are behind (for `/healthz`; see
+    /// [`crate::store::WAL_BEHIND_LIMIT`]).
+    pub fn event_log_checkpoints_behind(&self) -> Option<u64> {
+        self.shared.store.checkpoints_behind()
+    }
+
     fn record(&self, event: Event) {
         if let Some(tap) = self.shared.tap.get() {
             let _ = tap.send(event.clone());

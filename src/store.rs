@@ -87,6 +87,14 @@ const SQLITE_CHECKPOINT_PAGES: i64 = 1_000;
 /// (SQLite's `journal_size_limit`). Above the usual high-water mark (17-44
 /// MB measured), so it only trims what an unusually long peak left.
 const WAL_SIZE_LIMIT: i64 = 64 << 20;
+/// Bytes of WAL not yet folded into the database past which the
+/// checkpoints are called behind ([`StoreHandle::checkpoints_behind`]):
+/// twice the file's usual cap. Measured high-water marks are 17-44 MB at
+/// up to the maximum throughput and 48-67 MB at 1.4 times it for 10 s, so
+/// this is not a peak: it is a reader holding an old snapshot (a long
+/// report or export), a disk that cannot keep up, or a peak so long that
+/// the fallback keeps losing to starved passes. The disk fills meanwhile.
+pub const WAL_BEHIND_LIMIT: u64 = 128 << 20;
 
 /// Schema migrations: `MIGRATIONS[n]` takes a database from version `n` to
 /// `n + 1` (SQLite's `user_version`; 0 is an empty file). Never edit a
@@ -135,6 +143,9 @@ pub struct StoreOptions {
     /// WAL pages past which the writer checkpoints itself
     /// ([`WRITER_CHECKPOINT_PAGES`]).
     pub writer_checkpoint_pages: i64,
+    /// Bytes of WAL not yet checkpointed past which the checkpoints are
+    /// behind ([`WAL_BEHIND_LIMIT`]).
+    pub wal_behind_limit: u64,
 }
 
 impl Default for StoreOptions {
@@ -145,6 +156,7 @@ impl Default for StoreOptions {
             queue_capacity: QUEUE_CAPACITY,
             checkpoint_every: CHECKPOINT_EVERY,
             writer_checkpoint_pages: WRITER_CHECKPOINT_PAGES,
+            wal_behind_limit: WAL_BEHIND_LIMIT,
         }
     }
 }
@@ -350,6 +362,48 @@ struct Shared {
     /// Milliseconds since `started` of the last drop warning.
     last_warn_ms: AtomicI64,
     started: Instant,
+    /// What the checkpointer's last pass left in the WAL.
+    lag: Arc<Lag>,
+}
+
+/// How far the checkpoints are behind, as the checkpointer's last pass
+/// found: written by its thread, read by `/healthz`.
+#[derive(Default)]
+struct Lag {
+    /// Bytes in the WAL not yet copied into the database.
+    bytes: AtomicU64,
+    /// Set once `bytes` passes the limit, cleared when it is back under
+    /// half of it (so a WAL hovering at the limit does not flap).
+    behind: AtomicBool,
+}
+
+impl Lag {
+    /// Notes a pass that left `bytes` in the WAL against `limit`; logs when
+    /// the checkpoints fall behind and when they catch up.
+    fn note(&self, bytes: u64, limit: u64, path: &Path) {
+        self.bytes.store(bytes, Ordering::Relaxed);
+        let behind = self.behind.load(Ordering::Relaxed);
+        if !behind && bytes >= limit {
+            self.behind.store(true, Ordering::Relaxed);
+            tracing::warn!(
+                path = %path.display(),
+                wal_behind_mb = bytes >> 20,
+                "the event log's checkpoints are behind: {} MB of its WAL are not yet in the \
+                 database, and the WAL file grows until they are. Usual causes: a long report \
+                 or export holding an old snapshot (let it finish), a disk that cannot keep up, \
+                 or a peak that leaves no CPU; it folds back on its own once that ends, and \
+                 /healthz says `checkpoints_behind` meanwhile",
+                bytes >> 20
+            );
+        } else if behind && bytes < limit / 2 {
+            self.behind.store(false, Ordering::Relaxed);
+            tracing::info!(
+                path = %path.display(),
+                wal_behind_mb = bytes >> 20,
+                "the event log's checkpoints have caught up"
+            );
+        }
+    }
 }
 
 impl Shared {
@@ -459,6 +513,17 @@ impl StoreHandle {
     /// [`Store::open_or_set_aside`]); `None` when it was not.
     pub fn damaged_log_set_aside(&self) -> Option<&Path> {
         self.shared.as_ref().and_then(|s| s.set_aside.as_deref())
+    }
+
+    /// While the checkpoints are behind (see [`WAL_BEHIND_LIMIT`]): the bytes
+    /// of WAL not yet folded into the database, as the checkpointer's last
+    /// pass found. `None` while they keep up, and without a checkpointer
+    /// thread (the writer then checkpoints every 1,000 pages itself).
+    pub fn checkpoints_behind(&self) -> Option<u64> {
+        let lag = &self.shared.as_ref()?.lag;
+        lag.behind
+            .load(Ordering::Relaxed)
+            .then(|| lag.bytes.load(Ordering::Relaxed))
     }
 
     /// Transactions the writer has committed so far: with the events
@@ -729,6 +794,7 @@ impl Store {
             commits: AtomicU64::new(0),
             last_warn_ms: AtomicI64::new(i64::MIN / 2),
             started: Instant::now(),
+            lag: Arc::default(),
         });
         let writer_shared = shared.clone();
         let writer_path = path.clone();
@@ -889,6 +955,10 @@ fn lower_priority() {}
 /// loses nothing committed. With `synchronous=NORMAL` the WAL is synced at
 /// checkpoints, so what a power cut may lose is bounded by the fallback
 /// threshold instead of SQLite's 1,000 pages while the checkpointer lags.
+///
+/// Each pass reports what it could not fold back (a reader's old snapshot
+/// stops it short): past [`WAL_BEHIND_LIMIT`] the checkpoints are behind,
+/// said once in the log and by `/healthz` until a pass catches up.
 struct Checkpointer {
     stop: Option<mpsc::Sender<()>>,
     /// Stops a pass in progress: a starved one, or at close.
@@ -903,7 +973,8 @@ impl Checkpointer {
     /// A running checkpointer for the database at `path`, or `None` (logged)
     /// when its thread or connection cannot start: the writer then
     /// checkpoints alone, at SQLite's default.
-    fn start(path: &Path, every: Duration) -> Option<Checkpointer> {
+    fn start(path: &Path, options: &StoreOptions, lag: Arc<Lag>) -> Option<Checkpointer> {
+        let (every, limit) = (options.checkpoint_every, options.wal_behind_limit);
         let (stop, stopped) = mpsc::channel();
         let (ready, started) = mpsc::channel();
         let path = path.to_path_buf();
@@ -925,7 +996,13 @@ impl Checkpointer {
                 };
                 if ready.send(conn.get_interrupt_handle()).is_ok() {
                     idle_priority();
-                    checkpoint_loop(&conn, &path, &stopped, every, (&began, epoch));
+                    let pass = Pass {
+                        conn: &conn,
+                        path: &path,
+                        began: (&began, epoch),
+                        lag: (&lag, limit),
+                    };
+                    pass.repeat(&stopped, every);
                 }
             });
         let thread = match thread {
@@ -974,33 +1051,57 @@ impl Drop for Checkpointer {
     }
 }
 
-fn checkpoint_loop(
-    conn: &Connection,
-    path: &Path,
-    stopped: &Receiver<()>,
-    every: Duration,
-    (began, epoch): (&AtomicU64, Instant),
-) {
-    let mut failing = false;
-    while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
-        // Never 0 while a pass runs (0 says none does).
-        let now = (epoch.elapsed().as_millis() as u64).max(1);
-        began.store(now, Ordering::Relaxed);
-        let pass = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-        began.store(0, Ordering::Relaxed);
-        match pass {
-            Ok(()) => failing = false,
-            // Interrupted by a close: nothing failed.
-            Err(_) if matches!(stopped.try_recv(), Err(TryRecvError::Disconnected)) => return,
-            // Interrupted by the writer, starved: its own checkpoint runs.
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::OperationInterrupted => {}
-            // Once per failing spell: the writer's own checkpoint covers it.
-            Err(e) if !failing => {
-                failing = true;
-                tracing::warn!(path = %path.display(), "background checkpoint failed: {e}");
+/// The checkpointer thread's side: its connection, where it reports.
+struct Pass<'a> {
+    conn: &'a Connection,
+    path: &'a Path,
+    /// When the pass in progress began, for the writer's `unstick`.
+    began: (&'a AtomicU64, Instant),
+    /// Where each pass reports what it left, and the limit for "behind".
+    lag: (&'a Lag, u64),
+}
+
+impl Pass<'_> {
+    /// A pass every `every` until `stopped` closes.
+    fn repeat(&self, stopped: &Receiver<()>, every: Duration) {
+        let (began, epoch) = self.began;
+        let (lag, limit) = self.lag;
+        // SQLite's page size for this file (4 KiB unless set otherwise).
+        let page: u64 = self
+            .conn
+            .pragma_query_value(None, "page_size", |r| r.get::<_, i64>(0))
+            .map_or(4096, |p| p.max(512) as u64);
+        let mut failing = false;
+        while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+            // Never 0 while a pass runs (0 says none does).
+            let now = (epoch.elapsed().as_millis() as u64).max(1);
+            began.store(now, Ordering::Relaxed);
+            // (busy, pages in the WAL, pages of it now in the database);
+            // -1s when the file is not in WAL mode.
+            let pass = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                    Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                });
+            began.store(0, Ordering::Relaxed);
+            match pass {
+                Ok((log, done)) => {
+                    failing = false;
+                    let left = (log - done).max(0) as u64;
+                    lag.note(left * page, limit, self.path);
+                }
+                // Interrupted by a close: nothing failed.
+                Err(_) if matches!(stopped.try_recv(), Err(TryRecvError::Disconnected)) => return,
+                // Interrupted by the writer, starved: its own checkpoint runs.
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::OperationInterrupted => {}
+                // Once per failing spell: the writer's own checkpoint covers it.
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(path = %self.path.display(), "background checkpoint failed: {e}");
+                }
+                Err(_) => {}
             }
-            Err(_) => {}
         }
     }
 }
@@ -1028,7 +1129,7 @@ fn write_loop(
     options: StoreOptions,
 ) -> Result<(), StoreError> {
     lower_priority();
-    let checkpointer = Checkpointer::start(path, options.checkpoint_every);
+    let checkpointer = Checkpointer::start(path, &options, shared.lag.clone());
     let writer_pages = match checkpointer {
         Some(_) => options.writer_checkpoint_pages,
         None => SQLITE_CHECKPOINT_PAGES,

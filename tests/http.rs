@@ -347,3 +347,61 @@ async fn a_settings_reload_replaces_supervisor_tokens() {
     assert_eq!(get(addr, path, Some("boss")).await.0, StatusCode::FORBIDDEN);
     assert_eq!(get(addr, path, Some("boss-2026")).await.0, StatusCode::OK);
 }
+
+/// `/healthz` stays `ok` but says so while the event log's checkpoints are
+/// behind (a long report's snapshot pins the WAL), and stops once they
+/// have caught up.
+#[tokio::test]
+async fn healthz_says_while_the_event_log_checkpoints_are_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = kefu::store::StoreOptions {
+        checkpoint_every: std::time::Duration::from_millis(20),
+        wal_behind_limit: 64 * 1024,
+        ..Default::default()
+    };
+    let store = Store::open_with(dir.path(), opts).unwrap();
+    let s = spawn_app_with_store(test_config(), store.handle()).await;
+    let addr = s.addr();
+    let health = || async move { get(addr, "/healthz", None).await.2 };
+    assert_eq!(health().await, "ok\n");
+    // A report's read transaction, its snapshot taken before the writes.
+    let reader = rusqlite::Connection::open(dir.path().join(kefu::store::DB_FILE)).unwrap();
+    reader
+        .execute_batch("BEGIN; SELECT count(*) FROM events;")
+        .unwrap();
+    let h = store.handle();
+    for i in 0..2000 {
+        let e = kefu::events::Event::new(
+            1_795_140_000_000 + i,
+            "s1",
+            &format!("c{}", i % 50),
+            &format!("b{}", i % 50),
+            kefu::events::Kind::Buyer,
+        );
+        h.record(e);
+    }
+    tokio::task::spawn_blocking(move || h.flush())
+        .await
+        .unwrap()
+        .unwrap();
+    let until = |want: bool| async move {
+        for _ in 0..3000 {
+            let body = health().await;
+            if body.contains("checkpoints_behind") == want {
+                return body;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        health().await
+    };
+    let body = until(true).await;
+    assert!(
+        body.starts_with("ok\nevent_log: checkpoints_behind\nevent_log_wal_behind_mb: "),
+        "{body}"
+    );
+    reader.execute_batch("COMMIT").unwrap();
+    assert_eq!(until(false).await, "ok\n");
+    drop(reader);
+    s.stop().await;
+    store.close().unwrap();
+}

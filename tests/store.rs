@@ -911,3 +911,64 @@ fn the_checkpointer_folds_the_wal_back_while_the_store_runs() {
         assert_eq!(Reader::open(dir.path()).unwrap().count().unwrap(), 2000);
     }
 }
+
+/// The checkpoints are called behind when what the WAL holds beyond the
+/// database outgrows `wal_behind_limit`, and no longer once a pass folds
+/// it back: a reader holding an old snapshot (a long report) stops every
+/// pass short of the frames written after it, so the WAL grows while the
+/// writer goes on. Without the reader the passes keep up and nothing is
+/// said.
+#[test]
+fn the_checkpoints_are_behind_while_a_snapshot_pins_the_wal() {
+    let _no_children = no_children();
+    let limit = 64 * 1024;
+    for pinned in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = StoreOptions {
+            checkpoint_every: Duration::from_millis(20),
+            wal_behind_limit: limit,
+            ..StoreOptions::default()
+        };
+        let store = Store::open_with(dir.path(), opts).unwrap();
+        let h = store.handle();
+        // A report's read transaction, its snapshot taken before the writes.
+        let reader = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        reader.execute_batch("BEGIN").unwrap();
+        let seen: i64 = reader
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(seen, 0);
+        if !pinned {
+            reader.execute_batch("COMMIT").unwrap();
+        }
+        // 2,000 events are well over 64 KiB of pages.
+        for i in 0..2000 {
+            h.record(event(i));
+        }
+        h.flush().unwrap();
+        let until = |want: bool, patience: u64| {
+            let end = std::time::Instant::now() + Duration::from_millis(patience);
+            while h.checkpoints_behind().is_some() != want && std::time::Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            h.checkpoints_behind()
+        };
+        if pinned {
+            let behind = until(true, 30_000).expect("the pinned WAL was never called behind");
+            assert!(behind >= limit, "{behind} bytes behind, limit {limit}");
+            // The report ends: the next passes fold everything back.
+            reader.execute_batch("COMMIT").unwrap();
+            assert_eq!(
+                until(false, 30_000),
+                None,
+                "still behind after the reader ended"
+            );
+        } else {
+            // Many passes (every 20 ms) in 500 ms; none finds the WAL behind.
+            assert_eq!(until(true, 500), None, "behind with no reader holding it");
+        }
+        drop(reader);
+        store.close().unwrap();
+        assert_eq!(Reader::open(dir.path()).unwrap().count().unwrap(), 2000);
+    }
+}
