@@ -1076,8 +1076,10 @@ impl Pass<'_> {
             // Never 0 while a pass runs (0 says none does).
             let now = (epoch.elapsed().as_millis() as u64).max(1);
             began.store(now, Ordering::Relaxed);
-            // (busy, pages in the WAL, pages of it now in the database);
-            // -1s when the file is not in WAL mode.
+            // (busy, pages in the WAL, pages of it now in the database).
+            // The counts are -1 when the pass did not run (SQLite's
+            // checkpoint lock held by the writer's own checkpoint, whose
+            // result says nothing here) or the file is not in WAL mode.
             let pass = self
                 .conn
                 .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
@@ -1087,8 +1089,10 @@ impl Pass<'_> {
             match pass {
                 Ok((log, done)) => {
                     failing = false;
-                    let left = (log - done).max(0) as u64;
-                    lag.note(left * page, limit, self.path);
+                    if log >= 0 && done >= 0 {
+                        let left = (log - done).max(0) as u64;
+                        lag.note(left * page, limit, self.path);
+                    }
                 }
                 // Interrupted by a close: nothing failed.
                 Err(_) if matches!(stopped.try_recv(), Err(TryRecvError::Disconnected)) => return,
