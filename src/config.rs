@@ -92,9 +92,10 @@ pub struct Limits {
     pub rate_burst: u32,
     /// Frames waiting to be written to one client; a client that lets its
     /// queue fill up is disconnected. A buyer whose message finds an
-    /// agent's queue three-quarters full waits for room instead (up to
-    /// `write_timeout`), so a peak slows buyers down rather than dropping
-    /// agents.
+    /// agent's queue three-quarters full waits for room instead, for as
+    /// long as the agent's connection keeps writing (one that writes
+    /// nothing for `write_timeout` is disconnected), so a peak slows
+    /// buyers down rather than dropping agents.
     pub outbound_queue: usize,
     /// Time to send the HTTP upgrade request after connecting.
     pub handshake_timeout: Duration,

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -26,7 +26,7 @@ use tracing::{debug, info};
 
 use super::ask;
 use super::hub::{
-    capture, AgentSession, BuyerSession, CloseOrder, Ctx, Effects, Hub, Outbox, Queued,
+    capture, AgentSession, BuyerSession, CloseOrder, Control, Ctx, Effects, Hub, Outbox, Queued,
 };
 use super::throttle::{Account, Outcome};
 use super::{App, SUGGESTIONS};
@@ -158,7 +158,7 @@ where
     let mut last_write = Instant::now() - GATHER_IF_BUSY;
     let mut gather = Gather::default();
 
-    let end = loop {
+    let end = 'conn: loop {
         // Biased, the streams (nearly) first: a turn that finds a frame to
         // read or write does not poll the branches after them, which are
         // rarely ready (each poll of a timer or a `Notify` costs, and there
@@ -189,6 +189,7 @@ where
                     debug!(conn, %peer, error = %e, "write failed");
                     break write_failed(&e);
                 }
+                control.wrote();
                 continue;
             }
             io = next_io(&mut rx, &mut ws, &mut turn) => io,
@@ -291,10 +292,22 @@ where
                     out.refuse(&rate_limited(&limits));
                     continue;
                 }
+                // One unit of tokio's budget per frame: frames already in
+                // the read buffer cost none, and a buyer with hundreds
+                // waiting (a peak beyond the maximum) passed them all on in
+                // one turn, whose replies then overflowed its own queue
+                // before it ran again: 433-1,127 of 4,000 buyers dropped
+                // as slow readers in a minute at 1.4 times the maximum.
+                tokio::task::coop::consume_budget().await;
                 let is_buyer = matches!(session, Session::Buyer(_));
                 if is_buyer {
                     // The event log is behind (a peak): this buyer waits.
-                    app.wait_for_log_room(limits.write_timeout).await;
+                    let wait = app.wait_for_log_room(limits.write_timeout);
+                    let drained = draining(wait, &mut rx, &mut ws, &mut held, &control, &limits);
+                    if let Err(e) = drained.await {
+                        debug!(conn, %peer, error = %e, "write failed");
+                        break write_failed(&e);
+                    }
                 }
                 // What is queued already goes before what this frame
                 // produces, as if both had come through the queue.
@@ -302,15 +315,20 @@ where
                 let (closing, captured) = capture(conn, is_buyer, || {
                     dispatch(&app, &mut session, &out, text.as_str(), staff_only)
                 });
-                for (agent, q) in captured.waiting {
-                    agent.send_when_room(q, limits.write_timeout).await;
-                }
                 for q in captured.own {
                     urgent |= !q.deferred;
                     // An agent's welcome is rendered here, outside the
                     // hub lock, and still goes before anything queued for
                     // this connection since.
                     held.push(q.frame.text());
+                }
+                for (agent, q) in captured.waiting {
+                    let wait = agent.send_when_room(q, limits.write_timeout);
+                    let drained = draining(wait, &mut rx, &mut ws, &mut held, &control, &limits);
+                    if let Err(e) = drained.await {
+                        debug!(conn, %peer, error = %e, "write failed");
+                        break 'conn write_failed(&e);
+                    }
                 }
                 if let Some(order) = closing {
                     break End::Close(order);
@@ -356,6 +374,7 @@ where
                     debug!(conn, %peer, error = %e, "write failed");
                     break write_failed(&e);
                 }
+                control.wrote();
             }
             _ = &mut order => match control.take() {
                 Some(order) => break End::Close(order),
@@ -369,7 +388,11 @@ where
 
     // Out of the routing first (a slow client's conversations move on at
     // once), then the closing handshake, which may take a while.
-    disconnect(&app, session);
+    let captured = leave(&app, conn, session);
+    held.extend(captured.own.into_iter().map(|q| q.frame.text()));
+    for (agent, q) in captured.waiting {
+        agent.send_when_room(q, limits.write_timeout).await;
+    }
     if let End::Close(order) = end {
         if order.flush {
             finish(&mut ws, held, &mut rx, order).await;
@@ -524,6 +547,53 @@ fn top_up(rx: &mut mpsc::Receiver<Queued>, held: &mut Vec<Utf8Bytes>, limit: usi
         }
     }
     urgent
+}
+
+/// Waits for `wait` (a buyer's task held back at a peak: for room in an
+/// agent's queue or in the event log's) while writing what comes into this
+/// connection's own queue meanwhile; `held` is written first when the wait
+/// does not end at once.
+///
+/// Why: held back, the task used to write nothing, and the replies to the
+/// messages it had passed on before filled its queue: at 1.4 times the
+/// maximum for a minute, 433-1,127 of 4,000 buyers who read everything
+/// were dropped as slow readers (BENCHMARKS.md, "A minute beyond the
+/// maximum").
+async fn draining<S, F>(
+    wait: F,
+    rx: &mut mpsc::Receiver<Queued>,
+    ws: &mut WebSocketStream<S>,
+    held: &mut Vec<Utf8Bytes>,
+    control: &Control,
+    limits: &Limits,
+) -> Result<F::Output, WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: std::future::Future,
+{
+    let mut wait = std::pin::pin!(wait);
+    // Nearly every wait ends at once: then nothing changes.
+    if let Some(r) = (&mut wait).now_or_never() {
+        return Ok(r);
+    }
+    loop {
+        if !held.is_empty() {
+            write_batch(ws, held, limits.write_timeout).await?;
+            control.wrote();
+        }
+        tokio::select! {
+            biased;
+            r = &mut wait => return Ok(r),
+            q = rx.recv() => match q {
+                Some(q) => {
+                    held.push(q.frame.text());
+                    top_up(rx, held, BATCH);
+                }
+                // Not while this task holds its own sender.
+                None => return Ok(wait.await),
+            },
+        }
+    }
 }
 
 /// Writes the frames of `held` (emptying it), then flushes once.
@@ -690,12 +760,17 @@ fn dispatch(
         _ => None,
     };
     let result = match (&*session, msg) {
-        (Session::Fresh, ClientMsg::Hello(h)) => hello(app, h, out, staff_only).map(|s| {
-            if matches!(s, Session::Agent(_)) {
-                out.set_agent();
+        (Session::Fresh, ClientMsg::Hello(h)) => {
+            if h.role == Role::Buyer {
+                super::hub::capturing_for_a_buyer();
             }
-            *session = s
-        }),
+            hello(app, h, out, staff_only).map(|s| {
+                if matches!(s, Session::Agent(_)) {
+                    out.set_agent();
+                }
+                *session = s
+            })
+        }
         (Session::Fresh, _) => Err(Refusal::new(
             ErrorCode::HelloFirst,
             "say hello first: {\"type\":\"hello\",\"role\":...}",
@@ -1032,6 +1107,22 @@ fn lint(app: &App, out: &Outbox, text: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// Takes `session` out of the routing ([`disconnect`]). What that queues
+/// for agents whose queue is nearly full comes back for the ending task to
+/// wait with, as a buyer's message's frames do (see `hub::capture`); the
+/// ending task drains no queue anyone waits on, so no cycle.
+///
+/// Why: at 1.4 times the maximum for a minute, one dropped connection's
+/// conversations moving on (500 `conversation_assigned` for an agent's
+/// colleagues) found the other agents' queues held three-quarters full by
+/// waiting buyers and overflowed their reserve: all 8 agents were dropped
+/// within 5 ms, though each read everything it was sent (BENCHMARKS.md, "A
+/// minute beyond the maximum").
+fn leave(app: &App, conn: u64, session: Session) -> super::hub::Captured {
+    let ((), captured) = capture(conn, true, || disconnect(app, session));
+    captured
+}
+
 fn disconnect(app: &App, session: Session) {
     let now = Instant::now();
     let phrases = app.phrases();
@@ -1351,6 +1442,168 @@ mod tests {
             "stamped {} ms before the hub let it in",
             released_ms - at
         );
+    }
+
+    /// A buyer's `hello` that finds the agent's queue down to its reserve
+    /// holds the agent's `conversation_assigned` back for the buyer's task
+    /// to wait with, instead of the agent being dropped as a slow reader;
+    /// an agent's `hello` (agents' tasks never wait) is not held.
+    #[test]
+    fn a_buyers_hello_waits_for_room_in_the_agents_queue() {
+        use crate::config::{AgentConfig, ShopConfig};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _rt = rt.enter();
+        let mut config = crate::config::Config {
+            phrases: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("phrases"),
+            ..Default::default()
+        };
+        let mut shop = ShopConfig::default();
+        for (id, token) in [("a1", "t1"), ("a2", "t2")] {
+            let agent = AgentConfig {
+                token: token.into(),
+                name: None,
+            };
+            shop.agents.insert(id.into(), agent);
+        }
+        config.shops.insert("s1".into(), shop);
+        let app = App::new(config, crate::store::StoreHandle::default()).unwrap();
+        let (agent_out, _agent_rx, agent_control) = Outbox::new(1, 8);
+        let mut agent = Session::Fresh;
+        let hello = r#"{"type":"hello","role":"agent","shop":"s1","agent":"a1","token":"t1"}"#;
+        let (closing, _) = capture(1, false, || {
+            dispatch(&app, &mut agent, &agent_out, hello, false)
+        });
+        assert!(closing.is_none() && matches!(agent, Session::Agent(_)));
+        // The agent's queue of 8 down to its reserve of 2.
+        for _ in 0..6 {
+            assert!(agent_out.push("earlier".into()));
+        }
+        let (buyer_out, _buyer_rx, _) = Outbox::new(2, 8);
+        let mut buyer = Session::Fresh;
+        let hello = r#"{"type":"hello","role":"buyer","shop":"s1","buyer":"b1"}"#;
+        let (closing, captured) = capture(2, false, || {
+            dispatch(&app, &mut buyer, &buyer_out, hello, false)
+        });
+        assert!(closing.is_none() && matches!(buyer, Session::Buyer(_)));
+        let held: Vec<u64> = captured.waiting.iter().map(|(o, _)| o.conn).collect();
+        assert_eq!(held, [1], "the assignment waits for room");
+        assert!(!agent_control.ordered(), "the agent was not dropped");
+        // A colleague signing in: its frames for a1 go into the reserve.
+        let (colleague_out, _colleague_rx, _) = Outbox::new(3, 8);
+        let mut colleague = Session::Fresh;
+        let hello = r#"{"type":"hello","role":"agent","shop":"s1","agent":"a2","token":"t2"}"#;
+        let (_, captured) = capture(3, false, || {
+            dispatch(&app, &mut colleague, &colleague_out, hello, false)
+        });
+        assert!(captured.waiting.is_empty(), "an agent's task does not wait");
+    }
+
+    /// An agent leaving while a colleague's queue is down to its reserve:
+    /// the frames its conversations' move puts in the colleague's queue
+    /// come back to wait with, instead of overflowing the reserve and
+    /// dropping a colleague who reads.
+    #[test]
+    fn a_leaving_agents_conversations_wait_for_room_at_a_colleague() {
+        use crate::config::{AgentConfig, ShopConfig};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _rt = rt.enter();
+        let mut config = crate::config::Config {
+            phrases: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("phrases"),
+            ..Default::default()
+        };
+        let mut shop = ShopConfig::default();
+        for (id, token) in [("a1", "t1"), ("a2", "t2")] {
+            let agent = AgentConfig {
+                token: token.into(),
+                name: None,
+            };
+            shop.agents.insert(id.into(), agent);
+        }
+        config.shops.insert("s1".into(), shop);
+        // Conversations move at once when their agent leaves.
+        config.limits.agent_grace = Duration::ZERO;
+        let app = App::new(config, crate::store::StoreHandle::default()).unwrap();
+        let say = |conn: u64, out: &Outbox, session: &mut Session, hello: &str| {
+            let (closing, _) = capture(conn, false, || dispatch(&app, session, out, hello, false));
+            assert!(closing.is_none());
+        };
+        let (a1_out, _a1_rx, _) = Outbox::new(1, 8);
+        let mut a1 = Session::Fresh;
+        say(
+            1,
+            &a1_out,
+            &mut a1,
+            r#"{"type":"hello","role":"agent","shop":"s1","agent":"a1","token":"t1"}"#,
+        );
+        // Three buyers, all with a1 (a2 is not online yet).
+        let mut buyers = Vec::new();
+        for (i, b) in ["b1", "b2", "b3"].iter().enumerate() {
+            let (out, rx, _) = Outbox::new(10 + i as u64, 8);
+            let mut session = Session::Fresh;
+            let hello = format!(r#"{{"type":"hello","role":"buyer","shop":"s1","buyer":"{b}"}}"#);
+            say(10 + i as u64, &out, &mut session, &hello);
+            buyers.push((out, rx, session));
+        }
+        let (a2_out, _a2_rx, a2_control) = Outbox::new(2, 8);
+        let mut a2 = Session::Fresh;
+        say(
+            2,
+            &a2_out,
+            &mut a2,
+            r#"{"type":"hello","role":"agent","shop":"s1","agent":"a2","token":"t2"}"#,
+        );
+        // a2's queue of 8 down to its reserve of 2.
+        for _ in 0..6 {
+            assert!(a2_out.push("earlier".into()));
+        }
+        let captured = leave(&app, 1, a1);
+        let to: Vec<u64> = captured.waiting.iter().map(|(o, _)| o.conn).collect();
+        assert!(!to.is_empty() && to.iter().all(|&c| c == 2), "{to:?}");
+        assert!(!a2_control.ordered(), "a colleague who reads was dropped");
+    }
+
+    /// A buyer's task held back (for room in an agent's queue, or in the
+    /// event log's) still writes what it holds and what comes into its
+    /// queue meanwhile, so the replies to its earlier messages do not fill
+    /// the queue and get it dropped as a slow reader.
+    #[tokio::test]
+    async fn a_held_back_task_still_writes_its_queue() {
+        use tokio_tungstenite::tungstenite::protocol::Role as WsRole;
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let mut ws = WebSocketStream::from_raw_socket(ours, WsRole::Server, None).await;
+        let mut peer = WebSocketStream::from_raw_socket(theirs, WsRole::Client, None).await;
+        let (out, mut rx, control) = Outbox::new(1, 8);
+        let mut held = vec![Utf8Bytes::from("held")];
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let wait = async move {
+            let _ = released.await;
+            7
+        };
+        let limits = Limits::default();
+        let task = draining(wait, &mut rx, &mut ws, &mut held, &control, &limits);
+        let peer_side = async {
+            for want in ["held", "reply"] {
+                if want == "reply" {
+                    out.push("reply".into());
+                }
+                let m = tokio::time::timeout(Duration::from_secs(5), peer.next()).await;
+                let m = m
+                    .expect("nothing written while held back")
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(m.into_text().unwrap(), want);
+            }
+            release.send(()).unwrap();
+        };
+        let (waited, ()) = tokio::join!(task, peer_side);
+        assert_eq!(waited.unwrap(), 7);
+        assert!(held.is_empty());
     }
 
     #[test]
