@@ -1444,18 +1444,17 @@ mod tests {
         );
     }
 
-    /// A buyer's `hello` that finds the agent's queue down to its reserve
-    /// holds the agent's `conversation_assigned` back for the buyer's task
-    /// to wait with, instead of the agent being dropped as a slow reader;
-    /// an agent's `hello` (agents' tasks never wait) is not held.
-    #[test]
-    fn a_buyers_hello_waits_for_room_in_the_agents_queue() {
-        use crate::config::{AgentConfig, ShopConfig};
-        let rt = tokio::runtime::Builder::new_current_thread()
+    fn current_thread() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .unwrap();
-        let _rt = rt.enter();
+            .unwrap()
+    }
+
+    /// Shop s1 with agents a1 (token t1) and a2 (t2), the repository's
+    /// phrases, `tweak`ed; inside a runtime.
+    fn two_agents(tweak: impl FnOnce(&mut crate::config::Config)) -> App {
+        use crate::config::{AgentConfig, ShopConfig};
         let mut config = crate::config::Config {
             phrases: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("phrases"),
             ..Default::default()
@@ -1469,7 +1468,25 @@ mod tests {
             shop.agents.insert(id.into(), agent);
         }
         config.shops.insert("s1".into(), shop);
-        let app = App::new(config, crate::store::StoreHandle::default()).unwrap();
+        tweak(&mut config);
+        App::new(config, crate::store::StoreHandle::default()).unwrap()
+    }
+
+    fn agent_hello(agent: &str, token: &str) -> String {
+        format!(
+            r#"{{"type":"hello","role":"agent","shop":"s1","agent":"{agent}","token":"{token}"}}"#
+        )
+    }
+
+    /// A buyer's `hello` that finds the agent's queue down to its reserve
+    /// holds the agent's `conversation_assigned` back for the buyer's task
+    /// to wait with, instead of the agent being dropped as a slow reader;
+    /// an agent's `hello` (agents' tasks never wait) is not held.
+    #[test]
+    fn a_buyers_hello_waits_for_room_in_the_agents_queue() {
+        let rt = current_thread();
+        let _rt = rt.enter();
+        let app = two_agents(|_| {});
         let (agent_out, _agent_rx, agent_control) = Outbox::new(1, 8);
         let mut agent = Session::Fresh;
         let hello = r#"{"type":"hello","role":"agent","shop":"s1","agent":"a1","token":"t1"}"#;
@@ -1507,40 +1524,17 @@ mod tests {
     /// dropping a colleague who reads.
     #[test]
     fn a_leaving_agents_conversations_wait_for_room_at_a_colleague() {
-        use crate::config::{AgentConfig, ShopConfig};
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = current_thread();
         let _rt = rt.enter();
-        let mut config = crate::config::Config {
-            phrases: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("phrases"),
-            ..Default::default()
-        };
-        let mut shop = ShopConfig::default();
-        for (id, token) in [("a1", "t1"), ("a2", "t2")] {
-            let agent = AgentConfig {
-                token: token.into(),
-                name: None,
-            };
-            shop.agents.insert(id.into(), agent);
-        }
-        config.shops.insert("s1".into(), shop);
         // Conversations move at once when their agent leaves.
-        config.limits.agent_grace = Duration::ZERO;
-        let app = App::new(config, crate::store::StoreHandle::default()).unwrap();
+        let app = two_agents(|c| c.limits.agent_grace = Duration::ZERO);
         let say = |conn: u64, out: &Outbox, session: &mut Session, hello: &str| {
             let (closing, _) = capture(conn, false, || dispatch(&app, session, out, hello, false));
             assert!(closing.is_none());
         };
         let (a1_out, _a1_rx, _) = Outbox::new(1, 8);
         let mut a1 = Session::Fresh;
-        say(
-            1,
-            &a1_out,
-            &mut a1,
-            r#"{"type":"hello","role":"agent","shop":"s1","agent":"a1","token":"t1"}"#,
-        );
+        say(1, &a1_out, &mut a1, &agent_hello("a1", "t1"));
         // Three buyers, all with a1 (a2 is not online yet).
         let mut buyers = Vec::new();
         for (i, b) in ["b1", "b2", "b3"].iter().enumerate() {
@@ -1552,12 +1546,7 @@ mod tests {
         }
         let (a2_out, _a2_rx, a2_control) = Outbox::new(2, 8);
         let mut a2 = Session::Fresh;
-        say(
-            2,
-            &a2_out,
-            &mut a2,
-            r#"{"type":"hello","role":"agent","shop":"s1","agent":"a2","token":"t2"}"#,
-        );
+        say(2, &a2_out, &mut a2, &agent_hello("a2", "t2"));
         // a2's queue of 8 down to its reserve of 2.
         for _ in 0..6 {
             assert!(a2_out.push("earlier".into()));
