@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -26,7 +26,7 @@ use tracing::{debug, info};
 
 use super::ask;
 use super::hub::{
-    capture, AgentSession, BuyerSession, CloseOrder, Control, Ctx, Effects, Hub, Outbox, Queued,
+    capture, AgentSession, BuyerSession, CloseOrder, Ctx, Effects, Hub, Outbox, Queued,
 };
 use super::throttle::{Account, Outcome};
 use super::{App, SUGGESTIONS};
@@ -158,7 +158,7 @@ where
     let mut last_write = Instant::now() - GATHER_IF_BUSY;
     let mut gather = Gather::default();
 
-    let end = 'conn: loop {
+    let end = loop {
         // Biased, the streams (nearly) first: a turn that finds a frame to
         // read or write does not poll the branches after them, which are
         // rarely ready (each poll of a timer or a `Notify` costs, and there
@@ -292,22 +292,10 @@ where
                     out.refuse(&rate_limited(&limits));
                     continue;
                 }
-                // One unit of tokio's budget per frame: frames already in
-                // the read buffer cost none, and a buyer with hundreds
-                // waiting (a peak beyond the maximum) passed them all on in
-                // one turn, whose replies then overflowed its own queue
-                // before it ran again: 433-1,127 of 4,000 buyers dropped
-                // as slow readers in a minute at 1.4 times the maximum.
-                tokio::task::coop::consume_budget().await;
                 let is_buyer = matches!(session, Session::Buyer(_));
                 if is_buyer {
                     // The event log is behind (a peak): this buyer waits.
-                    let wait = app.wait_for_log_room(limits.write_timeout);
-                    let drained = draining(wait, &mut rx, &mut ws, &mut held, &control, &limits);
-                    if let Err(e) = drained.await {
-                        debug!(conn, %peer, error = %e, "write failed");
-                        break write_failed(&e);
-                    }
+                    app.wait_for_log_room(limits.write_timeout).await;
                 }
                 // What is queued already goes before what this frame
                 // produces, as if both had come through the queue.
@@ -323,12 +311,7 @@ where
                     held.push(q.frame.text());
                 }
                 for (agent, q) in captured.waiting {
-                    let wait = agent.send_when_room(q, limits.write_timeout);
-                    let drained = draining(wait, &mut rx, &mut ws, &mut held, &control, &limits);
-                    if let Err(e) = drained.await {
-                        debug!(conn, %peer, error = %e, "write failed");
-                        break 'conn write_failed(&e);
-                    }
+                    agent.send_when_room(q, limits.write_timeout).await;
                 }
                 if let Some(order) = closing {
                     break End::Close(order);
@@ -547,53 +530,6 @@ fn top_up(rx: &mut mpsc::Receiver<Queued>, held: &mut Vec<Utf8Bytes>, limit: usi
         }
     }
     urgent
-}
-
-/// Waits for `wait` (a buyer's task held back at a peak: for room in an
-/// agent's queue or in the event log's) while writing what comes into this
-/// connection's own queue meanwhile; `held` is written first when the wait
-/// does not end at once.
-///
-/// Why: held back, the task used to write nothing, and the replies to the
-/// messages it had passed on before filled its queue: at 1.4 times the
-/// maximum for a minute, 433-1,127 of 4,000 buyers who read everything
-/// were dropped as slow readers (BENCHMARKS.md, "A minute beyond the
-/// maximum").
-async fn draining<S, F>(
-    wait: F,
-    rx: &mut mpsc::Receiver<Queued>,
-    ws: &mut WebSocketStream<S>,
-    held: &mut Vec<Utf8Bytes>,
-    control: &Control,
-    limits: &Limits,
-) -> Result<F::Output, WsError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-    F: std::future::Future,
-{
-    let mut wait = std::pin::pin!(wait);
-    // Nearly every wait ends at once: then nothing changes.
-    if let Some(r) = (&mut wait).now_or_never() {
-        return Ok(r);
-    }
-    loop {
-        if !held.is_empty() {
-            write_batch(ws, held, limits.write_timeout).await?;
-            control.wrote();
-        }
-        tokio::select! {
-            biased;
-            r = &mut wait => return Ok(r),
-            q = rx.recv() => match q {
-                Some(q) => {
-                    held.push(q.frame.text());
-                    top_up(rx, held, BATCH);
-                }
-                // Not while this task holds its own sender.
-                None => return Ok(wait.await),
-            },
-        }
-    }
 }
 
 /// Writes the frames of `held` (emptying it), then flushes once.
@@ -1112,12 +1048,12 @@ fn lint(app: &App, out: &Outbox, text: &str) -> Result<(), Refusal> {
 /// wait with, as a buyer's message's frames do (see `hub::capture`); the
 /// ending task drains no queue anyone waits on, so no cycle.
 ///
-/// Why: at 1.4 times the maximum for a minute, one dropped connection's
-/// conversations moving on (500 `conversation_assigned` for an agent's
-/// colleagues) found the other agents' queues held three-quarters full by
-/// waiting buyers and overflowed their reserve: all 8 agents were dropped
-/// within 5 ms, though each read everything it was sent (BENCHMARKS.md, "A
-/// minute beyond the maximum").
+/// Why: these notices (a colleague signing out, a buyer leaving, the
+/// conversations moving on) could not wait and went into the reserve kept
+/// for such frames. At 1.4 times the maximum for a minute, with that
+/// reserve taken by a waiting buyer (see `Outbox::send_when_room`), the
+/// first agent dropped took its colleagues with it: all 8 within 5 ms
+/// (BENCHMARKS.md, "A minute beyond the maximum").
 fn leave(app: &App, conn: u64, session: Session) -> super::hub::Captured {
     let ((), captured) = capture(conn, true, || disconnect(app, session));
     captured
@@ -1555,44 +1491,6 @@ mod tests {
         let to: Vec<u64> = captured.waiting.iter().map(|(o, _)| o.conn).collect();
         assert!(!to.is_empty() && to.iter().all(|&c| c == 2), "{to:?}");
         assert!(!a2_control.ordered(), "a colleague who reads was dropped");
-    }
-
-    /// A buyer's task held back (for room in an agent's queue, or in the
-    /// event log's) still writes what it holds and what comes into its
-    /// queue meanwhile, so the replies to its earlier messages do not fill
-    /// the queue and get it dropped as a slow reader.
-    #[tokio::test]
-    async fn a_held_back_task_still_writes_its_queue() {
-        use tokio_tungstenite::tungstenite::protocol::Role as WsRole;
-        let (ours, theirs) = tokio::io::duplex(64 * 1024);
-        let mut ws = WebSocketStream::from_raw_socket(ours, WsRole::Server, None).await;
-        let mut peer = WebSocketStream::from_raw_socket(theirs, WsRole::Client, None).await;
-        let (out, mut rx, control) = Outbox::new(1, 8);
-        let mut held = vec![Utf8Bytes::from("held")];
-        let (release, released) = tokio::sync::oneshot::channel::<()>();
-        let wait = async move {
-            let _ = released.await;
-            7
-        };
-        let limits = Limits::default();
-        let task = draining(wait, &mut rx, &mut ws, &mut held, &control, &limits);
-        let peer_side = async {
-            for want in ["held", "reply"] {
-                if want == "reply" {
-                    out.push("reply".into());
-                }
-                let m = tokio::time::timeout(Duration::from_secs(5), peer.next()).await;
-                let m = m
-                    .expect("nothing written while held back")
-                    .unwrap()
-                    .unwrap();
-                assert_eq!(m.into_text().unwrap(), want);
-            }
-            release.send(()).unwrap();
-        };
-        let (waited, ()) = tokio::join!(task, peer_side);
-        assert_eq!(waited.unwrap(), 7);
-        assert!(held.is_empty());
     }
 
     #[test]

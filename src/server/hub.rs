@@ -263,13 +263,11 @@ impl Outbox {
     /// `within` meanwhile is dropped as a slow reader; one that does write
     /// is waited for on, however long the room takes.
     ///
-    /// Why not a plain timeout: beyond the rate the server can match for a
-    /// minute (1.4 times the maximum for 60 s), the agents' tasks, one
-    /// among thousands of buyers' tasks in tokio's run queue, wrote only
-    /// a batch per round of it, and a buyer that had waited 10 s dropped an
-    /// agent that read everything it was sent; all 8 went within 100 ms, in
-    /// 2 of 5 runs (BENCHMARKS.md). The queue was full because the server
-    /// was behind, not the agent.
+    /// Why not a plain timeout: beyond the rate the server can match, an
+    /// agent's task is one among thousands of buyers' tasks in tokio's run
+    /// queue, and a queue that stays nearly full while the agent reads
+    /// everything it is sent says the server is behind, not the agent.
+    ///
     /// Waiting holds the buyer's task, so its socket is not read meanwhile:
     /// buyers beyond what the agents' connections can take are slowed down
     /// (TCP pushes back) rather than their agents disconnected.
@@ -279,8 +277,10 @@ impl Outbox {
         // queues it for the rest, so while one buyer waited the queue looked
         // full to everyone else, and the next alarm or colleague's notice
         // dropped an agent that read everything (all 8 agents within 5 ms,
-        // in 3 of 4 minute-long runs at 1.4 times the maximum). Looking at
-        // the room takes nothing.
+        // in 4 of 7 minute-long runs at 1.4 times the maximum; BENCHMARKS.md,
+        // "A minute beyond the maximum"). Looking at the room takes nothing.
+        // Every waiter is woken after each write while any waits: at that
+        // peak hundreds per agent, a write carrying up to 64 frames.
         let mut since = (self.control.writes.load(Ordering::Relaxed), Instant::now());
         loop {
             let notified = self.control.room.notified();
