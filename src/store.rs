@@ -392,7 +392,7 @@ impl Lag {
                  database, and the WAL file grows until they are. Usual causes: a long report \
                  or export holding an old snapshot (let it finish), a disk that cannot keep up, \
                  or a peak that leaves no CPU; it folds back on its own once that ends, and \
-                 /healthz says `checkpoints_behind` meanwhile",
+                 /healthz says `event_log_checkpoints: behind` meanwhile",
                 bytes >> 20
             );
         } else if behind && bytes < limit / 2 {

@@ -387,7 +387,7 @@ async fn healthz_says_while_the_event_log_checkpoints_are_behind() {
     let until = |want: bool| async move {
         for _ in 0..3000 {
             let body = health().await;
-            if body.contains("checkpoints_behind") == want {
+            if body.contains("event_log_checkpoints: behind") == want {
                 return body;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -396,7 +396,7 @@ async fn healthz_says_while_the_event_log_checkpoints_are_behind() {
     };
     let body = until(true).await;
     assert!(
-        body.starts_with("ok\nevent_log: checkpoints_behind\nevent_log_wal_behind_mb: "),
+        body.starts_with("ok\nevent_log_checkpoints: behind\nevent_log_wal_behind_mb: "),
         "{body}"
     );
     reader.execute_batch("COMMIT").unwrap();

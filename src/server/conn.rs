@@ -373,8 +373,15 @@ where
     // once), then the closing handshake, which may take a while.
     let captured = leave(&app, conn, session);
     held.extend(captured.own.into_iter().map(|q| q.frame.text()));
-    for (agent, q) in captured.waiting {
-        agent.send_when_room(q, limits.write_timeout).await;
+    // All of it within one write timeout, and none once the server stops:
+    // a closing connection must not hold its own close up for long.
+    if !app.is_stopping() {
+        let _ = tokio::time::timeout(limits.write_timeout, async {
+            for (agent, q) in captured.waiting {
+                agent.send_when_room(q, limits.write_timeout).await;
+            }
+        })
+        .await;
     }
     if let End::Close(order) = end {
         if order.flush {
@@ -1045,8 +1052,9 @@ fn lint(app: &App, out: &Outbox, text: &str) -> Result<(), Refusal> {
 
 /// Takes `session` out of the routing ([`disconnect`]). What that queues
 /// for agents whose queue is nearly full comes back for the ending task to
-/// wait with, as a buyer's message's frames do (see `hub::capture`); the
-/// ending task drains no queue anyone waits on, so no cycle.
+/// wait with, as a buyer's message's frames do (see `hub::capture`): the
+/// ending task's own queue is no longer drained, and buyers waiting on it
+/// are let go when it closes, so no cycle; the caller bounds the waits.
 ///
 /// Why: these notices (a colleague signing out, a buyer leaving, the
 /// conversations moving on) could not wait and went into the reserve kept
@@ -1416,8 +1424,9 @@ mod tests {
 
     /// A buyer's `hello` that finds the agent's queue down to its reserve
     /// holds the agent's `conversation_assigned` back for the buyer's task
-    /// to wait with, instead of the agent being dropped as a slow reader;
-    /// an agent's `hello` (agents' tasks never wait) is not held.
+    /// to wait with, as its messages' frames are, instead of putting it
+    /// into the reserve (where, with the reserve full, it would drop the
+    /// agent); an agent's `hello` (agents' tasks never wait) is not held.
     #[test]
     fn a_buyers_hello_waits_for_room_in_the_agents_queue() {
         let rt = current_thread();
@@ -1425,9 +1434,9 @@ mod tests {
         let app = two_agents(|_| {});
         let (agent_out, _agent_rx, agent_control) = Outbox::new(1, 8);
         let mut agent = Session::Fresh;
-        let hello = r#"{"type":"hello","role":"agent","shop":"s1","agent":"a1","token":"t1"}"#;
+        let hello = agent_hello("a1", "t1");
         let (closing, _) = capture(1, false, || {
-            dispatch(&app, &mut agent, &agent_out, hello, false)
+            dispatch(&app, &mut agent, &agent_out, &hello, false)
         });
         assert!(closing.is_none() && matches!(agent, Session::Agent(_)));
         // The agent's queue of 8 down to its reserve of 2.
@@ -1447,9 +1456,9 @@ mod tests {
         // A colleague signing in: its frames for a1 go into the reserve.
         let (colleague_out, _colleague_rx, _) = Outbox::new(3, 8);
         let mut colleague = Session::Fresh;
-        let hello = r#"{"type":"hello","role":"agent","shop":"s1","agent":"a2","token":"t2"}"#;
+        let hello = agent_hello("a2", "t2");
         let (_, captured) = capture(3, false, || {
-            dispatch(&app, &mut colleague, &colleague_out, hello, false)
+            dispatch(&app, &mut colleague, &colleague_out, &hello, false)
         });
         assert!(captured.waiting.is_empty(), "an agent's task does not wait");
     }

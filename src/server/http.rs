@@ -157,7 +157,7 @@ fn route(req: Request<Incoming>, app: &App, peer: &str, guard: &ConnGuard) -> Re
 /// degraded
 /// event_log: failing
 /// events_dropped: 84
-/// event_log: checkpoints_behind
+/// event_log_checkpoints: behind
 /// event_log_wal_behind_mb: 131
 /// phrases: stale
 /// phrase_problems: 2
@@ -171,9 +171,10 @@ fn route(req: Request<Incoming>, app: &App, peer: &str, guard: &ConnGuard) -> Re
 /// aside (`event_log: damaged_log_moved_aside`, `damaged_log:` the name it
 /// was given; the log holds nothing from before); `ok` otherwise.
 /// `events_dropped` counts every event lost since the start, so it stays
-/// after the disk is fixed. `checkpoints_behind` keeps `ok`: nothing is
-/// lost, but the WAL file grows until the cause (a long report, a slow
-/// disk) ends; the line goes once the checkpoints have caught up. Stale phrase libraries keep `ok` (older
+/// after the disk is fixed. `event_log_checkpoints: behind` keeps `ok`:
+/// nothing is lost, but the WAL file grows until the cause (a long report,
+/// a slow disk) ends; the line goes once the checkpoints have caught up.
+/// Stale phrase libraries keep `ok` (older
 /// libraries serve). The problems themselves are in the log, agents'
 /// `welcome` and `kefu check`, not on this unauthenticated page.
 fn health(app: &App) -> Response<Body> {
@@ -203,7 +204,7 @@ fn health(app: &App) -> Response<Body> {
     // cause ends (the log's warning names the usual ones).
     if let Some(bytes) = app.event_log_checkpoints_behind() {
         body.push_str(&format!(
-            "event_log: checkpoints_behind\nevent_log_wal_behind_mb: {}\n",
+            "event_log_checkpoints: behind\nevent_log_wal_behind_mb: {}\n",
             bytes >> 20
         ));
     }

@@ -259,9 +259,11 @@ impl Outbox {
     }
 
     /// Sends a frame held back by [`capture`] once the queue has more than
-    /// its reserve free. A connection that writes nothing to its client for
-    /// `within` meanwhile is dropped as a slow reader; one that does write
-    /// is waited for on, however long the room takes.
+    /// its reserve free. A connection that wrote nothing to its client
+    /// over a whole `within` of the wait (checked at the end of each) is
+    /// dropped as a slow reader; one that does write is waited for on,
+    /// however long the room takes. A connection closed or ordered closed
+    /// ends the wait, the frame dropped with it.
     ///
     /// Why not a plain timeout: beyond the rate the server can match, an
     /// agent's task is one among thousands of buyers' tasks in tokio's run
@@ -283,6 +285,12 @@ impl Outbox {
         // peak hundreds per agent, a write carrying up to 64 frames.
         let mut since = (self.control.writes.load(Ordering::Relaxed), Instant::now());
         loop {
+            // A connection being closed takes nothing more (found by
+            // review: a waiter slept out its whole wait on a closed one,
+            // past the shutdown's grace, then logged it as a slow reader).
+            if self.control.ordered() {
+                return;
+            }
             let notified = self.control.room.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
@@ -296,12 +304,14 @@ impl Outbox {
             } else if self.tx.is_closed() {
                 return;
             }
-            if tokio::time::timeout_at(since.1 + within, notified)
-                .await
-                .is_err()
-            {
+            let woken = tokio::select! {
+                _ = notified => true,
+                _ = self.tx.closed() => return,
+                _ = tokio::time::sleep_until(since.1 + within) => false,
+            };
+            if !woken {
                 let writes = self.control.writes.load(Ordering::Relaxed);
-                if writes == since.0 {
+                if writes == since.0 && !self.control.ordered() {
                     self.kick("nothing written while a buyer waited for room");
                     return;
                 }
@@ -341,6 +351,8 @@ impl Outbox {
         }
         self.control.ordered.store(true, Ordering::Release);
         self.control.notify.notify_one();
+        // Buyers waiting for room here stop waiting.
+        self.control.room.notify_waiters();
     }
 }
 
@@ -404,8 +416,11 @@ thread_local! {
 /// faster than the agents' tasks, which share the cores with thousands of
 /// buyers' tasks, can write them, and every agent was dropped as a slow
 /// reader within a fraction of a second though each one read at once.
-/// Only buyers' tasks wait, and only for agents' queues, which no task
-/// waiting could be draining: no cycle, no deadlock.
+/// Only buyers' tasks and ending tasks wait (see `conn::leave`), and only
+/// for agents' queues, which no task waiting could be draining: no cycle,
+/// no deadlock. An ending agent's task may wait on a colleague's queue
+/// whose own task is ending too: a chain, which ends as each closes (a
+/// waiter returns when the queue it waits on is closed or ordered to).
 pub(crate) fn capture<R>(conn: u64, may_wait: bool, f: impl FnOnce() -> R) -> (R, Captured) {
     CAPTURE.with(|c| {
         let mut c = c.borrow_mut();
@@ -2852,7 +2867,7 @@ mod tests {
         assert!(!control.ordered(), "the agent was not dropped");
     }
 
-    /// An agent that takes nothing off its queue for the whole wait is
+    /// An agent to whom nothing is written for the whole wait is
     /// dropped as a slow reader; a queue that is merely full is dropped at
     /// once only for tasks that cannot wait.
     #[tokio::test(start_paused = true)]
@@ -2912,6 +2927,42 @@ mod tests {
         waiter.await.unwrap();
         assert_eq!(got, ["q0", "q1", "q2", "q3", "q4", "q5", "n1", "n2", "b1"]);
         assert!(!control.ordered());
+    }
+
+    /// A buyer waiting for room stops waiting, at once and without calling
+    /// anyone slow, when the agent's connection is ordered closed or ends
+    /// (found by review: it slept out the whole wait, past the shutdown's
+    /// grace, then logged a slow reader).
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_ends_when_the_agents_connection_does() {
+        for ends_by_order in [true, false] {
+            let (agent, agent_rx, control) = Outbox::new(1, 8);
+            agent.set_agent();
+            for i in 0..6 {
+                assert!(agent.push(format!("q{i}").into()));
+            }
+            let (_, captured) = capture(9, true, || agent.push("b1".into()));
+            let (to, q) = captured.waiting.into_iter().next().unwrap();
+            let started = Instant::now();
+            let waiter =
+                tokio::spawn(async move { to.send_when_room(q, Duration::from_secs(10)).await });
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if ends_by_order {
+                agent.close(CloseOrder::refused(Refusal::new(
+                    ErrorCode::ServerBusy,
+                    "bye",
+                )));
+            } else {
+                drop(agent_rx);
+            }
+            waiter.await.unwrap();
+            assert_eq!(
+                started.elapsed(),
+                Duration::from_secs(1),
+                "ordered: {ends_by_order}"
+            );
+            assert!(!control.kicked.load(Ordering::Relaxed), "called slow");
+        }
     }
 
     /// An agent whose task writes, but too slowly for the room a buyer
