@@ -39,8 +39,9 @@
 //! the process being killed; a power cut may lose the last commits (the
 //! database stays consistent). The WAL is folded back into the database
 //! by a second thread at the lowest priority (`Checkpointer`), not by the
-//! writer, whose checkpoints delayed buyer messages under load. The schema is versioned with SQLite's
-//! `user_version` and upgraded on open (see [`MIGRATIONS`]).
+//! writer, whose checkpoints delayed buyer messages under load. The schema
+//! is versioned with SQLite's `user_version` and upgraded on open (see
+//! [`MIGRATIONS`]).
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};

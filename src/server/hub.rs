@@ -301,12 +301,11 @@ impl Outbox {
                     // Taken meanwhile by another task: wait again.
                     Err(TrySendError::Full(back)) => q = back,
                 }
-            } else if self.tx.is_closed() {
-                return;
             }
             let woken = tokio::select! {
-                _ = notified => true,
+                biased;
                 _ = self.tx.closed() => return,
+                _ = notified => true,
                 _ = tokio::time::sleep_until(since.1 + within) => false,
             };
             if !woken {
@@ -2867,19 +2866,46 @@ mod tests {
         assert!(!control.ordered(), "the agent was not dropped");
     }
 
-    /// An agent to whom nothing is written for the whole wait is
-    /// dropped as a slow reader; a queue that is merely full is dropped at
-    /// once only for tasks that cannot wait.
-    #[tokio::test(start_paused = true)]
-    async fn an_agent_that_does_not_read_is_dropped_after_the_wait() {
-        let (agent, _agent_rx, control) = Outbox::new(1, 4);
+    /// An agent's queue of `capacity` holding `queued` frames, and a buyer's
+    /// frame `b1` for it held back to wait for room (`to`, `q`).
+    struct Waiting {
+        agent: Outbox,
+        rx: mpsc::Receiver<Queued>,
+        control: Arc<Control>,
+        to: Outbox,
+        q: Queued,
+    }
+
+    fn a_buyer_waiting(capacity: usize, queued: usize) -> Waiting {
+        let (agent, rx, control) = Outbox::new(1, capacity);
         agent.set_agent();
-        for i in 0..4 {
+        for i in 0..queued {
             assert!(agent.push(format!("q{i}").into()));
         }
         let (held, captured) = capture(9, true, || agent.push("b1".into()));
         assert!(held, "queued to wait, not refused");
         let (to, q) = captured.waiting.into_iter().next().unwrap();
+        Waiting {
+            agent,
+            rx,
+            control,
+            to,
+            q,
+        }
+    }
+
+    /// An agent to whom nothing is written for the whole wait is
+    /// dropped as a slow reader; a queue that is merely full is dropped at
+    /// once only for tasks that cannot wait.
+    #[tokio::test(start_paused = true)]
+    async fn an_agent_that_does_not_read_is_dropped_after_the_wait() {
+        let Waiting {
+            rx: _agent_rx,
+            control,
+            to,
+            q,
+            ..
+        } = a_buyer_waiting(4, 4);
         let started = Instant::now();
         to.send_when_room(q, Duration::from_secs(10)).await;
         assert_eq!(started.elapsed(), Duration::from_secs(10));
@@ -2899,13 +2925,13 @@ mod tests {
     /// first alarm then found the queue full and dropped the agent.
     #[tokio::test(start_paused = true)]
     async fn the_reserve_stays_free_while_a_buyer_waits() {
-        let (agent, mut agent_rx, control) = Outbox::new(1, 8);
-        agent.set_agent();
-        for i in 0..6 {
-            assert!(agent.push(format!("q{i}").into()));
-        }
-        let (_, captured) = capture(9, true, || agent.push("b1".into()));
-        let (to, q) = captured.waiting.into_iter().next().unwrap();
+        let Waiting {
+            agent,
+            rx: mut agent_rx,
+            control,
+            to,
+            q,
+        } = a_buyer_waiting(8, 6);
         let waiter =
             tokio::spawn(async move { to.send_when_room(q, Duration::from_secs(10)).await });
         tokio::task::yield_now().await;
@@ -2936,13 +2962,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_wait_ends_when_the_agents_connection_does() {
         for ends_by_order in [true, false] {
-            let (agent, agent_rx, control) = Outbox::new(1, 8);
-            agent.set_agent();
-            for i in 0..6 {
-                assert!(agent.push(format!("q{i}").into()));
-            }
-            let (_, captured) = capture(9, true, || agent.push("b1".into()));
-            let (to, q) = captured.waiting.into_iter().next().unwrap();
+            let Waiting {
+                agent,
+                rx: agent_rx,
+                control,
+                to,
+                q,
+            } = a_buyer_waiting(8, 6);
             let started = Instant::now();
             let waiter =
                 tokio::spawn(async move { to.send_when_room(q, Duration::from_secs(10)).await });
@@ -2970,13 +2996,13 @@ mod tests {
     /// not the agent), is waited for, not dropped.
     #[tokio::test(start_paused = true)]
     async fn an_agent_that_reads_slowly_is_waited_for() {
-        let (agent, mut agent_rx, control) = Outbox::new(1, 8);
-        agent.set_agent();
-        for i in 0..8 {
-            assert!(agent.push(format!("q{i}").into()));
-        }
-        let (_, captured) = capture(9, true, || agent.push("b1".into()));
-        let (to, q) = captured.waiting.into_iter().next().unwrap();
+        let Waiting {
+            rx: mut agent_rx,
+            control,
+            to,
+            q,
+            ..
+        } = a_buyer_waiting(8, 8);
         // One frame taken and written every 6 s: the room for b1 (the
         // reserve of 2 and one more) comes after 18 s.
         let writer = control.clone();
