@@ -155,7 +155,7 @@ impl Default for Limits {
             max_frame_bytes: 64 * 1024,
             rate_per_sec: 20.0,
             rate_burst: 40,
-            outbound_queue: 256,
+            outbound_queue: 1024,
             handshake_timeout: Duration::from_secs(10),
             hello_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(30),

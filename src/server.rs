@@ -598,10 +598,22 @@ impl App {
         self.shared.store.record(event);
     }
 
-    /// Before a buyer's next message while the event log is behind: see
+    /// Whether the event log is behind: the next frame waits.
+    fn log_backlogged(&self) -> bool {
+        self.shared.store.backlogged()
+    }
+
+    /// Before a client's next frame while the event log is behind: see
     /// [`StoreHandle::wait_for_room`].
+    /// The wait ends when the server starts to stop: the log's writer may
+    /// still be taking events slowly, and a connection must not hold the
+    /// shutdown's grace up for it.
     async fn wait_for_log_room(&self, within: std::time::Duration) {
-        self.shared.store.wait_for_room(within).await;
+        let mut stop = self.shutdown_rx();
+        tokio::select! {
+            () = self.shared.store.wait_for_room(within) => {}
+            () = stopping(&mut stop) => {}
+        }
     }
 
     /// Delivers what a hub change produced, after the lock is released.

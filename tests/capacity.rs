@@ -252,7 +252,7 @@ async fn a_write_stuck_for_the_write_timeout_closes_with_1008() {
         .unwrap()
         .to_string();
     // 60 replies of 6 KB: more than the pipe holds, far less than the
-    // queue (256 frames).
+    // queue (1,024 frames).
     let text = "亲".repeat(2000);
     for _ in 0..60 {
         agent

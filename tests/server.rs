@@ -1340,3 +1340,68 @@ async fn buyer_placeholder_is_the_buyers_id() {
     );
     t.stop().await;
 }
+
+/// While the event log is behind (another connection holds its write lock
+/// and the queue is more than three quarters full), whoever sends a frame
+/// waits before it is taken in, an agent's reply and a buyer's hello as a
+/// buyer's message always did; frames for a waiting agent still reach it;
+/// once the writer has made room everything goes through and the log has
+/// dropped nothing. Why: at 1.4 times the maximum for a minute with 16,000
+/// buyers, the agents' replies, which did not wait, filled the queue and
+/// 5,500-9,500 events were dropped.
+#[tokio::test]
+async fn every_frame_waits_while_the_event_log_is_behind() {
+    use kefu::events::Event;
+    use kefu::store::DB_FILE;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = common::small_log(dir.path());
+    let h = store.handle();
+    let t = common::spawn_app_with_store(test_config(), h.clone()).await;
+    let (mut agent, _) = t.agent("a1").await;
+    let (mut buyer, bw, _) = t.buyer("b1").await;
+    let conv = bw["conversation"].clone();
+    let (other, _, _) = t.buyer("b2").await;
+    agent.recv_type("conversation_assigned").await;
+    agent.recv_type("conversation_assigned").await;
+    let flushed = h.clone();
+    tokio::task::spawn_blocking(move || flushed.flush())
+        .await
+        .unwrap()
+        .unwrap();
+
+    // The writer takes one event and waits for the lock; seven more fill
+    // the queue past three quarters.
+    let blocker = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let filler = |i: i64| Event::new(1_795_140_000_000 + i, "s1", "cx", "bx", Kind::Buyer);
+    h.record(filler(0));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 1..=7 {
+        h.record(filler(i));
+    }
+
+    agent
+        .send(json!({"type":"reply","conversation":conv,"text":"亲，在的，请问有什么可以帮您？"}))
+        .await;
+    let mut late = t.connect().await;
+    late.send(json!({"type":"hello","role":"buyer","shop":"s1","buyer":"b3"}))
+        .await;
+    // Not taken in while the log is behind.
+    let early = tokio::time::timeout(Duration::from_millis(500), buyer.recv()).await;
+    assert!(early.is_err(), "the reply went through: {early:?}");
+    let early = tokio::time::timeout(Duration::from_millis(200), late.recv()).await;
+    assert!(early.is_err(), "the hello went through: {early:?}");
+    // A frame for the waiting agent is still written to it.
+    other.close().await;
+    let p = agent.recv_type("presence").await;
+    assert_eq!(p["online"], false);
+
+    blocker.execute_batch("COMMIT").unwrap();
+    assert_eq!(buyer.recv_type("reply").await["from"], "agent");
+    agent.recv_type("reply_sent").await;
+    late.recv_type("welcome").await;
+    assert_eq!(h.dropped(), 0, "the log dropped events");
+    t.stop().await;
+    store.close().unwrap();
+}

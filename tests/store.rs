@@ -2,6 +2,8 @@
 //! upgraded, newer ones refused, and a report from an exported file equals
 //! the report from the log.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -211,13 +213,7 @@ fn a_full_queue_drops_and_counts_instead_of_blocking() {
 async fn a_buyer_waits_for_room_while_the_writer_is_behind() {
     use futures_util::FutureExt;
     let dir = tempfile::tempdir().unwrap();
-    let opts = StoreOptions {
-        queue_capacity: 8,
-        commit_batch: 1,
-        commit_window: Duration::from_millis(1),
-        ..StoreOptions::default()
-    };
-    let store = Store::open_with(dir.path(), opts).unwrap();
+    let store = common::small_log(dir.path());
     let h = store.handle();
     let long = Duration::from_secs(60);
     assert!(

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -26,7 +26,7 @@ use tracing::{debug, info};
 
 use super::ask;
 use super::hub::{
-    capture, AgentSession, BuyerSession, CloseOrder, Ctx, Effects, Hub, Outbox, Queued,
+    capture, AgentSession, BuyerSession, CloseOrder, Control, Ctx, Effects, Hub, Outbox, Queued,
 };
 use super::throttle::{Account, Outcome};
 use super::{App, SUGGESTIONS};
@@ -158,7 +158,7 @@ where
     let mut last_write = Instant::now() - GATHER_IF_BUSY;
     let mut gather = Gather::default();
 
-    let end = loop {
+    let end = 'conn: loop {
         // Biased, the streams (nearly) first: a turn that finds a frame to
         // read or write does not poll the branches after them, which are
         // rarely ready (each poll of a timer or a `Notify` costs, and there
@@ -293,9 +293,17 @@ where
                     continue;
                 }
                 let is_buyer = matches!(session, Session::Buyer(_));
-                if is_buyer {
-                    // The event log is behind (a peak): this buyer waits.
-                    app.wait_for_log_room(limits.write_timeout).await;
+                // The event log is behind (a peak): whoever sent this frame
+                // waits before it is taken in, a buyer's message, an
+                // agent's reply or a hello alike (each brings events), and
+                // what comes for this connection meanwhile is still written.
+                if app.log_backlogged() {
+                    let wait = app.wait_for_log_room(limits.write_timeout);
+                    let drained = draining(wait, &mut rx, &mut ws, &mut held, &control, &limits);
+                    if let Err(e) = drained.await {
+                        debug!(conn, %peer, error = %e, "write failed");
+                        break write_failed(&e);
+                    }
                 }
                 // What is queued already goes before what this frame
                 // produces, as if both had come through the queue.
@@ -311,7 +319,12 @@ where
                     held.push(q.frame.text());
                 }
                 for (agent, q) in captured.waiting {
-                    agent.send_when_room(q, limits.write_timeout).await;
+                    let wait = agent.send_when_room(q, limits.write_timeout);
+                    let drained = draining(wait, &mut rx, &mut ws, &mut held, &control, &limits);
+                    if let Err(e) = drained.await {
+                        debug!(conn, %peer, error = %e, "write failed");
+                        break 'conn write_failed(&e);
+                    }
                 }
                 if let Some(order) = closing {
                     break End::Close(order);
@@ -537,6 +550,54 @@ fn top_up(rx: &mut mpsc::Receiver<Queued>, held: &mut Vec<Utf8Bytes>, limit: usi
         }
     }
     urgent
+}
+
+/// Waits for `wait` (the task held back at a peak: for room in the event
+/// log's queue, or a buyer's for room in an agent's) while writing what
+/// comes into this connection's own queue meanwhile; `held` is written
+/// first when the wait does not end at once.
+///
+/// Why: held back, the task used to write nothing. A buyer's replies to
+/// the messages it had passed on then filled its queue and got it dropped
+/// as a slow reader, though it read everything; an agent's task held back
+/// this way would stop the buyers' messages to it and be dropped by the
+/// buyers waiting for room in its queue (BENCHMARKS.md, "A minute beyond
+/// the maximum").
+async fn draining<S, F>(
+    wait: F,
+    rx: &mut mpsc::Receiver<Queued>,
+    ws: &mut WebSocketStream<S>,
+    held: &mut Vec<Utf8Bytes>,
+    control: &Control,
+    limits: &Limits,
+) -> Result<F::Output, WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: std::future::Future,
+{
+    let mut wait = std::pin::pin!(wait);
+    // Nearly every wait ends at once: then nothing changes.
+    if let Some(r) = (&mut wait).now_or_never() {
+        return Ok(r);
+    }
+    loop {
+        if !held.is_empty() {
+            write_batch(ws, held, limits.write_timeout).await?;
+            control.wrote();
+        }
+        tokio::select! {
+            biased;
+            r = &mut wait => return Ok(r),
+            q = rx.recv() => match q {
+                Some(q) => {
+                    held.push(q.frame.text());
+                    top_up(rx, held, BATCH);
+                }
+                // Not while this task holds its own sender.
+                None => return Ok(wait.await),
+            },
+        }
+    }
 }
 
 /// Writes the frames of `held` (emptying it), then flushes once.
@@ -1191,6 +1252,44 @@ mod tests {
                 "{pattern}: {share} of chances taken"
             );
         }
+    }
+
+    /// A task held back (for room in the event log's queue, or a buyer's in
+    /// an agent's) still writes what it holds and what comes into its queue
+    /// meanwhile, so the replies to a buyer's earlier messages do not fill
+    /// its queue, nor a waiting agent's buyers find it writing nothing.
+    #[tokio::test]
+    async fn a_held_back_task_still_writes_its_queue() {
+        use tokio_tungstenite::tungstenite::protocol::Role as WsRole;
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let mut ws = WebSocketStream::from_raw_socket(ours, WsRole::Server, None).await;
+        let mut peer = WebSocketStream::from_raw_socket(theirs, WsRole::Client, None).await;
+        let (out, mut rx, control) = Outbox::new(1, 8);
+        let mut held = vec![Utf8Bytes::from("held")];
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let wait = async move {
+            let _ = released.await;
+            7
+        };
+        let limits = Limits::default();
+        let task = draining(wait, &mut rx, &mut ws, &mut held, &control, &limits);
+        let peer_side = async {
+            for want in ["held", "reply"] {
+                if want == "reply" {
+                    out.push("reply".into());
+                }
+                let m = tokio::time::timeout(Duration::from_secs(5), peer.next()).await;
+                let m = m
+                    .expect("nothing written while held back")
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(m.into_text().unwrap(), want);
+            }
+            release.send(()).unwrap();
+        };
+        let (waited, ()) = tokio::join!(task, peer_side);
+        assert_eq!(waited.unwrap(), 7);
+        assert!(held.is_empty());
     }
 
     #[test]

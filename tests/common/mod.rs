@@ -15,7 +15,7 @@ use futures_util::{SinkExt, StreamExt};
 use kefu::config::{AgentConfig, Config, ShopConfig};
 use kefu::events::Event;
 use kefu::server::{self, App, Restored, ResumeKey};
-use kefu::store::{Store, StoreHandle};
+use kefu::store::{Store, StoreHandle, StoreOptions};
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream};
 use tokio::sync::mpsc;
@@ -408,4 +408,17 @@ pub fn garble(path: &Path, at: u64, pages: usize) {
         .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3])
         .collect();
     f.write_all(&junk).unwrap();
+}
+
+/// An event log in `dir` whose queue holds 8 events, each committed on its
+/// own: small enough for a test to fill while another connection holds the
+/// write lock and the writer waits for it.
+pub fn small_log(dir: &Path) -> Store {
+    let opts = StoreOptions {
+        queue_capacity: 8,
+        commit_batch: 1,
+        commit_window: Duration::from_millis(1),
+        ..StoreOptions::default()
+    };
+    Store::open_with(dir, opts).unwrap()
 }
