@@ -70,6 +70,9 @@ pub const QUEUE_CAPACITY: usize = 65_536;
 /// While gathering a commit, the writer looks at the queue this often (so
 /// a full batch, a flush or a shutdown waits at most this long).
 const GATHER_STEP: Duration = Duration::from_millis(5);
+/// Most windows of `within` a frame waits for room in the queue while the
+/// writer commits but does not catch up ([`StoreHandle::wait_for_room`]).
+pub const MAX_WAIT_WINDOWS: u32 = 6;
 /// How often the checkpointer folds the WAL back into the database.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// WAL pages (4 KiB each) past which the writer checkpoints itself while
@@ -351,9 +354,6 @@ struct Shared {
     /// waiting (`waiting`) for room.
     room: tokio::sync::Notify,
     waiting: AtomicBool,
-    /// Events the writer has taken off the queue, ever: whether it makes
-    /// progress, for those waiting for room.
-    taken: AtomicU64,
     dropped: AtomicU64,
     /// The last commit failed after its retries (a full disk, a read-only
     /// file): set until a commit succeeds again.
@@ -421,7 +421,6 @@ impl Shared {
             capacity: capacity.max(1),
             room: tokio::sync::Notify::new(),
             waiting: AtomicBool::new(false),
-            taken: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             failing: AtomicBool::new(false),
             set_aside,
@@ -433,7 +432,7 @@ impl Shared {
         (shared, rx)
     }
 
-    /// More than three quarters of the queue taken: buyers should wait.
+    /// More than three quarters of the queue taken: clients' frames wait.
     fn backlogged(&self) -> bool {
         self.queued.load(Ordering::SeqCst) > self.capacity / 4 * 3
     }
@@ -443,7 +442,6 @@ impl Shared {
         if n == 0 {
             return;
         }
-        self.taken.fetch_add(n as u64, Ordering::Relaxed);
         let left = self.queued.fetch_sub(n, Ordering::SeqCst) - n;
         if left <= self.capacity / 2 && self.waiting.swap(false, Ordering::SeqCst) {
             self.room.notify_waiters();
@@ -501,16 +499,18 @@ impl StoreHandle {
 
     /// Waits while the queue is more than three quarters full, until the
     /// writer has taken it below half; at once when it is not. For the
-    /// tasks that bring the load (buyers' connections): waiting before the
-    /// next message slows them down instead of the log dropping events.
-    /// The wait goes on for as long as the writer makes progress; once it
-    /// has taken nothing for `within` the caller goes on (a stuck disk must
-    /// not stop the chat), and what does not fit is dropped and counted.
+    /// tasks that bring the load (clients' connections): waiting before the
+    /// next frame slows them down instead of the log dropping events. The
+    /// wait goes on while the writer commits: every `within` it looks
+    /// whether a commit succeeded since, and goes on (what does not fit is
+    /// then dropped and counted) once none did, or after
+    /// [`MAX_WAIT_WINDOWS`] windows in all: a stuck disk, or a writer that
+    /// never catches up, must not stop the chat.
     ///
     /// Why not a plain `within`: at a sustained peak the writer, at a lower
     /// priority than the workers, is behind for longer than that while
     /// still writing, and waiters that gave up after 10 s all came back at
-    /// once: 5,500-8,200 events dropped in a minute at 1.4 times the
+    /// once: 5,068-8,244 events dropped in a minute at 1.4 times the
     /// maximum with 16,000 buyers (BENCHMARKS.md, "A minute beyond the
     /// maximum").
     pub async fn wait_for_room(&self, within: Duration) {
@@ -518,8 +518,8 @@ impl StoreHandle {
         if !shared.backlogged() {
             return;
         }
-        let mut taken = shared.taken.load(Ordering::Relaxed);
-        loop {
+        let mut commits = shared.commits.load(Ordering::Relaxed);
+        for _ in 0..MAX_WAIT_WINDOWS {
             let room = tokio::time::timeout(within, async {
                 loop {
                     let notified = shared.room.notified();
@@ -535,11 +535,11 @@ impl StoreHandle {
                 }
             })
             .await;
-            let now = shared.taken.load(Ordering::Relaxed);
-            if room.is_ok() || now == taken {
+            let now = shared.commits.load(Ordering::Relaxed);
+            if room.is_ok() || now == commits {
                 return;
             }
-            taken = now;
+            commits = now;
         }
     }
 
@@ -1963,10 +1963,10 @@ pub fn vacuum(dir: &Path) -> Result<(u64, u64), StoreError> {
 mod tests {
     use super::*;
 
-    /// A caller waiting for room stays while the writer keeps taking events
-    /// (here one every 3 s, each replaced at once, so the queue stays past
-    /// three quarters), however long that is, and goes on once the writer
-    /// has taken nothing for `within`.
+    /// A caller waiting for room stays while the writer keeps committing
+    /// (here once every 3 s, the queue staying past three quarters) for
+    /// several windows of `within`, and goes on once a window passes with
+    /// no commit, or after `MAX_WAIT_WINDOWS` windows in all.
     #[tokio::test(start_paused = true)]
     async fn a_wait_for_room_lasts_while_the_writer_makes_progress() {
         let (shared, _rx) = Shared::new(8, None);
@@ -1977,19 +1977,37 @@ mod tests {
         };
         let within = Duration::from_secs(10);
         let waiter = tokio::spawn(async move { h.wait_for_room(within).await });
-        for _ in 0..20 {
+        for _ in 0..10 {
             tokio::time::sleep(Duration::from_secs(3)).await;
-            shared.queued.fetch_add(1, Ordering::SeqCst);
-            shared.took(1);
+            shared.commits.fetch_add(1, Ordering::Relaxed);
             assert!(!waiter.is_finished(), "gave up while the writer wrote");
         }
-        // 60 s in, six times `within`: the writer stops.
+        // 30 s in, three windows: the writer stops.
         let stopped = tokio::time::Instant::now();
-        waiter.await.unwrap();
+        tokio::time::timeout(within * 3, waiter)
+            .await
+            .expect("still waiting after the writer stopped")
+            .unwrap();
         let waited = stopped.elapsed();
         assert!(
             waited <= within * 2,
             "went on {waited:?} after the writer stopped"
+        );
+        // A writer that commits but never catches up: at most six windows.
+        let h = StoreHandle {
+            shared: Some(shared.clone()),
+        };
+        let started = tokio::time::Instant::now();
+        let waiter = tokio::spawn(async move { h.wait_for_room(within).await });
+        while !waiter.is_finished() {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            shared.commits.fetch_add(1, Ordering::Relaxed);
+        }
+        let waited = started.elapsed();
+        assert!(
+            waited >= within * (MAX_WAIT_WINDOWS - 1)
+                && waited <= within * MAX_WAIT_WINDOWS + Duration::from_secs(3),
+            "waited {waited:?}"
         );
         // Room at any time ends the wait at once.
         shared.queued.store(7, Ordering::SeqCst);

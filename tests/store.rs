@@ -204,7 +204,7 @@ fn a_full_queue_drops_and_counts_instead_of_blocking() {
 }
 
 /// A peak the writer cannot follow (here: another connection holds the
-/// write lock): past three quarters of the queue, a buyer's connection
+/// write lock): past three quarters of the queue, a client's connection
 /// waits in `wait_for_room` until the writer has taken the queue below
 /// half, and nothing is dropped. With room, or without a store, it does
 /// not wait at all; a writer stuck for longer than the wait lets the caller
@@ -261,7 +261,12 @@ async fn a_buyer_waits_for_room_while_the_writer_is_behind() {
         h.record(event(i));
     }
     let start = std::time::Instant::now();
-    h.wait_for_room(Duration::from_millis(200)).await;
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        h.wait_for_room(Duration::from_millis(200)),
+    )
+    .await
+    .expect("a writer that commits nothing is not waited for");
     assert!(start.elapsed() >= Duration::from_millis(200));
     blocker.execute_batch("COMMIT").unwrap();
     store.close().unwrap();

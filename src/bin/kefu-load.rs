@@ -124,7 +124,7 @@ struct Args {
     #[arg(long)]
     max: bool,
     /// Messages in flight in --max mode. Keep it below agents x the server's
-    /// outbound queue (256), or agents get dropped as slow readers.
+    /// outbound queue (1,024 by default), or agents get dropped as slow readers.
     #[arg(long, default_value_t = 64)]
     inflight: usize,
     /// Seconds of sending (the first --warmup of them are not measured).

@@ -299,10 +299,22 @@ where
                 // what comes for this connection meanwhile is still written.
                 if app.log_backlogged() {
                     let wait = app.wait_for_log_room(limits.write_timeout);
-                    let drained = draining(wait, &mut rx, &mut ws, &mut held, &control, &limits);
-                    if let Err(e) = drained.await {
-                        debug!(conn, %peer, error = %e, "write failed");
-                        break write_failed(&e);
+                    match draining(wait, true, &mut rx, &mut ws, &mut held, &control, &limits).await
+                    {
+                        Ok(()) => {}
+                        Err(Held::Ordered) => match control.take() {
+                            Some(order) => break 'conn End::Close(order),
+                            None => continue,
+                        },
+                        Err(Held::Write(e)) => {
+                            debug!(conn, %peer, error = %e, "write failed");
+                            break 'conn write_failed(&e);
+                        }
+                    }
+                    // The wait ended for the shutdown: this frame's events
+                    // would not fit.
+                    if app.is_stopping() {
+                        break 'conn close(CloseCode::Away, "server shutting down");
                     }
                 }
                 // What is queued already goes before what this frame
@@ -318,13 +330,25 @@ where
                     // this connection since.
                     held.push(q.frame.text());
                 }
+                // Every frame is passed on, whatever happens to this
+                // connection meanwhile: they are in the log and the history.
+                let mut failed = None;
                 for (agent, q) in captured.waiting {
                     let wait = agent.send_when_room(q, limits.write_timeout);
-                    let drained = draining(wait, &mut rx, &mut ws, &mut held, &control, &limits);
-                    if let Err(e) = drained.await {
-                        debug!(conn, %peer, error = %e, "write failed");
-                        break 'conn write_failed(&e);
+                    if failed.is_some() {
+                        wait.await;
+                        continue;
                     }
+                    match draining(wait, false, &mut rx, &mut ws, &mut held, &control, &limits)
+                        .await
+                    {
+                        Ok(()) | Err(Held::Ordered) => {}
+                        Err(Held::Write(e)) => failed = Some(e),
+                    }
+                }
+                if let Some(e) = failed {
+                    debug!(conn, %peer, error = %e, "write failed");
+                    break 'conn write_failed(&e);
                 }
                 if let Some(order) = closing {
                     break End::Close(order);
@@ -552,50 +576,80 @@ fn top_up(rx: &mut mpsc::Receiver<Queued>, held: &mut Vec<Utf8Bytes>, limit: usi
     urgent
 }
 
+/// Why a [`draining`] wait ended before its future did.
+enum Held {
+    /// A write to this connection failed (the wait was seen to its end).
+    Write(WsError),
+    /// This connection was ordered closed: the caller's loop picks the
+    /// order up (the wait was dropped if `droppable`, else seen to its end).
+    Ordered,
+}
+
+/// How often a [`draining`] wait looks for a close order of its own.
+const ORDER_CHECK: Duration = Duration::from_millis(100);
+
 /// Waits for `wait` (the task held back at a peak: for room in the event
 /// log's queue, or a buyer's for room in an agent's) while writing what
 /// comes into this connection's own queue meanwhile; `held` is written
-/// first when the wait does not end at once.
+/// first when the wait does not end at once. A write that fails still sees
+/// the wait to its end (a frame for an agent inside it is passed on).
 ///
 /// Why: held back, the task used to write nothing. A buyer's replies to
 /// the messages it had passed on then filled its queue and got it dropped
 /// as a slow reader, though it read everything; an agent's task held back
 /// this way would stop the buyers' messages to it and be dropped by the
 /// buyers waiting for room in its queue (BENCHMARKS.md, "A minute beyond
-/// the maximum").
+/// the maximum"). A close order (a kick, a replacing sign-in) ends a wait
+/// for the log within [`ORDER_CHECK`] (`droppable`: the log's wait can be
+/// long, and a closing connection's frame needs no room); a wait with a
+/// frame in it is seen to its end.
 async fn draining<S, F>(
     wait: F,
+    droppable: bool,
     rx: &mut mpsc::Receiver<Queued>,
     ws: &mut WebSocketStream<S>,
     held: &mut Vec<Utf8Bytes>,
     control: &Control,
     limits: &Limits,
-) -> Result<F::Output, WsError>
+) -> Result<(), Held>
 where
     S: AsyncRead + AsyncWrite + Unpin,
-    F: std::future::Future,
+    F: std::future::Future<Output = ()>,
 {
     let mut wait = std::pin::pin!(wait);
     // Nearly every wait ends at once: then nothing changes.
-    if let Some(r) = (&mut wait).now_or_never() {
-        return Ok(r);
+    if (&mut wait).now_or_never().is_some() {
+        return Ok(());
     }
     loop {
         if !held.is_empty() {
-            write_batch(ws, held, limits.write_timeout).await?;
+            if let Err(e) = write_batch(ws, held, limits.write_timeout).await {
+                wait.await;
+                return Err(Held::Write(e));
+            }
             control.wrote();
+        }
+        if control.ordered() {
+            if !droppable {
+                wait.await;
+            }
+            return Err(Held::Ordered);
         }
         tokio::select! {
             biased;
-            r = &mut wait => return Ok(r),
+            () = &mut wait => return Ok(()),
             q = rx.recv() => match q {
                 Some(q) => {
                     held.push(q.frame.text());
                     top_up(rx, held, BATCH);
                 }
                 // Not while this task holds its own sender.
-                None => return Ok(wait.await),
+                None => {
+                    wait.await;
+                    return Ok(());
+                }
             },
+            () = tokio::time::sleep(ORDER_CHECK) => {}
         }
     }
 }
@@ -1269,10 +1323,9 @@ mod tests {
         let (release, released) = tokio::sync::oneshot::channel::<()>();
         let wait = async move {
             let _ = released.await;
-            7
         };
         let limits = Limits::default();
-        let task = draining(wait, &mut rx, &mut ws, &mut held, &control, &limits);
+        let task = draining(wait, false, &mut rx, &mut ws, &mut held, &control, &limits);
         let peer_side = async {
             for want in ["held", "reply"] {
                 if want == "reply" {
@@ -1288,7 +1341,11 @@ mod tests {
             release.send(()).unwrap();
         };
         let (waited, ()) = tokio::join!(task, peer_side);
-        assert_eq!(waited.unwrap(), 7);
+        assert!(waited.is_ok());
+        assert!(
+            control.writes.load(std::sync::atomic::Ordering::Relaxed) >= 2,
+            "writes not counted"
+        );
         assert!(held.is_empty());
     }
 

@@ -105,7 +105,7 @@ pub(crate) struct Control {
     agent: AtomicBool,
     /// Writes to the client completed: whether it reads, for a buyer's
     /// task waiting for room (see [`Outbox::send_when_room`]).
-    writes: AtomicU64,
+    pub(crate) writes: AtomicU64,
     /// Woken after a write while `room_wanted`: a buyer's task waits for
     /// room in this queue.
     room: Notify,
