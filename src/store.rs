@@ -413,9 +413,9 @@ impl Lag {
 impl Shared {
     /// The state of a log whose queue holds `capacity` events, and the
     /// writer's end of that queue.
-    fn new(capacity: usize, set_aside: Option<PathBuf>) -> (Shared, Receiver<Msg>) {
+    fn new(capacity: usize, set_aside: Option<PathBuf>) -> (Arc<Shared>, Receiver<Msg>) {
         let (tx, rx) = mpsc::sync_channel(capacity.max(1));
-        let shared = Shared {
+        let shared = Arc::new(Shared {
             tx,
             queued: AtomicUsize::new(0),
             capacity: capacity.max(1),
@@ -428,7 +428,7 @@ impl Shared {
             last_warn_ms: AtomicI64::new(i64::MIN / 2),
             started: Instant::now(),
             lag: Arc::default(),
-        };
+        });
         (shared, rx)
     }
 
@@ -831,7 +831,6 @@ impl Store {
         set_aside: Option<PathBuf>,
     ) -> Result<Store, StoreError> {
         let (shared, rx) = Shared::new(options.queue_capacity, set_aside);
-        let shared = Arc::new(shared);
         let writer_shared = shared.clone();
         let writer_path = path.clone();
         let writer = std::thread::Builder::new()
@@ -1970,7 +1969,6 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_wait_for_room_lasts_while_the_writer_makes_progress() {
         let (shared, _rx) = Shared::new(8, None);
-        let shared = Arc::new(shared);
         shared.queued.store(7, Ordering::SeqCst);
         let h = StoreHandle {
             shared: Some(shared.clone()),

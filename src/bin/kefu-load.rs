@@ -555,16 +555,10 @@ fn marker(text: &str) -> Option<(usize, u64, u64, u64)> {
     Some((buyer, seq, due, sent))
 }
 
-/// What an agent's connection had for it: a frame read, or the end of
-/// the connection (a failed write included).
-enum AgentIo {
-    Frame(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
-    WriteFailed,
-}
-
 /// Writes what `out` holds (cancel-safe: a reply leaves `out` only once
 /// the connection took it) and reads the next frame, whichever is ready;
-/// a write that waits does not stop the reading.
+/// a write that waits does not stop the reading. A failed write ends the
+/// stream (`None`), as a closed connection does.
 ///
 /// Why: an agent that wrote inline stopped reading while a send waited,
 /// which a browser does not do. At a peak beyond the maximum, a server
@@ -577,29 +571,30 @@ fn agent_io<'a>(
     ws: &'a mut Ws,
     out: &'a mut VecDeque<Message>,
     unflushed: &'a mut bool,
-) -> impl std::future::Future<Output = AgentIo> + 'a {
+) -> impl std::future::Future<Output = Option<Result<Message, tokio_tungstenite::tungstenite::Error>>> + 'a
+{
     std::future::poll_fn(move |cx| {
         use std::task::Poll;
         while !out.is_empty() {
             match ws.poll_ready_unpin(cx) {
                 Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(_)) => return Poll::Ready(AgentIo::WriteFailed),
+                Poll::Ready(Err(_)) => return Poll::Ready(None),
                 Poll::Pending => break,
             }
             let m = out.pop_front().expect("not empty");
             if ws.start_send_unpin(m).is_err() {
-                return Poll::Ready(AgentIo::WriteFailed);
+                return Poll::Ready(None);
             }
             *unflushed = true;
         }
         if *unflushed && out.is_empty() {
             match ws.poll_flush_unpin(cx) {
                 Poll::Ready(Ok(())) => *unflushed = false,
-                Poll::Ready(Err(_)) => return Poll::Ready(AgentIo::WriteFailed),
+                Poll::Ready(Err(_)) => return Poll::Ready(None),
                 Poll::Pending => {}
             }
         }
-        ws.poll_next_unpin(cx).map(AgentIo::Frame)
+        ws.poll_next_unpin(cx)
     })
 }
 
@@ -628,14 +623,7 @@ async fn agent_task(
     loop {
         let next_due = pending.front().map(|p| p.0);
         tokio::select! {
-            io = agent_io(&mut ws, &mut out, &mut unflushed) => {
-                let AgentIo::Frame(msg) = io else {
-                    if !shared.stopping.load(Ordering::Relaxed) {
-                        shared.c.disconnects.fetch_add(1, Ordering::Relaxed);
-                        shared.error("agent_disconnected");
-                    }
-                    break;
-                };
+            msg = agent_io(&mut ws, &mut out, &mut unflushed) => {
                 let text = match msg {
                     Some(Ok(Message::Text(t))) => t,
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
