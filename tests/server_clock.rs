@@ -603,3 +603,38 @@ async fn a_new_buyer_waits_for_an_agent_within_the_grace() {
     let h = buyer.recv_type("reply").await;
     assert_eq!(h["note"], "holding", "{h}");
 }
+
+/// 双11: many buyers write at the same moment, so their clocks' alarms all
+/// fire in one pass of the timer, more of them than the agent's outbound
+/// queue holds (8 here). The agent reads everything, so it must not be
+/// dropped as a slow reader: what does not fit waits beside the queue, and
+/// every alarm arrives, in order.
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_alarms_larger_than_the_queue_drops_nobody() {
+    let mut c = config(None);
+    c.limits.outbound_queue = 8;
+    let t = spawn_local(c).await;
+    let (mut agent, _) = t.agent("a1").await;
+    let mut buyers = Vec::new();
+    for i in 0..14 {
+        let (b, _, _) = t.buyer(&format!("b{i}")).await;
+        agent.recv_type("conversation_assigned").await;
+        buyers.push(b);
+    }
+    let t0 = Instant::now();
+    let mut order = Vec::new();
+    for b in buyers.iter_mut() {
+        b.send(json!({"type":"message","text":"在吗"})).await;
+        order.push(agent.recv_type("buyer_message").await["buyer"].clone());
+    }
+    for kind in ["nudge", "breach"] {
+        let mut seen = Vec::new();
+        for _ in 0..buyers.len() {
+            seen.push(agent.recv_type(kind).await["buyer"].clone());
+        }
+        assert_eq!(seen, order, "every {kind}, in the order of the clocks");
+    }
+    assert_eq!(t0.elapsed().as_secs(), 30);
+    assert_eq!(t.app.stats().agents_online, 1, "the agent is still online");
+    agent.expect_silence(secs(60.0)).await;
+}

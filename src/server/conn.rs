@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -26,7 +25,8 @@ use tracing::{debug, info};
 
 use super::ask;
 use super::hub::{
-    capture, AgentSession, BuyerSession, CloseOrder, Control, Ctx, Effects, Hub, Outbox, Queued,
+    capture, AgentSession, BuyerSession, CloseOrder, Control, Ctx, Effects, Hub, Inbox, Outbox,
+    Queued,
 };
 use super::throttle::{Account, Outcome};
 use super::{App, SUGGESTIONS};
@@ -520,7 +520,7 @@ enum Io {
 /// the two take turns, so a steady stream either way never starves the
 /// other direction.
 fn next_io<'a, S>(
-    rx: &'a mut mpsc::Receiver<Queued>,
+    rx: &'a mut Inbox,
     ws: &'a mut WebSocketStream<S>,
     turn: &'a mut bool,
 ) -> impl std::future::Future<Output = Io> + 'a
@@ -553,7 +553,7 @@ fn hello_timeout(limits: &Limits) -> End {
 /// Moves `first` and whatever else is queued (up to a batch) into `held`;
 /// `true` when the batch should be written now: it holds a frame someone
 /// waits on, or is full.
-fn take_batch(first: Queued, rx: &mut mpsc::Receiver<Queued>, held: &mut Vec<Utf8Bytes>) -> bool {
+fn take_batch(first: Queued, rx: &mut Inbox, held: &mut Vec<Utf8Bytes>) -> bool {
     let now = !first.deferred;
     held.push(first.frame.text());
     let urgent = top_up(rx, held, BATCH);
@@ -562,15 +562,15 @@ fn take_batch(first: Queued, rx: &mut mpsc::Receiver<Queued>, held: &mut Vec<Utf
 
 /// Moves what is queued into `held` until it holds `limit` frames; `true`
 /// when that took a frame someone waits on.
-fn top_up(rx: &mut mpsc::Receiver<Queued>, held: &mut Vec<Utf8Bytes>, limit: usize) -> bool {
+fn top_up(rx: &mut Inbox, held: &mut Vec<Utf8Bytes>, limit: usize) -> bool {
     let mut urgent = false;
     while held.len() < limit {
         match rx.try_recv() {
-            Ok(q) => {
+            Some(q) => {
                 urgent |= !q.deferred;
                 held.push(q.frame.text());
             }
-            Err(_) => break,
+            None => break,
         }
     }
     urgent
@@ -606,7 +606,7 @@ const ORDER_CHECK: Duration = Duration::from_millis(100);
 async fn draining<S, F>(
     wait: F,
     droppable: bool,
-    rx: &mut mpsc::Receiver<Queued>,
+    rx: &mut Inbox,
     ws: &mut WebSocketStream<S>,
     held: &mut Vec<Utf8Bytes>,
     control: &Control,
@@ -683,7 +683,7 @@ where
 async fn finish<S>(
     ws: &mut WebSocketStream<S>,
     held: Vec<Utf8Bytes>,
-    rx: &mut mpsc::Receiver<Queued>,
+    rx: &mut Inbox,
     order: CloseOrder,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -693,7 +693,7 @@ async fn finish<S>(
             for frame in held {
                 ws.feed(Message::Text(frame)).await?;
             }
-            while let Ok(q) = rx.try_recv() {
+            while let Some(q) = rx.try_recv() {
                 ws.feed(Message::Text(q.frame.text())).await?;
             }
         }
@@ -1530,7 +1530,7 @@ mod tests {
         };
         sent.unwrap();
         let mut at = None;
-        while let Ok(q) = agent_rx.try_recv() {
+        while let Some(q) = agent_rx.try_recv() {
             let v: serde_json::Value = serde_json::from_str(q.frame.text().as_str()).unwrap();
             if v["type"] == "buyer_message" {
                 at = v["at"].as_i64();
