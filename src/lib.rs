@@ -12,6 +12,7 @@
 //! - [`events`]: the event record shared by the store, files and reports;
 //! - [`store`]: the durable SQLite event log with its writer thread;
 //! - [`report`]: response-time and satisfaction reports from events;
+//! - `room`: waiting for room in a bounded queue (an agent's, the log's);
 //! - [`config`]: settings from file, environment and flags;
 //! - [`protocol`]: the WebSocket JSON messages;
 //! - [`clock`]: the 30-second response clock (rounds, nudges, breaches);
@@ -28,6 +29,7 @@ pub mod phrases;
 pub mod politeness;
 pub mod protocol;
 pub mod report;
+mod room;
 pub mod server;
 pub mod store;
 pub mod web;

@@ -55,6 +55,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use crate::events::{Event, Kind, Rating};
 use crate::report::{self, RecordFields, Records, Report, ReportOptions};
+use crate::room::Room;
 use insert::{Insert, Value};
 
 mod insert;
@@ -350,10 +351,8 @@ struct Shared {
     /// Events in the queue (recorded, not yet taken by the writer).
     queued: AtomicUsize,
     capacity: usize,
-    /// Woken when the writer takes the queue below half with someone
-    /// waiting (`waiting`) for room.
-    room: tokio::sync::Notify,
-    waiting: AtomicBool,
+    /// Freed when the writer takes the queue below half.
+    room: Room,
     dropped: AtomicU64,
     /// The last commit failed after its retries (a full disk, a read-only
     /// file): set until a commit succeeds again.
@@ -419,8 +418,7 @@ impl Shared {
             tx,
             queued: AtomicUsize::new(0),
             capacity: capacity.max(1),
-            room: tokio::sync::Notify::new(),
-            waiting: AtomicBool::new(false),
+            room: Room::default(),
             dropped: AtomicU64::new(0),
             failing: AtomicBool::new(false),
             set_aside,
@@ -443,8 +441,8 @@ impl Shared {
             return;
         }
         let left = self.queued.fetch_sub(n, Ordering::SeqCst) - n;
-        if left <= self.capacity / 2 && self.waiting.swap(false, Ordering::SeqCst) {
-            self.room.notify_waiters();
+        if left <= self.capacity / 2 {
+            self.room.freed();
         }
     }
 
@@ -520,20 +518,10 @@ impl StoreHandle {
         }
         let mut commits = shared.commits.load(Ordering::Relaxed);
         for _ in 0..MAX_WAIT_WINDOWS {
-            let room = tokio::time::timeout(within, async {
-                loop {
-                    let notified = shared.room.notified();
-                    tokio::pin!(notified);
-                    // Registered before the flag is set and the queue looked
-                    // at again, so a wake-up in between is not missed.
-                    notified.as_mut().enable();
-                    shared.waiting.store(true, Ordering::SeqCst);
-                    if !shared.backlogged() {
-                        return;
-                    }
-                    notified.await;
-                }
-            })
+            let room = tokio::time::timeout(
+                within,
+                shared.room.until(|| (!shared.backlogged()).then_some(())),
+            )
             .await;
             let now = shared.commits.load(Ordering::Relaxed);
             if room.is_ok() || now == commits {

@@ -46,6 +46,7 @@ use crate::protocol::{
     to_json, Author, ClockView, Colleague, ConversationView, ErrorCode, Line, PhraseStatus,
     Refusal, Role, ServerMsg,
 };
+use crate::room::Room;
 
 // ---- client queues -------------------------------------------------------------
 
@@ -107,10 +108,9 @@ pub(crate) struct Control {
     /// Writes to the client completed: whether it reads, for a buyer's
     /// task waiting for room (see [`Outbox::send_when_room`]).
     pub(crate) writes: AtomicU64,
-    /// Woken after a write while `room_wanted`: a buyer's task waits for
-    /// room in this queue.
-    room: Notify,
-    room_wanted: AtomicBool,
+    /// Where buyers' tasks wait for room in this queue, freed after each
+    /// write.
+    room: Room,
     /// An agent's frames that found the queue full and cannot wait (see
     /// [`Outbox::spill`]), oldest first; at most the queue's capacity.
     spill: Mutex<VecDeque<Queued>>,
@@ -136,11 +136,7 @@ impl Control {
     /// taken what it wrote off its queue: room for waiting buyers' tasks.
     pub(crate) fn wrote(&self) {
         self.writes.fetch_add(1, Ordering::Relaxed);
-        if self.room_wanted.load(Ordering::Relaxed)
-            && self.room_wanted.swap(false, Ordering::AcqRel)
-        {
-            self.room.notify_waiters();
-        }
+        self.room.freed();
     }
 }
 
@@ -329,7 +325,7 @@ impl Outbox {
     /// Waiting holds the buyer's task, so its socket is not read meanwhile:
     /// buyers beyond what the agents' connections can take are slowed down
     /// (TCP pushes back) rather than their agents disconnected.
-    pub(crate) async fn send_when_room(&self, mut q: Queued, within: Duration) {
+    pub(crate) async fn send_when_room(&self, q: Queued, within: Duration) {
         // Waiting on the channel for `reserve + 1` permits would not do:
         // tokio's semaphore hands a waiter every permit free at once and
         // queues it for the rest, so while one buyer waited the queue looked
@@ -339,41 +335,45 @@ impl Outbox {
         // "A minute beyond the maximum"). Looking at the room takes nothing.
         // Every waiter is woken after each write while any waits: at that
         // peak hundreds per agent, a write carrying up to 64 frames.
-        let mut since = (self.control.writes.load(Ordering::Relaxed), Instant::now());
-        loop {
+        let mut q = Some(q);
+        let mut sent = || {
             // A connection being closed takes nothing more (found by
             // review: a waiter slept out its whole wait on a closed one,
             // past the shutdown's grace, then logged it as a slow reader).
             if self.control.ordered() {
-                return;
+                return Some(());
             }
-            let notified = self.control.room.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            self.control.room_wanted.store(true, Ordering::SeqCst);
             // Behind the frames kept beside a full queue, not ahead of them.
-            if self.tx.capacity() > self.reserve() && !self.control.spilled.load(Ordering::Acquire)
+            if self.tx.capacity() <= self.reserve() || self.control.spilled.load(Ordering::Acquire)
             {
-                match self.tx.try_send(q) {
-                    Ok(()) | Err(TrySendError::Closed(_)) => return,
-                    // Taken meanwhile by another task: wait again.
-                    Err(TrySendError::Full(back)) => q = back,
+                return None;
+            }
+            let Some(frame) = q.take() else {
+                return Some(());
+            };
+            match self.tx.try_send(frame) {
+                Ok(()) | Err(TrySendError::Closed(_)) => Some(()),
+                // Taken meanwhile by another task: wait again.
+                Err(TrySendError::Full(back)) => {
+                    q = Some(back);
+                    None
                 }
             }
-            let woken = tokio::select! {
+        };
+        let mut since = (self.control.writes.load(Ordering::Relaxed), Instant::now());
+        loop {
+            tokio::select! {
                 biased;
                 _ = self.tx.closed() => return,
-                _ = notified => true,
-                _ = tokio::time::sleep_until(since.1 + within) => false,
-            };
-            if !woken {
-                let writes = self.control.writes.load(Ordering::Relaxed);
-                if writes == since.0 && !self.control.ordered() {
-                    self.kick("nothing written while a buyer waited for room");
-                    return;
-                }
-                since = (writes, Instant::now());
+                () = self.control.room.until(&mut sent) => return,
+                _ = tokio::time::sleep_until(since.1 + within) => {}
             }
+            let writes = self.control.writes.load(Ordering::Relaxed);
+            if writes == since.0 && !self.control.ordered() {
+                self.kick("nothing written while a buyer waited for room");
+                return;
+            }
+            since = (writes, Instant::now());
         }
     }
 
@@ -409,7 +409,7 @@ impl Outbox {
         self.control.ordered.store(true, Ordering::Release);
         self.control.notify.notify_one();
         // Buyers waiting for room here stop waiting.
-        self.control.room.notify_waiters();
+        self.control.room.wake_all();
     }
 }
 
