@@ -28,12 +28,13 @@ use std::time::Duration;
 
 // Several look-ups per buyer message; see `clock` for the choice.
 use foldhash::{HashMap, HashMapExt};
+use futures_util::task::AtomicWaker;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::ask::{self, Earlier};
 use super::{Phrases, ResumeKey, Stats, SUGGESTIONS};
@@ -117,6 +118,10 @@ pub(crate) struct Control {
     /// Whether `spill` holds frames: while it does, every frame for this
     /// connection goes behind them, and buyers' tasks wait.
     spilled: AtomicBool,
+    /// The connection's task, when it found its channel empty: woken by the
+    /// first frame spilled (which reaches a channel that may have emptied
+    /// since the producer found it full).
+    spill_waker: AtomicWaker,
 }
 
 impl Control {
@@ -203,14 +208,14 @@ impl Outbox {
             Inbox {
                 rx,
                 control: control.clone(),
-                spilled: VecDeque::new(),
             },
             control,
         )
     }
 
     /// Queues a frame; a full queue means the client stopped reading, and it
-    /// is disconnected rather than allowed to grow our memory.
+    /// is disconnected rather than allowed to grow our memory (an agent's
+    /// frames first fill the spill beside it, see [`Outbox::spill`]).
     pub(crate) fn push(&self, frame: Utf8Bytes) -> bool {
         self.queue(frame, false)
     }
@@ -234,7 +239,7 @@ impl Outbox {
             None => return true,
             Some(q) => q,
         };
-        if self.control.spilled.load(Ordering::Acquire) {
+        if self.control.spilled.load(Ordering::SeqCst) {
             return self.spill(q);
         }
         match self.tx.try_send(q) {
@@ -254,7 +259,8 @@ impl Outbox {
     /// when nothing can wait for room: the clock's alarms and holding
     /// replies (the timer's task), a colleague's moved conversations.
     /// Bounded by the queue's capacity: an agent with both full does not
-    /// read, and is dropped.
+    /// read, and is dropped. The connection takes the spill one frame at a
+    /// time once its channel is empty (see [`Inbox`]).
     ///
     /// Why: at a peak, waiting buyers' tasks keep an agent's queue at its
     /// reserve, and one pass of the timer can fire more alarms for one
@@ -266,7 +272,7 @@ impl Outbox {
     /// costs nothing until a burst, and the channel's fullness is still
     /// what makes buyers wait.
     fn spill(&self, q: Queued) -> bool {
-        let mut spill = self.control.spill.lock().unwrap_or_else(|e| e.into_inner());
+        let spill = self.control.spill.lock().unwrap_or_else(|e| e.into_inner());
         let q = if spill.is_empty() {
             // The connection took the spill since: the queue may have room.
             match self.tx.try_send(q) {
@@ -277,6 +283,15 @@ impl Outbox {
         } else {
             q
         };
+        self.keep_beside(spill, q)
+    }
+
+    /// [`Outbox::spill`]'s second half: `q` goes behind what `spill` holds.
+    fn keep_beside(
+        &self,
+        mut spill: std::sync::MutexGuard<'_, VecDeque<Queued>>,
+        q: Queued,
+    ) -> bool {
         if self.tx.is_closed() {
             return false;
         }
@@ -286,7 +301,19 @@ impl Outbox {
             return false;
         }
         spill.push_back(q);
-        self.control.spilled.store(true, Ordering::Release);
+        let first = spill.len() == 1;
+        self.control.spilled.store(true, Ordering::SeqCst);
+        drop(spill);
+        if first {
+            // Its task may have found the channel empty since this frame
+            // found it full, and gone to sleep: the spill's first frame
+            // wakes it.
+            self.control.spill_waker.wake();
+            debug!(
+                conn = self.conn,
+                "agent's queue full: frames kept beside it"
+            );
+        }
         true
     }
 
@@ -418,33 +445,32 @@ impl Outbox {
 pub(crate) struct Inbox {
     rx: mpsc::Receiver<Queued>,
     control: Arc<Control>,
-    /// Taken from the spill once the channel was empty: every frame in it
-    /// is older than anything queued since.
-    spilled: VecDeque<Queued>,
 }
 
 impl Inbox {
     /// The next frame, as [`mpsc::Receiver::poll_recv`]; `None` once every
     /// sender is gone.
     pub(crate) fn poll_recv(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Option<Queued>> {
-        if let Some(q) = self.next_spilled() {
-            return Poll::Ready(Some(q));
+        if let Poll::Ready(q) = self.rx.poll_recv(cx) {
+            return Poll::Ready(q);
         }
-        match self.rx.poll_recv(cx) {
-            Poll::Pending if self.unspill() => Poll::Ready(self.next_spilled()),
-            p => p,
+        if self.control.agent.load(Ordering::Relaxed) {
+            // Before the spill is looked at: a frame spilled after the look
+            // wakes this task (the channel, empty, would not).
+            self.control.spill_waker.register(cx.waker());
+        }
+        match self.unspill() {
+            Some(q) => Poll::Ready(Some(q)),
+            None => Poll::Pending,
         }
     }
 
     /// The next frame queued, if any.
     pub(crate) fn try_recv(&mut self) -> Option<Queued> {
-        if let Some(q) = self.next_spilled() {
-            return Some(q);
-        }
         match self.rx.try_recv() {
             Ok(q) => Some(q),
-            Err(mpsc::error::TryRecvError::Empty) if self.unspill() => self.next_spilled(),
-            Err(_) => None,
+            Err(mpsc::error::TryRecvError::Empty) => self.unspill(),
+            Err(mpsc::error::TryRecvError::Disconnected) => None,
         }
     }
 
@@ -453,25 +479,42 @@ impl Inbox {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
-    fn next_spilled(&mut self) -> Option<Queued> {
-        let q = self.spilled.pop_front();
-        if q.is_some() && self.spilled.is_empty() {
+    /// The oldest frame kept beside the queue, once the channel is empty.
+    ///
+    /// Order: while the spill holds frames, no frame from a producer that
+    /// saw it do so enters the channel; what the channel still gets came
+    /// from a producer that looked before the spill began, and goes first.
+    /// The channel is looked at under the lock: a producer's next frame,
+    /// spilled behind one of its own still in the channel, waits for the
+    /// lock until this look is over. The spill is left empty only under the
+    /// lock, with its flag cleared, so one producer's frames never pass
+    /// each other between the two.
+    fn unspill(&mut self) -> Option<Queued> {
+        if !self.control.spilled.load(Ordering::SeqCst) {
+            return None;
+        }
+        let mut spill = self.control.spill.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.rx.is_empty() {
+            return None;
+        }
+        let q = spill.pop_front();
+        if spill.is_empty() {
+            self.control.spilled.store(false, Ordering::SeqCst);
             // A burst's memory is not kept for the next one.
-            self.spilled = VecDeque::new();
+            *spill = VecDeque::new();
         }
         q
     }
+}
 
-    /// Takes the spill when the channel is empty (so every frame in the
-    /// spill comes after everything the channel held); whether it took any.
-    fn unspill(&mut self) -> bool {
-        if !self.control.spilled.load(Ordering::Acquire) || !self.rx.is_empty() {
-            return false;
-        }
+impl Drop for Inbox {
+    /// The connection is over: nothing more is taken, and what was kept
+    /// beside its queue goes now rather than with the last `Outbox` clone.
+    fn drop(&mut self) {
+        self.rx.close();
         let mut spill = self.control.spill.lock().unwrap_or_else(|e| e.into_inner());
-        std::mem::swap(&mut *spill, &mut self.spilled);
-        self.control.spilled.store(false, Ordering::Release);
-        !self.spilled.is_empty()
+        *spill = VecDeque::new();
+        self.control.spilled.store(false, Ordering::SeqCst);
     }
 }
 
@@ -3078,6 +3121,81 @@ mod tests {
         assert!(buyer.push("a".into()));
         assert!(!buyer.push("b".into()));
         assert!(control.ordered());
+    }
+
+    /// A connection that ends lets go of what was kept beside its queue at
+    /// once (the hub may hold its `Outbox` a while longer), and nothing
+    /// more is kept.
+    #[test]
+    fn an_ended_connection_keeps_nothing_beside_its_queue() {
+        let (agent, rx, control) = Outbox::new(1, 1);
+        agent.set_agent();
+        for f in ["q0", "s0"] {
+            assert!(agent.push(f.into()));
+        }
+        assert_eq!(control.spill.lock().unwrap().len(), 1);
+        drop(rx);
+        assert!(control.spill.lock().unwrap().is_empty());
+        assert!(!agent.push("s1".into()));
+        assert!(control.spill.lock().unwrap().is_empty());
+    }
+
+    /// A buyer's frame waiting for room goes behind the frames kept beside
+    /// the queue, though the queue has room before they are taken. Fails
+    /// when the wait looks only at the queue's room.
+    #[tokio::test]
+    async fn a_waiting_buyer_goes_behind_the_frames_kept_beside_the_queue() {
+        let (agent, mut rx, control) = Outbox::new(1, 4);
+        agent.set_agent();
+        for f in ["q0", "q1", "q2", "q3", "s0"] {
+            assert!(agent.push(f.into()), "{f}");
+        }
+        let (_, captured) = capture(9, true, || agent.push("b0".into()));
+        let (to, q) = captured.waiting.into_iter().next().expect("b0 waits");
+        let writer = control.clone();
+        let drain = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while got.len() < 6 {
+                got.push(rx.recv().await.unwrap().frame.as_str().to_string());
+                writer.wrote();
+                // Let the waiter look after each write.
+                tokio::task::yield_now().await;
+            }
+            got
+        });
+        to.send_when_room(q, Duration::from_secs(10)).await;
+        assert_eq!(drain.await.unwrap(), ["q0", "q1", "q2", "q3", "s0", "b0"]);
+        assert!(!control.ordered());
+    }
+
+    /// A connection that found its queue empty and went to sleep is woken
+    /// by a frame kept beside the queue (the spill is reached only when the
+    /// queue looked full to the producer, which may have emptied since).
+    #[tokio::test]
+    async fn a_frame_kept_beside_the_queue_wakes_its_connection() {
+        let (agent, mut rx, control) = Outbox::new(1, 1);
+        agent.set_agent();
+        let conn = tokio::spawn(async move {
+            let q = rx.recv().await.unwrap();
+            (q.frame.as_str().to_string(), rx.try_recv().is_none())
+        });
+        // The connection finds its queue empty and sleeps.
+        tokio::task::yield_now().await;
+        assert!(!conn.is_finished());
+        // As a producer does after it found the queue full and the
+        // connection took everything meanwhile: into the spill.
+        let spill = control.spill.lock().unwrap();
+        assert!(agent.keep_beside(
+            spill,
+            Queued {
+                frame: Frame::Text("s0".into()),
+                deferred: false,
+            }
+        ));
+        let got = tokio::time::timeout(Duration::from_secs(5), conn)
+            .await
+            .expect("woken by the spilled frame");
+        assert_eq!(got.unwrap(), ("s0".to_string(), true));
     }
 
     /// While a buyer's task waits for room, the reserve stays free for the
