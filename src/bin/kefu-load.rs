@@ -719,16 +719,21 @@ async fn agent_task(
             _ = shutdown.changed() => break,
         }
     }
-    // Answer what is still pending, so no round is left open on the server.
-    for m in out
-        .drain(..)
-        .chain(pending.drain(..).map(|(_, reply)| Message::text(reply)))
-    {
-        if ws.feed(m).await.is_err() {
-            break;
+    // Answer what is still pending, so no round is left open on the server,
+    // reading (and dropping) what comes meanwhile, as during the run. Writing
+    // without reading, after a peak left thousands of replies here and the
+    // server's writes to this agent waiting, held both sides' writes until
+    // the server dropped the agent (10 s later, as not reading) and logged
+    // it. Each reply brings its receipt, so the loop sees its last write
+    // through; a few seconds at most.
+    out.extend(pending.drain(..).map(|(_, reply)| Message::text(reply)));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !out.is_empty() || unflushed {
+        match tokio::time::timeout_at(deadline, agent_io(&mut ws, &mut out, &mut unflushed)).await {
+            Ok(Some(Ok(_))) => {}
+            _ => break,
         }
     }
-    let _ = ws.flush().await;
     let _ = ws.close(None).await;
     AgentOutcome {
         from_send,
