@@ -734,7 +734,9 @@ async fn agent_task(
             _ => break,
         }
     }
-    let _ = ws.close(None).await;
+    // Bounded too: replies left at the deadline may hold the server's
+    // writes, and with them its reply to the close.
+    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
     AgentOutcome {
         from_send,
         samples,

@@ -343,9 +343,9 @@ where
                 // connection meanwhile: they are in the log and the history.
                 let mut failed = None;
                 for (agent, q) in captured.waiting {
-                    let wait = Box::pin(agent.send_when_room(q, limits.write_timeout));
+                    let wait = agent.send_when_room(q, limits.write_timeout);
                     if failed.is_some() {
-                        wait.await;
+                        Box::pin(wait).await;
                         continue;
                     }
                     let wait =

@@ -495,7 +495,9 @@ impl Inbox {
         }
         let mut spill = self.control.spill.lock().unwrap_or_else(|e| e.into_inner());
         if !self.rx.is_empty() {
-            return None;
+            // Sent since the channel was found empty: it goes first (found
+            // by review: `None` here ended a flush with frames queued).
+            return self.rx.try_recv().ok();
         }
         let q = spill.pop_front();
         if spill.is_empty() {
@@ -515,6 +517,9 @@ impl Drop for Inbox {
         let mut spill = self.control.spill.lock().unwrap_or_else(|e| e.into_inner());
         *spill = VecDeque::new();
         self.control.spilled.store(false, Ordering::SeqCst);
+        // Nor the finished task, through its waker.
+        drop(spill);
+        self.control.spill_waker.take();
     }
 }
 
@@ -3121,6 +3126,28 @@ mod tests {
         assert!(buyer.push("a".into()));
         assert!(!buyer.push("b".into()));
         assert!(control.ordered());
+    }
+
+    /// A frame that reached the channel between the connection's look at it
+    /// and its taking the spill's lock (from a producer that looked at the
+    /// spill before it held anything) is taken first, not missed: a `None`
+    /// there ended a close's flush with frames still queued.
+    #[test]
+    fn a_frame_sent_while_the_spill_is_taken_is_not_missed() {
+        let (agent, mut rx, _control) = Outbox::new(1, 1);
+        agent.set_agent();
+        for f in ["q0", "s0"] {
+            assert!(agent.push(f.into()));
+        }
+        assert_eq!(rx.try_recv().unwrap().frame.as_str(), "q0");
+        // Straight into the channel, as such a producer's `try_send` does.
+        let sent = agent.tx.try_send(Queued {
+            frame: Frame::Text("n0".into()),
+            deferred: false,
+        });
+        assert!(sent.is_ok());
+        assert_eq!(rx.unspill().unwrap().frame.as_str(), "n0");
+        assert_eq!(texts(&mut rx), ["s0"]);
     }
 
     /// A connection that ends lets go of what was kept beside its queue at
