@@ -9,6 +9,7 @@
 //! waits. Getting that order right once is the point of this module.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
@@ -40,6 +41,34 @@ impl Room {
         }
     }
 
+    /// [`Room::until`], for as long as the emptying side makes progress:
+    /// every `within` it looks whether `progress()` moved since the last
+    /// look, and gives up (`None`) once a window passes without it, or
+    /// after `windows` windows in all. Why not a plain timeout: at a peak
+    /// the emptying side is behind for longer than any fixed wait while
+    /// still working, and waiters that all gave up at once lost what they
+    /// carried (BENCHMARKS.md, "A minute beyond the maximum").
+    pub(crate) async fn while_progressing<T>(
+        &self,
+        mut ready: impl FnMut() -> Option<T>,
+        within: Duration,
+        progress: impl Fn() -> u64,
+        windows: u32,
+    ) -> Option<T> {
+        let mut seen = progress();
+        for _ in 0..windows {
+            if let Ok(t) = tokio::time::timeout(within, self.until(&mut ready)).await {
+                return Some(t);
+            }
+            let now = progress();
+            if now == seen {
+                return None;
+            }
+            seen = now;
+        }
+        None
+    }
+
     /// The queue has more room: wakes whoever waits (a load, while nobody
     /// does). The caller made the room with a `SeqCst` operation, or one
     /// at least as strong on the hardware (the channel's permits are
@@ -63,8 +92,6 @@ impl Room {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     /// Room made just after the waiter looked and found none (here: by the

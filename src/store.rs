@@ -516,19 +516,13 @@ impl StoreHandle {
         if !shared.backlogged() {
             return;
         }
-        let mut commits = shared.commits.load(Ordering::Relaxed);
-        for _ in 0..MAX_WAIT_WINDOWS {
-            let room = tokio::time::timeout(
-                within,
-                shared.room.until(|| (!shared.backlogged()).then_some(())),
-            )
+        let room = || (!shared.backlogged()).then_some(());
+        let commits = || shared.commits.load(Ordering::Relaxed);
+        // Given up or not, the caller goes on.
+        let _ = shared
+            .room
+            .while_progressing(room, within, commits, MAX_WAIT_WINDOWS)
             .await;
-            let now = shared.commits.load(Ordering::Relaxed);
-            if room.is_ok() || now == commits {
-                return;
-            }
-            commits = now;
-        }
     }
 
     /// Events dropped so far.

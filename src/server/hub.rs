@@ -332,9 +332,14 @@ impl Outbox {
 
     /// Whether a buyer's frame for this connection should wait for room.
     fn should_wait(&self) -> bool {
-        self.control.agent.load(Ordering::Relaxed)
-            && (self.tx.capacity() <= self.reserve()
-                || self.control.spilled.load(Ordering::Acquire))
+        self.control.agent.load(Ordering::Relaxed) && !self.room_for_buyers()
+    }
+
+    /// Whether a buyer's frame may go into the queue now: more than the
+    /// reserve is free, and nothing is kept beside the queue (it goes
+    /// behind those frames, not ahead of them).
+    fn room_for_buyers(&self) -> bool {
+        self.tx.capacity() > self.reserve() && !self.control.spilled.load(Ordering::Acquire)
     }
 
     /// Sends a frame held back by [`capture`] once the queue has more than
@@ -370,9 +375,7 @@ impl Outbox {
             if self.control.ordered() {
                 return Some(());
             }
-            // Behind the frames kept beside a full queue, not ahead of them.
-            if self.tx.capacity() <= self.reserve() || self.control.spilled.load(Ordering::Acquire)
-            {
+            if !self.room_for_buyers() {
                 return None;
             }
             let Some(frame) = q.take() else {
@@ -387,20 +390,18 @@ impl Outbox {
                 }
             }
         };
-        let mut since = (self.control.writes.load(Ordering::Relaxed), Instant::now());
-        loop {
-            tokio::select! {
-                biased;
-                _ = self.tx.closed() => return,
-                () = self.control.room.until(&mut sent) => return,
-                _ = tokio::time::sleep_until(since.1 + within) => {}
+        // Progress is a write to the agent: however slowly it goes, there
+        // is no limit to the windows.
+        let writes = || self.control.writes.load(Ordering::Relaxed);
+        let room = &self.control.room;
+        tokio::select! {
+            biased;
+            _ = self.tx.closed() => {}
+            sent = room.while_progressing(&mut sent, within, writes, u32::MAX) => {
+                if sent.is_none() && !self.control.ordered() {
+                    self.kick("nothing written while a buyer waited for room");
+                }
             }
-            let writes = self.control.writes.load(Ordering::Relaxed);
-            if writes == since.0 && !self.control.ordered() {
-                self.kick("nothing written while a buyer waited for room");
-                return;
-            }
-            since = (writes, Instant::now());
         }
     }
 
