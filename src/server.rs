@@ -9,6 +9,8 @@
 //!   ping, close;
 //! - [`hub`](self::hub): shops, agents and conversations: routing, rounds,
 //!   the messages they produce;
+//! - [`outbox`](self::outbox): each connection's bounded outbound queue, the
+//!   wait for room in an agent's, and the close orders;
 //! - [`ask`](self::ask): what a waiting buyer's suggestions answer: the
 //!   round's buyer lines together (a question split over several messages);
 //! - [`timer`](self::timer): the one task that fires the clock's alarms and
@@ -39,6 +41,7 @@ mod conn;
 mod http;
 mod hub;
 mod last_good;
+mod outbox;
 mod reload;
 mod restore;
 mod secret;
@@ -522,7 +525,7 @@ impl App {
 
     /// Takes the staff of `config` (SIGHUP, after the settings file was
     /// read again): agents added, tokens changed, agents removed (signed
-    /// out if online), supervisors' tokens; see [`Hub::reload_staff`].
+    /// out if online), supervisors' tokens; see [`hub::Hub::reload_staff`].
     /// Everything else in `config` is ignored: the rest of the settings
     /// are read only at start.
     pub fn reload_staff(&self, config: &Config) -> StaffChanges {
@@ -623,7 +626,7 @@ impl App {
             self.record(e);
         }
         for (out, frame, deferred) in fx.sends {
-            out.enqueue(hub::Queued { frame, deferred });
+            out.enqueue(outbox::Queued { frame, deferred });
         }
         for (out, order) in fx.closes {
             out.close(order);

@@ -24,10 +24,8 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info};
 
 use super::ask;
-use super::hub::{
-    capture, AgentSession, BuyerSession, CloseOrder, Control, Ctx, Effects, Hub, Inbox, Outbox,
-    Queued,
-};
+use super::hub::{AgentSession, BuyerSession, Ctx, Effects, Hub};
+use super::outbox::{capture, CloseOrder, Control, Inbox, Outbox, Queued};
 use super::throttle::{Account, Outcome};
 use super::{App, SUGGESTIONS};
 use crate::config::Limits;
@@ -829,7 +827,7 @@ fn dispatch(
     let result = match (&*session, msg) {
         (Session::Fresh, ClientMsg::Hello(h)) => {
             if h.role == Role::Buyer {
-                super::hub::capturing_for_a_buyer();
+                super::outbox::capturing_for_a_buyer();
             }
             hello(app, h, out, staff_only).map(|s| {
                 if matches!(s, Session::Agent(_)) {
@@ -1176,7 +1174,7 @@ fn lint(app: &App, out: &Outbox, text: &str) -> Result<(), Refusal> {
 
 /// Takes `session` out of the routing ([`disconnect`]). What that queues
 /// for agents whose queue is nearly full comes back for the ending task to
-/// wait with, as a buyer's message's frames do (see `hub::capture`): the
+/// wait with, as a buyer's message's frames do (see `outbox::capture`): the
 /// ending task's own queue is no longer drained, and buyers waiting on it
 /// are let go when it closes, so no cycle; the caller bounds the waits.
 ///
@@ -1186,7 +1184,7 @@ fn lint(app: &App, out: &Outbox, text: &str) -> Result<(), Refusal> {
 /// reserve taken by a waiting buyer (see `Outbox::send_when_room`), the
 /// first agent dropped took its colleagues with it: all 8 within 5 ms
 /// (BENCHMARKS.md, "A minute beyond the maximum").
-fn leave(app: &App, conn: u64, session: Session) -> super::hub::Captured {
+fn leave(app: &App, conn: u64, session: Session) -> super::outbox::Captured {
     let ((), captured) = capture(conn, true, || disconnect(app, session));
     captured
 }
