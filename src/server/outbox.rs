@@ -788,23 +788,30 @@ mod tests {
     /// A frame that reached the channel between the connection's look at it
     /// and its taking the spill's lock (from a producer that looked at the
     /// spill before it held anything) is taken first, not missed: a `None`
-    /// there ended a close's flush with frames still queued.
+    /// there ended a close's flush with frames still queued. That
+    /// producer's next frame, which finds the spill holding frames, goes
+    /// behind them, and its two frames keep their order. Fails when the
+    /// spill is taken without looking at the channel under its lock
+    /// (`s0` before `n0`); the spill taken whole, as before the first
+    /// review, gave `n1` before `n0`.
     #[test]
     fn a_frame_sent_while_the_spill_is_taken_is_not_missed() {
-        let (agent, mut rx, _control) = Outbox::new(1, 1);
+        let (agent, mut rx, _control) = Outbox::new(1, 2);
         agent.set_agent();
-        for f in ["q0", "s0"] {
+        for f in ["q0", "q1", "s0"] {
             assert!(agent.push(f.into()));
         }
         assert_eq!(rx.try_recv().unwrap().frame.as_str(), "q0");
-        // Straight into the channel, as such a producer's `try_send` does.
+        assert_eq!(rx.try_recv().unwrap().frame.as_str(), "q1");
+        // The channel looked empty. Straight into it, as such a producer's `try_send` does.
         let sent = agent.tx.try_send(Queued {
             frame: Frame::Text("n0".into()),
             deferred: false,
         });
         assert!(sent.is_ok());
+        assert!(agent.push("n1".into()), "kept beside the queue");
         assert_eq!(rx.unspill().unwrap().frame.as_str(), "n0");
-        assert_eq!(texts(&mut rx), ["s0"]);
+        assert_eq!(texts(&mut rx), ["s0", "n1"]);
     }
 
     /// A connection that ends lets go of what was kept beside its queue at
