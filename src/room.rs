@@ -2,7 +2,7 @@
 //!
 //! Two queues make the tasks that fill them wait at a peak rather than drop
 //! what they bring: an agent's outbound queue (a buyer's task waits,
-//! `server::hub`) and the event log's (every client's next frame waits,
+//! `server::outbox`) and the event log's (every client's next frame waits,
 //! [`crate::store`]). Both need the same two halves: a waiter that cannot
 //! miss a wake-up that comes between looking at the queue and sleeping,
 //! and an emptying side that pays one load on its hot path while nobody

@@ -1,6 +1,6 @@
 //! Each connection's bounded outbound queue: the [`Outbox`] other tasks
 //! fill, the [`Inbox`] the connection's task drains, the [`Control`] that
-//! orders it closed, and the [`capture`] of the frames a task queues while
+//! carries its close order, and the [`capture`] of the frames a task queues while
 //! it handles one of its own.
 //!
 //! A client that stops reading is disconnected rather than allowed to grow
@@ -791,9 +791,10 @@ mod tests {
     /// there ended a close's flush with frames still queued. That
     /// producer's next frame, which finds the spill holding frames, goes
     /// behind them, and its two frames keep their order. Fails when the
-    /// spill is taken without looking at the channel under its lock
-    /// (`s0` before `n0`); the spill taken whole, as before the first
-    /// review, gave `n1` before `n0`.
+    /// spill is taken without looking at the channel first (`s0` before
+    /// `n0`). Single-threaded, it cannot stage a frame arriving between
+    /// that look and the lock: the concurrent order `cbd2517` fixed is
+    /// reasoned (see [`Inbox::unspill`]), not tested.
     #[test]
     fn a_frame_sent_while_the_spill_is_taken_is_not_missed() {
         let (agent, mut rx, _control) = Outbox::new(1, 2);
