@@ -172,7 +172,7 @@ impl Default for Limits {
             // history is 160 MiB per shop at worst (fake buyers sending
             // long messages), about 20 MiB with ordinary chats. A welcome
             // carrying more than 1,024 conversations trims their histories
-            // (see `hub::FRAME_HISTORY_BUDGET`).
+            // (see `hub::render::FRAME_HISTORY_BUDGET`).
             max_open_conversations: 10_000,
             signin_failures: DEFAULT_SIGNIN_FAILURES,
             signin_window: Duration::from_secs(60),

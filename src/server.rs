@@ -8,7 +8,8 @@
 //! - [`conn`](self::conn): one WebSocket connection: read, rate limit, write,
 //!   ping, close;
 //! - [`hub`](self::hub): shops, agents and conversations: routing, rounds,
-//!   the messages they produce;
+//!   the messages they produce (`hub::render`: the frames that carry
+//!   conversations, rendered outside the lock);
 //! - [`outbox`](self::outbox): each connection's bounded outbound queue, the
 //!   wait for room in an agent's, and the close orders;
 //! - [`ask`](self::ask): what a waiting buyer's suggestions answer: the
