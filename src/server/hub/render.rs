@@ -1,13 +1,16 @@
 //! Frames that carry conversations (an agent's `welcome`, a move of
 //! several conversations, one `conversation_assigned`): snapshots taken
 //! under the hub's lock, rendered to JSON after it is released, each
-//! conversation's history cut to its share of a byte budget.
+//! conversation's history cut to its share of a byte budget. Also what a
+//! snapshot reads of a conversation elsewhere too: its lines as the
+//! protocol sends them ([`line_of`]) and the buyer lines the suggestions
+//! answer ([`Conv::round_ask`], [`earlier_lines`]).
 
 use super::*;
 
 impl Conv {
     /// What the suggestions of a waiting buyer answer (see
-    /// [`super::ask`]): the buyer's latest message and, before it, their
+    /// [`crate::server::ask`]): the buyer's latest message and, before it, their
     /// lines since the last agent reply. Shared texts only: the matching
     /// happens outside the lock.
     pub(super) fn round_ask(&self) -> Option<RoundAsk> {
@@ -161,16 +164,16 @@ pub(super) struct RoundAsk {
 
 /// A conversation as [`Render`] takes it under the lock.
 pub(super) struct ConvSnap {
-    pub(super) id: Arc<str>,
-    pub(super) buyer: Arc<str>,
-    pub(super) online: bool,
-    pub(super) waiting_since: Option<i64>,
-    pub(super) deadline: Option<i64>,
+    id: Arc<str>,
+    buyer: Arc<str>,
+    online: bool,
+    waiting_since: Option<i64>,
+    deadline: Option<i64>,
     pub(super) history: Vec<HLine>,
-    pub(super) rated: Option<Rating>,
+    rated: Option<Rating>,
     /// While the buyer waits, the round's buyer lines: what the
     /// suggestions answer.
-    pub(super) ask: Option<RoundAsk>,
+    ask: Option<RoundAsk>,
 }
 
 /// The content of a frame that carries many conversations (an agent's
