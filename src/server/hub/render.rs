@@ -1,10 +1,11 @@
 //! Frames that carry conversations (an agent's `welcome`, a move of
 //! several conversations, one `conversation_assigned`): snapshots taken
 //! under the hub's lock, rendered to JSON after it is released, each
-//! conversation's history cut to its share of a byte budget. Also what a
-//! snapshot reads of a conversation elsewhere too: its lines as the
-//! protocol sends them ([`line_of`]) and the buyer lines the suggestions
-//! answer ([`Conv::round_ask`], [`earlier_lines`]).
+//! conversation's history cut to its share of a byte budget, and the
+//! buyer lines the suggestions of a waiting conversation answer
+//! ([`Conv::round_ask`]). Also helpers the hub uses elsewhere:
+//! [`line_of`] (the buyer's view of the history too) and
+//! [`earlier_lines`] (a live message's plan).
 
 use super::*;
 
@@ -169,6 +170,7 @@ pub(super) struct ConvSnap {
     online: bool,
     waiting_since: Option<i64>,
     deadline: Option<i64>,
+    /// Read by the hub's tests, hence `pub(super)`.
     pub(super) history: Vec<HLine>,
     rated: Option<Rating>,
     /// While the buyer waits, the round's buyer lines: what the
