@@ -765,6 +765,16 @@ const ENGLISH: &[(&str, Option<&str>, &[&str])] = &[
         Some("after_sale.missing_item"),
         &[],
     ),
+    // Four of 28 asks written fresh in the twenty-first session that
+    // missed before (two intents had no English at all).
+    ("do you have it in black", Some("pre_sale.stock"), &[]),
+    (
+        "which one do you recommend",
+        Some("pre_sale.recommend"),
+        &[],
+    ),
+    ("how do I order two", Some("pre_sale.how_to_buy"), &[]),
+    ("when will I get my refund", Some("after_sale.refund"), &[]),
     // A Chinese message with an English word keeps its Chinese reading.
     ("这个size偏大吗", Some("pre_sale.size_advice"), &[]),
 ];
