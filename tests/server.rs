@@ -713,12 +713,7 @@ async fn buyers_wait_for_a_busy_agent_instead_of_the_agent_being_dropped() {
     config.limits.outbound_queue = 8;
     let t = spawn_local(config).await;
     let (mut agent, _) = t.agent("a1").await;
-    let mut buyers = Vec::new();
-    for i in 0..4 {
-        let (b, _, _) = t.buyer(&format!("b{i}")).await;
-        agent.recv_type("conversation_assigned").await;
-        buyers.push(b);
-    }
+    let mut buyers = t.buyers_assigned(&mut agent, 4).await;
     // About 2 KB a frame: the 256 KiB pipe and the queue of 8 fill up
     // long before the 400 messages are through.
     let text = "请问这款有货吗".repeat(90);
@@ -950,12 +945,7 @@ async fn a_move_larger_than_the_queue_arrives_in_one_frame() {
     config.limits.outbound_queue = 256;
     let t = spawn_app_with(config).await;
     let (mut a1, _) = t.agent("a1").await;
-    let mut buyers = Vec::new();
-    for i in 0..HELD {
-        let (b, _, _) = t.buyer(&format!("b{i}")).await;
-        buyers.push(b);
-        a1.recv_type("conversation_assigned").await;
-    }
+    let mut buyers = t.buyers_assigned(&mut a1, HELD).await;
     let (mut a2, welcome) = t.agent("a2").await;
     assert_eq!(welcome["conversations"], json!([]));
     a1.close().await;

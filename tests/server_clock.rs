@@ -615,12 +615,7 @@ async fn a_burst_of_alarms_larger_than_the_queue_drops_nobody() {
     c.limits.outbound_queue = 8;
     let t = spawn_local(c).await;
     let (mut agent, _) = t.agent("a1").await;
-    let mut buyers = Vec::new();
-    for i in 0..14 {
-        let (b, _, _) = t.buyer(&format!("b{i}")).await;
-        agent.recv_type("conversation_assigned").await;
-        buyers.push(b);
-    }
+    let mut buyers = t.buyers_assigned(&mut agent, 14).await;
     let t0 = Instant::now();
     let mut order = Vec::new();
     for b in buyers.iter_mut() {

@@ -635,6 +635,30 @@ mod tests {
         );
     }
 
+    /// An agent's connection as the tests play it: every `pause`, takes a
+    /// frame, writes it and says so, then lets a waiter look; the `n`
+    /// frames' texts once done.
+    fn agent_writing(
+        mut rx: Inbox,
+        control: &Arc<Control>,
+        n: usize,
+        pause: Duration,
+    ) -> tokio::task::JoinHandle<Vec<String>> {
+        let writer = control.clone();
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            while got.len() < n {
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
+                got.push(rx.recv().await.unwrap().frame.as_str().to_string());
+                writer.wrote();
+                tokio::task::yield_now().await;
+            }
+            got
+        })
+    }
+
     fn texts(rx: &mut Inbox) -> Vec<String> {
         std::iter::from_fn(|| rx.try_recv())
             .map(|q| q.frame.as_str().to_string())
@@ -675,15 +699,7 @@ mod tests {
         assert!(other_task.waiting.is_empty());
 
         // The agent's connection: takes a frame, writes it, says so.
-        let writer = control.clone();
-        let drain = tokio::spawn(async move {
-            let mut got = Vec::new();
-            while got.len() < 8 {
-                got.push(agent_rx.recv().await.unwrap().frame.as_str().to_string());
-                writer.wrote();
-            }
-            got
-        });
+        let drain = agent_writing(agent_rx, &control, 8, Duration::ZERO);
         for (to, q) in captured.waiting {
             to.send_when_room(q, Duration::from_secs(10)).await;
         }
@@ -837,24 +853,14 @@ mod tests {
     /// when the wait looks only at the queue's room.
     #[tokio::test]
     async fn a_waiting_buyer_goes_behind_the_frames_kept_beside_the_queue() {
-        let (agent, mut rx, control) = Outbox::new(1, 4);
+        let (agent, rx, control) = Outbox::new(1, 4);
         agent.set_agent();
         for f in ["q0", "q1", "q2", "q3", "s0"] {
             assert!(agent.push(f.into()), "{f}");
         }
         let (_, captured) = capture(9, true, || agent.push("b0".into()));
         let (to, q) = captured.waiting.into_iter().next().expect("b0 waits");
-        let writer = control.clone();
-        let drain = tokio::spawn(async move {
-            let mut got = Vec::new();
-            while got.len() < 6 {
-                got.push(rx.recv().await.unwrap().frame.as_str().to_string());
-                writer.wrote();
-                // Let the waiter look after each write.
-                tokio::task::yield_now().await;
-            }
-            got
-        });
+        let drain = agent_writing(rx, &control, 6, Duration::ZERO);
         to.send_when_room(q, Duration::from_secs(10)).await;
         assert_eq!(drain.await.unwrap(), ["q0", "q1", "q2", "q3", "s0", "b0"]);
         assert!(!control.ordered());
@@ -968,7 +974,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_agent_that_reads_slowly_is_waited_for() {
         let Waiting {
-            rx: mut agent_rx,
+            rx: agent_rx,
             control,
             to,
             q,
@@ -976,16 +982,7 @@ mod tests {
         } = a_buyer_waiting(8, 8);
         // One frame taken and written every 6 s: the room for b1 (the
         // reserve of 2 and one more) comes after 18 s.
-        let writer = control.clone();
-        let drain = tokio::spawn(async move {
-            let mut got = Vec::new();
-            while got.len() < 9 {
-                tokio::time::sleep(Duration::from_secs(6)).await;
-                got.push(agent_rx.recv().await.unwrap().frame.as_str().to_string());
-                writer.wrote();
-            }
-            got
-        });
+        let drain = agent_writing(agent_rx, &control, 9, Duration::from_secs(6));
         let started = Instant::now();
         to.send_when_room(q, Duration::from_secs(10)).await;
         assert_eq!(started.elapsed(), Duration::from_secs(18));

@@ -240,6 +240,18 @@ impl TestApp {
         (c, welcome, greeting)
     }
 
+    /// Buyers b0..b`n` of shop s1 after hello, each conversation seen
+    /// assigned to `agent` (the only agent online) before the next buyer.
+    pub async fn buyers_assigned(&self, agent: &mut Client, n: usize) -> Vec<Client> {
+        let mut buyers = Vec::with_capacity(n);
+        for i in 0..n {
+            let (b, _, _) = self.buyer(&format!("b{i}")).await;
+            agent.recv_type("conversation_assigned").await;
+            buyers.push(b);
+        }
+        buyers
+    }
+
     /// Agent `agent` of shop s1 (token t<N> for a<N>) after hello.
     pub async fn agent(&self, agent: &str) -> (Client, Value) {
         let token = format!("t{}", &agent[1..]);
