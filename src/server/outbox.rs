@@ -838,10 +838,10 @@ mod tests {
     /// the channel must fill between the connection's look at it and its
     /// look at the spill's flag, and the producer's next frame reach the
     /// empty spill meanwhile. So the queue holds one frame, nobody sleeps,
-    /// and the rounds are many (bounded: a fixed count, about a second in
-    /// all). With the look under the lock taken out of [`Inbox::unspill`]
-    /// one round of a million frames failed in 6 of 18 runs (the frame
-    /// from the spill first); the test runs eight.
+    /// and the rounds are long (bounded: four of 500,000 frames, about 2 s
+    /// in a debug build). With the look under the lock taken out of
+    /// [`Inbox::unspill`] it failed in 10 of 10 runs, nearly always in its
+    /// first round (the frame from the spill first).
     #[test]
     fn a_producers_frames_keep_their_order_through_the_spill() {
         const ROUNDS: usize = 4;
