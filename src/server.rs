@@ -43,6 +43,7 @@ mod http;
 mod hub;
 mod last_good;
 mod outbox;
+mod rate;
 mod reload;
 mod restore;
 mod secret;

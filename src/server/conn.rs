@@ -26,6 +26,7 @@ use tracing::{debug, info};
 use super::ask;
 use super::hub::{AgentSession, BuyerSession, Ctx, Effects, Hub};
 use super::outbox::{capture, CloseOrder, Control, Inbox, Outbox, Queued};
+use super::rate::{rate_limited, Bucket};
 use super::throttle::{Account, Outcome};
 use super::{App, SUGGESTIONS};
 use crate::config::Limits;
@@ -56,37 +57,6 @@ enum Session {
     Fresh,
     Buyer(BuyerSession),
     Agent(AgentSession),
-}
-
-/// Token bucket: `rate` messages a second, bursts up to `burst`.
-struct Bucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    fn new(rate: f64, burst: u32, now: Instant) -> Bucket {
-        Bucket {
-            rate,
-            burst: burst as f64,
-            tokens: burst as f64,
-            last: now,
-        }
-    }
-
-    fn take(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
 }
 
 /// Why the loop ended.
@@ -125,7 +95,7 @@ where
     let conn = app.next_conn_id();
     let (out, mut rx, control) = Outbox::new(conn, limits.outbound_queue);
     let mut session = Session::Fresh;
-    let mut bucket = Bucket::new(limits.rate_per_sec, limits.rate_burst, Instant::now());
+    let mut bucket = Bucket::for_limits(&limits, Instant::now());
     let mut shutdown = app.shutdown_rx();
     let hello_deadline = tokio::time::sleep(limits.hello_timeout);
     tokio::pin!(hello_deadline);
@@ -786,16 +756,6 @@ where
     .await;
 }
 
-fn rate_limited(limits: &Limits) -> Refusal {
-    Refusal::new(
-        ErrorCode::RateLimited,
-        format!(
-            "too many messages: at most {} a second (bursts of {}); this one was dropped",
-            limits.rate_per_sec, limits.rate_burst
-        ),
-    )
-}
-
 /// Handles one text frame; `Some` closes the connection.
 fn dispatch(
     app: &App,
@@ -1354,23 +1314,6 @@ mod tests {
             "writes not counted"
         );
         assert!(held.is_empty());
-    }
-
-    #[test]
-    fn bucket_allows_bursts_then_the_rate() {
-        let t0 = Instant::now();
-        let mut b = Bucket::new(2.0, 3, t0);
-        assert!((0..3).all(|_| b.take(t0)), "burst of 3");
-        assert!(!b.take(t0), "bucket empty");
-        assert!(!b.take(t0 + Duration::from_millis(400)));
-        assert!(b.take(t0 + Duration::from_millis(600)), "refilled at 2/s");
-        assert!(b.take(t0 + Duration::from_secs(100)));
-        assert!(b.take(t0 + Duration::from_secs(100)));
-        assert!(b.take(t0 + Duration::from_secs(100)));
-        assert!(
-            !b.take(t0 + Duration::from_secs(100)),
-            "never more than the burst"
-        );
     }
 
     /// A peer whose frames never stop coming: every read is ready, with

@@ -34,6 +34,7 @@ use tracing::warn;
 
 use super::ask::{self, Earlier};
 use super::outbox::{CloseOrder, Frame, Outbox};
+use super::rate::{rate_limited, resumes_limited, Bucket};
 use super::{Phrases, ResumeKey, Stats, SUGGESTIONS};
 use crate::clock::{Alarm, Clock, Round, Timebase};
 use crate::config::{AgentConfig, Config};
@@ -283,6 +284,48 @@ struct Conv {
     /// arrived (they arrive in order), which a count of texts in a history
     /// cut to its newest lines cannot (found by review).
     received: u64,
+    /// The buyer's message rate across their connections: each message
+    /// and each resume takes from it (see `super::rate`).
+    bucket: Bucket,
+}
+
+/// Conversations whose buyer is away, by when they left: at most one entry
+/// per conversation, at its `away_since`, taken out when the buyer is back.
+///
+/// Why not a queue with an entry per departure, skipped when stale: a buyer
+/// who closed and resumed in a loop added one per visit, kept for the whole
+/// resume window (about 6,400 a second from one client, memory that never
+/// came back; found by review). Ordered by time, then id.
+#[derive(Default)]
+struct Away(BTreeSet<(Instant, Arc<str>)>);
+
+impl Away {
+    fn insert(&mut self, since: Instant, id: &Arc<str>) {
+        self.0.insert((since, id.clone()));
+    }
+
+    fn remove(&mut self, since: Instant, id: &Arc<str>) {
+        self.0.remove(&(since, id.clone()));
+    }
+
+    /// When the oldest entry's buyer left.
+    fn first(&self) -> Option<Instant> {
+        self.0.first().map(|(since, _)| *since)
+    }
+
+    /// The oldest entry, taken out, if `due` says its time has come.
+    fn pop_due(&mut self, due: impl Fn(Instant) -> bool) -> Option<(Instant, Arc<str>)> {
+        if due(self.first()?) {
+            self.0.pop_first()
+        } else {
+            None
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.len()
+    }
 }
 
 /// How long a conversation nobody chatted in (the buyer sent no message,
@@ -355,13 +398,14 @@ pub(crate) struct Hub {
     shops: HashMap<Arc<str>, Shop>,
     convs: HashMap<Arc<str>, Conv>,
     clock: Clock<Arc<str>>,
-    /// Conversations whose buyer left, in the order they left (entries of
-    /// buyers who came back are skipped when they reach the front).
-    away: VecDeque<(Instant, Arc<str>)>,
+    /// Conversations whose buyer left, in the order they left: one entry
+    /// each, at its `away_since`.
+    away: Away,
     /// Of those, the ones nobody had chatted in when their buyer left: they
     /// close [`EMPTY_CLOSE_AFTER`] later unless the buyer is back or an
-    /// agent wrote meanwhile.
-    away_empty: VecDeque<(Instant, Arc<str>)>,
+    /// agent wrote meanwhile (an entry whose conversation has chatted since
+    /// is skipped when it comes due).
+    away_empty: Away,
     /// Agents whose socket dropped, in the order they left, with the time
     /// their conversations move on unless they are back (shop, agent).
     leaving: VecDeque<(Instant, Arc<str>, Arc<str>)>,
@@ -403,8 +447,8 @@ impl Hub {
             shops,
             convs: HashMap::new(),
             clock: Clock::new(config.clock),
-            away: VecDeque::new(),
-            away_empty: VecDeque::new(),
+            away: Away::default(),
+            away_empty: Away::default(),
             leaving: VecDeque::new(),
             timer_wake: None,
             resume_key: ResumeKey::random(),
@@ -690,6 +734,8 @@ impl Hub {
             convs,
             clock,
             resume_key,
+            away,
+            away_empty,
             ..
         } = self;
         let Some(shop_key) = shops.get_key_value(shop_id).map(|(k, _)| k.clone()) else {
@@ -711,10 +757,17 @@ impl Hub {
                      `resume` secret of its welcome",
                 ));
             }
+            // After the secret: a wrong one must not spend the buyer's rate.
+            if !conv.bucket.take(now) {
+                return Err(resumes_limited(&ctx.config.limits));
+            }
             if let Some(old) = conv.buyer_out.replace(out.clone()) {
                 fx.closes.push((old, replaced()));
             }
-            conv.away_since = None;
+            if let Some(since) = conv.away_since.take() {
+                away.remove(since, &conv.id);
+                away_empty.remove(since, &conv.id);
+            }
             fx.send(
                 out,
                 &ServerMsg::BuyerWelcome {
@@ -791,6 +844,7 @@ impl Hub {
             rated: None,
             chatted: false,
             received: 0,
+            bucket: Bucket::for_limits(&ctx.config.limits, now),
         };
         fx.send(
             out,
@@ -959,6 +1013,9 @@ impl Hub {
             ..
         } = self;
         let conv = own_conv(convs, s)?;
+        if !conv.bucket.take(now) {
+            return Err(rate_limited(&ctx.config.limits));
+        }
         let shop = shops
             .get_mut(&conv.shop)
             .expect("conversations belong to known shops");
@@ -1287,8 +1344,12 @@ impl Hub {
             return; // a newer connection took over
         }
         conv.buyer_out = None;
-        conv.away_since = Some(now);
-        away.push_back((now, conv.id.clone()));
+        if let Some(since) = conv.away_since.replace(now) {
+            // Not expected (a resume clears it), but never two entries.
+            away.remove(since, &conv.id);
+            away_empty.remove(since, &conv.id);
+        }
+        away.insert(now, &conv.id);
         if let Some(agent_out) = shops
             .get(&conv.shop)
             .and_then(|shop| agent_outbox(shop, conv))
@@ -1304,7 +1365,7 @@ impl Hub {
         // The expiry of this conversation is a deadline like the clock's.
         Self::deadline_added(timer_wake, now + ctx.config.limits.resume_window, fx);
         if !conv.chatted {
-            away_empty.push_back((now, conv.id.clone()));
+            away_empty.insert(now, &conv.id);
             Self::deadline_added(timer_wake, now + EMPTY_CLOSE_AFTER, fx);
         }
     }
@@ -1441,6 +1502,7 @@ impl Hub {
                 // the start did not read the conversation's beginning (the
                 // page then falls back on the texts).
                 received: o.lines.iter().filter(|l| l.author == Author::Buyer).count() as u64,
+                bucket: Bucket::for_limits(&ctx.config.limits, now),
             };
             for l in o.lines {
                 let line = HLine {
@@ -1482,9 +1544,9 @@ impl Hub {
                 None => shop.unassigned.push(conv.id.clone()),
             }
             shop.buyers.insert(conv.buyer.clone(), conv.id.clone());
-            self.away.push_back((now, conv.id.clone()));
+            self.away.insert(now, &conv.id);
             if !conv.chatted {
-                self.away_empty.push_back((now, conv.id.clone()));
+                self.away_empty.insert(now, &conv.id);
             }
             let mut ev = conv.event(at, Kind::Restore);
             ev.agent = conv.agent.clone();
@@ -1610,11 +1672,7 @@ impl Hub {
             }
         }
         let window = ctx.config.limits.resume_window;
-        while let Some(&(since, _)) = self.away.front() {
-            if since + window > now {
-                break;
-            }
-            let (since, cid) = self.away.pop_front().expect("front exists");
+        while let Some((since, cid)) = self.away.pop_due(|since| since + window <= now) {
             if self
                 .convs
                 .get(&cid)
@@ -1623,11 +1681,10 @@ impl Hub {
                 self.close_conversation(&cid, tb.ms(now), "expired", fx);
             }
         }
-        while let Some(&(since, _)) = self.away_empty.front() {
-            if since + EMPTY_CLOSE_AFTER > now {
-                break;
-            }
-            let (since, cid) = self.away_empty.pop_front().expect("front exists");
+        while let Some((since, cid)) = self
+            .away_empty
+            .pop_due(|since| since + EMPTY_CLOSE_AFTER <= now)
+        {
             // Still away since then (not back, not gone and back again)
             // and still nothing said by the buyer or an agent.
             if self
@@ -1662,11 +1719,11 @@ impl Hub {
                 Self::move_conversations(shop, &agent_id, convs, clock, ctx, now, fx);
             }
         }
-        let next_expiry = self.away.front().map(|&(since, _)| since + window);
+        let next_expiry = self.away.first().map(|since| since + window);
         let next_empty = self
             .away_empty
-            .front()
-            .map(|&(since, _)| since + EMPTY_CLOSE_AFTER);
+            .first()
+            .map(|since| since + EMPTY_CLOSE_AFTER);
         let next_move = self.leaving.front().map(|&(until, _, _)| until);
         let next = [self.clock.next_alarm(), next_expiry, next_empty, next_move]
             .into_iter()
@@ -1690,6 +1747,10 @@ impl Hub {
         let Some(conv) = self.convs.remove(cid) else {
             return;
         };
+        if let Some(since) = conv.away_since {
+            self.away.remove(since, cid);
+            self.away_empty.remove(since, cid);
+        }
         self.clock.remove(cid);
         self.lost_secrets.remove(cid);
         let mut ev = conv.event(at, Kind::Close);
@@ -2202,6 +2263,7 @@ mod tests {
             rated: None,
             chatted: false,
             received: 0,
+            bucket: Bucket::new(1.0, 1, Instant::now()),
         };
         for (i, text) in lines.iter().enumerate() {
             let (author, text) = match (text.strip_prefix("bot:"), text.strip_prefix("sys:")) {
@@ -2567,6 +2629,81 @@ mod tests {
                 assert!(fx.shop_busy.is_none(), "{name}");
             }
         }
+    }
+
+    /// A buyer who leaves and resumes in a loop: the conversation keeps one
+    /// entry in each away queue however many visits (an entry per visit,
+    /// kept for the resume window, grew without bound; found by review),
+    /// resumes and messages share the conversation's rate across
+    /// connections (each new connection's full bucket let one conversation
+    /// take about 730 messages a second), a resume over it is refused with
+    /// 1013, and the conversation still expires a window after the last
+    /// departure.
+    #[test]
+    fn a_buyer_reconnecting_in_a_loop_holds_one_entry_and_the_rate() {
+        let (config, phrases) = setup(10);
+        let ctx = ctx(&config, &phrases);
+        let mut hub = Hub::new(&config);
+        let t0 = Instant::now();
+        let mut fx = Effects::default();
+        let mut s = hub
+            .buyer_hello(&ctx, "s1", "b1", None, &outbox(1), t0, &mut fx)
+            .unwrap();
+        let secret = hub.convs[&s.conv].secret.to_string();
+        let burst = config.limits.rate_burst as usize;
+        let mut resumed = 0;
+        let mut refused = None;
+        for i in 0..burst + 5 {
+            // A microsecond apart: each departure its own time.
+            let t = t0 + Duration::from_micros(i as u64);
+            hub.buyer_left(&ctx, &s, t, &mut fx);
+            assert_eq!((hub.away.len(), hub.away_empty.len()), (1, 1), "visit {i}");
+            let conn = outbox(100 + i as u64);
+            match hub.buyer_hello(&ctx, "s1", "b1", Some(&secret), &conn, t, &mut fx) {
+                Ok(next) => {
+                    s = next;
+                    resumed += 1;
+                }
+                Err(r) => {
+                    refused = Some(r);
+                    break;
+                }
+            }
+        }
+        assert_eq!(resumed, burst, "the burst, then refused");
+        let r = refused.expect("refused beyond the burst");
+        assert_eq!(r.code, ErrorCode::RateLimited);
+        assert_eq!(CloseOrder::refused(r).code, CloseCode::Again);
+        assert_eq!((hub.away.len(), hub.away_empty.len()), (1, 1));
+
+        // Later, the bucket full again: a burst, one of it for the resume.
+        let t1 = t0 + Duration::from_secs(3);
+        let s = hub
+            .buyer_hello(&ctx, "s1", "b1", Some(&secret), &outbox(1000), t1, &mut fx)
+            .expect("resumed once the rate allows");
+        assert_eq!((hub.away.len(), hub.away_empty.len()), (0, 0), "back");
+        let text: Arc<str> = Arc::from("在吗");
+        for i in 0..burst - 1 {
+            assert!(
+                hub.buyer_message(&ctx, &s, &text, t1, &mut fx).is_ok(),
+                "message {i}"
+            );
+        }
+        let over = hub.buyer_message(&ctx, &s, &text, t1, &mut fx);
+        assert_eq!(over.err().map(|r| r.code), Some(ErrorCode::RateLimited));
+
+        // Left at t1: open a window after t0, closed a window after t1.
+        hub.buyer_left(&ctx, &s, t1, &mut fx);
+        assert_eq!((hub.away.len(), hub.away_empty.len()), (1, 0), "chatted");
+        let window = config.limits.resume_window;
+        hub.tick(&ctx, t0 + window, &mut fx);
+        assert!(
+            hub.convs.contains_key(&s.conv),
+            "expired from an earlier visit"
+        );
+        hub.tick(&ctx, t1 + window, &mut fx);
+        assert!(!hub.convs.contains_key(&s.conv), "not expired");
+        assert_eq!(hub.away.len(), 0);
     }
 
     /// Refusals at the cap are logged at most once a minute, each line
