@@ -199,7 +199,9 @@ pub fn parse_offset(s: &str) -> Result<UtcOffset, OptionError> {
     };
     let (h, m) = match rest.split_once(':') {
         Some((h, m)) => (h, m),
-        None if rest.len() == 4 => rest.split_at(2),
+        // By bytes: `+1é1` is four bytes, not split between characters
+        // (it panicked; found by review).
+        None if rest.len() == 4 && rest.is_ascii() => rest.split_at(2),
         None => (rest, "0"),
     };
     let h: i8 = h.parse().map_err(|_| bad())?;
@@ -980,6 +982,9 @@ mod tests {
             ("UTC", Some(0)),
             ("8", None),
             ("+25:00", None),
+            ("+1é1", None),
+            ("+é", None),
+            ("+08:é", None),
         ];
         for (s, want) in cases {
             assert_eq!(parse_offset(s).ok().map(|o| o.whole_seconds()), want, "{s}");
