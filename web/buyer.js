@@ -24,6 +24,8 @@
   let messages = [];
   let rated = null;
   let shopName = "";
+  /** This connection has had its welcome (errors before it answer the hello). */
+  let inside = false;
   /** The buyer's latest message: the one a `text_too_long`/`rate_limited` refers to. */
   let lastSent = null;
   /** What this page sent since the last welcome: see recoverUnsent. */
@@ -74,6 +76,7 @@
       },
       onMessage: handle,
       onStatus: (st) => {
+        inside = false;
         if (st === "open") setStatus("wait", "进店中…");
         else if (st === "connecting") setStatus("wait", "连接中…");
         else setStatus("off", "已断开，正在重连"); // only when a reconnect follows
@@ -90,6 +93,7 @@
   function handle(m) {
     switch (m.type) {
       case "welcome":
+        inside = true;
         setStatus("on", "已连接");
         // A new conversation (the old one closed) brings a new secret in
         // place of the old one.
@@ -130,7 +134,11 @@
           return;
         }
         if (m.code === "already_rated") rated = rated || "done";
-        if (["text_too_long", "rate_limited", "empty_text", "control_characters"].includes(m.code)) {
+        // Before this connection's welcome an error answers the hello (a
+        // resume over the conversation's rate, closed with 1013 and tried
+        // again later), not the latest message, which went out on an
+        // earlier connection.
+        if (inside && ["text_too_long", "rate_limited", "empty_text", "control_characters"].includes(m.code)) {
           // The message did not go out: mark it and give the text back.
           if (lastSent) {
             lastSent.failed = true;

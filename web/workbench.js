@@ -291,6 +291,11 @@
   function handle(m) {
     // `now`: the server's clock on the agent welcome and
     // conversation_assigned, so the clock is right from the sign-in on.
+    // Learnt again at each welcome: the smallest difference is kept only
+    // within a connection, or a browser clock that stepped forward kept
+    // every countdown late until a reload (a new round showed 超时;
+    // found by review).
+    if (m.type === "welcome") learnSkew.seen = false;
     if (typeof m.at === "number") learnSkew(m.at);
     else if (typeof m.now === "number") learnSkew(m.now);
     switch (m.type) {
@@ -306,6 +311,7 @@
         // moved to another agent meanwhile are no longer ours. Their drafts
         // are kept by buyer for a new conversation of the same buyer.
         saveDraft();
+        const orphansBefore = new Map(orphanDrafts);
         const prevBuyer = convs.has(selected) ? convs.get(selected).buyer : null;
         const listed = new Set((m.conversations || []).map((v) => v.conversation));
         for (const [id, c] of [...convs]) {
@@ -329,6 +335,7 @@
         checkUnconfirmed();
         // The "not connected" warning of a send during the outage is over.
         if ($("banner").dataset.tag === "offline") $("banner").hidden = true;
+        showMovedAway(orphansBefore);
         showPhraseStatus(m.phrases);
         logEvent("info", `已上线${m.conversations && m.conversations.length ? `，接手 ${m.conversations.length} 个会话` : "，等待买家消息"}`);
         break;
@@ -717,6 +724,24 @@
    * pass it on. It stays until 知道了 or the next banner; the log line
    * keeps the text too.
    */
+  /**
+   * Drafts and unconfirmed replies of conversations that moved to a
+   * colleague while this page was away (the welcome no longer lists them)
+   * are kept by buyer for a new conversation of theirs, and said here with
+   * their text to copy: they vanished without a word (found by review).
+   */
+  function showMovedAway(before) {
+    const lost = [];
+    for (const [buyer, d] of orphanDrafts) {
+      if (d !== before.get(buyer) && d.text && d.text.trim()) lost.push([buyer, d.text]);
+    }
+    if (!lost.length) return;
+    const who = lost.map(([b]) => `买家 ${b}`).join("、");
+    const text = lost.length === 1 ? lost[0][1] : lost.map(([b, t]) => `买家 ${b}：${t}`).join("\n");
+    showUnsent(`断线期间，${who} 的会话已转给同事，这里未发出的回复没有发给买家，如需要请复制给同事：`, text);
+    logEvent("warn", `断线期间 ${who} 的会话已转给同事，未发出的回复已保留`);
+  }
+
   function showUnsent(why, text) {
     const b = $("banner");
     b.className = "banner error";
