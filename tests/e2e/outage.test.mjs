@@ -7,7 +7,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 import path from "node:path";
-import { startServer, launchBrowser, deskContext, ARTIFACTS } from "./server.mjs";
+import { startServer, launchBrowser, deskContext, signInAgent, signInBuyer, ARTIFACTS } from "./server.mjs";
 
 const SHOP = "s1";
 
@@ -25,13 +25,29 @@ function watch(page, name) {
   });
 }
 
-async function signIn(p, id) {
-  await p.goto(`${server.url}/`);
-  await p.fill("#in-shop", SHOP);
-  await p.fill("#in-agent", id);
-  await p.fill("#in-token", `token-${id}-long-enough`);
-  await p.click("#signin button[type=submit]");
-  await p.locator("#status.on").waitFor();
+const signIn = (p, id) => signInAgent(p, server.url, SHOP, id, `token-${id}-long-enough`);
+
+/**
+ * Routes `page`'s sockets through the test. `refuse(n, ws)` may take the
+ * n-th socket itself (and return true); otherwise the first is relayed and
+ * kept for `drop()`, and later ones go straight to the server.
+ */
+async function routeSockets(page, refuse = () => false) {
+  const route = { link: null, count: 0 };
+  await page.routeWebSocket(/\/ws$/, (ws) => {
+    route.count += 1;
+    if (refuse(route.count, ws)) return;
+    if (route.link) return void ws.connectToServer();
+    const srv = ws.connectToServer();
+    route.link = { ws, srv };
+    ws.onMessage((m) => srv.send(m));
+    srv.onMessage((m) => ws.send(m));
+  });
+  route.drop = async () => {
+    await route.link.srv.close();
+    await route.link.ws.close({ code: 4000, reason: "test drop" });
+  };
+  return route;
 }
 
 before(async () => {
@@ -55,25 +71,16 @@ test("a draft of a conversation moved away during an outage is said, with its te
   watch(a, "agent a1");
   // a1's sockets go through the test: it drops the first and refuses new
   // ones while `down`, then lets them through.
-  let link = null;
   let down = false;
-  await a.routeWebSocket(/\/ws$/, (ws) => {
-    if (down) return void ws.close({ code: 1006, reason: "test outage" });
-    if (link) return void ws.connectToServer();
-    const srv = ws.connectToServer();
-    link = { ws, srv };
-    ws.onMessage((m) => srv.send(m));
-    srv.onMessage((m) => ws.send(m));
+  const route = await routeSockets(a, (_, ws) => {
+    if (down) ws.close({ code: 1006, reason: "test outage" });
+    return down;
   });
   await signIn(a, "a1");
 
   const buyer = await context.newPage();
   watch(buyer, "buyer");
-  await buyer.goto(`${server.url}/buyer`);
-  await buyer.fill("#in-shop", SHOP);
-  await buyer.fill("#in-buyer", "tb_断线草稿");
-  await buyer.click("#signin button[type=submit]");
-  await buyer.locator(".msg[data-from=bot]").first().waitFor();
+  await signInBuyer(buyer, `${server.url}/buyer`, SHOP, "tb_断线草稿");
   await buyer.fill("#text", "这个有现货吗");
   await buyer.press("#text", "Enter");
   await a.locator("#convs .conv", { hasText: "tb_断线草稿" }).click();
@@ -86,8 +93,7 @@ test("a draft of a conversation moved away during an outage is said, with its te
   const draft = "亲，这款目前有现货，今天下单明天发出";
   await a.fill("#reply", draft);
   down = true;
-  await link.srv.close();
-  await link.ws.close({ code: 4000, reason: "test drop" });
+  await route.drop();
   // Past a1's grace the conversation moves to a2.
   await b.locator("#convs .conv", { hasText: "tb_断线草稿" }).waitFor();
   down = false;
@@ -128,29 +134,17 @@ test("a browser clock that stepped forward is learnt again at the next welcome",
   const a = await context.newPage();
   watch(a, "agent a2 (clock)");
   await a.clock.install();
-  let link = null;
-  await a.routeWebSocket(/\/ws$/, (ws) => {
-    if (link) return void ws.connectToServer();
-    const srv = ws.connectToServer();
-    link = { ws, srv };
-    ws.onMessage((m) => srv.send(m));
-    srv.onMessage((m) => ws.send(m));
-  });
+  const route = await routeSockets(a);
   await signIn(a, "a2");
   // The browser's clock jumps a minute ahead (an NTP step, a laptop's
   // sleep); the link drops and comes back.
   await a.clock.setSystemTime(Date.now() + 60000);
-  await link.srv.close();
-  await link.ws.close({ code: 4000, reason: "test drop" });
+  await route.drop();
   await a.locator("#status.on").waitFor();
 
   const buyer = await context.newPage();
   watch(buyer, "buyer (clock)");
-  await buyer.goto(`${server.url}/buyer`);
-  await buyer.fill("#in-shop", SHOP);
-  await buyer.fill("#in-buyer", "tb_时钟");
-  await buyer.click("#signin button[type=submit]");
-  await buyer.locator(".msg[data-from=bot]").first().waitFor();
+  await signInBuyer(buyer, `${server.url}/buyer`, SHOP, "tb_时钟");
   await buyer.fill("#text", "发什么快递");
   await buyer.press("#text", "Enter");
   await a.locator("#convs .conv", { hasText: "tb_时钟" }).click();
@@ -167,35 +161,22 @@ test("a resume refused over the conversation's rate does not call the last messa
   watch(p, "buyer (refused resume)");
   // The first socket passes; the second gets the server's refusal of a
   // resume over the rate (rate_limited, 1013) from the test; later ones pass.
-  let sockets = 0;
-  let link = null;
-  await p.routeWebSocket(/\/ws$/, (ws) => {
-    sockets += 1;
-    if (sockets === 2) {
-      ws.onMessage(() => {
-        ws.send(JSON.stringify({ type: "error", code: "rate_limited", message: "too many reconnects and messages for this conversation" }));
-        ws.close({ code: 1013, reason: "rate_limited" });
-      });
-      return;
-    }
-    const srv = ws.connectToServer();
-    if (!link) link = { ws, srv };
-    ws.onMessage((m) => srv.send(m));
-    srv.onMessage((m) => ws.send(m));
+  const route = await routeSockets(p, (n, ws) => {
+    if (n !== 2) return false;
+    ws.onMessage(() => {
+      ws.send(JSON.stringify({ type: "error", code: "rate_limited", message: "too many reconnects and messages for this conversation" }));
+      ws.close({ code: 1013, reason: "rate_limited" });
+    });
+    return true;
   });
-  await p.goto(`${server.url}/buyer`);
-  await p.fill("#in-shop", SHOP);
-  await p.fill("#in-buyer", "tb_重连过快");
-  await p.click("#signin button[type=submit]");
-  await p.locator(".msg[data-from=bot]").first().waitFor();
+  await signInBuyer(p, `${server.url}/buyer`, SHOP, "tb_重连过快");
   await p.fill("#text", "在吗");
   await p.press("#text", "Enter");
   await p.waitForTimeout(300);
-  await link.srv.close();
-  await link.ws.close({ code: 4000, reason: "test drop" });
+  await route.drop();
   // Refused once (the page waits at least 5 s after a 1013), then back in.
   await p.locator("#conv-id", { hasText: "已恢复" }).waitFor({ timeout: 20000 });
-  assert.equal(sockets, 3);
+  assert.equal(route.count, 3);
   assert.equal(await p.inputValue("#text"), "", "the delivered message is not put back");
   assert.equal(await p.locator(".msg .meta", { hasText: "未发出" }).count(), 0);
   assert.deepEqual(pageErrors, []);
