@@ -439,6 +439,11 @@ pub enum ServerMsg<'a> {
         /// welcome that arrived are the first `received` − that welcome's
         /// `received` of them.
         received: u64,
+        /// The longest `text` the server takes, in characters
+        /// (`limits.max_text_chars`): the page's counter and its check
+        /// before sending follow the shop's setting, not a copy of the
+        /// default (found by review).
+        max_text_chars: usize,
         /// The buyer's rating, once given: a page reloaded after rating
         /// must not offer the rating again.
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -457,6 +462,9 @@ pub enum ServerMsg<'a> {
         conversations: Vec<ConversationView<'a>>,
         /// The phrase libraries in use and any problem with the files on disk.
         phrases: &'a PhraseStatus,
+        /// The longest reply or draft the server takes, in characters
+        /// (`limits.max_text_chars`), for the page's counter and checks.
+        max_text_chars: usize,
         /// The server's clock (Unix ms) when the frame was sent: the page
         /// learns its clock's offset from it before any stamped frame.
         now: i64,

@@ -526,6 +526,36 @@ async fn bad_input_gets_an_error_and_the_connection_stays_usable() {
     t.stop().await;
 }
 
+/// Both welcomes say the longest text the server takes, the shop's setting
+/// rather than the default the pages assumed, and it is the limit the
+/// server then applies.
+#[tokio::test]
+async fn welcomes_carry_the_text_limit_the_server_applies() {
+    for limit in [500, 2000] {
+        let mut config = test_config();
+        config.limits.max_text_chars = limit;
+        let t = spawn_app_with(config).await;
+        let (mut a, agent_welcome) = t.agent("a1").await;
+        let (mut b, buyer_welcome, _) = t.buyer("b1").await;
+        assert_eq!(agent_welcome["max_text_chars"], limit, "agent");
+        assert_eq!(buyer_welcome["max_text_chars"], limit, "buyer");
+        let conv = a.recv_type("conversation_assigned").await["conversation"].clone();
+        b.send(json!({"type":"message","text":"好".repeat(limit + 1)}))
+            .await;
+        b.expect_error("text_too_long").await;
+        b.send(json!({"type":"message","text":"好".repeat(limit)}))
+            .await;
+        a.recv_type("buyer_message").await;
+        a.send(json!({"type":"lint","text":"好".repeat(limit + 1)}))
+            .await;
+        a.expect_error("text_too_long").await;
+        a.send(json!({"type":"reply","conversation":conv,"text":"亲".repeat(limit)}))
+            .await;
+        a.recv_type("reply_sent").await;
+        t.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn agents_cannot_reply_in_someone_elses_conversation() {
     let t = spawn_app().await;

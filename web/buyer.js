@@ -34,8 +34,8 @@
   let receivedAtWelcome = null;
   /** The next render scrolls to the bottom (the buyer's own message). */
   let followNext = false;
-  /** The server's limit on a message, in characters (limits.max_text_chars). */
-  const MAX_CHARS = 2000;
+  /** The server's limit on a message, in characters (limits.max_text_chars): the welcome's. */
+  let maxChars = 2000;
 
   function showSignin(error) {
     $("signin").hidden = false;
@@ -94,6 +94,7 @@
     switch (m.type) {
       case "welcome":
         inside = true;
+        if (Number.isInteger(m.max_text_chars) && m.max_text_chars > 0) maxChars = m.max_text_chars;
         setStatus("on", "已连接");
         // A new conversation (the old one closed) brings a new secret in
         // place of the old one.
@@ -256,8 +257,8 @@
     // The limit counts characters as the server does (an emoji is one), not
     // UTF-16 units as `maxlength` would (it cut 1,500 emoji to 1,000).
     const chars = [...text].length;
-    if (chars > MAX_CHARS) {
-      showBanner(`消息太长了（${chars} 字），请分几条发送，每条不超过 ${MAX_CHARS} 字`);
+    if (chars > maxChars) {
+      showBanner(`消息太长了（${chars} 字），请分几条发送，每条不超过 ${maxChars} 字`);
       return;
     }
     if (!conn || !conn.send({ type: "message", text })) {

@@ -18,11 +18,13 @@
   /** Whether the stored desk was restored (nothing is stored before: the page would overwrite it empty). */
   let deskRestored = false;
   const LINT_DELAY_MS = 250;
-  // The server's default `limits.max_text_chars` (characters, i.e. Unicode
-  // code points, as the server counts them). The agent `welcome` does not
-  // carry the limit, so the page assumes the default; the server stays the
-  // judge (a reply over its limit is refused and comes back to the box).
-  const MAX_TEXT_CHARS = 2000;
+  // The server's `limits.max_text_chars` (characters, i.e. Unicode code
+  // points, as the server counts them): the default until the agent
+  // `welcome` says the shop's (a lower setting made the politeness check
+  // of a long draft come back refused every second, unexplained; found by
+  // review). The server stays the judge (a reply over its limit is
+  // refused and comes back to the box).
+  let maxTextChars = 2000;
   // Error codes that close the connection or belong to the hello: they do
   // not answer a `reply` or `lint` of ours.
   const SESSION_ERRORS = ["bad_token", "too_many_attempts", "unknown_shop", "bad_id", "buyer_taken", "hello_timeout", "replaced"];
@@ -303,6 +305,11 @@
         welcomed = true;
         setStatus("on", "在线");
         if (m.shop_name) $("who").textContent = `${m.shop_name}（${me.shop}）· 客服 ${me.agent}`;
+        if (Number.isInteger(m.max_text_chars) && m.max_text_chars > 0) {
+          maxTextChars = m.max_text_chars;
+          $("reply-count").title = `回复最多 ${maxTextChars} 字`;
+          updateCount();
+        }
         if (m.clock) {
           if (typeof m.clock.target_ms === "number") targetMs = m.clock.target_ms;
           if (typeof m.clock.nudge_ms === "number") nudgeMs = m.clock.nudge_ms;
@@ -1180,8 +1187,8 @@
   function updateCount() {
     const n = charCount($("reply").value);
     const out = $("reply-count");
-    const over = n > MAX_TEXT_CHARS;
-    out.textContent = n ? `${n}/${MAX_TEXT_CHARS}${over ? `，超出 ${n - MAX_TEXT_CHARS} 字` : ""}` : "";
+    const over = n > maxTextChars;
+    out.textContent = n ? `${n}/${maxTextChars}${over ? `，超出 ${n - maxTextChars} 字` : ""}` : "";
     out.classList.toggle("over", over);
     $("reply").classList.toggle("over", over);
   }
@@ -1412,9 +1419,9 @@
         clearLint();
         return;
       }
-      if (charCount(text) > MAX_TEXT_CHARS) {
+      if (charCount(text) > maxTextChars) {
         clearLint();
-        $("lint").replaceChildren(el("span", { class: "over" }, `回复超过 ${MAX_TEXT_CHARS} 字，发不出去，请精简后再发（用语检查也先暂停）`));
+        $("lint").replaceChildren(el("span", { class: "over" }, `回复超过 ${maxTextChars} 字，发不出去，请精简后再发（用语检查也先暂停）`));
         return;
       }
       if (text === lintSent) return;

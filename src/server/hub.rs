@@ -780,6 +780,7 @@ impl Hub {
                     history: conv.buyer_lines(&shop.agents),
                     received: conv.received,
                     rated: conv.rated,
+                    max_text_chars: ctx.config.limits.max_text_chars,
                 },
             );
             if let Some(agent_out) = agent_outbox(shop, conv) {
@@ -858,6 +859,7 @@ impl Hub {
                 history: Vec::new(),
                 received: 0,
                 rated: None,
+                max_text_chars: ctx.config.limits.max_text_chars,
             },
         );
         let fill = Fill {
@@ -986,6 +988,7 @@ impl Hub {
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+            max_text_chars: ctx.config.limits.max_text_chars,
         };
         fx.send_later(out, Render::new(ctx, &shop.name, agent, kind, mine));
         Ok(AgentSession {

@@ -225,6 +225,7 @@ pub(super) enum RenderKind {
         clock: ClockView,
         colleagues: Vec<ColleagueSnap>,
         library: Arc<PhraseStatus>,
+        max_text_chars: usize,
     },
     /// `conversation_assigned` for one conversation (with a transfer's
     /// sender and note), `conversations_assigned` for more.
@@ -298,6 +299,7 @@ impl Render {
                 clock,
                 colleagues,
                 library,
+                max_text_chars,
             } => to_json(&ServerMsg::AgentWelcome {
                 role: Role::Agent,
                 agent,
@@ -307,6 +309,7 @@ impl Render {
                 colleagues: colleagues.iter().map(ColleagueSnap::view).collect(),
                 conversations: views,
                 phrases: library,
+                max_text_chars: *max_text_chars,
                 now,
             }),
             RenderKind::Assigned { reason, from, note } if views.len() == 1 => {
