@@ -278,6 +278,61 @@ async fn alarms_due_during_a_restart_fire_once_and_agents_get_a_grace() {
     store.close().unwrap();
 }
 
+/// A reply logged before the buyer message it answered, in the same
+/// millisecond (the message is logged once its suggestions are found,
+/// outside the hub's lock), does not bring the conversation back as
+/// waiting; a message a millisecond after the reply does, and so does one
+/// whose same-millisecond reply went to another conversation.
+#[test]
+fn a_reply_logged_before_its_message_in_the_same_millisecond_answers_it() {
+    use Kind::*;
+    let reply = |t0: i64, ms: i64, conv: &str| {
+        let mut e = ev(t0, 0, conv, Agent);
+        e.ts_ms = t0 + ms;
+        e.agent = Some("a1".into());
+        e.text = Some("亲，有现货的".into());
+        e
+    };
+    let buyer_at = |t0: i64, ms: i64, conv: &str| {
+        let mut e = ev(t0, 0, conv, Buyer);
+        e.ts_ms = t0 + ms;
+        e
+    };
+    let t0 = now_ms();
+    // (case, events after c1's assignment and first message, waiting)
+    let cases = [
+        (
+            "reply written first, same millisecond",
+            vec![reply(t0, -9_000, "c1"), buyer_at(t0, -9_000, "c1")],
+            0,
+        ),
+        (
+            "message a millisecond after the reply",
+            vec![reply(t0, -9_000, "c1"), buyer_at(t0, -8_999, "c1")],
+            1,
+        ),
+        (
+            "the reply was another conversation's",
+            vec![
+                ev(t0, -20, "c2", Assign),
+                ev(t0, -20, "c2", Buyer),
+                reply(t0, -9_000, "c2"),
+                buyer_at(t0, -9_000, "c1"),
+            ],
+            1,
+        ),
+    ];
+    for (case, tail, waiting) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let mut events = vec![ev(t0, -30, "c1", Assign), ev(t0, -30, "c1", Buyer)];
+        events.extend(tail);
+        kefu::store::import(dir.path(), &events).unwrap();
+        let (_app, store, restored) = app_on_data(clock_config(), dir.path());
+        assert_eq!(restored.waiting, waiting, "{case}");
+        store.close().unwrap();
+    }
+}
+
 /// A second start on the same directory finds the same key; a key of
 /// another directory makes other secrets (old random secrets from before
 /// the upgrade stop matching the same way).

@@ -510,6 +510,52 @@ impl OpenConv {
     }
 }
 
+/// Hands the log's events on in the order they were written, except that a
+/// buyer's message goes ahead of the replies of its conversation written
+/// before it in the same millisecond, as the reports read them ("a reply
+/// stamped with its question's millisecond answers it", docs/REPORTS.md).
+///
+/// Why: a buyer's message is logged after its suggestions are found,
+/// outside the hub's lock, so a reply the hub handled after the message
+/// (and which answered it) can be logged first with the same millisecond.
+/// Read in the written order, the start brought such a conversation back
+/// as waiting, with a holding reply and alarms nobody was owed (found by
+/// review, from the code).
+#[derive(Default)]
+struct AnswersLast {
+    /// The current millisecond's events, in the order to hand on.
+    held: Vec<Event>,
+}
+
+impl AnswersLast {
+    fn push(&mut self, e: Event, mut f: impl FnMut(Event)) {
+        if self.held.first().is_some_and(|h| h.ts_ms != e.ts_ms) {
+            self.flush(&mut f);
+        }
+        let mut at = self.held.len();
+        if e.kind == Kind::Buyer {
+            // Before the run of this conversation's replies that its
+            // latest events in this millisecond make, if any.
+            for (i, h) in self.held.iter().enumerate().rev() {
+                if h.conversation != e.conversation {
+                    continue;
+                }
+                if h.kind != Kind::Agent {
+                    break;
+                }
+                at = i;
+            }
+        }
+        self.held.insert(at, e);
+    }
+
+    fn flush(&mut self, mut f: impl FnMut(Event)) {
+        for e in self.held.drain(..) {
+            f(e);
+        }
+    }
+}
+
 impl App {
     /// Brings back the conversations open in the log `reader` reads (see
     /// the module docs). Call it once, before [`super::run`], after
@@ -529,10 +575,12 @@ impl App {
             ..Query::default()
         };
         let mut builder = Builder::new(self.config().limits.history_bytes);
+        let mut order = AnswersLast::default();
         let mut read = reader.for_each(&q, |e| {
-            builder.add(e);
+            order.push(e, |e| builder.add(e));
             Ok(())
         })?;
+        order.flush(|e| builder.add(e));
         // Two spans before the window, read at once. A start within the
         // window read the window before it: read that too, for the
         // conversations found here, so they come back as that start had
@@ -557,7 +605,7 @@ impl App {
                 to_ms: Some(from),
                 ..Query::default()
             };
-            read += reader.for_each(&q, |e| {
+            let mut add = |e: Event| {
                 if let (Some(b), Some(s)) = (&mut earlier, earlier_from) {
                     if e.ts_ms >= s {
                         b.add(e.clone());
@@ -568,8 +616,13 @@ impl App {
                         b.add(e);
                     }
                 }
+            };
+            let mut order = AnswersLast::default();
+            read += reader.for_each(&q, |e| {
+                order.push(e, &mut add);
                 Ok(())
             })?;
+            order.flush(&mut add);
         }
         if let Some(earlier) = earlier {
             builder.prepend(earlier);
