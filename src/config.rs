@@ -79,6 +79,12 @@ pub struct AgentConfig {
     pub name: Option<String>,
 }
 
+/// The largest `limits.max_frame_bytes` accepted (16 MiB).
+pub const MAX_FRAME_BYTES: usize = 16 << 20;
+
+/// The largest `limits.read_buffer_bytes` accepted (1 MiB).
+pub const MAX_READ_BUFFER_BYTES: usize = 1 << 20;
+
 /// Protective limits of the service.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
@@ -662,15 +668,25 @@ impl Config {
             ));
         }
         let l = &self.limits;
-        if l.max_frame_bytes < 1024 {
-            return Err(invalid("limits.max_frame_bytes", "must be at least 1024"));
+        // Upper bounds too: a connection may hold a frame this big, and
+        // every connection allocates its read buffer at once (a read buffer
+        // of 10^12 bytes took 11 GB at the first upgrade; found by review).
+        if !(1024..=MAX_FRAME_BYTES).contains(&l.max_frame_bytes) {
+            return Err(invalid(
+                "limits.max_frame_bytes",
+                format!("must be between 1024 and {MAX_FRAME_BYTES} (16 MiB)"),
+            ));
         }
-        if l.max_text_chars == 0 || l.max_text_chars * 4 > l.max_frame_bytes {
+        // Divided, not multiplied: 2^62 characters overflowed (found by
+        // review).
+        if l.max_text_chars == 0 || l.max_text_chars > l.max_frame_bytes / 4 {
             return Err(invalid(
                 "limits.max_text_chars",
                 format!(
-                    "must be between 1 and {} (a quarter of the 64 KiB frame limit)",
-                    l.max_frame_bytes / 4
+                    "must be between 1 and {} (a quarter of limits.max_frame_bytes, {} bytes: \
+                     a character takes up to 4)",
+                    l.max_frame_bytes / 4,
+                    l.max_frame_bytes
                 ),
             ));
         }
@@ -703,8 +719,14 @@ impl Config {
                 "ping_interval, hello_timeout and handshake_timeout must be above 0",
             ));
         }
-        if l.read_buffer_bytes < 512 {
-            return Err(invalid("limits.read_buffer_bytes", "must be at least 512"));
+        if !(512..=MAX_READ_BUFFER_BYTES).contains(&l.read_buffer_bytes) {
+            return Err(invalid(
+                "limits.read_buffer_bytes",
+                format!(
+                    "must be between 512 and {MAX_READ_BUFFER_BYTES} (1 MiB): every connection \
+                     allocates it"
+                ),
+            ));
         }
         if l.max_open_conversations == 0 {
             return Err(invalid(
@@ -1057,6 +1079,61 @@ mod tests {
         let err = c.validate().unwrap_err().to_string();
         assert!(
             err.starts_with("limits.staff_reserve: the staff reserve (100) must be less than"),
+            "{err}"
+        );
+    }
+
+    /// Limits that would take the machine's memory or overflow are
+    /// refused, each naming the setting (found by review: a read buffer of
+    /// 10^12 bytes took 11 GB at the first connection; 2^62 characters
+    /// overflowed the text limit's check).
+    #[test]
+    fn limits_have_upper_bounds() {
+        let cases: &[(&str, Option<&str>)] = &[
+            (
+                "read_buffer_bytes: 1000000000000",
+                Some("limits.read_buffer_bytes: must be between 512 and 1048576"),
+            ),
+            ("read_buffer_bytes: 1048576", None),
+            (
+                "read_buffer_bytes: 100",
+                Some("limits.read_buffer_bytes: must be between 512"),
+            ),
+            (
+                "max_text_chars: 4611686018427387904",
+                Some("limits.max_text_chars: must be between 1 and 16384"),
+            ),
+            ("max_text_chars: 16384", None),
+            (
+                "max_text_chars: 16385",
+                Some("limits.max_text_chars: must be between 1 and 16384"),
+            ),
+            (
+                "max_text_chars: 0",
+                Some("limits.max_text_chars: must be between 1 and 16384"),
+            ),
+        ];
+        for &(line, want) in cases {
+            let mut c = Config::default();
+            c.apply_file_text(Path::new("k.yaml"), &format!("limits:\n  {line}\n"))
+                .unwrap();
+            c.apply_overrides(&flags(|o| o.agent_tokens = vec!["s1:a1:t".into()]))
+                .unwrap();
+            let got = c.validate().err().map(|e| e.to_string());
+            match (want, got) {
+                (None, None) => {}
+                (Some(want), Some(got)) => assert!(got.starts_with(want), "{line}: {got}"),
+                (want, got) => panic!("{line}: wanted {want:?}, got {got:?}"),
+            }
+        }
+        // Not a file setting; a caller of the library may still set it.
+        let mut c = Config::default();
+        c.apply_overrides(&flags(|o| o.agent_tokens = vec!["s1:a1:t".into()]))
+            .unwrap();
+        c.limits.max_frame_bytes = 1 << 40;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.starts_with("limits.max_frame_bytes: must be between 1024 and 16777216"),
             "{err}"
         );
     }

@@ -329,6 +329,26 @@ pub enum ProblemKind {
         id: String,
         keyword: String,
     },
+    /// An intent's `priority` is not a number in (0, 2]: 0, a negative
+    /// or NaN silenced the intent, a huge one let it win over every other
+    /// (found by review).
+    BadPriority {
+        id: String,
+        /// As written back (`NaN`, `inf`, `-1`).
+        priority: String,
+    },
+    /// `politeness.yaml` has neither a `negative:` nor a `curt:` list: an
+    /// emptied file turned the check off and, accepted, replaced the last
+    /// good copy (found by review). Lists written empty are taken: that
+    /// turns the check off on purpose.
+    NoPolitenessRules,
+    /// A politeness phrase stands for more strings than the check takes
+    /// (its slots multiplied): one phrase of eleven slots ran the service
+    /// out of memory at a reload (found by review).
+    TooManyExpansions {
+        phrase: String,
+        count: u64,
+    },
     MissingFile(&'static str),
     NoLibraries,
 }
@@ -428,6 +448,23 @@ impl fmt::Display for ProblemKind {
             BadWeight { id, keyword } => write!(
                 f,
                 "intent `{id}`: keyword `{keyword}` has a weight outside 0-1"
+            ),
+            BadPriority { id, priority } => write!(
+                f,
+                "intent `{id}`: priority {priority} is outside 0-2 (above 0); keep 1.0 for real \
+                 requests and lower it (0.5) for greetings and thanks that should give way"
+            ),
+            NoPolitenessRules => write!(
+                f,
+                "no politeness rules: the file has neither `negative:` nor `curt:`, which \
+                 would turn the check of agents' drafts off; write the rules back (the service \
+                 keeps a copy in its data directory, phrases.last-good/politeness.yaml), or \
+                 write `negative: []` to turn the check off on purpose"
+            ),
+            TooManyExpansions { phrase, count } => write!(
+                f,
+                "politeness phrase `{phrase}` stands for {count} strings (its slots multiplied), \
+                 over {MAX_EXPANSIONS}; use fewer slots in one phrase, or split it into rules"
             ),
             MissingFile(name) => write!(f, "missing file `{name}`"),
             NoLibraries => write!(
@@ -539,6 +576,10 @@ enum RawKeyword {
 
 const TEMPLATES_FILE: &str = "templates.yaml";
 const POLITENESS_FILE: &str = "politeness.yaml";
+
+/// The most strings one politeness phrase may stand for: the largest in
+/// the shipped rules is a few hundred ({我} × {办}).
+pub const MAX_EXPANSIONS: u64 = 10_000;
 
 /// Whether `path`, an entry of a phrase directory, is one of its YAML
 /// files: named `*.yaml` or `*.yml`, and not hidden (a name starting with
@@ -727,6 +768,36 @@ impl Loader {
     fn load_politeness(&mut self, path: &Path, text: &str) -> Option<PolitenessRules> {
         let rules: PolitenessRules = self.parse(path, text)?;
         let loc = Locator::new(text);
+        // An emptied file, not one that turns the check off on purpose
+        // (`negative: []`).
+        if rules.negative.is_empty()
+            && rules.curt.is_empty()
+            && loc.find_key("negative").is_none()
+            && loc.find_key("curt").is_none()
+        {
+            self.at(path, 1, 1, ProblemKind::NoPolitenessRules);
+            return None;
+        }
+        // Counted before anything is expanded (`unknown_slots` below
+        // expands every phrase).
+        let mut too_many = false;
+        for phrase in rules.phrases() {
+            let count = rules.expansion_count(phrase);
+            if count > MAX_EXPANSIONS {
+                let (line, column) = loc.find_after(0, phrase).unwrap_or((1, 1));
+                let phrase = phrase.to_string();
+                self.at(
+                    path,
+                    line,
+                    column,
+                    ProblemKind::TooManyExpansions { phrase, count },
+                );
+                too_many = true;
+            }
+        }
+        if too_many {
+            return None;
+        }
         for (list, rules) in [("negative", &rules.negative), ("curt", &rules.curt)] {
             let list_at = loc.find_key(list);
             // Each rule has exactly one `phrase:`, so the n-th in the list's
@@ -1022,6 +1093,18 @@ impl Loader {
             }
             for (r, _) in &replies {
                 self.check_template(path, &loc, start, &r.text);
+            }
+            if let Some(p) = ri.priority.filter(|p| !(*p > 0.0 && *p <= 2.0)) {
+                let (line, column) = section("priority").map_or((id_line, id_col), |(_, at)| at);
+                self.at(
+                    path,
+                    line,
+                    column,
+                    ProblemKind::BadPriority {
+                        id: ri.id.clone(),
+                        priority: p.to_string(),
+                    },
+                );
             }
             let replies: Vec<Reply> = replies.into_iter().map(|(r, _)| r).collect();
             intents.push(Intent {

@@ -147,20 +147,50 @@ impl PolitenessRules {
         out
     }
 
-    /// `{name}` references in phrases, allow entries and reassure lists that
-    /// name no slot (a typo would otherwise be matched literally).
-    pub fn unknown_slots(&self) -> Vec<String> {
-        let phrases = self
-            .negative
+    /// How many strings [`PolitenessRules::expand`] makes of `phrase` (the
+    /// alternatives of its braces multiplied, saturating), without making
+    /// them: a phrase of eleven nine-word slots stands for 9^11.
+    pub fn expansion_count(&self, phrase: &str) -> u64 {
+        let mut count: u64 = 1;
+        let mut rest = phrase;
+        while let Some(open) = rest.find('{') {
+            let Some(close) = rest[open..].find('}').map(|c| open + c) else {
+                break;
+            };
+            let body = &rest[open + 1..close];
+            let alts = if let Some(list) = self.slots.get(body) {
+                list.len() as u64
+            } else if body.contains('|') {
+                body.split('|')
+                    .map(|a| self.slots.get(a).map_or(1, |l| l.len() as u64))
+                    .sum()
+            } else {
+                1
+            };
+            count = count.saturating_mul(alts.max(1));
+            rest = &rest[close + 1..];
+        }
+        count
+    }
+
+    /// Every phrase the rules write: rules' phrases, allow entries,
+    /// reassure lists and excuses.
+    pub fn phrases(&self) -> impl Iterator<Item = &str> {
+        self.negative
             .iter()
             .chain(&self.curt)
             .map(|r| r.phrase.as_str())
             .chain(self.allow.iter().map(String::as_str))
             .chain(self.reassure.negators.iter().map(String::as_str))
             .chain(self.reassure.outcomes.iter().map(String::as_str))
-            .chain(self.excuses.iter().map(String::as_str));
+            .chain(self.excuses.iter().map(String::as_str))
+    }
+
+    /// `{name}` references in phrases, allow entries and reassure lists that
+    /// name no slot (a typo would otherwise be matched literally).
+    pub fn unknown_slots(&self) -> Vec<String> {
         let mut unknown = Vec::new();
-        for p in phrases {
+        for p in self.phrases() {
             for e in self.expand(p) {
                 if e.contains('{') || e.contains('}') {
                     unknown.push(format!("{p}: {e}"));

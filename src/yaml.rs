@@ -15,8 +15,21 @@ pub struct YamlError {
 }
 
 /// Parses `text` into `T`, keeping the parser's line and column.
+///
+/// A key repeated in a map is an error, as one repeated in a struct is:
+/// serde fills a map with the last value and says nothing, so a config
+/// with `s1:` written twice lost the first block's agents, and a reload
+/// signed them out (found by review). serde_yaml's own `Value` refuses a
+/// repeated key, so text that parses is read into one as well.
 pub fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, YamlError> {
-    serde_yaml::from_str(text).map_err(|e| {
+    let parsed = serde_yaml::from_str(text).map_err(|e| error(text, e))?;
+    serde_yaml::from_str::<serde_yaml::Value>(text).map_err(|e| error(text, e))?;
+    Ok(parsed)
+}
+
+/// `e` with the position an editor should jump to.
+fn error(text: &str, e: serde_yaml::Error) -> YamlError {
+    {
         let (mut line, mut column) = e
             .location()
             .map(|l| (l.line(), l.column()))
@@ -41,7 +54,7 @@ pub fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, YamlError> {
             column,
             message,
         }
-    })
+    }
 }
 
 /// The key of serde's "duplicate field `k`" or serde_yaml's "duplicate
@@ -91,6 +104,8 @@ mod tests {
     struct Conf {
         listen: Option<String>,
         clock: Option<Clock>,
+        shops:
+            Option<std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>>,
     }
 
     #[derive(Debug, serde::Deserialize)]
@@ -124,6 +139,19 @@ mod tests {
                 3,
                 3,
                 "duplicate field `target_secs`",
+            ),
+            // A map's key repeated: serde keeps the last and says nothing.
+            (
+                "shops:\n  s1:\n    a1: t1\n  s2:\n    b1: u1\n  s1:\n    a2: t2\n",
+                6,
+                3,
+                "duplicate entry with key \"s1\"",
+            ),
+            (
+                "shops:\n  s1:\n    a1: t1\n    a1: t9\n",
+                4,
+                5,
+                "duplicate entry with key \"a1\"",
             ),
         ];
         for &(text, line, column, says) in cases {

@@ -88,6 +88,27 @@ fn every_error_kind_has_file_line_and_column() {
             7,
         ),
         (
+            "a priority of 0 silences the intent",
+            "stage: pre_sale\nintents:\n  - id: pre_sale.a\n    keywords: [在吗]\n    priority: 0\n    replies: [x, y]\n",
+            |k| matches!(k, ProblemKind::BadPriority { id, priority } if id == "pre_sale.a" && priority == "0"),
+            5,
+            5,
+        ),
+        (
+            "a huge priority wins over every other intent",
+            "stage: pre_sale\nintents:\n  - id: pre_sale.a\n    keywords: [在吗]\n    replies: [x, y]\n    priority: 1e30\n",
+            |k| matches!(k, ProblemKind::BadPriority { .. }),
+            6,
+            5,
+        ),
+        (
+            "a priority that is not a number",
+            "stage: pre_sale\nintents:\n  - id: pre_sale.a\n    keywords: [在吗]\n    priority: .nan\n    replies: [x, y]\n",
+            |k| matches!(k, ProblemKind::BadPriority { priority, .. } if priority == "NaN"),
+            5,
+            5,
+        ),
+        (
             "unknown stage",
             "stage: during_sale\nintents: []\n",
             |k| matches!(k, ProblemKind::UnknownStage(s) if s == "during_sale"),
@@ -259,6 +280,73 @@ fn every_error_kind_has_file_line_and_column() {
             shown.contains(&format!("pre_sale.yaml:{line}:{column}: ")),
             "{what}: {shown}"
         );
+    }
+}
+
+/// A politeness file with no rule is refused (an emptied file turned the
+/// check off, and a reload that took it replaced the last good copy), and
+/// so is a phrase whose slots multiply past what the check takes (one of
+/// eleven nine-word slots ran the service out of memory at a reload);
+/// each at its place in the file.
+#[test]
+fn politeness_without_rules_or_with_a_runaway_phrase_is_refused() {
+    let nine = "我: [我, 我们, 我这边, 我们这边, 我这里, 我们这里, 咱们, 咱们这边, 咱这边]";
+    let runaway = format!(
+        "slots:\n  {nine}\nnegative:\n  - phrase: \"{}不能\"\n    rewrite: 我们一起想想办法\n",
+        "{我}".repeat(11)
+    );
+    let fine = format!(
+        "slots:\n  {nine}\nnegative:\n  - phrase: \"{{我}}不能\"\n    rewrite: 我们一起想想办法\n"
+    );
+    type Pred = fn(&ProblemKind) -> bool;
+    type Want = Option<(Pred, usize, usize)>;
+    let cases: Vec<(&str, String, Want)> = vec![
+        (
+            "empty",
+            String::new(),
+            Some((|k| matches!(k, ProblemKind::NoPolitenessRules), 1, 1)),
+        ),
+        (
+            "comments only",
+            "# rules go here\n".into(),
+            Some((|k| matches!(k, ProblemKind::NoPolitenessRules), 1, 1)),
+        ),
+        (
+            "slots only",
+            format!("slots:\n  {nine}\n"),
+            Some((|k| matches!(k, ProblemKind::NoPolitenessRules), 1, 1)),
+        ),
+        (
+            "eleven slots",
+            runaway,
+            Some((
+                |k| matches!(k, ProblemKind::TooManyExpansions { count, .. } if *count == 9u64.pow(11)),
+                4,
+                14,
+            )),
+        ),
+        ("one slot", fine, None),
+        (
+            "the check turned off on purpose",
+            "negative: []\ncurt: []\n".into(),
+            None,
+        ),
+    ];
+    for (what, text, want) in cases {
+        let dir = dir_with(&[("pre_sale.yaml", GOOD)]);
+        std::fs::write(dir.path().join("politeness.yaml"), &text).unwrap();
+        let found = problems(dir.path());
+        match want {
+            None => assert!(found.is_empty(), "{what}: {found:#?}"),
+            Some((pred, line, column)) => {
+                let p = found
+                    .iter()
+                    .find(|p| pred(&p.kind))
+                    .unwrap_or_else(|| panic!("{what}: not reported; got {found:#?}"));
+                assert_eq!(p.file, dir.path().join("politeness.yaml"), "{what}");
+                assert_eq!((p.line, p.column), (line, column), "{what}: {p}");
+            }
+        }
     }
 }
 
