@@ -445,11 +445,25 @@ impl Config {
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
         let mut config = Config::default();
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            let bytes = std::fs::read(path).map_err(|error| ConfigError::Read {
                 path: path.to_path_buf(),
                 error,
             })?;
-            config.apply_file_text(path, &text)?;
+            // Where the first bad byte is, as for a phrase file (it said
+            // only "stream did not contain valid UTF-8"; found by review).
+            let text = std::str::from_utf8(&bytes).map_err(|e| {
+                let (line, column) = crate::phrases::position_of(&bytes, e.valid_up_to());
+                ConfigError::Yaml {
+                    path: path.to_path_buf(),
+                    line,
+                    column,
+                    message: format!(
+                        "byte 0x{:02x} is not UTF-8; save the file as UTF-8",
+                        bytes[e.valid_up_to()]
+                    ),
+                }
+            })?;
+            config.apply_file_text(path, text)?;
         }
         config.apply_overrides(overrides)?;
         config.validate()?;
@@ -1081,6 +1095,24 @@ mod tests {
             err.starts_with("limits.staff_reserve: the staff reserve (100) must be less than"),
             "{err}"
         );
+    }
+
+    /// A config file that is not UTF-8 is reported with the place of its
+    /// first bad byte.
+    #[test]
+    fn a_config_file_that_is_not_utf8_says_where() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kefu.yaml");
+        std::fs::write(
+            &path,
+            b"listen: 127.0.0.1:1\nshops:\n  s1: {name: \"\xb5\xea\"}\n",
+        )
+        .unwrap();
+        let err = Config::load(Some(&path), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        let want = format!("{}:3:15: byte 0xb5 is not UTF-8", path.display());
+        assert!(err.starts_with(&want), "{err}");
     }
 
     /// Limits that would take the machine's memory or overflow are

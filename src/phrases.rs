@@ -1138,7 +1138,7 @@ impl Loader {
 
 /// The 1-based line and column (in characters, as every other position
 /// here) of byte `offset` of `bytes`, whose bytes before it are UTF-8.
-fn position_of(bytes: &[u8], offset: usize) -> (usize, usize) {
+pub(crate) fn position_of(bytes: &[u8], offset: usize) -> (usize, usize) {
     let before = std::str::from_utf8(&bytes[..offset]).unwrap_or("");
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let line = before.matches('\n').count() + 1;
