@@ -542,14 +542,19 @@ struct RawIntent {
     priority: Option<f32>,
 }
 
-#[derive(Deserialize)]
-#[serde(
-    untagged,
-    expecting = "expected a reply: text (亲，…) or {text: 亲，…, when: [包邮, 运费]}"
-)]
 enum RawReply {
     Plain(String),
     Cued(RawCuedReply),
+}
+
+impl<'de> Deserialize<'de> for RawReply {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = StrOrMap::new("a reply: text (亲，…) or {text: 亲，…, when: [包邮, 运费]}");
+        Ok(match d.deserialize_any(v)? {
+            Entry::Text(t) => RawReply::Plain(t),
+            Entry::Map(m) => RawReply::Cued(m),
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -562,14 +567,103 @@ struct RawCuedReply {
     when: Option<Vec<String>>,
 }
 
-#[derive(Deserialize)]
-#[serde(
-    untagged,
-    expecting = "expected a keyword: text (还有货) or {text: 还有货, weight: 0.5}"
-)]
 enum RawKeyword {
     Plain(String),
     Weighted { text: String, weight: f32 },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWeighted {
+    text: String,
+    weight: f32,
+}
+
+impl<'de> Deserialize<'de> for RawKeyword {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v =
+            StrOrMap::<RawWeighted>::new("a keyword: text (还有货) or {text: 还有货, weight: 0.5}");
+        Ok(match d.deserialize_any(v)? {
+            Entry::Text(t) => RawKeyword::Plain(t),
+            Entry::Map(w) => RawKeyword::Weighted {
+                text: w.text,
+                weight: w.weight,
+            },
+        })
+    }
+}
+
+/// A list entry written as text or as a map.
+enum Entry<M> {
+    Text(String),
+    Map(M),
+}
+
+/// Reads a list entry that is text or a map (`{text: …, weight: …}`).
+///
+/// Why not serde's untagged enum: it reads the entry into a buffer first
+/// and then tries each shape, so an error lost both its place and its
+/// cause: `{text: 咨询订单, wieght: 0.5}` was reported at the list's first
+/// entry as "expected a keyword", the typo never named, and so was an
+/// unquoted `- 618` (found by review). Here a map's own error (an unknown
+/// field, a missing `text`) comes from the map, where it is written, and a
+/// number or a yes/no says to quote it.
+struct StrOrMap<M> {
+    expecting: &'static str,
+    map: std::marker::PhantomData<M>,
+}
+
+impl<M> StrOrMap<M> {
+    fn new(expecting: &'static str) -> Self {
+        StrOrMap {
+            expecting,
+            map: std::marker::PhantomData,
+        }
+    }
+
+    fn quote<E: serde::de::Error>(&self, v: impl fmt::Display) -> Result<Entry<M>, E> {
+        Err(E::custom(format_args!(
+            "`{v}` is read as a number or yes/no, not as text: write it in quotes (\"{v}\"); \
+             expected {}",
+            self.expecting
+        )))
+    }
+}
+
+impl<'de, M: Deserialize<'de>> serde::de::Visitor<'de> for StrOrMap<M> {
+    type Value = Entry<M>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.expecting)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Entry::Text(v.to_string()))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Entry::Text(v))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        self.quote(v)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        self.quote(v)
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        self.quote(v)
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        self.quote(v)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        M::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Entry::Map)
+    }
 }
 
 // ---- loader ----------------------------------------------------------------

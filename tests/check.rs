@@ -80,12 +80,27 @@ fn every_error_kind_has_file_line_and_column() {
             5,
         ),
         (
-            // "data did not match any variant of untagged enum RawKeyword" before.
+            // "data did not match any variant of untagged enum RawKeyword"
+            // before, then "expected a keyword" at the list's first entry.
             "keyword of the wrong shape",
             "stage: pre_sale\nintents:\n  - id: pre_sale.a\n    keywords:\n      - {txt: 在吗}\n    replies: [x, y]\n",
-            |k| matches!(k, ProblemKind::Syntax(m) if m.contains("expected a keyword: text (还有货) or {text: 还有货, weight: 0.5}")),
+            |k| matches!(k, ProblemKind::Syntax(m) if m.contains("unknown field `txt`, expected `text` or `weight`")),
             5,
+            10,
+        ),
+        (
+            "a typo in a weighted keyword further down the list",
+            "stage: pre_sale\nintents:\n  - id: pre_sale.a\n    keywords:\n      - 在吗\n      - 你好\n      - {text: 咨询订单, wieght: 0.5}\n    replies: [x, y]\n",
+            |k| matches!(k, ProblemKind::Syntax(m) if m.contains("keywords[2]: unknown field `wieght`")),
             7,
+            22,
+        ),
+        (
+            "an unquoted number as a keyword",
+            "stage: pre_sale\nintents:\n  - id: pre_sale.a\n    keywords:\n      - 在吗\n      - 618\n    replies: [x, y]\n",
+            |k| matches!(k, ProblemKind::Syntax(m) if m.contains("`618` is read as a number or yes/no, not as text: write it in quotes (\"618\")")),
+            6,
+            9,
         ),
         (
             "a priority of 0 silences the intent",
@@ -256,9 +271,10 @@ fn every_error_kind_has_file_line_and_column() {
             // says what a reply looks like.
             "a misspelt key in a reply",
             "stage: pre_sale\nintents:\n  - id: pre_sale.a\n    keywords: [包邮]\n    replies:\n      - x\n      - {text: y, wen: [包邮]}\n",
-            |k| matches!(k, ProblemKind::Syntax(m) if m.contains("replies: expected a reply: text (亲，…) or {text: 亲，…, when: [包邮, 运费]}")),
-            6,
+            // At the list's first entry, the typo not named, before.
+            |k| matches!(k, ProblemKind::Syntax(m) if m.contains("replies[1]: unknown field `wen`, expected `text` or `when`")),
             7,
+            19,
         ),
     ];
     for (what, text, pred, line, column) in cases {
