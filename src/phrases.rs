@@ -305,6 +305,14 @@ pub enum ProblemKind {
         pattern: String,
         error: String,
     },
+    /// A pattern holds an upper-case letter: messages are lower-cased
+    /// before they are matched, so it can never match (`\d+KG重量` passed
+    /// the check and matched nothing; found by review).
+    UpperCasePattern {
+        id: String,
+        pattern: String,
+        letter: char,
+    },
     TooFewReplies {
         id: String,
         count: usize,
@@ -412,6 +420,16 @@ impl fmt::Display for ProblemKind {
             InvalidRegex { id, pattern, error } => {
                 write!(f, "intent `{id}`: invalid regex `{pattern}`: {error}")
             }
+            UpperCasePattern {
+                id,
+                pattern,
+                letter,
+            } => write!(
+                f,
+                "intent `{id}`: pattern `{pattern}` has the upper-case letter `{letter}`, which \
+                 never matches: messages are lower-cased (and full-width letters made \
+                 half-width) before matching; write it in lower case"
+            ),
             TooFewReplies { id, count } => write!(
                 f,
                 "intent `{id}` has {count} reply variant(s); give at least two"
@@ -1089,6 +1107,19 @@ impl Loader {
                     );
                     continue;
                 }
+                if let Some(letter) = upper_case_literal(p) {
+                    let (line, column) = here("patterns", p);
+                    self.at(
+                        path,
+                        line,
+                        column,
+                        ProblemKind::UpperCasePattern {
+                            id: ri.id.clone(),
+                            pattern: p.clone(),
+                            letter,
+                        },
+                    );
+                }
                 if let Err(e) = regex::Regex::new(p) {
                     let (line, column) = here("patterns", p);
                     self.at(
@@ -1228,6 +1259,26 @@ impl Loader {
             self.at(path, line, column, kind);
         }
     }
+}
+
+/// The first upper-case letter `pattern` matches literally, if any (one in
+/// a class such as `[A-Za-z]`, an escape such as `\D` or a pattern that
+/// does not parse is not looked at).
+fn upper_case_literal(pattern: &str) -> Option<char> {
+    use regex_syntax::hir::{Hir, HirKind};
+    fn walk(h: &Hir) -> Option<char> {
+        match h.kind() {
+            HirKind::Literal(lit) => std::str::from_utf8(&lit.0)
+                .ok()?
+                .chars()
+                .find(|c| c.is_uppercase()),
+            HirKind::Repetition(r) => walk(&r.sub),
+            HirKind::Capture(c) => walk(&c.sub),
+            HirKind::Concat(hs) | HirKind::Alternation(hs) => hs.iter().find_map(walk),
+            HirKind::Empty | HirKind::Class(_) | HirKind::Look(_) => None,
+        }
+    }
+    walk(&regex_syntax::parse(pattern).ok()?)
 }
 
 /// The 1-based line and column (in characters, as every other position
@@ -1489,6 +1540,24 @@ fn is_whole_scalar(line: &str, b: usize, len: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only a letter matched as written is an upper-case literal: not one
+    /// in a class, an escape or under `(?i)`.
+    #[test]
+    fn upper_case_literals_in_patterns() {
+        let cases = [
+            (r"\d+KG重量", Some('K')),
+            (r"(买|卖)iPhone", Some('P')),
+            (r"\d+kg", None),
+            (r"[A-Za-z]+\D\W\S\B", None),
+            (r"(?i)kg|KG", None),
+            (r"\p{Han}+", None),
+            (r"(未闭合", None),
+        ];
+        for (pattern, want) in cases {
+            assert_eq!(upper_case_literal(pattern), want, "{pattern}");
+        }
+    }
 
     #[test]
     fn placeholders() {

@@ -96,6 +96,13 @@ fn every_error_kind_has_file_line_and_column() {
             22,
         ),
         (
+            "a pattern with an upper-case letter never matches",
+            "stage: pre_sale\nintents:\n  - id: pre_sale.a\n    keywords: [重量]\n    patterns: ['[0-9]+KG重量', '\\d+kg', '[A-Za-z]+\\D']\n    replies: [x, y]\n",
+            |k| matches!(k, ProblemKind::UpperCasePattern { pattern, letter: 'K', .. } if pattern == "[0-9]+KG重量"),
+            5,
+            17,
+        ),
+        (
             "an unquoted number as a keyword",
             "stage: pre_sale\nintents:\n  - id: pre_sale.a\n    keywords:\n      - 在吗\n      - 618\n    replies: [x, y]\n",
             |k| matches!(k, ProblemKind::Syntax(m) if m.contains("`618` is read as a number or yes/no, not as text: write it in quotes (\"618\")")),
