@@ -625,7 +625,7 @@ enum Entry<M> {
 /// entry as "expected a keyword", the typo never named, and so was an
 /// unquoted `- 618` (found by review). Here a map's own error (an unknown
 /// field, a missing `text`) comes from the map, where it is written, and a
-/// number or a yes/no says to quote it.
+/// number or a true/false says to quote it.
 struct StrOrMap<M> {
     expecting: &'static str,
     map: std::marker::PhantomData<M>,
@@ -641,7 +641,7 @@ impl<M> StrOrMap<M> {
 
     fn quote<E: serde::de::Error>(&self, v: impl fmt::Display) -> Result<Entry<M>, E> {
         Err(E::custom(format_args!(
-            "`{v}` is read as a number or yes/no, not as text: write it in quotes (\"{v}\"); \
+            "`{v}` is read as a number or true/false, not as text: write it in quotes (\"{v}\"); \
              expected {}",
             self.expecting
         )))
@@ -690,7 +690,7 @@ const TEMPLATES_FILE: &str = "templates.yaml";
 const POLITENESS_FILE: &str = "politeness.yaml";
 
 /// The most strings one politeness phrase may stand for: the largest in
-/// the shipped rules is a few hundred ({我} × {办}).
+/// the shipped rules stands for 2,160.
 pub const MAX_EXPANSIONS: u64 = 10_000;
 
 /// Whether `path`, an entry of a phrase directory, is one of its YAML
@@ -1261,17 +1261,21 @@ impl Loader {
     }
 }
 
-/// The first upper-case letter `pattern` matches literally, if any (one in
+/// The first upper-case letter `pattern` matches literally that no
+/// normalised message can hold, if any (one in
 /// a class such as `[A-Za-z]`, an escape such as `\D` or a pattern that
 /// does not parse is not looked at).
 fn upper_case_literal(pattern: &str) -> Option<char> {
     use regex_syntax::hir::{Hir, HirKind};
     fn walk(h: &Hir) -> Option<char> {
         match h.kind() {
+            // Only what normalising lower-cases: ASCII letters and their
+            // full-width forms (a `Ω` or a `Ⅱ` stays as typed in a message
+            // and matches; found by review).
             HirKind::Literal(lit) => std::str::from_utf8(&lit.0)
                 .ok()?
                 .chars()
-                .find(|c| c.is_uppercase()),
+                .find(|c| c.is_ascii_uppercase() || ('Ａ'..='Ｚ').contains(c)),
             HirKind::Repetition(r) => walk(&r.sub),
             HirKind::Capture(c) => walk(&c.sub),
             HirKind::Concat(hs) | HirKind::Alternation(hs) => hs.iter().find_map(walk),
@@ -1553,6 +1557,9 @@ mod tests {
             (r"(?i)kg|KG", None),
             (r"\p{Han}+", None),
             (r"(未闭合", None),
+            (r"\d+Ω", None),
+            (r"第Ⅱ代", None),
+            (r"ＸＬ码", Some('Ｘ')),
         ];
         for (pattern, want) in cases {
             assert_eq!(upper_case_literal(pattern), want, "{pattern}");

@@ -105,7 +105,7 @@ fn every_error_kind_has_file_line_and_column() {
         (
             "an unquoted number as a keyword",
             "stage: pre_sale\nintents:\n  - id: pre_sale.a\n    keywords:\n      - 在吗\n      - 618\n    replies: [x, y]\n",
-            |k| matches!(k, ProblemKind::Syntax(m) if m.contains("`618` is read as a number or yes/no, not as text: write it in quotes (\"618\")")),
+            |k| matches!(k, ProblemKind::Syntax(m) if m.contains("`618` is read as a number or true/false, not as text: write it in quotes (\"618\")")),
             6,
             9,
         ),

@@ -526,6 +526,44 @@ async fn bad_input_gets_an_error_and_the_connection_stays_usable() {
     t.stop().await;
 }
 
+/// A buyer who resumes faster than their conversation's rate is refused
+/// and the socket closed with 1013 (try again later), through the real
+/// connection path; a message over the rate on an open connection is
+/// dropped and the connection stays.
+#[tokio::test]
+async fn a_resume_over_the_conversations_rate_is_closed_with_1013() {
+    let mut config = test_config();
+    config.limits.rate_per_sec = 0.01;
+    config.limits.rate_burst = 3;
+    let t = spawn_app_with(config).await;
+    let (b, welcome, _) = t.buyer("b1").await;
+    let secret = welcome["resume"].as_str().unwrap().to_string();
+    b.close().await;
+    let resume = json!({"type":"hello","role":"buyer","shop":"s1","buyer":"b1","resume":secret});
+    // The burst of 3: two resumes and a message on the second.
+    for i in 0..2 {
+        let mut c = t.connect().await;
+        c.send(resume.clone()).await;
+        c.recv_type("welcome").await;
+        if i == 1 {
+            c.send(json!({"type":"message","text":"在吗"})).await;
+            c.send(json!({"type":"message","text":"在吗在吗"})).await;
+            // After the bot's offline reply to the first (no agent online).
+            assert_eq!(c.recv_until("error").await["code"], "rate_limited");
+            c.send(json!({"type":"message","text":"还在吗"})).await;
+            assert_eq!(c.recv_until("error").await["code"], "rate_limited");
+        }
+        c.close().await;
+    }
+    let mut c = t.connect().await;
+    c.send(resume).await;
+    let (frames, frame) = c.expect_close().await;
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0]["code"], "rate_limited");
+    assert_eq!(close_code(&frame), Some(CloseCode::Again));
+    t.stop().await;
+}
+
 /// Both welcomes say the longest text the server takes, the shop's setting
 /// rather than the default the pages assumed, and it is the limit the
 /// server then applies.

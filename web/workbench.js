@@ -342,8 +342,9 @@
         checkUnconfirmed();
         // The "not connected" warning of a send during the outage is over.
         if ($("banner").dataset.tag === "offline") $("banner").hidden = true;
-        showMovedAway(orphansBefore);
         showPhraseStatus(m.phrases);
+        // After the libraries' notice, which would replace it (found by review).
+        showMovedAway(orphansBefore);
         logEvent("info", `已上线${m.conversations && m.conversations.length ? `，接手 ${m.conversations.length} 个会话` : "，等待买家消息"}`);
         break;
       }
@@ -745,8 +746,9 @@
     if (!lost.length) return;
     const who = lost.map(([b]) => `买家 ${b}`).join("、");
     const text = lost.length === 1 ? lost[0][1] : lost.map(([b, t]) => `买家 ${b}：${t}`).join("\n");
-    showUnsent(`断线期间，${who} 的会话已转给同事，这里未发出的回复没有发给买家，如需要请复制给同事：`, text);
-    logEvent("warn", `断线期间 ${who} 的会话已转给同事，未发出的回复已保留`);
+    // Moved to a colleague, or closed meanwhile: the page cannot tell which.
+    showUnsent(`断线期间，${who} 的会话已不在您这里（已转给同事或已结束），这里未发出的回复没有发给买家，如需要请复制：`, text);
+    logEvent("warn", `断线期间 ${who} 的会话已不在您这里，未发出的回复已保留：${text}`);
   }
 
   function showUnsent(why, text) {

@@ -832,9 +832,13 @@ fn dispatch(
             "an agent may send `reply`, `lint` and `transfer`",
         )),
     };
+    // A hello refused over its conversation's rate closes too (1013): the
+    // socket has no session, and a page that stayed on it waited for the
+    // hello timeout (found by review). A message over the rate does not.
+    let hello_over_rate = |r: &Refusal| claimed.is_some() && r.code == ErrorCode::RateLimited;
     match result {
         Ok(()) => None,
-        Err(r) if is_fatal(r.code) => {
+        Err(r) if is_fatal(r.code) || hello_over_rate(&r) => {
             // Busy refusals come by the thousand at a peak: a busy shop's
             // are logged by the hub once a minute, a buyer on a staff
             // place is told by the places free (`App::free_places`). A
@@ -842,7 +846,10 @@ fn dispatch(
             // logged once, as it starts (`throttle`).
             if matches!(
                 r.code,
-                ErrorCode::ShopBusy | ErrorCode::ServerBusy | ErrorCode::TooManyAttempts
+                ErrorCode::ShopBusy
+                    | ErrorCode::ServerBusy
+                    | ErrorCode::TooManyAttempts
+                    | ErrorCode::RateLimited
             ) {
                 debug!(
                     conn = out.conn,

@@ -1,4 +1,4 @@
-// End-to-end check that the pages follow the shop's text limit
+// End-to-end check that the pages follow the server's text limit
 // (`limits.max_text_chars`, sent in both welcomes) rather than the default
 // they used to assume: a lower setting made the workbench send a long
 // draft for checking every second, refused each time, with the counter
@@ -39,7 +39,7 @@ after(async () => {
   if (server) await server.stop();
 });
 
-test("the pages count against the shop's text limit, not the default", async () => {
+test("the pages count against the server's text limit, not the default", async () => {
   const agent = await context.newPage();
   watch(agent, "agent");
   // The agent's frames to the server, to count the politeness checks.

@@ -102,7 +102,7 @@ test("a draft of a conversation moved away during an outage is said, with its te
   await a.locator("#status.on").waitFor({ timeout: 20000 });
   const banner = a.locator("#banner");
   await banner.waitFor();
-  assert.match(await banner.textContent(), /tb_断线草稿 的会话已转给同事/);
+  assert.match(await banner.textContent(), /tb_断线草稿 的会话已不在您这里（已转给同事或已结束）/);
   assert.equal(await banner.locator(".unsent").textContent(), draft);
   await banner.locator("button[data-role=copy]").waitFor();
   assert.equal(await a.locator("#convs .conv", { hasText: "tb_断线草稿" }).count(), 0);
