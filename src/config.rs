@@ -451,18 +451,13 @@ impl Config {
             })?;
             // Where the first bad byte is, as for a phrase file (it said
             // only "stream did not contain valid UTF-8"; found by review).
-            let text = std::str::from_utf8(&bytes).map_err(|e| {
-                let (line, column) = crate::phrases::position_of(&bytes, e.valid_up_to());
-                ConfigError::Yaml {
+            let text =
+                crate::phrases::utf8(&bytes).map_err(|(line, column, byte)| ConfigError::Yaml {
                     path: path.to_path_buf(),
                     line,
                     column,
-                    message: format!(
-                        "byte 0x{:02x} is not UTF-8; save the file as UTF-8",
-                        bytes[e.valid_up_to()]
-                    ),
-                }
-            })?;
+                    message: format!("byte 0x{byte:02x} is not UTF-8; save the file as UTF-8"),
+                })?;
             config.apply_file_text(path, text)?;
         }
         config.apply_overrides(overrides)?;

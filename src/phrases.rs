@@ -741,11 +741,9 @@ impl Loader {
                     continue;
                 }
             };
-            let text = match std::str::from_utf8(&bytes) {
+            let text = match utf8(&bytes) {
                 Ok(t) => t,
-                Err(e) => {
-                    let (line, column) = position_of(&bytes, e.valid_up_to());
-                    let byte = bytes[e.valid_up_to()];
+                Err((line, column, byte)) => {
                     self.at(path, line, column, ProblemKind::NotUtf8 { byte });
                     continue;
                 }
@@ -1285,9 +1283,18 @@ fn upper_case_literal(pattern: &str) -> Option<char> {
     walk(&regex_syntax::parse(pattern).ok()?)
 }
 
+/// `bytes` as text, or the line, column and value of the first byte that
+/// is not UTF-8 (for a file's error message).
+pub(crate) fn utf8(bytes: &[u8]) -> Result<&str, (usize, usize, u8)> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        let (line, column) = position_of(bytes, e.valid_up_to());
+        (line, column, bytes[e.valid_up_to()])
+    })
+}
+
 /// The 1-based line and column (in characters, as every other position
 /// here) of byte `offset` of `bytes`, whose bytes before it are UTF-8.
-pub(crate) fn position_of(bytes: &[u8], offset: usize) -> (usize, usize) {
+fn position_of(bytes: &[u8], offset: usize) -> (usize, usize) {
     let before = std::str::from_utf8(&bytes[..offset]).unwrap_or("");
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let line = before.matches('\n').count() + 1;

@@ -105,22 +105,18 @@ pub struct PolitenessRules {
 }
 
 impl PolitenessRules {
-    /// Every concrete string `phrase` stands for, normalised: slots and
-    /// inline alternatives expanded. Braces that name no slot and hold no
-    /// `|` are kept as written.
-    pub fn expand(&self, phrase: &str) -> Vec<String> {
-        let mut out = vec![String::new()];
+    /// `phrase` cut at its braces: the text before each brace with the
+    /// alternatives the brace stands for (a slot's entries, `|`-separated
+    /// alternatives and slots, or the brace as written when it is neither),
+    /// then the text after the last. What [`PolitenessRules::expand`]
+    /// multiplies out and [`PolitenessRules::expansion_count`] counts.
+    fn pieces<'a>(&'a self, phrase: &'a str) -> (Vec<(&'a str, Vec<&'a str>)>, &'a str) {
+        let mut pieces = Vec::new();
         let mut rest = phrase;
-        while !rest.is_empty() {
-            let Some(open) = rest.find('{') else {
-                out.iter_mut().for_each(|s| s.push_str(rest));
-                break;
-            };
+        while let Some(open) = rest.find('{') {
             let Some(close) = rest[open..].find('}').map(|c| open + c) else {
-                out.iter_mut().for_each(|s| s.push_str(rest));
                 break;
             };
-            let head = &rest[..open];
             let body = &rest[open + 1..close];
             let alts: Vec<&str> = if let Some(list) = self.slots.get(body) {
                 list.iter().map(String::as_str).collect()
@@ -134,13 +130,28 @@ impl PolitenessRules {
             } else {
                 vec![&rest[open..=close]]
             };
+            pieces.push((&rest[..open], alts));
+            rest = &rest[close + 1..];
+        }
+        (pieces, rest)
+    }
+
+    /// Every concrete string `phrase` stands for, normalised: slots and
+    /// inline alternatives expanded. Braces that name no slot and hold no
+    /// `|` are kept as written.
+    pub fn expand(&self, phrase: &str) -> Vec<String> {
+        let (pieces, tail) = self.pieces(phrase);
+        let mut out = vec![String::new()];
+        for (head, alts) in pieces {
             out = out
                 .iter()
                 .flat_map(|s| alts.iter().map(move |a| format!("{s}{head}{a}")))
                 .collect();
-            rest = &rest[close + 1..];
         }
-        let mut out: Vec<String> = out.iter().map(|s| normalize(s)).collect();
+        let mut out: Vec<String> = out
+            .iter()
+            .map(|s| normalize(&format!("{s}{tail}")))
+            .collect();
         out.sort();
         out.dedup();
         out.retain(|s| !s.is_empty());
@@ -151,26 +162,9 @@ impl PolitenessRules {
     /// alternatives of its braces multiplied, saturating), without making
     /// them: a phrase of eleven nine-word slots stands for 9^11.
     pub fn expansion_count(&self, phrase: &str) -> u64 {
-        let mut count: u64 = 1;
-        let mut rest = phrase;
-        while let Some(open) = rest.find('{') {
-            let Some(close) = rest[open..].find('}').map(|c| open + c) else {
-                break;
-            };
-            let body = &rest[open + 1..close];
-            let alts = if let Some(list) = self.slots.get(body) {
-                list.len() as u64
-            } else if body.contains('|') {
-                body.split('|')
-                    .map(|a| self.slots.get(a).map_or(1, |l| l.len() as u64))
-                    .sum()
-            } else {
-                1
-            };
-            count = count.saturating_mul(alts.max(1));
-            rest = &rest[close + 1..];
-        }
-        count
+        self.pieces(phrase).0.iter().fold(1u64, |n, (_, alts)| {
+            n.saturating_mul(alts.len().max(1) as u64)
+        })
     }
 
     /// Every phrase the rules write: rules' phrases, allow entries,

@@ -20,7 +20,7 @@
   const LINT_DELAY_MS = 250;
   // The server's `limits.max_text_chars` (characters, i.e. Unicode code
   // points, as the server counts them): the default until the agent
-  // `welcome` says the shop's (a lower setting made the politeness check
+  // `welcome` says the server's (a lower setting made the politeness check
   // of a long draft come back refused every second, unexplained; found by
   // review). The server stays the judge (a reply over its limit is
   // refused and comes back to the box).

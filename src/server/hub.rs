@@ -308,6 +308,13 @@ impl Away {
         self.0.remove(&(since, id.clone()));
     }
 
+    /// Takes the entries of a conversation whose buyer left at `since` out
+    /// of both sets (it is in `empty` too if nobody had chatted).
+    fn forget(all: &mut Away, empty: &mut Away, since: Instant, id: &Arc<str>) {
+        all.remove(since, id);
+        empty.remove(since, id);
+    }
+
     /// When the oldest entry's buyer left.
     fn first(&self) -> Option<Instant> {
         self.0.first().map(|(since, _)| *since)
@@ -765,8 +772,7 @@ impl Hub {
                 fx.closes.push((old, replaced()));
             }
             if let Some(since) = conv.away_since.take() {
-                away.remove(since, &conv.id);
-                away_empty.remove(since, &conv.id);
+                Away::forget(away, away_empty, since, &conv.id);
             }
             fx.send(
                 out,
@@ -1349,8 +1355,7 @@ impl Hub {
         conv.buyer_out = None;
         if let Some(since) = conv.away_since.replace(now) {
             // Not expected (a resume clears it), but never two entries.
-            away.remove(since, &conv.id);
-            away_empty.remove(since, &conv.id);
+            Away::forget(away, away_empty, since, &conv.id);
         }
         away.insert(now, &conv.id);
         if let Some(agent_out) = shops
@@ -1751,8 +1756,7 @@ impl Hub {
             return;
         };
         if let Some(since) = conv.away_since {
-            self.away.remove(since, cid);
-            self.away_empty.remove(since, cid);
+            Away::forget(&mut self.away, &mut self.away_empty, since, cid);
         }
         self.clock.remove(cid);
         self.lost_secrets.remove(cid);
