@@ -184,6 +184,23 @@ struct Shared {
 }
 
 /// The supervisor tokens of every shop of `config`.
+/// Logs the ids of the project's taxonomy the libraries lack: served all
+/// the same (buyers asking for those get no suggestion, or another
+/// intent's), but `kefu check` fails on them, so a supervisor should know.
+pub(crate) fn warn_missing_required(dir: &Path, library: &Library) {
+    let missing = library.missing_required();
+    if !missing.is_empty() {
+        warn!(
+            dir = %dir.display(),
+            missing = %missing.join(", "),
+            "the phrase libraries lack {} required intent(s); buyers asking for them get no \
+             matching suggestion: add them (see `kefu check {}`)",
+            missing.len(),
+            dir.display()
+        );
+    }
+}
+
 fn supervisors_of(config: &Config) -> std::collections::BTreeMap<String, Vec<String>> {
     config
         .shops
@@ -240,6 +257,7 @@ impl App {
                 (loaded, PhraseSource::LastGood, problems)
             }
         };
+        warn_missing_required(&config.phrases, &loaded.library);
         let phrases = Phrases::from_library(&loaded.library)?;
         let mut problems = problems;
         if let (Some(data), PhraseSource::Directory) = (data, source) {

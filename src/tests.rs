@@ -11,43 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use crate::matcher::Matcher;
-use crate::phrases::{check_placeholders, Fill, Library};
+use crate::phrases::{check_placeholders, Fill, Library, REQUIRED_INTENTS as REQUIRED};
 use crate::politeness::{Checker, IssueKind};
-
-/// The intent ids every library must cover (spec/intents.md of the shared
-/// project material). Kept here too so the check runs where `../shared` is
-/// absent; `spec_ids_match_the_copy` notices when the two drift apart.
-const REQUIRED: [&str; 29] = [
-    "pre_sale.greeting",
-    "pre_sale.product_info",
-    "pre_sale.authenticity",
-    "pre_sale.size_advice",
-    "pre_sale.stock",
-    "pre_sale.price_bargain",
-    "pre_sale.promotion",
-    "pre_sale.recommend",
-    "pre_sale.how_to_buy",
-    "pre_sale.closing",
-    "in_sale.payment",
-    "in_sale.order_status",
-    "in_sale.order_change",
-    "in_sale.address_change",
-    "in_sale.shipping_time",
-    "in_sale.courier",
-    "in_sale.logistics",
-    "in_sale.delivery_issue",
-    "in_sale.invoice",
-    "in_sale.installation",
-    "after_sale.return_exchange",
-    "after_sale.refund",
-    "after_sale.quality_issue",
-    "after_sale.wrong_item",
-    "after_sale.missing_item",
-    "after_sale.complaint",
-    "after_sale.warranty_repair",
-    "after_sale.usage_help",
-    "pre_sale.human_agent",
-];
 
 fn phrases_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("phrases")
@@ -787,12 +752,7 @@ fn common_english_asks_get_their_intent() {
 #[test]
 fn every_required_intent_is_in_the_libraries() {
     let (lib, _) = shipped();
-    let have: BTreeSet<&str> = lib.intents.iter().map(|i| i.id.as_str()).collect();
-    let missing: Vec<&str> = REQUIRED
-        .iter()
-        .copied()
-        .filter(|id| !have.contains(id))
-        .collect();
+    let missing = lib.missing_required();
     assert!(
         missing.is_empty(),
         "intents missing from phrases/: {missing:?}"
@@ -836,7 +796,7 @@ fn spec_ids_match_the_copy() {
     assert_eq!(
         from_spec,
         copy,
-        "the required ids in src/tests.rs differ from {}; update REQUIRED",
+        "phrases::REQUIRED_INTENTS differs from {}; update it",
         path.display()
     );
     let (lib, _) = shipped();

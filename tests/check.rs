@@ -684,6 +684,57 @@ fn kefu_check_exit_codes() {
     assert!(err.contains("invalid regex"), "{err}");
 }
 
+/// A library that loads but lacks ids of the project's taxonomy fails
+/// `kefu check`, naming each missing id and the file it belongs in; with
+/// the shipped libraries less one intent, only that one is named.
+#[test]
+fn kefu_check_names_the_required_intents_a_library_lacks() {
+    let small = dir_with(&[(
+        "pre_sale.yaml",
+        "stage: pre_sale\nintents:\n  - id: pre_sale.greeting\n    keywords: [在吗]\n    replies: [亲，在的~, 您好亲，请问有什么可以帮您？]\n",
+    )]);
+    let lib = Library::load_dir(small.path()).expect("loads");
+    let missing = lib.missing_required();
+    assert_eq!(missing.len(), kefu::phrases::REQUIRED_INTENTS.len() - 1);
+    assert!(!missing.contains(&"pre_sale.greeting"));
+    let out = kefu().arg("check").arg(small.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("missing required intent `after_sale.refund`")
+            && err.contains("add it to after_sale.yaml"),
+        "{err}"
+    );
+    assert!(!err.contains("`pre_sale.greeting`"), "{err}");
+    assert!(err.contains("28 problem(s) found"), "{err}");
+    assert!(
+        out.stdout.is_empty(),
+        "no `ok` line: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // The shipped libraries with one required intent taken out.
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(shipped_phrases()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let mut text = std::fs::read_to_string(&path).unwrap();
+            if path.ends_with("in_sale.yaml") {
+                text = text.replace("id: in_sale.invoice", "id: in_sale.invoice_and_receipt");
+            }
+            std::fs::write(dir.path().join(path.file_name().unwrap()), text).unwrap();
+        }
+    }
+    let out = kefu().arg("check").arg(dir.path()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("missing required intent `in_sale.invoice`"),
+        "{err}"
+    );
+    assert!(err.contains("1 problem(s) found"), "{err}");
+}
+
 /// `kefu check` takes the directory as every other command does
 /// (`--phrases DIR`, `KEFU_PHRASES`); the positional DIR still works and
 /// wins over the variable. Before, `--phrases` was refused and the

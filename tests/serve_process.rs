@@ -579,6 +579,33 @@ fn a_lost_log_is_warned_about_at_start() {
     );
 }
 
+/// A library without every id of the project's taxonomy is served (a
+/// shop's first small library works) with a warning naming what it lacks;
+/// the shipped libraries start without one.
+#[test]
+fn a_library_lacking_required_intents_is_served_with_a_warning() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/phrases");
+    let dir = tempfile::tempdir().unwrap();
+    let (child, addr, logged) = serve(dir.path(), &fixture, None);
+    let line = logged.wait_for("required intent");
+    assert!(
+        line.contains("WARN")
+            && line.contains("after_sale.usage_help")
+            && !line.contains("pre_sale.greeting"),
+        "{line}"
+    );
+    let (status, _) = healthz(&addr);
+    assert!(status.contains("200"), "{status}");
+    stop(child);
+
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("phrases");
+    let dir = tempfile::tempdir().unwrap();
+    let (child, _, logged) = serve(dir.path(), &shipped, None);
+    stop(child);
+    let log = logged.0.lock().unwrap().join("\n");
+    assert!(!log.contains("required intent"), "{log}");
+}
+
 /// Starting on a full disk (here: no file of the process may grow past 1
 /// byte) says what to check besides SQLite's "disk I/O error" (found by
 /// review), and refuses.

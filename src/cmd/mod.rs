@@ -132,31 +132,47 @@ pub fn load(dir: &std::path::Path) -> anyhow::Result<Library> {
 
 pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let dir = &args.phrases.dir;
-    match Library::load_dir(dir) {
-        Ok(lib) => {
-            let matcher = Matcher::new(&lib)?;
-            writeln!(
-                std::io::stdout(),
-                "{}: ok, {} intents, {} keywords, {} greeting, {} holding, {} offline and {} transfer templates, {} politeness rules",
-                dir.display(),
-                matcher.intent_count(),
-                matcher.keyword_count(),
-                lib.templates.greeting.len(),
-                lib.templates.holding.len(),
-                lib.templates.offline.len(),
-                lib.templates.transfer.len(),
-                lib.politeness.negative.len() + lib.politeness.curt.len()
-            )?;
-            Ok(ExitCode::SUCCESS)
-        }
+    let lib = match Library::load_dir(dir) {
+        Ok(lib) => lib,
         Err(errors) => {
             for p in &errors.0 {
                 eprintln!("{p}");
             }
             eprintln!("{} problem(s) found", errors.0.len());
-            Ok(ExitCode::FAILURE)
+            return Ok(ExitCode::FAILURE);
         }
+    };
+    // A library that loads may still lack ids of the project's taxonomy:
+    // `kefu serve` runs it (with a warning, so a shop's first small library
+    // works), but a deploy checked with `kefu check` must not ship it
+    // unnoticed.
+    let missing = lib.missing_required();
+    if !missing.is_empty() {
+        for id in &missing {
+            eprintln!(
+                "{}: missing required intent `{id}`: every library holds the project's intent \
+                 ids (phrases/README.md); add it to {}.yaml",
+                dir.display(),
+                id.split('.').next().unwrap_or(id)
+            );
+        }
+        eprintln!("{} problem(s) found", missing.len());
+        return Ok(ExitCode::FAILURE);
     }
+    let matcher = Matcher::new(&lib)?;
+    writeln!(
+        std::io::stdout(),
+        "{}: ok, {} intents, {} keywords, {} greeting, {} holding, {} offline and {} transfer templates, {} politeness rules",
+        dir.display(),
+        matcher.intent_count(),
+        matcher.keyword_count(),
+        lib.templates.greeting.len(),
+        lib.templates.holding.len(),
+        lib.templates.offline.len(),
+        lib.templates.transfer.len(),
+        lib.politeness.negative.len() + lib.politeness.curt.len()
+    )?;
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn suggest(args: SuggestArgs) -> anyhow::Result<ExitCode> {

@@ -186,6 +186,7 @@ fn load(
     }
     let phrases = Phrases::from_library(&loaded.library)
         .map_err(|e| vec![format!("{}: {e}", dir.display())])?;
+    crate::server::warn_missing_required(dir, &loaded.library);
     if let Some(data) = keep {
         if let Err(e) = last_good::save(data, &loaded.files) {
             warn!(data = %data.display(), "cannot keep a copy of the phrase libraries: {e}");
