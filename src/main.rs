@@ -53,7 +53,10 @@ impl Cli {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let matches = Cli::command().try_get_matches_from(args)?;
+        let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        let matches = Cli::command()
+            .try_get_matches_from(&args)
+            .map_err(|e| name_the_variable(e, &args))?;
         let mut cli = Cli::from_arg_matches(&matches)?;
         if let Some((name, sub)) = matches.subcommand() {
             cli.command
@@ -77,6 +80,49 @@ impl Command {
             _ => Ok(()),
         }
     }
+}
+
+/// A bad value that came from a `KEFU_*` variable, not from its flag: clap
+/// names only the flag (`invalid value 'abc' for '--target-secs <N>'`),
+/// which sends the reader looking for a flag they never typed. Adds the
+/// variable's name to the message.
+fn name_the_variable(mut e: clap::Error, args: &[std::ffi::OsString]) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return e;
+    }
+    let Some(ContextValue::String(shown)) = e.get(ContextKind::InvalidArg).cloned() else {
+        return e;
+    };
+    let cli = Cli::command();
+    // The arguments of the subcommand named on the command line (flags of
+    // the same name may read different variables in two subcommands).
+    let sub = args
+        .iter()
+        .skip(1)
+        .find_map(|a| cli.find_subcommand(a.to_str()?))
+        .unwrap_or(&cli);
+    let env = sub.get_arguments().find_map(|a| {
+        let long = a.get_long()?;
+        let flag = format!("--{long}");
+        let named = shown == flag || shown.starts_with(&format!("{flag} "));
+        let typed = args.iter().any(|x| {
+            x.to_str()
+                .is_some_and(|x| x == flag || x.starts_with(&format!("{flag}=")))
+        });
+        (named && !typed).then(|| a.get_env()).flatten()
+    });
+    if let Some(env) = env.filter(|env| std::env::var_os(env).is_some()) {
+        let env = env.to_string_lossy();
+        e.insert(
+            ContextKind::InvalidArg,
+            ContextValue::String(format!("{shown}, from {env}")),
+        );
+    }
+    e
 }
 
 /// A usage error of subcommand `name`, shown as clap shows its own.

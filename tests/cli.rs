@@ -98,6 +98,37 @@ fn serve_names_the_clock_settings() {
 /// A label naming no intent is a typo or a renamed intent: `kefu eval`
 /// says so once per label, with the line of its first use, and still
 /// counts those lines (as misses).
+/// A bad value from a `KEFU_*` variable is blamed on the variable, not
+/// only on the flag the reader never typed; a bad flag stays the flag's.
+#[test]
+fn a_bad_value_names_the_variable_it_came_from() {
+    // (arguments, variables, what stderr says)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        (
+            &["serve"],
+            &[("KEFU_TARGET_SECS", "abc")],
+            "invalid value 'abc' for '--target-secs <N>, from KEFU_TARGET_SECS'",
+        ),
+        (
+            &["serve", "--target-secs", "x"],
+            &[("KEFU_TARGET_SECS", "abc")],
+            "invalid value 'x' for '--target-secs <N>'",
+        ),
+        (
+            &["serve", "--target-secs=x"],
+            &[("KEFU_TARGET_SECS", "abc")],
+            "invalid value 'x' for '--target-secs <N>'",
+        ),
+        (&["report"], &[("KEFU_TZ", "+25:00")], "from KEFU_TZ"),
+    ];
+    for (args, env, says) in cases {
+        let (_, err, code) = kefu(args, env);
+        assert_eq!(code, Some(2), "{args:?} {env:?}: {err}");
+        assert!(err.contains(says), "{args:?} {env:?}: {err}");
+    }
+}
+
 #[test]
 fn eval_warns_about_labels_that_name_no_intent() {
     let dir = tempfile::tempdir().unwrap();
