@@ -339,6 +339,64 @@ const QUALITY: &str = "after_sale.quality_issue";
 const COMPLAINT: &str = "after_sale.complaint";
 const BARGAIN: &str = "pre_sale.price_bargain";
 
+/// Forms found missing in the twenty-third session's blind samples of the
+/// corpus, written anew here (none is a corpus line): general keywords
+/// and patterns, each with a neighbour it must not take.
+const SESSION_23: &[(&str, Option<&str>, &[&str])] = &[
+    // "no, thanks" is a goodbye, not a negated thanks
+    ("没有谢谢", Some(CLOSING), &[]),
+    ("没有了谢谢您", Some(CLOSING), &[]),
+    ("haode", Some(CLOSING), &[]),
+    ("行，那我再等等", Some(CLOSING), &[]),
+    // an unchanged phone beside a changed address still changes it; an
+    // unchanged address alone does not
+    (
+        "地址改成下面这个，收件人电话不变",
+        Some("in_sale.address_change"),
+        &[],
+    ),
+    ("收货地址不变哦", None, &["in_sale.address_change"]),
+    (
+        "预留的手机号停机了，帮我换一个",
+        Some("in_sale.address_change"),
+        &[],
+    ),
+    (
+        "想换的地址就在隔壁小区",
+        Some("in_sale.address_change"),
+        &[RETURN],
+    ),
+    // a tax number is the invoice's, whatever verb comes with it
+    ("更改一下税号", Some("in_sale.invoice"), &[]),
+    ("发票不用明细，写办公用品", Some("in_sale.invoice"), &[]),
+    (
+        "其他的都收到了，就差一个杯子",
+        Some("after_sale.missing_item"),
+        &[],
+    ),
+    ("我买完第二天就降价了", Some("after_sale.refund"), &[]),
+    ("退的款什么时候能到账", Some("after_sale.refund"), &[]),
+    ("帮我催催财务吧", Some("after_sale.refund"), &[]),
+    ("哪个颜色比较好", Some("pre_sale.recommend"), &[]),
+    ("可以用e卡付吗", Some("in_sale.payment"), &[]),
+    ("我们公司走对公汇款", Some("in_sale.payment"), &[]),
+    ("想电话咨询一下", Some("pre_sale.human_agent"), &[]),
+    ("是本地仓库发货吗", Some("in_sale.courier"), &[]),
+    ("显示正在送往分拣中心", Some("in_sale.logistics"), &[]),
+    (
+        "一直联系不上快递，明天就出差了",
+        Some("in_sale.delivery_issue"),
+        &[],
+    ),
+    ("等了三天还没消息，心累", Some(COMPLAINT), &[]),
+    ("寄回的话寄哪个地址", Some(RETURN), &[]),
+];
+
+#[test]
+fn forms_from_the_twenty_third_sessions_samples() {
+    check_table("session 23", SESSION_23);
+}
+
 /// A negated keyword says the opposite (see "Negation" in phrases/README.md);
 /// a finished state is no request still pending.
 const NEGATED: &[(&str, Option<&str>, &[&str])] = &[
