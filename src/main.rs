@@ -109,9 +109,23 @@ fn name_the_variable(mut e: clap::Error, args: &[std::ffi::OsString]) -> clap::E
         let long = a.get_long()?;
         let flag = format!("--{long}");
         let named = shown == flag || shown.starts_with(&format!("{flag} "));
-        let typed = args.iter().any(|x| {
-            x.to_str()
-                .is_some_and(|x| x == flag || x.starts_with(&format!("{flag}=")))
+        // Under any of its names: `--window` is `--service-window`.
+        let longs: Vec<String> = std::iter::once(long)
+            .chain(a.get_all_aliases().unwrap_or_default())
+            .map(|l| format!("--{l}"))
+            .collect();
+        let shorts: Vec<String> = a
+            .get_short()
+            .into_iter()
+            .chain(a.get_all_short_aliases().unwrap_or_default())
+            .map(|c| format!("-{c}"))
+            .collect();
+        let typed = args.iter().filter_map(|x| x.to_str()).any(|x| {
+            longs.iter().any(|l| {
+                x == l
+                    || x.strip_prefix(l.as_str())
+                        .is_some_and(|r| r.starts_with('='))
+            }) || shorts.iter().any(|s| x.starts_with(s.as_str()))
         });
         (named && !typed).then(|| a.get_env()).flatten()
     });

@@ -121,6 +121,12 @@ fn a_bad_value_names_the_variable_it_came_from() {
             "invalid value 'x' for '--target-secs <N>'",
         ),
         (&["report"], &[("KEFU_TZ", "+25:00")], "from KEFU_TZ"),
+        // typed under its alias: the flag's own value, not the variable's
+        (
+            &["report", "--window", "25:00-26:00"],
+            &[("KEFU_SERVICE_WINDOW", "08:00-23:00")],
+            "invalid value '25:00-26:00' for '--service-window <HH:MM-HH:MM>':",
+        ),
     ];
     for (args, env, says) in cases {
         let (_, err, code) = kefu(args, env);
