@@ -98,13 +98,15 @@ fn name_the_variable(mut e: clap::Error, args: &[std::ffi::OsString]) -> clap::E
         return e;
     };
     let cli = Cli::command();
-    // The arguments of the subcommand named on the command line (flags of
-    // the same name may read different variables in two subcommands).
-    let sub = args
-        .iter()
-        .skip(1)
-        .find_map(|a| cli.find_subcommand(a.to_str()?))
-        .unwrap_or(&cli);
+    // The arguments of the (sub)subcommand named on the command line (flags
+    // of the same name may read different variables in two subcommands;
+    // `kefu events export` is two levels down).
+    let mut sub = &cli;
+    for a in args.iter().skip(1).filter_map(|a| a.to_str()) {
+        if let Some(s) = sub.find_subcommand(a) {
+            sub = s;
+        }
+    }
     let env = sub.get_arguments().find_map(|a| {
         let long = a.get_long()?;
         let flag = format!("--{long}");

@@ -183,7 +183,6 @@ struct Shared {
     supervisors: RwLock<std::collections::BTreeMap<String, Vec<String>>>,
 }
 
-/// The supervisor tokens of every shop of `config`.
 /// Logs the ids of the project's taxonomy the libraries lack: served all
 /// the same (buyers asking for those get no suggestion, or another
 /// intent's), but `kefu check` fails on them, so a supervisor should know.
@@ -201,6 +200,7 @@ pub(crate) fn warn_missing_required(dir: &Path, library: &Library) {
     }
 }
 
+/// The supervisor tokens of every shop of `config`.
 fn supervisors_of(config: &Config) -> std::collections::BTreeMap<String, Vec<String>> {
     config
         .shops
@@ -229,8 +229,14 @@ impl App {
     fn start(config: Config, store: StoreHandle, data: Option<&Path>) -> Result<App, ServerError> {
         // Taken before loading: an edit racing the load shows up as a change.
         let fingerprint = reload::fingerprint(&config.phrases);
-        let (loaded, source, problems) = match LoadedDir::load(&config.phrases) {
-            Ok(loaded) => (loaded, PhraseSource::Directory, Vec::new()),
+        // `served`: the directory the libraries in use came from.
+        let (loaded, source, problems, served) = match LoadedDir::load(&config.phrases) {
+            Ok(loaded) => (
+                loaded,
+                PhraseSource::Directory,
+                Vec::new(),
+                config.phrases.clone(),
+            ),
             Err(errors) => {
                 let dir = config.phrases.display().to_string();
                 let Some(found) = data.and_then(last_good::load) else {
@@ -254,10 +260,10 @@ impl App {
                      (run `kefu check {dir}`) and they reload as usual"
                 );
                 let problems = errors.0.iter().map(ToString::to_string).collect();
-                (loaded, PhraseSource::LastGood, problems)
+                (loaded, PhraseSource::LastGood, problems, copy)
             }
         };
-        warn_missing_required(&config.phrases, &loaded.library);
+        warn_missing_required(&served, &loaded.library);
         let phrases = Phrases::from_library(&loaded.library)?;
         let mut problems = problems;
         if let (Some(data), PhraseSource::Directory) = (data, source) {

@@ -702,7 +702,7 @@ fn kefu_check_names_the_required_intents_a_library_lacks() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("missing required intent `after_sale.refund`")
-            && err.contains("add it to after_sale.yaml"),
+            && err.contains("add it to the library with `stage: after_sale`"),
         "{err}"
     );
     assert!(!err.contains("`pre_sale.greeting`"), "{err}");

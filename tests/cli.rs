@@ -95,9 +95,6 @@ fn serve_names_the_clock_settings() {
     }
 }
 
-/// A label naming no intent is a typo or a renamed intent: `kefu eval`
-/// says so once per label, with the line of its first use, and still
-/// counts those lines (as misses).
 /// A bad value from a `KEFU_*` variable is blamed on the variable, not
 /// only on the flag the reader never typed; a bad flag stays the flag's.
 #[test]
@@ -121,6 +118,28 @@ fn a_bad_value_names_the_variable_it_came_from() {
             "invalid value 'x' for '--target-secs <N>'",
         ),
         (&["report"], &[("KEFU_TZ", "+25:00")], "from KEFU_TZ"),
+        // two levels down
+        (
+            &["events", "export", "--data", "/nonexistent"],
+            &[("KEFU_TZ", "+25:00")],
+            "from KEFU_TZ",
+        ),
+        // values kefu serve checks itself, after clap
+        (
+            &["serve"],
+            &[("KEFU_TZ", "+25:00")],
+            "invalid settings for kefu serve (--tz is set by KEFU_TZ): --tz:",
+        ),
+        (
+            &["serve"],
+            &[("KEFU_NUDGE_SECS", "40")],
+            "(--nudge-secs is set by KEFU_NUDGE_SECS)",
+        ),
+        (
+            &["serve", "--tz", "+25:00"],
+            &[("KEFU_TZ", "+08:00")],
+            "invalid settings for kefu serve: --tz:",
+        ),
         // typed under its alias: the flag's own value, not the variable's
         (
             &["report", "--window", "25:00-26:00"],
@@ -135,6 +154,9 @@ fn a_bad_value_names_the_variable_it_came_from() {
     }
 }
 
+/// A label naming no intent is a typo or a renamed intent: `kefu eval`
+/// says so once per label, with the line of its first use, and still
+/// counts those lines (as misses).
 #[test]
 fn eval_warns_about_labels_that_name_no_intent() {
     let dir = tempfile::tempdir().unwrap();
@@ -357,6 +379,28 @@ fn serve_starts_from_the_last_good_copy_when_the_phrases_are_broken() {
             .any(|l| l.contains("serving their last good copy")),
         "{seen:#?}"
     );
+    assert!(
+        !seen.iter().any(|l| l.contains("required intent")),
+        "{seen:#?}"
+    );
+    // A copy that lacks a required intent is warned about under its own
+    // name: it is what runs, and what `kefu check` should be pointed at.
+    let in_sale = copy.join("in_sale.yaml");
+    let text = std::fs::read_to_string(&in_sale).unwrap();
+    std::fs::write(
+        &in_sale,
+        text.replace("id: in_sale.invoice\n", "id: in_sale.invoice_x\n"),
+    )
+    .unwrap();
+    let seen = serve_until_listening(&args);
+    let copy_shown = copy.display().to_string();
+    assert!(
+        seen.iter().any(|l| l.contains("lack 1 required intent")
+            && l.contains("in_sale.invoice")
+            && l.contains(&format!("kefu check {copy_shown}"))),
+        "{seen:#?}"
+    );
+    std::fs::write(&in_sale, text).unwrap();
 
     // The broken file removed (a stray `rm` instead of a fix): the start
     // takes the directory as it is, and says loudly what it did.

@@ -150,8 +150,9 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     if !missing.is_empty() {
         for id in &missing {
             eprintln!(
-                "{}: missing required intent `{id}`: every library holds the project's intent \
-                 ids (phrases/README.md); add it to {}.yaml",
+                "{}: missing required intent `{id}`: the libraries must hold every id of the \
+                 project's intent list (phrases/README.md); add it to the library with `stage: \
+                 {}`",
                 dir.display(),
                 id.split('.').next().unwrap_or(id)
             );

@@ -84,6 +84,10 @@ pub struct ServeArgs {
     /// log every frame: tokens, resume secrets, chat text).
     #[arg(long, env = "KEFU_LOG", value_name = "FILTER")]
     pub log: Option<String>,
+    /// The flags whose value came from their `KEFU_*` variable, with the
+    /// variable: named in an error about the value (set by [`Self::settle`]).
+    #[arg(skip)]
+    pub from_env: Vec<(String, String)>,
 }
 
 /// The entries of a list variable: separated by commas, empty ones (a
@@ -103,6 +107,15 @@ impl ServeArgs {
     /// the flags too), so `source` tells, for each list id, where clap took
     /// its values from.
     pub fn settle(&mut self, source: impl Fn(&str) -> Option<ValueSource>) {
+        let cmd = <ServeArgs as clap::Args>::augment_args(clap::Command::new("serve"));
+        self.from_env = cmd
+            .get_arguments()
+            .filter(|a| source(a.get_id().as_str()) == Some(ValueSource::EnvVariable))
+            .filter_map(|a| {
+                let env = a.get_env()?.to_string_lossy().into_owned();
+                Some((format!("--{}", a.get_long()?), env))
+            })
+            .collect();
         for (id, list) in [
             ("agent_tokens", &mut self.agent_tokens),
             ("supervisor_tokens", &mut self.supervisor_tokens),
@@ -280,8 +293,24 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Before the phrase libraries and the hub take their memory.
     no_transparent_huge_pages();
     init_logging(args.log.as_deref())?;
-    let config = Config::load(args.config.as_deref(), &args.overrides())
-        .context("invalid settings for kefu serve")?;
+    let config = Config::load(args.config.as_deref(), &args.overrides()).map_err(|e| {
+        // A bad value checked here (not by clap) names its flag; say so
+        // when the flag was not typed but came from its variable.
+        let from = match &e {
+            kefu::config::ConfigError::Invalid { setting, .. } => args
+                .from_env
+                .iter()
+                .find(|(flag, _)| setting == flag || setting.starts_with(&format!("{flag} "))),
+            _ => None,
+        };
+        let context = match from {
+            Some((flag, env)) => {
+                format!("invalid settings for kefu serve ({flag} is set by {env})")
+            }
+            None => "invalid settings for kefu serve".to_string(),
+        };
+        anyhow::Error::new(e).context(context)
+    })?;
     if !config.listen.ip().is_loopback() {
         tracing::warn!(
             listen = %config.listen,
