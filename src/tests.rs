@@ -390,6 +390,39 @@ const SESSION_23: &[(&str, Option<&str>, &[&str])] = &[
     ),
     ("等了三天还没消息，心累", Some(COMPLAINT), &[]),
     ("寄回的话寄哪个地址", Some(RETURN), &[]),
+    // and what the new forms must leave alone (found by review)
+    ("哪个码数比较好", None, &["pre_sale.recommend"]),
+    ("用哪个快递比较好", None, &["pre_sale.recommend"]),
+    (
+        "这款啥时候会到",
+        Some("in_sale.logistics"),
+        &["after_sale.refund"],
+    ),
+    ("能发往新疆吗", None, &["in_sale.logistics"]),
+    ("退货要自己联系快递吗", Some(RETURN), &[]),
+    ("坏了寄回哪里维修", None, &[RETURN]),
+    ("本地仓有货吗", Some("pre_sale.stock"), &[]),
+    ("买这个送e卡吗", None, &["in_sale.payment"]),
+    ("能电话咨询安装吗", Some("in_sale.installation"), &[]),
+    (
+        "其他东西都到了，这个物流不动了",
+        None,
+        &["after_sale.missing_item"],
+    ),
+    ("定制要几天", None, &["in_sale.logistics"]),
+    ("买了以后降价保价吗", Some("pre_sale.promotion"), &[]),
+    (
+        "催财务开发票",
+        Some("in_sale.invoice"),
+        &["after_sale.refund"],
+    ),
+    ("软件老是崩溃", None, &[COMPLAINT]),
+    ("你们一直说再等等", None, &[CLOSING]),
+    (
+        "预留的手机停机了，登录不了",
+        None,
+        &["in_sale.address_change"],
+    ),
 ];
 
 #[test]
