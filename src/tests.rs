@@ -423,6 +423,58 @@ const SESSION_23: &[(&str, Option<&str>, &[&str])] = &[
         None,
         &["in_sale.address_change"],
     ),
+    // a third sample's forms
+    ("这个颜色是不是没有货了", Some("pre_sale.stock"), &[]),
+    ("我这边没有货要退", None, &["pre_sale.stock"]),
+    ("快递从来没这么慢过", Some(COMPLAINT), &[]),
+    ("到底什么时候回复我", Some("pre_sale.human_agent"), &[]),
+    ("你们配送站的电话多少", Some("in_sale.delivery_issue"), &[]),
+    (
+        "快递员的电话打不通",
+        Some("in_sale.delivery_issue"),
+        &["in_sale.address_change"],
+    ),
+    (
+        "为什么我的订单被拆分成两个了",
+        Some("in_sale.order_status"),
+        &[],
+    ),
+    (
+        "帮我拦截一下这个快递，不要了",
+        Some("in_sale.order_change"),
+        &[],
+    ),
+    ("我又不想取消了", Some("in_sale.order_change"), &[]),
+    (
+        "发票能改成公司的吗",
+        Some("in_sale.invoice"),
+        &["in_sale.order_change"],
+    ),
+    (
+        "送去修的什么时候修好，谢谢",
+        Some("after_sale.warranty_repair"),
+        &[],
+    ),
+    ("你们能送到村里吗", Some("in_sale.courier"), &[]),
+    ("到家拆开发现少了一盒", Some("after_sale.missing_item"), &[]),
+    // and what they must leave alone (found by review)
+    (
+        "帮我把地址改成公司的",
+        Some("in_sale.address_change"),
+        &["in_sale.invoice"],
+    ),
+    ("快递箱里没有货", None, &["pre_sale.stock"]),
+    ("好几天了没有货物信息", None, &["pre_sale.stock"]),
+    ("没有货就退款吧", Some("after_sale.refund"), &[]),
+    ("我的退款申请什么时候回复", Some("after_sale.refund"), &[]),
+    ("不取消了 能快点发吗", Some("in_sale.shipping_time"), &[]),
+    ("为什么送货这么慢", None, &["in_sale.courier"]),
+    ("以前发货没有这么慢过啊", None, &[COMPLAINT]),
+    ("物流显示送到村了吗", None, &["in_sale.courier"]),
+    ("付款页面修好了吗", None, &["after_sale.warranty_repair"]),
+    ("我发现少量的破损", None, &["after_sale.missing_item"]),
+    ("纱窗能拦截蚊虫吗", None, &["in_sale.order_change"]),
+    ("能拆分成两个订单付款吗", None, &["in_sale.order_status"]),
 ];
 
 #[test]
