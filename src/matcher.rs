@@ -180,6 +180,77 @@ pub struct Ranked {
     pub pattern: Option<(u32, u32)>,
 }
 
+/// One step of ranking a message, for `kefu suggest --explain`: what a
+/// shop writing its libraries needs to see when a keyword did not count
+/// (a negation, an exclusion, a longer keyword around it) or an intent
+/// scored under the minimum. Texts are as the libraries write them; hits
+/// are shown as they stand in the normalised message.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum Step {
+    /// A keyword inside a longer keyword's hit counts as part of that one.
+    Swallowed { keyword: String, by: String },
+    /// A keyword after a negator (`不`, `没有`, `不想`, ...) says the
+    /// opposite; it counts only as a negated form the libraries hold.
+    Negated {
+        keyword: String,
+        negator: String,
+        counted_as: Option<String>,
+    },
+    /// An exclusion of `intent`: at the end of the message it vetoes the
+    /// intent; elsewhere the hits of the intent it touches.
+    Exclusion {
+        exclusion: String,
+        intent: String,
+        at_end: bool,
+    },
+    /// An exclusion ending in 了 before a question (`到账了吗`): a finished
+    /// state asked about, not applied.
+    ExclusionAsked { exclusion: String, intent: String },
+    /// A keyword or pattern hit that an exclusion of `intent` touches.
+    Vetoed { hit: String, intent: String },
+    /// Evidence for `intent`: a keyword with its weight.
+    Keyword {
+        keyword: String,
+        intent: String,
+        weight: f32,
+    },
+    /// Evidence for `intent`: the text one of its patterns matched.
+    Pattern { matched: String, intent: String },
+    /// An intent's score: priority × evidence × (floor + (1 − floor) ×
+    /// coverage); `verdict` says whether it is suggested.
+    Score {
+        intent: String,
+        priority: f32,
+        evidence: f32,
+        coverage: f32,
+        score: f32,
+        verdict: String,
+    },
+}
+
+/// Where the ranking reports its steps: nowhere on the service's path
+/// (`()`, compiled away), into a list for `--explain`.
+trait Tracer {
+    /// Whether steps are kept: work done only to report a step is guarded
+    /// by it, so the service's ranking does none of it.
+    const ON: bool;
+    fn step(&mut self, f: impl FnOnce() -> Step);
+}
+
+impl Tracer for () {
+    const ON: bool = false;
+    #[inline(always)]
+    fn step(&mut self, _: impl FnOnce() -> Step) {}
+}
+
+impl Tracer for Vec<Step> {
+    const ON: bool = true;
+    fn step(&mut self, f: impl FnOnce() -> Step) {
+        self.push(f());
+    }
+}
+
 #[derive(Debug)]
 struct CompiledIntent {
     id: Arc<str>,
@@ -880,7 +951,16 @@ impl Matcher {
     /// [`MIN_SCORE`].
     pub fn rank(&self, text: &str) -> Vec<Ranked> {
         let norm = normalize(text);
-        self.rank_normalized(&norm, &bracket_tokens(&norm))
+        self.rank_normalized(&norm, &bracket_tokens(&norm), &mut ())
+    }
+
+    /// [`Matcher::rank`]'s steps for `text`, with the normalised text they
+    /// refer to (see [`Step`]).
+    pub fn explain(&self, text: &str) -> (String, Vec<Step>) {
+        let norm = normalize(text);
+        let mut steps = Vec::new();
+        self.rank_normalized(&norm, &bracket_tokens(&norm), &mut steps);
+        (norm, steps)
     }
 
     /// One overlapping scan of `norm`: the keyword and exclusion hits
@@ -908,7 +988,12 @@ impl Matcher {
 
     /// [`Matcher::rank`] of a normalised text whose bracketed tokens are
     /// `tokens` (found once by the caller: `suggest` needs them again).
-    fn rank_normalized(&self, norm: &str, tokens: &[(u32, u32)]) -> Vec<Ranked> {
+    fn rank_normalized<T: Tracer>(
+        &self,
+        norm: &str,
+        tokens: &[(u32, u32)],
+        t: &mut T,
+    ) -> Vec<Ranked> {
         let content = content_units(norm, 0, norm.len(), tokens);
         if content == 0 {
             return Vec::new();
@@ -933,11 +1018,25 @@ impl Matcher {
         let end = content_end(norm);
         let mut vetoes: SmallVec<[(u32, u32, u32); 4]> = SmallVec::new();
         let mut acc: Vec<Acc> = Vec::with_capacity(8);
+        let written = |p: u32| self.patterns[p as usize].0.to_string();
+        let id = |i: u32| self.intents[i as usize].id.to_string();
         for &(s, e, p) in &hits {
             for entry in &self.patterns[p as usize].1 {
-                if !entry.exclude || asks_about_finished(norm, s as usize, e as usize) {
+                if !entry.exclude {
                     continue;
                 }
+                if asks_about_finished(norm, s as usize, e as usize) {
+                    t.step(|| Step::ExclusionAsked {
+                        exclusion: written(p),
+                        intent: id(entry.intent),
+                    });
+                    continue;
+                }
+                t.step(|| Step::Exclusion {
+                    exclusion: written(p),
+                    intent: id(entry.intent),
+                    at_end: e as usize >= end,
+                });
                 if e as usize >= end {
                     Acc::of(&mut acc, entry.intent).vetoed = true;
                 } else {
@@ -951,11 +1050,23 @@ impl Matcher {
                 .any(|&(i, vs, ve)| i == intent && near(norm, (vs, ve), (s, e)))
         };
         // Per intent: evidence so far, hit spans.
-        let credit = |acc: &mut Vec<Acc>, p: u32, s: u32, e: u32| {
+        let credit = |acc: &mut Vec<Acc>, t: &mut T, p: u32, s: u32, e: u32| {
             for entry in &self.patterns[p as usize].1 {
-                if entry.exclude || (!vetoes.is_empty() && touched(entry.intent, s, e)) {
+                if entry.exclude {
                     continue;
                 }
+                if !vetoes.is_empty() && touched(entry.intent, s, e) {
+                    t.step(|| Step::Vetoed {
+                        hit: norm[s as usize..e as usize].to_string(),
+                        intent: id(entry.intent),
+                    });
+                    continue;
+                }
+                t.step(|| Step::Keyword {
+                    keyword: written(p),
+                    intent: id(entry.intent),
+                    weight: entry.weight,
+                });
                 let a = Acc::of(acc, entry.intent);
                 if !a.matched.contains(&p) {
                     a.matched.push(p);
@@ -966,10 +1077,23 @@ impl Matcher {
         };
         for (&(s, e, p), &inside) in hits.iter().zip(&swallowed) {
             if inside || !is_keyword(p) {
+                if T::ON && inside && is_keyword(p) {
+                    t.step(|| Step::Swallowed {
+                        keyword: written(p),
+                        by: hits
+                            .iter()
+                            .filter(|&&(s2, e2, p2)| {
+                                s2 <= s && e <= e2 && (e2 - s2) > (e - s) && is_keyword(p2)
+                            })
+                            .max_by_key(|&&(s2, e2, _)| e2 - s2)
+                            .map(|&(_, _, p2)| written(p2))
+                            .unwrap_or_default(),
+                    });
+                }
                 continue;
             }
             match negation(norm, s as usize, e as usize) {
-                None => credit(&mut acc, p, s, e),
+                None => credit(&mut acc, t, p, s, e),
                 // `不太满意` counts as the keyword `不满意`; `不满意` itself
                 // is a hit of its own that swallowed `满意`.
                 Some((start, n)) => {
@@ -981,8 +1105,13 @@ impl Matcher {
                         .negated_forms
                         .get(&(p, n))
                         .or_else(|| canonical.and_then(|c| self.negated_forms.get(&(p, c))));
+                    t.step(|| Step::Negated {
+                        keyword: written(p),
+                        negator: norm[start..s as usize].to_string(),
+                        counted_as: form.map(|&q| written(q)),
+                    });
                     if let Some(&q) = form {
-                        credit(&mut acc, q, start as u32, e);
+                        credit(&mut acc, t, q, start as u32, e);
                     }
                 }
             }
@@ -995,8 +1124,16 @@ impl Matcher {
                 let owner = self.regex_owner[i as usize];
                 let (s, e) = (m.start() as u32, m.end() as u32);
                 if !vetoes.is_empty() && touched(owner, s, e) {
+                    t.step(|| Step::Vetoed {
+                        hit: norm[s as usize..e as usize].to_string(),
+                        intent: id(owner),
+                    });
                     continue;
                 }
+                t.step(|| Step::Pattern {
+                    matched: norm[s as usize..e as usize].to_string(),
+                    intent: id(owner),
+                });
                 let a = Acc::of(&mut acc, owner);
                 if a.pattern.is_none() {
                     a.pattern = Some((s, e));
@@ -1008,15 +1145,38 @@ impl Matcher {
 
         let mut ranked: Vec<Ranked> = acc
             .into_iter()
-            .filter(|a| !a.vetoed)
             .filter_map(|mut a| {
                 let intent = &self.intents[a.intent as usize];
+                if a.vetoed {
+                    t.step(|| Step::Score {
+                        intent: id(a.intent),
+                        priority: intent.priority,
+                        evidence: 0.0,
+                        coverage: 0.0,
+                        score: 0.0,
+                        verdict: "vetoed: an exclusion ends the message".to_string(),
+                    });
+                    return None;
+                }
                 let evidence = 1.0 - a.miss;
                 let covered = covered_units(norm, &mut a.spans, tokens);
                 let coverage = (covered as f32 / content as f32).min(1.0);
                 let score = intent.priority
                     * evidence
                     * (COVERAGE_FLOOR + (1.0 - COVERAGE_FLOOR) * coverage);
+                t.step(|| Step::Score {
+                    intent: id(a.intent),
+                    priority: intent.priority,
+                    evidence,
+                    coverage,
+                    // As a suggestion's score is rounded (to 0.001 here).
+                    score: (score.min(1.0) * 1000.0).round() / 1000.0,
+                    verdict: if score >= MIN_SCORE {
+                        "suggested".to_string()
+                    } else {
+                        format!("under the minimum score {MIN_SCORE:.2}")
+                    },
+                });
                 (score >= MIN_SCORE).then(|| Ranked {
                     intent: a.intent as usize,
                     score: (score.min(1.0) * 1000.0).round() / 1000.0,
@@ -1035,7 +1195,7 @@ impl Matcher {
         let seed = fnv1a(norm.as_bytes());
         // Empty, so no allocation, unless the message holds a token.
         let tokens = bracket_tokens(&norm);
-        let mut ranked = self.rank_normalized(&norm, &tokens);
+        let mut ranked = self.rank_normalized(&norm, &tokens, &mut ());
         ranked.truncate(top);
         // One scan for the cue words, when a suggested intent has any.
         let mut found = Found::new();
@@ -1403,6 +1563,56 @@ mod tests {
             ("in_sale.b", &["快递", "物流"], &["顺丰"], &["退款"]),
         ]);
         assert_eq!(m.keyword_count(), 3);
+    }
+
+    /// What `--explain` reports of the steps a shop asks about: a negated
+    /// keyword without a negated form, an exclusion ending the message, a
+    /// keyword inside a longer one, a pattern, a score under the minimum.
+    #[test]
+    fn explain_names_why_a_keyword_did_not_count() {
+        let m = matcher(&[
+            (
+                "in_sale.a",
+                &["满意", "地址", "退款", "退款到账"],
+                &[],
+                &["不变"],
+            ),
+            ("in_sale.b", &["好"], &["改.{0,2}地址"], &[]),
+        ]);
+        let steps = |text: &str| m.explain(text).1;
+        assert!(steps("不满意").contains(&Step::Negated {
+            keyword: "满意".into(),
+            negator: "不".into(),
+            counted_as: None,
+        }));
+        let s = steps("地址不变");
+        assert!(s.contains(&Step::Exclusion {
+            exclusion: "不变".into(),
+            intent: "in_sale.a".into(),
+            at_end: true,
+        }));
+        assert!(s
+            .iter()
+            .any(|s| matches!(s, Step::Score { intent, verdict, .. }
+            if intent == "in_sale.a" && verdict.starts_with("vetoed"))));
+        assert!(steps("退款到账").contains(&Step::Swallowed {
+            keyword: "退款".into(),
+            by: "退款到账".into(),
+        }));
+        let s = steps("帮我改下地址");
+        assert!(s.contains(&Step::Pattern {
+            matched: "改下地址".into(),
+            intent: "in_sale.b".into(),
+        }));
+        // a one-character keyword in a long message: scored, not suggested
+        let s = steps("好的那我明天再来问问看看情况怎么样吧");
+        assert!(
+            s.iter()
+                .any(|s| matches!(s, Step::Score { intent, verdict, .. }
+            if intent == "in_sale.b" && verdict.starts_with("under the minimum"))),
+            "{s:#?}"
+        );
+        assert!(steps("").is_empty());
     }
 
     fn scores(m: &Matcher, text: &str) -> Vec<(String, f32)> {

@@ -477,6 +477,48 @@ const SESSION_23: &[(&str, Option<&str>, &[&str])] = &[
     ("能拆分成两个订单付款吗", None, &["in_sale.order_status"]),
 ];
 
+/// `kefu suggest --explain` shows the ranking as it ran: the intents it
+/// scores as suggested are exactly those `rank` returns, with the same
+/// scores, for every message of these tables.
+#[test]
+fn explain_agrees_with_rank() {
+    use crate::matcher::Step;
+    let (_, m) = shipped();
+    let texts = CASES
+        .iter()
+        .map(|c| c.0)
+        .chain(SESSION_23.iter().map(|c| c.0))
+        .chain(NEGATED.iter().map(|c| c.0))
+        .chain(SCOPED_EXCLUSIONS.iter().map(|c| c.0))
+        .chain(SILENT.iter().copied());
+    let mut n = 0;
+    for text in texts {
+        let mut from_rank: Vec<(String, f32)> = m
+            .rank(text)
+            .iter()
+            .map(|r| (m.intent_id(r.intent).to_string(), r.score))
+            .collect();
+        let (_, steps) = m.explain(text);
+        let mut from_steps: Vec<(String, f32)> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Score {
+                    intent,
+                    score,
+                    verdict,
+                    ..
+                } if verdict == "suggested" => Some((intent.clone(), *score)),
+                _ => None,
+            })
+            .collect();
+        from_rank.sort_by(|a, b| a.0.cmp(&b.0));
+        from_steps.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(from_rank, from_steps, "{text:?}: {steps:#?}");
+        n += 1;
+    }
+    assert!(n > 200, "{n} messages");
+}
+
 #[test]
 fn forms_from_the_twenty_third_sessions_samples() {
     check_table("session 23", SESSION_23);

@@ -154,6 +154,58 @@ fn a_bad_value_names_the_variable_it_came_from() {
     }
 }
 
+/// `kefu suggest --explain` says why a message got what it got: here an
+/// exclusion at the end vetoes the only intent a keyword found. With
+/// `--jsonl` the steps come as a list, and only when asked for.
+#[test]
+fn suggest_explain_shows_why() {
+    let phrases = shipped_phrases();
+    let p = phrases.to_str().unwrap();
+    let (out, err, code) = kefu(
+        &["suggest", "--explain", "收货地址不变", "--phrases", p],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("no suggestion"), "{out}");
+    assert!(
+        out.contains(
+            "exclusion 地址不变 of in_sale.address_change ends the message: \
+             in_sale.address_change is vetoed"
+        ) && out.contains("keyword 收货地址 -> in_sale.address_change (weight 0.50)"),
+        "{out}"
+    );
+    let jsonl = |explain: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kefu"));
+        cmd.args(["suggest", "--jsonl", "--phrases", p]);
+        if explain {
+            cmd.arg("--explain");
+        }
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all("能开发票吗\n".as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    assert!(jsonl(false).get("steps").is_none());
+    let with = jsonl(true);
+    let steps = with["steps"].as_array().unwrap();
+    assert!(
+        steps.iter().any(|s| s["step"] == "score"
+            && s["intent"] == "in_sale.invoice"
+            && s["verdict"] == "suggested"),
+        "{with}"
+    );
+}
+
 /// A label naming no intent is a typo or a renamed intent: `kefu eval`
 /// says so once per label, with the line of its first use, and still
 /// counts those lines (as misses).

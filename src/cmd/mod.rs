@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::parser::ValueSource;
-use kefu::matcher::Matcher;
+use kefu::matcher::{Matcher, Step};
 use kefu::phrases::{Fill, Library};
 use kefu::politeness::Checker;
 
@@ -78,6 +78,11 @@ pub struct SuggestArgs {
     /// Agent name for the {agent} placeholder.
     #[arg(long, default_value = "")]
     pub agent: String,
+    /// Also show how the message was ranked: every keyword, pattern and
+    /// exclusion hit, negations, and each intent's score (with --jsonl: a
+    /// `steps` list per line).
+    #[arg(long)]
+    pub explain: bool,
     #[command(flatten)]
     pub phrases: PhraseDir,
 }
@@ -196,11 +201,14 @@ pub fn suggest(args: SuggestArgs) -> anyhow::Result<ExitCode> {
             struct Out<'a> {
                 text: &'a str,
                 suggestions: &'a [kefu::matcher::Suggestion],
+                #[serde(skip_serializing_if = "Option::is_none")]
+                steps: Option<Vec<Step>>,
             }
             let suggestions = matcher.suggest(&line, args.top, &fill);
             let out_line = Out {
                 text: &line,
                 suggestions: &suggestions,
+                steps: args.explain.then(|| matcher.explain(&line).1),
             };
             serde_json::to_writer(&mut out, &out_line)?;
             out.write_all(b"\n")?;
@@ -236,7 +244,91 @@ pub fn suggest(args: SuggestArgs) -> anyhow::Result<ExitCode> {
         )?;
         writeln!(out, "   {}", s.reply)?;
     }
+    if args.explain {
+        let (norm, steps) = matcher.explain(&text);
+        write_steps(&mut out, &norm, &steps)?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `kefu suggest --explain`: the ranking's steps, one a line, for a shop
+/// finding out why a keyword did not count.
+fn write_steps(out: &mut impl Write, norm: &str, steps: &[Step]) -> std::io::Result<()> {
+    writeln!(out, "how it was ranked (the message normalised: {norm:?}):")?;
+    if steps.is_empty() {
+        writeln!(
+            out,
+            "  no keyword, pattern or exclusion of the libraries is in it"
+        )?;
+    }
+    // A keyword found twice (谢 in 谢谢) says the same thing twice.
+    let mut said: Vec<&Step> = Vec::with_capacity(steps.len());
+    for step in steps {
+        if said.contains(&step) {
+            continue;
+        }
+        said.push(step);
+        match step {
+            Step::Swallowed { keyword, by } => {
+                writeln!(out, "  keyword {keyword}: part of the longer keyword {by}, counted there")?
+            }
+            Step::Negated {
+                keyword,
+                negator,
+                counted_as: Some(form),
+            } => writeln!(out, "  keyword {keyword} after {negator}: counted as its negated form {form}")?,
+            Step::Negated {
+                keyword,
+                negator,
+                counted_as: None,
+            } => writeln!(
+                out,
+                "  keyword {keyword} after {negator}: negated, not counted (add {negator}{keyword} as a keyword where it means something)"
+            )?,
+            Step::Exclusion {
+                exclusion,
+                intent,
+                at_end: true,
+            } => writeln!(out, "  exclusion {exclusion} of {intent} ends the message: {intent} is vetoed")?,
+            Step::Exclusion {
+                exclusion,
+                intent,
+                at_end: false,
+            } => writeln!(out, "  exclusion {exclusion} of {intent}: vetoes the hits of {intent} it touches")?,
+            Step::ExclusionAsked { exclusion, intent } => writeln!(
+                out,
+                "  exclusion {exclusion} of {intent}: a finished state asked about, not applied"
+            )?,
+            Step::Vetoed { hit, intent } => {
+                writeln!(out, "  {hit}: not counted for {intent}, an exclusion touches it")?
+            }
+            Step::Keyword {
+                keyword,
+                intent,
+                weight,
+            } => writeln!(out, "  keyword {keyword} -> {intent} (weight {weight:.2})")?,
+            Step::Pattern { matched, intent } => {
+                writeln!(out, "  pattern matched {matched:?} -> {intent}")?
+            }
+            Step::Score {
+                intent, verdict, ..
+            } if verdict.starts_with("vetoed") => writeln!(out, "  {intent}: {verdict}")?,
+            Step::Score {
+                intent,
+                priority,
+                evidence,
+                coverage,
+                score,
+                verdict,
+            } => writeln!(
+                out,
+                "  {intent}: score {score:.3} = priority {priority:.2} x evidence {evidence:.2} x ({floor:.2} + {rest:.2} x coverage {coverage:.2}): {verdict}",
+                floor = kefu::matcher::COVERAGE_FLOOR,
+                rest = 1.0 - kefu::matcher::COVERAGE_FLOOR,
+            )?,
+        }
+    }
+    Ok(())
 }
 
 pub fn lint(args: LintArgs) -> anyhow::Result<ExitCode> {
