@@ -188,8 +188,19 @@ pub struct Ranked {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(tag = "step", rename_all = "snake_case")]
 pub enum Step {
-    /// A keyword inside a longer keyword's hit counts as part of that one.
-    Swallowed { keyword: String, by: String },
+    /// The message holds only punctuation and white space: nothing is
+    /// ranked.
+    NoWords,
+    /// A keyword or exclusion inside a bracketed data token (`[退款]`):
+    /// data, not the buyer's words, so not counted.
+    InToken { text: String },
+    /// A keyword of `intents` inside a longer keyword's hit: the longer
+    /// one is matched instead, and this one counts for nothing.
+    Swallowed {
+        keyword: String,
+        intents: Vec<String>,
+        by: String,
+    },
     /// A keyword after a negator (`不`, `没有`, `不想`, ...) says the
     /// opposite; it counts only as a negated form the libraries hold.
     Negated {
@@ -207,7 +218,8 @@ pub enum Step {
     /// An exclusion ending in 了 before a question (`到账了吗`): a finished
     /// state asked about, not applied.
     ExclusionAsked { exclusion: String, intent: String },
-    /// A keyword or pattern hit that an exclusion of `intent` touches.
+    /// A keyword or pattern hit that an exclusion of `intent` touches
+    /// (overlaps, or lies within [`EXCLUDE_REACH`] characters of).
     Vetoed { hit: String, intent: String },
     /// Evidence for `intent`: a keyword with its weight.
     Keyword {
@@ -246,8 +258,13 @@ impl Tracer for () {
 
 impl Tracer for Vec<Step> {
     const ON: bool = true;
+    /// A step already reported is not repeated (`退款` a thousand times
+    /// in one message says one thing).
     fn step(&mut self, f: impl FnOnce() -> Step) {
-        self.push(f());
+        let step = f();
+        if !self.contains(&step) {
+            self.push(step);
+        }
     }
 }
 
@@ -869,6 +886,10 @@ impl Matcher {
             .iter()
             .filter(|(_, entries)| entries.iter().any(|e| !e.exclude))
             .count();
+        // The libraries' texts (keywords and exclusions) come first in
+        // `texts`, the patterns' gate literals after them. (Slicing by the
+        // keyword count missed the negated forms among the last texts.)
+        let library_texts = patterns.len();
         let (mut gates, literals) = Gates::new(&regex_src)?;
         let mut slot_of: HashMap<String, usize> = texts
             .iter()
@@ -892,7 +913,7 @@ impl Matcher {
         // looks up a handful of strings, not every keyword times every
         // negator.
         let mut negated_forms = HashMap::new();
-        for (q, text) in texts[..keywords].iter().enumerate() {
+        for (q, text) in texts[..library_texts].iter().enumerate() {
             for (n, neg) in NEGATORS.iter().enumerate() {
                 let Some(rest) = text.strip_prefix(neg).filter(|r| !r.is_empty()) else {
                     continue;
@@ -996,10 +1017,22 @@ impl Matcher {
     ) -> Vec<Ranked> {
         let content = content_units(norm, 0, norm.len(), tokens);
         if content == 0 {
+            t.step(|| Step::NoWords);
             return Vec::new();
         }
         // Overlapping search reports every keyword at every position.
         let (hits, literals) = self.scan(norm, tokens);
+        if T::ON {
+            for (s, e, p) in self.ac.hits(norm) {
+                if !self.patterns[p as usize].1.is_empty()
+                    && tokens.iter().any(|&(ts, te)| s < te && ts < e)
+                {
+                    t.step(|| Step::InToken {
+                        text: norm[s as usize..e as usize].to_string(),
+                    });
+                }
+            }
+        }
         // A keyword hit strictly inside a longer keyword hit is swallowed by
         // it. Only keywords swallow: an exclusion such as `售后退货` must not
         // hide the keyword `退货` from the intents it does not exclude.
@@ -1080,6 +1113,12 @@ impl Matcher {
                 if T::ON && inside && is_keyword(p) {
                     t.step(|| Step::Swallowed {
                         keyword: written(p),
+                        intents: self.patterns[p as usize]
+                            .1
+                            .iter()
+                            .filter(|e| !e.exclude)
+                            .map(|e| id(e.intent))
+                            .collect(),
                         by: hits
                             .iter()
                             .filter(|&&(s2, e2, p2)| {
@@ -1565,6 +1604,24 @@ mod tests {
         assert_eq!(m.keyword_count(), 3);
     }
 
+    /// A keyword's negated form is found wherever the texts stand: after an
+    /// earlier intent's exclusions too (`61c1b74` cut the lookup at the
+    /// keyword count, which missed the last texts; no shipped library
+    /// line changed, this library did).
+    #[test]
+    fn negated_forms_are_found_after_exclusions() {
+        let m = matcher(&[
+            ("in_sale.c", &["退款"], &[], &["钱", "到账了", "已到账"]),
+            ("in_sale.d", &["满意", "不满意"], &[], &[]),
+        ]);
+        let s = scores(&m, "不太满意");
+        assert_eq!(
+            s.first().map(|(id, _)| id.as_str()),
+            Some("in_sale.d"),
+            "{s:?}"
+        );
+    }
+
     /// What `--explain` reports of the steps a shop asks about: a negated
     /// keyword without a negated form, an exclusion ending the message, a
     /// keyword inside a longer one, a pattern, a score under the minimum.
@@ -1597,6 +1654,7 @@ mod tests {
             if intent == "in_sale.a" && verdict.starts_with("vetoed"))));
         assert!(steps("退款到账").contains(&Step::Swallowed {
             keyword: "退款".into(),
+            intents: vec!["in_sale.a".into()],
             by: "退款到账".into(),
         }));
         let s = steps("帮我改下地址");
@@ -1612,7 +1670,49 @@ mod tests {
             if intent == "in_sale.b" && verdict.starts_with("under the minimum"))),
             "{s:#?}"
         );
-        assert!(steps("").is_empty());
+        assert_eq!(steps(""), vec![Step::NoWords]);
+        assert_eq!(steps("？？ !"), vec![Step::NoWords]);
+        // a data token is content, but holds no words to match
+        assert!(steps("？？ [订单x]").is_empty());
+        assert!(steps("[退款]要退款").contains(&Step::InToken {
+            text: "退款".into()
+        }));
+        // each step is reported once, however often its hit repeats
+        let s = steps(&"好".repeat(500));
+        assert_eq!(
+            s.iter()
+                .filter(|s| matches!(s, Step::Keyword { .. }))
+                .count(),
+            1
+        );
+
+        // an exclusion inside the message vetoes the hits next to it
+        let m = matcher(&[
+            ("in_sale.c", &["什么时候到", "退款"], &[], &["钱", "到账了"]),
+            ("in_sale.d", &["满意", "不满意"], &[], &[]),
+        ]);
+        let steps = |text: &str| m.explain(text).1;
+        let s = steps("钱什么时候到呀");
+        assert!(s.contains(&Step::Exclusion {
+            exclusion: "钱".into(),
+            intent: "in_sale.c".into(),
+            at_end: false,
+        }));
+        assert!(s.contains(&Step::Vetoed {
+            hit: "什么时候到".into(),
+            intent: "in_sale.c".into(),
+        }));
+        // a finished state asked about does not veto
+        assert!(steps("退款到账了吗").contains(&Step::ExclusionAsked {
+            exclusion: "到账了".into(),
+            intent: "in_sale.c".into(),
+        }));
+        // a degree word between: counted as the negated form
+        assert!(steps("不太满意").contains(&Step::Negated {
+            keyword: "满意".into(),
+            negator: "不太".into(),
+            counted_as: Some("不满意".into()),
+        }));
     }
 
     fn scores(m: &Matcher, text: &str) -> Vec<(String, f32)> {

@@ -258,20 +258,28 @@ fn write_steps(out: &mut impl Write, norm: &str, steps: &[Step]) -> std::io::Res
     if steps.is_empty() {
         writeln!(
             out,
-            "  no keyword, pattern or exclusion of the libraries is in it"
+            "  no keyword, pattern or exclusion of the libraries is in its words (text inside [..] tokens is data)"
         )?;
     }
-    // A keyword found twice (谢 in 谢谢) says the same thing twice.
-    let mut said: Vec<&Step> = Vec::with_capacity(steps.len());
     for step in steps {
-        if said.contains(&step) {
-            continue;
-        }
-        said.push(step);
         match step {
-            Step::Swallowed { keyword, by } => {
-                writeln!(out, "  keyword {keyword}: part of the longer keyword {by}, counted there")?
-            }
+            Step::NoWords => writeln!(
+                out,
+                "  the message holds only punctuation and white space: nothing is ranked"
+            )?,
+            Step::InToken { text } => writeln!(
+                out,
+                "  {text}: inside a [..] data token, not the buyer's words: not counted"
+            )?,
+            Step::Swallowed {
+                keyword,
+                intents,
+                by,
+            } => writeln!(
+                out,
+                "  keyword {keyword} ({}): inside the longer keyword {by}, which is matched instead",
+                intents.join(", ")
+            )?,
             Step::Negated {
                 keyword,
                 negator,
@@ -294,14 +302,19 @@ fn write_steps(out: &mut impl Write, norm: &str, steps: &[Step]) -> std::io::Res
                 exclusion,
                 intent,
                 at_end: false,
-            } => writeln!(out, "  exclusion {exclusion} of {intent}: vetoes the hits of {intent} it touches")?,
+            } => writeln!(
+                out,
+                "  exclusion {exclusion} of {intent}: vetoes the hits of {intent} it overlaps or that lie within {} characters of it",
+                kefu::matcher::EXCLUDE_REACH
+            )?,
             Step::ExclusionAsked { exclusion, intent } => writeln!(
                 out,
                 "  exclusion {exclusion} of {intent}: a finished state asked about, not applied"
             )?,
-            Step::Vetoed { hit, intent } => {
-                writeln!(out, "  {hit}: not counted for {intent}, an exclusion touches it")?
-            }
+            Step::Vetoed { hit, intent } => writeln!(
+                out,
+                "  {hit}: not counted for {intent}, an exclusion of it is at or next to it"
+            )?,
             Step::Keyword {
                 keyword,
                 intent,
