@@ -34,6 +34,10 @@ pub struct Config {
     pub shops: BTreeMap<String, ShopConfig>,
     /// How the supervisors' reports count rounds.
     pub reports: ReportSettings,
+    /// Browser origins (`https://shop.example`) whose pages may open a
+    /// WebSocket besides kefu's own; empty: no origin is checked (see
+    /// [`Config::origin_allowed`]).
+    pub allowed_origins: Vec<String>,
 }
 
 /// Report settings of the service (the CLI's `kefu report` takes the same
@@ -208,6 +212,7 @@ impl Default for Config {
             limits: Limits::default(),
             shops: BTreeMap::new(),
             reports: ReportSettings::default(),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -292,6 +297,60 @@ fn hide_values_under_shops(message: String) -> String {
     out
 }
 
+/// An entry of `allowed_origins`: what a browser sends as `Origin`, a
+/// scheme and a host with an optional port (`https://shop.example`,
+/// `http://127.0.0.1:8080`), compared without regard to case. A path, a
+/// trailing slash or a wildcard is refused: the header never has one, so
+/// such an entry would silently match nothing.
+fn parse_origin(entry: &str) -> Result<String, ConfigError> {
+    let bad = |why: &str| {
+        invalid(
+            "allowed_origins",
+            format!("`{entry}` {why}; write a scheme and a host, with a port if not the default: https://shop.example or http://127.0.0.1:8080"),
+        )
+    };
+    let lower = entry.trim().to_ascii_lowercase();
+    let Some(host) = lower
+        .strip_prefix("https://")
+        .or_else(|| lower.strip_prefix("http://"))
+    else {
+        return Err(bad("does not start with http:// or https://"));
+    };
+    if host.is_empty() {
+        return Err(bad("has no host"));
+    }
+    if host.contains(['/', '*', '?', '#', ' ', '@']) {
+        return Err(bad("is not an origin (a path, a wildcard or user info)"));
+    }
+    Ok(lower)
+}
+
+impl Config {
+    /// Whether a WebSocket upgrade whose request carries `origin` (its
+    /// `Origin` header, if any) and `host` (its `Host` header) may go on.
+    /// Browsers always send `Origin` on a WebSocket; other clients need not,
+    /// and are let in (they could send any value). kefu's own pages are
+    /// same-origin (the origin's host and port are the request's `Host`,
+    /// as a proxy that passes `Host` on keeps them). With no
+    /// `allowed_origins` nothing is checked.
+    pub fn origin_allowed(&self, origin: Option<&str>, host: Option<&str>) -> bool {
+        if self.allowed_origins.is_empty() {
+            return true;
+        }
+        let Some(origin) = origin else {
+            return true;
+        };
+        let origin = origin.trim().to_ascii_lowercase();
+        if self.allowed_origins.contains(&origin) {
+            return true;
+        }
+        let authority = origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"));
+        matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h.trim()))
+    }
+}
+
 fn invalid(setting: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         setting: setting.into(),
@@ -330,6 +389,7 @@ struct FileConfig {
     reload: FileReload,
     #[serde(default)]
     limits: FileLimits,
+    allowed_origins: Option<Vec<String>>,
     #[serde(default)]
     shops: BTreeMap<String, FileShop>,
     #[serde(default)]
@@ -497,6 +557,12 @@ impl Config {
         }
         if let Some(ms) = f.reload.poll_ms {
             self.reload_poll = (ms > 0).then(|| Duration::from_millis(ms));
+        }
+        if let Some(origins) = f.allowed_origins {
+            self.allowed_origins = origins
+                .iter()
+                .map(|o| parse_origin(o))
+                .collect::<Result<_, _>>()?;
         }
         let l = f.limits;
         let lim = &mut self.limits;
@@ -1090,6 +1156,70 @@ mod tests {
             err.starts_with("limits.staff_reserve: the staff reserve (100) must be less than"),
             "{err}"
         );
+    }
+
+    /// `allowed_origins` entries are origins as browsers send them; what
+    /// could never equal an `Origin` header is refused, naming the entry.
+    #[test]
+    fn allowed_origins_are_read_and_checked() {
+        let read = |yaml: &str| {
+            let mut c = Config::default();
+            c.apply_file_text(Path::new("k.yaml"), yaml)
+                .map(|()| c.allowed_origins)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            read("allowed_origins: [https://Shop.example, 'http://127.0.0.1:8080']\n"),
+            Ok(vec![
+                "https://shop.example".to_string(),
+                "http://127.0.0.1:8080".to_string()
+            ])
+        );
+        assert_eq!(read("listen: 127.0.0.1:1\n"), Ok(Vec::new()));
+        for bad in [
+            "shop.example",
+            "https://",
+            "https://shop.example/",
+            "https://shop.example/chat",
+            "https://*.shop.example",
+            "ws://shop.example",
+        ] {
+            let err = read(&format!("allowed_origins: ['{bad}']\n")).unwrap_err();
+            assert!(
+                err.starts_with(&format!("allowed_origins: `{bad}`")),
+                "{bad}: {err}"
+            );
+        }
+
+        let mut c = Config::default();
+        assert!(c.origin_allowed(Some("https://evil.example"), Some("k:1")));
+        c.allowed_origins = vec!["https://shop.example".into()];
+        // (Origin, Host, allowed)
+        let cases = [
+            (
+                Some("https://shop.example"),
+                Some("kefu.shop.example"),
+                true,
+            ),
+            (
+                Some("https://evil.example"),
+                Some("kefu.shop.example"),
+                false,
+            ),
+            (
+                Some("https://kefu.shop.example"),
+                Some("kefu.shop.example"),
+                true,
+            ),
+            (Some("http://127.0.0.1:8080"), Some("127.0.0.1:8080"), true),
+            (Some("http://127.0.0.1:8081"), Some("127.0.0.1:8080"), false),
+            (Some("null"), Some("127.0.0.1:8080"), false),
+            (None, Some("127.0.0.1:8080"), true),
+            (Some("https://evil.example"), None, false),
+        ];
+        for (origin, host, want) in cases {
+            assert_eq!(c.origin_allowed(origin, host), want, "{origin:?} {host:?}");
+        }
     }
 
     /// A config file that is not UTF-8 is reported with the place of its

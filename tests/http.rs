@@ -331,6 +331,78 @@ async fn oversized_heads_and_http10_upgrades_are_refused() {
     s.stop().await;
 }
 
+/// With `allowed_origins` set, a WebSocket opened by another site's page
+/// is refused (403) before the handshake; kefu's own pages (same origin as
+/// the `Host`), the listed sites and clients that send no `Origin` (not a
+/// browser) go on. Without the setting nothing is checked.
+#[tokio::test]
+async fn allowed_origins_keep_other_sites_pages_out() {
+    use common::spawn_app_with;
+    let upgrade = |host: &str, origin: Option<&str>| {
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{}\r\n",
+            origin
+                .map(|o| format!("Origin: {o}\r\n"))
+                .unwrap_or_default()
+        )
+    };
+    let mut config = test_config();
+    config.allowed_origins = vec!["https://shop.example".into()];
+    let s = spawn_app_with(config).await;
+    let host = s.addr().to_string();
+    let own = format!("http://{host}");
+    // (Origin, status line start)
+    let cases: [(Option<&str>, &str); 6] = [
+        (Some("https://evil.example"), "HTTP/1.1 403"),
+        (Some("http://shop.example"), "HTTP/1.1 403"),
+        (Some("https://shop.example"), "HTTP/1.1 101"),
+        (Some("HTTPS://SHOP.EXAMPLE"), "HTTP/1.1 101"),
+        (Some(&own), "HTTP/1.1 101"),
+        (None, "HTTP/1.1 101"),
+    ];
+    for (origin, want) in cases {
+        let answer = raw_exchange(s.addr(), upgrade(&host, origin).as_bytes()).await;
+        assert!(answer.starts_with(want), "{origin:?}: {answer:?}");
+    }
+    // A buyer of the listed site really chats (the check lets the
+    // handshake through, not only the status line).
+    let req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        format!("ws://{host}/ws"),
+    )
+    .map(|mut r| {
+        r.headers_mut()
+            .insert("Origin", "https://shop.example".parse().unwrap());
+        r
+    })
+    .unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    use futures_util::{SinkExt, StreamExt};
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        json!({"type": "hello", "role": "buyer", "shop": "s1", "buyer": "b1"}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let first = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let first: Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
+    assert_eq!(first["type"], "welcome", "{first}");
+    s.stop().await;
+
+    // Without the setting, any origin goes on.
+    let s = spawn_app_with(test_config()).await;
+    let answer = raw_exchange(
+        s.addr(),
+        upgrade(&s.addr().to_string(), Some("https://evil.example")).as_bytes(),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 101"), "{answer:?}");
+    s.stop().await;
+}
+
 /// A settings reload replaces the supervisors' tokens: the old one is
 /// refused at once, the new one lets its holder in.
 #[tokio::test]

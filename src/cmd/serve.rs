@@ -563,6 +563,10 @@ fn reload_staff(app: &kefu::server::App, config: &Config) {
         ("reload", old.reload_poll == config.reload_poll),
         ("limits", old.limits == limits),
         ("reports", old.reports == config.reports),
+        (
+            "allowed_origins",
+            old.allowed_origins == config.allowed_origins,
+        ),
     ] {
         if !same {
             restart.push(name.to_string());

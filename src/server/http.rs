@@ -23,8 +23,8 @@ use futures_util::future::Either;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
-    SEC_WEBSOCKET_VERSION, UPGRADE,
+    HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE, HOST, ORIGIN, SEC_WEBSOCKET_ACCEPT,
+    SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE,
 };
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -346,6 +346,21 @@ fn upgrade(mut req: Request<Incoming>, app: &App, peer: &str, guard: &ConnGuard)
         r.headers_mut()
             .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
         return r;
+    }
+    // Another site's page may not open the chat where the shop lists the
+    // sites that may (`allowed_origins`; see Config::origin_allowed).
+    let header = |name| {
+        req.headers()
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    if !app.config().origin_allowed(header(ORIGIN), header(HOST)) {
+        let origin = header(ORIGIN).unwrap_or("").to_string();
+        debug!(%peer, %origin, "websocket refused: origin not in allowed_origins");
+        return text(
+            StatusCode::FORBIDDEN,
+            "this page's origin may not open the chat: it is not in kefu's allowed_origins\n",
+        );
     }
     let Some(key) = req.headers().get(SEC_WEBSOCKET_KEY) else {
         return text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n");
