@@ -297,57 +297,93 @@ fn hide_values_under_shops(message: String) -> String {
     out
 }
 
-/// An entry of `allowed_origins`: what a browser sends as `Origin`, a
-/// scheme and a host with an optional port (`https://shop.example`,
-/// `http://127.0.0.1:8080`), compared without regard to case. A path, a
-/// trailing slash or a wildcard is refused: the header never has one, so
-/// such an entry would silently match nothing.
+/// An entry of `allowed_origins`, as a browser sends `Origin`: a scheme
+/// and a host, with a port only when not the scheme's default (a default
+/// port is dropped: browsers never send it), lower case. What could never
+/// equal the header is refused naming the entry: a path, a trailing slash,
+/// a wildcard, user info, a bad port, a host not in ASCII (browsers send
+/// its `xn--` form).
 fn parse_origin(entry: &str) -> Result<String, ConfigError> {
     let bad = |why: &str| {
         invalid(
             "allowed_origins",
-            format!("`{entry}` {why}; write a scheme and a host, with a port if not the default: https://shop.example or http://127.0.0.1:8080"),
+            format!(
+                "`{entry}` {why}; write a scheme and a host, with a port if not the default: \
+                 https://shop.example or http://127.0.0.1:8080"
+            ),
         )
     };
     let lower = entry.trim().to_ascii_lowercase();
-    let Some(host) = lower
-        .strip_prefix("https://")
-        .or_else(|| lower.strip_prefix("http://"))
-    else {
+    let (scheme, rest, default_port) = if let Some(r) = lower.strip_prefix("https://") {
+        ("https", r, 443)
+    } else if let Some(r) = lower.strip_prefix("http://") {
+        ("http", r, 80)
+    } else {
         return Err(bad("does not start with http:// or https://"));
     };
-    if host.is_empty() {
-        return Err(bad("has no host"));
+    if !rest.is_ascii() {
+        return Err(bad(
+            "has a host that is not ASCII (browsers send an international name in its xn-- form)",
+        ));
     }
-    if host.contains(['/', '*', '?', '#', ' ', '@']) {
-        return Err(bad("is not an origin (a path, a wildcard or user info)"));
+    if rest.is_empty()
+        || rest.contains(['/', '*', '?', '#', '@', '\\', '%'])
+        || rest.contains(char::is_whitespace)
+    {
+        return Err(bad(
+            "is not an origin (a path, a wildcard, user info or no host)",
+        ));
     }
-    Ok(lower)
+    let authority: hyper::http::uri::Authority = rest
+        .parse()
+        .map_err(|_| bad("does not hold a valid host and port"))?;
+    if authority.host().is_empty() || authority.host().ends_with('.') {
+        return Err(bad("does not hold a valid host"));
+    }
+    let port = match authority.as_str().rsplit_once(':') {
+        // `[::1]` alone: the colon is inside the brackets
+        Some((_, p)) if !authority.as_str().ends_with(']') => Some(p),
+        _ => None,
+    };
+    match (port, authority.port_u16()) {
+        (None, _) => Ok(format!("{scheme}://{}", authority.host())),
+        (Some(_), Some(p)) if p == default_port => Ok(format!("{scheme}://{}", authority.host())),
+        (Some(_), Some(p)) if p > 0 => Ok(format!("{scheme}://{}:{p}", authority.host())),
+        _ => Err(bad("has a port that is not a number from 1 to 65535")),
+    }
 }
 
 impl Config {
     /// Whether a WebSocket upgrade whose request carries `origin` (its
-    /// `Origin` header, if any) and `host` (its `Host` header) may go on.
-    /// Browsers always send `Origin` on a WebSocket; other clients need not,
-    /// and are let in (they could send any value). kefu's own pages are
-    /// same-origin (the origin's host and port are the request's `Host`,
-    /// as a proxy that passes `Host` on keeps them). With no
-    /// `allowed_origins` nothing is checked.
-    pub fn origin_allowed(&self, origin: Option<&str>, host: Option<&str>) -> bool {
+    /// `Origin` header: `None` when absent, `Some(None)` when present but
+    /// not readable) may go on, kefu listening on `own`. With no
+    /// `allowed_origins` nothing is checked. Otherwise the origin must be
+    /// listed, or be kefu's own address (`http://` and `own`, and for a
+    /// loopback address `localhost` with its port; behind a proxy, list
+    /// the proxy's origin). The request's `Host` is not
+    /// trusted: a page reaching kefu through a rebinding name sends a Host
+    /// equal to its own origin. Browsers always send `Origin` on a
+    /// WebSocket; a request without one is not a browser's, and is let in
+    /// (such a client could send any value).
+    pub fn origin_allowed(&self, origin: Option<Option<&str>>, own: SocketAddr) -> bool {
         if self.allowed_origins.is_empty() {
             return true;
         }
-        let Some(origin) = origin else {
-            return true;
+        let origin = match origin {
+            None => return true,
+            Some(None) => return false,
+            Some(Some(o)) => o.trim().to_ascii_lowercase(),
         };
-        let origin = origin.trim().to_ascii_lowercase();
         if self.allowed_origins.contains(&origin) {
             return true;
         }
-        let authority = origin
-            .strip_prefix("https://")
-            .or_else(|| origin.strip_prefix("http://"));
-        matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h.trim()))
+        let port = own.port();
+        let own_origin = match own {
+            SocketAddr::V4(a) => format!("http://{}:{port}", a.ip()),
+            SocketAddr::V6(a) => format!("http://[{}]:{port}", a.ip()),
+        };
+        origin == own_origin
+            || (own.ip().is_loopback() && origin == format!("http://localhost:{port}"))
     }
 }
 
@@ -1169,10 +1205,17 @@ mod tests {
                 .map_err(|e| e.to_string())
         };
         assert_eq!(
-            read("allowed_origins: [https://Shop.example, 'http://127.0.0.1:8080']\n"),
+            read(
+                "allowed_origins: [https://Shop.example, 'http://127.0.0.1:8080', \
+                 'https://m.shop.example:443', 'http://[::1]:9000', 'https://shop.example:8443']\n"
+            ),
             Ok(vec![
                 "https://shop.example".to_string(),
-                "http://127.0.0.1:8080".to_string()
+                "http://127.0.0.1:8080".to_string(),
+                // a default port is dropped: browsers never send it
+                "https://m.shop.example".to_string(),
+                "http://[::1]:9000".to_string(),
+                "https://shop.example:8443".to_string(),
             ])
         );
         assert_eq!(read("listen: 127.0.0.1:1\n"), Ok(Vec::new()));
@@ -1183,6 +1226,15 @@ mod tests {
             "https://shop.example/chat",
             "https://*.shop.example",
             "ws://shop.example",
+            "https://shop.example:",
+            "https://shop.example:abc",
+            "https://shop.example:8443:1",
+            "https://shop.example:0",
+            "https://shop.example:70000",
+            "https://shop.example%2f",
+            "https://evil@shop.example",
+            "https://店.example",
+            "https://shop.example.",
         ] {
             let err = read(&format!("allowed_origins: ['{bad}']\n")).unwrap_err();
             assert!(
@@ -1191,35 +1243,34 @@ mod tests {
             );
         }
 
+        let own: SocketAddr = "127.0.0.1:8080".parse().unwrap();
         let mut c = Config::default();
-        assert!(c.origin_allowed(Some("https://evil.example"), Some("k:1")));
+        assert!(c.origin_allowed(Some(Some("https://evil.example")), own));
         c.allowed_origins = vec!["https://shop.example".into()];
-        // (Origin, Host, allowed)
+        // (Origin header: absent, unreadable or a value; allowed)
         let cases = [
-            (
-                Some("https://shop.example"),
-                Some("kefu.shop.example"),
-                true,
-            ),
-            (
-                Some("https://evil.example"),
-                Some("kefu.shop.example"),
-                false,
-            ),
-            (
-                Some("https://kefu.shop.example"),
-                Some("kefu.shop.example"),
-                true,
-            ),
-            (Some("http://127.0.0.1:8080"), Some("127.0.0.1:8080"), true),
-            (Some("http://127.0.0.1:8081"), Some("127.0.0.1:8080"), false),
-            (Some("null"), Some("127.0.0.1:8080"), false),
-            (None, Some("127.0.0.1:8080"), true),
-            (Some("https://evil.example"), None, false),
+            (Some(Some("https://shop.example")), true),
+            (Some(Some(" HTTPS://SHOP.EXAMPLE ")), true),
+            (Some(Some("https://evil.example")), false),
+            (Some(Some("http://shop.example")), false),
+            // kefu's own pages, by its own address only: a rebinding name
+            // (evil.example resolving to 127.0.0.1) is not kefu's
+            (Some(Some("http://127.0.0.1:8080")), true),
+            (Some(Some("http://localhost:8080")), true),
+            (Some(Some("https://127.0.0.1:8080")), false),
+            (Some(Some("http://127.0.0.1:8081")), false),
+            (Some(Some("http://evil.example:8080")), false),
+            (Some(Some("null")), false),
+            (Some(None), false),
+            (None, true),
         ];
-        for (origin, host, want) in cases {
-            assert_eq!(c.origin_allowed(origin, host), want, "{origin:?} {host:?}");
+        for (origin, want) in cases {
+            assert_eq!(c.origin_allowed(origin, own), want, "{origin:?}");
         }
+        // localhost is kefu's only where it listens on loopback
+        let public: SocketAddr = "10.0.0.5:8080".parse().unwrap();
+        assert!(c.origin_allowed(Some(Some("http://10.0.0.5:8080")), public));
+        assert!(!c.origin_allowed(Some(Some("http://localhost:8080")), public));
     }
 
     /// A config file that is not UTF-8 is reported with the place of its

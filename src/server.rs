@@ -147,6 +147,9 @@ struct Shared {
     phrases: RwLock<Arc<Phrases>>,
     store: StoreHandle,
     tap: OnceLock<mpsc::UnboundedSender<Event>>,
+    /// The address [`run`] listens on (`listen` with port 0 resolved):
+    /// kefu's own pages' origin for `allowed_origins`.
+    bound: OnceLock<std::net::SocketAddr>,
     timebase: Timebase,
     /// Wakes the timer task when a deadline earlier than its sleep appears.
     timer: Notify,
@@ -398,6 +401,7 @@ impl App {
                 phrases: RwLock::new(Arc::new(phrases)),
                 store,
                 tap: OnceLock::new(),
+                bound: OnceLock::new(),
                 timebase,
                 timer: Notify::new(),
                 shutdown,
@@ -416,6 +420,16 @@ impl App {
                 config,
             }),
         }
+    }
+
+    /// The address kefu's own pages are served from: where [`run`] listens,
+    /// else (connections fed in by a test) the configured `listen`.
+    pub(crate) fn own_address(&self) -> std::net::SocketAddr {
+        self.shared
+            .bound
+            .get()
+            .copied()
+            .unwrap_or(self.shared.config.listen)
     }
 
     pub fn config(&self) -> &Config {
@@ -760,6 +774,7 @@ pub async fn run(
     shutdown: impl Future,
 ) -> Result<(), ServerError> {
     let local = listener.local_addr()?;
+    let _ = app.shared.bound.set(local);
     info!("listening on http://{local} (WebSocket at ws://{local}/ws)");
     let incoming = futures_util::stream::unfold(listener, |listener| async move {
         let item = listener.accept().await.map(|(stream, peer)| {

@@ -352,19 +352,30 @@ async fn allowed_origins_keep_other_sites_pages_out() {
     let s = spawn_app_with(config).await;
     let host = s.addr().to_string();
     let own = format!("http://{host}");
-    // (Origin, status line start)
-    let cases: [(Option<&str>, &str); 6] = [
-        (Some("https://evil.example"), "HTTP/1.1 403"),
-        (Some("http://shop.example"), "HTTP/1.1 403"),
-        (Some("https://shop.example"), "HTTP/1.1 101"),
-        (Some("HTTPS://SHOP.EXAMPLE"), "HTTP/1.1 101"),
-        (Some(&own), "HTTP/1.1 101"),
-        (None, "HTTP/1.1 101"),
+    let rebound = format!("evil.example:{}", s.addr().port());
+    let rebound_origin = format!("http://{rebound}");
+    // (Host, Origin, status line start)
+    let cases: [(&str, Option<&str>, &str); 7] = [
+        (&host, Some("https://evil.example"), "HTTP/1.1 403"),
+        (&host, Some("http://shop.example"), "HTTP/1.1 403"),
+        (&host, Some("https://shop.example"), "HTTP/1.1 101"),
+        (&host, Some("HTTPS://SHOP.EXAMPLE"), "HTTP/1.1 101"),
+        (&host, Some(&own), "HTTP/1.1 101"),
+        (&host, None, "HTTP/1.1 101"),
+        // a page reaching kefu through a rebinding name sends a Host equal
+        // to its own origin: not kefu's own page
+        (&rebound, Some(&rebound_origin), "HTTP/1.1 403"),
     ];
-    for (origin, want) in cases {
-        let answer = raw_exchange(s.addr(), upgrade(&host, origin).as_bytes()).await;
-        assert!(answer.starts_with(want), "{origin:?}: {answer:?}");
+    for (host, origin, want) in cases {
+        let answer = raw_exchange(s.addr(), upgrade(host, origin).as_bytes()).await;
+        assert!(answer.starts_with(want), "{host} {origin:?}: {answer:?}");
     }
+    // an Origin that is not readable text is refused, not taken as absent
+    let mut unreadable = upgrade(&host, Some("https://shop.example")).into_bytes();
+    let at = unreadable.windows(7).position(|w| w == b"example").unwrap();
+    unreadable[at] = 0xff;
+    let answer = raw_exchange(s.addr(), &unreadable).await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer:?}");
     // A buyer of the listed site really chats (the check lets the
     // handshake through, not only the status line).
     let req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(

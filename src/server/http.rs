@@ -23,8 +23,8 @@ use futures_util::future::Either;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE, HOST, ORIGIN, SEC_WEBSOCKET_ACCEPT,
-    SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE,
+    HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE, ORIGIN, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
+    SEC_WEBSOCKET_VERSION, UPGRADE,
 };
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -349,13 +349,9 @@ fn upgrade(mut req: Request<Incoming>, app: &App, peer: &str, guard: &ConnGuard)
     }
     // Another site's page may not open the chat where the shop lists the
     // sites that may (`allowed_origins`; see Config::origin_allowed).
-    let header = |name| {
-        req.headers()
-            .get(name)
-            .and_then(|v: &HeaderValue| v.to_str().ok())
-    };
-    if !app.config().origin_allowed(header(ORIGIN), header(HOST)) {
-        let origin = header(ORIGIN).unwrap_or("").to_string();
+    let origin = req.headers().get(ORIGIN).map(|v| v.to_str().ok());
+    if !app.config().origin_allowed(origin, app.own_address()) {
+        let origin = origin.flatten().unwrap_or("(not readable)").to_string();
         debug!(%peer, %origin, "websocket refused: origin not in allowed_origins");
         return text(
             StatusCode::FORBIDDEN,
