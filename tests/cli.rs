@@ -175,25 +175,9 @@ fn suggest_explain_shows_why() {
         "{out}"
     );
     let jsonl = |explain: bool| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kefu"));
-        cmd.args(["suggest", "--jsonl", "--phrases", p]);
-        if explain {
-            cmd.arg("--explain");
-        }
-        let mut child = cmd
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all("能开发票吗\n".as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        let extra: &[&str] = if explain { &["--explain"] } else { &[] };
+        let out = suggest_jsonl(extra, "能开发票吗\n");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
     };
     assert!(jsonl(false).get("steps").is_none());
     let with = jsonl(true);
@@ -252,12 +236,14 @@ fn eval_warns_about_labels_that_name_no_intent() {
 /// then `suggestions`, each suggestion's fields in the documented order,
 /// and scores as the server sends them (0.8, not 0.800000011920929: the
 /// f32 went through an f64 on its way out).
-#[test]
-fn suggest_jsonl_lines_have_the_documented_shape() {
+/// `kefu suggest --jsonl` with the shipped libraries, `extra` flags and
+/// `input` on stdin: its standard output (the run must succeed).
+fn suggest_jsonl(extra: &[&str], input: &str) -> String {
     use std::io::Write;
     let mut child = Command::new(env!("CARGO_BIN_EXE_kefu"))
         .args(["suggest", "--jsonl", "--phrases"])
         .arg(shipped_phrases())
+        .args(extra)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -266,11 +252,16 @@ fn suggest_jsonl_lines_have_the_documented_shape() {
         .stdin
         .take()
         .unwrap()
-        .write_all("这款还有货吗\nqwerty\n".as_bytes())
+        .write_all(input.as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn suggest_jsonl_lines_have_the_documented_shape() {
+    let text = suggest_jsonl(&[], "这款还有货吗\nqwerty\n");
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2, "{text}");
     assert!(lines[0].starts_with(r#"{"text":"这款还有货吗","suggestions":[{"stage":"pre_sale","intent":"pre_sale.stock","score":"#), "{}", lines[0]);
