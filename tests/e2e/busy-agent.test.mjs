@@ -12,7 +12,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 import path from "node:path";
-import { startServer, launchBrowser, deskContext, ARTIFACTS } from "./server.mjs";
+import { startServer, launchBrowser, deskContext, ARTIFACTS, pageErrorWatcher } from "./server.mjs";
 
 const TOKEN = "agent-secret";
 const SHOPS = ["p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9", "p10", "p11"];
@@ -20,18 +20,10 @@ const SHOPS = ["p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9", "p10", "p11
 let server;
 let browser;
 let context;
-const pageErrors = [];
+const { errors: pageErrors, watch } = pageErrorWatcher({ expected: /WebSocket connection to .* failed/ });
 
 function shot(page, name) {
   return page.screenshot({ path: path.join(ARTIFACTS, `${name}.png`), fullPage: true });
-}
-
-function watch(page, name) {
-  page.on("pageerror", (e) => pageErrors.push(`${name}: ${e.message}`));
-  page.on("console", (m) => {
-    const expected = /WebSocket connection to .* failed/;
-    if (m.type() === "error" && !expected.test(m.text())) pageErrors.push(`${name} console: ${m.text()}`);
-  });
 }
 
 async function agentOf(shop, { ctx = context, init = null } = {}) {

@@ -8,7 +8,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 import path from "node:path";
-import { startServer, launchBrowser, deskContext, ARTIFACTS } from "./server.mjs";
+import { startServer, launchBrowser, deskContext, ARTIFACTS, pageErrorWatcher } from "./server.mjs";
 
 const SHOP = "s1";
 const BUYER = "tb_回头客01";
@@ -19,19 +19,12 @@ let server;
 let browser;
 let context;
 let agent;
-const pageErrors = [];
+const { errors: pageErrors, watch } = pageErrorWatcher();
 /** Every frame the buyer pages received, as text. */
 const buyerFrames = [];
 
 function shot(page, name) {
   return page.screenshot({ path: path.join(ARTIFACTS, `${name}.png`), fullPage: true });
-}
-
-function watch(page, name) {
-  page.on("pageerror", (e) => pageErrors.push(`${name}: ${e.message}`));
-  page.on("console", (m) => {
-    if (m.type() === "error") pageErrors.push(`${name} console: ${m.text()}`);
-  });
 }
 
 /** A new buyer tab of the shared browser context, its frames recorded. */

@@ -7,7 +7,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 import path from "node:path";
-import { startServer, launchBrowser, deskContext, signInAgent, signInBuyer, ARTIFACTS } from "./server.mjs";
+import { startServer, launchBrowser, deskContext, signInAgent, signInBuyer, ARTIFACTS, pageErrorWatcher } from "./server.mjs";
 
 const SHOP = "s1";
 const TOKEN = "token-a1-long-enough";
@@ -15,14 +15,7 @@ const TOKEN = "token-a1-long-enough";
 let server;
 let browser;
 let context;
-const pageErrors = [];
-
-function watch(page, name) {
-  page.on("pageerror", (e) => pageErrors.push(`${name}: ${e.message}`));
-  page.on("console", (m) => {
-    if (m.type() === "error") pageErrors.push(`${name} console: ${m.text()}`);
-  });
-}
+const { errors: pageErrors, watch } = pageErrorWatcher();
 
 before(async () => {
   mkdirSync(ARTIFACTS, { recursive: true });

@@ -7,23 +7,15 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 import path from "node:path";
-import { startServer, launchBrowser, deskContext, signInAgent, signInBuyer, ARTIFACTS } from "./server.mjs";
+import { startServer, launchBrowser, deskContext, signInAgent, signInBuyer, ARTIFACTS, pageErrorWatcher } from "./server.mjs";
 
 const SHOP = "s1";
 
 let server;
 let browser;
 let context;
-const pageErrors = [];
-
-function watch(page, name) {
-  page.on("pageerror", (e) => pageErrors.push(`${name}: ${e.message}`));
-  page.on("console", (m) => {
-    // The test refuses the agent's reconnects while it holds the link down.
-    const expected = /WebSocket connection to .* failed/;
-    if (m.type() === "error" && !expected.test(m.text())) pageErrors.push(`${name} console: ${m.text()}`);
-  });
-}
+// The test refuses the agent's reconnects while it holds the link down.
+const { errors: pageErrors, watch } = pageErrorWatcher({ expected: /WebSocket connection to .* failed/ });
 
 const signIn = (p, id) => signInAgent(p, server.url, SHOP, id, `token-${id}-long-enough`);
 

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 import path from "node:path";
 import { execFileSync } from "node:child_process";
-import { startServer, launchBrowser, deskContext, ARTIFACTS, KEFU_BIN } from "./server.mjs";
+import { startServer, launchBrowser, deskContext, ARTIFACTS, KEFU_BIN, pageErrorWatcher } from "./server.mjs";
 
 const SHOP = "s1";
 const SHOP_NAME = "小熊旗舰店";
@@ -24,20 +24,12 @@ let browser;
 let context;
 let agent;
 let buyer;
-const pageErrors = [];
+const { errors: pageErrors, watch } = pageErrorWatcher({ requests: true });
 /** Frames the agent page sent, parsed, in order. */
 const agentSent = [];
 
 function shot(page, name) {
   return page.screenshot({ path: path.join(ARTIFACTS, `${name}.png`), fullPage: true });
-}
-
-function watch(page, name) {
-  page.on("pageerror", (e) => pageErrors.push(`${name}: ${e.message}`));
-  page.on("console", (m) => {
-    if (m.type() === "error") pageErrors.push(`${name} console: ${m.text()}`);
-  });
-  page.on("requestfailed", (r) => pageErrors.push(`${name} request failed: ${r.url()} ${r.failure()?.errorText}`));
 }
 
 // Rounds outside the service window (default 08:00-23:00 shop time) are not

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { startServer, launchBrowser, deskContext, ARTIFACTS, ROOT } from "./server.mjs";
+import { startServer, launchBrowser, deskContext, ARTIFACTS, ROOT, pageErrorWatcher } from "./server.mjs";
 
 const SHOP = "s1";
 
@@ -16,14 +16,7 @@ let server;
 let browser;
 let context;
 let phrases;
-const pageErrors = [];
-
-function watch(page, name) {
-  page.on("pageerror", (e) => pageErrors.push(`${name}: ${e.message}`));
-  page.on("console", (m) => {
-    if (m.type() === "error") pageErrors.push(`${name} console: ${m.text()}`);
-  });
-}
+const { errors: pageErrors, watch } = pageErrorWatcher();
 
 async function agentPage(id) {
   const p = await context.newPage();

@@ -112,3 +112,23 @@ export async function signInBuyer(page, url, shop, buyer) {
   await page.click("#signin button[type=submit]");
   await page.locator(".msg[data-from=bot]").first().waitFor();
 }
+
+/**
+ * What a test's final check reads: every script error and console error of
+ * the pages `watch` is given, named by page. `expected` matches console
+ * errors the test causes on purpose (refused reconnects while it holds the
+ * server down); `requests` adds failed requests.
+ */
+export function pageErrorWatcher({ expected = null, requests = false } = {}) {
+  const errors = [];
+  const watch = (page, name) => {
+    page.on("pageerror", (e) => errors.push(`${name}: ${e.message}`));
+    page.on("console", (m) => {
+      if (m.type() === "error" && !(expected && expected.test(m.text()))) errors.push(`${name} console: ${m.text()}`);
+    });
+    if (requests) {
+      page.on("requestfailed", (r) => errors.push(`${name} request failed: ${r.url()} ${r.failure()?.errorText}`));
+    }
+  };
+  return { errors, watch };
+}

@@ -12,7 +12,7 @@ import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { startServer, launchBrowser, deskContext, ARTIFACTS, KEFU_BIN, ROOT } from "./server.mjs";
+import { startServer, launchBrowser, deskContext, ARTIFACTS, KEFU_BIN, ROOT, pageErrorWatcher } from "./server.mjs";
 
 const SHOP = "s1";
 const AGENT_TOKEN = "agent-secret";
@@ -22,20 +22,12 @@ let server;
 let browser;
 let context;
 let agent;
-const pageErrors = [];
+// While the server restarts, the browser logs each refused reconnect;
+// the reports test asks for a 400 on purpose.
+const { errors: pageErrors, watch } = pageErrorWatcher({ expected: /WebSocket connection to .* failed|status of 400 \(Bad Request\)/ });
 
 function shot(page, name) {
   return page.screenshot({ path: path.join(ARTIFACTS, `${name}.png`), fullPage: true });
-}
-
-function watch(page, name) {
-  page.on("pageerror", (e) => pageErrors.push(`${name}: ${e.message}`));
-  page.on("console", (m) => {
-    // While the server restarts, the browser logs each refused reconnect;
-    // the reports test asks for a 400 on purpose.
-    const expected = /WebSocket connection to .* failed|status of 400 \(Bad Request\)/;
-    if (m.type() === "error" && !expected.test(m.text())) pageErrors.push(`${name} console: ${m.text()}`);
-  });
 }
 
 async function signInAgent(page, url, token = AGENT_TOKEN) {

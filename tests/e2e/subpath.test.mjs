@@ -11,7 +11,7 @@ import { mkdirSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
 import path from "node:path";
-import { startServer, launchBrowser, deskContext, signInAgent, signInBuyer, ARTIFACTS } from "./server.mjs";
+import { startServer, launchBrowser, deskContext, signInAgent, signInBuyer, ARTIFACTS, pageErrorWatcher } from "./server.mjs";
 
 const SHOP = "s1";
 const PREFIX = "/kefu";
@@ -22,7 +22,7 @@ let proxy;
 let base;
 let browser;
 let context;
-const pageErrors = [];
+const { errors: pageErrors, watch } = pageErrorWatcher();
 const outside = []; // requests that missed the prefix
 
 /** A reverse proxy on 127.0.0.1 that serves `target` under PREFIX only. */
@@ -78,13 +78,6 @@ after(async () => {
   if (proxy) proxy.close();
   if (server) await server.stop();
 });
-
-function watch(page, name) {
-  page.on("pageerror", (e) => pageErrors.push(`${name}: ${e.message}`));
-  page.on("console", (m) => {
-    if (m.type() === "error") pageErrors.push(`${name} console: ${m.text()}`);
-  });
-}
 
 test("the workbench, the buyer page and the reports work under a proxy's sub-path", async () => {
   const agent = await context.newPage();

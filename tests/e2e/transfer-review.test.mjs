@@ -10,7 +10,7 @@ import { test, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 import path from "node:path";
-import { startServer, launchBrowser, ARTIFACTS } from "./server.mjs";
+import { startServer, launchBrowser, ARTIFACTS, pageErrorWatcher } from "./server.mjs";
 
 const SHOP = "s1";
 // a1 and a2 have names with a right-to-left override in them (names come
@@ -32,16 +32,9 @@ const CONFIG = `shops:
 let server;
 let browser;
 let context;
-const pageErrors = [];
+const { errors: pageErrors, watch } = pageErrorWatcher();
 /** Pages a test opened: closed after it even when it fails, so the next starts clean. */
 let opened = [];
-
-function watch(page, name) {
-  page.on("pageerror", (e) => pageErrors.push(`${name}: ${e.message}`));
-  page.on("console", (m) => {
-    if (m.type() === "error") pageErrors.push(`${name} console: ${m.text()}`);
-  });
-}
 
 async function agentPage(id, beforeGoto = null) {
   const p = await context.newPage();

@@ -6,21 +6,14 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 import path from "node:path";
-import { startServer, launchBrowser, deskContext, ARTIFACTS } from "./server.mjs";
+import { startServer, launchBrowser, deskContext, ARTIFACTS, pageErrorWatcher } from "./server.mjs";
 
 const SHOP = "s1";
 
 let server;
 let browser;
 let context;
-const pageErrors = [];
-
-function watch(page, name) {
-  page.on("pageerror", (e) => pageErrors.push(`${name}: ${e.message}`));
-  page.on("console", (m) => {
-    if (m.type() === "error") pageErrors.push(`${name} console: ${m.text()}`);
-  });
-}
+const { errors: pageErrors, watch } = pageErrorWatcher();
 
 async function agentPage(id) {
   const p = await context.newPage();
